@@ -177,7 +177,9 @@ class Neo4jServer:
         ]
         if self.password is not None:
             cmd += ["--password", self.password]
-        log = open(self.log_file, "ab")
+        if self.log_file.exists():
+            self.log_file.replace(self.log_file.with_suffix(".log.1"))
+        log = open(self.log_file, "wb")
         try:
             # Own session: `up` returns while the server keeps running; Ctrl-C in the caller does not reach it.
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -200,10 +202,9 @@ class Neo4jServer:
         raise Neo4jServerError(f"Neo4j did not answer on {self.uri} within {timeout:.0f}s; log tail:\n{self._log_tail()}")
 
     def _ready_logged(self, pid: int) -> bool:
-        # The launcher prints READY after the default database answered a query; older runs share the log,
-        # so count READY lines against STOPPED lines.
+        # The launcher prints READY after the default database answered a query (one log per start).
         text = self.log_file.read_text(errors="replace") if self.log_file.exists() else ""
-        return text.count(f"READY {self.uri}") > text.count("STOPPED")
+        return f"READY {self.uri}" in text
 
     def _log_tail(self, n: int = 40) -> str:
         if not self.log_file.exists():

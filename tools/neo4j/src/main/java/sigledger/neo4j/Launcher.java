@@ -22,6 +22,31 @@ import org.neo4j.dbms.api.DatabaseManagementServiceBuilder;
 public final class Launcher {
   private Launcher() {}
 
+  /** The system database holds users; a fixed password means clients never see a forced change. */
+  private static void setPassword(DatabaseManagementService dbms, String password) {
+    String escaped = password.replace("\\", "\\\\").replace("'", "\\'");
+    try {
+      dbms.database("system")
+          .executeTransactionally(
+              "ALTER USER neo4j SET PASSWORD '" + escaped + "' CHANGE NOT REQUIRED");
+    } catch (RuntimeException e) {
+      // A restart on an existing store: the password is already the one we want.
+      if (!String.valueOf(rootMessage(e)).contains("cannot be the same")) {
+        throw e;
+      }
+    }
+  }
+
+  private static String rootMessage(Throwable e) {
+    Throwable t = e;
+    StringBuilder all = new StringBuilder();
+    while (t != null) {
+      all.append(t.getMessage()).append('\n');
+      t = t.getCause();
+    }
+    return all.toString();
+  }
+
   public static void main(String[] args) throws Exception {
     Path dir = null;
     int port = 7687;
@@ -71,15 +96,16 @@ public final class Launcher {
                 },
                 "neo4j-shutdown"));
 
-    if (password != null) {
-      // The system database holds users; set the fixed password so clients never see a forced change.
-      String escaped = password.replace("\\", "\\\\").replace("'", "\\'");
-      dbms.database("system")
-          .executeTransactionally(
-              "ALTER USER neo4j SET PASSWORD '" + escaped + "' CHANGE NOT REQUIRED");
+    try {
+      if (password != null) {
+        setPassword(dbms, password);
+      }
+      // Fail fast if the default database did not come up.
+      dbms.database("neo4j").executeTransactionally("RETURN 1");
+    } catch (RuntimeException e) {
+      e.printStackTrace();
+      System.exit(1); // runs the shutdown hook
     }
-    // Fail fast if the default database did not come up.
-    dbms.database("neo4j").executeTransactionally("RETURN 1");
     System.out.println("READY bolt://127.0.0.1:" + port);
     System.out.flush();
     stopped.await();
