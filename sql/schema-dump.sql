@@ -77,8 +77,7 @@ CREATE TABLE sigledger.agent_registry (
     version bigint DEFAULT 0 NOT NULL,
     CONSTRAINT agent_registry_budget_limit_usd_range CHECK (((budget_limit_usd <> 'NaN'::numeric) AND (budget_limit_usd >= (0)::numeric) AND (budget_limit_usd <= (1000000000)::numeric))),
     CONSTRAINT agent_registry_current_cost_usd_range CHECK (((current_cost_usd <> 'NaN'::numeric) AND (current_cost_usd >= (0)::numeric) AND (current_cost_usd <= (1000000000)::numeric))),
-    CONSTRAINT agent_registry_name_length CHECK (((length(btrim(name)) >= 1) AND (length(btrim(name)) <= 200))),
-    CONSTRAINT agent_registry_version_nonnegative CHECK ((version >= 0))
+    CONSTRAINT agent_registry_name_length CHECK (((length(btrim(name)) >= 1) AND (length(btrim(name)) <= 200)))
 );
 
 ALTER TABLE sigledger.agent_registry OWNER TO sigledger_owner;
@@ -146,8 +145,8 @@ CREATE TABLE sigledger.llm_cost_log (
     agent_id uuid NOT NULL,
     model text NOT NULL,
     provider text NOT NULL,
-    tokens_input integer DEFAULT 0 NOT NULL,
-    tokens_output integer DEFAULT 0 NOT NULL,
+    tokens_input bigint DEFAULT 0 NOT NULL,
+    tokens_output bigint DEFAULT 0 NOT NULL,
     cost_usd numeric(14,6) NOT NULL,
     metadata jsonb DEFAULT '{}'::jsonb NOT NULL,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
@@ -244,7 +243,7 @@ CREATE TABLE sigledger.outbox (
     event_type text NOT NULL,
     payload jsonb DEFAULT '{}'::jsonb NOT NULL,
     created_at timestamp with time zone DEFAULT clock_timestamp() NOT NULL,
-    attempts integer DEFAULT 0 NOT NULL,
+    attempts bigint DEFAULT 0 NOT NULL,
     next_attempt_at timestamp with time zone DEFAULT clock_timestamp() NOT NULL,
     last_error text,
     dead_at timestamp with time zone,

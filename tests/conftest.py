@@ -111,8 +111,8 @@ def empty_db_dsn(pg: PostgreSQLExecutor) -> Iterator[str]:
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
-        "--update-schema-dump",
+        "--regenerate",
         action="store_true",
         default=False,
-        help="rewrite sql/schema-dump.sql from the migrated template",
+        help="rewrite the generated files (sql/schema-dump.sql, docs/api.md) from the migrated template",
     )
