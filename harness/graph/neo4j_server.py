@@ -21,7 +21,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -117,6 +117,8 @@ class Neo4jServer:
     password: str | None = DEFAULT_PASSWORD
     heap: str = "512m"
     user: str = DEFAULT_USER
+    # The child we started (None when another process started it): kept so it can be reaped.
+    _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False, compare=False)
 
     @property
     def uri(self) -> str:
@@ -186,6 +188,7 @@ class Neo4jServer:
                                     start_new_session=True)
         finally:
             log.close()
+        self._proc = proc
         self.pid_file.write_text(f"{proc.pid}\n")
         self.info_file.write_text(json.dumps({"uri": self.uri, "port": self.port, "user": self.user,
                                               "password": self.password, "pid": proc.pid}, indent=2) + "\n")
@@ -200,6 +203,11 @@ class Neo4jServer:
             time.sleep(0.25)
         self.stop()
         raise Neo4jServerError(f"Neo4j did not answer on {self.uri} within {timeout:.0f}s; log tail:\n{self._log_tail()}")
+
+    def _reap(self) -> None:
+        if self._proc is not None:
+            self._proc.wait()
+            self._proc = None
 
     def _ready_logged(self, pid: int) -> bool:
         # The launcher prints READY after the default database answered a query (one log per start).
@@ -227,6 +235,7 @@ class Neo4jServer:
             os.kill(pid, signal.SIGKILL)
             while _alive(pid):
                 time.sleep(0.1)
+        self._reap()
         self.pid_file.unlink(missing_ok=True)
         return True
 
@@ -237,6 +246,7 @@ class Neo4jServer:
             os.kill(pid, signal.SIGKILL)
             while _alive(pid):
                 time.sleep(0.1)
+        self._reap()
         self.pid_file.unlink(missing_ok=True)
 
     def status(self) -> dict[str, object]:

@@ -29,7 +29,7 @@ COMMENT ON FUNCTION sigledger._graph_try_lock(text, uuid) IS
 -- COMMIT, then claimable again): one aggregate is never written by two workers at once, so a worker always
 -- projects a snapshot at least as new as the previous writer's.
 CREATE OR REPLACE FUNCTION sigledger._graph_claim(p_limit integer)
-RETURNS TABLE (id bigint, aggregate_type text, aggregate_id uuid, event_type text, attempts integer,
+RETURNS TABLE (id bigint, aggregate_type text, aggregate_id uuid, event_type text, attempts bigint,
                created_at timestamptz)
 LANGUAGE plpgsql
 VOLATILE
@@ -100,7 +100,7 @@ CREATE OR REPLACE FUNCTION sigledger._graph_fail(
     p_base_delay interval DEFAULT '1 second',
     p_max_delay interval DEFAULT '10 minutes'
 )
-RETURNS TABLE (id bigint, attempts integer, dead boolean, next_attempt_at timestamptz)
+RETURNS TABLE (id bigint, attempts bigint, dead boolean, next_attempt_at timestamptz)
 LANGUAGE plpgsql
 VOLATILE
 SET search_path = sigledger, pg_temp
@@ -159,7 +159,7 @@ COMMENT ON FUNCTION sigledger.graph_outbox_status() IS
 
 -- _graph_dead_list: dead rows, oldest first.
 CREATE OR REPLACE FUNCTION sigledger._graph_dead_list(p_limit integer DEFAULT 100)
-RETURNS TABLE (id bigint, aggregate_type text, aggregate_id uuid, event_type text, attempts integer,
+RETURNS TABLE (id bigint, aggregate_type text, aggregate_id uuid, event_type text, attempts bigint,
                created_at timestamptz, dead_at timestamptz, last_error text)
 LANGUAGE sql
 STABLE
