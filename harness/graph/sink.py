@@ -76,6 +76,10 @@ class WritePlan:
         return plan
 
     def statements(self) -> list[tuple[str, dict[str, Any]]]:
+        # Rows in id order: concurrent workers then lock shared nodes in the same order (fewer deadlocks).
+        for group in (self.merges, self.deletes, self.upserts):
+            for rows in group.values():
+                rows.sort(key=lambda r: r["id"])
         out: list[tuple[str, dict[str, Any]]] = []
         for kind, rows in self.merges.items():
             out.append((merge_query(kind), {"rows": rows}))

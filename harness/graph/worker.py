@@ -54,6 +54,7 @@ class WorkerConfig:
     max_delay: float = 600.0
     poll_interval: float = 1.0  # fallback when a notification is lost
     outage_backoff_max: float = 15.0
+    once_outage_retries: int = 3  # --once gives up (non-zero exit) after this many failed tries in a row
 
 
 @dataclass
@@ -210,11 +211,12 @@ class SyncWorker:
     # ---- loop --------------------------------------------------------------------------------------------
 
     def run(self, *, once: bool = False, on_batch: Callable[[BatchResult], None] | None = None) -> BatchResult:
-        """Drain the outbox. ``once``: stop when nothing is due (raises GraphUnavailable on an outage);
+        """Drain the outbox. ``once``: stop when nothing is due (raises GraphUnavailable if Neo4j stays down);
         otherwise follow until ``stop_event`` is set, sleeping on LISTEN/NOTIFY between batches."""
         total = BatchResult()
         listen: psycopg.Connection[Any] | None = None
         outage_delay = 0.0
+        outages = 0
         try:
             if not once:
                 listen = psycopg.connect(self.dsn, application_name=f"{self.name}-listen", autocommit=True)
@@ -223,7 +225,8 @@ class SyncWorker:
                 try:
                     res = self.run_batch()
                 except GraphUnavailable as exc:
-                    if once:
+                    outages += 1
+                    if once and outages > self.config.once_outage_retries:
                         raise
                     outage_delay = min(self.config.outage_backoff_max, max(0.5, outage_delay * 2))
                     wait = outage_delay * (0.5 + random.random() / 2)
@@ -237,6 +240,7 @@ class SyncWorker:
                     self.stop_event.wait(1.0)
                     continue
                 outage_delay = 0.0
+                outages = 0
                 total += res
                 if on_batch is not None:
                     on_batch(res)

@@ -113,13 +113,15 @@ def wait_until(predicate: Any, timeout: float, what: str, interval: float = 0.2)
     raise AssertionError(f"timed out waiting for: {what}")
 
 
-def worker_process(dsn: str, *args: str, name: str | None = None) -> subprocess.Popen[str]:
-    """A real worker process (python -m harness.graph.worker), Neo4j settings from the environment."""
+def worker_process(dsn: str, log: Path, *args: str, name: str | None = None) -> subprocess.Popen[bytes]:
+    """A real worker process (python -m harness.graph.worker), Neo4j settings from the environment; its
+    output goes to ``log`` (a file, so a chatty worker can never block on a full pipe)."""
     env = dict(os.environ, SIGLEDGER_LOG_LEVEL="INFO")
     cmd = [sys.executable, "-m", "harness.graph.worker", "--dsn", dsn, *args]
     if name:
         cmd += ["--name", name]
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    with open(log, "ab") as out:
+        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
 def cli(*args: str, dsn: str) -> subprocess.CompletedProcess[str]:
