@@ -30,20 +30,33 @@ DRIFT_EXIT_CODE = 3
 
 def neo4j_options(func: F) -> F:
     defaults = Neo4jSettings.from_env()
-    func = click.option("--neo4j-uri", default=defaults.uri, show_default=True,
-                        help="Bolt URI [env SIGLEDGER_NEO4J_URI].")(func)
-    func = click.option("--neo4j-user", default=defaults.user, show_default=True,
-                        help="[env SIGLEDGER_NEO4J_USER]")(func)
-    func = click.option("--neo4j-password", default=defaults.password,
-                        help="[env SIGLEDGER_NEO4J_PASSWORD; default: the local test server's]")(func)
-    func = click.option("--neo4j-database", default=defaults.database, show_default=True,
-                        help="[env SIGLEDGER_NEO4J_DATABASE]")(func)
+    func = click.option(
+        "--neo4j-uri", default=defaults.uri, show_default=True, help="Bolt URI [env SIGLEDGER_NEO4J_URI]."
+    )(func)
+    func = click.option(
+        "--neo4j-user", default=defaults.user, show_default=True, help="[env SIGLEDGER_NEO4J_USER]"
+    )(func)
+    func = click.option(
+        "--neo4j-password",
+        default=defaults.password,
+        help="[env SIGLEDGER_NEO4J_PASSWORD; default: the local test server's]",
+    )(func)
+    func = click.option(
+        "--neo4j-database",
+        default=defaults.database,
+        show_default=True,
+        help="[env SIGLEDGER_NEO4J_DATABASE]",
+    )(func)
     return func
 
 
 def _settings(kw: dict[str, Any]) -> Neo4jSettings:
-    return Neo4jSettings(uri=kw.pop("neo4j_uri"), user=kw.pop("neo4j_user"), password=kw.pop("neo4j_password"),
-                         database=kw.pop("neo4j_database"))
+    return Neo4jSettings(
+        uri=kw.pop("neo4j_uri"),
+        user=kw.pop("neo4j_user"),
+        password=kw.pop("neo4j_password"),
+        database=kw.pop("neo4j_database"),
+    )
 
 
 @contextmanager
@@ -87,13 +100,30 @@ def init(**kw: Any) -> None:
 @dsn_option
 @neo4j_options
 @click.option("--once", "mode", flag_value="once", help="Drain what is due now, then exit.")
-@click.option("--follow", "mode", flag_value="follow", default=True,
-              help="Keep following the outbox (LISTEN/NOTIFY + polling) until SIGTERM/Ctrl-C. [default]")
-@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
-              help="Worker processes to run side by side.")
-@click.option("--batch-size", type=click.IntRange(1, 10000), default=WorkerConfig.batch_size, show_default=True)
-@click.option("--max-attempts", type=click.IntRange(1, 1000), default=WorkerConfig.max_attempts,
-              show_default=True, help="Failed attempts before a row is dead.")
+@click.option(
+    "--follow",
+    "mode",
+    flag_value="follow",
+    default=True,
+    help="Keep following the outbox (LISTEN/NOTIFY + polling) until SIGTERM/Ctrl-C. [default]",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Worker processes to run side by side.",
+)
+@click.option(
+    "--batch-size", type=click.IntRange(1, 10000), default=WorkerConfig.batch_size, show_default=True
+)
+@click.option(
+    "--max-attempts",
+    type=click.IntRange(1, 1000),
+    default=WorkerConfig.max_attempts,
+    show_default=True,
+    help="Failed attempts before a row is dead.",
+)
 def sync(dsn: str | None, mode: str, workers: int, batch_size: int, max_attempts: int, **kw: Any) -> None:
     """Project outbox rows into Neo4j."""
     dsn = resolve_dsn(dsn)
@@ -126,14 +156,32 @@ def sync(dsn: str | None, mode: str, workers: int, batch_size: int, max_attempts
     click.echo(f"projected {total.acked} rows, {total.failed} failed attempts, {total.dead} now dead")
 
 
-def _run_processes(dsn: str, settings: Neo4jSettings, n: int, once: bool, batch_size: int,
-                   max_attempts: int) -> int:
-    env = dict(os.environ, SIGLEDGER_NEO4J_URI=settings.uri, SIGLEDGER_NEO4J_USER=settings.user,
-               SIGLEDGER_NEO4J_PASSWORD=settings.password or "", SIGLEDGER_NEO4J_DATABASE=settings.database)
-    cmd = [sys.executable, "-m", "harness.graph.worker", "--dsn", dsn, "--once" if once else "--follow",
-           "--batch-size", str(batch_size), "--max-attempts", str(max_attempts)]
-    procs = [subprocess.Popen([*cmd, "--name", f"sigledger-graph-sync-{os.getpid()}-{i}"], env=env)
-             for i in range(n)]
+def _run_processes(
+    dsn: str, settings: Neo4jSettings, n: int, once: bool, batch_size: int, max_attempts: int
+) -> int:
+    env = dict(
+        os.environ,
+        SIGLEDGER_NEO4J_URI=settings.uri,
+        SIGLEDGER_NEO4J_USER=settings.user,
+        SIGLEDGER_NEO4J_PASSWORD=settings.password or "",
+        SIGLEDGER_NEO4J_DATABASE=settings.database,
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "harness.graph.worker",
+        "--dsn",
+        dsn,
+        "--once" if once else "--follow",
+        "--batch-size",
+        str(batch_size),
+        "--max-attempts",
+        str(max_attempts),
+    ]
+    procs = [
+        subprocess.Popen([*cmd, "--name", f"sigledger-graph-sync-{os.getpid()}-{i}"], env=env)
+        for i in range(n)
+    ]
 
     def forward(signum: int, _frame: object) -> None:
         for p in procs:
@@ -154,13 +202,20 @@ def _run_processes(dsn: str, settings: Neo4jSettings, n: int, once: bool, batch_
 def status(dsn: str | None, as_json: bool) -> None:
     """Backlog: pending rows (due now / retrying), dead rows, oldest pending age."""
     st = _status(resolve_dsn(dsn))
-    out = {"pending": st["pending"], "due": st["due"], "retrying": st["retrying"], "dead": st["dead"],
-           "oldest_pending_age_s": _seconds(st["oldest_pending_age"]),
-           "oldest_dead_age_s": _seconds(st["oldest_dead_age"])}
+    out = {
+        "pending": st["pending"],
+        "due": st["due"],
+        "retrying": st["retrying"],
+        "dead": st["dead"],
+        "oldest_pending_age_s": _seconds(st["oldest_pending_age"]),
+        "oldest_dead_age_s": _seconds(st["oldest_dead_age"]),
+    }
     if as_json:
         click.echo(json.dumps(out))
         return
-    click.echo(f"pending: {out['pending']} ({out['due']} due now, {out['retrying']} retrying after a failure)")
+    click.echo(
+        f"pending: {out['pending']} ({out['due']} due now, {out['retrying']} retrying after a failure)"
+    )
     click.echo(f"oldest pending age: {out['oldest_pending_age_s'] if out['pending'] else '-'} s")
     click.echo(f"dead: {out['dead']}" + (" (see `sigledger graph dead list`)" if out["dead"] else ""))
 
@@ -177,15 +232,19 @@ def dead() -> None:
 def dead_list(dsn: str | None, limit: int, as_json: bool) -> None:
     """Dead rows, oldest first, with their last error."""
     with psycopg.connect(resolve_dsn(dsn), row_factory=dict_row) as conn:
-        rows = conn.execute("SELECT * FROM sigledger._graph_dead_list(p_limit => %s::integer)", (limit,)).fetchall()
+        rows = conn.execute(
+            "SELECT * FROM sigledger._graph_dead_list(p_limit => %s::integer)", (limit,)
+        ).fetchall()
     if as_json:
         click.echo(json.dumps(rows, default=str))
         return
     if not rows:
         click.echo("no dead rows")
     for r in rows:
-        click.echo(f"{r['id']}\t{r['aggregate_type']} {r['aggregate_id']}\t{r['event_type']}\t"
-                   f"attempts={r['attempts']}\tdead_at={r['dead_at']:%Y-%m-%d %H:%M:%S%z}\n    {r['last_error']}")
+        click.echo(
+            f"{r['id']}\t{r['aggregate_type']} {r['aggregate_id']}\t{r['event_type']}\t"
+            f"attempts={r['attempts']}\tdead_at={r['dead_at']:%Y-%m-%d %H:%M:%S%z}\n    {r['last_error']}"
+        )
 
 
 def _ids_or_all(ids: tuple[int, ...], all_rows: bool) -> list[int] | None:
@@ -201,8 +260,9 @@ def _ids_or_all(ids: tuple[int, ...], all_rows: bool) -> list[int] | None:
 def dead_retry(dsn: str | None, ids: tuple[int, ...], all_rows: bool) -> None:
     """Make dead rows due again (attempts reset). Fix the cause first."""
     with psycopg.connect(resolve_dsn(dsn)) as conn:
-        row = conn.execute("SELECT sigledger._graph_dead_retry(p_ids => %s::bigint[])",
-                           (_ids_or_all(ids, all_rows),)).fetchone()
+        row = conn.execute(
+            "SELECT sigledger._graph_dead_retry(p_ids => %s::bigint[])", (_ids_or_all(ids, all_rows),)
+        ).fetchone()
     click.echo(f"{row[0] if row else 0} dead rows are due again")
 
 
@@ -217,7 +277,9 @@ def dead_purge(dsn: str | None, ids: tuple[int, ...], all_rows: bool, yes: bool)
     if not yes:
         click.confirm(f"delete {'every' if selection is None else len(selection)} dead row(s)?", abort=True)
     with psycopg.connect(resolve_dsn(dsn)) as conn:
-        row = conn.execute("SELECT sigledger._graph_dead_purge(p_ids => %s::bigint[])", (selection,)).fetchone()
+        row = conn.execute(
+            "SELECT sigledger._graph_dead_purge(p_ids => %s::bigint[])", (selection,)
+        ).fetchone()
     click.echo(f"{row[0] if row else 0} dead rows deleted")
 
 
@@ -262,7 +324,9 @@ def verify(dsn: str | None, as_json: bool, **kw: Any) -> None:
 @neo4j_options
 @click.option("--dry-run", is_flag=True, help="Only show what would be refreshed and deleted.")
 @click.option("--no-drain", is_flag=True, help="Only enqueue; leave the projection to the running workers.")
-@click.option("--batch-size", type=click.IntRange(1, 10000), default=WorkerConfig.batch_size, show_default=True)
+@click.option(
+    "--batch-size", type=click.IntRange(1, 10000), default=WorkerConfig.batch_size, show_default=True
+)
 def rebuild(dsn: str | None, dry_run: bool, no_drain: bool, batch_size: int, **kw: Any) -> None:
     """Re-project every aggregate through the outbox and delete nodes Postgres does not have."""
     dsn = resolve_dsn(dsn)
@@ -278,8 +342,10 @@ def rebuild(dsn: str | None, dry_run: bool, no_drain: bool, batch_size: int, **k
 
             the_plan = rebuild_mod.plan(dsn, sink, progress=kind_done)
         summary = the_plan.as_dict()
-        click.echo(f"refresh: {summary['refresh']}  delete: {summary['delete']}  "
-                   f"drift before: {summary['drift_before']}")
+        click.echo(
+            f"refresh: {summary['refresh']}  delete: {summary['delete']}  "
+            f"drift before: {summary['drift_before']}"
+        )
         if dry_run:
             click.echo("dry run: nothing enqueued")
             return

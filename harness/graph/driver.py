@@ -52,8 +52,14 @@ def is_outage(exc: BaseException) -> bool:
     """True when the failure is about reaching Neo4j, not about the data written (so no row is to blame)."""
     if isinstance(exc, GraphUnavailable):
         return True
-    outage_types = (nx.ServiceUnavailable, nx.SessionExpired, nx.ConnectionAcquisitionTimeoutError,
-                    nx.IncompleteCommit, nx.TransientError, OSError)
+    outage_types = (
+        nx.ServiceUnavailable,
+        nx.SessionExpired,
+        nx.ConnectionAcquisitionTimeoutError,
+        nx.IncompleteCommit,
+        nx.TransientError,
+        OSError,
+    )
     if isinstance(exc, outage_types):
         return True
     return isinstance(exc, nx.Neo4jError) and exc.is_retryable()
@@ -66,10 +72,15 @@ def describe(exc: BaseException, settings: Neo4jSettings) -> GraphError:
     if isinstance(exc, nx.AuthError):
         return GraphAuthError(
             f"Neo4j at {settings.uri} rejected the credentials of user {settings.user!r}",
-            sqlstate="SLG01", hint="check SIGLEDGER_NEO4J_USER / SIGLEDGER_NEO4J_PASSWORD")
+            sqlstate="SLG01",
+            hint="check SIGLEDGER_NEO4J_USER / SIGLEDGER_NEO4J_PASSWORD",
+        )
     if is_outage(exc):
-        return GraphUnavailable(f"Neo4j at {settings.uri} is unreachable: {exc}", sqlstate="SLG01",
-                                hint="is the server running? (`make neo4j-up` starts the local one)")
+        return GraphUnavailable(
+            f"Neo4j at {settings.uri} is unreachable: {exc}",
+            sqlstate="SLG01",
+            hint="is the server running? (`make neo4j-up` starts the local one)",
+        )
     if isinstance(exc, nx.DriverError) and "closed" in str(exc).lower():
         return GraphUnavailable(f"Neo4j connection to {settings.uri} was lost: {exc}", sqlstate="SLG01")
     return GraphError(f"Neo4j at {settings.uri} failed: {exc}", sqlstate="SLG01")

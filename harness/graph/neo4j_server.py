@@ -158,7 +158,9 @@ class Neo4jServer:
         if self.pid() is not None:
             if self.bolt_answers():
                 return
-            raise Neo4jServerError(f"a launcher is running (pid {self.pid()}) but Bolt on {self.uri} does not answer")
+            raise Neo4jServerError(
+                f"a launcher is running (pid {self.pid()}) but Bolt on {self.uri} does not answer"
+            )
         if self.bolt_answers():
             raise Neo4jServerError(f"port {self.port} is already in use by another process")
         classpath = build()
@@ -181,17 +183,26 @@ class Neo4jServer:
             cmd += ["--password", self.password]
         if self.log_file.exists():
             self.log_file.replace(self.log_file.with_suffix(".log.1"))
-        log = open(self.log_file, "wb")
-        try:
+        with open(self.log_file, "wb") as log:
             # Own session: `up` returns while the server keeps running; Ctrl-C in the caller does not reach it.
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    start_new_session=True)
-        finally:
-            log.close()
+            proc = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            )
         self._proc = proc
         self.pid_file.write_text(f"{proc.pid}\n")
-        self.info_file.write_text(json.dumps({"uri": self.uri, "port": self.port, "user": self.user,
-                                              "password": self.password, "pid": proc.pid}, indent=2) + "\n")
+        self.info_file.write_text(
+            json.dumps(
+                {
+                    "uri": self.uri,
+                    "port": self.port,
+                    "user": self.user,
+                    "password": self.password,
+                    "pid": proc.pid,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if proc.poll() is not None:
@@ -202,7 +213,9 @@ class Neo4jServer:
                 return
             time.sleep(0.25)
         self.stop()
-        raise Neo4jServerError(f"Neo4j did not answer on {self.uri} within {timeout:.0f}s; log tail:\n{self._log_tail()}")
+        raise Neo4jServerError(
+            f"Neo4j did not answer on {self.uri} within {timeout:.0f}s; log tail:\n{self._log_tail()}"
+        )
 
     def _reap(self) -> None:
         if self._proc is not None:
@@ -251,8 +264,13 @@ class Neo4jServer:
 
     def status(self) -> dict[str, object]:
         pid = self.pid()
-        return {"running": pid is not None, "pid": pid, "uri": self.uri, "bolt_answers": self.bolt_answers(),
-                "state_dir": str(self.state_dir)}
+        return {
+            "running": pid is not None,
+            "pid": pid,
+            "uri": self.uri,
+            "bolt_answers": self.bolt_answers(),
+            "state_dir": str(self.state_dir),
+        }
 
 
 def from_env() -> Neo4jServer:

@@ -25,8 +25,11 @@ class RebuildPlan:
     drift: Drift | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"refresh": self.live, "delete": {k: len(v) for k, v in self.extra.items()},
-                "drift_before": self.drift.totals() if self.drift else None}
+        return {
+            "refresh": self.live,
+            "delete": {k: len(v) for k, v in self.extra.items()},
+            "drift_before": self.drift.totals() if self.drift else None,
+        }
 
 
 def plan(dsn: str, sink: Neo4jSink, progress: Callable[[str, int], None] | None = None) -> RebuildPlan:
@@ -35,10 +38,14 @@ def plan(dsn: str, sink: Neo4jSink, progress: Callable[[str, int], None] | None 
         row = conn.execute(
             "SELECT (SELECT count(*) FROM sigledger.entities WHERE merged_into IS NULL), "
             "(SELECT count(*) FROM sigledger.signals), "
-            "(SELECT count(*) FROM sigledger.opportunities WHERE merged_into IS NULL)").fetchone()
+            "(SELECT count(*) FROM sigledger.opportunities WHERE merged_into IS NULL)"
+        ).fetchone()
     assert row is not None
-    return RebuildPlan(live={"entity": int(row[0]), "signal": int(row[1]), "opportunity": int(row[2])},
-                       extra={k: list(v) for k, v in drift.extra.items()}, drift=drift)
+    return RebuildPlan(
+        live={"entity": int(row[0]), "signal": int(row[1]), "opportunity": int(row[2])},
+        extra={k: list(v) for k, v in drift.extra.items()},
+        drift=drift,
+    )
 
 
 def enqueue(dsn: str, sink: Neo4jSink, rebuild_plan: RebuildPlan) -> int:
@@ -50,9 +57,11 @@ def enqueue(dsn: str, sink: Neo4jSink, rebuild_plan: RebuildPlan) -> int:
         for kind, ids in rebuild_plan.extra.items():
             uuids = [i for i in ids if _is_uuid(i)]
             if uuids:
-                total += int(conn.execute(
+                row = conn.execute(
                     "SELECT sigledger._graph_enqueue(p_aggregate_type => %s::text, p_ids => %s::uuid[])",
-                    (kind, uuids)).fetchone()[0])  # type: ignore[index]
+                    (kind, uuids),
+                ).fetchone()
+                total += int(row[0]) if row else 0
     for kind, ids in rebuild_plan.extra.items():
         junk = [i for i in ids if not _is_uuid(i)]
         if junk:

@@ -67,12 +67,21 @@ class WritePlan:
         for s in snapshots:
             if s.state == "present":
                 plan.upserts.setdefault(s.aggregate_type, []).append(
-                    {"id": s.aggregate_id, "version": s.version, "props": s.props or {}, "links": list(s.links)})
+                    {
+                        "id": s.aggregate_id,
+                        "version": s.version,
+                        "props": s.props or {},
+                        "links": list(s.links),
+                    }
+                )
             elif s.state == "absent" and s.winner_id is not None:
                 plan.merges.setdefault(s.aggregate_type, []).append(
-                    {"id": s.aggregate_id, "version": s.version, "winner": s.winner_id})
+                    {"id": s.aggregate_id, "version": s.version, "winner": s.winner_id}
+                )
             elif s.state == "absent":
-                plan.deletes.setdefault(s.aggregate_type, []).append({"id": s.aggregate_id, "version": s.version})
+                plan.deletes.setdefault(s.aggregate_type, []).append(
+                    {"id": s.aggregate_id, "version": s.version}
+                )
         return plan
 
     def statements(self) -> list[tuple[str, dict[str, Any]]]:
@@ -174,7 +183,7 @@ class Neo4jSink:
 
         def work(tx: neo4j.ManagedTransaction) -> None:
             for query, params in statements:
-                tx.run(query, params).consume()  # type: ignore[arg-type]
+                tx.run(query, params).consume()
 
         with self.driver.session(database=self.database) as session:
             session.execute_write(work)
@@ -189,19 +198,25 @@ class Neo4jSink:
             q = f"MATCH (n:{label}) WHERE n.id IN $ids RETURN n.id AS id, properties(n) AS props, [] AS links"
         else:
             rel, target = link
-            q = (f"MATCH (n:{label}) WHERE n.id IN $ids "
-                 f"RETURN n.id AS id, properties(n) AS props, "
-                 f"COLLECT {{ MATCH (n)-[:{rel}]->(t:{target}) RETURN t.id ORDER BY t.id }} AS links")
-        records, _, _ = self.driver.execute_query(q, ids=list(ids), database_=self.database,
-                                                  routing_=neo4j.RoutingControl.READ)
+            q = (
+                f"MATCH (n:{label}) WHERE n.id IN $ids "
+                f"RETURN n.id AS id, properties(n) AS props, "
+                f"COLLECT {{ MATCH (n)-[:{rel}]->(t:{target}) RETURN t.id ORDER BY t.id }} AS links"
+            )
+        records, _, _ = self.driver.execute_query(
+            q, ids=list(ids), database_=self.database, routing_=neo4j.RoutingControl.READ
+        )
         return {r["id"]: (dict(r["props"]), list(r["links"])) for r in records}
 
     def ids_after(self, kind: str, after: str | None, limit: int) -> list[str]:
         """A page of node ids of ``kind`` in id order (graph verify walks Neo4j with it)."""
-        q = (f"MATCH (n:{LABELS[kind]}) WHERE $after IS NULL OR n.id > $after "
-             f"RETURN n.id AS id ORDER BY id LIMIT $limit")
-        records, _, _ = self.driver.execute_query(q, after=after, limit=limit, database_=self.database,
-                                                  routing_=neo4j.RoutingControl.READ)
+        q = (
+            f"MATCH (n:{LABELS[kind]}) WHERE $after IS NULL OR n.id > $after "
+            f"RETURN n.id AS id ORDER BY id LIMIT $limit"
+        )
+        records, _, _ = self.driver.execute_query(
+            q, after=after, limit=limit, database_=self.database, routing_=neo4j.RoutingControl.READ
+        )
         return [r["id"] for r in records]
 
     def delete_ids(self, kind: str, ids: Sequence[str]) -> int:
@@ -215,13 +230,14 @@ class Neo4jSink:
         with self.driver.session(database=self.database) as session:
             for label in LABELS.values():
                 session.run(
-                    f"MATCH (n:{label}) CALL (n) {{ DETACH DELETE n }} IN TRANSACTIONS OF 5000 ROWS"  # type: ignore[arg-type]
+                    f"MATCH (n:{label}) CALL (n) {{ DETACH DELETE n }} IN TRANSACTIONS OF 5000 ROWS"
                 ).consume()
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
         for kind, label in LABELS.items():
-            records, _, _ = self.driver.execute_query(f"MATCH (n:{label}) RETURN count(n) AS c",
-                                                      database_=self.database)
+            records, _, _ = self.driver.execute_query(
+                f"MATCH (n:{label}) RETURN count(n) AS c", database_=self.database
+            )
             out[kind] = int(records[0]["c"])
         return out

@@ -33,15 +33,27 @@ class Drift:
 
     @property
     def clean(self) -> bool:
-        return not any(self.missing.values()) and not any(self.extra.values()) and not any(self.stale.values())
+        return (
+            not any(self.missing.values()) and not any(self.extra.values()) and not any(self.stale.values())
+        )
 
     def totals(self) -> dict[str, int]:
-        return {"missing": sum(map(len, self.missing.values())), "extra": sum(map(len, self.extra.values())),
-                "stale": sum(map(len, self.stale.values()))}
+        return {
+            "missing": sum(map(len, self.missing.values())),
+            "extra": sum(map(len, self.extra.values())),
+            "stale": sum(map(len, self.stale.values())),
+        }
 
     def as_dict(self) -> dict[str, Any]:
-        return {"clean": self.clean, "checked": self.checked, "totals": self.totals(), "missing": self.missing,
-                "extra": self.extra, "stale": self.stale, "details": self.details}
+        return {
+            "clean": self.clean,
+            "checked": self.checked,
+            "totals": self.totals(),
+            "missing": self.missing,
+            "extra": self.extra,
+            "stale": self.stale,
+            "details": self.details,
+        }
 
 
 def _snapshots(conn: psycopg.Connection[Any], kind: str, ids: list[str]) -> dict[str, Snapshot]:
@@ -50,7 +62,8 @@ def _snapshots(conn: psycopg.Connection[Any], kind: str, ids: list[str]) -> dict
     with conn.transaction():
         rows = conn.execute(
             "SELECT * FROM sigledger._graph_snapshot(p_types => %s::text[], p_ids => %s::uuid[])",
-            ([kind] * len(ids), ids)).fetchall()
+            ([kind] * len(ids), ids),
+        ).fetchall()
     return {str(r.aggregate_id): _snapshot(r) for r in rows if r.aggregate_type == kind}
 
 
@@ -68,8 +81,9 @@ def _difference(snap: Snapshot, node: tuple[dict[str, Any], list[str]]) -> str |
     return None
 
 
-def verify(dsn: str, sink: Neo4jSink, *, page: int = 1000,
-           progress: Callable[[str, int], None] | None = None) -> Drift:
+def verify(
+    dsn: str, sink: Neo4jSink, *, page: int = 1000, progress: Callable[[str, int], None] | None = None
+) -> Drift:
     drift = Drift()
     with psycopg.connect(dsn, application_name="sigledger-graph-verify", row_factory=namedtuple_row) as conn:
         for kind in KINDS:
@@ -77,9 +91,14 @@ def verify(dsn: str, sink: Neo4jSink, *, page: int = 1000,
             after: str | None = None
             while True:
                 with conn.transaction():
-                    ids = [str(r[0]) for r in conn.execute(
-                        "SELECT * FROM sigledger._graph_live_ids(p_aggregate_type => %s::text, "
-                        "p_after => %s::uuid, p_limit => %s::integer)", (kind, after, page)).fetchall()]
+                    ids = [
+                        str(r[0])
+                        for r in conn.execute(
+                            "SELECT * FROM sigledger._graph_live_ids(p_aggregate_type => %s::text, "
+                            "p_after => %s::uuid, p_limit => %s::integer)",
+                            (kind, after, page),
+                        ).fetchall()
+                    ]
                 if not ids:
                     break
                 after = ids[-1]

@@ -92,9 +92,15 @@ def _snapshot(row: Any) -> Snapshot:
 class SyncWorker:
     """One worker: owns one Postgres connection for batches (and one for LISTEN while following)."""
 
-    def __init__(self, dsn: str, sink: Neo4jSink, config: WorkerConfig | None = None, *,
-                 name: str = "sigledger-graph-sync",
-                 write: Callable[[Sequence[Snapshot]], None] | None = None) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        sink: Neo4jSink,
+        config: WorkerConfig | None = None,
+        *,
+        name: str = "sigledger-graph-sync",
+        write: Callable[[Sequence[Snapshot]], None] | None = None,
+    ) -> None:
         self.dsn = dsn
         self.sink = sink
         self.config = config or WorkerConfig()
@@ -126,14 +132,19 @@ class SyncWorker:
         result = BatchResult()
         try:
             with conn.transaction():
-                rows = conn.execute("SELECT * FROM sigledger._graph_claim(p_limit => %s::integer)",
-                                    (self.config.batch_size,)).fetchall()
+                rows = conn.execute(
+                    "SELECT * FROM sigledger._graph_claim(p_limit => %s::integer)", (self.config.batch_size,)
+                ).fetchall()
                 result.claimed = len(rows)
                 if not rows:
                     return result
-                snaps = [_snapshot(r) for r in conn.execute(
-                    "SELECT * FROM sigledger._graph_snapshot(p_types => %s::text[], p_ids => %s::uuid[])",
-                    ([r.aggregate_type for r in rows], [r.aggregate_id for r in rows])).fetchall()]
+                snaps = [
+                    _snapshot(r)
+                    for r in conn.execute(
+                        "SELECT * FROM sigledger._graph_snapshot(p_types => %s::text[], p_ids => %s::uuid[])",
+                        ([r.aggregate_type for r in rows], [r.aggregate_id for r in rows]),
+                    ).fetchall()
+                ]
                 by_key = {s.key: s for s in snaps}
 
                 # A unit is what must be written together: an aggregate, plus its winner when it was merged.
@@ -157,9 +168,12 @@ class SyncWorker:
                 errors.update(self._write_isolating(units))
                 written_at = time.time()
 
-                ack_ids = [r.id for r in rows
-                           if (r.aggregate_type, str(r.aggregate_id)) not in errors
-                           and (r.aggregate_type, str(r.aggregate_id)) not in deferred]
+                ack_ids = [
+                    r.id
+                    for r in rows
+                    if (r.aggregate_type, str(r.aggregate_id)) not in errors
+                    and (r.aggregate_type, str(r.aggregate_id)) not in deferred
+                ]
                 if ack_ids:
                     conn.execute("SELECT sigledger._graph_ack(p_ids => %s::bigint[])", (ack_ids,))
                 result.acked = len(ack_ids)
@@ -172,12 +186,24 @@ class SyncWorker:
                         "SELECT * FROM sigledger._graph_fail(p_ids => %s::bigint[], p_error => %s::text, "
                         "p_max_attempts => %s::integer, p_base_delay => make_interval(secs => %s), "
                         "p_max_delay => make_interval(secs => %s))",
-                        (ids, message, self.config.max_attempts, self.config.base_delay,
-                         self.config.max_delay)).fetchall()
+                        (
+                            ids,
+                            message,
+                            self.config.max_attempts,
+                            self.config.base_delay,
+                            self.config.max_delay,
+                        ),
+                    ).fetchall()
                     result.failed += len(failed)
                     result.dead += sum(1 for f in failed if f.dead)
-                    log.warning("%s %s failed (%s rows, %s now dead): %s", key[0], key[1], len(failed),
-                                sum(1 for f in failed if f.dead), message)
+                    log.warning(
+                        "%s %s failed (%s rows, %s now dead): %s",
+                        key[0],
+                        key[1],
+                        len(failed),
+                        sum(1 for f in failed if f.dead),
+                        message,
+                    )
         except psycopg.OperationalError:
             # Lost Postgres connection: the server rolled the batch back; reconnect next time.
             self.close()
@@ -210,7 +236,9 @@ class SyncWorker:
 
     # ---- loop --------------------------------------------------------------------------------------------
 
-    def run(self, *, once: bool = False, on_batch: Callable[[BatchResult], None] | None = None) -> BatchResult:
+    def run(
+        self, *, once: bool = False, on_batch: Callable[[BatchResult], None] | None = None
+    ) -> BatchResult:
         """Drain the outbox. ``once``: stop when nothing is due (raises GraphUnavailable if Neo4j stays down);
         otherwise follow until ``stop_event`` is set, sleeping on LISTEN/NOTIFY between batches."""
         total = BatchResult()
@@ -266,8 +294,12 @@ class SyncWorker:
             self.stop_event.wait(self.config.poll_interval)
 
 
-def make_worker(dsn: str, settings: Neo4jSettings | None = None, config: WorkerConfig | None = None,
-                name: str = "sigledger-graph-sync") -> SyncWorker:
+def make_worker(
+    dsn: str,
+    settings: Neo4jSettings | None = None,
+    config: WorkerConfig | None = None,
+    name: str = "sigledger-graph-sync",
+) -> SyncWorker:
     """A worker with a verified Neo4j connection and the constraints in place."""
     settings = settings or Neo4jSettings.from_env()
     driver = connect(settings)
@@ -283,7 +315,9 @@ def make_worker(dsn: str, settings: Neo4jSettings | None = None, config: WorkerC
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m harness.graph.worker", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m harness.graph.worker", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--dsn", default=os.environ.get("SIGLEDGER_DSN", ""))
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--once", action="store_true", help="drain what is due, then exit")
@@ -294,10 +328,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--poll-interval", type=float, default=WorkerConfig.poll_interval)
     parser.add_argument("--name", default=f"sigledger-graph-sync-{os.getpid()}")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=os.environ.get("SIGLEDGER_LOG_LEVEL", "INFO"),
-                        format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s")
-    config = WorkerConfig(batch_size=args.batch_size, max_attempts=args.max_attempts,
-                          base_delay=args.base_delay, poll_interval=args.poll_interval)
+    logging.basicConfig(
+        level=os.environ.get("SIGLEDGER_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(name)s[%(process)d] %(levelname)s %(message)s",
+    )
+    config = WorkerConfig(
+        batch_size=args.batch_size,
+        max_attempts=args.max_attempts,
+        base_delay=args.base_delay,
+        poll_interval=args.poll_interval,
+    )
     try:
         worker = make_worker(args.dsn, config=config, name=args.name)
     except GraphError as exc:

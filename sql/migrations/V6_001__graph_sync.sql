@@ -8,7 +8,3 @@
 CREATE SEQUENCE sigledger.graph_sync_version_seq AS bigint;
 COMMENT ON SEQUENCE sigledger.graph_sync_version_seq IS
     'Version stamped on every Neo4j node written by the sync worker; larger = read later from Postgres.';
-
--- graph status and the benchmark read the oldest pending row; dead rows are excluded by the partial
--- index idx_outbox_claimable of V3_011, which already orders by (next_attempt_at, id).
-CREATE INDEX idx_outbox_created_at_live ON sigledger.outbox (created_at) WHERE dead_at IS NULL;

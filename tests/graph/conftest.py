@@ -32,8 +32,12 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="session")
 def neo4j_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Neo4jServer]:
     """A real Neo4j 5.26 (embedded launcher) on a free loopback port, auth on, for the whole run."""
-    server = Neo4jServer(state_dir=tmp_path_factory.mktemp("neo4j"), port=free_port(),
-                         password="test-" + secrets.token_hex(8), heap="384m")
+    server = Neo4jServer(
+        state_dir=tmp_path_factory.mktemp("neo4j"),
+        port=free_port(),
+        password="test-" + secrets.token_hex(8),
+        heap="384m",
+    )
     server.start()
     yield server
     server.stop()
@@ -90,7 +94,8 @@ def graph_state(sink: Neo4jSink) -> tuple[list[Any], list[Any]]:
     rels = cypher(sink, "MATCH (a)-[r]->(b) RETURN a.id AS a, type(r) AS t, b.id AS b")
     norm_nodes = sorted(
         (sorted(n["labels"]), sorted((k, repr(v)) for k, v in n["props"].items() if k != "sync_version"))
-        for n in nodes)
+        for n in nodes
+    )
     norm_rels = sorted((r["a"], r["t"], r["b"]) for r in rels)
     return norm_nodes, norm_rels
 
@@ -126,8 +131,14 @@ def worker_process(dsn: str, log: Path, *args: str, name: str | None = None) -> 
 
 def cli(*args: str, dsn: str) -> subprocess.CompletedProcess[str]:
     """The real `sigledger` command line, in a subprocess."""
-    return subprocess.run([sys.executable, "-m", "harness", *args], cwd=ROOT, capture_output=True, text=True,
-                          env=dict(os.environ, SIGLEDGER_DSN=dsn), timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "harness", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, SIGLEDGER_DSN=dsn),
+        timeout=600,
+    )
 
 
 class Changes:
@@ -147,26 +158,31 @@ class Changes:
         with self.conn.transaction():
             self.conn.execute(
                 "INSERT INTO sigledger.entities (id, name, entity_type, attributes) VALUES (%s, %s, %s, %s)",
-                (ident, name, entity_type, '{"origin": "test"}'))
+                (ident, name, entity_type, '{"origin": "test"}'),
+            )
             for alias in aliases:
                 self.conn.execute(
                     "INSERT INTO sigledger.entity_aliases (canonical_entity_id, alias) VALUES (%s, %s)",
-                    (ident, alias))
+                    (ident, alias),
+                )
             self._emit("entity", ident, "entity.created")
         return ident
 
-    def signal(self, external_id: str, entities: Sequence[str] = (), source: str = "news",
-               content: str | None = None) -> str:
+    def signal(
+        self, external_id: str, entities: Sequence[str] = (), source: str = "news", content: str | None = None
+    ) -> str:
         ident = str(uuid.uuid4())
         with self.conn.transaction():
             self.conn.execute(
                 "INSERT INTO sigledger.signals (id, source, external_id, occurred_at, content, payload) "
                 "VALUES (%s, %s, %s, now(), %s, %s)",
-                (ident, source, external_id, content or f"signal {external_id}", '{"tags": ["a", "b"]}'))
+                (ident, source, external_id, content or f"signal {external_id}", '{"tags": ["a", "b"]}'),
+            )
             for e in entities:
                 self.conn.execute(
                     "INSERT INTO sigledger.signal_entities (signal_id, entity_id, mention) VALUES (%s, %s, %s)",
-                    (ident, e, "mention"))
+                    (ident, e, "mention"),
+                )
             self._emit("signal", ident, "signal.ingested")
         return ident
 
@@ -175,11 +191,13 @@ class Changes:
         with self.conn.transaction():
             self.conn.execute(
                 "INSERT INTO sigledger.opportunities (id, title, score, value_usd) VALUES (%s, %s, %s, 1000)",
-                (ident, title, score))
+                (ident, title, score),
+            )
             for s in signals:
                 self.conn.execute(
                     "INSERT INTO sigledger.opportunity_signals (opportunity_id, signal_id) VALUES (%s, %s)",
-                    (ident, s))
+                    (ident, s),
+                )
             self._emit("opportunity", ident, "opportunity.created")
         return ident
 
@@ -187,7 +205,9 @@ class Changes:
         with self.conn.transaction():
             self.conn.execute(
                 "UPDATE sigledger.opportunities SET title = %s, version = version + 1, updated_at = now() "
-                "WHERE id = %s", (title, ident))
+                "WHERE id = %s",
+                (title, ident),
+            )
             self._emit("opportunity", ident, "opportunity.updated")
 
     def merge_opportunities(self, target: str, sources: Sequence[str]) -> None:
@@ -196,13 +216,21 @@ class Changes:
             self.conn.execute(
                 "INSERT INTO sigledger.opportunity_signals (opportunity_id, signal_id) "
                 "SELECT %s, signal_id FROM sigledger.opportunity_signals WHERE opportunity_id = ANY(%s::uuid[]) "
-                "ON CONFLICT DO NOTHING", (target, list(sources)))
-            self.conn.execute("DELETE FROM sigledger.opportunity_signals WHERE opportunity_id = ANY(%s::uuid[])",
-                              (list(sources),))
+                "ON CONFLICT DO NOTHING",
+                (target, list(sources)),
+            )
+            self.conn.execute(
+                "DELETE FROM sigledger.opportunity_signals WHERE opportunity_id = ANY(%s::uuid[])",
+                (list(sources),),
+            )
             self.conn.execute(
                 "UPDATE sigledger.opportunities SET status = 'merged', merged_into = %s, merged_at = now(), "
-                "version = version + 1 WHERE id = ANY(%s::uuid[])", (target, list(sources)))
-            self.conn.execute("UPDATE sigledger.opportunities SET version = version + 1 WHERE id = %s", (target,))
+                "version = version + 1 WHERE id = ANY(%s::uuid[])",
+                (target, list(sources)),
+            )
+            self.conn.execute(
+                "UPDATE sigledger.opportunities SET version = version + 1 WHERE id = %s", (target,)
+            )
             for s in sources:
                 self._emit("opportunity", s, "opportunity.merged")
             self._emit("opportunity", target, "opportunity.merged")

@@ -25,8 +25,13 @@ def _stop(proc: Any) -> int:
 
 
 def test_neo4j_down_ingestion_unaffected_backlog_drains_after_restart(
-        neo4j_server: Neo4jServer, neo4j_settings: Neo4jSettings, sink: Neo4jSink, changes: Changes,
-        db_dsn: str, tmp_path: Path) -> None:
+    neo4j_server: Neo4jServer,
+    neo4j_settings: Neo4jSettings,
+    sink: Neo4jSink,
+    changes: Changes,
+    db_dsn: str,
+    tmp_path: Path,
+) -> None:
     log = tmp_path / "worker.log"
     worker = worker_process(db_dsn, log, "--follow", "--poll-interval", "0.2")
     try:
@@ -61,11 +66,14 @@ def _worker_backend(dsn: str, name: str) -> tuple[Any, ...] | None:
     with psycopg.connect(dsn, autocommit=True) as c:
         return c.execute(
             "SELECT pid, xact_start FROM pg_stat_activity WHERE application_name = %s "
-            "AND backend_xid IS NOT NULL", (name,)).fetchone()
+            "AND backend_xid IS NOT NULL",
+            (name,),
+        ).fetchone()
 
 
-def test_worker_sigkilled_mid_batch_loses_nothing(neo4j_settings: Neo4jSettings, sink: Neo4jSink,
-                                                  changes: Changes, db_dsn: str, tmp_path: Path) -> None:
+def test_worker_sigkilled_mid_batch_loses_nothing(
+    neo4j_settings: Neo4jSettings, sink: Neo4jSink, changes: Changes, db_dsn: str, tmp_path: Path
+) -> None:
     hub = changes.entity("Hub")
     first_worker = worker_process(db_dsn, tmp_path / "w0.log", "--once")
     assert first_worker.wait(timeout=120) == 0
@@ -75,8 +83,9 @@ def test_worker_sigkilled_mid_batch_loses_nothing(neo4j_settings: Neo4jSettings,
         c.execute("SELECT sigledger._outbox_emit('entity', %s::uuid, 'entity.updated')", (hub,))
 
     # Hold a write lock on the hub's node: the worker's Neo4j transaction will wait for it, mid-batch.
-    blocker_driver = neo4j.GraphDatabase.driver(neo4j_settings.uri,
-                                                auth=(neo4j_settings.user, neo4j_settings.password))
+    blocker_driver = neo4j.GraphDatabase.driver(
+        neo4j_settings.uri, auth=(neo4j_settings.user, neo4j_settings.password)
+    )
     session = blocker_driver.session(database=neo4j_settings.database)
     blocker = session.begin_transaction()
     blocker.run("MATCH (e:Entity {id: $id}) SET e.locked_by_test = true", id=hub).consume()
@@ -86,8 +95,17 @@ def test_worker_sigkilled_mid_batch_loses_nothing(neo4j_settings: Neo4jSettings,
         wait_until(lambda: _worker_backend(db_dsn, name) is not None, 60, "the victim to claim a batch")
         claimed = _worker_backend(db_dsn, name)
         # Still the same transaction a moment later: it is stuck inside the batch, not between batches.
-        wait_until(lambda: cypher(sink, "SHOW TRANSACTIONS YIELD status WHERE status STARTS WITH 'Blocked' "
-                                        "RETURN count(*) AS n")[0]["n"] >= 1, 60, "the victim to block in Neo4j")
+        wait_until(
+            lambda: (
+                cypher(
+                    sink,
+                    "SHOW TRANSACTIONS YIELD status WHERE status STARTS WITH 'Blocked' RETURN count(*) AS n",
+                )[0]["n"]
+                >= 1
+            ),
+            60,
+            "the victim to block in Neo4j",
+        )
         assert _worker_backend(db_dsn, name) == claimed
         victim.send_signal(signal.SIGKILL)
         victim.wait(timeout=30)
@@ -108,11 +126,14 @@ def test_worker_sigkilled_mid_batch_loses_nothing(neo4j_settings: Neo4jSettings,
     assert survivor.wait(timeout=300) == 0, (tmp_path / "survivor.log").read_text()
     assert status(db_dsn)["pending"] == 0
     assert cypher(sink, "MATCH (:Signal)-[r:MENTIONS]->(:Entity {name: 'Hub 2'}) RETURN count(r) AS n") == [
-        {"n": 200}]
+        {"n": 200}
+    ]
     assert verify(db_dsn, sink).clean
 
 
-def test_two_workers_at_once_end_clean(sink: Neo4jSink, changes: Changes, db_dsn: str, tmp_path: Path) -> None:
+def test_two_workers_at_once_end_clean(
+    sink: Neo4jSink, changes: Changes, db_dsn: str, tmp_path: Path
+) -> None:
     rng = random.Random(5)
     entities = [changes.entity(f"E{i}") for i in range(30)]
     signals = [changes.signal(f"s-{i}", entities=rng.sample(entities, 3)) for i in range(300)]
@@ -122,13 +143,21 @@ def test_two_workers_at_once_end_clean(sink: Neo4jSink, changes: Changes, db_dsn
     changes.replay_all()  # plenty of duplicates for both workers to race on
     assert status(db_dsn)["pending"] > 700
 
-    workers = [worker_process(db_dsn, tmp_path / f"w{i}.log", "--once", "--batch-size", "40", name=f"w{i}")
-               for i in range(2)]
+    workers = [
+        worker_process(db_dsn, tmp_path / f"w{i}.log", "--once", "--batch-size", "40", name=f"w{i}")
+        for i in range(2)
+    ]
     for i, w in enumerate(workers):
         assert w.wait(timeout=600) == 0, (tmp_path / f"w{i}.log").read_text()
 
     assert status(db_dsn) | {"oldest_pending_age": None} == {
-        "pending": 0, "due": 0, "retrying": 0, "dead": 0, "oldest_pending_age": None, "oldest_dead_age": None}
+        "pending": 0,
+        "due": 0,
+        "retrying": 0,
+        "dead": 0,
+        "oldest_pending_age": None,
+        "oldest_dead_age": None,
+    }
     assert cypher(sink, "MATCH (o:Opportunity) RETURN count(o) AS n") == [{"n": 25}]
     drift = verify(db_dsn, sink)
     assert drift.clean, drift.as_dict()

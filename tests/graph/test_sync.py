@@ -15,8 +15,9 @@ from harness.graph.worker import WorkerConfig, make_worker
 from .conftest import Changes, cypher, graph_state, status
 
 
-def test_ingest_then_sync_shows_the_same_graph(changes: Changes, worker_factory: Any, sink: Neo4jSink,
-                                              db_dsn: str) -> None:
+def test_ingest_then_sync_shows_the_same_graph(
+    changes: Changes, worker_factory: Any, sink: Neo4jSink, db_dsn: str
+) -> None:
     acme = changes.entity("Acme", aliases=["ACME Inc", "Acme Corp"])
     globex = changes.entity("Globex", entity_type="company")
     s1 = changes.signal("n-1", entities=[acme, globex])
@@ -28,22 +29,36 @@ def test_ingest_then_sync_shows_the_same_graph(changes: Changes, worker_factory:
 
     assert total.acked == 5 and total.failed == 0
     assert status(db_dsn)["pending"] == 0
-    [ent] = cypher(sink, "MATCH (e:Entity {id: $id}) RETURN e.name AS name, e.aliases AS aliases, "
-                         "e.entity_type AS t, e.attributes AS attrs", id=acme)
-    assert ent == {"name": "Acme", "aliases": ["ACME Inc", "Acme Corp"], "t": "org",
-                   "attrs": '{"origin": "test"}'}
-    mentions = cypher(sink, "MATCH (s:Signal)-[:MENTIONS]->(e:Entity) RETURN s.external_id AS s, e.name AS e "
-                            "ORDER BY s, e")
+    [ent] = cypher(
+        sink,
+        "MATCH (e:Entity {id: $id}) RETURN e.name AS name, e.aliases AS aliases, "
+        "e.entity_type AS t, e.attributes AS attrs",
+        id=acme,
+    )
+    assert ent == {
+        "name": "Acme",
+        "aliases": ["ACME Inc", "Acme Corp"],
+        "t": "org",
+        "attrs": '{"origin": "test"}',
+    }
+    mentions = cypher(
+        sink, "MATCH (s:Signal)-[:MENTIONS]->(e:Entity) RETURN s.external_id AS s, e.name AS e ORDER BY s, e"
+    )
     assert mentions == [{"s": "n-1", "e": "Acme"}, {"s": "n-1", "e": "Globex"}, {"s": "n-2", "e": "Acme"}]
-    [o] = cypher(sink, "MATCH (o:Opportunity {id: $id}) RETURN o.title AS title, o.score AS score, "
-                       "o.status AS status, COLLECT { MATCH (o)-[:INCLUDES]->(s) RETURN s.id ORDER BY s.id } "
-                       "AS signals", id=opp)
+    [o] = cypher(
+        sink,
+        "MATCH (o:Opportunity {id: $id}) RETURN o.title AS title, o.score AS score, "
+        "o.status AS status, COLLECT { MATCH (o)-[:INCLUDES]->(s) RETURN s.id ORDER BY s.id } "
+        "AS signals",
+        id=opp,
+    )
     assert o == {"title": "Acme expansion", "score": 50.5, "status": "open", "signals": sorted([s1, s2])}
     assert verify(db_dsn, sink).clean
 
 
-def test_update_and_delete_propagate(changes: Changes, worker_factory: Any, sink: Neo4jSink,
-                                     db_dsn: str) -> None:
+def test_update_and_delete_propagate(
+    changes: Changes, worker_factory: Any, sink: Neo4jSink, db_dsn: str
+) -> None:
     s1 = changes.signal("n-1")
     opp = changes.opportunity("Old title", signals=[s1])
     worker = worker_factory()
@@ -58,8 +73,9 @@ def test_update_and_delete_propagate(changes: Changes, worker_factory: Any, sink
     assert verify(db_dsn, sink).clean
 
 
-def test_merge_propagates_loser_gone_links_on_winner(changes: Changes, worker_factory: Any, sink: Neo4jSink,
-                                                     db_dsn: str) -> None:
+def test_merge_propagates_loser_gone_links_on_winner(
+    changes: Changes, worker_factory: Any, sink: Neo4jSink, db_dsn: str
+) -> None:
     s1, s2, s3 = (changes.signal(f"n-{i}") for i in range(3))
     winner = changes.opportunity("Winner", signals=[s1])
     loser_a = changes.opportunity("Loser A", signals=[s2, s1])
@@ -77,8 +93,9 @@ def test_merge_propagates_loser_gone_links_on_winner(changes: Changes, worker_fa
     assert verify(db_dsn, sink).clean
 
 
-def test_merge_processed_loser_first_still_moves_links(changes: Changes, worker_factory: Any,
-                                                       sink: Neo4jSink, db_dsn: str) -> None:
+def test_merge_processed_loser_first_still_moves_links(
+    changes: Changes, worker_factory: Any, sink: Neo4jSink, db_dsn: str
+) -> None:
     """Only the loser's event is delivered: the winner is refreshed in the same Neo4j transaction."""
     s1, s2 = changes.signal("n-1"), changes.signal("n-2")
     winner = changes.opportunity("Winner", signals=[s1])
@@ -89,14 +106,17 @@ def test_merge_processed_loser_first_still_moves_links(changes: Changes, worker_
     with psycopg.connect(db_dsn, autocommit=True) as c:  # drop the winner's own event
         c.execute("DELETE FROM sigledger.outbox WHERE aggregate_id = %s", (winner,))
     worker.run(once=True)
-    links = cypher(sink, "MATCH (o:Opportunity {id: $w})-[:INCLUDES]->(s) RETURN s.id AS s ORDER BY s", w=winner)
+    links = cypher(
+        sink, "MATCH (o:Opportunity {id: $w})-[:INCLUDES]->(s) RETURN s.id AS s ORDER BY s", w=winner
+    )
     assert [r["s"] for r in links] == sorted([s1, s2])
     assert cypher(sink, "MATCH (o:Opportunity {id: $l}) RETURN o", l=loser) == []
     assert verify(db_dsn, sink).clean
 
 
-def test_duplicates_and_replays_change_nothing(changes: Changes, worker_factory: Any, sink: Neo4jSink,
-                                               db_dsn: str) -> None:
+def test_duplicates_and_replays_change_nothing(
+    changes: Changes, worker_factory: Any, sink: Neo4jSink, db_dsn: str
+) -> None:
     e = changes.entity("Acme")
     s = changes.signal("n-1", entities=[e])
     changes.opportunity("Deal", signals=[s])
@@ -131,7 +151,8 @@ def test_older_snapshot_is_refused(changes: Changes, worker_factory: Any, sink: 
 
 
 def test_poison_row_goes_dead_without_stopping_others_and_retry_brings_it_back(
-        changes: Changes, worker_factory: Any, sink: Neo4jSink, db_dsn: str) -> None:
+    changes: Changes, worker_factory: Any, sink: Neo4jSink, db_dsn: str
+) -> None:
     # Someone added a Neo4j constraint our data violates: two entities named "Twin".
     cypher(sink, "CREATE CONSTRAINT poison_entity_name FOR (e:Entity) REQUIRE e.name IS UNIQUE")
     good = [changes.entity(f"Good {i}") for i in range(6)]
@@ -147,8 +168,9 @@ def test_poison_row_goes_dead_without_stopping_others_and_retry_brings_it_back(
     names = {r["n"] for r in cypher(sink, "MATCH (e:Entity) RETURN e.name AS n")}
     assert names >= {f"Good {i}" for i in range(6)} | {f"More {i}" for i in range(3)} | {"Twin"}
     with psycopg.connect(db_dsn) as c:
-        [dead] = c.execute("SELECT aggregate_id::text, attempts, last_error FROM sigledger._graph_dead_list()"
-                           ).fetchall()
+        [dead] = c.execute(
+            "SELECT aggregate_id::text, attempts, last_error FROM sigledger._graph_dead_list()"
+        ).fetchall()
     assert dead[0] in twins and dead[1] == 3 and "ConstraintValidationFailed" in dead[2]
     assert not verify(db_dsn, sink).clean  # the dead twin is missing
 
@@ -165,8 +187,9 @@ def test_poison_row_goes_dead_without_stopping_others_and_retry_brings_it_back(
     assert verify(db_dsn, sink).clean
 
 
-def test_backoff_reschedules_a_failing_row_into_the_future(changes: Changes, worker_factory: Any,
-                                                           sink: Neo4jSink, db_dsn: str) -> None:
+def test_backoff_reschedules_a_failing_row_into_the_future(
+    changes: Changes, worker_factory: Any, sink: Neo4jSink, db_dsn: str
+) -> None:
     cypher(sink, "CREATE CONSTRAINT poison_entity_name FOR (e:Entity) REQUIRE e.name IS UNIQUE")
     changes.entity("Twin")
     changes.entity("Twin")
@@ -174,20 +197,25 @@ def test_backoff_reschedules_a_failing_row_into_the_future(changes: Changes, wor
     total = worker.run(once=True)
     assert total.failed == 1 and total.dead == 0
     with psycopg.connect(db_dsn) as c:
-        row = c.execute("SELECT attempts, next_attempt_at > clock_timestamp() + interval '20 minutes', "
-                        "last_error IS NOT NULL FROM sigledger.outbox").fetchone()
+        row = c.execute(
+            "SELECT attempts, next_attempt_at > clock_timestamp() + interval '20 minutes', "
+            "last_error IS NOT NULL FROM sigledger.outbox"
+        ).fetchone()
     assert row == (1, True, True)  # 3600 s * [0.5, 1): not due again for at least half an hour
     st = status(db_dsn)
     assert st["pending"] == 1 and st["due"] == 0 and st["retrying"] == 1
 
 
-def test_bad_credentials_and_unreachable_server_fail_clearly(neo4j_settings: Neo4jSettings, db_dsn: str) -> None:
+def test_bad_credentials_and_unreachable_server_fail_clearly(
+    neo4j_settings: Neo4jSettings, db_dsn: str
+) -> None:
     bad = Neo4jSettings(uri=neo4j_settings.uri, user=neo4j_settings.user, password="wrong-password")
     with pytest.raises(GraphAuthError, match="rejected the credentials of user 'neo4j'"):
         connect(bad)
     from harness.graph.neo4j_server import free_port
 
-    nowhere = Neo4jSettings(uri=f"bolt://127.0.0.1:{free_port()}", user="neo4j", password="x",
-                            connection_timeout=2.0)
+    nowhere = Neo4jSettings(
+        uri=f"bolt://127.0.0.1:{free_port()}", user="neo4j", password="x", connection_timeout=2.0
+    )
     with pytest.raises(GraphUnavailable, match="unreachable"):
         make_worker(db_dsn, nowhere, WorkerConfig())
