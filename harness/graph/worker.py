@@ -177,7 +177,8 @@ class SyncWorker:
                 if ack_ids:
                     conn.execute("SELECT sigledger._graph_ack(p_ids => %s::bigint[])", (ack_ids,))
                 result.acked = len(ack_ids)
-                result.lags = [written_at - r.created_at.timestamp() for r in rows if r.id in set(ack_ids)]
+                acked = set(ack_ids)
+                result.lags = [written_at - r.created_at.timestamp() for r in rows if r.id in acked]
                 result.deferred = sum(1 for r in rows if (r.aggregate_type, str(r.aggregate_id)) in deferred)
 
                 for key, message in errors.items():
