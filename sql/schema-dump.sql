@@ -465,6 +465,22 @@ BEGIN
                EXISTS (SELECT FROM unnest(v_broken_t, v_broken_i) b (t, i) WHERE b.t = k.t AND b.i = k.i)
                    AS broken
           FROM keys k
+    ), signal_links AS MATERIALIZED (
+        -- Set-based (one join for the whole batch, not a subquery per row). A mention of a merged entity is
+        -- shown on the entity it was merged into.
+        SELECT se.signal_id,
+               array_agg(DISTINCT CASE WHEN e.merged_into IS NULL THEN se.entity_id
+                                       ELSE coalesce(_graph_final_winner('entity', se.entity_id), se.entity_id)
+                                  END) AS links
+          FROM signal_entities se
+          JOIN entities e ON e.id = se.entity_id
+         WHERE se.signal_id = ANY (v_ids)
+         GROUP BY se.signal_id
+    ), opportunity_links AS MATERIALIZED (
+        SELECT os.opportunity_id, array_agg(os.signal_id ORDER BY os.signal_id) AS links
+          FROM opportunity_signals os
+         WHERE os.opportunity_id = ANY (v_ids || v_winners_i)
+         GROUP BY os.opportunity_id
     )
     SELECT 'entity'::text, f.i,
            CASE WHEN f.broken THEN 'error' WHEN f.deferred THEN 'deferred'
@@ -488,19 +504,11 @@ BEGIN
            CASE WHEN s.id IS NULL THEN 'absent' ELSE 'present' END,
            v_version,
            CASE WHEN s.id IS NOT NULL THEN _graph_props(to_jsonb(s), '{}') END,
-           CASE WHEN s.id IS NOT NULL THEN
-               -- A mention of a merged entity is shown on the entity it was merged into.
-               ARRAY(SELECT DISTINCT CASE WHEN e.merged_into IS NULL THEN se.entity_id
-                                          ELSE coalesce(_graph_final_winner('entity', se.entity_id),
-                                                        se.entity_id) END
-                       FROM signal_entities se
-                       JOIN entities e ON e.id = se.entity_id
-                      WHERE se.signal_id = s.id
-                      ORDER BY 1)
-           END,
+           CASE WHEN s.id IS NOT NULL THEN coalesce(sl.links, '{}') END,
            NULL::uuid, NULL::text
       FROM flagged f
       LEFT JOIN signals s ON s.id = f.i
+      LEFT JOIN signal_links sl ON sl.signal_id = s.id
      WHERE f.t = 'signal'
     UNION ALL
     SELECT 'opportunity'::text, f.i,
@@ -510,15 +518,14 @@ BEGIN
            CASE WHEN op.id IS NOT NULL AND op.merged_into IS NULL THEN
                _graph_props(to_jsonb(op), '{merged_into,merged_at}')
            END,
-           CASE WHEN op.id IS NOT NULL AND op.merged_into IS NULL THEN
-               ARRAY(SELECT os.signal_id FROM opportunity_signals os WHERE os.opportunity_id = op.id ORDER BY 1)
-           END,
+           CASE WHEN op.id IS NOT NULL AND op.merged_into IS NULL THEN coalesce(ol.links, '{}') END,
            CASE WHEN op.merged_into IS NOT NULL AND NOT f.broken THEN _graph_final_winner('opportunity', op.id)
            END,
            CASE WHEN f.broken THEN format('opportunity %s: merge chain from merged_into %s is broken or loops',
                                           f.i, op.merged_into) END
       FROM flagged f
       LEFT JOIN opportunities op ON op.id = f.i
+      LEFT JOIN opportunity_links ol ON ol.opportunity_id = op.id
      WHERE f.t = 'opportunity'
     UNION ALL
     -- Anything else is a row the projection does not understand (the table's CHECK should prevent it).
