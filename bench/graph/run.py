@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import os
 import platform
 import statistics
 import sys
@@ -191,7 +192,13 @@ def main() -> int:
             achieved_rate = ingested.value / ingest_s
 
             result: dict[str, Any] = {
-                "machine": {"cpus": mp.cpu_count(), "python": platform.python_version(), "neo4j": "5.26.0"},
+                "machine": {
+                    "cpus": mp.cpu_count(),
+                    "python": platform.python_version(),
+                    "neo4j": "5.26.0",
+                    # The machine is shared: the 1-minute load average says how contended the run was.
+                    "loadavg_1m_at_end": round(os.getloadavg()[0], 2),
+                },
                 "drain": {
                     "batched": {
                         "batch_size": args.batch_size,

@@ -235,6 +235,23 @@ class Changes:
                 self._emit("opportunity", s, "opportunity.merged")
             self._emit("opportunity", target, "opportunity.merged")
 
+    def merge_entities(self, target: str, source: str, move_mentions: bool) -> None:
+        """Entity merge: the loser keeps a tombstone; its mentions move to the winner when ``move_mentions``."""
+        with self.conn.transaction():
+            if move_mentions:
+                self.conn.execute(
+                    "INSERT INTO sigledger.signal_entities (signal_id, entity_id) "
+                    "SELECT signal_id, %s FROM sigledger.signal_entities WHERE entity_id = %s "
+                    "ON CONFLICT DO NOTHING",
+                    (target, source),
+                )
+                self.conn.execute("DELETE FROM sigledger.signal_entities WHERE entity_id = %s", (source,))
+            self.conn.execute(
+                "UPDATE sigledger.entities SET merged_into = %s, version = version + 1 WHERE id = %s",
+                (target, source),
+            )
+            self._emit("entity", source, "entity.merged")
+
     def delete_signal(self, ident: str) -> None:
         with self.conn.transaction():
             self.conn.execute("DELETE FROM sigledger.signals WHERE id = %s", (ident,))

@@ -114,6 +114,23 @@ def test_merge_processed_loser_first_still_moves_links(
     assert verify(db_dsn, sink).clean
 
 
+@pytest.mark.parametrize("move_mentions", [True, False])
+def test_entity_merge_moves_mentions_to_the_winner(
+    changes: Changes, worker_factory: Any, sink: Neo4jSink, db_dsn: str, move_mentions: bool
+) -> None:
+    winner, loser = changes.entity("Acme"), changes.entity("ACME (dup)")
+    s1 = changes.signal("n-1", entities=[loser])
+    s2 = changes.signal("n-2", entities=[winner, loser])
+    worker = worker_factory()
+    worker.run(once=True)
+    changes.merge_entities(winner, loser, move_mentions=move_mentions)
+    worker.run(once=True)  # only the loser's event: its relationships move in Neo4j
+    assert cypher(sink, "MATCH (e:Entity) RETURN e.id AS id") == [{"id": winner}]
+    mentions = cypher(sink, "MATCH (s:Signal)-[:MENTIONS]->(e:Entity) RETURN s.id AS s, e.id AS e ORDER BY s")
+    assert mentions == sorted([{"s": s1, "e": winner}, {"s": s2, "e": winner}], key=lambda r: r["s"])
+    assert verify(db_dsn, sink).clean
+
+
 def test_duplicates_and_replays_change_nothing(
     changes: Changes, worker_factory: Any, sink: Neo4jSink, db_dsn: str
 ) -> None:
