@@ -123,7 +123,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--signals", type=int, default=20000, help="events drained in the batched run")
     parser.add_argument("--per-event", type=int, default=1500, help="events drained one per transaction")
-    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--batch-size", type=int, default=1000)
     parser.add_argument("--lag-rate", type=int, default=1000, help="ingested events per second")
     parser.add_argument("--lag-seconds", type=float, default=20.0)
     args = parser.parse_args()

@@ -111,13 +111,15 @@ BEGIN
     -- nobody ever sees the loser's links missing from both. The winner must not be projected by another
     -- worker at the same time: try-lock it, or defer the loser.
     FOR v_loser IN
-        SELECT 'entity' AS t, e.id AS i FROM entities e
-         WHERE e.id = ANY (v_ids) AND e.merged_into IS NOT NULL
-           AND EXISTS (SELECT FROM unnest(v_types, v_ids) u (t, i) WHERE u.t = 'entity' AND u.i = e.id)
+        SELECT 'entity' AS t, e.id AS i
+          FROM unnest(v_types, v_ids) u (t, i)
+          JOIN entities e ON e.id = u.i
+         WHERE u.t = 'entity' AND e.merged_into IS NOT NULL
         UNION ALL
-        SELECT 'opportunity', op.id FROM opportunities op
-         WHERE op.id = ANY (v_ids) AND op.merged_into IS NOT NULL
-           AND EXISTS (SELECT FROM unnest(v_types, v_ids) u (t, i) WHERE u.t = 'opportunity' AND u.i = op.id)
+        SELECT 'opportunity', op.id
+          FROM unnest(v_types, v_ids) u (t, i)
+          JOIN opportunities op ON op.id = u.i
+         WHERE u.t = 'opportunity' AND op.merged_into IS NOT NULL
     LOOP
         v_winner := _graph_final_winner(v_loser.t, v_loser.i);
         IF v_winner IS NULL THEN
@@ -134,7 +136,7 @@ BEGIN
     END LOOP;
 
     RETURN QUERY
-    WITH keys AS (
+    WITH keys AS MATERIALIZED (
         SELECT DISTINCT u.t, u.i
           FROM (SELECT * FROM unnest(v_types, v_ids) UNION ALL SELECT * FROM unnest(v_winners_t, v_winners_i))
                AS u (t, i)
@@ -145,22 +147,6 @@ BEGIN
                EXISTS (SELECT FROM unnest(v_broken_t, v_broken_i) b (t, i) WHERE b.t = k.t AND b.i = k.i)
                    AS broken
           FROM keys k
-    ), signal_links AS MATERIALIZED (
-        -- Set-based (one join for the whole batch, not a subquery per row). A mention of a merged entity is
-        -- shown on the entity it was merged into.
-        SELECT se.signal_id,
-               array_agg(DISTINCT CASE WHEN e.merged_into IS NULL THEN se.entity_id
-                                       ELSE coalesce(_graph_final_winner('entity', se.entity_id), se.entity_id)
-                                  END) AS links
-          FROM signal_entities se
-          JOIN entities e ON e.id = se.entity_id
-         WHERE se.signal_id = ANY (v_ids)
-         GROUP BY se.signal_id
-    ), opportunity_links AS MATERIALIZED (
-        SELECT os.opportunity_id, array_agg(os.signal_id ORDER BY os.signal_id) AS links
-          FROM opportunity_signals os
-         WHERE os.opportunity_id = ANY (v_ids || v_winners_i)
-         GROUP BY os.opportunity_id
     )
     SELECT 'entity'::text, f.i,
            CASE WHEN f.broken THEN 'error' WHEN f.deferred THEN 'deferred'
@@ -188,7 +174,17 @@ BEGIN
            NULL::uuid, NULL::text
       FROM flagged f
       LEFT JOIN signals s ON s.id = f.i
-      LEFT JOIN signal_links sl ON sl.signal_id = s.id
+      -- Per row through the indexes: linear in the batch, independent of the table's size. (A CTE joined
+      -- here was rescanned per row by a nested loop: quadratic in the batch.)
+      LEFT JOIN LATERAL (
+          -- A mention of a merged entity is shown on the entity it was merged into.
+          SELECT array_agg(DISTINCT CASE WHEN e.merged_into IS NULL THEN se.entity_id
+                                         ELSE coalesce(_graph_final_winner('entity', se.entity_id), se.entity_id)
+                                    END) AS links
+            FROM signal_entities se
+            JOIN entities e ON e.id = se.entity_id
+           WHERE se.signal_id = s.id
+      ) sl ON s.id IS NOT NULL
      WHERE f.t = 'signal'
     UNION ALL
     SELECT 'opportunity'::text, f.i,
@@ -205,7 +201,11 @@ BEGIN
                                           f.i, op.merged_into) END
       FROM flagged f
       LEFT JOIN opportunities op ON op.id = f.i
-      LEFT JOIN opportunity_links ol ON ol.opportunity_id = op.id
+      LEFT JOIN LATERAL (
+          SELECT array_agg(os.signal_id ORDER BY os.signal_id) AS links
+            FROM opportunity_signals os
+           WHERE os.opportunity_id = op.id
+      ) ol ON op.id IS NOT NULL
      WHERE f.t = 'opportunity'
     UNION ALL
     -- Anything else is a row the projection does not understand (the table's CHECK should prevent it).
