@@ -133,7 +133,9 @@ def sync(dsn: str | None, mode: str, workers: int, batch_size: int, max_attempts
         sys.exit(_run_processes(dsn, settings, workers, once, batch_size, max_attempts))
     config = WorkerConfig(batch_size=batch_size, max_attempts=max_attempts)
     worker = make_worker(dsn, settings, config, name=f"sigledger-graph-sync-{os.getpid()}")
+    # SIGTERM / Ctrl-C: finish the batch in flight (its COMMIT), then leave.
     signal.signal(signal.SIGTERM, lambda *_: worker.stop_event.set())
+    signal.signal(signal.SIGINT, lambda *_: worker.stop_event.set())
     try:
         if once:
             pending = int(_status(dsn)["pending"])
@@ -145,11 +147,7 @@ def sync(dsn: str | None, mode: str, workers: int, batch_size: int, max_attempts
                 total = worker.run(once=True, on_batch=advance)
         else:
             click.echo(f"following the outbox into {settings.uri} (Ctrl-C to stop)", err=True)
-            try:
-                total = worker.run(once=False)
-            except KeyboardInterrupt:
-                worker.stop_event.set()
-                total = BatchResult()
+            total = worker.run(once=False)
     finally:
         worker.close()
         worker.sink.driver.close()

@@ -100,9 +100,11 @@ class SyncWorker:
         *,
         name: str = "sigledger-graph-sync",
         write: Callable[[Sequence[Snapshot]], None] | None = None,
+        settings: Neo4jSettings | None = None,
     ) -> None:
         self.dsn = dsn
         self.sink = sink
+        self.settings = settings or Neo4jSettings.from_env()  # for error messages (which server)
         self.config = config or WorkerConfig()
         self.name = name
         self._write = write or sink.write
@@ -223,17 +225,13 @@ class SyncWorker:
             return {}
         except Exception as exc:
             if is_outage(exc):
-                raise describe(exc, self.sink_settings) from exc
+                raise describe(exc, self.settings) from exc
             if len(units) == 1:
                 return {units[0][0].key: f"{type(exc).__name__}: {exc}"}
             mid = len(units) // 2
             failed = self._write_isolating(units[:mid])
             failed.update(self._write_isolating(units[mid:]))
             return failed
-
-    @property
-    def sink_settings(self) -> Neo4jSettings:
-        return getattr(self, "_settings", None) or Neo4jSettings.from_env()
 
     # ---- loop --------------------------------------------------------------------------------------------
 
@@ -248,8 +246,7 @@ class SyncWorker:
         outages = 0
         try:
             if not once:
-                listen = psycopg.connect(self.dsn, application_name=f"{self.name}-listen", autocommit=True)
-                listen.execute(f"LISTEN {CHANNEL}")
+                listen = self._listen()
             while not self.stop_event.is_set():
                 try:
                     res = self.run_batch()
@@ -276,8 +273,7 @@ class SyncWorker:
                 if res.claimed == 0:
                     if once:
                         break
-                    assert listen is not None
-                    self._wait_for_notify(listen)
+                    listen = self._wait_for_notify(listen)
                 elif res.acked + res.failed == 0:
                     # Only deferred rows (their merge winner is being projected elsewhere): brief pause.
                     self.stop_event.wait(0.05)
@@ -286,13 +282,36 @@ class SyncWorker:
                 listen.close()
         return total
 
-    def _wait_for_notify(self, listen: psycopg.Connection[Any]) -> None:
+    def _listen(self) -> psycopg.Connection[Any] | None:
         try:
-            for _ in listen.notifies(timeout=self.config.poll_interval, stop_after=1):
-                pass
+            conn = psycopg.connect(self.dsn, application_name=f"{self.name}-listen", autocommit=True)
+            conn.execute(f"LISTEN {CHANNEL}")
+            return conn
+        except psycopg.OperationalError as exc:
+            log.warning("LISTEN unavailable (%s); polling every %.1fs", exc, self.config.poll_interval)
+            return None
+
+    def _wait_for_notify(self, listen: psycopg.Connection[Any] | None) -> psycopg.Connection[Any] | None:
+        """Sleep until a notification or the poll interval; returns the (possibly new) LISTEN connection."""
+        if listen is None or listen.closed:
+            listen = self._listen()
+            if listen is None:
+                self.stop_event.wait(self.config.poll_interval)
+                return None
+        try:
+            # In slices of at most a second, so a stop request is seen promptly during a long poll interval.
+            deadline = time.monotonic() + self.config.poll_interval
+            while not self.stop_event.is_set():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                if any(True for _ in listen.notifies(timeout=min(remaining, 1.0), stop_after=1)):
+                    break
         except psycopg.OperationalError:
-            # The poll fallback keeps working without notifications until the next reconnect.
+            # Lost: the poll interval still bounds the delay; reconnect on the next wait.
+            listen.close()
             self.stop_event.wait(self.config.poll_interval)
+        return listen
 
 
 def make_worker(
@@ -310,9 +329,7 @@ def make_worker(
     except Exception as exc:
         driver.close()
         raise describe(exc, settings) from exc
-    worker = SyncWorker(dsn, sink, config, name=name)
-    worker._settings = settings  # type: ignore[attr-defined]
-    return worker
+    return SyncWorker(dsn, sink, config, name=name, settings=settings)
 
 
 def main(argv: list[str] | None = None) -> int:

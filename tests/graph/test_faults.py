@@ -161,3 +161,48 @@ def test_two_workers_at_once_end_clean(
     assert cypher(sink, "MATCH (o:Opportunity) RETURN count(o) AS n") == [{"n": 25}]
     drift = verify(db_dsn, sink)
     assert drift.clean, drift.as_dict()
+
+
+def test_listen_notify_wakes_a_follower_and_polling_catches_unnotified_rows(
+    sink: Neo4jSink, changes: Changes, db_dsn: str, tmp_path: Path
+) -> None:
+    # Poll interval of an hour: only a notification can wake this follower within the wait below.
+    log = tmp_path / "notified.log"
+    worker = worker_process(db_dsn, log, "--follow", "--poll-interval", "3600", name="graph-test-listener")
+    try:
+        wait_until(lambda: _listening(db_dsn, "graph-test-listener-listen"), 60, "the follower to LISTEN")
+        changes.entity("Woken by NOTIFY")
+        wait_until(lambda: status(db_dsn)["pending"] == 0, 60, "the notified change to be projected")
+    finally:
+        assert _stop(worker) == 0, log.read_text()
+
+    # A row that arrives without a notification is found by the polling fallback.
+    log = tmp_path / "polling.log"
+    worker = worker_process(db_dsn, log, "--follow", "--poll-interval", "0.2")
+    try:
+        with psycopg.connect(db_dsn, autocommit=True) as c:
+            e = c.execute(
+                "INSERT INTO sigledger.entities (name) VALUES ('Found by polling') RETURNING id::text"
+            ).fetchone()
+            assert e is not None
+            c.execute(
+                "INSERT INTO sigledger.outbox (aggregate_type, aggregate_id, event_type) "
+                "VALUES ('entity', %s, 'no-notify')",
+                (e[0],),
+            )
+        wait_until(lambda: status(db_dsn)["pending"] == 0, 60, "polling to find the unnotified row")
+    finally:
+        assert _stop(worker) == 0, log.read_text()
+    assert {r["n"] for r in cypher(sink, "MATCH (e:Entity) RETURN e.name AS n")} == {
+        "Woken by NOTIFY",
+        "Found by polling",
+    }
+
+
+def _listening(dsn: str, application_name: str) -> bool:
+    with psycopg.connect(dsn, autocommit=True) as c:
+        row = c.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s AND state = 'idle'",
+            (application_name,),
+        ).fetchone()
+    return bool(row and row[0])
