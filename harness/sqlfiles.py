@@ -93,21 +93,23 @@ def parse_statements(text: str, origin: str) -> list[Statement]:
         raws = pglast.parse_sql(text)
     except pglast.parser.ParseError as exc:
         raise MigrationError(f"{origin}: SQL does not parse: {exc}") from exc
-    encoded = text.encode("utf-8")
+    # pglast reports stmt_location/stmt_len in characters of the str it was given (it maps libpg_query's
+    # byte offsets back), so slice the str: slicing the UTF-8 bytes shifts every statement after non-ASCII text.
     out: list[Statement] = []
     for raw in raws:
         start = raw.stmt_location or 0
-        end = start + raw.stmt_len if raw.stmt_len else len(encoded)
-        sql = encoded[start:end].decode("utf-8").strip()
-        line = encoded[:start].count(b"\n") + 1 + (len(sql) and _leading_newlines(encoded[start:end]))
+        end = start + raw.stmt_len if raw.stmt_len else len(text)
+        chunk = text[start:end]
+        sql = chunk.strip()
+        line = text.count("\n", 0, start) + 1 + (len(sql) and _leading_newlines(chunk))
         assert raw.stmt is not None
         out.append(Statement(sql=sql, line=line, node=raw.stmt))
     return out
 
 
-def _leading_newlines(chunk: bytes) -> int:
+def _leading_newlines(chunk: str) -> int:
     stripped = chunk.lstrip()
-    return chunk[: len(chunk) - len(stripped)].count(b"\n")
+    return chunk[: len(chunk) - len(stripped)].count("\n")
 
 
 @dataclass(frozen=True)
