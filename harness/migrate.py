@@ -223,6 +223,7 @@ class Migrator:
                 steps.append(f"{migration.label} ({mode}, {len(migration.up.statements)} statements)")
             if self._reaches_head(to):
                 for rep in self._repeatables_to_apply(conn, bool(pending)):
+                    rep.file.check_statements(transactional=True)
                     steps.append(f"repeatable {rep.name}")
             return steps
 
@@ -305,12 +306,17 @@ class Migrator:
     def up(self, to: str | None = None) -> list[str]:
         ran: list[str] = []
         with self._connect() as conn, self._runner_lock():
-            conn.execute(_META_DDL)
             status = self._status(conn)
             self._refuse_unsafe(status)
             pending = self._pending(conn, to)
-            for migration in pending:  # everything is checked before anything runs
+            reps = self._repeatables_to_apply(conn, bool(pending)) if self._reaches_head(to) else []
+            # Everything is checked before anything runs (the history schema included): a refused file
+            # leaves the database exactly as it was, and no earlier pending file is applied either.
+            for migration in pending:
                 migration.up.check_statements()
+            for rep in reps:
+                rep.file.check_statements(transactional=True)  # repeatables run in one transaction
+            conn.execute(_META_DDL)
             applied = self._applied(conn)
             for migration in pending:
                 if migration.up.transactional:
@@ -318,11 +324,9 @@ class Migrator:
                 else:
                     self._apply_statementwise(conn, migration, applied.get(migration.version))
                 ran.append(migration.label)
-            if self._reaches_head(to):
-                reps = self._repeatables_to_apply(conn, bool(pending))
-                if reps:
-                    self._apply_repeatables(conn, reps)
-                    ran.extend(f"repeatable {r.name}" for r in reps)
+            if reps:
+                self._apply_repeatables(conn, reps)
+                ran.extend(f"repeatable {r.name}" for r in reps)
         return ran
 
     def _owner_role_usable(self, conn: psycopg.Connection[Any]) -> bool:
@@ -532,7 +536,6 @@ class Migrator:
                 )
                 for rep in reps:
                     self.log(f"applying repeatable {rep.name}")
-                    rep.file.check_statements()
                     for stmt in rep.file.statements:
                         self._execute(conn, stmt, rep.name)
                 conn.execute("RESET ROLE")
@@ -553,7 +556,6 @@ class Migrator:
         target = version_key(to.lstrip("Vv"))
         ran: list[str] = []
         with self._connect() as conn, self._runner_lock():
-            conn.execute(_META_DDL)
             status = self._status(conn)
             self._refuse_unsafe(status)
             applied = self._applied(conn)
@@ -566,6 +568,9 @@ class Migrator:
             for migration in victims:
                 assert migration.down is not None
                 migration.down.check_statements()
+            if not victims:
+                return ran
+            conn.execute(_META_DDL)
             for migration in victims:
                 assert migration.down is not None
                 self.log(f"rolling back {migration.label}")

@@ -136,15 +136,19 @@ class SqlFile:
     def statements(self) -> list[Statement]:
         return parse_statements(self.text, self.path.name)
 
-    def check_statements(self) -> None:
-        """Parse, and refuse a transactional file holding a statement that cannot run in a transaction."""
+    def check_statements(self, *, transactional: bool | None = None) -> None:
+        """Parse, and refuse a transactional file holding a statement that cannot run in a transaction.
+
+        ``transactional`` overrides the file's header (repeatable files always run in a transaction).
+        """
+        in_transaction = self.transactional if transactional is None else transactional
         for stmt in self.statements:
             if isinstance(stmt.node, ast.TransactionStmt):
                 raise MigrationError(
                     f"{self.path.name}:{stmt.line}: transaction control ({stmt.sql.split()[0].upper()}) is not "
                     "allowed in a migration; the runner owns the transaction"
                 )
-            if self.transactional and stmt.needs_no_transaction:
+            if in_transaction and stmt.needs_no_transaction:
                 raise MigrationError(
                     f"{self.path.name}:{stmt.line}: '{_first_line(stmt.sql)}' cannot run inside a transaction; "
                     f"put it in a file whose first line is '-- {HEADER_NO_TRANSACTION}'"
