@@ -53,7 +53,9 @@ def fixture_set(name: str, tmp_path: Path) -> FixtureSet:
     return FixtureSet(target)
 
 
-def cli(args: list[str], monkeypatch: pytest.MonkeyPatch | None = None, fx: FixtureSet | None = None) -> Result:
+def cli(
+    args: list[str], monkeypatch: pytest.MonkeyPatch | None = None, fx: FixtureSet | None = None
+) -> Result:
     """Run `sigledger ...` in-process (click's CliRunner), pointed at a fixture set when one is given."""
     if fx is not None:
         assert monkeypatch is not None

@@ -27,7 +27,11 @@ def test_versions_are_ordered_numerically(tmp_path: Path) -> None:
 def test_companions_attach_to_their_version(tmp_path: Path) -> None:
     directory = _write(
         tmp_path,
-        {"V2__a.sql": "SELECT 1;", "V2__a.down.sql": "SELECT 2;", "V2__a.verify.sql": "SELECT 3 WHERE false;"},
+        {
+            "V2__a.sql": "SELECT 1;",
+            "V2__a.down.sql": "SELECT 2;",
+            "V2__a.verify.sql": "SELECT 3 WHERE false;",
+        },
     )
     [migration] = discover_migrations(directory)
     assert migration.down is not None and migration.down.path.name == "V2__a.down.sql"
@@ -79,5 +83,5 @@ def test_statements_split_with_dollar_quotes_and_semicolons_in_strings() -> None
 
 
 def test_unparsable_file_is_refused_naming_it() -> None:
-    with pytest.raises(MigrationError, match="broken.sql: SQL does not parse"):
+    with pytest.raises(MigrationError, match=r"broken\.sql: SQL does not parse"):
         parse_statements("CREATE TABLE (;", "broken.sql")

@@ -96,7 +96,9 @@ def test_status_json_shape_and_exit_codes(
     assert text.exit_code == EXIT_OK and "status: up to date" in text.output
 
 
-def test_edited_applied_migration_is_drift(empty_db_dsn: str, fx: FixtureSet, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_edited_applied_migration_is_drift(
+    empty_db_dsn: str, fx: FixtureSet, monkeypatch: pytest.MonkeyPatch
+) -> None:
     fx.migrator(empty_db_dsn).up(to="3_010")
     path = fx.migrations / "V3_9__nine.sql"
     original = path.read_text()
@@ -162,7 +164,9 @@ def test_database_ahead_of_the_code_is_refused(
     assert snapshot(empty_db_dsn) == before  # the new repeatable did not run either
 
 
-def test_baseline_marks_without_running(empty_db_dsn: str, fx: FixtureSet, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_baseline_marks_without_running(
+    empty_db_dsn: str, fx: FixtureSet, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # An existing database that already has what V1 and V3_9 create.
     with psycopg.connect(empty_db_dsn, autocommit=True) as conn:
         conn.execute(
@@ -242,13 +246,17 @@ def test_statement_that_cannot_run_in_a_transaction_is_refused_up_front(
         fx.migrator(empty_db_dsn).up()
     # Nothing ran: not even V1 .. V10, which came before the bad file.
     assert snapshot(empty_db_dsn) == before
-    with pytest.raises(MigrationError, match="V11__bad.sql:3"):
+    with pytest.raises(MigrationError, match=r"V11__bad\.sql:3"):
         fx.migrator(empty_db_dsn).plan()
 
 
-@pytest.mark.parametrize("statement", ["BEGIN;", "COMMIT;", "ROLLBACK;", "START TRANSACTION;", "SAVEPOINT s;"])
+@pytest.mark.parametrize(
+    "statement", ["BEGIN;", "COMMIT;", "ROLLBACK;", "START TRANSACTION;", "SAVEPOINT s;"]
+)
 @pytest.mark.parametrize("header", ["", "-- sigledger:no-transaction\n"])
-def test_transaction_control_is_refused(empty_db_dsn: str, fx: FixtureSet, statement: str, header: str) -> None:
+def test_transaction_control_is_refused(
+    empty_db_dsn: str, fx: FixtureSet, statement: str, header: str
+) -> None:
     (fx.migrations / "V11__bad.sql").write_text(f"{header}SELECT 1;\n{statement}\nSELECT 2;\n")
     before = snapshot(empty_db_dsn)
     with pytest.raises(MigrationError, match=r"V11__bad.sql:\d: transaction control"):
@@ -259,6 +267,6 @@ def test_transaction_control_is_refused(empty_db_dsn: str, fx: FixtureSet, state
 def test_bad_repeatable_is_refused_before_any_migration_runs(empty_db_dsn: str, fx: FixtureSet) -> None:
     (fx.functions / "030_bad.sql").write_text("CREATE INDEX CONCURRENTLY t9_c10 ON fx.t9 (c10);\n")
     before = snapshot(empty_db_dsn)
-    with pytest.raises(MigrationError, match="030_bad.sql:1"):
+    with pytest.raises(MigrationError, match=r"030_bad\.sql:1"):
         fx.migrator(empty_db_dsn).up()
     assert snapshot(empty_db_dsn) == before
