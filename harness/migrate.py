@@ -202,7 +202,7 @@ class Migrator:
         status.pending = [m.label for m in migrations if m.key not in applied_keys]
         done = self._repeatable_checksums(conn)
         status.repeatables_pending = [
-            r.name for r in self.repeatables() if done.get(r.name) != r.file.checksum and not r.always
+            r.name for r in self.repeatables() if done.get(r.name) != r.file.checksum
         ]
         return status
 
@@ -297,9 +297,11 @@ class Migrator:
         return to is None or not migrations or version_key(to.lstrip("Vv")) >= migrations[-1].key
 
     def _repeatables_to_apply(self, conn: psycopg.Connection[Any], migrated: bool) -> list[Repeatable]:
+        """The changed (or new) repeatable files, in file-name order, plus every `always` file when anything
+        is applied at all. An edited `always` file is a change of its own."""
         done = self._repeatable_checksums(conn)
-        changed = [r for r in self.repeatables() if done.get(r.name) != r.file.checksum and not r.always]
-        if not changed and not migrated and all(r.name in done for r in self.repeatables()):
+        changed = [r for r in self.repeatables() if done.get(r.name) != r.file.checksum]
+        if not changed and not migrated:
             return []
         return [r for r in self.repeatables() if r in changed or r.always]
 
