@@ -270,3 +270,41 @@ def test_bad_repeatable_is_refused_before_any_migration_runs(empty_db_dsn: str, 
     with pytest.raises(MigrationError, match=r"030_bad\.sql:1"):
         fx.migrator(empty_db_dsn).up()
     assert snapshot(empty_db_dsn) == before
+
+
+def test_always_repeatable_runs_with_every_change_and_when_edited(empty_db_dsn: str, fx: FixtureSet) -> None:
+    always = fx.functions / "900_always.sql"
+    always.write_text(
+        "-- sigledger:always\n-- re-applied whenever anything else is\n"
+        "INSERT INTO fx.applied_log (what) VALUES ('rep:900_always');\n"
+    )
+
+    def reps() -> list[str]:
+        return [w for w in applied_log(empty_db_dsn) if w.startswith("rep:")]
+
+    assert fx.migrator(empty_db_dsn).up()[-3:] == [f"repeatable {n}" for n in [*REPEATABLES, "900_always.sql"]]
+    assert fx.migrator(empty_db_dsn).up() == []
+    assert fx.migrator(empty_db_dsn).status().exit_code == EXIT_OK
+
+    second = fx.functions / "020_second.sql"
+    second.write_text(second.read_text() + "-- edited\n")
+    assert fx.migrator(empty_db_dsn).up() == ["repeatable 020_second.sql", "repeatable 900_always.sql"]
+
+    # Editing the always file alone is a change too: status reports it and up applies it.
+    always.write_text(always.read_text() + "-- edited\n")
+    status = fx.migrator(empty_db_dsn).status()
+    assert status.repeatables_pending == ["900_always.sql"] and status.exit_code == EXIT_PENDING
+    assert fx.migrator(empty_db_dsn).up() == ["repeatable 900_always.sql"]
+    assert fx.migrator(empty_db_dsn).up() == []
+
+    (fx.migrations / "V11__more.sql").write_text("CREATE TABLE fx.t11 (id int);\n")
+    assert fx.migrator(empty_db_dsn).up() == ["V11__more", "repeatable 900_always.sql"]
+    assert reps() == [
+        "rep:010_first",
+        "rep:020_second",
+        "rep:900_always",
+        "rep:020_second",
+        "rep:900_always",
+        "rep:900_always",
+        "rep:900_always",
+    ]
