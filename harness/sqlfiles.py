@@ -118,7 +118,8 @@ class SqlFile:
 
     @cached_property
     def text(self) -> str:
-        return self.path.read_text(encoding="utf-8")
+        # utf-8-sig: an editor's byte-order mark is not SQL (the parser rejects it) and not a change.
+        return self.path.read_text(encoding="utf-8-sig")
 
     @cached_property
     def checksum(self) -> str:
@@ -147,6 +148,12 @@ class SqlFile:
                 raise MigrationError(
                     f"{self.path.name}:{stmt.line}: transaction control ({stmt.sql.split()[0].upper()}) is not "
                     "allowed in a migration; the runner owns the transaction"
+                )
+            node = stmt.node
+            if isinstance(node, ast.IndexStmt) and node.concurrent and not node.idxname:
+                raise MigrationError(
+                    f"{self.path.name}:{stmt.line}: CREATE INDEX CONCURRENTLY needs an index name: the runner "
+                    "looks the index up by name to keep a valid one and rebuild an INVALID one on re-run"
                 )
             if in_transaction and stmt.needs_no_transaction:
                 raise MigrationError(
