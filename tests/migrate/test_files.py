@@ -85,3 +85,23 @@ def test_statements_split_with_dollar_quotes_and_semicolons_in_strings() -> None
 def test_unparsable_file_is_refused_naming_it() -> None:
     with pytest.raises(MigrationError, match=r"broken\.sql: SQL does not parse"):
         parse_statements("CREATE TABLE (;", "broken.sql")
+
+
+def test_byte_order_mark_is_neither_sql_nor_a_change(tmp_path: Path) -> None:
+    text = "-- sigledger:no-transaction\nCREATE INDEX CONCURRENTLY i ON t (a);\n"
+    directory = _write(tmp_path / "bom", {"V1__a.sql": "\ufeff" + text})
+    plain = _write(tmp_path / "plain", {"V1__a.sql": text})
+    [with_bom], [without] = discover_migrations(directory), discover_migrations(plain)
+    assert not with_bom.up.transactional  # the header is still seen
+    assert [s.sql for s in with_bom.up.statements] == ["CREATE INDEX CONCURRENTLY i ON t (a)"]
+    assert with_bom.up.checksum == without.up.checksum
+
+
+def test_unnamed_concurrent_index_is_refused(tmp_path: Path) -> None:
+    """Without a name a failed build could not be found on re-run: a second index would be built beside it."""
+    directory = _write(
+        tmp_path, {"V1__a.sql": "-- sigledger:no-transaction\nCREATE INDEX CONCURRENTLY ON t (a);\n"}
+    )
+    [migration] = discover_migrations(directory)
+    with pytest.raises(MigrationError, match=r"V1__a\.sql:2: CREATE INDEX CONCURRENTLY needs an index name"):
+        migration.up.check_statements()
