@@ -26,7 +26,15 @@ HEADER_NO_TRANSACTION = "sigledger:no-transaction"
 HEADER_ALWAYS = "sigledger:always"
 
 
+_VERSION = re.compile(r"^\d+(?:[._]\d+)*$")
+
+
 def version_key(version: str) -> tuple[int, ...]:
+    """(3, 10) for "3_010": versions compare numerically, part by part."""
+    if not _VERSION.match(version):
+        raise MigrationError(
+            f"'{version}' is not a version (expected digits separated by _ or ., e.g. V3_010)"
+        )
     return tuple(int(part) for part in re.split(r"[._]", version))
 
 
