@@ -282,7 +282,9 @@ def test_always_repeatable_runs_with_every_change_and_when_edited(empty_db_dsn: 
     def reps() -> list[str]:
         return [w for w in applied_log(empty_db_dsn) if w.startswith("rep:")]
 
-    assert fx.migrator(empty_db_dsn).up()[-3:] == [f"repeatable {n}" for n in [*REPEATABLES, "900_always.sql"]]
+    assert fx.migrator(empty_db_dsn).up()[-3:] == [
+        f"repeatable {n}" for n in [*REPEATABLES, "900_always.sql"]
+    ]
     assert fx.migrator(empty_db_dsn).up() == []
     assert fx.migrator(empty_db_dsn).status().exit_code == EXIT_OK
 
@@ -308,3 +310,15 @@ def test_always_repeatable_runs_with_every_change_and_when_edited(empty_db_dsn: 
         "rep:900_always",
         "rep:900_always",
     ]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["up", "--to", "banana"], ["down", "--to", "V3_x"], ["baseline", "V"], ["plan", "--to", "3__1"]],
+)
+def test_malformed_version_argument_is_a_clear_error(
+    empty_db_dsn: str, fx: FixtureSet, monkeypatch: pytest.MonkeyPatch, args: list[str]
+) -> None:
+    result = cli(["migrate", *args, "--dsn", empty_db_dsn], monkeypatch, fx)  # raises on a traceback
+    assert result.exit_code == 1 and "is not a version" in result.output
+    assert history(empty_db_dsn) == []
