@@ -217,10 +217,18 @@ class Migrator:
             self._refuse_unsafe(status)
             steps = []
             pending = self._pending(conn, to)
+            applied = {version_key(v): row for v, row in self._applied(conn).items()}
             for migration in pending:
                 migration.up.check_statements()
                 mode = "transactional" if migration.up.transactional else "non-transactional"
-                steps.append(f"{migration.label} ({mode}, {len(migration.up.statements)} statements)")
+                count = len(migration.up.statements)
+                previous = applied.get(migration.key)
+                if previous is not None and previous.status == "in_progress":
+                    steps.append(
+                        f"{migration.label} ({mode}, resumes at statement {previous.progress + 1} of {count})"
+                    )
+                else:
+                    steps.append(f"{migration.label} ({mode}, {count} statements)")
             if self._reaches_head(to):
                 for rep in self._repeatables_to_apply(conn, bool(pending)):
                     rep.file.check_statements(transactional=True)
@@ -319,12 +327,13 @@ class Migrator:
             for rep in reps:
                 rep.file.check_statements(transactional=True)  # repeatables run in one transaction
             conn.execute(_META_DDL)
-            applied = self._applied(conn)
+            # By version key: V3_8 and V3_008 are one version (a renamed file resumes its own row).
+            applied = {version_key(v): row for v, row in self._applied(conn).items()}
             for migration in pending:
                 if migration.up.transactional:
                     self._apply_transactional(conn, migration)
                 else:
-                    self._apply_statementwise(conn, migration, applied.get(migration.version))
+                    self._apply_statementwise(conn, migration, applied.get(migration.key))
                 ran.append(migration.label)
             if reps:
                 self._apply_repeatables(conn, reps)
@@ -435,8 +444,10 @@ class Migrator:
                     socket.gethostname(),
                 ),
             )
+            row_version = migration.version
             start_at = 0
         else:
+            row_version = previous.version
             start_at = previous.progress
             self.log(f"resuming {migration.label} at statement {start_at + 1} of {len(up.statements)}")
         self.log(f"applying {migration.label} (non-transactional)")
@@ -451,18 +462,18 @@ class Migrator:
                     conn.execute("RESET ROLE")
                     conn.execute(
                         f"UPDATE {META_SCHEMA}.schema_history SET last_error = %s WHERE version = %s",
-                        (str(exc), migration.version),
+                        (str(exc), row_version),
                     )
                 raise
             conn.execute(
                 f"UPDATE {META_SCHEMA}.schema_history SET progress = %s, last_error = NULL "
                 "WHERE version = %s",
-                (index + 1, migration.version),
+                (index + 1, row_version),
             )
         conn.execute(
             f"UPDATE {META_SCHEMA}.schema_history SET status = 'applied', duration_ms = %s, "
             "applied_at = clock_timestamp() WHERE version = %s",
-            (int((time.monotonic() - started) * 1000), migration.version),
+            (int((time.monotonic() - started) * 1000), row_version),
         )
 
     def _run_one(self, conn: psycopg.Connection[Any], stmt: Statement, migration: Migration) -> None:
