@@ -45,7 +45,7 @@ def test_failed_unique_build_is_repaired_on_rerun(
     result = cli(["migrate", "status", "--dsn", empty_db_dsn], monkeypatch, fx)
     assert result.exit_code == EXIT_DRIFT and "partially applied" in result.output
     result = cli(["migrate", "plan", "--dsn", empty_db_dsn], monkeypatch, fx)
-    assert result.output.splitlines() == ["V2__indexes (non-transactional, 5 statements)"]
+    assert result.output.splitlines() == ["V2__indexes (non-transactional, resumes at statement 4 of 5)"]
 
     # Still duplicate: the re-run fails again at the same statement, the earlier ones are not re-run.
     with pytest.raises(MigrationError, match="V2__indexes:7"):
@@ -122,3 +122,20 @@ def test_cancelled_build_is_repaired(empty_db_dsn: str, tmp_path: Path) -> None:
         listed, valid, oid = index_state(empty_db_dsn, "fx", name) or (False, False, 0)
         assert listed and valid and oid != invalid_oid
     assert _counter(empty_db_dsn) == 101
+
+
+def test_renamed_partially_applied_file_resumes_its_own_row(empty_db_dsn: str, tmp_path: Path) -> None:
+    """V2 and V002 are one version: a file renamed after a failure resumes, it does not start over."""
+    fx = fixture_set("invalid_index", tmp_path)
+    with pytest.raises(MigrationError, match="V2__indexes:7"):
+        fx.migrator(empty_db_dsn).up()
+    for suffix in (".sql", ".down.sql"):
+        (fx.migrations / f"V2__indexes{suffix}").rename(fx.migrations / f"V002__indexes{suffix}")
+    with psycopg.connect(empty_db_dsn, autocommit=True) as conn:
+        conn.execute("DELETE FROM fx.items WHERE id = 1000")
+    assert fx.migrator(empty_db_dsn).plan() == [
+        "V002__indexes (non-transactional, resumes at statement 4 of 5)"
+    ]
+    assert fx.migrator(empty_db_dsn).up() == ["V002__indexes"]
+    assert _counter(empty_db_dsn) == 101
+    assert [(r[0], r[3], r[5]) for r in history(empty_db_dsn)] == [("1", "applied", 6), ("2", "applied", 5)]
