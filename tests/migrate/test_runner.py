@@ -322,3 +322,12 @@ def test_malformed_version_argument_is_a_clear_error(
     result = cli(["migrate", *args, "--dsn", empty_db_dsn], monkeypatch, fx)  # raises on a traceback
     assert result.exit_code == 1 and "is not a version" in result.output
     assert history(empty_db_dsn) == []
+
+
+def test_down_without_a_down_file_rolls_back_nothing(empty_db_dsn: str, fx: FixtureSet) -> None:
+    fx.migrator(empty_db_dsn).up()
+    (fx.migrations / "V3_010__ten.down.sql").unlink()
+    before = snapshot(empty_db_dsn)
+    with pytest.raises(MigrationError, match=r"no down file for V3_010__ten; nothing was rolled back"):
+        fx.migrator(empty_db_dsn).down("1")
+    assert snapshot(empty_db_dsn) == before  # not even V10, which has a down file
