@@ -625,9 +625,10 @@ class Migrator:
         limit = version_key(version.lstrip("Vv"))
         marked: list[str] = []
         with self._connect() as conn, self._runner_lock():
-            conn.execute(_META_DDL)
             if limit not in {m.key for m in self.migrations()}:
                 raise MigrationError(f"baseline V{version.lstrip('Vv')}: no such migration")
+            self._refuse_unsafe(self._status(conn))  # never mark files over a database ahead of the code
+            conn.execute(_META_DDL)
             applied = {version_key(v) for v in self._applied(conn)}
             with conn.transaction():
                 for migration in self.migrations():
