@@ -161,6 +161,10 @@ def test_database_ahead_of_the_code_is_refused(
     assert code == EXIT_DRIFT and body["unknown"] == ["V11__newer"]
     result = cli(["migrate", "up", "--dsn", empty_db_dsn], monkeypatch, fx)
     assert result.exit_code == 1 and "V11__newer" in result.output
+    result = cli(["migrate", "baseline", "V10", "--dsn", empty_db_dsn], monkeypatch, fx)
+    assert result.exit_code == 1 and "V11__newer" in result.output
+    result = cli(["migrate", "down", "--to", "V1", "--dsn", empty_db_dsn], monkeypatch, fx)
+    assert result.exit_code == 1 and "V11__newer" in result.output
     assert snapshot(empty_db_dsn) == before  # the new repeatable did not run either
 
 
