@@ -4,7 +4,7 @@
 -- in 200 refuse anything else).
 
 -- create_entity: a new entity whose name is also its first alias, plus optional extra aliases.
-CREATE OR REPLACE FUNCTION sigledger.create_entity(p_name text, p_aliases text[] DEFAULT '{}')
+CREATE OR REPLACE FUNCTION sigledger.create_entity(p_name text, p_aliases text[] DEFAULT '{}', p_entity_type text DEFAULT 'unknown')
 RETURNS uuid
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -21,6 +21,10 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = '22023',
             MESSAGE = format('entity name must be 1 to 500 non-blank characters, got %L', p_name);
     END IF;
+    IF p_entity_type IS NULL OR length(p_entity_type) NOT BETWEEN 1 AND 100 THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('entity type must be 1 to 100 characters, got %L', p_entity_type);
+    END IF;
     SELECT a INTO v_bad FROM unnest(coalesce(p_aliases, '{}')) AS a
      WHERE a IS NULL OR length(btrim(a)) NOT BETWEEN 1 AND 500 LIMIT 1;
     IF FOUND THEN
@@ -34,7 +38,7 @@ BEGIN
               FROM unnest(ARRAY[p_name] || coalesce(p_aliases, '{}')) WITH ORDINALITY AS x (a, ord)
              ORDER BY lower(btrim(x.a)), x.ord) AS t;
 
-    INSERT INTO sigledger.entities (name) VALUES (btrim(p_name)) RETURNING id INTO v_id;
+    INSERT INTO sigledger.entities (name, entity_type) VALUES (btrim(p_name), p_entity_type) RETURNING id INTO v_id;
     WITH ins AS (
         INSERT INTO sigledger.entity_aliases (alias, canonical_entity_id)
         SELECT a, v_id FROM unnest(v_aliases) AS a
@@ -48,12 +52,12 @@ BEGIN
             HINT = 'Resolve the name with resolve_entity, or merge the entities.';
     END IF;
     PERFORM sigledger._outbox_emit('entity', v_id, 'entity.created',
-                                   jsonb_build_object('name', btrim(p_name), 'aliases', to_jsonb(v_aliases)));
+                                   jsonb_build_object('name', btrim(p_name), 'entity_type', p_entity_type, 'aliases', to_jsonb(v_aliases)));
     RETURN v_id;
 END;
 $$;
-COMMENT ON FUNCTION sigledger.create_entity(text, text[]) IS
-'Create an entity named p_name; the name and each of p_aliases become aliases (case-insensitive, one entity per alias). Returns the entity id.
+COMMENT ON FUNCTION sigledger.create_entity(text, text[], text) IS
+'Create an entity named p_name (of p_entity_type); the name and each of p_aliases become aliases (case-insensitive, one entity per alias). Returns the entity id.
 SQLSTATE: 22023, 23505';
 
 -- resolve_entity: the live entity an alias stands for, or NULL. One lookup on entity_aliases_alias_lower_key;
@@ -126,7 +130,8 @@ END;
 $$;
 COMMENT ON FUNCTION sigledger.add_alias(uuid, text) IS
 'Attach alias p_alias to live entity p_entity_id. Returns true when added, false when it was already that entity''s alias.
-SQLSTATE: 22023, P0002, SLM01 (entity is a tombstone), 23505 (alias belongs to another entity), 55P03';
+Errors: SLM01 the entity is a tombstone; 23505 the alias belongs to another entity.
+SQLSTATE: 22023, P0002, SLM01, 23505, 55P03';
 
 -- merge_entities: move every alias and signal link of p_sources to p_target, leave the sources as tombstones.
 CREATE OR REPLACE FUNCTION sigledger.merge_entities(p_target uuid, p_sources uuid[])
@@ -174,7 +179,18 @@ BEGIN
     GET DIAGNOSTICS v_moved = ROW_COUNT;
     DELETE FROM sigledger.signal_entities WHERE entity_id = ANY (p_sources);
     GET DIAGNOSTICS v_source_links = ROW_COUNT;
-    UPDATE sigledger.entities SET merged_into = p_target, merged_at = now() WHERE id = ANY (p_sources);
+    -- The target keeps its name and type; attribute keys it lacks come from the sources (later id wins).
+    UPDATE sigledger.entities t
+       SET attributes = (SELECT coalesce(jsonb_object_agg(kv.key, kv.value), '{}')
+                           FROM (SELECT DISTINCT ON (a.key) a.key, a.value
+                                   FROM sigledger.entities s, jsonb_each(s.attributes) AS a
+                                  WHERE s.id = ANY (v_ids)
+                                  ORDER BY a.key, (s.id = p_target) DESC, s.id DESC) AS kv),
+           updated_at = now(), version = t.version + 1
+     WHERE t.id = p_target;
+    UPDATE sigledger.entities s
+       SET merged_into = p_target, merged_at = now(), updated_at = now(), version = s.version + 1
+     WHERE s.id = ANY (p_sources);
 
     INSERT INTO sigledger.entity_merges (target_id, source_ids, moved_aliases, moved_links, duplicate_links)
     VALUES (p_target, p_sources, v_aliases, v_moved, v_source_links - v_moved)
@@ -188,4 +204,5 @@ END;
 $$;
 COMMENT ON FUNCTION sigledger.merge_entities(uuid, uuid[]) IS
 'Merge entities p_sources into p_target in one transaction: aliases and signal links move to the target (no duplicate links), each source keeps a tombstone (merged_into), a row lands in entity_merges. Locks are taken in id order.
-SQLSTATE: SLM02 (empty list, NULL, duplicate, target among sources), P0002 (unknown id), SLM01 (an id is already merged), 55P03';
+Errors: SLM02 empty list, NULL or duplicate id, target among sources; P0002 unknown id; SLM01 an id is already merged (the message names the tombstone).
+SQLSTATE: SLM02, P0002, SLM01, 55P03';

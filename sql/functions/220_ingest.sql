@@ -1,5 +1,6 @@
 -- 220 ingestion: ingest_signals (set-based batch) and ingest_signal (one signal, same code path).
 --
+-- Item: {source, external_id, occurred_at, payload?: object, content?: string, mentions?: [name, ...]}.
 -- Per item: validated (a bad item is rejected with a reason, the others go on); inserted once per
 -- (source, external_id) (signals_source_external_id_key decides a race); a replay is a 'duplicate' and
 -- changes nothing; mentions resolve through entity_aliases by lower(alias); unknown mentions create an
@@ -21,6 +22,7 @@ DECLARE
     v_external text[];
     v_occurred timestamptz[];
     v_payload jsonb[];
+    v_content text[];
     v_mentions jsonb[];
     v_reason text[];
     v_new_sig uuid[];
@@ -56,6 +58,7 @@ BEGIN
     -- 1. parse and validate every item; the first reason that applies wins.
     SELECT array_agg(p.ord ORDER BY p.ord), array_agg(p.source ORDER BY p.ord), array_agg(p.external_id ORDER BY p.ord),
            array_agg(p.occurred_at ORDER BY p.ord), array_agg(p.payload ORDER BY p.ord), array_agg(p.mentions ORDER BY p.ord),
+           array_agg(p.content ORDER BY p.ord),
            array_agg(
                CASE
                    WHEN p.jtype IS DISTINCT FROM 'object' THEN 'item is not a JSON object'
@@ -65,7 +68,9 @@ BEGIN
                        THEN 'external_id must be a non-blank string or number of at most 500 characters'
                    WHEN p.occurred_raw IS NULL THEN 'occurred_at is missing'
                    WHEN p.occurred_at IS NULL THEN format('occurred_at is not a valid timestamp: %s', p.occurred_raw)
-                   WHEN NOT isfinite(p.occurred_at) THEN format('occurred_at must be finite, got %s', p.occurred_raw)
+                   WHEN NOT (p.occurred_at > '2000-01-01' AND p.occurred_at < 'infinity')
+                       THEN format('occurred_at must be after 2000-01-01 and finite, got %s', p.occurred_raw)
+                   WHEN p.content_type NOT IN ('string', 'null') THEN 'content must be a string'
                    WHEN jsonb_typeof(p.payload) <> 'object' THEN 'payload must be a JSON object'
                    WHEN jsonb_typeof(p.mentions) <> 'array' THEN 'mentions must be a JSON array of strings'
                    WHEN jsonb_array_length(p.mentions) > 200 THEN 'mentions holds more than 200 names'
@@ -73,7 +78,7 @@ BEGIN
                                  WHERE jsonb_typeof(m) <> 'string' OR length(btrim(m #>> '{}')) NOT BETWEEN 1 AND 500)
                        THEN 'each mention must be a non-blank string of at most 500 characters'
                END ORDER BY p.ord)
-      INTO v_item, v_source, v_external, v_occurred, v_payload, v_mentions, v_reason
+      INTO v_item, v_source, v_external, v_occurred, v_payload, v_mentions, v_content, v_reason
       FROM (SELECT e.ord::integer AS ord, jsonb_typeof(e.j) AS jtype,
                    CASE WHEN jsonb_typeof(e.j -> 'source') = 'string' THEN btrim(e.j ->> 'source') END AS source,
                    CASE WHEN jsonb_typeof(e.j -> 'external_id') IN ('string', 'number')
@@ -82,6 +87,8 @@ BEGIN
                    CASE WHEN jsonb_typeof(e.j -> 'occurred_at') = 'string'
                         THEN sigledger._try_timestamptz(e.j ->> 'occurred_at') END AS occurred_at,
                    coalesce(e.j -> 'payload', '{}') AS payload,
+                   coalesce(jsonb_typeof(e.j -> 'content'), 'null') AS content_type,
+                   CASE WHEN jsonb_typeof(e.j -> 'content') = 'string' THEN e.j ->> 'content' END AS content,
                    coalesce(e.j -> 'mentions', '[]') AS mentions
               FROM jsonb_array_elements(p_batch) WITH ORDINALITY AS e (j, ord)) AS p;
     IF v_item IS NULL THEN
@@ -90,9 +97,10 @@ BEGIN
 
     -- 2. insert the valid items, the first of each key in the batch, keys sorted (lock order, see top).
     WITH ins AS (
-        INSERT INTO sigledger.signals (source, external_id, occurred_at, payload)
-        SELECT DISTINCT ON (u.src, u.ext) u.src, u.ext, u.occ, u.pay
-          FROM unnest(v_item, v_source, v_external, v_occurred, v_payload, v_reason) AS u (it, src, ext, occ, pay, why)
+        INSERT INTO sigledger.signals (source, external_id, occurred_at, payload, content)
+        SELECT DISTINCT ON (u.src, u.ext) u.src, u.ext, u.occ, u.pay, u.txt
+          FROM unnest(v_item, v_source, v_external, v_occurred, v_payload, v_content, v_reason)
+               AS u (it, src, ext, occ, pay, txt, why)
          WHERE u.why IS NULL
          ORDER BY u.src, u.ext, u.it
         ON CONFLICT (source, external_id) DO NOTHING
@@ -156,9 +164,9 @@ BEGIN
       FROM sigledger._lock_live_entities(v_res_ent) AS l;
 
     -- 7. links, in (entity, signal) order.
-    INSERT INTO sigledger.signal_entities (signal_id, entity_id)
-    SELECT DISTINCT p.sid, h.head
-      FROM unnest(v_p_sig, v_p_key) AS p (sid, k)
+    INSERT INTO sigledger.signal_entities (signal_id, entity_id, mention)
+    SELECT DISTINCT ON (h.head, p.sid) p.sid, h.head, p.nm
+      FROM unnest(v_p_sig, v_p_key, v_p_name) AS p (sid, k, nm)
       JOIN unnest(v_res_key, v_res_ent) AS r (k, ent) ON r.k = p.k
       JOIN unnest(v_head_of_id, v_head) AS h (id, head) ON h.id = r.ent
      ORDER BY h.head, p.sid
@@ -211,12 +219,14 @@ AS $$
     SELECT * FROM sigledger._ingest(p_batch, p_unknown_policy);
 $$;
 COMMENT ON FUNCTION sigledger.ingest_signals(jsonb, text) IS
-'Ingest a JSON array of signals {source, external_id, occurred_at, payload?, mentions?: [name, ...]} in one call (at most 10000). One row per item, in order: status created | duplicate (the (source, external_id) exists: nothing changed) | rejected (reason says why; the other items go on). p_unknown_policy create | review overrides ingest_settings for this call. Call it in its own transaction.
-SQLSTATE: 22023 (batch not an array, too large, bad policy), 55P03';
+'Ingest a JSON array of signals {source, external_id, occurred_at, payload?, content?, mentions?: [name, ...]} in one call (at most 10000). One row per item, in order: status created | duplicate (the (source, external_id) exists: nothing changed) | rejected (reason says why; the other items go on). p_unknown_policy create | review overrides ingest_settings for this call. Call it in its own transaction.
+Errors: 22023 the batch is not an array, is too large, or the policy is unknown (a bad item is a rejected row, not an error).
+SQLSTATE: 22023, 55P03';
 
 CREATE OR REPLACE FUNCTION sigledger.ingest_signal(
     p_source text, p_external_id text, p_occurred_at timestamptz,
-    p_payload jsonb DEFAULT '{}', p_mentions text[] DEFAULT '{}', p_unknown_policy text DEFAULT NULL)
+    p_payload jsonb DEFAULT '{}', p_mentions text[] DEFAULT '{}', p_content text DEFAULT NULL,
+    p_unknown_policy text DEFAULT NULL)
 RETURNS TABLE (signal_id uuid, created boolean, linked_entities integer, queued_mentions integer)
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -231,7 +241,7 @@ BEGIN
     END IF;
     SELECT * INTO v_row FROM sigledger._ingest(
         jsonb_build_array(jsonb_strip_nulls(jsonb_build_object(
-            'source', p_source, 'external_id', p_external_id, 'occurred_at', p_occurred_at,
+            'source', p_source, 'external_id', p_external_id, 'occurred_at', p_occurred_at, 'content', p_content,
             'payload', coalesce(p_payload, '{}'), 'mentions', to_jsonb(coalesce(p_mentions, '{}'))))),
         p_unknown_policy);
     IF v_row.status = 'rejected' THEN
@@ -241,6 +251,6 @@ BEGIN
     RETURN QUERY SELECT v_row.signal_id, v_row.status = 'created', v_row.linked_entities, v_row.queued_mentions;
 END;
 $$;
-COMMENT ON FUNCTION sigledger.ingest_signal(text, text, timestamptz, jsonb, text[], text) IS
-'Ingest one signal, idempotent per (p_source, p_external_id): created = false means it existed and nothing changed. p_mentions are entity names resolved through aliases; unknown names create entities or go to review per p_unknown_policy (default: ingest_settings).
+COMMENT ON FUNCTION sigledger.ingest_signal(text, text, timestamptz, jsonb, text[], text, text) IS
+'Ingest one signal, idempotent per (p_source, p_external_id): created = false means it existed and nothing changed. p_mentions are entity names resolved through aliases (case-insensitive); unknown names create entities or go to entity_review_queue per p_unknown_policy (create | review; default: ingest_settings). Outbox rows in the same transaction.
 SQLSTATE: 22023, 55P03';

@@ -3,7 +3,7 @@
 
 CREATE OR REPLACE FUNCTION sigledger.create_opportunity(
     p_title text, p_description text DEFAULT NULL, p_status text DEFAULT 'open', p_score numeric DEFAULT NULL,
-    p_tags text[] DEFAULT '{}', p_metadata jsonb DEFAULT '{}')
+    p_value_usd numeric DEFAULT NULL, p_attributes jsonb DEFAULT '{}')
 RETURNS uuid
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -11,41 +11,42 @@ SET search_path = sigledger, pg_temp
 AS $$
 DECLARE
     v_id uuid;
-    v_tags text[];
 BEGIN
     IF p_title IS NULL OR length(btrim(p_title)) NOT BETWEEN 1 AND 500 THEN
         RAISE EXCEPTION USING ERRCODE = '22023',
             MESSAGE = format('opportunity title must be 1 to 500 non-blank characters, got %L', p_title);
     END IF;
-    IF p_status IS NULL OR p_status NOT IN ('open', 'qualified', 'won', 'lost', 'archived') THEN
+    -- 'merged' is reserved for tombstones written by merge_opportunities.
+    IF p_status IS NULL OR p_status NOT IN ('open', 'won', 'lost') THEN
         RAISE EXCEPTION USING ERRCODE = '22023',
-            MESSAGE = format('opportunity status must be open, qualified, won, lost or archived, got %L', p_status);
+            MESSAGE = format('opportunity status must be open, won or lost, got %L', p_status);
     END IF;
-    -- NaN compares greater than every number, so "NaN >= 0" is true: name it explicitly.
-    IF p_score = 'NaN' OR p_score < 0 OR p_score >= 100000000 THEN
+    -- NaN compares greater than every number ("NaN >= 0" is true): name it explicitly.
+    IF p_score = 'NaN' OR p_score < 0 OR p_score > 100 THEN
         RAISE EXCEPTION USING ERRCODE = '22003',
-            MESSAGE = format('opportunity score must be a number in [0, 100000000), got %s', p_score);
+            MESSAGE = format('opportunity score must be a number in [0, 100], got %s', p_score);
     END IF;
-    IF p_metadata IS NULL OR jsonb_typeof(p_metadata) <> 'object' THEN
+    IF p_value_usd = 'NaN' OR p_value_usd < 0 OR p_value_usd >= 1e12 THEN
+        RAISE EXCEPTION USING ERRCODE = '22003',
+            MESSAGE = format('opportunity value_usd must be a number in [0, 1e12), got %s', p_value_usd);
+    END IF;
+    IF p_attributes IS NULL OR jsonb_typeof(p_attributes) <> 'object' THEN
         RAISE EXCEPTION USING ERRCODE = '22023',
-            MESSAGE = format('opportunity metadata must be a JSON object, got %s', coalesce(jsonb_typeof(p_metadata), 'NULL'));
+            MESSAGE = format('opportunity attributes must be a JSON object, got %s', coalesce(jsonb_typeof(p_attributes), 'NULL'));
     END IF;
-    IF p_tags IS NULL OR EXISTS (SELECT 1 FROM unnest(p_tags) AS t WHERE t IS NULL OR btrim(t) = '') THEN
-        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'opportunity tags must be non-blank strings';
-    END IF;
-    SELECT coalesce(array_agg(DISTINCT btrim(t) ORDER BY btrim(t)), '{}') INTO v_tags FROM unnest(p_tags) AS t;
 
-    INSERT INTO sigledger.opportunities (title, description, status, score, tags, metadata)
-    VALUES (btrim(p_title), p_description, p_status, p_score, v_tags, p_metadata)
+    INSERT INTO sigledger.opportunities (title, description, status, score, value_usd, attributes)
+    VALUES (btrim(p_title), p_description, p_status, p_score, p_value_usd, p_attributes)
     RETURNING id INTO v_id;
     PERFORM sigledger._outbox_emit('opportunity', v_id, 'opportunity.created',
                                    jsonb_build_object('title', btrim(p_title), 'status', p_status));
     RETURN v_id;
 END;
 $$;
-COMMENT ON FUNCTION sigledger.create_opportunity(text, text, text, numeric, text[], jsonb) IS
-'Create an opportunity. Tags are trimmed, deduplicated and sorted. Returns its id.
-SQLSTATE: 22023, 22003 (score NaN, negative or >= 1e8)';
+COMMENT ON FUNCTION sigledger.create_opportunity(text, text, text, numeric, numeric, jsonb) IS
+'Create an opportunity (status open, won or lost; score in [0, 100]; value_usd >= 0). Returns its id.
+Errors: 22003 score or value_usd NaN, negative or too large.
+SQLSTATE: 22023, 22003';
 
 -- link_signals: link signals to the opportunity p_opportunity_id stands for now. If it was merged (before
 -- the call, or by a merge we waited for), the links go to the merge target: a link is never lost to a merge.
@@ -91,7 +92,8 @@ END;
 $$;
 COMMENT ON FUNCTION sigledger.link_signals(uuid, uuid[]) IS
 'Link signals to an opportunity (duplicates in the list or already linked are counted, not errors). If the opportunity was merged, the live merge target receives the links; opportunity_id in the result says which one did.
-SQLSTATE: 22023, P0002 (unknown opportunity or signal), 55P03';
+Errors: P0002 unknown opportunity or signal.
+SQLSTATE: 22023, P0002, 55P03';
 
 -- merge_opportunities: one transaction, all or nothing.
 CREATE OR REPLACE FUNCTION sigledger.merge_opportunities(p_target uuid, p_sources uuid[])
@@ -131,7 +133,7 @@ BEGIN
             HINT = format('Merge into or from %s instead.', v_dead.merged_into);
     END IF;
 
-    SELECT to_jsonb(o) - 'merged_into' - 'merged_at' INTO v_before FROM sigledger.opportunities o WHERE o.id = p_target;
+    SELECT to_jsonb(o) INTO v_before FROM sigledger.opportunities o WHERE o.id = p_target;
 
     -- Links: copy to the target without duplicates, then drop them from the sources.
     INSERT INTO sigledger.opportunity_signals (opportunity_id, signal_id)
@@ -143,29 +145,29 @@ BEGIN
     GET DIAGNOSTICS v_source_links = ROW_COUNT;
 
     -- Field rules (docs/merge-rules.md): title and status stay the target's; description is the target's, or
-    -- else the first non-blank one of the sources in id order; score is the maximum; tags the sorted union;
-    -- metadata keys of the sources (id order, later wins) under the target's (target wins); created_at the
-    -- earliest.
+    -- else the first non-blank one of the sources in id order; score and value_usd are the maxima; attribute
+    -- keys: the target's win, then the sources' (the later id wins); created_at is the earliest.
     UPDATE sigledger.opportunities t
        SET description = coalesce(nullif(btrim(t.description), ''),
                                   (SELECT s.description FROM sigledger.opportunities s
                                     WHERE s.id = ANY (p_sources) AND nullif(btrim(s.description), '') IS NOT NULL
                                     ORDER BY s.id LIMIT 1)),
            score = (SELECT max(s.score) FROM sigledger.opportunities s WHERE s.id = ANY (v_ids)),
-           tags = (SELECT coalesce(array_agg(DISTINCT x ORDER BY x), '{}')
-                     FROM sigledger.opportunities s, unnest(s.tags) AS x WHERE s.id = ANY (v_ids)),
-           metadata = (SELECT coalesce(jsonb_object_agg(kv.key, kv.value), '{}')
-                         FROM (SELECT DISTINCT ON (e.key) e.key, e.value
-                                 FROM sigledger.opportunities s, jsonb_each(s.metadata) AS e
-                                WHERE s.id = ANY (v_ids)
-                                ORDER BY e.key, (s.id = p_target) DESC, s.id DESC) AS kv),
+           value_usd = (SELECT max(s.value_usd) FROM sigledger.opportunities s WHERE s.id = ANY (v_ids)),
+           attributes = (SELECT coalesce(jsonb_object_agg(kv.key, kv.value), '{}')
+                           FROM (SELECT DISTINCT ON (a.key) a.key, a.value
+                                   FROM sigledger.opportunities s, jsonb_each(s.attributes) AS a
+                                  WHERE s.id = ANY (v_ids)
+                                  ORDER BY a.key, (s.id = p_target) DESC, s.id DESC) AS kv),
            created_at = (SELECT min(s.created_at) FROM sigledger.opportunities s WHERE s.id = ANY (v_ids)),
-           updated_at = now()
+           updated_at = now(),
+           version = t.version + 1
      WHERE t.id = p_target
-    RETURNING to_jsonb(t) - 'merged_into' - 'merged_at' INTO v_after;
+    RETURNING to_jsonb(t) INTO v_after;
 
-    UPDATE sigledger.opportunities SET merged_into = p_target, merged_at = now(), updated_at = now()
-     WHERE id = ANY (p_sources);
+    UPDATE sigledger.opportunities s
+       SET status = 'merged', merged_into = p_target, merged_at = now(), updated_at = now(), version = s.version + 1
+     WHERE s.id = ANY (p_sources);
 
     INSERT INTO sigledger.opportunity_merges (target_id, source_ids, moved_links, duplicate_links, target_before, target_after)
     VALUES (p_target, p_sources, v_moved, v_source_links - v_moved, v_before, v_after)
@@ -180,4 +182,5 @@ END;
 $$;
 COMMENT ON FUNCTION sigledger.merge_opportunities(uuid, uuid[]) IS
 'Merge opportunities p_sources into p_target in one transaction: rows locked in id order; signal links move to the target without duplicates; fields merge by the rules of docs/merge-rules.md; each source becomes a tombstone (merged_into = target); a row lands in opportunity_merges (when, by whom, which application, target before/after); outbox rows are written. Bad input changes nothing.
-SQLSTATE: SLM02 (NULL target, empty list, NULL or duplicate source, target among sources), P0002 (unknown id), SLM01 (an id is already merged: the message names the tombstone and its target), 55P03';
+Errors: SLM02 NULL target, empty list, NULL or duplicate source, target among sources; P0002 unknown id; SLM01 an id is already merged (the message names the tombstone and its target).
+SQLSTATE: SLM02, P0002, SLM01, 55P03';

@@ -3,7 +3,7 @@
 -- Every signal linked to a (live) opportunity; links never point at a tombstone.
 CREATE OR REPLACE VIEW sigledger.opportunity_signal_links AS
 SELECT os.opportunity_id, os.signal_id, os.created_at AS linked_at,
-       s.source, s.external_id, s.occurred_at, s.payload
+       s.source, s.external_id, s.occurred_at, s.content, s.payload
   FROM sigledger.opportunity_signals os
   JOIN sigledger.signals s ON s.id = os.signal_id;
 COMMENT ON VIEW sigledger.opportunity_signal_links IS
@@ -11,7 +11,7 @@ COMMENT ON VIEW sigledger.opportunity_signal_links IS
 
 -- Every entity (live or tombstone) with its aliases, sorted case-insensitively.
 CREATE OR REPLACE VIEW sigledger.entity_with_aliases AS
-SELECT e.id, e.name, e.merged_into, e.merged_at, e.created_at,
+SELECT e.id, e.name, e.entity_type, e.attributes, e.merged_into, e.merged_at, e.created_at,
        ARRAY(SELECT a.alias FROM sigledger.entity_aliases a WHERE a.canonical_entity_id = e.id
               ORDER BY lower(a.alias)) AS aliases
   FROM sigledger.entities e;
@@ -33,7 +33,7 @@ COMMENT ON VIEW sigledger.merge_history IS
 -- The signals of the opportunity an id stands for now (a merged id answers with its live target's signals).
 CREATE OR REPLACE FUNCTION sigledger.opportunity_signals_of(p_opportunity_id uuid)
 RETURNS TABLE (opportunity_id uuid, signal_id uuid, linked_at timestamptz, source text, external_id text,
-               occurred_at timestamptz, payload jsonb)
+               occurred_at timestamptz, content text, payload jsonb)
 LANGUAGE plpgsql STABLE
 SECURITY DEFINER
 SET search_path = sigledger, pg_temp
@@ -51,7 +51,7 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = 'P0002', MESSAGE = format('opportunity not found: %s', p_opportunity_id);
     END IF;
     RETURN QUERY
-    SELECT l.opportunity_id, l.signal_id, l.linked_at, l.source, l.external_id, l.occurred_at, l.payload
+    SELECT l.opportunity_id, l.signal_id, l.linked_at, l.source, l.external_id, l.occurred_at, l.content, l.payload
       FROM sigledger.opportunity_signal_links l WHERE l.opportunity_id = v_head
      ORDER BY l.occurred_at, l.signal_id;
 END;

