@@ -9,6 +9,15 @@ SELECT os.opportunity_id, os.signal_id, os.created_at AS linked_at,
 COMMENT ON VIEW sigledger.opportunity_signal_links IS
 'Signals linked to opportunities, one row per link, with the signal''s fields.';
 
+-- Every opportunity (live or tombstone) with its number of linked signals.
+CREATE OR REPLACE VIEW sigledger.opportunity_overview AS
+SELECT o.id, o.title, o.description, o.status, o.score, o.value_usd, o.attributes, o.merged_into, o.merged_at,
+       o.created_at, o.updated_at, o.version,
+       (SELECT count(*) FROM sigledger.opportunity_signals os WHERE os.opportunity_id = o.id) AS signal_count
+  FROM sigledger.opportunities o;
+COMMENT ON VIEW sigledger.opportunity_overview IS
+'Opportunities with their number of linked signals; a tombstone has status merged, merged_into set and no links.';
+
 -- Every entity (live or tombstone) with its aliases, sorted case-insensitively.
 CREATE OR REPLACE VIEW sigledger.entity_with_aliases AS
 SELECT e.id, e.name, e.entity_type, e.attributes, e.merged_into, e.merged_at, e.created_at,
