@@ -18,7 +18,12 @@ import psycopg
 
 
 def ingest(conn: psycopg.Connection, rng: random.Random, seed: int, iterations: int) -> dict[str, Any]:
-    names = [r[0] for r in conn.execute("SELECT name FROM sigledger.entity_with_aliases WHERE merged_into IS NULL").fetchall()]
+    names = [
+        r[0]
+        for r in conn.execute(
+            "SELECT name FROM sigledger.entity_with_aliases WHERE merged_into IS NULL"
+        ).fetchall()
+    ]
     opps = [str(r[0]) for r in conn.execute("SELECT id FROM sigledger.opportunity_overview").fetchall()]
     created: list[dict[str, Any]] = []
     links: list[dict[str, Any]] = []
@@ -28,13 +33,25 @@ def ingest(conn: psycopg.Connection, rng: random.Random, seed: int, iterations: 
         for j in range(12):
             # half the keys are shared by every ingest worker: they race on the unique key
             key = f"shared-{it}-{j}" if j % 2 else f"w{seed}-{it}-{j}"
-            mentions = [rng.choice(names).upper() if rng.random() < 0.3 else rng.choice(names) for _ in range(2)]
+            mentions = [
+                rng.choice(names).upper() if rng.random() < 0.3 else rng.choice(names) for _ in range(2)
+            ]
             if rng.random() < 0.3:
-                mentions.append(f"NewCo-{it % 5}-{j % 3}")  # unknown names, created by whoever gets there first
-            batch.append({"source": "load", "external_id": key, "occurred_at": "2026-03-01T00:00:00Z", "mentions": mentions})
+                mentions.append(
+                    f"NewCo-{it % 5}-{j % 3}"
+                )  # unknown names, created by whoever gets there first
+            batch.append(
+                {
+                    "source": "load",
+                    "external_id": key,
+                    "occurred_at": "2026-03-01T00:00:00Z",
+                    "mentions": mentions,
+                }
+            )
         try:
             rows = conn.execute(
-                "SELECT item, signal_id, status FROM sigledger.ingest_signals(%s::jsonb)", (json.dumps(batch),)
+                "SELECT item, signal_id, status FROM sigledger.ingest_signals(%s::jsonb)",
+                (json.dumps(batch),),
             ).fetchall()
         except psycopg.Error as exc:
             errors[exc.sqlstate or "unknown"] += 1
@@ -45,7 +62,8 @@ def ingest(conn: psycopg.Connection, rng: random.Random, seed: int, iterations: 
             opp = rng.choice(opps)
             try:
                 row = conn.execute(
-                    "SELECT opportunity_id FROM sigledger.link_signals(%s, %s::uuid[])", (opp, [s for s, _ in new])
+                    "SELECT opportunity_id FROM sigledger.link_signals(%s, %s::uuid[])",
+                    (opp, [s for s, _ in new]),
                 ).fetchone()
                 assert row is not None
                 links.append({"requested": opp, "linked_to": str(row[0]), "signals": [s for s, _ in new]})
@@ -54,8 +72,10 @@ def ingest(conn: psycopg.Connection, rng: random.Random, seed: int, iterations: 
     return {"created": created, "links": links, "errors": errors}
 
 
-def merge(conn: psycopg.Connection, rng: random.Random, iterations: int, fn: str, view: str) -> dict[str, Any]:
-    ids = [str(r[0]) for r in conn.execute(f"SELECT id FROM sigledger.{view}").fetchall()]  # noqa: S608
+def merge(
+    conn: psycopg.Connection, rng: random.Random, iterations: int, fn: str, view: str
+) -> dict[str, Any]:
+    ids = [str(r[0]) for r in conn.execute(f"SELECT id FROM sigledger.{view}").fetchall()]
     merged = 0
     errors: Counter[str] = Counter()
     for _ in range(iterations):

@@ -36,7 +36,10 @@ def _seed(conn: psycopg.Connection) -> set[tuple[str, str]]:
         "FROM generate_series(0, 239) i))"
     )
     links: set[tuple[str, str]] = set()
-    signals = [str(r[0]) for r in conn.execute("SELECT id FROM sigledger.signals ORDER BY external_id::int").fetchall()]
+    signals = [
+        str(r[0])
+        for r in conn.execute("SELECT id FROM sigledger.signals ORDER BY external_id::int").fetchall()
+    ]
     for n in range(60):
         opp = str(conn.execute("SELECT sigledger.create_opportunity(%s)", (f"opp {n}",)).fetchone()[0])
         chunk = signals[n * 4 : n * 4 + 4]
@@ -55,12 +58,21 @@ def test_processes_ingesting_linking_and_merging(conn: psycopg.Connection, db_ds
     plan = [("ingest", 1, 40), ("ingest", 2, 40), ("merge", 3, 25), ("merge", 4, 25), ("entity-merge", 5, 14)]
     conn.execute("SELECT pg_advisory_lock(4242)")  # start barrier, see load_workers.main
     procs = [
-        (role, subprocess.Popen([sys.executable, str(WORKERS), role, app_dsn, str(seed), str(n)],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        (
+            role,
+            subprocess.Popen(
+                [sys.executable, str(WORKERS), role, app_dsn, str(seed), str(n)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            ),
+        )
         for role, seed, n in plan
     ]
     for _ in range(600):
-        waiting = conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted").fetchone()[0]
+        waiting = conn.execute(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+        ).fetchone()[0]
         if waiting == len(procs) or any(p.poll() is not None for _, p in procs):
             break
         time.sleep(0.05)
@@ -92,11 +104,14 @@ def test_processes_ingesting_linking_and_merging(conn: psycopg.Connection, db_ds
     # 3. opportunity links: every link ever made is on the live head of the opportunity it was made on.
     head = dict(conn.execute(HEAD.format(table="opportunities")).fetchall())
     made = set(initial_links)
-    for role, report in reports:
+    for _role, report in reports:
         for link in report.get("links", []):
             made |= {(link["linked_to"], s) for s in link["signals"]}
     expected = {(head[o], s) for o, s in made}
-    actual = {(str(o), str(s)) for o, s in conn.execute("SELECT opportunity_id, signal_id FROM sigledger.opportunity_signals")}
+    actual = {
+        (str(o), str(s))
+        for o, s in conn.execute("SELECT opportunity_id, signal_id FROM sigledger.opportunity_signals")
+    }
     assert actual == expected
     assert len(made) > len(initial_links)
 
@@ -105,13 +120,25 @@ def test_processes_ingesting_linking_and_merging(conn: psycopg.Connection, db_ds
     created = [c for role, r in reports for c in r.get("created", [])]
     for c in created:
         mentions |= {(c["signal_id"], m.lower()) for m in c["mentions"]}
-    alias_owner = dict(conn.execute("SELECT lower(alias), canonical_entity_id::text FROM sigledger.entity_aliases").fetchall())
+    alias_owner = dict(
+        conn.execute(
+            "SELECT lower(alias), canonical_entity_id::text FROM sigledger.entity_aliases"
+        ).fetchall()
+    )
     expected_entity_links = {(s, alias_owner[m]) for s, m in mentions}
-    actual_entity_links = {(str(s), str(e)) for s, e in conn.execute("SELECT signal_id, entity_id FROM sigledger.signal_entities")}
+    actual_entity_links = {
+        (str(s), str(e))
+        for s, e in conn.execute("SELECT signal_id, entity_id FROM sigledger.signal_entities")
+    }
     assert actual_entity_links == expected_entity_links
 
     # 5. the shared keys were ingested by both workers, created once.
     created_ids = [c["signal_id"] for c in created]
     assert len(created_ids) == len(set(created_ids))
-    assert conn.execute("SELECT count(*) FROM sigledger.signals WHERE source = 'load'").fetchone()[0] == len(created_ids)
-    assert conn.execute("SELECT count(*) FROM sigledger.signals WHERE external_id LIKE 'shared-%'").fetchone()[0] == 40 * 6
+    assert conn.execute("SELECT count(*) FROM sigledger.signals WHERE source = 'load'").fetchone()[0] == len(
+        created_ids
+    )
+    assert (
+        conn.execute("SELECT count(*) FROM sigledger.signals WHERE external_id LIKE 'shared-%'").fetchone()[0]
+        == 40 * 6
+    )

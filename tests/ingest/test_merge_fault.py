@@ -99,14 +99,19 @@ def test_terminated_merge_changes_nothing(conn: psycopg.Connection, db_dsn: str)
         ([target, *sources],),
     ).fetchone()[0]
     conn.execute("SELECT * FROM sigledger.merge_opportunities(%s, %s::uuid[])", (target, sources))
-    assert conn.execute(
-        "SELECT count(*) FROM sigledger.opportunity_signals WHERE opportunity_id = %s", (target,)
-    ).fetchone()[0] == links_before
+    assert (
+        conn.execute(
+            "SELECT count(*) FROM sigledger.opportunity_signals WHERE opportunity_id = %s", (target,)
+        ).fetchone()[0]
+        == links_before
+    )
     assert conn.execute("SELECT count(*) FROM sigledger.opportunity_merges").fetchone()[0] == 1
 
 
 @pytest.mark.parametrize("blocked_table", ["signal_entities", "entity_merges"])
-def test_terminated_entity_merge_changes_nothing(conn: psycopg.Connection, db_dsn: str, blocked_table: str) -> None:
+def test_terminated_entity_merge_changes_nothing(
+    conn: psycopg.Connection, db_dsn: str, blocked_table: str
+) -> None:
     """The same for merge_entities, stopped before it moves links or before its history row."""
     conn.execute(
         "SELECT * FROM sigledger.ingest_signals((SELECT jsonb_agg(jsonb_build_object('source', 'fault', "
