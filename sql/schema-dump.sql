@@ -711,6 +711,7 @@ CREATE FUNCTION sigledger.ingest_signal(p_source text, p_external_id text, p_occ
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'sigledger', 'pg_temp'
     SET lock_timeout TO '10s'
+    SET plan_cache_mode TO 'force_generic_plan'
     AS $$
 DECLARE
     v_row record;
@@ -1134,6 +1135,24 @@ ALTER TABLE sigledger.entity_aliases OWNER TO sigledger_owner;
 COMMENT ON TABLE sigledger.entity_aliases IS 'Names under which an entity is mentioned; resolved by lower(alias).';
 
 --
+-- Name: entity_alias_lookup; Type: VIEW; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE VIEW sigledger.entity_alias_lookup AS
+ SELECT lower(a.alias) AS alias_key,
+    a.alias,
+    a.canonical_entity_id AS entity_id
+   FROM sigledger.entity_aliases a;
+
+ALTER TABLE sigledger.entity_alias_lookup OWNER TO sigledger_owner;
+
+--
+-- Name: VIEW entity_alias_lookup; Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON VIEW sigledger.entity_alias_lookup IS 'One row per alias: alias_key = lower(alias), the alias as stored, the live entity it names. Query with WHERE alias_key = lower(btrim(name)) (served by the unique index).';
+
+--
 -- Name: entity_merges; Type: TABLE; Schema: sigledger; Owner: sigledger_owner
 --
 
@@ -1428,6 +1447,36 @@ ALTER TABLE sigledger.opportunity_signals OWNER TO sigledger_owner;
 --
 
 COMMENT ON TABLE sigledger.opportunity_signals IS 'Which signals support an opportunity.';
+
+--
+-- Name: opportunity_overview; Type: VIEW; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE VIEW sigledger.opportunity_overview AS
+ SELECT o.id,
+    o.title,
+    o.description,
+    o.status,
+    o.score,
+    o.value_usd,
+    o.attributes,
+    o.merged_into,
+    o.merged_at,
+    o.created_at,
+    o.updated_at,
+    o.version,
+    ( SELECT count(*) AS count
+           FROM sigledger.opportunity_signals os
+          WHERE (os.opportunity_id = o.id)) AS signal_count
+   FROM sigledger.opportunities o;
+
+ALTER TABLE sigledger.opportunity_overview OWNER TO sigledger_owner;
+
+--
+-- Name: VIEW opportunity_overview; Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON VIEW sigledger.opportunity_overview IS 'Opportunities with their number of linked signals; a tombstone has status merged, merged_into set and no links.';
 
 --
 -- Name: signals; Type: TABLE; Schema: sigledger; Owner: sigledger_owner
@@ -2010,6 +2059,13 @@ GRANT ALL ON FUNCTION sigledger.resolve_entity(p_name text) TO sigledger_app;
 GRANT ALL ON FUNCTION sigledger.resolve_entity(p_name text) TO sigledger_readonly;
 
 --
+-- Name: TABLE entity_alias_lookup; Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+GRANT SELECT ON TABLE sigledger.entity_alias_lookup TO sigledger_app;
+GRANT SELECT ON TABLE sigledger.entity_alias_lookup TO sigledger_readonly;
+
+--
 -- Name: TABLE entity_with_aliases; Type: ACL; Schema: sigledger; Owner: sigledger_owner
 --
 
@@ -2022,6 +2078,13 @@ GRANT SELECT ON TABLE sigledger.entity_with_aliases TO sigledger_readonly;
 
 GRANT SELECT ON TABLE sigledger.merge_history TO sigledger_app;
 GRANT SELECT ON TABLE sigledger.merge_history TO sigledger_readonly;
+
+--
+-- Name: TABLE opportunity_overview; Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+GRANT SELECT ON TABLE sigledger.opportunity_overview TO sigledger_app;
+GRANT SELECT ON TABLE sigledger.opportunity_overview TO sigledger_readonly;
 
 --
 -- Name: TABLE opportunity_signal_links; Type: ACL; Schema: sigledger; Owner: sigledger_owner

@@ -232,6 +232,9 @@ LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = sigledger, pg_temp
 SET lock_timeout = '10s'
+-- One item: the generic plans of _ingest (estimated for a few rows) fit, and skip re-planning each of its
+-- statements on every call. Batches keep custom plans, which see the real array sizes.
+SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
     v_row record;

@@ -27,6 +27,14 @@ SELECT e.id, e.name, e.entity_type, e.attributes, e.merged_into, e.merged_at, e.
 COMMENT ON VIEW sigledger.entity_with_aliases IS
 'Entities with their aliases; a tombstone has merged_into set and no aliases (they moved to the winner).';
 
+-- Alias lookup as a plain view: `WHERE alias_key = lower(btrim($1))` is planned like the bare indexed SELECT
+-- (the view is inlined), for hot loops where resolve_entity's per-call function overhead matters.
+CREATE OR REPLACE VIEW sigledger.entity_alias_lookup AS
+SELECT lower(a.alias) AS alias_key, a.alias, a.canonical_entity_id AS entity_id
+  FROM sigledger.entity_aliases a;
+COMMENT ON VIEW sigledger.entity_alias_lookup IS
+'One row per alias: alias_key = lower(alias), the alias as stored, the live entity it names. Query with WHERE alias_key = lower(btrim(name)) (served by the unique index).';
+
 -- Opportunity and entity merges in one history.
 CREATE OR REPLACE VIEW sigledger.merge_history AS
 SELECT 'opportunity'::text AS kind, m.id AS merge_id, m.target_id, m.source_ids, m.moved_links, m.duplicate_links,

@@ -1,5 +1,5 @@
 -- pgTAP: create_entity, resolve_entity, add_alias, merge_entities, entity read API, backstops (issue 4).
-SELECT plan(46);
+SELECT plan(48);
 
 SELECT has_function('sigledger', 'create_entity', ARRAY['text', 'text[]', 'text']);
 SELECT has_function('sigledger', 'resolve_entity', ARRAY['text']);
@@ -15,6 +15,9 @@ SELECT lives_ok($$SELECT sigledger.create_entity('Acme Corp', ARRAY['ACME', 'acm
 SELECT is(sigledger.resolve_entity('acme'), (SELECT id FROM sigledger.entities WHERE name = 'Acme Corp'), 'resolve by alias, any case');
 SELECT is(sigledger.resolve_entity('  Acme Corporation '), sigledger.resolve_entity('ACME CORP'), 'blanks ignored, name is an alias');
 SELECT is(sigledger.resolve_entity('nobody'), NULL, 'unknown name resolves to NULL');
+SELECT has_view('sigledger', 'entity_alias_lookup', 'entity_alias_lookup view');
+SELECT is((SELECT entity_id FROM sigledger.entity_alias_lookup WHERE alias_key = lower(btrim(' acme CORPORATION '))),
+          sigledger.resolve_entity('acme corporation'), 'the lookup view answers like resolve_entity');
 SELECT is((SELECT aliases FROM sigledger.entity_with_aliases WHERE name = 'Acme Corp'),
           ARRAY['ACME', 'Acme Corp', 'acme corporation'], 'entity_with_aliases lists aliases');
 SELECT throws_ok($$SELECT sigledger.create_entity('acme')$$, '23505', NULL, 'a name that is another entity''s alias: 23505');
