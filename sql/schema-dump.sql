@@ -720,9 +720,10 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'mentions must not contain NULL';
     END IF;
     SELECT * INTO v_row FROM sigledger._ingest(
-        jsonb_build_array(jsonb_strip_nulls(jsonb_build_object(
+        -- NULL arguments become JSON nulls, which _ingest rejects (or, for content, ignores) like missing keys.
+        jsonb_build_array(jsonb_build_object(
             'source', p_source, 'external_id', p_external_id, 'occurred_at', p_occurred_at, 'content', p_content,
-            'payload', coalesce(p_payload, '{}'), 'mentions', to_jsonb(coalesce(p_mentions, '{}'))))),
+            'payload', coalesce(p_payload, '{}'), 'mentions', to_jsonb(coalesce(p_mentions, '{}')))),
         p_unknown_policy);
     IF v_row.status = 'rejected' THEN
         RAISE EXCEPTION USING ERRCODE = '22023',
@@ -856,9 +857,10 @@ BEGIN
     UPDATE sigledger.entity_aliases SET canonical_entity_id = p_target WHERE canonical_entity_id = ANY (p_sources);
     GET DIAGNOSTICS v_aliases = ROW_COUNT;
     -- links: copy to the target (a signal already linked to it is not duplicated), then drop from the sources.
-    INSERT INTO sigledger.signal_entities (signal_id, entity_id)
-    SELECT DISTINCT se.signal_id, p_target FROM sigledger.signal_entities se WHERE se.entity_id = ANY (p_sources)
-    ORDER BY 1
+    INSERT INTO sigledger.signal_entities (signal_id, entity_id, mention)
+    SELECT DISTINCT ON (se.signal_id) se.signal_id, p_target, se.mention
+      FROM sigledger.signal_entities se WHERE se.entity_id = ANY (p_sources)
+     ORDER BY se.signal_id, se.entity_id
     ON CONFLICT DO NOTHING;
     GET DIAGNOSTICS v_moved = ROW_COUNT;
     DELETE FROM sigledger.signal_entities WHERE entity_id = ANY (p_sources);

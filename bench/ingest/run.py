@@ -325,7 +325,7 @@ def chart(result: dict[str, Any], path: Path) -> None:
                 fontsize=7,
             )
     axes[1].set_xticks([0, 1, 2], ["bare indexed\nSELECT", "resolve_entity()", "entity_alias_lookup\nview"])
-    axes[1].legend(fontsize=8, loc="lower center")
+    axes[1].legend(fontsize=8, loc="upper right")
     axes[1].set_title(
         f"lookups/s at {res['aliases']:,} aliases (one client)\n"
         f"function/bare: pgbench {res['function_over_bare']}x, psycopg {res['python_function_over_bare']}x"

@@ -172,9 +172,10 @@ BEGIN
     UPDATE sigledger.entity_aliases SET canonical_entity_id = p_target WHERE canonical_entity_id = ANY (p_sources);
     GET DIAGNOSTICS v_aliases = ROW_COUNT;
     -- links: copy to the target (a signal already linked to it is not duplicated), then drop from the sources.
-    INSERT INTO sigledger.signal_entities (signal_id, entity_id)
-    SELECT DISTINCT se.signal_id, p_target FROM sigledger.signal_entities se WHERE se.entity_id = ANY (p_sources)
-    ORDER BY 1
+    INSERT INTO sigledger.signal_entities (signal_id, entity_id, mention)
+    SELECT DISTINCT ON (se.signal_id) se.signal_id, p_target, se.mention
+      FROM sigledger.signal_entities se WHERE se.entity_id = ANY (p_sources)
+     ORDER BY se.signal_id, se.entity_id
     ON CONFLICT DO NOTHING;
     GET DIAGNOSTICS v_moved = ROW_COUNT;
     DELETE FROM sigledger.signal_entities WHERE entity_id = ANY (p_sources);

@@ -243,9 +243,10 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'mentions must not contain NULL';
     END IF;
     SELECT * INTO v_row FROM sigledger._ingest(
-        jsonb_build_array(jsonb_strip_nulls(jsonb_build_object(
+        -- NULL arguments become JSON nulls, which _ingest rejects (or, for content, ignores) like missing keys.
+        jsonb_build_array(jsonb_build_object(
             'source', p_source, 'external_id', p_external_id, 'occurred_at', p_occurred_at, 'content', p_content,
-            'payload', coalesce(p_payload, '{}'), 'mentions', to_jsonb(coalesce(p_mentions, '{}'))))),
+            'payload', coalesce(p_payload, '{}'), 'mentions', to_jsonb(coalesce(p_mentions, '{}')))),
         p_unknown_policy);
     IF v_row.status = 'rejected' THEN
         RAISE EXCEPTION USING ERRCODE = '22023',

@@ -1,5 +1,5 @@
 -- pgTAP: create_entity, resolve_entity, add_alias, merge_entities, entity read API, backstops (issue 4).
-SELECT plan(48);
+SELECT plan(49);
 
 SELECT has_function('sigledger', 'create_entity', ARRAY['text', 'text[]', 'text']);
 SELECT has_function('sigledger', 'resolve_entity', ARRAY['text']);
@@ -50,6 +50,8 @@ SELECT is(sigledger.resolve_entity('beta inc'), :'acme'::uuid, 'aliases of a sou
 SELECT is((SELECT array_agg(signal_id ORDER BY signal_id) FROM sigledger.signal_entities WHERE entity_id = :'acme'),
           (SELECT array_agg(x ORDER BY x) FROM unnest(ARRAY[:'s1', :'s2']::uuid[]) x), 'links moved to the target');
 SELECT is((SELECT count(*)::int FROM sigledger.signal_entities WHERE entity_id IN (:'beta', :'gamma')), 0, 'no link left on a source');
+SELECT is((SELECT mention FROM sigledger.signal_entities WHERE signal_id = :'s2' AND entity_id = :'acme'),
+          (SELECT CASE WHEN :'beta'::uuid < :'gamma'::uuid THEN 'Beta Inc' ELSE 'Gamma' END), 'a moved link keeps its mention');
 SELECT is((SELECT merged_into FROM sigledger.entities WHERE id = :'beta'), :'acme'::uuid, 'source keeps a tombstone');
 SELECT is((SELECT (target_id, source_ids) FROM sigledger.entity_merges),
           (:'acme'::uuid, ARRAY[:'beta', :'gamma']::uuid[]), 'entity_merges history row');

@@ -1,5 +1,5 @@
 -- pgTAP: ingest_signal / ingest_signals (issue 4). Runs in a fresh clone, inside a rolled-back transaction.
-SELECT plan(47);
+SELECT plan(48);
 
 -- signatures and hardening
 SELECT has_function('sigledger', 'ingest_signal', ARRAY['text', 'text', 'timestamp with time zone', 'jsonb', 'text[]', 'text', 'text']);
@@ -87,5 +87,9 @@ SELECT is((SELECT signal_id FROM rb WHERE item = 2), (SELECT signal_id FROM rb W
 SELECT is((SELECT signal_id FROM rb WHERE item = 7), (SELECT signal_id FROM r1), 'duplicate of an earlier call maps to it');
 SELECT is((SELECT linked_entities FROM rb WHERE item = 8), 2, 'numeric external_id accepted, both mentions linked');
 SELECT is((SELECT count(*)::int FROM sigledger.entities WHERE lower(name) = 'zeta'), 1, 'one entity for a name used twice in a batch');
+
+CREATE TEMP TABLE rn AS SELECT * FROM sigledger.ingest_signal('rss', 'nulls', now(), '{"a": null, "b": {"c": null}}');
+SELECT is((SELECT payload FROM sigledger.signals WHERE id = (SELECT signal_id FROM rn)),
+          '{"a": null, "b": {"c": null}}'::jsonb, 'JSON nulls inside the payload are kept');
 
 SELECT * FROM finish();
