@@ -1043,11 +1043,11 @@ CREATE FUNCTION sigledger.resolve_entity(p_name text) RETURNS uuid
 DECLARE
     v_id uuid;
 BEGIN
-    IF p_name IS NULL OR length(btrim(p_name)) NOT BETWEEN 1 AND 500 THEN
+    SELECT a.canonical_entity_id INTO v_id FROM sigledger.entity_aliases a WHERE lower(a.alias) = lower(btrim(p_name));
+    IF v_id IS NULL AND (p_name IS NULL OR length(btrim(p_name)) NOT BETWEEN 1 AND 500) THEN
         RAISE EXCEPTION USING ERRCODE = '22023',
             MESSAGE = format('name to resolve must be 1 to 500 non-blank characters, got %L', p_name);
     END IF;
-    SELECT a.canonical_entity_id INTO v_id FROM sigledger.entity_aliases a WHERE lower(a.alias) = lower(btrim(p_name));
     RETURN v_id;
 END;
 $$;
