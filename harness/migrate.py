@@ -584,15 +584,47 @@ class Migrator:
             if not victims:
                 return ran
             conn.execute(_META_DDL)
-            for migration in victims:
-                assert migration.down is not None
-                self.log(f"rolling back {migration.label}")
-                self._run_down(conn, migration, migration.down)
-                ran.append(migration.label)
-            if ran:
-                # Functions may reference what was dropped: the next `up` re-applies every repeatable.
-                conn.execute(f"DELETE FROM {META_SCHEMA}.repeatable_history")
+            # Views come from repeatable files and depend on versioned tables: drop them all first (a down
+            # file cannot know which views a later repeatable built on its tables), then rebuild every
+            # repeatable if the rolled-back schema still supports it, else leave that to the next `up`.
+            self._drop_views(conn)
+            conn.execute(f"DELETE FROM {META_SCHEMA}.repeatable_history")
+            try:
+                for migration in victims:
+                    assert migration.down is not None
+                    self.log(f"rolling back {migration.label}")
+                    self._run_down(conn, migration, migration.down)
+                    ran.append(migration.label)
+            finally:
+                self._restore_repeatables(conn)
         return ran
+
+    def _drop_views(self, conn: psycopg.Connection[Any]) -> None:
+        with conn.transaction():
+            self._session_settings(
+                conn,
+                local=True,
+                lock_timeout=self.settings.lock_timeout,
+                statement_timeout=self.settings.statement_timeout,
+            )
+            views = conn.execute(
+                "SELECT c.oid::regclass::text, c.relkind FROM pg_class c "
+                "WHERE c.relnamespace = to_regnamespace('sigledger') AND c.relkind IN ('v', 'm')"
+            ).fetchall()
+            for name, relkind in views:
+                kind = "MATERIALIZED VIEW" if relkind == "m" else "VIEW"
+                conn.execute(sql.SQL(f"DROP {kind} IF EXISTS {{}} CASCADE").format(sql.SQL(name)))
+            conn.execute("RESET ROLE")
+
+    def _restore_repeatables(self, conn: psycopg.Connection[Any]) -> None:
+        reps = self.repeatables()
+        if not reps:
+            return
+        try:
+            self._apply_repeatables(conn, reps)
+            self.log("re-applied the repeatable files on the rolled-back schema")
+        except (MigrationError, psycopg.Error) as exc:
+            self.log(f"repeatable files not re-applied ({exc}); the next `up` re-applies them")
 
     def _run_down(self, conn: psycopg.Connection[Any], migration: Migration, down: SqlFile) -> None:
         if down.transactional:
