@@ -14,6 +14,71 @@ CREATE SCHEMA sigledger;
 ALTER SCHEMA sigledger OWNER TO sigledger_owner;
 
 --
+-- Name: _check_merge_input(text, uuid, uuid[]); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger._check_merge_input(p_kind text, p_target uuid, p_sources uuid[]) RETURNS void
+    LANGUAGE plpgsql IMMUTABLE
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+DECLARE
+    v_dup uuid;
+BEGIN
+    IF p_target IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'SLM02', MESSAGE = format('%s merge: target is NULL', p_kind);
+    END IF;
+    IF p_sources IS NULL OR cardinality(p_sources) = 0 THEN
+        RAISE EXCEPTION USING ERRCODE = 'SLM02',
+            MESSAGE = format('%s merge into %s: the list of sources is empty', p_kind, p_target),
+            HINT = 'Pass at least one source id.';
+    END IF;
+    IF array_position(p_sources, NULL) IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'SLM02',
+            MESSAGE = format('%s merge into %s: source %s is NULL', p_kind, p_target, array_position(p_sources, NULL));
+    END IF;
+    IF p_target = ANY (p_sources) THEN
+        RAISE EXCEPTION USING ERRCODE = 'SLM02',
+            MESSAGE = format('%s merge: target %s is also among the sources', p_kind, p_target),
+            HINT = 'An id cannot be merged into itself.';
+    END IF;
+    SELECT s INTO v_dup FROM unnest(p_sources) AS s GROUP BY s HAVING count(*) > 1 ORDER BY s LIMIT 1;
+    IF v_dup IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'SLM02',
+            MESSAGE = format('%s merge into %s: source %s is listed more than once', p_kind, p_target, v_dup);
+    END IF;
+END;
+$$;
+
+ALTER FUNCTION sigledger._check_merge_input(p_kind text, p_target uuid, p_sources uuid[]) OWNER TO sigledger_owner;
+
+--
+-- Name: _entity_aliases_no_tombstone(); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger._entity_aliases_no_tombstone() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+-- @plpgsql_check_options: newtable = new_rows
+DECLARE
+    v_id uuid;
+    v_into uuid;
+BEGIN
+    SELECT e.id, e.merged_into INTO v_id, v_into
+      FROM new_rows n JOIN sigledger.entities e ON e.id = n.canonical_entity_id
+     WHERE e.merged_into IS NOT NULL LIMIT 1;
+    IF v_id IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'SLM01',
+            MESSAGE = format('entity %s was merged into %s: it cannot take new aliases', v_id, v_into),
+            HINT = format('Use entity %s.', v_into);
+    END IF;
+    RETURN NULL;
+END;
+$$;
+
+ALTER FUNCTION sigledger._entity_aliases_no_tombstone() OWNER TO sigledger_owner;
+
+--
 -- Name: _graph_ack(bigint[]); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
 --
 
@@ -589,6 +654,327 @@ ALTER FUNCTION sigledger._increment_agent_version() OWNER TO sigledger_owner;
 COMMENT ON FUNCTION sigledger._increment_agent_version() IS 'Trigger: bumps agent_registry.version on every update.';
 
 --
+-- Name: _ingest(jsonb, text); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger._ingest(p_batch jsonb, p_unknown_policy text) RETURNS TABLE(item integer, signal_id uuid, status text, reason text, linked_entities integer, queued_mentions integer)
+    LANGUAGE plpgsql
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+DECLARE
+    v_policy text;
+    v_item integer[];
+    v_source text[];
+    v_external text[];
+    v_occurred timestamptz[];
+    v_payload jsonb[];
+    v_content text[];
+    v_mentions jsonb[];
+    v_reason text[];
+    v_new_sig uuid[];
+    v_sig uuid[];
+    v_created boolean[];
+    -- (item, signal, key, spelling) for every distinct mention of a created signal
+    v_p_item integer[];
+    v_p_sig uuid[];
+    v_p_key text[];
+    v_p_name text[];
+    v_losers uuid[];
+    v_new_entities uuid[];
+    v_res_key text[];
+    v_res_ent uuid[];
+    v_head_of_id uuid[];
+    v_head uuid[];
+BEGIN
+    IF p_batch IS NULL OR jsonb_typeof(p_batch) <> 'array' THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('batch must be a JSON array, got %s', coalesce(jsonb_typeof(p_batch), 'NULL'));
+    END IF;
+    IF jsonb_array_length(p_batch) > 10000 THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('batch holds %s items, the limit is 10000', jsonb_array_length(p_batch)),
+            HINT = 'Split the batch.';
+    END IF;
+    v_policy := coalesce(p_unknown_policy, (SELECT s.unknown_entity_policy FROM sigledger.ingest_settings s));
+    IF v_policy IS NULL OR v_policy NOT IN ('create', 'review') THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('unknown-entity policy must be ''create'' or ''review'', got %L', v_policy);
+    END IF;
+
+    -- 1. parse and validate every item; the first reason that applies wins.
+    SELECT array_agg(p.ord ORDER BY p.ord), array_agg(p.source ORDER BY p.ord), array_agg(p.external_id ORDER BY p.ord),
+           array_agg(p.occurred_at ORDER BY p.ord), array_agg(p.payload ORDER BY p.ord), array_agg(p.mentions ORDER BY p.ord),
+           array_agg(p.content ORDER BY p.ord),
+           array_agg(
+               CASE
+                   WHEN p.jtype IS DISTINCT FROM 'object' THEN 'item is not a JSON object'
+                   WHEN p.source IS NULL OR length(p.source) NOT BETWEEN 1 AND 200
+                       THEN 'source must be a non-blank string of at most 200 characters'
+                   WHEN p.external_id IS NULL OR length(p.external_id) NOT BETWEEN 1 AND 500
+                       THEN 'external_id must be a non-blank string or number of at most 500 characters'
+                   WHEN p.occurred_raw IS NULL THEN 'occurred_at is missing'
+                   WHEN p.occurred_at IS NULL THEN format('occurred_at is not a valid timestamp: %s', p.occurred_raw)
+                   WHEN NOT (p.occurred_at > '2000-01-01' AND p.occurred_at < 'infinity')
+                       THEN format('occurred_at must be after 2000-01-01 and finite, got %s', p.occurred_raw)
+                   WHEN p.content_type NOT IN ('string', 'null') THEN 'content must be a string'
+                   WHEN jsonb_typeof(p.payload) <> 'object' THEN 'payload must be a JSON object'
+                   WHEN jsonb_typeof(p.mentions) <> 'array' THEN 'mentions must be a JSON array of strings'
+                   WHEN jsonb_array_length(p.mentions) > 200 THEN 'mentions holds more than 200 names'
+                   WHEN EXISTS (SELECT 1 FROM jsonb_array_elements(p.mentions) AS m
+                                 WHERE jsonb_typeof(m) <> 'string' OR length(btrim(m #>> '{}')) NOT BETWEEN 1 AND 500)
+                       THEN 'each mention must be a non-blank string of at most 500 characters'
+               END ORDER BY p.ord)
+      INTO v_item, v_source, v_external, v_occurred, v_payload, v_mentions, v_content, v_reason
+      FROM (SELECT e.ord::integer AS ord, jsonb_typeof(e.j) AS jtype,
+                   CASE WHEN jsonb_typeof(e.j -> 'source') = 'string' THEN btrim(e.j ->> 'source') END AS source,
+                   CASE WHEN jsonb_typeof(e.j -> 'external_id') IN ('string', 'number')
+                        THEN btrim(e.j ->> 'external_id') END AS external_id,
+                   CASE WHEN jsonb_typeof(e.j) = 'object' THEN e.j ->> 'occurred_at' END AS occurred_raw,
+                   CASE WHEN jsonb_typeof(e.j -> 'occurred_at') = 'string'
+                        THEN sigledger._try_timestamptz(e.j ->> 'occurred_at') END AS occurred_at,
+                   coalesce(e.j -> 'payload', '{}') AS payload,
+                   coalesce(jsonb_typeof(e.j -> 'content'), 'null') AS content_type,
+                   CASE WHEN jsonb_typeof(e.j -> 'content') = 'string' THEN e.j ->> 'content' END AS content,
+                   coalesce(e.j -> 'mentions', '[]') AS mentions
+              FROM jsonb_array_elements(p_batch) WITH ORDINALITY AS e (j, ord)) AS p;
+    IF v_item IS NULL THEN
+        RETURN;
+    END IF;
+
+    -- 2. insert the valid items, the first of each key in the batch, keys sorted (lock order, see top).
+    WITH ins AS (
+        INSERT INTO sigledger.signals (source, external_id, occurred_at, payload, content)
+        SELECT DISTINCT ON (u.src, u.ext) u.src, u.ext, u.occ, u.pay, u.txt
+          FROM unnest(v_item, v_source, v_external, v_occurred, v_payload, v_content, v_reason)
+               AS u (it, src, ext, occ, pay, txt, why)
+         WHERE u.why IS NULL
+         ORDER BY u.src, u.ext, u.it
+        ON CONFLICT (source, external_id) DO NOTHING
+        RETURNING id)
+    SELECT coalesce(array_agg(ins.id), '{}') INTO v_new_sig FROM ins;
+
+    -- 3. every valid item's signal; 'created' = inserted by this call, and the first item of its key.
+    SELECT array_agg(x.sid ORDER BY x.it), array_agg(x.created ORDER BY x.it) INTO v_sig, v_created
+      FROM (SELECT u.it, s.id AS sid,
+                   (n.id IS NOT NULL AND u.it = min(u.it) OVER (PARTITION BY u.src, u.ext, u.why IS NULL)) AS created
+              FROM unnest(v_item, v_source, v_external, v_reason) AS u (it, src, ext, why)
+              LEFT JOIN sigledger.signals s ON u.why IS NULL AND s.source = u.src AND s.external_id = u.ext
+              LEFT JOIN unnest(v_new_sig) AS n (id) ON n.id = s.id) AS x;
+
+    -- 4. the distinct mentions (by lower(name)) of each created signal; a replay links nothing.
+    SELECT coalesce(array_agg(m.it ORDER BY m.k, m.it), '{}'), coalesce(array_agg(m.sid ORDER BY m.k, m.it), '{}'),
+           coalesce(array_agg(m.k ORDER BY m.k, m.it), '{}'), coalesce(array_agg(m.nm ORDER BY m.k, m.it), '{}')
+      INTO v_p_item, v_p_sig, v_p_key, v_p_name
+      FROM (SELECT DISTINCT ON (u.it, lower(btrim(j.v #>> '{}')))
+                   u.it, u.sid, lower(btrim(j.v #>> '{}')) AS k, btrim(j.v #>> '{}') AS nm
+              FROM unnest(v_item, v_sig, v_mentions, v_created) AS u (it, sid, men, cr)
+              CROSS JOIN LATERAL jsonb_array_elements(u.men) WITH ORDINALITY AS j (v, o)
+             WHERE u.cr
+             ORDER BY u.it, lower(btrim(j.v #>> '{}')), j.o) AS m;
+
+    -- 5. unknown names: create entity + alias (policy 'create'), aliases inserted in key order. A name that
+    --    another session created meanwhile conflicts on the alias key: our entity for it is removed again.
+    IF v_policy = 'create' AND cardinality(v_p_key) > 0 THEN
+        WITH unknown AS (
+                SELECT DISTINCT ON (p.k) p.k, p.nm
+                  FROM unnest(v_p_key, v_p_name, v_p_item) AS p (k, nm, it)
+                 WHERE NOT EXISTS (SELECT 1 FROM sigledger.entity_aliases a WHERE lower(a.alias) = p.k)
+                 ORDER BY p.k, p.it),
+             ne AS (
+                INSERT INTO sigledger.entities (name) SELECT unknown.nm FROM unknown ORDER BY unknown.k
+                RETURNING id, name),
+             na AS (
+                INSERT INTO sigledger.entity_aliases (alias, canonical_entity_id)
+                SELECT ne.name, ne.id FROM ne ORDER BY lower(ne.name)
+                ON CONFLICT ((lower(alias))) DO NOTHING
+                RETURNING canonical_entity_id)
+        SELECT coalesce(array_agg(ne.id) FILTER (WHERE na.canonical_entity_id IS NULL), '{}'),
+               coalesce(array_agg(ne.id) FILTER (WHERE na.canonical_entity_id IS NOT NULL), '{}')
+          INTO v_losers, v_new_entities
+          FROM ne LEFT JOIN na ON na.canonical_entity_id = ne.id;
+        IF cardinality(v_losers) > 0 THEN
+            DELETE FROM sigledger.entities WHERE id = ANY (v_losers);
+        END IF;
+        PERFORM sigledger._outbox_emit('entity', e.id, 'entity.created',
+                                       jsonb_build_object('name', e.name, 'aliases', jsonb_build_array(e.name)))
+           FROM sigledger.entities e WHERE e.id = ANY (v_new_entities);
+    END IF;
+
+    -- 6. resolve every key; lock the live entities (FOR KEY SHARE, id order) so no merge can tombstone them
+    --    under our links; a key resolved to an entity merged meanwhile links to its head.
+    SELECT coalesce(array_agg(k.k ORDER BY k.k), '{}'), coalesce(array_agg(a.canonical_entity_id ORDER BY k.k), '{}')
+      INTO v_res_key, v_res_ent
+      FROM (SELECT DISTINCT p.k FROM unnest(v_p_key) AS p (k)) AS k
+      JOIN sigledger.entity_aliases a ON lower(a.alias) = k.k;
+    SELECT coalesce(array_agg(l.id), '{}'), coalesce(array_agg(l.head), '{}') INTO v_head_of_id, v_head
+      FROM sigledger._lock_live_entities(v_res_ent) AS l;
+
+    -- 7. links, in (entity, signal) order.
+    INSERT INTO sigledger.signal_entities (signal_id, entity_id, mention)
+    SELECT DISTINCT ON (h.head, p.sid) p.sid, h.head, p.nm
+      FROM unnest(v_p_sig, v_p_key, v_p_name) AS p (sid, k, nm)
+      JOIN unnest(v_res_key, v_res_ent) AS r (k, ent) ON r.k = p.k
+      JOIN unnest(v_head_of_id, v_head) AS h (id, head) ON h.id = r.ent
+     ORDER BY h.head, p.sid
+    ON CONFLICT DO NOTHING;
+
+    -- 8. unknown names under policy 'review' wait in the queue, unlinked.
+    IF v_policy = 'review' THEN
+        INSERT INTO sigledger.entity_review_queue (signal_id, mention)
+        SELECT p.sid, p.nm FROM unnest(v_p_sig, v_p_key, v_p_name) AS p (sid, k, nm)
+         WHERE NOT EXISTS (SELECT 1 FROM unnest(v_res_key) AS r (k) WHERE r.k = p.k)
+         ORDER BY p.sid, p.k
+        ON CONFLICT DO NOTHING;
+    END IF;
+
+    -- 9. outbox: one event per created signal, with the entities it is linked to.
+    PERFORM sigledger._outbox_emit('signal', u.sid, 'signal.ingested',
+               jsonb_build_object('source', s.source, 'external_id', s.external_id,
+                   'entity_ids', coalesce((SELECT jsonb_agg(se.entity_id ORDER BY se.entity_id)
+                                             FROM sigledger.signal_entities se WHERE se.signal_id = u.sid), '[]')))
+       FROM unnest(v_sig, v_created) AS u (sid, cr)
+       JOIN sigledger.signals s ON s.id = u.sid
+      WHERE u.cr;
+
+    -- 10. one result row per input item, in input order.
+    RETURN QUERY
+    WITH per_item AS (
+        SELECT p.it, count(DISTINCT h.head)::integer AS linked, count(*) FILTER (WHERE r.k IS NULL)::integer AS queued
+          FROM unnest(v_p_item, v_p_key) AS p (it, k)
+          LEFT JOIN unnest(v_res_key, v_res_ent) AS r (k, ent) ON r.k = p.k
+          LEFT JOIN unnest(v_head_of_id, v_head) AS h (id, head) ON h.id = r.ent
+         GROUP BY p.it)
+    SELECT u.it, u.sid,
+           CASE WHEN u.why IS NOT NULL THEN 'rejected' WHEN u.cr THEN 'created' ELSE 'duplicate' END,
+           u.why,
+           coalesce(pi.linked, 0),
+           CASE WHEN v_policy = 'review' THEN coalesce(pi.queued, 0) ELSE 0 END
+      FROM unnest(v_item, v_sig, v_created, v_reason) AS u (it, sid, cr, why)
+      LEFT JOIN per_item pi ON pi.it = u.it
+     ORDER BY u.it;
+END;
+$$;
+
+ALTER FUNCTION sigledger._ingest(p_batch jsonb, p_unknown_policy text) OWNER TO sigledger_owner;
+
+--
+-- Name: _lock_live_entities(uuid[]); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger._lock_live_entities(p_ids uuid[]) RETURNS TABLE(id uuid, head uuid)
+    LANGUAGE plpgsql
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+DECLARE
+    v_orig uuid[];
+    v_head uuid[];
+    v_tombstones integer;
+    v_found integer;
+    v_wanted integer;
+BEGIN
+    SELECT coalesce(array_agg(DISTINCT u), '{}') INTO v_orig FROM unnest(p_ids) AS u WHERE u IS NOT NULL;
+    v_head := v_orig;
+    FOR v_round IN 1 .. 20 LOOP
+        BEGIN
+            SELECT count(*), count(*) FILTER (WHERE l.merged_into IS NOT NULL)
+              INTO v_found, v_tombstones
+              FROM (SELECT e.id, e.merged_into FROM sigledger.entities e
+                    WHERE e.id = ANY (v_head) ORDER BY e.id FOR KEY SHARE) AS l;
+            SELECT count(DISTINCT h) INTO v_wanted FROM unnest(v_head) AS h;
+            IF v_found <> v_wanted THEN
+                RAISE EXCEPTION USING ERRCODE = 'P0002',
+                    MESSAGE = format('entity not found: %s', (SELECT string_agg(h::text, ', ') FROM unnest(v_head) AS h
+                                       WHERE NOT EXISTS (SELECT 1 FROM sigledger.entities e WHERE e.id = h)));
+            END IF;
+            IF v_tombstones = 0 THEN
+                RETURN QUERY SELECT o, hd FROM unnest(v_orig, v_head) AS t (o, hd);
+                RETURN;
+            END IF;
+            -- A tombstone: release every lock of this round and retry with the heads.
+            RAISE EXCEPTION USING ERRCODE = 'SLMXR', MESSAGE = 'internal: retry entity locking with heads';
+        EXCEPTION WHEN SQLSTATE 'SLMXR' THEN
+            SELECT array_agg(c.cur ORDER BY o.ord) INTO v_head
+              FROM unnest(v_orig) WITH ORDINALITY AS o (id, ord)
+              CROSS JOIN LATERAL (
+                  WITH RECURSIVE chain (cur, depth) AS (
+                      SELECT o.id, 0
+                      UNION ALL
+                      SELECT e.merged_into, chain.depth + 1 FROM chain JOIN sigledger.entities e ON e.id = chain.cur
+                      WHERE e.merged_into IS NOT NULL AND chain.depth < 1000)
+                  SELECT chain.cur FROM chain ORDER BY chain.depth DESC LIMIT 1) AS c;
+        END;
+    END LOOP;
+    RAISE EXCEPTION USING ERRCODE = '40001',
+        MESSAGE = 'could not lock the live entities: they kept being merged while we waited',
+        HINT = 'Retry the transaction.';
+END;
+$$;
+
+ALTER FUNCTION sigledger._lock_live_entities(p_ids uuid[]) OWNER TO sigledger_owner;
+
+--
+-- Name: _lock_live_opportunity(uuid); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger._lock_live_opportunity(p_id uuid) RETURNS uuid
+    LANGUAGE plpgsql
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+DECLARE
+    v_id uuid := p_id;
+    v_into uuid;
+BEGIN
+    FOR v_round IN 1 .. 100 LOOP
+        BEGIN
+            SELECT o.merged_into INTO v_into FROM sigledger.opportunities o WHERE o.id = v_id FOR KEY SHARE;
+            IF NOT FOUND THEN
+                RAISE EXCEPTION USING ERRCODE = 'P0002', MESSAGE = format('opportunity not found: %s', v_id);
+            END IF;
+            IF v_into IS NULL THEN
+                RETURN v_id;
+            END IF;
+            -- Merged while (or before) we waited: give its lock back and follow the tombstone.
+            RAISE EXCEPTION USING ERRCODE = 'SLMXR', MESSAGE = 'internal: follow opportunity tombstone';
+        EXCEPTION WHEN SQLSTATE 'SLMXR' THEN
+            v_id := v_into;
+        END;
+    END LOOP;
+    RAISE EXCEPTION USING ERRCODE = '40001',
+        MESSAGE = format('could not lock the live opportunity for %s: it kept being merged', p_id),
+        HINT = 'Retry the transaction.';
+END;
+$$;
+
+ALTER FUNCTION sigledger._lock_live_opportunity(p_id uuid) OWNER TO sigledger_owner;
+
+--
+-- Name: _opportunity_signals_no_tombstone(); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger._opportunity_signals_no_tombstone() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+-- @plpgsql_check_options: newtable = new_rows
+DECLARE
+    v_id uuid;
+    v_into uuid;
+BEGIN
+    SELECT o.id, o.merged_into INTO v_id, v_into
+      FROM new_rows n JOIN sigledger.opportunities o ON o.id = n.opportunity_id
+     WHERE o.merged_into IS NOT NULL LIMIT 1;
+    IF v_id IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'SLM01',
+            MESSAGE = format('opportunity %s was merged into %s: it cannot take new signal links', v_id, v_into),
+            HINT = format('Use opportunity %s.', v_into);
+    END IF;
+    RETURN NULL;
+END;
+$$;
+
+ALTER FUNCTION sigledger._opportunity_signals_no_tombstone() OWNER TO sigledger_owner;
+
+--
 -- Name: _outbox_emit(text, uuid, text, jsonb); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
 --
 
@@ -616,6 +1002,260 @@ ALTER FUNCTION sigledger._outbox_emit(p_aggregate_type text, p_aggregate_id uuid
 COMMENT ON FUNCTION sigledger._outbox_emit(p_aggregate_type text, p_aggregate_id uuid, p_event_type text, p_payload jsonb) IS 'Internal: records a change for the Neo4j projection in the current transaction.';
 
 --
+-- Name: _signal_entities_no_tombstone(); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger._signal_entities_no_tombstone() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+-- @plpgsql_check_options: newtable = new_rows
+DECLARE
+    v_id uuid;
+    v_into uuid;
+BEGIN
+    SELECT e.id, e.merged_into INTO v_id, v_into
+      FROM new_rows n JOIN sigledger.entities e ON e.id = n.entity_id
+     WHERE e.merged_into IS NOT NULL LIMIT 1;
+    IF v_id IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'SLM01',
+            MESSAGE = format('entity %s was merged into %s: it cannot take new links', v_id, v_into),
+            HINT = format('Use entity %s.', v_into);
+    END IF;
+    RETURN NULL;
+END;
+$$;
+
+ALTER FUNCTION sigledger._signal_entities_no_tombstone() OWNER TO sigledger_owner;
+
+--
+-- Name: _try_timestamptz(text); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger._try_timestamptz(p_value text) RETURNS timestamp with time zone
+    LANGUAGE plpgsql STABLE
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+BEGIN
+    RETURN p_value::timestamptz;
+EXCEPTION WHEN invalid_datetime_format OR datetime_field_overflow OR invalid_time_zone_displacement_value THEN
+    RETURN NULL;
+END;
+$$;
+
+ALTER FUNCTION sigledger._try_timestamptz(p_value text) OWNER TO sigledger_owner;
+
+--
+-- Name: add_alias(uuid, text); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger.add_alias(p_entity_id uuid, p_alias text) RETURNS boolean
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'sigledger', 'pg_temp'
+    SET lock_timeout TO '10s'
+    AS $$
+DECLARE
+    v_into uuid;
+    v_owner uuid;
+    v_alias text := btrim(p_alias);
+BEGIN
+    IF p_entity_id IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'entity id is NULL';
+    END IF;
+    IF p_alias IS NULL OR length(v_alias) NOT BETWEEN 1 AND 500 THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('alias must be 1 to 500 non-blank characters, got %L', p_alias);
+    END IF;
+    -- KEY SHARE: a concurrent merge_entities (FOR UPDATE) of this entity waits for us, or we for it.
+    SELECT merged_into INTO v_into FROM sigledger.entities WHERE id = p_entity_id FOR KEY SHARE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'P0002', MESSAGE = format('entity not found: %s', p_entity_id);
+    END IF;
+    IF v_into IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'SLM01',
+            MESSAGE = format('entity %s was merged into %s: add the alias to %s', p_entity_id, v_into, v_into);
+    END IF;
+    INSERT INTO sigledger.entity_aliases (alias, canonical_entity_id) VALUES (v_alias, p_entity_id)
+    ON CONFLICT ((lower(alias))) DO NOTHING;
+    IF FOUND THEN
+        PERFORM sigledger._outbox_emit('entity', p_entity_id, 'entity.aliased', jsonb_build_object('alias', v_alias));
+        RETURN true;
+    END IF;
+    SELECT canonical_entity_id INTO v_owner FROM sigledger.entity_aliases WHERE lower(alias) = lower(v_alias);
+    IF v_owner = p_entity_id THEN
+        RETURN false;
+    END IF;
+    RAISE EXCEPTION USING ERRCODE = '23505', CONSTRAINT = 'entity_aliases_alias_lower_key',
+        MESSAGE = format('alias %L already belongs to entity %s', v_alias, v_owner),
+        HINT = 'Merge the entities if they are the same.';
+END;
+$$;
+
+ALTER FUNCTION sigledger.add_alias(p_entity_id uuid, p_alias text) OWNER TO sigledger_owner;
+
+--
+-- Name: FUNCTION add_alias(p_entity_id uuid, p_alias text); Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON FUNCTION sigledger.add_alias(p_entity_id uuid, p_alias text) IS 'Attach alias p_alias to live entity p_entity_id. Returns true when added, false when it was already that entity''s alias.
+Errors: SLM01 the entity is a tombstone; 23505 the alias belongs to another entity.
+SQLSTATE: 22023, P0002, SLM01, 23505, 55P03';
+
+--
+-- Name: create_entity(text, text[], text); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger.create_entity(p_name text, p_aliases text[] DEFAULT '{}'::text[], p_entity_type text DEFAULT 'unknown'::text) RETURNS uuid
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+DECLARE
+    v_id uuid;
+    v_bad text;
+    v_taken text;
+    v_owner uuid;
+    v_aliases text[];
+BEGIN
+    IF p_name IS NULL OR length(btrim(p_name)) NOT BETWEEN 1 AND 500 THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('entity name must be 1 to 500 non-blank characters, got %L', p_name);
+    END IF;
+    IF p_entity_type IS NULL OR length(p_entity_type) NOT BETWEEN 1 AND 100 THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('entity type must be 1 to 100 characters, got %L', p_entity_type);
+    END IF;
+    SELECT a INTO v_bad FROM unnest(coalesce(p_aliases, '{}')) AS a
+     WHERE a IS NULL OR length(btrim(a)) NOT BETWEEN 1 AND 500 LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('alias must be 1 to 500 non-blank characters, got %L', v_bad);
+    END IF;
+    -- the name first, then the aliases; one spelling per lower(alias), sorted so that concurrent callers
+    -- insert (and wait on) the unique index keys in the same order.
+    SELECT array_agg(t.alias ORDER BY lower(t.alias)) INTO v_aliases
+      FROM (SELECT DISTINCT ON (lower(btrim(x.a))) btrim(x.a) AS alias
+              FROM unnest(ARRAY[p_name] || coalesce(p_aliases, '{}')) WITH ORDINALITY AS x (a, ord)
+             ORDER BY lower(btrim(x.a)), x.ord) AS t;
+
+    INSERT INTO sigledger.entities (name, entity_type) VALUES (btrim(p_name), p_entity_type) RETURNING id INTO v_id;
+    WITH ins AS (
+        INSERT INTO sigledger.entity_aliases (alias, canonical_entity_id)
+        SELECT a, v_id FROM unnest(v_aliases) AS a
+        ON CONFLICT ((lower(alias))) DO NOTHING
+        RETURNING lower(alias) AS k)
+    SELECT a INTO v_taken FROM unnest(v_aliases) AS a WHERE lower(a) NOT IN (SELECT k FROM ins) LIMIT 1;
+    IF v_taken IS NOT NULL THEN
+        SELECT canonical_entity_id INTO v_owner FROM sigledger.entity_aliases WHERE lower(alias) = lower(v_taken);
+        RAISE EXCEPTION USING ERRCODE = '23505', CONSTRAINT = 'entity_aliases_alias_lower_key',
+            MESSAGE = format('alias %L already belongs to entity %s', v_taken, v_owner),
+            HINT = 'Resolve the name with resolve_entity, or merge the entities.';
+    END IF;
+    PERFORM sigledger._outbox_emit('entity', v_id, 'entity.created',
+                                   jsonb_build_object('name', btrim(p_name), 'entity_type', p_entity_type, 'aliases', to_jsonb(v_aliases)));
+    RETURN v_id;
+END;
+$$;
+
+ALTER FUNCTION sigledger.create_entity(p_name text, p_aliases text[], p_entity_type text) OWNER TO sigledger_owner;
+
+--
+-- Name: FUNCTION create_entity(p_name text, p_aliases text[], p_entity_type text); Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON FUNCTION sigledger.create_entity(p_name text, p_aliases text[], p_entity_type text) IS 'Create an entity named p_name (of p_entity_type); the name and each of p_aliases become aliases (case-insensitive, one entity per alias). Returns the entity id.
+SQLSTATE: 22023, 23505';
+
+--
+-- Name: create_opportunity(text, text, text, numeric, numeric, jsonb); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger.create_opportunity(p_title text, p_description text DEFAULT NULL::text, p_status text DEFAULT 'open'::text, p_score numeric DEFAULT NULL::numeric, p_value_usd numeric DEFAULT NULL::numeric, p_attributes jsonb DEFAULT '{}'::jsonb) RETURNS uuid
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+DECLARE
+    v_id uuid;
+BEGIN
+    IF p_title IS NULL OR length(btrim(p_title)) NOT BETWEEN 1 AND 500 THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('opportunity title must be 1 to 500 non-blank characters, got %L', p_title);
+    END IF;
+    -- 'merged' is reserved for tombstones written by merge_opportunities.
+    IF p_status IS NULL OR p_status NOT IN ('open', 'won', 'lost') THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('opportunity status must be open, won or lost, got %L', p_status);
+    END IF;
+    -- NaN compares greater than every number ("NaN >= 0" is true): name it explicitly.
+    IF p_score = 'NaN' OR p_score < 0 OR p_score > 100 THEN
+        RAISE EXCEPTION USING ERRCODE = '22003',
+            MESSAGE = format('opportunity score must be a number in [0, 100], got %s', p_score);
+    END IF;
+    IF p_value_usd = 'NaN' OR p_value_usd < 0 OR p_value_usd >= 1e12 THEN
+        RAISE EXCEPTION USING ERRCODE = '22003',
+            MESSAGE = format('opportunity value_usd must be a number in [0, 1e12), got %s', p_value_usd);
+    END IF;
+    IF p_attributes IS NULL OR jsonb_typeof(p_attributes) <> 'object' THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('opportunity attributes must be a JSON object, got %s', coalesce(jsonb_typeof(p_attributes), 'NULL'));
+    END IF;
+
+    INSERT INTO sigledger.opportunities (title, description, status, score, value_usd, attributes)
+    VALUES (btrim(p_title), p_description, p_status, p_score, p_value_usd, p_attributes)
+    RETURNING id INTO v_id;
+    PERFORM sigledger._outbox_emit('opportunity', v_id, 'opportunity.created',
+                                   jsonb_build_object('title', btrim(p_title), 'status', p_status));
+    RETURN v_id;
+END;
+$$;
+
+ALTER FUNCTION sigledger.create_opportunity(p_title text, p_description text, p_status text, p_score numeric, p_value_usd numeric, p_attributes jsonb) OWNER TO sigledger_owner;
+
+--
+-- Name: FUNCTION create_opportunity(p_title text, p_description text, p_status text, p_score numeric, p_value_usd numeric, p_attributes jsonb); Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON FUNCTION sigledger.create_opportunity(p_title text, p_description text, p_status text, p_score numeric, p_value_usd numeric, p_attributes jsonb) IS 'Create an opportunity (status open, won or lost; score in [0, 100]; value_usd >= 0). Returns its id.
+Errors: 22003 score or value_usd NaN, negative or too large.
+SQLSTATE: 22023, 22003';
+
+--
+-- Name: entity_signals_of(uuid); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger.entity_signals_of(p_entity_id uuid) RETURNS TABLE(entity_id uuid, signal_id uuid, source text, external_id text, occurred_at timestamp with time zone)
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+DECLARE
+    v_head uuid;
+BEGIN
+    WITH RECURSIVE chain (cur, next, depth) AS (
+        SELECT e.id, e.merged_into, 0 FROM sigledger.entities e WHERE e.id = p_entity_id
+        UNION ALL
+        SELECT e.id, e.merged_into, chain.depth + 1
+          FROM chain JOIN sigledger.entities e ON e.id = chain.next WHERE chain.depth < 1000)
+    SELECT chain.cur INTO v_head FROM chain WHERE chain.next IS NULL;
+    IF v_head IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'P0002', MESSAGE = format('entity not found: %s', p_entity_id);
+    END IF;
+    RETURN QUERY
+    SELECT se.entity_id, s.id, s.source, s.external_id, s.occurred_at
+      FROM sigledger.signal_entities se JOIN sigledger.signals s ON s.id = se.signal_id
+     WHERE se.entity_id = v_head
+     ORDER BY s.occurred_at, s.id;
+END;
+$$;
+
+ALTER FUNCTION sigledger.entity_signals_of(p_entity_id uuid) OWNER TO sigledger_owner;
+
+--
+-- Name: FUNCTION entity_signals_of(p_entity_id uuid); Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON FUNCTION sigledger.entity_signals_of(p_entity_id uuid) IS 'Signals that mention the entity p_entity_id stands for (following merged_into to the live target), oldest first.
+SQLSTATE: P0002';
+
+--
 -- Name: graph_outbox_status(); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
 --
 
@@ -639,6 +1279,364 @@ ALTER FUNCTION sigledger.graph_outbox_status() OWNER TO sigledger_owner;
 --
 
 COMMENT ON FUNCTION sigledger.graph_outbox_status() IS 'Neo4j projection backlog: pending rows (due now, retrying after a failure), dead rows, and the age of the oldest pending and oldest dead row.';
+
+--
+-- Name: ingest_signal(text, text, timestamp with time zone, jsonb, text[], text, text); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger.ingest_signal(p_source text, p_external_id text, p_occurred_at timestamp with time zone, p_payload jsonb DEFAULT '{}'::jsonb, p_mentions text[] DEFAULT '{}'::text[], p_content text DEFAULT NULL::text, p_unknown_policy text DEFAULT NULL::text) RETURNS TABLE(signal_id uuid, created boolean, linked_entities integer, queued_mentions integer)
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'sigledger', 'pg_temp'
+    SET lock_timeout TO '10s'
+    SET plan_cache_mode TO 'force_generic_plan'
+    AS $$
+DECLARE
+    v_row record;
+BEGIN
+    IF p_mentions IS NOT NULL AND array_position(p_mentions, NULL) IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'mentions must not contain NULL';
+    END IF;
+    SELECT * INTO v_row FROM sigledger._ingest(
+        -- NULL arguments become JSON nulls, which _ingest rejects (or, for content, ignores) like missing keys.
+        jsonb_build_array(jsonb_build_object(
+            'source', p_source, 'external_id', p_external_id, 'occurred_at', p_occurred_at, 'content', p_content,
+            'payload', coalesce(p_payload, '{}'), 'mentions', to_jsonb(coalesce(p_mentions, '{}')))),
+        p_unknown_policy);
+    IF v_row.status = 'rejected' THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('signal (%s, %s) rejected: %s', p_source, p_external_id, v_row.reason);
+    END IF;
+    RETURN QUERY SELECT v_row.signal_id, v_row.status = 'created', v_row.linked_entities, v_row.queued_mentions;
+END;
+$$;
+
+ALTER FUNCTION sigledger.ingest_signal(p_source text, p_external_id text, p_occurred_at timestamp with time zone, p_payload jsonb, p_mentions text[], p_content text, p_unknown_policy text) OWNER TO sigledger_owner;
+
+--
+-- Name: FUNCTION ingest_signal(p_source text, p_external_id text, p_occurred_at timestamp with time zone, p_payload jsonb, p_mentions text[], p_content text, p_unknown_policy text); Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON FUNCTION sigledger.ingest_signal(p_source text, p_external_id text, p_occurred_at timestamp with time zone, p_payload jsonb, p_mentions text[], p_content text, p_unknown_policy text) IS 'Ingest one signal, idempotent per (p_source, p_external_id): created = false means it existed and nothing changed. p_mentions are entity names resolved through aliases (case-insensitive); unknown names create entities or go to entity_review_queue per p_unknown_policy (create | review; default: ingest_settings). Outbox rows in the same transaction.
+SQLSTATE: 22023, 55P03';
+
+--
+-- Name: ingest_signals(jsonb, text); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger.ingest_signals(p_batch jsonb, p_unknown_policy text DEFAULT NULL::text) RETURNS TABLE(item integer, signal_id uuid, status text, reason text, linked_entities integer, queued_mentions integer)
+    LANGUAGE sql SECURITY DEFINER
+    SET search_path TO 'sigledger', 'pg_temp'
+    SET lock_timeout TO '10s'
+    AS $$
+    SELECT * FROM sigledger._ingest(p_batch, p_unknown_policy);
+$$;
+
+ALTER FUNCTION sigledger.ingest_signals(p_batch jsonb, p_unknown_policy text) OWNER TO sigledger_owner;
+
+--
+-- Name: FUNCTION ingest_signals(p_batch jsonb, p_unknown_policy text); Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON FUNCTION sigledger.ingest_signals(p_batch jsonb, p_unknown_policy text) IS 'Ingest a JSON array of signals {source, external_id, occurred_at, payload?, content?, mentions?: [name, ...]} in one call (at most 10000). One row per item, in order: status created | duplicate (the (source, external_id) exists: nothing changed) | rejected (reason says why; the other items go on). p_unknown_policy create | review overrides ingest_settings for this call. Call it in its own transaction.
+Errors: 22023 the batch is not an array, is too large, or the policy is unknown (a bad item is a rejected row, not an error).
+SQLSTATE: 22023, 55P03';
+
+--
+-- Name: link_signals(uuid, uuid[]); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger.link_signals(p_opportunity_id uuid, p_signal_ids uuid[]) RETURNS TABLE(opportunity_id uuid, linked integer, already_linked integer)
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'sigledger', 'pg_temp'
+    SET lock_timeout TO '10s'
+    AS $$
+DECLARE
+    v_head uuid;
+    v_wanted uuid[];
+    v_missing text;
+    v_linked integer;
+BEGIN
+    IF p_opportunity_id IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'opportunity id is NULL';
+    END IF;
+    IF p_signal_ids IS NULL OR cardinality(p_signal_ids) = 0 OR array_position(p_signal_ids, NULL) IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('signal ids must be a non-empty list without NULL, got %s', coalesce(p_signal_ids::text, 'NULL'));
+    END IF;
+    SELECT array_agg(DISTINCT s ORDER BY s) INTO v_wanted FROM unnest(p_signal_ids) AS s;
+    SELECT string_agg(w::text, ', ' ORDER BY w) INTO v_missing FROM unnest(v_wanted) AS w
+     WHERE NOT EXISTS (SELECT 1 FROM sigledger.signals s WHERE s.id = w);
+    IF v_missing IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'P0002', MESSAGE = format('signal not found: %s', v_missing);
+    END IF;
+    -- FOR KEY SHARE on the live opportunity: a merge of it (FOR UPDATE) waits for this transaction, or we
+    -- waited for the merge and follow its tombstone.
+    v_head := sigledger._lock_live_opportunity(p_opportunity_id);
+    INSERT INTO sigledger.opportunity_signals (opportunity_id, signal_id)
+    SELECT v_head, w FROM unnest(v_wanted) AS w
+    ON CONFLICT DO NOTHING;
+    GET DIAGNOSTICS v_linked = ROW_COUNT;
+    IF v_linked > 0 THEN
+        PERFORM sigledger._outbox_emit('opportunity', v_head, 'opportunity.linked',
+                                       jsonb_build_object('signal_ids', to_jsonb(v_wanted)));
+    END IF;
+    RETURN QUERY SELECT v_head, v_linked, cardinality(v_wanted) - v_linked;
+END;
+$$;
+
+ALTER FUNCTION sigledger.link_signals(p_opportunity_id uuid, p_signal_ids uuid[]) OWNER TO sigledger_owner;
+
+--
+-- Name: FUNCTION link_signals(p_opportunity_id uuid, p_signal_ids uuid[]); Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON FUNCTION sigledger.link_signals(p_opportunity_id uuid, p_signal_ids uuid[]) IS 'Link signals to an opportunity (duplicates in the list or already linked are counted, not errors). If the opportunity was merged, the live merge target receives the links; opportunity_id in the result says which one did.
+Errors: P0002 unknown opportunity or signal.
+SQLSTATE: 22023, P0002, 55P03';
+
+--
+-- Name: merge_entities(uuid, uuid[]); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger.merge_entities(p_target uuid, p_sources uuid[]) RETURNS TABLE(target_id uuid, moved_aliases integer, moved_links integer, duplicate_links integer, merge_id bigint)
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'sigledger', 'pg_temp'
+    SET lock_timeout TO '10s'
+    AS $$
+DECLARE
+    v_ids uuid[] := p_sources || p_target;
+    v_locked integer;
+    v_missing text;
+    v_dead record;
+    v_aliases integer;
+    v_source_links integer;
+    v_moved integer;
+    v_merge_id bigint;
+BEGIN
+    PERFORM sigledger._check_merge_input('entity', p_target, p_sources);
+    -- Lock target and sources in id order: two merges over overlapping ids queue up instead of deadlocking.
+    SELECT count(*) INTO v_locked
+      FROM (SELECT e.id FROM sigledger.entities e WHERE e.id = ANY (v_ids) ORDER BY e.id FOR UPDATE) AS l;
+    IF v_locked <> cardinality(v_ids) THEN
+        SELECT string_agg(i::text, ', ' ORDER BY i) INTO v_missing FROM unnest(v_ids) AS i
+         WHERE NOT EXISTS (SELECT 1 FROM sigledger.entities e WHERE e.id = i);
+        RAISE EXCEPTION USING ERRCODE = 'P0002', MESSAGE = format('entity not found: %s', v_missing);
+    END IF;
+    -- Read after the lock: a merge that committed while we waited is visible now.
+    SELECT e.id, e.merged_into INTO v_dead FROM sigledger.entities e
+     WHERE e.id = ANY (v_ids) AND e.merged_into IS NOT NULL ORDER BY e.id LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'SLM01',
+            MESSAGE = format('entity %s is a tombstone: it was merged into %s', v_dead.id, v_dead.merged_into),
+            HINT = format('Merge into or from %s instead.', v_dead.merged_into);
+    END IF;
+
+    UPDATE sigledger.entity_aliases SET canonical_entity_id = p_target WHERE canonical_entity_id = ANY (p_sources);
+    GET DIAGNOSTICS v_aliases = ROW_COUNT;
+    -- links: copy to the target (a signal already linked to it is not duplicated), then drop from the sources.
+    INSERT INTO sigledger.signal_entities (signal_id, entity_id, mention)
+    SELECT DISTINCT ON (se.signal_id) se.signal_id, p_target, se.mention
+      FROM sigledger.signal_entities se WHERE se.entity_id = ANY (p_sources)
+     ORDER BY se.signal_id, se.entity_id
+    ON CONFLICT DO NOTHING;
+    GET DIAGNOSTICS v_moved = ROW_COUNT;
+    DELETE FROM sigledger.signal_entities WHERE entity_id = ANY (p_sources);
+    GET DIAGNOSTICS v_source_links = ROW_COUNT;
+    -- The target keeps its name and type; attribute keys it lacks come from the sources (later id wins).
+    UPDATE sigledger.entities t
+       SET attributes = (SELECT coalesce(jsonb_object_agg(kv.key, kv.value), '{}')
+                           FROM (SELECT DISTINCT ON (a.key) a.key, a.value
+                                   FROM sigledger.entities s, jsonb_each(s.attributes) AS a
+                                  WHERE s.id = ANY (v_ids)
+                                  ORDER BY a.key, (s.id = p_target) DESC, s.id DESC) AS kv),
+           updated_at = now(), version = t.version + 1
+     WHERE t.id = p_target;
+    UPDATE sigledger.entities s
+       SET merged_into = p_target, merged_at = now(), updated_at = now(), version = s.version + 1
+     WHERE s.id = ANY (p_sources);
+
+    INSERT INTO sigledger.entity_merges (target_id, source_ids, moved_aliases, moved_links, duplicate_links)
+    VALUES (p_target, p_sources, v_aliases, v_moved, v_source_links - v_moved)
+    RETURNING id INTO v_merge_id;
+    PERFORM sigledger._outbox_emit('entity', s, 'entity.merged', jsonb_build_object('merged_into', p_target, 'merge_id', v_merge_id))
+       FROM unnest(p_sources) AS s;
+    PERFORM sigledger._outbox_emit('entity', p_target, 'entity.merge_target',
+                                   jsonb_build_object('sources', to_jsonb(p_sources), 'merge_id', v_merge_id));
+    RETURN QUERY SELECT p_target, v_aliases, v_moved, v_source_links - v_moved, v_merge_id;
+END;
+$$;
+
+ALTER FUNCTION sigledger.merge_entities(p_target uuid, p_sources uuid[]) OWNER TO sigledger_owner;
+
+--
+-- Name: FUNCTION merge_entities(p_target uuid, p_sources uuid[]); Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON FUNCTION sigledger.merge_entities(p_target uuid, p_sources uuid[]) IS 'Merge entities p_sources into p_target in one transaction: aliases and signal links move to the target (no duplicate links), each source keeps a tombstone (merged_into), a row lands in entity_merges. Locks are taken in id order.
+Errors: SLM02 empty list, NULL or duplicate id, target among sources; P0002 unknown id; SLM01 an id is already merged (the message names the tombstone).
+SQLSTATE: SLM02, P0002, SLM01, 55P03';
+
+--
+-- Name: merge_opportunities(uuid, uuid[]); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger.merge_opportunities(p_target uuid, p_sources uuid[]) RETURNS TABLE(target_id uuid, moved_links integer, duplicate_links integer, merge_id bigint)
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'sigledger', 'pg_temp'
+    SET lock_timeout TO '10s'
+    AS $$
+DECLARE
+    v_ids uuid[] := p_sources || p_target;
+    v_locked integer;
+    v_missing text;
+    v_dead record;
+    v_before jsonb;
+    v_after jsonb;
+    v_source_links integer;
+    v_moved integer;
+    v_merge_id bigint;
+BEGIN
+    PERFORM sigledger._check_merge_input('opportunity', p_target, p_sources);
+    -- Lock target and sources in id order (ORDER BY under FOR UPDATE locks rows as they come out of the sort):
+    -- A->B racing B->A queue on the same first row instead of deadlocking; the second then finds a tombstone.
+    SELECT count(*) INTO v_locked
+      FROM (SELECT o.id FROM sigledger.opportunities o WHERE o.id = ANY (v_ids) ORDER BY o.id FOR UPDATE) AS l;
+    IF v_locked <> cardinality(v_ids) THEN
+        SELECT string_agg(i::text, ', ' ORDER BY i) INTO v_missing FROM unnest(v_ids) AS i
+         WHERE NOT EXISTS (SELECT 1 FROM sigledger.opportunities o WHERE o.id = i);
+        RAISE EXCEPTION USING ERRCODE = 'P0002', MESSAGE = format('opportunity not found: %s', v_missing);
+    END IF;
+    -- Read after the lock: a merge that committed while we waited is visible to this statement.
+    SELECT o.id, o.merged_into INTO v_dead FROM sigledger.opportunities o
+     WHERE o.id = ANY (v_ids) AND o.merged_into IS NOT NULL ORDER BY o.id LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'SLM01',
+            MESSAGE = format('opportunity %s is a tombstone: it was merged into %s', v_dead.id, v_dead.merged_into),
+            HINT = format('Merge into or from %s instead.', v_dead.merged_into);
+    END IF;
+
+    SELECT to_jsonb(o) INTO v_before FROM sigledger.opportunities o WHERE o.id = p_target;
+
+    -- Links: copy to the target without duplicates, then drop them from the sources.
+    INSERT INTO sigledger.opportunity_signals (opportunity_id, signal_id)
+    SELECT DISTINCT p_target, os.signal_id FROM sigledger.opportunity_signals os WHERE os.opportunity_id = ANY (p_sources)
+    ORDER BY 2
+    ON CONFLICT DO NOTHING;
+    GET DIAGNOSTICS v_moved = ROW_COUNT;
+    DELETE FROM sigledger.opportunity_signals WHERE opportunity_signals.opportunity_id = ANY (p_sources);
+    GET DIAGNOSTICS v_source_links = ROW_COUNT;
+
+    -- Field rules (docs/merge-rules.md): title and status stay the target's; description is the target's, or
+    -- else the first non-blank one of the sources in id order; score and value_usd are the maxima; attribute
+    -- keys: the target's win, then the sources' (the later id wins); created_at is the earliest.
+    UPDATE sigledger.opportunities t
+       SET description = coalesce(nullif(btrim(t.description), ''),
+                                  (SELECT s.description FROM sigledger.opportunities s
+                                    WHERE s.id = ANY (p_sources) AND nullif(btrim(s.description), '') IS NOT NULL
+                                    ORDER BY s.id LIMIT 1)),
+           score = (SELECT max(s.score) FROM sigledger.opportunities s WHERE s.id = ANY (v_ids)),
+           value_usd = (SELECT max(s.value_usd) FROM sigledger.opportunities s WHERE s.id = ANY (v_ids)),
+           attributes = (SELECT coalesce(jsonb_object_agg(kv.key, kv.value), '{}')
+                           FROM (SELECT DISTINCT ON (a.key) a.key, a.value
+                                   FROM sigledger.opportunities s, jsonb_each(s.attributes) AS a
+                                  WHERE s.id = ANY (v_ids)
+                                  ORDER BY a.key, (s.id = p_target) DESC, s.id DESC) AS kv),
+           created_at = (SELECT min(s.created_at) FROM sigledger.opportunities s WHERE s.id = ANY (v_ids)),
+           updated_at = now(),
+           version = t.version + 1
+     WHERE t.id = p_target
+    RETURNING to_jsonb(t) INTO v_after;
+
+    UPDATE sigledger.opportunities s
+       SET status = 'merged', merged_into = p_target, merged_at = now(), updated_at = now(), version = s.version + 1
+     WHERE s.id = ANY (p_sources);
+
+    INSERT INTO sigledger.opportunity_merges (target_id, source_ids, moved_links, duplicate_links, target_before, target_after)
+    VALUES (p_target, p_sources, v_moved, v_source_links - v_moved, v_before, v_after)
+    RETURNING id INTO v_merge_id;
+    PERFORM sigledger._outbox_emit('opportunity', s, 'opportunity.merged',
+                                   jsonb_build_object('merged_into', p_target, 'merge_id', v_merge_id))
+       FROM unnest(p_sources) AS s;
+    PERFORM sigledger._outbox_emit('opportunity', p_target, 'opportunity.merge_target',
+                                   jsonb_build_object('sources', to_jsonb(p_sources), 'merge_id', v_merge_id));
+    RETURN QUERY SELECT p_target, v_moved, v_source_links - v_moved, v_merge_id;
+END;
+$$;
+
+ALTER FUNCTION sigledger.merge_opportunities(p_target uuid, p_sources uuid[]) OWNER TO sigledger_owner;
+
+--
+-- Name: FUNCTION merge_opportunities(p_target uuid, p_sources uuid[]); Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON FUNCTION sigledger.merge_opportunities(p_target uuid, p_sources uuid[]) IS 'Merge opportunities p_sources into p_target in one transaction: rows locked in id order; signal links move to the target without duplicates; fields merge by the rules of docs/merge-rules.md; each source becomes a tombstone (merged_into = target); a row lands in opportunity_merges (when, by whom, which application, target before/after); outbox rows are written. Bad input changes nothing.
+Errors: SLM02 NULL target, empty list, NULL or duplicate source, target among sources; P0002 unknown id; SLM01 an id is already merged (the message names the tombstone and its target).
+SQLSTATE: SLM02, P0002, SLM01, 55P03';
+
+--
+-- Name: opportunity_signals_of(uuid); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger.opportunity_signals_of(p_opportunity_id uuid) RETURNS TABLE(opportunity_id uuid, signal_id uuid, linked_at timestamp with time zone, source text, external_id text, occurred_at timestamp with time zone, content text, payload jsonb)
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+DECLARE
+    v_head uuid;
+BEGIN
+    WITH RECURSIVE chain (cur, next, depth) AS (
+        SELECT o.id, o.merged_into, 0 FROM sigledger.opportunities o WHERE o.id = p_opportunity_id
+        UNION ALL
+        SELECT o.id, o.merged_into, chain.depth + 1
+          FROM chain JOIN sigledger.opportunities o ON o.id = chain.next WHERE chain.depth < 1000)
+    SELECT chain.cur INTO v_head FROM chain WHERE chain.next IS NULL;
+    IF v_head IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'P0002', MESSAGE = format('opportunity not found: %s', p_opportunity_id);
+    END IF;
+    RETURN QUERY
+    SELECT l.opportunity_id, l.signal_id, l.linked_at, l.source, l.external_id, l.occurred_at, l.content, l.payload
+      FROM sigledger.opportunity_signal_links l WHERE l.opportunity_id = v_head
+     ORDER BY l.occurred_at, l.signal_id;
+END;
+$$;
+
+ALTER FUNCTION sigledger.opportunity_signals_of(p_opportunity_id uuid) OWNER TO sigledger_owner;
+
+--
+-- Name: FUNCTION opportunity_signals_of(p_opportunity_id uuid); Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON FUNCTION sigledger.opportunity_signals_of(p_opportunity_id uuid) IS 'Signals linked to the opportunity p_opportunity_id stands for (following merged_into to the live target), oldest first.
+SQLSTATE: P0002';
+
+--
+-- Name: resolve_entity(text); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger.resolve_entity(p_name text) RETURNS uuid
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+DECLARE
+    v_id uuid;
+BEGIN
+    SELECT a.canonical_entity_id INTO v_id FROM sigledger.entity_aliases a WHERE lower(a.alias) = lower(btrim(p_name));
+    IF v_id IS NULL AND (p_name IS NULL OR length(btrim(p_name)) NOT BETWEEN 1 AND 500) THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('name to resolve must be 1 to 500 non-blank characters, got %L', p_name);
+    END IF;
+    RETURN v_id;
+END;
+$$;
+
+ALTER FUNCTION sigledger.resolve_entity(p_name text) OWNER TO sigledger_owner;
+
+--
+-- Name: FUNCTION resolve_entity(p_name text); Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON FUNCTION sigledger.resolve_entity(p_name text) IS 'Return the id of the live entity whose alias equals p_name case-insensitively (surrounding blanks ignored), or NULL when none does.
+SQLSTATE: 22023';
 
 --
 -- Name: agent_registry; Type: TABLE; Schema: sigledger; Owner: sigledger_owner
@@ -678,10 +1676,12 @@ CREATE TABLE sigledger.entities (
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
     version bigint DEFAULT 1 NOT NULL,
+    merged_at timestamp with time zone,
     CONSTRAINT entities_attributes_object CHECK ((jsonb_typeof(attributes) = 'object'::text)),
     CONSTRAINT entities_entity_type_length CHECK (((length(entity_type) >= 1) AND (length(entity_type) <= 100))),
     CONSTRAINT entities_name_length CHECK (((length(btrim(name)) >= 1) AND (length(btrim(name)) <= 500))),
-    CONSTRAINT entities_not_merged_into_self CHECK ((merged_into IS DISTINCT FROM id))
+    CONSTRAINT entities_not_merged_into_self CHECK ((merged_into IS DISTINCT FROM id)),
+    CONSTRAINT entities_tombstone_consistent CHECK (((merged_into IS NULL) = (merged_at IS NULL)))
 );
 
 ALTER TABLE sigledger.entities OWNER TO sigledger_owner;
@@ -701,7 +1701,8 @@ CREATE TABLE sigledger.entity_aliases (
     canonical_entity_id uuid NOT NULL,
     alias text NOT NULL,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
-    CONSTRAINT entity_aliases_alias_length CHECK (((length(btrim(alias)) >= 1) AND (length(btrim(alias)) <= 500)))
+    CONSTRAINT entity_aliases_alias_length CHECK (((length(btrim(alias)) >= 1) AND (length(btrim(alias)) <= 500))),
+    CONSTRAINT entity_aliases_alias_trimmed CHECK ((alias = btrim(alias)))
 );
 
 ALTER TABLE sigledger.entity_aliases OWNER TO sigledger_owner;
@@ -711,6 +1712,124 @@ ALTER TABLE sigledger.entity_aliases OWNER TO sigledger_owner;
 --
 
 COMMENT ON TABLE sigledger.entity_aliases IS 'Names under which an entity is mentioned; resolved by lower(alias).';
+
+--
+-- Name: entity_alias_lookup; Type: VIEW; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE VIEW sigledger.entity_alias_lookup AS
+ SELECT lower(a.alias) AS alias_key,
+    a.alias,
+    a.canonical_entity_id AS entity_id
+   FROM sigledger.entity_aliases a;
+
+ALTER TABLE sigledger.entity_alias_lookup OWNER TO sigledger_owner;
+
+--
+-- Name: VIEW entity_alias_lookup; Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON VIEW sigledger.entity_alias_lookup IS 'One row per alias: alias_key = lower(alias), the alias as stored, the live entity it names. Query with WHERE alias_key = lower(btrim(name)) (served by the unique index).';
+
+--
+-- Name: entity_merges; Type: TABLE; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE TABLE sigledger.entity_merges (
+    id bigint NOT NULL,
+    target_id uuid NOT NULL,
+    source_ids uuid[] NOT NULL,
+    moved_aliases bigint NOT NULL,
+    moved_links bigint NOT NULL,
+    duplicate_links bigint NOT NULL,
+    merged_at timestamp with time zone DEFAULT now() NOT NULL,
+    merged_by text DEFAULT SESSION_USER NOT NULL,
+    application_name text DEFAULT current_setting('application_name'::text) NOT NULL,
+    CONSTRAINT entity_merges_counts_nonnegative CHECK (((moved_aliases >= 0) AND (moved_links >= 0) AND (duplicate_links >= 0))),
+    CONSTRAINT entity_merges_source_ids_not_empty CHECK ((cardinality(source_ids) > 0))
+);
+
+ALTER TABLE sigledger.entity_merges OWNER TO sigledger_owner;
+
+--
+-- Name: TABLE entity_merges; Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON TABLE sigledger.entity_merges IS 'One row per merge_entities call that committed.';
+
+--
+-- Name: entity_merges_id_seq; Type: SEQUENCE; Schema: sigledger; Owner: sigledger_owner
+--
+
+ALTER TABLE sigledger.entity_merges ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME sigledger.entity_merges_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
+--
+-- Name: entity_review_queue; Type: TABLE; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE TABLE sigledger.entity_review_queue (
+    id bigint NOT NULL,
+    signal_id uuid NOT NULL,
+    mention text NOT NULL,
+    status text DEFAULT 'pending'::text NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT entity_review_queue_mention_trimmed CHECK (((mention = btrim(mention)) AND ((length(mention) >= 1) AND (length(mention) <= 500)))),
+    CONSTRAINT entity_review_queue_status_valid CHECK ((status = ANY (ARRAY['pending'::text, 'resolved'::text, 'dismissed'::text])))
+);
+
+ALTER TABLE sigledger.entity_review_queue OWNER TO sigledger_owner;
+
+--
+-- Name: TABLE entity_review_queue; Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON TABLE sigledger.entity_review_queue IS 'Mentions that matched no alias while the policy was review.';
+
+--
+-- Name: entity_review_queue_id_seq; Type: SEQUENCE; Schema: sigledger; Owner: sigledger_owner
+--
+
+ALTER TABLE sigledger.entity_review_queue ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME sigledger.entity_review_queue_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
+--
+-- Name: entity_with_aliases; Type: VIEW; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE VIEW sigledger.entity_with_aliases AS
+ SELECT e.id,
+    e.name,
+    e.entity_type,
+    e.attributes,
+    e.merged_into,
+    e.merged_at,
+    e.created_at,
+    ARRAY( SELECT a.alias
+           FROM sigledger.entity_aliases a
+          WHERE (a.canonical_entity_id = e.id)
+          ORDER BY (lower(a.alias))) AS aliases
+   FROM sigledger.entities e;
+
+ALTER TABLE sigledger.entity_with_aliases OWNER TO sigledger_owner;
+
+--
+-- Name: VIEW entity_with_aliases; Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON VIEW sigledger.entity_with_aliases IS 'Entities with their aliases; a tombstone has merged_into set and no aliases (they moved to the winner).';
 
 --
 -- Name: graph_sync_version_seq; Type: SEQUENCE; Schema: sigledger; Owner: sigledger_owner
@@ -730,6 +1849,26 @@ ALTER TABLE sigledger.graph_sync_version_seq OWNER TO sigledger_owner;
 --
 
 COMMENT ON SEQUENCE sigledger.graph_sync_version_seq IS 'Version stamped on every Neo4j node written by the sync worker; larger = read later from Postgres.';
+
+--
+-- Name: ingest_settings; Type: TABLE; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE TABLE sigledger.ingest_settings (
+    singleton boolean DEFAULT true NOT NULL,
+    unknown_entity_policy text DEFAULT 'create'::text NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT ingest_settings_singleton_true CHECK (singleton),
+    CONSTRAINT ingest_settings_unknown_entity_policy_valid CHECK ((unknown_entity_policy = ANY (ARRAY['create'::text, 'review'::text])))
+);
+
+ALTER TABLE sigledger.ingest_settings OWNER TO sigledger_owner;
+
+--
+-- Name: TABLE ingest_settings; Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON TABLE sigledger.ingest_settings IS 'One row: unknown_entity_policy create (unknown mentions become entities) or review (they are queued).';
 
 --
 -- Name: llm_cost_log; Type: TABLE; Schema: sigledger; Owner: sigledger_owner
@@ -777,6 +1916,72 @@ ALTER TABLE sigledger.llm_cost_log ALTER COLUMN id ADD GENERATED ALWAYS AS IDENT
 );
 
 --
+-- Name: opportunity_merges; Type: TABLE; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE TABLE sigledger.opportunity_merges (
+    id bigint NOT NULL,
+    target_id uuid NOT NULL,
+    source_ids uuid[] NOT NULL,
+    moved_links bigint NOT NULL,
+    duplicate_links bigint NOT NULL,
+    target_before jsonb NOT NULL,
+    target_after jsonb NOT NULL,
+    merged_at timestamp with time zone DEFAULT now() NOT NULL,
+    merged_by text DEFAULT SESSION_USER NOT NULL,
+    application_name text DEFAULT current_setting('application_name'::text) NOT NULL,
+    CONSTRAINT opportunity_merges_counts_nonnegative CHECK (((moved_links >= 0) AND (duplicate_links >= 0))),
+    CONSTRAINT opportunity_merges_source_ids_not_empty CHECK ((cardinality(source_ids) > 0))
+);
+
+ALTER TABLE sigledger.opportunity_merges OWNER TO sigledger_owner;
+
+--
+-- Name: TABLE opportunity_merges; Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON TABLE sigledger.opportunity_merges IS 'One row per merge_opportunities call that committed.';
+
+--
+-- Name: merge_history; Type: VIEW; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE VIEW sigledger.merge_history AS
+ SELECT 'opportunity'::text AS kind,
+    m.id AS merge_id,
+    m.target_id,
+    m.source_ids,
+    m.moved_links,
+    m.duplicate_links,
+    m.merged_at,
+    m.merged_by,
+    m.application_name,
+    m.target_before,
+    m.target_after
+   FROM sigledger.opportunity_merges m
+UNION ALL
+ SELECT 'entity'::text AS kind,
+    m.id AS merge_id,
+    m.target_id,
+    m.source_ids,
+    m.moved_links,
+    m.duplicate_links,
+    m.merged_at,
+    m.merged_by,
+    m.application_name,
+    NULL::jsonb AS target_before,
+    NULL::jsonb AS target_after
+   FROM sigledger.entity_merges m;
+
+ALTER TABLE sigledger.merge_history OWNER TO sigledger_owner;
+
+--
+-- Name: VIEW merge_history; Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON VIEW sigledger.merge_history IS 'Every merge: kind (opportunity | entity), when, target, sources, links moved and dropped as duplicates, the session role and application_name that ran it; for opportunities the target''s fields before and after.';
+
+--
 -- Name: opportunities; Type: TABLE; Schema: sigledger; Owner: sigledger_owner
 --
 
@@ -811,6 +2016,19 @@ ALTER TABLE sigledger.opportunities OWNER TO sigledger_owner;
 COMMENT ON TABLE sigledger.opportunities IS 'Opportunities; a merged one keeps a tombstone (merged_into).';
 
 --
+-- Name: opportunity_merges_id_seq; Type: SEQUENCE; Schema: sigledger; Owner: sigledger_owner
+--
+
+ALTER TABLE sigledger.opportunity_merges ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME sigledger.opportunity_merges_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
+--
 -- Name: opportunity_signals; Type: TABLE; Schema: sigledger; Owner: sigledger_owner
 --
 
@@ -827,6 +2045,87 @@ ALTER TABLE sigledger.opportunity_signals OWNER TO sigledger_owner;
 --
 
 COMMENT ON TABLE sigledger.opportunity_signals IS 'Which signals support an opportunity.';
+
+--
+-- Name: opportunity_overview; Type: VIEW; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE VIEW sigledger.opportunity_overview AS
+ SELECT o.id,
+    o.title,
+    o.description,
+    o.status,
+    o.score,
+    o.value_usd,
+    o.attributes,
+    o.merged_into,
+    o.merged_at,
+    o.created_at,
+    o.updated_at,
+    o.version,
+    ( SELECT count(*) AS count
+           FROM sigledger.opportunity_signals os
+          WHERE (os.opportunity_id = o.id)) AS signal_count
+   FROM sigledger.opportunities o;
+
+ALTER TABLE sigledger.opportunity_overview OWNER TO sigledger_owner;
+
+--
+-- Name: VIEW opportunity_overview; Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON VIEW sigledger.opportunity_overview IS 'Opportunities with their number of linked signals; a tombstone has status merged, merged_into set and no links.';
+
+--
+-- Name: signals; Type: TABLE; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE TABLE sigledger.signals (
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    source text NOT NULL,
+    external_id text NOT NULL,
+    occurred_at timestamp with time zone NOT NULL,
+    content text,
+    payload jsonb DEFAULT '{}'::jsonb NOT NULL,
+    ingested_at timestamp with time zone DEFAULT now() NOT NULL,
+    version bigint DEFAULT 1 NOT NULL,
+    CONSTRAINT signals_external_id_length CHECK (((length(btrim(external_id)) >= 1) AND (length(btrim(external_id)) <= 500))),
+    CONSTRAINT signals_occurred_at_sane CHECK (((occurred_at > '2000-01-01 00:00:00+00'::timestamp with time zone) AND (occurred_at < 'infinity'::timestamp with time zone))),
+    CONSTRAINT signals_payload_object CHECK ((jsonb_typeof(payload) = 'object'::text)),
+    CONSTRAINT signals_source_length CHECK (((length(btrim(source)) >= 1) AND (length(btrim(source)) <= 200)))
+);
+
+ALTER TABLE sigledger.signals OWNER TO sigledger_owner;
+
+--
+-- Name: TABLE signals; Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON TABLE sigledger.signals IS 'Ingested signals, one row per (source, external_id).';
+
+--
+-- Name: opportunity_signal_links; Type: VIEW; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE VIEW sigledger.opportunity_signal_links AS
+ SELECT os.opportunity_id,
+    os.signal_id,
+    os.created_at AS linked_at,
+    s.source,
+    s.external_id,
+    s.occurred_at,
+    s.content,
+    s.payload
+   FROM (sigledger.opportunity_signals os
+     JOIN sigledger.signals s ON ((s.id = os.signal_id)));
+
+ALTER TABLE sigledger.opportunity_signal_links OWNER TO sigledger_owner;
+
+--
+-- Name: VIEW opportunity_signal_links; Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON VIEW sigledger.opportunity_signal_links IS 'Signals linked to opportunities, one row per link, with the signal''s fields.';
 
 --
 -- Name: outbox; Type: TABLE; Schema: sigledger; Owner: sigledger_owner
@@ -890,33 +2189,6 @@ ALTER TABLE sigledger.signal_entities OWNER TO sigledger_owner;
 COMMENT ON TABLE sigledger.signal_entities IS 'Which entities a signal mentions.';
 
 --
--- Name: signals; Type: TABLE; Schema: sigledger; Owner: sigledger_owner
---
-
-CREATE TABLE sigledger.signals (
-    id uuid DEFAULT gen_random_uuid() NOT NULL,
-    source text NOT NULL,
-    external_id text NOT NULL,
-    occurred_at timestamp with time zone NOT NULL,
-    content text,
-    payload jsonb DEFAULT '{}'::jsonb NOT NULL,
-    ingested_at timestamp with time zone DEFAULT now() NOT NULL,
-    version bigint DEFAULT 1 NOT NULL,
-    CONSTRAINT signals_external_id_length CHECK (((length(btrim(external_id)) >= 1) AND (length(btrim(external_id)) <= 500))),
-    CONSTRAINT signals_occurred_at_sane CHECK (((occurred_at > '2000-01-01 00:00:00+00'::timestamp with time zone) AND (occurred_at < 'infinity'::timestamp with time zone))),
-    CONSTRAINT signals_payload_object CHECK ((jsonb_typeof(payload) = 'object'::text)),
-    CONSTRAINT signals_source_length CHECK (((length(btrim(source)) >= 1) AND (length(btrim(source)) <= 200)))
-);
-
-ALTER TABLE sigledger.signals OWNER TO sigledger_owner;
-
---
--- Name: TABLE signals; Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
---
-
-COMMENT ON TABLE sigledger.signals IS 'Ingested signals, one row per (source, external_id).';
-
---
 -- Name: agent_registry agent_registry_name_key; Type: CONSTRAINT; Schema: sigledger; Owner: sigledger_owner
 --
 
@@ -945,6 +2217,27 @@ ALTER TABLE ONLY sigledger.entity_aliases
     ADD CONSTRAINT entity_aliases_pkey PRIMARY KEY (id);
 
 --
+-- Name: entity_merges entity_merges_pkey; Type: CONSTRAINT; Schema: sigledger; Owner: sigledger_owner
+--
+
+ALTER TABLE ONLY sigledger.entity_merges
+    ADD CONSTRAINT entity_merges_pkey PRIMARY KEY (id);
+
+--
+-- Name: entity_review_queue entity_review_queue_pkey; Type: CONSTRAINT; Schema: sigledger; Owner: sigledger_owner
+--
+
+ALTER TABLE ONLY sigledger.entity_review_queue
+    ADD CONSTRAINT entity_review_queue_pkey PRIMARY KEY (id);
+
+--
+-- Name: ingest_settings ingest_settings_pkey; Type: CONSTRAINT; Schema: sigledger; Owner: sigledger_owner
+--
+
+ALTER TABLE ONLY sigledger.ingest_settings
+    ADD CONSTRAINT ingest_settings_pkey PRIMARY KEY (singleton);
+
+--
 -- Name: llm_cost_log llm_cost_log_idempotency_key_key; Type: CONSTRAINT; Schema: sigledger; Owner: sigledger_owner
 --
 
@@ -964,6 +2257,13 @@ ALTER TABLE ONLY sigledger.llm_cost_log
 
 ALTER TABLE ONLY sigledger.opportunities
     ADD CONSTRAINT opportunities_pkey PRIMARY KEY (id);
+
+--
+-- Name: opportunity_merges opportunity_merges_pkey; Type: CONSTRAINT; Schema: sigledger; Owner: sigledger_owner
+--
+
+ALTER TABLE ONLY sigledger.opportunity_merges
+    ADD CONSTRAINT opportunity_merges_pkey PRIMARY KEY (id);
 
 --
 -- Name: opportunity_signals opportunity_signals_pkey; Type: CONSTRAINT; Schema: sigledger; Owner: sigledger_owner
@@ -999,6 +2299,36 @@ ALTER TABLE ONLY sigledger.signals
 
 ALTER TABLE ONLY sigledger.signals
     ADD CONSTRAINT signals_source_external_id_key UNIQUE (source, external_id);
+
+--
+-- Name: entities_merged_into_idx; Type: INDEX; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE INDEX entities_merged_into_idx ON sigledger.entities USING btree (merged_into) WHERE (merged_into IS NOT NULL);
+
+--
+-- Name: entity_aliases_alias_lower_key; Type: INDEX; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE UNIQUE INDEX entity_aliases_alias_lower_key ON sigledger.entity_aliases USING btree (lower(alias));
+
+--
+-- Name: entity_merges_source_ids_idx; Type: INDEX; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE INDEX entity_merges_source_ids_idx ON sigledger.entity_merges USING gin (source_ids);
+
+--
+-- Name: entity_merges_target_id_idx; Type: INDEX; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE INDEX entity_merges_target_id_idx ON sigledger.entity_merges USING btree (target_id);
+
+--
+-- Name: entity_review_queue_signal_mention_key; Type: INDEX; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE UNIQUE INDEX entity_review_queue_signal_mention_key ON sigledger.entity_review_queue USING btree (signal_id, lower(mention));
 
 --
 -- Name: idx_entity_aliases_alias_name; Type: INDEX; Schema: sigledger; Owner: sigledger_owner
@@ -1043,6 +2373,60 @@ CREATE INDEX idx_signal_entities_entity_id ON sigledger.signal_entities USING bt
 CREATE INDEX idx_signal_entities_signal_id ON sigledger.signal_entities USING btree (signal_id);
 
 --
+-- Name: opportunities_merged_into_idx; Type: INDEX; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE INDEX opportunities_merged_into_idx ON sigledger.opportunities USING btree (merged_into) WHERE (merged_into IS NOT NULL);
+
+--
+-- Name: opportunity_merges_source_ids_idx; Type: INDEX; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE INDEX opportunity_merges_source_ids_idx ON sigledger.opportunity_merges USING gin (source_ids);
+
+--
+-- Name: opportunity_merges_target_id_idx; Type: INDEX; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE INDEX opportunity_merges_target_id_idx ON sigledger.opportunity_merges USING btree (target_id);
+
+--
+-- Name: entity_aliases entity_aliases_no_tombstone_ins; Type: TRIGGER; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE TRIGGER entity_aliases_no_tombstone_ins AFTER INSERT ON sigledger.entity_aliases REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION sigledger._entity_aliases_no_tombstone();
+
+--
+-- Name: entity_aliases entity_aliases_no_tombstone_upd; Type: TRIGGER; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE TRIGGER entity_aliases_no_tombstone_upd AFTER UPDATE ON sigledger.entity_aliases REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION sigledger._entity_aliases_no_tombstone();
+
+--
+-- Name: opportunity_signals opportunity_signals_no_tombstone_ins; Type: TRIGGER; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE TRIGGER opportunity_signals_no_tombstone_ins AFTER INSERT ON sigledger.opportunity_signals REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION sigledger._opportunity_signals_no_tombstone();
+
+--
+-- Name: opportunity_signals opportunity_signals_no_tombstone_upd; Type: TRIGGER; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE TRIGGER opportunity_signals_no_tombstone_upd AFTER UPDATE ON sigledger.opportunity_signals REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION sigledger._opportunity_signals_no_tombstone();
+
+--
+-- Name: signal_entities signal_entities_no_tombstone_ins; Type: TRIGGER; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE TRIGGER signal_entities_no_tombstone_ins AFTER INSERT ON sigledger.signal_entities REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION sigledger._signal_entities_no_tombstone();
+
+--
+-- Name: signal_entities signal_entities_no_tombstone_upd; Type: TRIGGER; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE TRIGGER signal_entities_no_tombstone_upd AFTER UPDATE ON sigledger.signal_entities REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION sigledger._signal_entities_no_tombstone();
+
+--
 -- Name: agent_registry trg_increment_agent_version; Type: TRIGGER; Schema: sigledger; Owner: sigledger_owner
 --
 
@@ -1063,6 +2447,20 @@ ALTER TABLE ONLY sigledger.entity_aliases
     ADD CONSTRAINT entity_aliases_canonical_entity_id_fkey FOREIGN KEY (canonical_entity_id) REFERENCES sigledger.entities(id) ON DELETE CASCADE;
 
 --
+-- Name: entity_merges entity_merges_target_id_fkey; Type: FK CONSTRAINT; Schema: sigledger; Owner: sigledger_owner
+--
+
+ALTER TABLE ONLY sigledger.entity_merges
+    ADD CONSTRAINT entity_merges_target_id_fkey FOREIGN KEY (target_id) REFERENCES sigledger.entities(id);
+
+--
+-- Name: entity_review_queue entity_review_queue_signal_id_fkey; Type: FK CONSTRAINT; Schema: sigledger; Owner: sigledger_owner
+--
+
+ALTER TABLE ONLY sigledger.entity_review_queue
+    ADD CONSTRAINT entity_review_queue_signal_id_fkey FOREIGN KEY (signal_id) REFERENCES sigledger.signals(id) ON DELETE CASCADE;
+
+--
 -- Name: llm_cost_log llm_cost_log_agent_id_fkey; Type: FK CONSTRAINT; Schema: sigledger; Owner: sigledger_owner
 --
 
@@ -1075,6 +2473,13 @@ ALTER TABLE ONLY sigledger.llm_cost_log
 
 ALTER TABLE ONLY sigledger.opportunities
     ADD CONSTRAINT opportunities_merged_into_fkey FOREIGN KEY (merged_into) REFERENCES sigledger.opportunities(id);
+
+--
+-- Name: opportunity_merges opportunity_merges_target_id_fkey; Type: FK CONSTRAINT; Schema: sigledger; Owner: sigledger_owner
+--
+
+ALTER TABLE ONLY sigledger.opportunity_merges
+    ADD CONSTRAINT opportunity_merges_target_id_fkey FOREIGN KEY (target_id) REFERENCES sigledger.opportunities(id);
 
 --
 -- Name: opportunity_signals opportunity_signals_opportunity_id_fkey; Type: FK CONSTRAINT; Schema: sigledger; Owner: sigledger_owner
@@ -1110,6 +2515,18 @@ ALTER TABLE ONLY sigledger.signal_entities
 
 GRANT USAGE ON SCHEMA sigledger TO sigledger_app;
 GRANT USAGE ON SCHEMA sigledger TO sigledger_readonly;
+
+--
+-- Name: FUNCTION _check_merge_input(p_kind text, p_target uuid, p_sources uuid[]); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger._check_merge_input(p_kind text, p_target uuid, p_sources uuid[]) FROM PUBLIC;
+
+--
+-- Name: FUNCTION _entity_aliases_no_tombstone(); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger._entity_aliases_no_tombstone() FROM PUBLIC;
 
 --
 -- Name: FUNCTION _graph_ack(p_ids bigint[]); Type: ACL; Schema: sigledger; Owner: sigledger_owner
@@ -1196,10 +2613,75 @@ REVOKE ALL ON FUNCTION sigledger._graph_try_lock(p_aggregate_type text, p_aggreg
 REVOKE ALL ON FUNCTION sigledger._increment_agent_version() FROM PUBLIC;
 
 --
+-- Name: FUNCTION _ingest(p_batch jsonb, p_unknown_policy text); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger._ingest(p_batch jsonb, p_unknown_policy text) FROM PUBLIC;
+
+--
+-- Name: FUNCTION _lock_live_entities(p_ids uuid[]); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger._lock_live_entities(p_ids uuid[]) FROM PUBLIC;
+
+--
+-- Name: FUNCTION _lock_live_opportunity(p_id uuid); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger._lock_live_opportunity(p_id uuid) FROM PUBLIC;
+
+--
+-- Name: FUNCTION _opportunity_signals_no_tombstone(); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger._opportunity_signals_no_tombstone() FROM PUBLIC;
+
+--
 -- Name: FUNCTION _outbox_emit(p_aggregate_type text, p_aggregate_id uuid, p_event_type text, p_payload jsonb); Type: ACL; Schema: sigledger; Owner: sigledger_owner
 --
 
 REVOKE ALL ON FUNCTION sigledger._outbox_emit(p_aggregate_type text, p_aggregate_id uuid, p_event_type text, p_payload jsonb) FROM PUBLIC;
+
+--
+-- Name: FUNCTION _signal_entities_no_tombstone(); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger._signal_entities_no_tombstone() FROM PUBLIC;
+
+--
+-- Name: FUNCTION _try_timestamptz(p_value text); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger._try_timestamptz(p_value text) FROM PUBLIC;
+
+--
+-- Name: FUNCTION add_alias(p_entity_id uuid, p_alias text); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger.add_alias(p_entity_id uuid, p_alias text) FROM PUBLIC;
+GRANT ALL ON FUNCTION sigledger.add_alias(p_entity_id uuid, p_alias text) TO sigledger_app;
+
+--
+-- Name: FUNCTION create_entity(p_name text, p_aliases text[], p_entity_type text); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger.create_entity(p_name text, p_aliases text[], p_entity_type text) FROM PUBLIC;
+GRANT ALL ON FUNCTION sigledger.create_entity(p_name text, p_aliases text[], p_entity_type text) TO sigledger_app;
+
+--
+-- Name: FUNCTION create_opportunity(p_title text, p_description text, p_status text, p_score numeric, p_value_usd numeric, p_attributes jsonb); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger.create_opportunity(p_title text, p_description text, p_status text, p_score numeric, p_value_usd numeric, p_attributes jsonb) FROM PUBLIC;
+GRANT ALL ON FUNCTION sigledger.create_opportunity(p_title text, p_description text, p_status text, p_score numeric, p_value_usd numeric, p_attributes jsonb) TO sigledger_app;
+
+--
+-- Name: FUNCTION entity_signals_of(p_entity_id uuid); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger.entity_signals_of(p_entity_id uuid) FROM PUBLIC;
+GRANT ALL ON FUNCTION sigledger.entity_signals_of(p_entity_id uuid) TO sigledger_app;
+GRANT ALL ON FUNCTION sigledger.entity_signals_of(p_entity_id uuid) TO sigledger_readonly;
 
 --
 -- Name: FUNCTION graph_outbox_status(); Type: ACL; Schema: sigledger; Owner: sigledger_owner
@@ -1208,6 +2690,92 @@ REVOKE ALL ON FUNCTION sigledger._outbox_emit(p_aggregate_type text, p_aggregate
 REVOKE ALL ON FUNCTION sigledger.graph_outbox_status() FROM PUBLIC;
 GRANT ALL ON FUNCTION sigledger.graph_outbox_status() TO sigledger_app;
 GRANT ALL ON FUNCTION sigledger.graph_outbox_status() TO sigledger_readonly;
+
+--
+-- Name: FUNCTION ingest_signal(p_source text, p_external_id text, p_occurred_at timestamp with time zone, p_payload jsonb, p_mentions text[], p_content text, p_unknown_policy text); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger.ingest_signal(p_source text, p_external_id text, p_occurred_at timestamp with time zone, p_payload jsonb, p_mentions text[], p_content text, p_unknown_policy text) FROM PUBLIC;
+GRANT ALL ON FUNCTION sigledger.ingest_signal(p_source text, p_external_id text, p_occurred_at timestamp with time zone, p_payload jsonb, p_mentions text[], p_content text, p_unknown_policy text) TO sigledger_app;
+
+--
+-- Name: FUNCTION ingest_signals(p_batch jsonb, p_unknown_policy text); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger.ingest_signals(p_batch jsonb, p_unknown_policy text) FROM PUBLIC;
+GRANT ALL ON FUNCTION sigledger.ingest_signals(p_batch jsonb, p_unknown_policy text) TO sigledger_app;
+
+--
+-- Name: FUNCTION link_signals(p_opportunity_id uuid, p_signal_ids uuid[]); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger.link_signals(p_opportunity_id uuid, p_signal_ids uuid[]) FROM PUBLIC;
+GRANT ALL ON FUNCTION sigledger.link_signals(p_opportunity_id uuid, p_signal_ids uuid[]) TO sigledger_app;
+
+--
+-- Name: FUNCTION merge_entities(p_target uuid, p_sources uuid[]); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger.merge_entities(p_target uuid, p_sources uuid[]) FROM PUBLIC;
+GRANT ALL ON FUNCTION sigledger.merge_entities(p_target uuid, p_sources uuid[]) TO sigledger_app;
+
+--
+-- Name: FUNCTION merge_opportunities(p_target uuid, p_sources uuid[]); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger.merge_opportunities(p_target uuid, p_sources uuid[]) FROM PUBLIC;
+GRANT ALL ON FUNCTION sigledger.merge_opportunities(p_target uuid, p_sources uuid[]) TO sigledger_app;
+
+--
+-- Name: FUNCTION opportunity_signals_of(p_opportunity_id uuid); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger.opportunity_signals_of(p_opportunity_id uuid) FROM PUBLIC;
+GRANT ALL ON FUNCTION sigledger.opportunity_signals_of(p_opportunity_id uuid) TO sigledger_app;
+GRANT ALL ON FUNCTION sigledger.opportunity_signals_of(p_opportunity_id uuid) TO sigledger_readonly;
+
+--
+-- Name: FUNCTION resolve_entity(p_name text); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger.resolve_entity(p_name text) FROM PUBLIC;
+GRANT ALL ON FUNCTION sigledger.resolve_entity(p_name text) TO sigledger_app;
+GRANT ALL ON FUNCTION sigledger.resolve_entity(p_name text) TO sigledger_readonly;
+
+--
+-- Name: TABLE entity_alias_lookup; Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+GRANT SELECT ON TABLE sigledger.entity_alias_lookup TO sigledger_app;
+GRANT SELECT ON TABLE sigledger.entity_alias_lookup TO sigledger_readonly;
+
+--
+-- Name: TABLE entity_with_aliases; Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+GRANT SELECT ON TABLE sigledger.entity_with_aliases TO sigledger_app;
+GRANT SELECT ON TABLE sigledger.entity_with_aliases TO sigledger_readonly;
+
+--
+-- Name: TABLE merge_history; Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+GRANT SELECT ON TABLE sigledger.merge_history TO sigledger_app;
+GRANT SELECT ON TABLE sigledger.merge_history TO sigledger_readonly;
+
+--
+-- Name: TABLE opportunity_overview; Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+GRANT SELECT ON TABLE sigledger.opportunity_overview TO sigledger_app;
+GRANT SELECT ON TABLE sigledger.opportunity_overview TO sigledger_readonly;
+
+--
+-- Name: TABLE opportunity_signal_links; Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+GRANT SELECT ON TABLE sigledger.opportunity_signal_links TO sigledger_app;
+GRANT SELECT ON TABLE sigledger.opportunity_signal_links TO sigledger_readonly;
 
 --
 -- PostgreSQL database dump complete

@@ -3,8 +3,10 @@ clone of it per test (CREATE DATABASE ... TEMPLATE copies files: much faster tha
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -107,6 +109,15 @@ def empty_db_dsn(pg: PostgreSQLExecutor) -> Iterator[str]:
         admin.execute(f'CREATE DATABASE "{name}"')
     yield make_dsn(pg, name)
     drop_database(pg, name)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    """Give each checkout its own pytest temp root. Under the shared /tmp/pytest-of-<user>, one session's
+    cleanup of old numbered folders can delete the data directory of another session's running cluster."""
+    if config.option.basetemp is None:
+        digest = hashlib.sha256(str(ROOT).encode()).hexdigest()[:10]
+        config.option.basetemp = str(Path(tempfile.gettempdir()) / f"sigledger-pytest-{digest}")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
