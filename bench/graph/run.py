@@ -4,7 +4,8 @@
    (one Postgres + one Neo4j transaction per batch) against one event per transaction (batch size 1).
    Every event is a signal refresh (the signal node, its properties and its two MENTIONS links).
 2. Sync lag at a steady ingest rate (default 1,000 events/s): a separate process ingests signals (row, links
-   and outbox event in one transaction, 10 per transaction every 10 ms) while one worker follows the outbox;
+   and outbox event in one transaction: `sigledger.ingest_signals`, 10 per call every 10 ms) while one worker
+   follows the outbox;
    lag = Neo4j commit time - outbox created_at, per event.
 
 Starts its own throwaway PostgreSQL cluster and Neo4j (both on loopback). Writes bench/results/graph.json
@@ -44,9 +45,9 @@ N_ENTITIES = 200
 
 def load(dsn: str, n_signals: int) -> None:
     with psycopg.connect(dsn) as conn:
+        # Entities through the API (names become aliases, which ingestion resolves mentions against).
         conn.execute(
-            "INSERT INTO sigledger.entities (name, entity_type) "
-            "SELECT 'Entity ' || g, 'org' FROM generate_series(1, %s) g",
+            "SELECT sigledger.create_entity('Entity ' || g, '{}', 'org') FROM generate_series(1, %s) g",
             (N_ENTITIES,),
         )
         conn.execute(
@@ -87,17 +88,8 @@ def drain(worker: SyncWorker) -> tuple[int, float]:
 def ingest(dsn: str, rate: int, seconds: float, per_tx: int, stop_at: mp.Value) -> None:  # type: ignore[valid-type]
     """Separate process: `rate` events/s as `per_tx` events per transaction, paced on a fixed schedule."""
     interval = per_tx / rate
-    sql = """
-        WITH s AS (
-            INSERT INTO sigledger.signals (source, external_id, occurred_at, content)
-            SELECT 'lag', %(tick)s || '-' || g, now(), 'live signal' FROM generate_series(1, %(n)s) g
-            RETURNING id
-        ), m AS (
-            INSERT INTO sigledger.signal_entities (signal_id, entity_id)
-            SELECT s.id, (SELECT id FROM sigledger.entities ORDER BY id LIMIT 1 OFFSET %(off)s) FROM s
-        )
-        SELECT sigledger._outbox_emit('signal', s.id, 'signal.ingested') FROM s
-    """
+    # The real ingestion API (issue 4): signal rows, mention resolution, links and outbox rows in one call.
+    sql = "SELECT count(*) FROM sigledger.ingest_signals(p_batch => %s::jsonb)"
     with psycopg.connect(dsn, autocommit=True) as conn:
         start = time.monotonic()
         tick = 0
@@ -108,7 +100,20 @@ def ingest(dsn: str, rate: int, seconds: float, per_tx: int, stop_at: mp.Value) 
             delay = due - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
-            conn.execute(sql, {"tick": tick, "n": per_tx, "off": tick % N_ENTITIES})  # type: ignore[arg-type]
+            batch = [
+                {
+                    "source": "lag",
+                    "external_id": f"{tick}-{i}",
+                    "occurred_at": "2026-01-01T00:00:00Z",
+                    "content": "live signal",
+                    "mentions": [
+                        f"Entity {1 + (tick + i) % N_ENTITIES}",
+                        f"Entity {1 + (tick * 7 + i) % N_ENTITIES}",
+                    ],
+                }
+                for i in range(per_tx)
+            ]
+            conn.execute(sql, (json.dumps(batch),))
             tick += 1
         stop_at.value = tick * per_tx  # type: ignore[attr-defined]
 

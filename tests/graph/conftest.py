@@ -13,7 +13,6 @@ import secrets
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -61,7 +60,7 @@ def sink(neo4j_settings: Neo4jSettings) -> Iterator[Neo4jSink]:
     driver = connect(neo4j_settings)
     s = Neo4jSink(driver, neo4j_settings.database)
     s.wipe()
-    for name in ("poison_entity_name",):
+    for name in ("poison_entity_type",):
         driver.execute_query(f"DROP CONSTRAINT {name} IF EXISTS")
     s.ensure_constraints()
     yield s
@@ -142,64 +141,76 @@ def cli(*args: str, dsn: str) -> subprocess.CompletedProcess[str]:
 
 
 class Changes:
-    """Writes rows and their outbox events in one transaction, like the ingestion API does."""
+    """Produces changes through the issue-4 API (create_entity, ingest_signal, create_opportunity,
+    link_signals, merge_opportunities, merge_entities), each call in its own transaction, like an application.
+    Two changes the API has no function for (renaming an opportunity, deleting a signal) are written directly,
+    with their outbox event in the same transaction."""
 
     def __init__(self, dsn: str) -> None:
-        self.conn = psycopg.connect(dsn, autocommit=False)
+        self.conn = psycopg.connect(dsn, autocommit=True)
+        self.names: dict[str, str] = {}  # entity id -> name (ingest_signal takes mention names)
 
     def close(self) -> None:
         self.conn.close()
 
-    def _emit(self, kind: str, ident: str, event: str) -> None:
-        self.conn.execute("SELECT sigledger._outbox_emit(%s, %s::uuid, %s)", (kind, ident, event))
+    def _one(self, sql: str, params: Sequence[Any]) -> Any:
+        row = self.conn.execute(sql, params).fetchone()  # type: ignore[arg-type]
+        assert row is not None
+        return row[0]
 
     def entity(self, name: str, entity_type: str = "org", aliases: Sequence[str] = ()) -> str:
-        ident = str(uuid.uuid4())
-        with self.conn.transaction():
-            self.conn.execute(
-                "INSERT INTO sigledger.entities (id, name, entity_type, attributes) VALUES (%s, %s, %s, %s)",
-                (ident, name, entity_type, '{"origin": "test"}'),
+        ident = str(
+            self._one(
+                "SELECT sigledger.create_entity(p_name => %s, p_aliases => %s::text[], p_entity_type => %s)",
+                (name, list(aliases), entity_type),
             )
-            for alias in aliases:
-                self.conn.execute(
-                    "INSERT INTO sigledger.entity_aliases (canonical_entity_id, alias) VALUES (%s, %s)",
-                    (ident, alias),
-                )
-            self._emit("entity", ident, "entity.created")
+        )
+        self.names[ident] = name
         return ident
 
     def signal(
         self, external_id: str, entities: Sequence[str] = (), source: str = "news", content: str | None = None
     ) -> str:
-        ident = str(uuid.uuid4())
-        with self.conn.transaction():
-            self.conn.execute(
-                "INSERT INTO sigledger.signals (id, source, external_id, occurred_at, content, payload) "
-                "VALUES (%s, %s, %s, now(), %s, %s)",
-                (ident, source, external_id, content or f"signal {external_id}", '{"tags": ["a", "b"]}'),
+        return str(
+            self._one(
+                "SELECT signal_id FROM sigledger.ingest_signal(p_source => %s, p_external_id => %s, "
+                "p_occurred_at => now(), p_payload => %s::jsonb, p_mentions => %s::text[], p_content => %s)",
+                (
+                    source,
+                    external_id,
+                    '{"tags": ["a", "b"]}',
+                    [self.names[e] for e in entities],
+                    content or f"signal {external_id}",
+                ),
             )
-            for e in entities:
-                self.conn.execute(
-                    "INSERT INTO sigledger.signal_entities (signal_id, entity_id, mention) VALUES (%s, %s, %s)",
-                    (ident, e, "mention"),
-                )
-            self._emit("signal", ident, "signal.ingested")
-        return ident
+        )
 
     def opportunity(self, title: str, signals: Sequence[str] = (), score: float | None = 50.5) -> str:
-        ident = str(uuid.uuid4())
-        with self.conn.transaction():
-            self.conn.execute(
-                "INSERT INTO sigledger.opportunities (id, title, score, value_usd) VALUES (%s, %s, %s, 1000)",
-                (ident, title, score),
+        ident = str(
+            self._one(
+                "SELECT sigledger.create_opportunity(p_title => %s, p_score => %s::numeric, "
+                "p_value_usd => 1000::numeric)",
+                (title, score),
             )
-            for s in signals:
-                self.conn.execute(
-                    "INSERT INTO sigledger.opportunity_signals (opportunity_id, signal_id) VALUES (%s, %s)",
-                    (ident, s),
-                )
-            self._emit("opportunity", ident, "opportunity.created")
+        )
+        if signals:
+            self.conn.execute(
+                "SELECT * FROM sigledger.link_signals(p_opportunity_id => %s::uuid, p_signal_ids => %s::uuid[])",
+                (ident, list(signals)),
+            )
         return ident
+
+    def merge_opportunities(self, target: str, sources: Sequence[str]) -> None:
+        self.conn.execute(
+            "SELECT * FROM sigledger.merge_opportunities(p_target => %s::uuid, p_sources => %s::uuid[])",
+            (target, list(sources)),
+        )
+
+    def merge_entities(self, target: str, sources: Sequence[str]) -> None:
+        self.conn.execute(
+            "SELECT * FROM sigledger.merge_entities(p_target => %s::uuid, p_sources => %s::uuid[])",
+            (target, list(sources)),
+        )
 
     def rename_opportunity(self, ident: str, title: str) -> None:
         with self.conn.transaction():
@@ -208,59 +219,18 @@ class Changes:
                 "WHERE id = %s",
                 (title, ident),
             )
-            self._emit("opportunity", ident, "opportunity.updated")
-
-    def merge_opportunities(self, target: str, sources: Sequence[str]) -> None:
-        """Links move to the target without duplicates; sources keep a tombstone (as issue 4 specifies)."""
-        with self.conn.transaction():
             self.conn.execute(
-                "INSERT INTO sigledger.opportunity_signals (opportunity_id, signal_id) "
-                "SELECT %s, signal_id FROM sigledger.opportunity_signals WHERE opportunity_id = ANY(%s::uuid[]) "
-                "ON CONFLICT DO NOTHING",
-                (target, list(sources)),
+                "SELECT sigledger._outbox_emit('opportunity', %s::uuid, 'opportunity.updated')", (ident,)
             )
-            self.conn.execute(
-                "DELETE FROM sigledger.opportunity_signals WHERE opportunity_id = ANY(%s::uuid[])",
-                (list(sources),),
-            )
-            self.conn.execute(
-                "UPDATE sigledger.opportunities SET status = 'merged', merged_into = %s, merged_at = now(), "
-                "version = version + 1 WHERE id = ANY(%s::uuid[])",
-                (target, list(sources)),
-            )
-            self.conn.execute(
-                "UPDATE sigledger.opportunities SET version = version + 1 WHERE id = %s", (target,)
-            )
-            for s in sources:
-                self._emit("opportunity", s, "opportunity.merged")
-            self._emit("opportunity", target, "opportunity.merged")
-
-    def merge_entities(self, target: str, source: str, move_mentions: bool) -> None:
-        """Entity merge: the loser keeps a tombstone; its mentions move to the winner when ``move_mentions``."""
-        with self.conn.transaction():
-            if move_mentions:
-                self.conn.execute(
-                    "INSERT INTO sigledger.signal_entities (signal_id, entity_id) "
-                    "SELECT signal_id, %s FROM sigledger.signal_entities WHERE entity_id = %s "
-                    "ON CONFLICT DO NOTHING",
-                    (target, source),
-                )
-                self.conn.execute("DELETE FROM sigledger.signal_entities WHERE entity_id = %s", (source,))
-            self.conn.execute(
-                "UPDATE sigledger.entities SET merged_into = %s, version = version + 1 WHERE id = %s",
-                (target, source),
-            )
-            self._emit("entity", source, "entity.merged")
 
     def delete_signal(self, ident: str) -> None:
         with self.conn.transaction():
             self.conn.execute("DELETE FROM sigledger.signals WHERE id = %s", (ident,))
-            self._emit("signal", ident, "signal.deleted")
+            self.conn.execute("SELECT sigledger._outbox_emit('signal', %s::uuid, 'signal.deleted')", (ident,))
 
     def replay_all(self) -> None:
-        """Duplicate every event that was ever emitted for a live aggregate (a replay)."""
-        with self.conn.transaction():
-            self.conn.execute("SELECT * FROM sigledger._graph_enqueue_all('test.replay')")
+        """A refresh event for every live aggregate (duplicates of what was already projected)."""
+        self.conn.execute("SELECT * FROM sigledger._graph_enqueue_all('test.replay')")
 
 
 @pytest.fixture

@@ -68,9 +68,9 @@ def test_verify_reports_stale_and_extra_then_rebuild_repairs(
 
 
 def test_dead_list_retry_purge(sink: Neo4jSink, changes: Changes, db_dsn: str) -> None:
-    cypher(sink, "CREATE CONSTRAINT poison_entity_name FOR (e:Entity) REQUIRE e.name IS UNIQUE")
-    changes.entity("Twin")
-    changes.entity("Twin")
+    cypher(sink, "CREATE CONSTRAINT poison_entity_type FOR (e:Entity) REQUIRE e.entity_type IS UNIQUE")
+    changes.entity("Twin A", entity_type="twin")
+    changes.entity("Twin B", entity_type="twin")
     run = cli("graph", "sync", "--once", "--max-attempts", "1", dsn=db_dsn)
     assert run.returncode == 0, run.stderr
     listed = cli("graph", "dead", "list", "--json", dsn=db_dsn)
