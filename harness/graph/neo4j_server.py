@@ -24,9 +24,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.paths import state_dir
+
+# The launcher's sources live in the checkout (tools/neo4j), next to the harness package.
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LAUNCHER_DIR = REPO_ROOT / "tools" / "neo4j"
-DEFAULT_STATE_DIR = REPO_ROOT / ".sigledger" / "neo4j"
+DEFAULT_STATE_DIR = state_dir() / "neo4j"
 DEFAULT_PORT = 7687
 DEFAULT_USER = "neo4j"
 DEFAULT_PASSWORD = "sigledger-test"
@@ -58,6 +61,10 @@ def build(quiet: bool = True) -> list[str]:
     """Compile the launcher (if its sources changed) and return the classpath entries."""
     classes = LAUNCHER_DIR / "target" / "classes"
     cp_file = LAUNCHER_DIR / "target" / "classpath.txt"
+    if not (LAUNCHER_DIR / "pom.xml").is_file():
+        raise Neo4jServerError(
+            f"the Neo4j launcher (tools/neo4j) is part of a sigledger checkout: {LAUNCHER_DIR}"
+        )
     sources = [LAUNCHER_DIR / "pom.xml", *sorted((LAUNCHER_DIR / "src").rglob("*.java"))]
     newest_source = max(p.stat().st_mtime for p in sources)
     up_to_date = cp_file.exists() and cp_file.stat().st_mtime >= newest_source
