@@ -1,0 +1,72 @@
+# sigledger: one target per command. `make test` runs everything CI runs; `make demo` the main job.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+
+.PHONY: help test lint pytest demo deps system-deps venv neo4j-up neo4j-down bench bench-budget \
+        bench-ingest bench-graph schema-dump pgtap isolation clean
+
+help:
+	@echo "make test    install what is missing, then lint and run every test suite (what CI runs)"
+	@echo "make demo    the main job on a throwaway local cluster"
+	@echo "make lint | pytest | pgtap | isolation | schema-dump | bench | neo4j-up | neo4j-down"
+
+deps: system-deps venv
+
+system-deps:
+	@scripts/install-system-deps.sh
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[test]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+test: deps lint pytest
+
+lint: venv
+	$(VENV)/bin/ruff check harness tests bench
+	$(VENV)/bin/ruff format --check harness tests bench
+	$(VENV)/bin/mypy
+	$(VENV)/bin/squawk --config .squawk.toml sql/migrations/*.sql
+
+pytest: deps
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+pgtap: deps
+	$(PY) -m pytest tests/core/test_pgtap.py $(PYTEST_ARGS)
+
+isolation: deps
+	$(PY) -m pytest tests/core/test_isolation.py $(PYTEST_ARGS)
+
+schema-dump: deps
+	$(PY) -m pytest tests/core/test_schema_dump.py --update-schema-dump
+
+demo: deps
+	$(VENV)/bin/sigledger demo
+
+neo4j-up: deps
+	$(PY) -m harness.graph.neo4j_server up
+
+neo4j-down: deps
+	$(PY) -m harness.graph.neo4j_server down
+
+bench: bench-budget bench-ingest bench-graph
+
+bench-budget: deps
+	$(PY) bench/budget/run.py
+
+bench-ingest: deps
+	$(PY) bench/ingest/run.py
+
+bench-graph: deps
+	$(PY) bench/graph/run.py
+
+clean:
+	-$(VENV)/bin/sigledger db down --destroy
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

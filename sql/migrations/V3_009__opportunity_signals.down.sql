@@ -1,0 +1,1 @@
+DROP TABLE sigledger.opportunity_signals;

@@ -1,0 +1,2 @@
+DROP FUNCTION IF EXISTS sigledger._outbox_emit(text, uuid, text, jsonb);
+DROP TABLE sigledger.outbox;

@@ -1,0 +1,118 @@
+"""Shared fixtures: one real PostgreSQL cluster per test run, a template database migrated once, and a fresh
+clone of it per test (CREATE DATABASE ... TEMPLATE copies files: much faster than migrating each time)."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from pytest_postgresql import factories
+from pytest_postgresql.executors import PostgreSQLExecutor
+
+from harness.migrate import Migrator
+
+ROOT = Path(__file__).resolve().parent.parent
+TEMPLATE = "sigledger_template"
+TEST_EXTENSIONS = ("pgtap", "plpgsql_check")
+
+# pytest-postgresql starts the server through our root-aware pg_ctl wrapper (tests/bin/pg_ctl).
+pg = factories.postgresql_proc(
+    executable=str(ROOT / "tests" / "bin" / "pg_ctl"),
+    port=None,
+    postgres_options=(
+        "-c max_connections=300 -c fsync=off -c synchronous_commit=off -c full_page_writes=off "
+        "-c max_locks_per_transaction=256 -c log_min_messages=warning"
+    ),
+)
+
+
+def make_dsn(proc: PostgreSQLExecutor, dbname: str, user: str | None = None) -> str:
+    return f"host={proc.host} port={proc.port} dbname={dbname} user={user or proc.user}"
+
+
+def admin_connect(proc: PostgreSQLExecutor) -> psycopg.Connection:
+    return psycopg.connect(make_dsn(proc, "postgres"), autocommit=True)
+
+
+@pytest.fixture(scope="session")
+def template_db(pg: PostgreSQLExecutor) -> str:
+    """The template database: every migration applied once, plus the test extensions."""
+    with admin_connect(pg) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {TEMPLATE}")
+        conn.execute(f"CREATE DATABASE {TEMPLATE}")
+    dsn = make_dsn(pg, TEMPLATE)
+    Migrator(dsn).up()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for ext in TEST_EXTENSIONS:
+            conn.execute(f"CREATE EXTENSION IF NOT EXISTS {ext}")
+    return TEMPLATE
+
+
+_counter = itertools.count()
+
+
+def clone_database(proc: PostgreSQLExecutor, template: str, prefix: str = "t") -> str:
+    name = f"{prefix}_{os.getpid()}_{next(_counter)}"
+    with admin_connect(proc) as conn:
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+    return name
+
+
+def drop_database(proc: PostgreSQLExecutor, name: str) -> None:
+    with admin_connect(proc) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def db_name(pg: PostgreSQLExecutor, template_db: str) -> Iterator[str]:
+    """A fresh database cloned from the migrated template, dropped after the test."""
+    name = clone_database(pg, template_db)
+    yield name
+    drop_database(pg, name)
+
+
+@pytest.fixture
+def db_dsn(pg: PostgreSQLExecutor, db_name: str) -> str:
+    """Connection string of the test's own database, as the superuser."""
+    return make_dsn(pg, db_name)
+
+
+@pytest.fixture
+def app_dsn(pg: PostgreSQLExecutor, db_name: str) -> str:
+    """Connection string of the test's own database, as the application role (sigledger_app)."""
+    return make_dsn(pg, db_name, "sigledger_app")
+
+
+@pytest.fixture
+def readonly_dsn(pg: PostgreSQLExecutor, db_name: str) -> str:
+    return make_dsn(pg, db_name, "sigledger_readonly")
+
+
+@pytest.fixture
+def conn(db_dsn: str) -> Iterator[psycopg.Connection]:
+    """An autocommit superuser connection to the test's database."""
+    with psycopg.connect(db_dsn, autocommit=True) as connection:
+        yield connection
+
+
+@pytest.fixture
+def empty_db_dsn(pg: PostgreSQLExecutor) -> Iterator[str]:
+    """A database with nothing in it (for migration tests)."""
+    name = f"empty_{os.getpid()}_{next(_counter)}"
+    with admin_connect(pg) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    yield make_dsn(pg, name)
+    drop_database(pg, name)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--update-schema-dump",
+        action="store_true",
+        default=False,
+        help="rewrite sql/schema-dump.sql from the migrated template",
+    )
