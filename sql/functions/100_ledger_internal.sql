@@ -69,7 +69,7 @@ BEGIN
 END;
 $$;
 
--- _assert_timestamp: raise unless p_value lies between 2000-01-01 and now() + 1 day (NULL -> now()).
+-- _assert_timestamp: raise unless p_value lies after 2020-01-01 and at most 1 day ahead (NULL -> now()).
 CREATE OR REPLACE FUNCTION sigledger._assert_timestamp(p_name text, p_value timestamptz)
 RETURNS timestamptz
 LANGUAGE plpgsql STABLE
@@ -78,9 +78,9 @@ BEGIN
     IF p_value IS NULL THEN
         RETURN now();
     END IF;
-    IF p_value < timestamptz '2000-01-01 00:00:00+00' OR p_value > now() + interval '1 day' THEN
+    IF p_value <= timestamptz '2020-01-01 00:00:00+00' OR p_value > now() + interval '1 day' THEN
         RAISE EXCEPTION USING ERRCODE = '22023',
-            MESSAGE = format('%s must lie between 2000-01-01 and now + 1 day, got %s', p_name, p_value);
+            MESSAGE = format('%s must lie after 2020-01-01 and at most 1 day ahead, got %s', p_name, p_value);
     END IF;
     RETURN p_value;
 END;
@@ -92,7 +92,7 @@ CREATE OR REPLACE FUNCTION sigledger._price(p_provider text, p_model text, p_at 
 RETURNS numeric
 LANGUAGE sql STABLE
 AS $$
-    SELECT round((p_input_tokens * p.input_usd_per_mtok + p_output_tokens * p.output_usd_per_mtok) / 1000000, 10)
+    SELECT round((p_input_tokens * p.input_usd_per_mtok + p_output_tokens * p.output_usd_per_mtok) / 1000000, 6)
       FROM sigledger.model_price p
      WHERE p.provider = p_provider AND p.model = p_model AND p.valid_from <= p_at
      ORDER BY p.valid_from DESC
@@ -138,7 +138,7 @@ BEGIN
         cost_usd := sigledger._assert_usd('priced cost_usd', priced_usd);
         cost_source := 'price_table';
     ELSE
-        cost_usd := round(sigledger._assert_usd('cost_usd', p_cost_usd), 10);
+        cost_usd := round(sigledger._assert_usd('cost_usd', p_cost_usd), 6);
         cost_source := 'client';
     END IF;
 END;

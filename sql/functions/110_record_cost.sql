@@ -11,17 +11,17 @@ CREATE OR REPLACE FUNCTION sigledger._cost_insert(
 LANGUAGE plpgsql
 AS $$
 BEGIN
-    INSERT INTO sigledger.cost_ledger (idempotency_key, agent_id, provider, model, input_tokens, output_tokens,
+    INSERT INTO sigledger.llm_cost_log (idempotency_key, agent_id, provider, model, tokens_input, tokens_output,
                                        cost_usd, priced_usd, cost_source, reservation_id, charged_at, created_at,
                                        metadata)
     VALUES (p_idempotency_key, p_agent_id, p_provider, p_model, p_input_tokens, p_output_tokens,
             p_cost_usd, p_priced_usd, p_cost_source, p_reservation_id, p_charged_at, p_created_at, p_metadata)
-    ON CONFLICT ON CONSTRAINT cost_ledger_idempotency_key_key DO NOTHING
+    ON CONFLICT ON CONSTRAINT llm_cost_log_idempotency_key_key DO NOTHING
     RETURNING id INTO ledger_id;
     inserted := ledger_id IS NOT NULL;
     IF NOT inserted THEN
         -- the key exists (possibly committed by a concurrent caller a moment ago): same answer, nothing changed
-        SELECT l.id INTO ledger_id FROM sigledger.cost_ledger l WHERE l.idempotency_key = p_idempotency_key;
+        SELECT l.id INTO ledger_id FROM sigledger.llm_cost_log l WHERE l.idempotency_key = p_idempotency_key;
     END IF;
 END;
 $$;
@@ -213,9 +213,9 @@ BEGIN
     END IF;
     RETURN QUERY
     SELECT d.day, coalesce(sum(l.cost_usd), 0), count(l.id),
-           coalesce(sum(l.input_tokens), 0)::numeric, coalesce(sum(l.output_tokens), 0)::numeric
+           coalesce(sum(l.tokens_input), 0)::numeric, coalesce(sum(l.tokens_output), 0)::numeric
       FROM (SELECT v_today - g.n AS day FROM generate_series(0, p_days - 1) AS g(n)) d
-      LEFT JOIN cost_ledger l
+      LEFT JOIN llm_cost_log l
         ON l.created_at >= (d.day::timestamp AT TIME ZONE 'UTC')
        AND l.created_at < ((d.day + 1)::timestamp AT TIME ZONE 'UTC')
      GROUP BY d.day

@@ -18,6 +18,7 @@ SET lock_timeout = '5s'
 AS $$
 DECLARE
     v_key text;
+    v_estimate numeric;
     v_ids bigint[];
     v_periods timestamptz[];
     v_caps numeric[];
@@ -32,7 +33,7 @@ BEGIN
     IF p_agent_id IS NULL THEN
         RAISE EXCEPTION USING ERRCODE = '22004', MESSAGE = 'agent_id must not be NULL';
     END IF;
-    PERFORM _assert_usd('estimate_usd', p_estimate_usd);
+    v_estimate := round(_assert_usd('estimate_usd', p_estimate_usd), 10);
     IF p_ttl IS NULL OR p_ttl <= interval '0' OR p_ttl > interval '7 days' THEN
         RAISE EXCEPTION USING ERRCODE = '22023',
             MESSAGE = format('ttl must be greater than 0 and at most 7 days, got %s', coalesce(p_ttl::text, 'NULL'));
@@ -60,12 +61,12 @@ BEGIN
 
     -- the reservation row first: a concurrent call with the same key waits here for ours and then finds it
     INSERT INTO budget_reservation (idempotency_key, agent_id, estimate_usd, budget_ids, period_starts, expires_at)
-    VALUES (v_key, p_agent_id, p_estimate_usd, v_ids, v_periods, now() + p_ttl)
+    VALUES (v_key, p_agent_id, v_estimate, v_ids, v_periods, now() + p_ttl)
     ON CONFLICT ON CONSTRAINT budget_reservation_idempotency_key_key DO NOTHING
     RETURNING id INTO v_id;
     IF v_id IS NULL THEN
         SELECT * INTO r FROM budget_reservation br WHERE br.idempotency_key = v_key;
-        IF r.agent_id <> p_agent_id OR r.estimate_usd <> p_estimate_usd THEN
+        IF r.agent_id <> p_agent_id OR r.estimate_usd <> v_estimate THEN
             RAISE EXCEPTION USING ERRCODE = '23505',
                 MESSAGE = format('idempotency key %L already used by reservation %s (agent %s, estimate %s)',
                                  v_key, r.id, r.agent_id, r.estimate_usd);
@@ -79,7 +80,7 @@ BEGIN
 
     -- one guarded statement per level, in lock order; a refusal rolls back the levels already held
     FOR i IN 1 .. cardinality(v_ids) LOOP
-        v_rem := _spend_hold(v_ids[i], v_periods[i], v_caps[i], p_estimate_usd, false);
+        v_rem := _spend_hold(v_ids[i], v_periods[i], v_caps[i], v_estimate, false);
         IF v_rem IS NULL THEN
             SELECT greatest(0, s.cap_usd - s.spent_usd - s.reserved_usd) INTO v_avail
               FROM budget_spend s WHERE s.budget_id = v_ids[i] AND s.period_start = v_periods[i];

@@ -83,11 +83,13 @@ DECLARE
     v_thresholds text[];
     v record;
     v_ledger bigint;
+    v_cost numeric;
 BEGIN
     IF p_agent_id IS NULL THEN
         RAISE EXCEPTION USING ERRCODE = '22004', MESSAGE = 'agent_id must not be NULL';
     END IF;
-    PERFORM _assert_usd('cost_usd', p_cost_usd);
+    -- rounded to the ledger's scale, so that the spend and the ledger add up to the same cents
+    v_cost := round(_assert_usd('cost_usd', p_cost_usd), 6);
     SELECT array_agg(c.budget_id ORDER BY c.lock_rank, c.budget_id),
            array_agg(c.period_start ORDER BY c.lock_rank, c.budget_id),
            array_agg(c.cap_usd ORDER BY c.lock_rank, c.budget_id),
@@ -103,11 +105,11 @@ BEGIN
     END IF;
     IF cardinality(v_ids) = 1 THEN
         -- one level: a refusal has changed nothing, no subtransaction needed
-        v := _car_apply(p_agent_id, v_ids, v_periods, v_caps, v_limits, v_thresholds, p_cost_usd,
+        v := _car_apply(p_agent_id, v_ids, v_periods, v_caps, v_limits, v_thresholds, v_cost,
                         p_expected_version, p_nowait);
     ELSE
         BEGIN
-            v := _car_apply(p_agent_id, v_ids, v_periods, v_caps, v_limits, v_thresholds, p_cost_usd,
+            v := _car_apply(p_agent_id, v_ids, v_periods, v_caps, v_limits, v_thresholds, v_cost,
                             p_expected_version, p_nowait);
             IF NOT v.ok THEN
                 -- undo the parent levels charged before the agent level refused
@@ -125,8 +127,8 @@ BEGIN
     END IF;
     IF v.ok THEN
         -- the ledger row of the allowed cost (the seed API carries no model or key: 'unspecified', a fresh key)
-        INSERT INTO cost_ledger (idempotency_key, agent_id, provider, model, cost_usd, cost_source, charged_at, metadata)
-        VALUES ('check:' || gen_random_uuid()::text, p_agent_id, 'unspecified', 'unspecified', p_cost_usd, 'client',
+        INSERT INTO llm_cost_log (idempotency_key, agent_id, provider, model, cost_usd, cost_source, charged_at, metadata)
+        VALUES ('check:' || gen_random_uuid()::text, p_agent_id, 'unspecified', 'unspecified', v_cost, 'client',
                 now(), '{"api": "check_and_record_budget"}'::jsonb)
         RETURNING id INTO v_ledger;
     END IF;

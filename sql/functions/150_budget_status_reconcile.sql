@@ -49,7 +49,7 @@ DECLARE
 BEGIN
     SELECT b.period INTO v_period FROM sigledger.budget b WHERE b.id = p_budget_id;
     SELECT coalesce(sum(l.cost_usd), 0) INTO spent_usd
-      FROM sigledger.cost_ledger l
+      FROM sigledger.llm_cost_log l
      WHERE l.agent_id IN (
                SELECT a.agent_id FROM sigledger.budget a
                  LEFT JOIN sigledger.budget t ON t.id = a.parent_id
@@ -96,7 +96,7 @@ BEGIN
               JOIN budget g ON g.id = p.parent_id WHERE a.level = 'agent'
         ), led AS (
             SELECT c.budget_id, _period_start(c.period, l.charged_at) AS ps, sum(l.cost_usd) AS amount
-              FROM cost_ledger l JOIN chain c ON c.agent_id = l.agent_id
+              FROM llm_cost_log l JOIN chain c ON c.agent_id = l.agent_id
              GROUP BY 1, 2
         ), res AS (
             SELECT u.bid AS budget_id, u.ps, sum(r.estimate_usd) AS amount

@@ -1,4 +1,4 @@
--- V4_001: append-only LLM cost ledger, dated model price table, quarantine for rejected batch rows.
+-- V4_001: the append-only LLM cost ledger (baseline llm_cost_log, extended), dated model price table, quarantine for rejected batch rows.
 -- Validation is declarative first: every CHECK is named <table>_<column>_<rule> so that harness.errors and
 -- the tests can pin it. numeric accepts 'NaN' and 'NaN' >= 0 is true; NaN sorts above every number, so
 -- the upper bound (x <= N) is what rejects it, and the explicit x <> 'NaN' keeps that visible to a reader.
@@ -24,55 +24,42 @@ CREATE TABLE sigledger.model_price (
 COMMENT ON TABLE sigledger.model_price IS
     'Dated USD prices per million tokens; the price of a call is the row with the latest valid_from <= the call time.';
 
-CREATE TABLE sigledger.cost_ledger (
-    id               bigint GENERATED ALWAYS AS IDENTITY,
-    idempotency_key  text           NOT NULL,
-    agent_id         uuid           NOT NULL,
-    provider         text           NOT NULL,
-    model            text           NOT NULL,
-    input_tokens     bigint         NOT NULL DEFAULT 0,
-    output_tokens    bigint         NOT NULL DEFAULT 0,
-    cost_usd         numeric(20,10) NOT NULL,
-    -- cost computed from model_price at created_at (NULL when the model has no price); kept next to the
-    -- charged cost so that disagreements are visible (see view cost_price_disagreement).
-    priced_usd       numeric(20,10),
-    cost_source      text           NOT NULL,
-    reservation_id   bigint,
+-- The ledger is the baseline's llm_cost_log (the seed's table), extended: the cost the price table gives,
+-- where the charged cost came from, the reservation it settles, the instant whose budget period it charged,
+-- and the constraints the baseline lacked (a future bound on created_at, token upper bounds).
+ALTER TABLE sigledger.llm_cost_log
+    ADD COLUMN priced_usd      numeric(14,6),
+    ADD COLUMN cost_source     text NOT NULL DEFAULT 'client',
+    ADD COLUMN reservation_id  bigint,
     -- the instant whose budget period was charged: the reservation's creation for settled reservations,
     -- created_at otherwise. reconcile_budgets recomputes per-period spend from it.
-    charged_at       timestamptz    NOT NULL,
-    created_at       timestamptz    NOT NULL DEFAULT now(),
-    recorded_at      timestamptz    NOT NULL DEFAULT now(),
-    metadata         jsonb          NOT NULL DEFAULT '{}'::jsonb,
-    CONSTRAINT cost_ledger_pkey PRIMARY KEY (id),
-    CONSTRAINT cost_ledger_idempotency_key_key UNIQUE (idempotency_key),
-    CONSTRAINT cost_ledger_idempotency_key_not_empty CHECK (length(btrim(idempotency_key)) BETWEEN 1 AND 200),
-    CONSTRAINT cost_ledger_provider_not_empty CHECK (length(btrim(provider)) BETWEEN 1 AND 200),
-    CONSTRAINT cost_ledger_model_not_empty CHECK (length(btrim(model)) BETWEEN 1 AND 200),
-    CONSTRAINT cost_ledger_input_tokens_range CHECK (input_tokens >= 0 AND input_tokens <= 1000000000000),
-    CONSTRAINT cost_ledger_output_tokens_range CHECK (output_tokens >= 0 AND output_tokens <= 1000000000000),
-    CONSTRAINT cost_ledger_cost_usd_range CHECK (cost_usd <> 'NaN' AND cost_usd >= 0 AND cost_usd <= 1000000),
-    CONSTRAINT cost_ledger_priced_usd_range
+    ADD COLUMN charged_at      timestamptz,
+    ADD COLUMN recorded_at     timestamptz NOT NULL DEFAULT now();
+UPDATE sigledger.llm_cost_log SET charged_at = created_at WHERE charged_at IS NULL;
+ALTER TABLE sigledger.llm_cost_log ALTER COLUMN charged_at SET DEFAULT now();
+ALTER TABLE sigledger.llm_cost_log ALTER COLUMN charged_at SET NOT NULL;
+ALTER TABLE sigledger.llm_cost_log
+    ADD CONSTRAINT llm_cost_log_priced_usd_range
         CHECK (priced_usd IS NULL OR (priced_usd <> 'NaN' AND priced_usd >= 0 AND priced_usd <= 100000000)),
-    CONSTRAINT cost_ledger_cost_source_valid CHECK (cost_source IN ('client', 'price_table')),
-    -- a sane epoch below, and at most one day of clock skew above. now() in a CHECK is not immutable, but the
-    -- bound only loosens as time passes, so a dump restored later still satisfies it.
-    CONSTRAINT cost_ledger_created_at_range
-        CHECK (created_at >= '2000-01-01 00:00:00+00' AND created_at <= now() + interval '1 day'),
-    CONSTRAINT cost_ledger_charged_at_range
-        CHECK (charged_at >= '2000-01-01 00:00:00+00' AND charged_at <= now() + interval '1 day'),
-    CONSTRAINT cost_ledger_metadata_object CHECK (jsonb_typeof(metadata) = 'object')
-);
-COMMENT ON TABLE sigledger.cost_ledger IS
+    ADD CONSTRAINT llm_cost_log_cost_source_valid CHECK (cost_source IN ('client', 'price_table')),
+    ADD CONSTRAINT llm_cost_log_tokens_range CHECK (tokens_input <= 1000000000000 AND tokens_output <= 1000000000000),
+    -- at most one day of clock skew into the future. now() in a CHECK is not immutable, but the bound only
+    -- loosens as time passes, so a dump restored later still satisfies it.
+    ADD CONSTRAINT llm_cost_log_created_at_range CHECK (created_at <= now() + interval '1 day'),
+    ADD CONSTRAINT llm_cost_log_charged_at_range
+        CHECK (charged_at > '2020-01-01' AND charged_at <= now() + interval '1 day');
+COMMENT ON TABLE sigledger.llm_cost_log IS
     'Append-only ledger of LLM call costs. No UPDATE/DELETE/TRUNCATE: no privilege is granted and a trigger refuses them.';
+COMMENT ON COLUMN sigledger.llm_cost_log.priced_usd IS
+    'Cost computed from model_price at created_at (NULL: no price); see view cost_price_disagreement.';
 
-CREATE INDEX cost_ledger_created_at_idx ON sigledger.cost_ledger (created_at);
-CREATE INDEX cost_ledger_agent_charged_at_idx ON sigledger.cost_ledger (agent_id, charged_at);
+CREATE INDEX llm_cost_log_created_at_idx ON sigledger.llm_cost_log (created_at);
+CREATE INDEX llm_cost_log_agent_charged_at_idx ON sigledger.llm_cost_log (agent_id, charged_at);
 -- backstop: a reservation settles into at most one ledger row, even if a settle call were retried wrongly
-CREATE UNIQUE INDEX cost_ledger_reservation_id_key ON sigledger.cost_ledger (reservation_id)
+CREATE UNIQUE INDEX llm_cost_log_reservation_id_key ON sigledger.llm_cost_log (reservation_id)
     WHERE reservation_id IS NOT NULL;
 
-CREATE FUNCTION sigledger._cost_ledger_append_only() RETURNS trigger
+CREATE FUNCTION sigledger._llm_cost_log_append_only() RETURNS trigger
 LANGUAGE plpgsql
 SET search_path = sigledger, pg_temp
 AS $$
@@ -80,17 +67,17 @@ AS $$
 BEGIN
     RAISE EXCEPTION USING
         ERRCODE = '42501',
-        MESSAGE = format('cost_ledger is append-only: %s refused', TG_OP),
+        MESSAGE = format('llm_cost_log is append-only: %s refused', TG_OP),
         HINT = 'Record a correcting entry instead; costs are never edited or removed.';
 END;
 $$;
 
-CREATE TRIGGER cost_ledger_append_only_row
-    BEFORE UPDATE OR DELETE ON sigledger.cost_ledger
-    FOR EACH ROW EXECUTE FUNCTION sigledger._cost_ledger_append_only();
-CREATE TRIGGER cost_ledger_append_only_truncate
-    BEFORE TRUNCATE ON sigledger.cost_ledger
-    FOR EACH STATEMENT EXECUTE FUNCTION sigledger._cost_ledger_append_only();
+CREATE TRIGGER llm_cost_log_append_only_row
+    BEFORE UPDATE OR DELETE ON sigledger.llm_cost_log
+    FOR EACH ROW EXECUTE FUNCTION sigledger._llm_cost_log_append_only();
+CREATE TRIGGER llm_cost_log_append_only_truncate
+    BEFORE TRUNCATE ON sigledger.llm_cost_log
+    FOR EACH STATEMENT EXECUTE FUNCTION sigledger._llm_cost_log_append_only();
 
 CREATE TABLE sigledger.cost_quarantine (
     id               bigint GENERATED ALWAYS AS IDENTITY,
@@ -111,13 +98,13 @@ CREATE INDEX cost_quarantine_received_at_idx ON sigledger.cost_quarantine (recei
 -- discounts the table does not model); the priced figure is kept beside it and this view lists the rows
 -- where they differ by more than 1% and more than $0.000001, for review.
 CREATE VIEW sigledger.cost_price_disagreement AS
-SELECT id, idempotency_key, agent_id, provider, model, input_tokens, output_tokens,
+SELECT id, idempotency_key, agent_id, provider, model, tokens_input, tokens_output,
        cost_usd, priced_usd, cost_usd - priced_usd AS difference_usd, created_at
-  FROM sigledger.cost_ledger
+  FROM sigledger.llm_cost_log
  WHERE priced_usd IS NOT NULL
    AND cost_source = 'client'
    AND abs(cost_usd - priced_usd) > greatest(0.000001, 0.01 * priced_usd);
 COMMENT ON VIEW sigledger.cost_price_disagreement IS
     'Ledger rows whose client-reported cost differs from the price table by more than 1% (and $0.000001).';
 
-REVOKE ALL ON sigledger.model_price, sigledger.cost_ledger, sigledger.cost_quarantine FROM PUBLIC;
+REVOKE ALL ON sigledger.model_price, sigledger.llm_cost_log, sigledger.cost_quarantine FROM PUBLIC;

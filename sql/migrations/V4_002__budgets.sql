@@ -125,7 +125,7 @@ CREATE TABLE sigledger.budget_reservation (
     CONSTRAINT budget_reservation_pkey PRIMARY KEY (id),
     CONSTRAINT budget_reservation_idempotency_key_key UNIQUE (idempotency_key),
     CONSTRAINT budget_reservation_agent_id_fkey FOREIGN KEY (agent_id) REFERENCES sigledger.agent_registry (id),
-    CONSTRAINT budget_reservation_ledger_id_fkey FOREIGN KEY (ledger_id) REFERENCES sigledger.cost_ledger (id),
+    CONSTRAINT budget_reservation_ledger_id_fkey FOREIGN KEY (ledger_id) REFERENCES sigledger.llm_cost_log (id),
     CONSTRAINT budget_reservation_idempotency_key_not_empty CHECK (length(btrim(idempotency_key)) BETWEEN 1 AND 200),
     CONSTRAINT budget_reservation_estimate_usd_range
         CHECK (estimate_usd <> 'NaN' AND estimate_usd >= 0 AND estimate_usd <= 1000000),
@@ -143,12 +143,23 @@ COMMENT ON TABLE sigledger.budget_reservation IS 'Money held before an LLM call 
 CREATE INDEX budget_reservation_open_expires_idx ON sigledger.budget_reservation (expires_at) WHERE state = 'open';
 CREATE INDEX budget_reservation_agent_idx ON sigledger.budget_reservation (agent_id);
 
-ALTER TABLE sigledger.cost_ledger
-    ADD CONSTRAINT cost_ledger_reservation_id_fkey
+ALTER TABLE sigledger.llm_cost_log
+    ADD CONSTRAINT llm_cost_log_reservation_id_fkey
     FOREIGN KEY (reservation_id) REFERENCES sigledger.budget_reservation (id);
-ALTER TABLE sigledger.cost_ledger
-    ADD CONSTRAINT cost_ledger_agent_id_fkey
-    FOREIGN KEY (agent_id) REFERENCES sigledger.agent_registry (id);
+
+-- The seed kept the limit and the spend on agent_registry. Agents that had a limit get a budget (period
+-- none, hard limit, fail-closed) whose spend row starts from the seed's current_cost; the two columns are
+-- then legacy (no longer read or maintained: the spend lives in budget_spend).
+INSERT INTO sigledger.budget (level, name, agent_id, limit_usd)
+SELECT 'agent', 'agent:' || a.id::text, a.id, a.budget_limit_usd
+  FROM sigledger.agent_registry a
+ WHERE a.budget_limit_usd > 0;
+INSERT INTO sigledger.budget_spend (budget_id, period_start, cap_usd, spent_usd, excess_usd)
+SELECT b.id, timestamptz '1970-01-01 00:00:00+00', b.limit_usd, a.current_cost_usd,
+       greatest(0, a.current_cost_usd - b.limit_usd)
+  FROM sigledger.budget b JOIN sigledger.agent_registry a ON a.id = b.agent_id;
+COMMENT ON COLUMN sigledger.agent_registry.budget_limit_usd IS 'Legacy (seed); superseded by budget.limit_usd since V4_002.';
+COMMENT ON COLUMN sigledger.agent_registry.current_cost_usd IS 'Legacy (seed); superseded by budget_spend since V4_002.';
 
 CREATE TABLE sigledger.budget_alert (
     id            bigint GENERATED ALWAYS AS IDENTITY,
