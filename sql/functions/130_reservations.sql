@@ -149,8 +149,8 @@ BEGIN
             MESSAGE = format('reservation %s was released at %s and cannot be settled', r.id, r.closed_at);
     ELSIF r.state = 'expired' THEN
         RAISE EXCEPTION USING ERRCODE = 'SLB02',
-            MESSAGE = format('reservation %s expired at %s; its hold was released', r.id, r.closed_at),
-            DETAIL = format('ledger_idempotency_key=reservation:%s', r.id),
+            MESSAGE = format('reservation %s expired; its hold was released', r.id),
+            DETAIL = format('expired_at=%s ledger_idempotency_key=reservation:%s', r.closed_at, r.id),
             HINT = 'Record the actual cost with record_cost(p_idempotency_key => ''reservation:<id>'', ...).';
     END IF;
 
@@ -176,7 +176,7 @@ BEGIN
        SET state = 'settled', closed_at = now(), actual_usd = v.cost_usd, overrun_usd = v_overrun,
            ledger_id = v_ins.ledger_id
      WHERE br.id = r.id;
-    RETURN QUERY SELECT v_ins.ledger_id, r.id, r.estimate_usd, v.cost_usd, v_overrun, false;
+    RETURN QUERY SELECT v_ins.ledger_id, r.id, r.estimate_usd, v.cost_usd::numeric(20,10), v_overrun::numeric(20,10), false;
 END;
 $$;
 COMMENT ON FUNCTION sigledger.settle_budget(bigint, numeric, bigint, bigint, text, text, jsonb) IS
