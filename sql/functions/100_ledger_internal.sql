@@ -1,12 +1,13 @@
 -- 100: internal helpers of the ledger and budgets (leading underscore: never granted to the app role).
--- They are called only from the SECURITY DEFINER API functions, whose search_path is pinned; they qualify
--- every name anyway and carry no SET clause, which would cost a GUC save/restore on the hot path.
+-- They are called only from the SECURITY DEFINER API functions; they qualify every name and pin search_path
+-- like every function of the schema.
 
 -- _assert_usd: raise unless p_value is a finite amount in [0, p_max].
 -- NULL -> 22004; NaN, +/-Infinity, negative -> 22023; above p_max (1e309 included) -> 22003.
 CREATE OR REPLACE FUNCTION sigledger._assert_usd(p_name text, p_value numeric, p_max numeric DEFAULT 1000000)
 RETURNS numeric
 LANGUAGE plpgsql IMMUTABLE
+SET search_path = sigledger, pg_temp
 AS $$
 BEGIN
     IF p_value IS NULL THEN
@@ -34,6 +35,7 @@ $$;
 CREATE OR REPLACE FUNCTION sigledger._assert_text(p_name text, p_value text)
 RETURNS text
 LANGUAGE plpgsql IMMUTABLE
+SET search_path = sigledger, pg_temp
 AS $$
 BEGIN
     IF p_value IS NULL THEN
@@ -54,6 +56,7 @@ $$;
 CREATE OR REPLACE FUNCTION sigledger._assert_tokens(p_name text, p_value bigint)
 RETURNS bigint
 LANGUAGE plpgsql IMMUTABLE
+SET search_path = sigledger, pg_temp
 AS $$
 BEGIN
     IF p_value IS NULL THEN
@@ -73,6 +76,7 @@ $$;
 CREATE OR REPLACE FUNCTION sigledger._assert_timestamp(p_name text, p_value timestamptz)
 RETURNS timestamptz
 LANGUAGE plpgsql STABLE
+SET search_path = sigledger, pg_temp
 AS $$
 BEGIN
     IF p_value IS NULL THEN
@@ -91,6 +95,7 @@ CREATE OR REPLACE FUNCTION sigledger._price(p_provider text, p_model text, p_at 
                                             p_input_tokens bigint, p_output_tokens bigint)
 RETURNS numeric
 LANGUAGE sql STABLE
+SET search_path = sigledger, pg_temp
 AS $$
     SELECT round((p_input_tokens * p.input_usd_per_mtok + p_output_tokens * p.output_usd_per_mtok) / 1000000, 6)
       FROM sigledger.model_price p
@@ -108,6 +113,7 @@ CREATE OR REPLACE FUNCTION sigledger._cost_validate(
     OUT cost_usd numeric, OUT priced_usd numeric, OUT cost_source text, OUT created_at timestamptz,
     OUT metadata jsonb)
 LANGUAGE plpgsql STABLE
+SET search_path = sigledger, pg_temp
 AS $$
 BEGIN
     PERFORM sigledger._assert_text('idempotency_key', p_idempotency_key);
@@ -150,6 +156,7 @@ CREATE OR REPLACE FUNCTION sigledger._budget_chain(p_agent_id uuid, p_at timesta
 RETURNS TABLE (budget_id bigint, level text, lock_rank integer, period_start timestamptz, cap_usd numeric,
                limit_usd numeric, alert_thresholds numeric[], fail_policy text)
 LANGUAGE sql STABLE
+SET search_path = sigledger, pg_temp
 AS $$
     WITH a AS (SELECT b.id, b.parent_id FROM sigledger.budget b WHERE b.agent_id = p_agent_id),
     ids AS (
@@ -170,6 +177,7 @@ $$;
 CREATE OR REPLACE FUNCTION sigledger._spend_ensure(p_budget_id bigint, p_period_start timestamptz, p_cap numeric)
 RETURNS boolean
 LANGUAGE plpgsql
+SET search_path = sigledger, pg_temp
 AS $$
 BEGIN
     INSERT INTO sigledger.budget_spend (budget_id, period_start, cap_usd)
@@ -187,6 +195,7 @@ CREATE OR REPLACE FUNCTION sigledger._spend_hold(p_budget_id bigint, p_period_st
                                                  p_amount numeric, p_nowait boolean DEFAULT false)
 RETURNS numeric
 LANGUAGE plpgsql
+SET search_path = sigledger, pg_temp
 AS $$
 DECLARE
     v_remaining numeric;
@@ -220,6 +229,7 @@ CREATE OR REPLACE FUNCTION sigledger._spend_alerts(p_budget_id bigint, p_period_
                                                    p_thresholds numeric[], p_old_spent numeric, p_new_spent numeric)
 RETURNS integer
 LANGUAGE plpgsql
+SET search_path = sigledger, pg_temp
 AS $$
 DECLARE
     v_threshold numeric;
@@ -252,6 +262,7 @@ CREATE OR REPLACE FUNCTION sigledger._spend_charge(p_budget_id bigint, p_period_
                                                    p_thresholds numeric[])
 RETURNS numeric
 LANGUAGE plpgsql
+SET search_path = sigledger, pg_temp
 AS $$
 DECLARE
     v_new_spent numeric;
@@ -283,6 +294,7 @@ $$;
 CREATE OR REPLACE FUNCTION sigledger._spend_release(p_budget_id bigint, p_period_start timestamptz, p_amount numeric)
 RETURNS void
 LANGUAGE plpgsql
+SET search_path = sigledger, pg_temp
 AS $$
 BEGIN
     UPDATE sigledger.budget_spend s

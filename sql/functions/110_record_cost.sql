@@ -9,6 +9,7 @@ CREATE OR REPLACE FUNCTION sigledger._cost_insert(
     p_reservation_id bigint, p_charged_at timestamptz, p_created_at timestamptz, p_metadata jsonb,
     OUT ledger_id bigint, OUT inserted boolean)
 LANGUAGE plpgsql
+SET search_path = sigledger, pg_temp
 AS $$
 BEGIN
     INSERT INTO sigledger.llm_cost_log (idempotency_key, agent_id, provider, model, tokens_input, tokens_output,

@@ -8,6 +8,7 @@ CREATE OR REPLACE FUNCTION sigledger._budget_apply_settings(
     p_alert_thresholds numeric[], p_parent_budget_id bigint)
 RETURNS void
 LANGUAGE plpgsql
+SET search_path = sigledger, pg_temp
 AS $$
 DECLARE
     b sigledger.budget%ROWTYPE;

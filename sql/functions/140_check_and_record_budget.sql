@@ -9,6 +9,7 @@ CREATE OR REPLACE FUNCTION sigledger._car_apply(
     p_thresholds text[], p_cost numeric, p_expected_version bigint, p_nowait boolean,
     OUT ok boolean, OUT remaining_usd numeric, OUT version bigint)
 LANGUAGE plpgsql
+SET search_path = sigledger, pg_temp
 AS $$
 DECLARE
     n integer := cardinality(p_ids);

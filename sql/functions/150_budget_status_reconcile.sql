@@ -43,6 +43,7 @@ CREATE OR REPLACE FUNCTION sigledger._reconcile_expected(p_budget_id bigint, p_p
                                                          OUT spent_usd numeric, OUT reserved_usd numeric)
 LANGUAGE plpgsql
 STABLE
+SET search_path = sigledger, pg_temp
 AS $$
 DECLARE
     v_period text;

@@ -9,9 +9,6 @@ DROP TRIGGER llm_cost_log_append_only_truncate ON sigledger.llm_cost_log;
 DROP FUNCTION sigledger._llm_cost_log_append_only();
 DROP TABLE sigledger.cost_quarantine;
 DROP TABLE sigledger.model_price;
-DROP INDEX sigledger.llm_cost_log_reservation_id_key;
-DROP INDEX sigledger.llm_cost_log_agent_charged_at_idx;
-DROP INDEX sigledger.llm_cost_log_created_at_idx;
 ALTER TABLE sigledger.llm_cost_log
     DROP CONSTRAINT llm_cost_log_priced_usd_range,
     DROP CONSTRAINT llm_cost_log_cost_source_valid,

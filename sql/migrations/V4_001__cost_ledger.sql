@@ -33,31 +33,28 @@ ALTER TABLE sigledger.llm_cost_log
     ADD COLUMN reservation_id  bigint,
     -- the instant whose budget period was charged: the reservation's creation for settled reservations,
     -- created_at otherwise. reconcile_budgets recomputes per-period spend from it.
-    ADD COLUMN charged_at      timestamptz,
+    -- (a constant-per-statement default: no table rewrite; existing rows are then set to their created_at
+    -- before the append-only trigger exists)
+    ADD COLUMN charged_at      timestamptz NOT NULL DEFAULT now(),
     ADD COLUMN recorded_at     timestamptz NOT NULL DEFAULT now();
-UPDATE sigledger.llm_cost_log SET charged_at = created_at WHERE charged_at IS NULL;
-ALTER TABLE sigledger.llm_cost_log ALTER COLUMN charged_at SET DEFAULT now();
-ALTER TABLE sigledger.llm_cost_log ALTER COLUMN charged_at SET NOT NULL;
+UPDATE sigledger.llm_cost_log SET charged_at = created_at;
+-- NOT VALID here (no scan under this migration's lock; new rows are checked at once), validated by V4_003.
 ALTER TABLE sigledger.llm_cost_log
     ADD CONSTRAINT llm_cost_log_priced_usd_range
-        CHECK (priced_usd IS NULL OR (priced_usd <> 'NaN' AND priced_usd >= 0 AND priced_usd <= 100000000)),
-    ADD CONSTRAINT llm_cost_log_cost_source_valid CHECK (cost_source IN ('client', 'price_table')),
-    ADD CONSTRAINT llm_cost_log_tokens_range CHECK (tokens_input <= 1000000000000 AND tokens_output <= 1000000000000),
+        CHECK (priced_usd IS NULL OR (priced_usd <> 'NaN' AND priced_usd >= 0 AND priced_usd <= 100000000)) NOT VALID,
+    ADD CONSTRAINT llm_cost_log_cost_source_valid CHECK (cost_source IN ('client', 'price_table')) NOT VALID,
+    ADD CONSTRAINT llm_cost_log_tokens_range CHECK (tokens_input <= 1000000000000 AND tokens_output <= 1000000000000) NOT VALID,
     -- at most one day of clock skew into the future. now() in a CHECK is not immutable, but the bound only
     -- loosens as time passes, so a dump restored later still satisfies it.
-    ADD CONSTRAINT llm_cost_log_created_at_range CHECK (created_at <= now() + interval '1 day'),
+    ADD CONSTRAINT llm_cost_log_created_at_range CHECK (created_at <= now() + interval '1 day') NOT VALID,
     ADD CONSTRAINT llm_cost_log_charged_at_range
-        CHECK (charged_at > '2020-01-01' AND charged_at <= now() + interval '1 day');
+        CHECK (charged_at > '2020-01-01' AND charged_at <= now() + interval '1 day') NOT VALID;
 COMMENT ON TABLE sigledger.llm_cost_log IS
     'Append-only ledger of LLM call costs. No UPDATE/DELETE/TRUNCATE: no privilege is granted and a trigger refuses them.';
 COMMENT ON COLUMN sigledger.llm_cost_log.priced_usd IS
     'Cost computed from model_price at created_at (NULL: no price); see view cost_price_disagreement.';
 
-CREATE INDEX llm_cost_log_created_at_idx ON sigledger.llm_cost_log (created_at);
-CREATE INDEX llm_cost_log_agent_charged_at_idx ON sigledger.llm_cost_log (agent_id, charged_at);
--- backstop: a reservation settles into at most one ledger row, even if a settle call were retried wrongly
-CREATE UNIQUE INDEX llm_cost_log_reservation_id_key ON sigledger.llm_cost_log (reservation_id)
-    WHERE reservation_id IS NOT NULL;
+-- The ledger's indexes are built CONCURRENTLY by V4_003 (llm_cost_log may already be large).
 
 CREATE FUNCTION sigledger._llm_cost_log_append_only() RETURNS trigger
 LANGUAGE plpgsql
@@ -92,6 +89,8 @@ CREATE TABLE sigledger.cost_quarantine (
 );
 COMMENT ON TABLE sigledger.cost_quarantine IS
     'Rows of record_costs batches that failed validation, with the SQLSTATE and reason; nothing is dropped silently.';
+-- a table created in this transaction: a plain CREATE INDEX blocks nobody
+-- squawk-ignore require-concurrent-index-creation
 CREATE INDEX cost_quarantine_received_at_idx ON sigledger.cost_quarantine (received_at);
 
 -- Client cost versus price table: the client's figure is charged (it is what the provider billed, including

@@ -67,6 +67,7 @@ CREATE TABLE sigledger.budget (
     CONSTRAINT budget_alert_thresholds_valid CHECK (sigledger._valid_alert_thresholds(alert_thresholds))
 );
 COMMENT ON TABLE sigledger.budget IS 'Budget settings per agent, team or organisation (private; use the budget API).';
+-- squawk-ignore require-concurrent-index-creation
 CREATE INDEX budget_parent_id_idx ON sigledger.budget (parent_id);
 
 CREATE TABLE sigledger.budget_spend (
@@ -140,12 +141,14 @@ CREATE TABLE sigledger.budget_reservation (
         CHECK (actual_usd IS NULL OR (actual_usd <> 'NaN' AND actual_usd >= 0 AND actual_usd <= 1000000))
 );
 COMMENT ON TABLE sigledger.budget_reservation IS 'Money held before an LLM call until settled, released or expired (private).';
+-- squawk-ignore require-concurrent-index-creation
 CREATE INDEX budget_reservation_open_expires_idx ON sigledger.budget_reservation (expires_at) WHERE state = 'open';
+-- squawk-ignore require-concurrent-index-creation
 CREATE INDEX budget_reservation_agent_idx ON sigledger.budget_reservation (agent_id);
 
 ALTER TABLE sigledger.llm_cost_log
     ADD CONSTRAINT llm_cost_log_reservation_id_fkey
-    FOREIGN KEY (reservation_id) REFERENCES sigledger.budget_reservation (id);
+    FOREIGN KEY (reservation_id) REFERENCES sigledger.budget_reservation (id) NOT VALID;  -- validated by V4_003
 
 -- The seed kept the limit and the spend on agent_registry. Agents that had a limit get a budget (period
 -- none, hard limit, fail-closed) whose spend row starts from the seed's current_cost; the two columns are
