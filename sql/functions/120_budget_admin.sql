@@ -211,3 +211,23 @@ END;
 $$;
 COMMENT ON FUNCTION sigledger.update_budget(bigint, numeric, text, numeric, text, numeric[], bigint) IS
 'Changes the settings of a budget by id; NULL keeps the current value. SQLSTATE: 22023, 22003, P0002, 55P03';
+
+-- find_agent: the id of the agent with this name (P0002 when there is none).
+CREATE OR REPLACE FUNCTION sigledger.find_agent(p_name text)
+RETURNS uuid
+LANGUAGE plpgsql
+STABLE
+SECURITY DEFINER
+SET search_path = sigledger, pg_temp
+AS $$
+DECLARE
+    v_id uuid;
+BEGIN
+    SELECT a.id INTO v_id FROM agent_registry a WHERE a.name = p_name;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'P0002', MESSAGE = format('unknown agent %L', p_name);
+    END IF;
+    RETURN v_id;
+END;
+$$;
+COMMENT ON FUNCTION sigledger.find_agent(text) IS 'The id of the agent named name. SQLSTATE: P0002';

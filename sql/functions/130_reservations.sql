@@ -162,6 +162,12 @@ BEGIN
                           v.cost_usd, v.priced_usd, v.cost_source, r.id, r.created_at, v.created_at,
                           CASE WHEN v_overrun > 0 THEN v.metadata || jsonb_build_object('overrun_usd', v_overrun)
                                ELSE v.metadata END);
+    IF NOT v_ins.inserted THEN
+        -- the cost was already recorded under this key (record_cost after an outage or an expiry) and charged
+        -- then: settling only releases the hold, and reports the recorded figure
+        SELECT l.cost_usd INTO v.cost_usd FROM llm_cost_log l WHERE l.id = v_ins.ledger_id;
+        v_overrun := greatest(0, v.cost_usd - r.estimate_usd);
+    END IF;
     -- the spend rows last (hot rows locked only until commit), in the order stored at reserve time
     FOR c IN
         SELECT u.budget_id, u.period_start, b.limit_usd, b.limit_usd * (1 + b.grace_ratio) AS cap_usd, b.alert_thresholds
@@ -169,7 +175,8 @@ BEGIN
           JOIN budget b ON b.id = u.budget_id
          ORDER BY u.ord
     LOOP
-        PERFORM _spend_charge(c.budget_id, c.period_start, c.cap_usd, v.cost_usd, r.estimate_usd,
+        PERFORM _spend_charge(c.budget_id, c.period_start, c.cap_usd,
+                              CASE WHEN v_ins.inserted THEN v.cost_usd ELSE 0 END, r.estimate_usd,
                               c.limit_usd, c.alert_thresholds);
     END LOOP;
     UPDATE budget_reservation br
