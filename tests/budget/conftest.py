@@ -55,13 +55,20 @@ def worker_env() -> dict[str, str]:
 
 def popen(*args: str, **kwargs: object) -> subprocess.Popen[str]:
     return subprocess.Popen(  # type: ignore[call-overload, no-any-return]
-        worker(*args), cwd=ROOT, env=worker_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs
+        worker(*args),
+        cwd=ROOT,
+        env=worker_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
     )
 
 
 def ledger_keys(dsn: str, prefix: str) -> list[str]:
     with psycopg.connect(dsn) as conn:
         rows = conn.execute(
-            "SELECT idempotency_key FROM sigledger.llm_cost_log WHERE idempotency_key LIKE %s", (prefix + "%",)
+            "SELECT idempotency_key FROM sigledger.llm_cost_log WHERE idempotency_key LIKE %s",
+            (prefix + "%",),
         ).fetchall()
     return [r[0] for r in rows]

@@ -47,9 +47,28 @@ def unreachable_dsn() -> str:
 def test_sigterm_under_load_loses_nothing(db_dsn: str, tmp_path: Path) -> None:
     agent = make_agent(db_dsn, "tracker-term")
     ack = tmp_path / "ack"
-    proc = popen("tracker", "--dsn", db_dsn, "--agent", agent, "--spool", str(tmp_path / "spool"), "--ack", str(ack),
-                 "--prefix", "term", "--n", "1000000", "--rate", "3000", "--batch", "200", "--interval", "0.5",
-                 "--wait")
+    proc = popen(
+        "tracker",
+        "--dsn",
+        db_dsn,
+        "--agent",
+        agent,
+        "--spool",
+        str(tmp_path / "spool"),
+        "--ack",
+        str(ack),
+        "--prefix",
+        "term",
+        "--n",
+        "1000000",
+        "--rate",
+        "3000",
+        "--batch",
+        "200",
+        "--interval",
+        "0.5",
+        "--wait",
+    )
     wait_for_lines(ack, 1500)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
@@ -66,13 +85,32 @@ def test_sigterm_under_load_loses_nothing(db_dsn: str, tmp_path: Path) -> None:
 def test_sigkill_after_spooling_then_replay_recovers_all(db_dsn: str, tmp_path: Path) -> None:
     agent = make_agent(db_dsn, "tracker-kill")
     ack, spool = tmp_path / "ack", tmp_path / "spool"
-    proc = popen("tracker", "--dsn", unreachable_dsn(), "--agent", agent, "--spool", str(spool), "--ack", str(ack),
-                 "--prefix", "kill", "--n", "700", "--interval", "30", "--pool-timeout", "1", "--spool-then-wait")
+    proc = popen(
+        "tracker",
+        "--dsn",
+        unreachable_dsn(),
+        "--agent",
+        agent,
+        "--spool",
+        str(spool),
+        "--ack",
+        str(ack),
+        "--prefix",
+        "kill",
+        "--n",
+        "700",
+        "--interval",
+        "30",
+        "--pool-timeout",
+        "1",
+        "--spool-then-wait",
+    )
     assert proc.stdout is not None
     line = proc.stdout.readline()
     assert line.startswith("SPOOLED"), (line, proc.stderr.read() if proc.stderr else "")
     proc.kill()  # SIGKILL: no graceful path at all
-    proc.wait(timeout=30)
+    proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
     assert ledger_keys(db_dsn, "kill-") == []
     with Database(db_dsn) as db:
         tracker = CostTracker(db, spool).start()  # the next start replays
@@ -86,9 +124,29 @@ def test_sigkill_after_spooling_then_replay_recovers_all(db_dsn: str, tmp_path: 
 def test_cluster_stopped_mid_run_spools_then_replays(own_cluster: OwnCluster, tmp_path: Path) -> None:
     agent = make_agent(own_cluster.dsn, "tracker-outage")
     ack, spool = tmp_path / "ack", tmp_path / "spool"
-    proc = popen("tracker", "--dsn", own_cluster.dsn, "--agent", agent, "--spool", str(spool), "--ack", str(ack),
-                 "--prefix", "outage", "--n", "3000", "--rate", "500", "--batch", "100", "--interval", "0.2",
-                 "--pool-timeout", "1")
+    proc = popen(
+        "tracker",
+        "--dsn",
+        own_cluster.dsn,
+        "--agent",
+        agent,
+        "--spool",
+        str(spool),
+        "--ack",
+        str(ack),
+        "--prefix",
+        "outage",
+        "--n",
+        "3000",
+        "--rate",
+        "500",
+        "--batch",
+        "100",
+        "--interval",
+        "0.2",
+        "--pool-timeout",
+        "1",
+    )
     try:
         wait_for_lines(ack, 400)
         own_cluster.stop()
@@ -99,6 +157,7 @@ def test_cluster_stopped_mid_run_spools_then_replays(own_cluster: OwnCluster, tm
     finally:
         if proc.poll() is None:
             proc.kill()
+            proc.communicate(timeout=30)
         own_cluster.start()
     assert proc.returncode == 0, err
     assert "DONE" in out
@@ -114,11 +173,18 @@ def test_full_buffer_spools_instead_of_dropping(db_dsn: str, tmp_path: Path) -> 
     agent = make_agent(db_dsn, "tracker-full")
     spool = tmp_path / "spool"
     with Database(db_dsn) as db:
-        tracker = CostTracker(db, spool, capacity=10, batch_size=10, flush_interval=3600, when_full="spool")
+        tracker = CostTracker(db, spool, capacity=10, batch_size=100, flush_interval=3600, when_full="spool")
         tracker.start()
         for i in range(35):
-            tracker.record(CostRecord(agent_id=agent, model="m", provider="p", cost_usd=Decimal("0.01"),
-                                      idempotency_key=f"full-{i}"))
+            tracker.record(
+                CostRecord(
+                    agent_id=agent,
+                    model="m",
+                    provider="p",
+                    cost_usd=Decimal("0.01"),
+                    idempotency_key=f"full-{i}",
+                )
+            )
         assert tracker.pending() == 10 and tracker.stats["spooled_when_full"] == 25
         tracker.close()
         assert len(ledger_keys(db_dsn, "full-")) == 10
@@ -132,8 +198,11 @@ def test_pool_closed_first_never_raises_and_spools(db_dsn: str, tmp_path: Path) 
     db = Database(db_dsn, timeout=1).open()
     tracker = CostTracker(db, spool, flush_interval=3600).start()
     for i in range(50):
-        tracker.record(CostRecord(agent_id=agent, model="m", provider="p", cost_usd=Decimal("0.01"),
-                                  idempotency_key=f"pool-{i}"))
+        tracker.record(
+            CostRecord(
+                agent_id=agent, model="m", provider="p", cost_usd=Decimal("0.01"), idempotency_key=f"pool-{i}"
+            )
+        )
     db.close()  # the wrong order: the seed's "Cannot use pool after calling end"
     tracker.close()  # must not raise; the records go to the spool
     with pytest.raises(TrackerClosed):
@@ -146,10 +215,20 @@ def test_pool_closed_first_never_raises_and_spools(db_dsn: str, tmp_path: Path) 
 
 def test_graceful_order_flushes_everything_before_the_pool_closes(db_dsn: str, tmp_path: Path) -> None:
     agent = make_agent(db_dsn, "tracker-order")
-    with Database(db_dsn) as db, CostTracker(db, tmp_path / "spool", batch_size=50, flush_interval=0.05) as tracker:
+    with (
+        Database(db_dsn) as db,
+        CostTracker(db, tmp_path / "spool", batch_size=50, flush_interval=0.05) as tracker,
+    ):
         for i in range(2000):
-            tracker.record(CostRecord(agent_id=agent, model="m", provider="p", cost_usd=Decimal("0.001"),
-                                      idempotency_key=f"order-{i}"))
+            tracker.record(
+                CostRecord(
+                    agent_id=agent,
+                    model="m",
+                    provider="p",
+                    cost_usd=Decimal("0.001"),
+                    idempotency_key=f"order-{i}",
+                )
+            )
     # tracker closed first (inner with), then the pool
     assert tracker.stats["spooled"] == 0
     with psycopg.connect(db_dsn) as conn:

@@ -58,7 +58,19 @@ def test_load_never_overspends(db_dsn: str) -> None:
     observer = threading.Thread(target=observe)
     observer.start()
     procs = [
-        popen("load", "--dsn", db_dsn, "--agents", agent_arg, "--calls", str(CALLS), "--seed", str(seed), "--ttl", str(TTL))
+        popen(
+            "load",
+            "--dsn",
+            db_dsn,
+            "--agents",
+            agent_arg,
+            "--calls",
+            str(CALLS),
+            "--seed",
+            str(seed),
+            "--ttl",
+            str(TTL),
+        )
         for seed in range(PROCESSES)
     ]
     results = []
@@ -99,8 +111,12 @@ def test_load_never_overspends(db_dsn: str) -> None:
                       (SELECT sum(cost_usd) FROM sigledger.llm_cost_log) AS ledger_sum"""
         )
         assert summary is not None
-        assert summary["reservations"] == summary["keys"] == total["reserved"], "a retried reserve made a second hold"
-        assert summary["settled"] == summary["ledger_rows"] == summary["ledger_reservations"] == total["settled"]
+        assert summary["reservations"] == summary["keys"] == total["reserved"], (
+            "a retried reserve made a second hold"
+        )
+        assert (
+            summary["settled"] == summary["ledger_rows"] == summary["ledger_reservations"] == total["settled"]
+        )
         assert summary["open"] == 0 and summary["reserved"] == 0
         assert summary["agent_spent"] == summary["ledger_sum"]
         team_spent = db.call_one(
@@ -108,7 +124,8 @@ def test_load_never_overspends(db_dsn: str) -> None:
             " WHERE b.level = 'team'"
         )
         members = db.call_one(
-            "SELECT sum(cost_usd) AS s FROM sigledger.llm_cost_log WHERE agent_id = ANY(%s::uuid[])", (agents[2:],)
+            "SELECT sum(cost_usd) AS s FROM sigledger.llm_cost_log WHERE agent_id = ANY(%s::uuid[])",
+            (agents[2:],),
         )
         assert team_spent is not None and members is not None and team_spent["s"] == members["s"]
         idle = db.call_one(

@@ -37,8 +37,15 @@ def retry(func, *args, **kwargs):  # type: ignore[no-untyped-def]
 def load(args: argparse.Namespace) -> None:
     rnd = random.Random(args.seed)
     agents = args.agents.split(",")
-    counts = {"reserved": 0, "denied": 0, "settled": 0, "settle_retries": 0, "reserve_retries": 0,
-              "abandoned": 0, "released": 0}
+    counts = {
+        "reserved": 0,
+        "denied": 0,
+        "settled": 0,
+        "settle_retries": 0,
+        "reserve_retries": 0,
+        "abandoned": 0,
+        "released": 0,
+    }
     with Database(args.dsn, min_size=1, max_size=2, application_name=f"load-{args.seed}") as db:
         client = BudgetClient(db)
         for i in range(args.calls):
@@ -51,7 +58,9 @@ def load(args: argparse.Namespace) -> None:
                 counts["denied"] += 1
                 continue
             counts["reserved"] += 1
-            if rnd.random() < 0.1:  # a retried reserve (lost reply): same key, same reservation, no second hold
+            if (
+                rnd.random() < 0.1
+            ):  # a retried reserve (lost reply): same key, same reservation, no second hold
                 again = retry(client.reserve, agent, estimate, args.ttl, key)
                 assert again["reservation_id"] == row["reservation_id"] and again["replayed"]
                 counts["reserve_retries"] += 1
@@ -64,7 +73,15 @@ def load(args: argparse.Namespace) -> None:
                 counts["released"] += 1
                 continue
             actual = (estimate * Decimal(rnd.randint(10, 100)) / 100).quantize(Decimal("0.000001"))
-            retry(client.settle, row["reservation_id"], actual, input_tokens=10, output_tokens=5, model="m", provider="p")
+            retry(
+                client.settle,
+                row["reservation_id"],
+                actual,
+                input_tokens=10,
+                output_tokens=5,
+                model="m",
+                provider="p",
+            )
             counts["settled"] += 1
             if rnd.random() < 0.2:  # a retried settle: idempotent
                 again = retry(client.settle, row["reservation_id"], actual, model="m", provider="p")
@@ -76,16 +93,29 @@ def load(args: argparse.Namespace) -> None:
 def tracker(args: argparse.Namespace) -> None:
     db = Database(args.dsn, min_size=0, max_size=2, timeout=args.pool_timeout, application_name="tracker")
     db.open(wait=False)
-    t = CostTracker(db, args.spool, batch_size=args.batch, flush_interval=args.interval, capacity=args.capacity,
-                    when_full=args.when_full)
+    t = CostTracker(
+        db,
+        args.spool,
+        batch_size=args.batch,
+        flush_interval=args.interval,
+        capacity=args.capacity,
+        when_full=args.when_full,
+    )
     t.install_signal_handlers()
     t.start()
     ack = open(args.ack, "a", buffering=1)  # noqa: SIM115 - lives as long as the process
     try:
         for i in range(args.n):
             key = f"{args.prefix}-{i}"
-            t.record(CostRecord(agent_id=args.agent, model="m", provider="p", cost_usd=Decimal("0.0001"),
-                                idempotency_key=key))
+            t.record(
+                CostRecord(
+                    agent_id=args.agent,
+                    model="m",
+                    provider="p",
+                    cost_usd=Decimal("0.0001"),
+                    idempotency_key=key,
+                )
+            )
             ack.write(key + "\n")
             if args.rate:
                 time.sleep(1.0 / args.rate)
