@@ -2,7 +2,7 @@
 -- reconciliation, every validation path by SQLSTATE, the backstop constraints, and what the app role cannot do.
 BEGIN;
 SET LOCAL client_min_messages = warning;
-SELECT plan(82);
+SELECT plan(84);
 
 SELECT has_function('sigledger', 'reserve_budget', ARRAY['uuid', 'numeric', 'interval', 'text']);
 SELECT has_function('sigledger', 'settle_budget', ARRAY['bigint', 'numeric', 'bigint', 'bigint', 'text', 'text', 'jsonb']);
@@ -110,6 +110,14 @@ SELECT throws_ok(format('SELECT * FROM sigledger.check_and_record_budget(%L, 1, 
 SELECT results_eq(format('SELECT allowed FROM sigledger.check_and_record_budget(%L, 100)', :'a'), $$VALUES (false)$$,
     'over the limit: allowed = false');
 SELECT is((SELECT spent_usd FROM sigledger.budget_status(:'a')), 1.95::numeric, 'the refusal changed nothing');
+
+-- a cost recorded under the settle key while the settle could not run (outage): settling later charges it once
+SELECT reservation_id AS r5 FROM sigledger.reserve_budget(:'a', 1, '1 minute', 'tap-r5') \gset
+SELECT sigledger.record_cost('reservation:' || :r5, :'a', 'm', 'p', 0, 0, 0.7);
+SELECT results_eq(format('SELECT actual_usd FROM sigledger.settle_budget(%s, 0.7)', :r5), $$VALUES (0.7::numeric)$$,
+    'settle after the cost was recorded under its key reports that cost');
+SELECT results_eq(format('SELECT spent_usd, reserved_usd FROM sigledger.budget_status(%L)', :'a'),
+    $$VALUES (2.65::numeric, 0::numeric)$$, 'charged once (1.95 + 0.70), hold released');
 
 -- team and org levels: a reservation must fit at every level; a refusal at one level leaves none held
 SELECT sigledger.create_group_budget('org', 'tap-org', 5) AS org \gset
