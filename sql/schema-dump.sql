@@ -197,25 +197,61 @@ ALTER FUNCTION sigledger._budget_apply_settings(p_budget_id bigint, p_limit_usd 
 --
 
 CREATE FUNCTION sigledger._budget_chain(p_agent_id uuid, p_at timestamp with time zone) RETURNS TABLE(budget_id bigint, level text, lock_rank integer, period_start timestamp with time zone, cap_usd numeric, limit_usd numeric, alert_thresholds numeric[], fail_policy text)
-    LANGUAGE sql STABLE
+    LANGUAGE plpgsql STABLE
     SET search_path TO 'sigledger', 'pg_temp'
     AS $$
-    WITH a AS (SELECT b.id, b.parent_id FROM sigledger.budget b WHERE b.agent_id = p_agent_id),
-    ids AS (
-        SELECT a.id FROM a
-        UNION ALL SELECT a.parent_id FROM a WHERE a.parent_id IS NOT NULL
-        UNION ALL SELECT p.parent_id FROM a JOIN sigledger.budget p ON p.id = a.parent_id WHERE p.parent_id IS NOT NULL
-    )
-    SELECT b.id, b.level,
-           CASE b.level WHEN 'org' THEN 0 WHEN 'team' THEN 1 ELSE 2 END,
-           sigledger._period_start(b.period, p_at),
-           b.limit_usd * (1 + b.grace_ratio),
-           b.limit_usd, b.alert_thresholds, b.fail_policy
-      FROM sigledger.budget b JOIN ids ON ids.id = b.id
-     ORDER BY 3, 1;
+DECLARE
+    v_chain sigledger.budget[] := '{}';
+    b sigledger.budget;
+BEGIN
+    SELECT * INTO b FROM sigledger.budget x WHERE x.agent_id = p_agent_id;
+    WHILE FOUND LOOP
+        v_chain := b || v_chain;  -- parents first
+        EXIT WHEN b.parent_id IS NULL OR cardinality(v_chain) >= 3;
+        SELECT * INTO b FROM sigledger.budget x WHERE x.id = b.parent_id;
+    END LOOP;
+    FOREACH b IN ARRAY v_chain LOOP
+        budget_id := b.id;
+        level := b.level;
+        lock_rank := CASE b.level WHEN 'org' THEN 0 WHEN 'team' THEN 1 ELSE 2 END;
+        period_start := sigledger._period_start(b.period, p_at);
+        cap_usd := b.limit_usd * (1 + b.grace_ratio);
+        limit_usd := b.limit_usd;
+        alert_thresholds := b.alert_thresholds;
+        fail_policy := b.fail_policy;
+        RETURN NEXT;
+    END LOOP;
+END;
 $$;
 
 ALTER FUNCTION sigledger._budget_chain(p_agent_id uuid, p_at timestamp with time zone) OWNER TO sigledger_owner;
+
+--
+-- Name: _budget_chain_arrays(uuid, timestamp with time zone); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger._budget_chain_arrays(p_agent_id uuid, p_at timestamp with time zone, OUT ids bigint[], OUT periods timestamp with time zone[], OUT caps numeric[], OUT limits numeric[], OUT thresholds text[], OUT levels text[], OUT agent_fail_policy text) RETURNS record
+    LANGUAGE plpgsql STABLE
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+DECLARE
+    c record;
+BEGIN
+    FOR c IN SELECT * FROM sigledger._budget_chain(p_agent_id, p_at) LOOP
+        ids := ids || c.budget_id;
+        periods := periods || c.period_start;
+        caps := caps || c.cap_usd;
+        limits := limits || c.limit_usd;
+        thresholds := thresholds || c.alert_thresholds::text;
+        levels := levels || c.level;
+        IF c.level = 'agent' THEN
+            agent_fail_policy := c.fail_policy;
+        END IF;
+    END LOOP;
+END;
+$$;
+
+ALTER FUNCTION sigledger._budget_chain_arrays(p_agent_id uuid, p_at timestamp with time zone, OUT ids bigint[], OUT periods timestamp with time zone[], OUT caps numeric[], OUT limits numeric[], OUT thresholds text[], OUT levels text[], OUT agent_fail_policy text) OWNER TO sigledger_owner;
 
 --
 -- Name: _budget_spend_bump_version(); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
@@ -443,16 +479,20 @@ COMMENT ON FUNCTION sigledger._outbox_emit(p_aggregate_type text, p_aggregate_id
 --
 
 CREATE FUNCTION sigledger._period_start(p_period text, p_at timestamp with time zone) RETURNS timestamp with time zone
-    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
     SET search_path TO 'sigledger', 'pg_temp'
     AS $$
-    -- Periods are calendar periods in UTC; weeks start on Monday (ISO). 'none' is one everlasting period.
-    SELECT CASE p_period
+-- Periods are calendar periods in UTC; weeks start on Monday (ISO). 'none' is one everlasting period.
+-- (PL/pgSQL, not SQL: a SQL function with a SET clause is planned again on every call; this one is on the
+-- hot path.)
+BEGIN
+    RETURN CASE p_period
                WHEN 'none'    THEN timestamptz '1970-01-01 00:00:00+00'
                WHEN 'daily'   THEN date_trunc('day',   p_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
                WHEN 'weekly'  THEN date_trunc('week',  p_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
                WHEN 'monthly' THEN date_trunc('month', p_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
            END;
+END;
 $$;
 
 ALTER FUNCTION sigledger._period_start(p_period text, p_at timestamp with time zone) OWNER TO sigledger_owner;
@@ -851,11 +891,7 @@ CREATE FUNCTION sigledger.check_and_record_budget(p_agent_id uuid, p_cost_usd nu
     SET lock_timeout TO '5s'
     AS $$
 DECLARE
-    v_ids bigint[];
-    v_periods timestamptz[];
-    v_caps numeric[];
-    v_limits numeric[];
-    v_thresholds text[];
+    ch record;
     v record;
     v_ledger bigint;
     v_cost numeric;
@@ -865,48 +901,35 @@ BEGIN
     END IF;
     -- rounded to the ledger's scale, so that the spend and the ledger add up to the same cents
     v_cost := round(_assert_usd('cost_usd', p_cost_usd), 6);
-    SELECT array_agg(c.budget_id ORDER BY c.lock_rank, c.budget_id),
-           array_agg(c.period_start ORDER BY c.lock_rank, c.budget_id),
-           array_agg(c.cap_usd ORDER BY c.lock_rank, c.budget_id),
-           array_agg(c.limit_usd ORDER BY c.lock_rank, c.budget_id),
-           array_agg(c.alert_thresholds::text ORDER BY c.lock_rank, c.budget_id)
-      INTO v_ids, v_periods, v_caps, v_limits, v_thresholds
-      FROM _budget_chain(p_agent_id, now()) c;
-    IF v_ids IS NULL THEN
+    ch := _budget_chain_arrays(p_agent_id, now());
+    IF ch.ids IS NULL THEN
         PERFORM 1 FROM agent_registry a WHERE a.id = p_agent_id;
         RAISE EXCEPTION USING ERRCODE = 'P0002',
             MESSAGE = CASE WHEN FOUND THEN format('agent %s has no budget', p_agent_id)
                            ELSE format('unknown agent %s', p_agent_id) END;
     END IF;
-    IF cardinality(v_ids) = 1 THEN
-        -- one level: a refusal has changed nothing, no subtransaction needed
-        v := _car_apply(p_agent_id, v_ids, v_periods, v_caps, v_limits, v_thresholds, v_cost,
-                        p_expected_version, p_nowait);
-    ELSE
-        BEGIN
-            v := _car_apply(p_agent_id, v_ids, v_periods, v_caps, v_limits, v_thresholds, v_cost,
-                            p_expected_version, p_nowait);
-            IF NOT v.ok THEN
-                -- undo the parent levels charged before the agent level refused
-                RAISE EXCEPTION USING ERRCODE = 'SLB01', MESSAGE = 'agent level refused',
-                    DETAIL = format('remaining_usd=%s version=%s', v.remaining_usd, v.version);
-            END IF;
-        EXCEPTION WHEN SQLSTATE 'SLB01' THEN
-            SELECT false AS ok,
-                   min(greatest(0, s.cap_usd - s.spent_usd - s.reserved_usd)) AS remaining_usd,
-                   max(s.version) FILTER (WHERE s.budget_id = v_ids[cardinality(v_ids)]) AS version
-              INTO v
-              FROM unnest(v_ids, v_periods) u(budget_id, period_start)
-              JOIN budget_spend s ON s.budget_id = u.budget_id AND s.period_start = u.period_start;
-        END;
-    END IF;
-    IF v.ok THEN
-        -- the ledger row of the allowed cost (the seed API carries no model or key: 'unspecified', a fresh key)
+    BEGIN
+        -- the ledger row first and the hot budget rows last, so that they stay locked only until commit;
+        -- a refusal rolls this block back (the ledger row included)
         INSERT INTO llm_cost_log (idempotency_key, agent_id, provider, model, cost_usd, cost_source, charged_at, metadata)
         VALUES ('check:' || gen_random_uuid()::text, p_agent_id, 'unspecified', 'unspecified', v_cost, 'client',
                 now(), '{"api": "check_and_record_budget"}'::jsonb)
         RETURNING id INTO v_ledger;
-    END IF;
+        v := _car_apply(p_agent_id, ch.ids, ch.periods, ch.caps, ch.limits, ch.thresholds, v_cost,
+                        p_expected_version, p_nowait);
+        IF NOT v.ok THEN
+            RAISE EXCEPTION USING ERRCODE = 'SLB01', MESSAGE = 'agent level refused',
+                DETAIL = format('remaining_usd=%s version=%s', v.remaining_usd, v.version);
+        END IF;
+    EXCEPTION WHEN SQLSTATE 'SLB01' THEN
+        v_ledger := NULL;
+        SELECT false AS ok,
+               min(greatest(0, s.cap_usd - s.spent_usd - s.reserved_usd)) AS remaining_usd,
+               max(s.version) FILTER (WHERE s.budget_id = ch.ids[cardinality(ch.ids)]) AS version
+          INTO v
+          FROM unnest(ch.ids, ch.periods) u(budget_id, period_start)
+          JOIN budget_spend s ON s.budget_id = u.budget_id AND s.period_start = u.period_start;
+    END;
     RETURN QUERY SELECT v.ok, v.remaining_usd, v.version, v_ledger;
 END;
 $$;
@@ -1079,6 +1102,33 @@ ALTER FUNCTION sigledger.expire_reservations(p_limit integer) OWNER TO sigledger
 
 COMMENT ON FUNCTION sigledger.expire_reservations(p_limit integer) IS 'Releases the holds of open reservations past their TTL (at most limit of them) and returns how many expired.
 Reservations locked by a concurrent settle/release are skipped. SQLSTATE: 22023, 55P03';
+
+--
+-- Name: find_agent(text); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger.find_agent(p_name text) RETURNS uuid
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+DECLARE
+    v_id uuid;
+BEGIN
+    SELECT a.id INTO v_id FROM agent_registry a WHERE a.name = p_name;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'P0002', MESSAGE = format('unknown agent %L', p_name);
+    END IF;
+    RETURN v_id;
+END;
+$$;
+
+ALTER FUNCTION sigledger.find_agent(p_name text) OWNER TO sigledger_owner;
+
+--
+-- Name: FUNCTION find_agent(p_name text); Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON FUNCTION sigledger.find_agent(p_name text) IS 'The id of the agent named name. SQLSTATE: P0002';
 
 --
 -- Name: reconcile_budgets(boolean); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
@@ -1345,10 +1395,11 @@ BEGIN
     ELSIF r.state IN ('released', 'expired') THEN
         RETURN r.state;  -- the hold is already gone
     END IF;
+    UPDATE budget_reservation br SET state = 'released', closed_at = now() WHERE br.id = r.id;
+    -- the spend rows last (hot rows locked only until commit)
     FOR i IN 1 .. cardinality(r.budget_ids) LOOP
         PERFORM _spend_release(r.budget_ids[i], r.period_starts[i], r.estimate_usd);
     END LOOP;
-    UPDATE budget_reservation br SET state = 'released', closed_at = now() WHERE br.id = r.id;
     RETURN 'released';
 END;
 $$;
@@ -1399,13 +1450,9 @@ BEGIN
         v_key := 'auto:' || gen_random_uuid()::text;
     END IF;
 
-    SELECT array_agg(c.budget_id ORDER BY c.lock_rank, c.budget_id),
-           array_agg(c.period_start ORDER BY c.lock_rank, c.budget_id),
-           array_agg(c.cap_usd ORDER BY c.lock_rank, c.budget_id),
-           array_agg(c.level ORDER BY c.lock_rank, c.budget_id),
-           max(c.fail_policy) FILTER (WHERE c.level = 'agent')
+    SELECT ch.ids, ch.periods, ch.caps, ch.levels, ch.agent_fail_policy
       INTO v_ids, v_periods, v_caps, v_levels, v_policy
-      FROM _budget_chain(p_agent_id, now()) c;
+      FROM _budget_chain_arrays(p_agent_id, now()) ch;
     IF v_ids IS NULL THEN
         PERFORM 1 FROM agent_registry a WHERE a.id = p_agent_id;
         RAISE EXCEPTION USING ERRCODE = 'P0002',
@@ -1564,6 +1611,16 @@ BEGIN
                           v.cost_usd, v.priced_usd, v.cost_source, r.id, r.created_at, v.created_at,
                           CASE WHEN v_overrun > 0 THEN v.metadata || jsonb_build_object('overrun_usd', v_overrun)
                                ELSE v.metadata END);
+    IF NOT v_ins.inserted THEN
+        -- the cost was already recorded under this key (record_cost after an outage or an expiry) and charged
+        -- then: settling only releases the hold, and reports the recorded figure
+        SELECT l.cost_usd INTO v.cost_usd FROM llm_cost_log l WHERE l.id = v_ins.ledger_id;
+        v_overrun := greatest(0, v.cost_usd - r.estimate_usd);
+    END IF;
+    UPDATE budget_reservation br
+       SET state = 'settled', closed_at = now(), actual_usd = v.cost_usd, overrun_usd = v_overrun,
+           ledger_id = v_ins.ledger_id
+     WHERE br.id = r.id;
     -- the spend rows last (hot rows locked only until commit), in the order stored at reserve time
     FOR c IN
         SELECT u.budget_id, u.period_start, b.limit_usd, b.limit_usd * (1 + b.grace_ratio) AS cap_usd, b.alert_thresholds
@@ -1571,13 +1628,10 @@ BEGIN
           JOIN budget b ON b.id = u.budget_id
          ORDER BY u.ord
     LOOP
-        PERFORM _spend_charge(c.budget_id, c.period_start, c.cap_usd, v.cost_usd, r.estimate_usd,
+        PERFORM _spend_charge(c.budget_id, c.period_start, c.cap_usd,
+                              CASE WHEN v_ins.inserted THEN v.cost_usd ELSE 0 END, r.estimate_usd,
                               c.limit_usd, c.alert_thresholds);
     END LOOP;
-    UPDATE budget_reservation br
-       SET state = 'settled', closed_at = now(), actual_usd = v.cost_usd, overrun_usd = v_overrun,
-           ledger_id = v_ins.ledger_id
-     WHERE br.id = r.id;
     RETURN QUERY SELECT v_ins.ledger_id, r.id, r.estimate_usd, v.cost_usd::numeric(20,10), v_overrun::numeric(20,10), false;
 END;
 $$;
@@ -2566,6 +2620,12 @@ REVOKE ALL ON FUNCTION sigledger._budget_apply_settings(p_budget_id bigint, p_li
 REVOKE ALL ON FUNCTION sigledger._budget_chain(p_agent_id uuid, p_at timestamp with time zone) FROM PUBLIC;
 
 --
+-- Name: FUNCTION _budget_chain_arrays(p_agent_id uuid, p_at timestamp with time zone, OUT ids bigint[], OUT periods timestamp with time zone[], OUT caps numeric[], OUT limits numeric[], OUT thresholds text[], OUT levels text[], OUT agent_fail_policy text); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger._budget_chain_arrays(p_agent_id uuid, p_at timestamp with time zone, OUT ids bigint[], OUT periods timestamp with time zone[], OUT caps numeric[], OUT limits numeric[], OUT thresholds text[], OUT levels text[], OUT agent_fail_policy text) FROM PUBLIC;
+
+--
 -- Name: FUNCTION _budget_spend_bump_version(); Type: ACL; Schema: sigledger; Owner: sigledger_owner
 --
 
@@ -2726,6 +2786,14 @@ GRANT ALL ON FUNCTION sigledger.create_group_budget(p_level text, p_name text, p
 
 REVOKE ALL ON FUNCTION sigledger.expire_reservations(p_limit integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION sigledger.expire_reservations(p_limit integer) TO sigledger_app;
+
+--
+-- Name: FUNCTION find_agent(p_name text); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger.find_agent(p_name text) FROM PUBLIC;
+GRANT ALL ON FUNCTION sigledger.find_agent(p_name text) TO sigledger_app;
+GRANT ALL ON FUNCTION sigledger.find_agent(p_name text) TO sigledger_readonly;
 
 --
 -- Name: FUNCTION reconcile_budgets(p_repair boolean); Type: ACL; Schema: sigledger; Owner: sigledger_owner

@@ -151,26 +151,62 @@ END;
 $$;
 
 -- _budget_chain: the budgets an agent's spending counts against, in lock order (org, team, agent),
--- with the period row each one charges at p_at.
+-- with the period row each one charges at p_at. PL/pgSQL with three primary-key lookups: its plans are
+-- cached, where a SQL function is planned again on every call (it is on the hot path of every API call).
 CREATE OR REPLACE FUNCTION sigledger._budget_chain(p_agent_id uuid, p_at timestamptz)
 RETURNS TABLE (budget_id bigint, level text, lock_rank integer, period_start timestamptz, cap_usd numeric,
                limit_usd numeric, alert_thresholds numeric[], fail_policy text)
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 SET search_path = sigledger, pg_temp
 AS $$
-    WITH a AS (SELECT b.id, b.parent_id FROM sigledger.budget b WHERE b.agent_id = p_agent_id),
-    ids AS (
-        SELECT a.id FROM a
-        UNION ALL SELECT a.parent_id FROM a WHERE a.parent_id IS NOT NULL
-        UNION ALL SELECT p.parent_id FROM a JOIN sigledger.budget p ON p.id = a.parent_id WHERE p.parent_id IS NOT NULL
-    )
-    SELECT b.id, b.level,
-           CASE b.level WHEN 'org' THEN 0 WHEN 'team' THEN 1 ELSE 2 END,
-           sigledger._period_start(b.period, p_at),
-           b.limit_usd * (1 + b.grace_ratio),
-           b.limit_usd, b.alert_thresholds, b.fail_policy
-      FROM sigledger.budget b JOIN ids ON ids.id = b.id
-     ORDER BY 3, 1;
+DECLARE
+    v_chain sigledger.budget[] := '{}';
+    b sigledger.budget;
+BEGIN
+    SELECT * INTO b FROM sigledger.budget x WHERE x.agent_id = p_agent_id;
+    WHILE FOUND LOOP
+        v_chain := b || v_chain;  -- parents first
+        EXIT WHEN b.parent_id IS NULL OR cardinality(v_chain) >= 3;
+        SELECT * INTO b FROM sigledger.budget x WHERE x.id = b.parent_id;
+    END LOOP;
+    FOREACH b IN ARRAY v_chain LOOP
+        budget_id := b.id;
+        level := b.level;
+        lock_rank := CASE b.level WHEN 'org' THEN 0 WHEN 'team' THEN 1 ELSE 2 END;
+        period_start := sigledger._period_start(b.period, p_at);
+        cap_usd := b.limit_usd * (1 + b.grace_ratio);
+        limit_usd := b.limit_usd;
+        alert_thresholds := b.alert_thresholds;
+        fail_policy := b.fail_policy;
+        RETURN NEXT;
+    END LOOP;
+END;
+$$;
+
+-- _budget_chain_arrays: the same chain as parallel arrays in lock order (what the API functions loop over),
+-- plus the agent level's fail policy.
+CREATE OR REPLACE FUNCTION sigledger._budget_chain_arrays(
+    p_agent_id uuid, p_at timestamptz,
+    OUT ids bigint[], OUT periods timestamptz[], OUT caps numeric[], OUT limits numeric[], OUT thresholds text[],
+    OUT levels text[], OUT agent_fail_policy text)
+LANGUAGE plpgsql STABLE
+SET search_path = sigledger, pg_temp
+AS $$
+DECLARE
+    c record;
+BEGIN
+    FOR c IN SELECT * FROM sigledger._budget_chain(p_agent_id, p_at) LOOP
+        ids := ids || c.budget_id;
+        periods := periods || c.period_start;
+        caps := caps || c.cap_usd;
+        limits := limits || c.limit_usd;
+        thresholds := thresholds || c.alert_thresholds::text;
+        levels := levels || c.level;
+        IF c.level = 'agent' THEN
+            agent_fail_policy := c.fail_policy;
+        END IF;
+    END LOOP;
+END;
 $$;
 
 -- _spend_ensure: creates the period row of a budget if it is missing (concurrent creators are harmless).

@@ -44,13 +44,9 @@ BEGIN
         v_key := 'auto:' || gen_random_uuid()::text;
     END IF;
 
-    SELECT array_agg(c.budget_id ORDER BY c.lock_rank, c.budget_id),
-           array_agg(c.period_start ORDER BY c.lock_rank, c.budget_id),
-           array_agg(c.cap_usd ORDER BY c.lock_rank, c.budget_id),
-           array_agg(c.level ORDER BY c.lock_rank, c.budget_id),
-           max(c.fail_policy) FILTER (WHERE c.level = 'agent')
+    SELECT ch.ids, ch.periods, ch.caps, ch.levels, ch.agent_fail_policy
       INTO v_ids, v_periods, v_caps, v_levels, v_policy
-      FROM _budget_chain(p_agent_id, now()) c;
+      FROM _budget_chain_arrays(p_agent_id, now()) ch;
     IF v_ids IS NULL THEN
         PERFORM 1 FROM agent_registry a WHERE a.id = p_agent_id;
         RAISE EXCEPTION USING ERRCODE = 'P0002',
@@ -168,6 +164,10 @@ BEGIN
         SELECT l.cost_usd INTO v.cost_usd FROM llm_cost_log l WHERE l.id = v_ins.ledger_id;
         v_overrun := greatest(0, v.cost_usd - r.estimate_usd);
     END IF;
+    UPDATE budget_reservation br
+       SET state = 'settled', closed_at = now(), actual_usd = v.cost_usd, overrun_usd = v_overrun,
+           ledger_id = v_ins.ledger_id
+     WHERE br.id = r.id;
     -- the spend rows last (hot rows locked only until commit), in the order stored at reserve time
     FOR c IN
         SELECT u.budget_id, u.period_start, b.limit_usd, b.limit_usd * (1 + b.grace_ratio) AS cap_usd, b.alert_thresholds
@@ -179,10 +179,6 @@ BEGIN
                               CASE WHEN v_ins.inserted THEN v.cost_usd ELSE 0 END, r.estimate_usd,
                               c.limit_usd, c.alert_thresholds);
     END LOOP;
-    UPDATE budget_reservation br
-       SET state = 'settled', closed_at = now(), actual_usd = v.cost_usd, overrun_usd = v_overrun,
-           ledger_id = v_ins.ledger_id
-     WHERE br.id = r.id;
     RETURN QUERY SELECT v_ins.ledger_id, r.id, r.estimate_usd, v.cost_usd::numeric(20,10), v_overrun::numeric(20,10), false;
 END;
 $$;
@@ -218,10 +214,11 @@ BEGIN
     ELSIF r.state IN ('released', 'expired') THEN
         RETURN r.state;  -- the hold is already gone
     END IF;
+    UPDATE budget_reservation br SET state = 'released', closed_at = now() WHERE br.id = r.id;
+    -- the spend rows last (hot rows locked only until commit)
     FOR i IN 1 .. cardinality(r.budget_ids) LOOP
         PERFORM _spend_release(r.budget_ids[i], r.period_starts[i], r.estimate_usd);
     END LOOP;
-    UPDATE budget_reservation br SET state = 'released', closed_at = now() WHERE br.id = r.id;
     RETURN 'released';
 END;
 $$;

@@ -77,11 +77,7 @@ SET search_path = sigledger, pg_temp
 SET lock_timeout = '5s'
 AS $$
 DECLARE
-    v_ids bigint[];
-    v_periods timestamptz[];
-    v_caps numeric[];
-    v_limits numeric[];
-    v_thresholds text[];
+    ch record;
     v record;
     v_ledger bigint;
     v_cost numeric;
@@ -91,48 +87,35 @@ BEGIN
     END IF;
     -- rounded to the ledger's scale, so that the spend and the ledger add up to the same cents
     v_cost := round(_assert_usd('cost_usd', p_cost_usd), 6);
-    SELECT array_agg(c.budget_id ORDER BY c.lock_rank, c.budget_id),
-           array_agg(c.period_start ORDER BY c.lock_rank, c.budget_id),
-           array_agg(c.cap_usd ORDER BY c.lock_rank, c.budget_id),
-           array_agg(c.limit_usd ORDER BY c.lock_rank, c.budget_id),
-           array_agg(c.alert_thresholds::text ORDER BY c.lock_rank, c.budget_id)
-      INTO v_ids, v_periods, v_caps, v_limits, v_thresholds
-      FROM _budget_chain(p_agent_id, now()) c;
-    IF v_ids IS NULL THEN
+    ch := _budget_chain_arrays(p_agent_id, now());
+    IF ch.ids IS NULL THEN
         PERFORM 1 FROM agent_registry a WHERE a.id = p_agent_id;
         RAISE EXCEPTION USING ERRCODE = 'P0002',
             MESSAGE = CASE WHEN FOUND THEN format('agent %s has no budget', p_agent_id)
                            ELSE format('unknown agent %s', p_agent_id) END;
     END IF;
-    IF cardinality(v_ids) = 1 THEN
-        -- one level: a refusal has changed nothing, no subtransaction needed
-        v := _car_apply(p_agent_id, v_ids, v_periods, v_caps, v_limits, v_thresholds, v_cost,
-                        p_expected_version, p_nowait);
-    ELSE
-        BEGIN
-            v := _car_apply(p_agent_id, v_ids, v_periods, v_caps, v_limits, v_thresholds, v_cost,
-                            p_expected_version, p_nowait);
-            IF NOT v.ok THEN
-                -- undo the parent levels charged before the agent level refused
-                RAISE EXCEPTION USING ERRCODE = 'SLB01', MESSAGE = 'agent level refused',
-                    DETAIL = format('remaining_usd=%s version=%s', v.remaining_usd, v.version);
-            END IF;
-        EXCEPTION WHEN SQLSTATE 'SLB01' THEN
-            SELECT false AS ok,
-                   min(greatest(0, s.cap_usd - s.spent_usd - s.reserved_usd)) AS remaining_usd,
-                   max(s.version) FILTER (WHERE s.budget_id = v_ids[cardinality(v_ids)]) AS version
-              INTO v
-              FROM unnest(v_ids, v_periods) u(budget_id, period_start)
-              JOIN budget_spend s ON s.budget_id = u.budget_id AND s.period_start = u.period_start;
-        END;
-    END IF;
-    IF v.ok THEN
-        -- the ledger row of the allowed cost (the seed API carries no model or key: 'unspecified', a fresh key)
+    BEGIN
+        -- the ledger row first and the hot budget rows last, so that they stay locked only until commit;
+        -- a refusal rolls this block back (the ledger row included)
         INSERT INTO llm_cost_log (idempotency_key, agent_id, provider, model, cost_usd, cost_source, charged_at, metadata)
         VALUES ('check:' || gen_random_uuid()::text, p_agent_id, 'unspecified', 'unspecified', v_cost, 'client',
                 now(), '{"api": "check_and_record_budget"}'::jsonb)
         RETURNING id INTO v_ledger;
-    END IF;
+        v := _car_apply(p_agent_id, ch.ids, ch.periods, ch.caps, ch.limits, ch.thresholds, v_cost,
+                        p_expected_version, p_nowait);
+        IF NOT v.ok THEN
+            RAISE EXCEPTION USING ERRCODE = 'SLB01', MESSAGE = 'agent level refused',
+                DETAIL = format('remaining_usd=%s version=%s', v.remaining_usd, v.version);
+        END IF;
+    EXCEPTION WHEN SQLSTATE 'SLB01' THEN
+        v_ledger := NULL;
+        SELECT false AS ok,
+               min(greatest(0, s.cap_usd - s.spent_usd - s.reserved_usd)) AS remaining_usd,
+               max(s.version) FILTER (WHERE s.budget_id = ch.ids[cardinality(ch.ids)]) AS version
+          INTO v
+          FROM unnest(ch.ids, ch.periods) u(budget_id, period_start)
+          JOIN budget_spend s ON s.budget_id = u.budget_id AND s.period_start = u.period_start;
+    END;
     RETURN QUERY SELECT v.ok, v.remaining_usd, v.version, v_ledger;
 END;
 $$;

@@ -19,16 +19,20 @@ AS $$
 $$;
 
 CREATE FUNCTION sigledger._period_start(p_period text, p_at timestamptz) RETURNS timestamptz
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 SET search_path = sigledger, pg_temp
 AS $$
-    -- Periods are calendar periods in UTC; weeks start on Monday (ISO). 'none' is one everlasting period.
-    SELECT CASE p_period
+-- Periods are calendar periods in UTC; weeks start on Monday (ISO). 'none' is one everlasting period.
+-- (PL/pgSQL, not SQL: a SQL function with a SET clause is planned again on every call; this one is on the
+-- hot path.)
+BEGIN
+    RETURN CASE p_period
                WHEN 'none'    THEN timestamptz '1970-01-01 00:00:00+00'
                WHEN 'daily'   THEN date_trunc('day',   p_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
                WHEN 'weekly'  THEN date_trunc('week',  p_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
                WHEN 'monthly' THEN date_trunc('month', p_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
            END;
+END;
 $$;
 
 CREATE TABLE sigledger.budget (
