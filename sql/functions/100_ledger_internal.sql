@@ -91,17 +91,27 @@ END;
 $$;
 
 -- _price: cost of a call from the dated price table, NULL when the model has no price at p_at.
+-- (PL/pgSQL: its plan is cached; a SQL function with a SET clause is planned on every call.)
 CREATE OR REPLACE FUNCTION sigledger._price(p_provider text, p_model text, p_at timestamptz,
                                             p_input_tokens bigint, p_output_tokens bigint)
 RETURNS numeric
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 SET search_path = sigledger, pg_temp
 AS $$
-    SELECT round((p_input_tokens * p.input_usd_per_mtok + p_output_tokens * p.output_usd_per_mtok) / 1000000, 6)
+DECLARE
+    v_in numeric;
+    v_out numeric;
+BEGIN
+    SELECT p.input_usd_per_mtok, p.output_usd_per_mtok INTO v_in, v_out
       FROM sigledger.model_price p
      WHERE p.provider = p_provider AND p.model = p_model AND p.valid_from <= p_at
      ORDER BY p.valid_from DESC
      LIMIT 1;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    RETURN round((p_input_tokens * v_in + p_output_tokens * v_out) / 1000000, 6);
+END;
 $$;
 
 -- _cost_validate: validates one cost record and resolves its cost (client figure, or price table when
