@@ -2,7 +2,7 @@
 -- reconciliation, every validation path by SQLSTATE, the backstop constraints, and what the app role cannot do.
 BEGIN;
 SET LOCAL client_min_messages = warning;
-SELECT plan(84);
+SELECT plan(90);
 
 SELECT has_function('sigledger', 'reserve_budget', ARRAY['uuid', 'numeric', 'interval', 'text']);
 SELECT has_function('sigledger', 'settle_budget', ARRAY['bigint', 'numeric', 'bigint', 'bigint', 'text', 'text', 'jsonb']);
@@ -170,6 +170,18 @@ SELECT lives_ok(format($$SELECT * FROM sigledger.reserve_budget(%L, 0.1, '1 minu
 SELECT ok((SELECT count(*) = 1 FROM sigledger.agent_registry WHERE name = $n$x'); DROP TABLE sigledger.budget; --$n$)
           AND (SELECT count(*) = 1 FROM sigledger.budget_reservation WHERE idempotency_key = $k$k' OR 1=1; --$k$),
     'stored verbatim, tables intact');
+
+SELECT reservation_id AS r6 FROM sigledger.reserve_budget(:'a', 0.01, '1 minute', 'tap-r6') \gset
+SELECT lives_ok(format($$SELECT * FROM sigledger.settle_budget(%s, 0.01, 1, 1, $m$m'); DELETE FROM sigledger.budget_spend; --$m$,
+    $p$p' UNION SELECT 1 --$p$, '{"k": "v'' OR 1=1"}')$$, :r6), 'settle: model, provider, metadata with SQL');
+SELECT is((SELECT model || '|' || provider FROM sigledger.llm_cost_log WHERE reservation_id = :r6),
+    $x$m'); DELETE FROM sigledger.budget_spend; --|p' UNION SELECT 1 --$x$, 'settle: stored verbatim');
+SELECT lives_ok($$SELECT sigledger.create_group_budget('team', $n$t'; DROP TABLE sigledger.budget_spend; --$n$, 1)$$,
+    'group budget name with SQL');
+SELECT throws_ok(format($$SELECT sigledger.set_budget(%L, 1, $p$daily'; DROP TABLE x; --$p$)$$, :'a'), '22023', NULL,
+    'a period with SQL is rejected');
+SELECT throws_ok($$SELECT sigledger.find_agent($n$' OR '1'='1$n$)$$, 'P0002', NULL, 'find_agent with SQL: not found');
+SELECT ok((SELECT count(*) > 0 FROM sigledger.budget_spend), 'budget_spend intact');
 
 -- the app role cannot change spend, reservations or budgets directly
 SET LOCAL ROLE sigledger_app;
