@@ -195,6 +195,44 @@ def chart(results: list[dict[str, Any]], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def markdown(report: dict[str, Any]) -> str:
+    """The README table: goodput (recorded costs/s) and p99 latency per design, workload and client count."""
+    designs = list(DESIGNS)
+    lines = [
+        f"Budget benchmark, {report['generated_at']}, {report['machine']['cpus']} CPUs (shared), "
+        f"{report['settings']['duration_s']} s per run, best of {report['settings']['repeat_best_of']}.",
+        "",
+        "| workload | clients | " + " | ".join(DESIGNS[d][0] for d in designs) + " |",
+        "|---|---|" + "---|" * len(designs),
+    ]
+    for r0 in report["results"]:
+        if r0["design"] != designs[0]:
+            continue
+        cells = []
+        for d in designs:
+            r = next(
+                x
+                for x in report["results"]
+                if x["workload"] == r0["workload"] and x["clients"] == r0["clients"] and x["design"] == d
+            )
+            cells.append(f"{r['goodput']:.0f}/s (p99 {r['p99_ms']} ms, {r['success_pct']}% ok)")
+        name = "1 hot agent" if r0["workload"] == "hot" else f"{r0['agents']} agents"
+        lines.append(f"| {name} | {r0['clients']} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Overspend of a hard $1.00 budget (calls of $0.01 until it runs out; 5 ms LLM call between check and record):",
+        "",
+        "| design | clients | attempts | spent | overspend |",
+        "|---|---|---|---|---|",
+    ]
+    for o in report["overspend"]:
+        lines.append(
+            f"| {DESIGNS[o['design']][0]} | {o['clients']} | {o['attempts']} | ${o['spent_usd']:.2f} | {o['overspend_pct']}% |"
+        )
+    lines += ["", "Ratios (goodput):", ""] + [f"- {k}: {v}" for k, v in report["ratios"].items()]
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dsn", default=None, help="use this database instead of a throwaway cluster")
@@ -322,8 +360,9 @@ def main() -> None:
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(report, indent=2) + "\n")
     chart(results, out_path.with_suffix(".png"))
+    out_path.with_suffix(".md").write_text(markdown(report))
     print(json.dumps(ratios, indent=2))
-    print(f"wrote {out_path} and {out_path.with_suffix('.png')}")
+    print(f"wrote {out_path}, {out_path.with_suffix('.png')} and {out_path.with_suffix('.md')}")
 
 
 if __name__ == "__main__":
