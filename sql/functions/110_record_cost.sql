@@ -193,7 +193,8 @@ END;
 $$;
 COMMENT ON FUNCTION sigledger.add_model_price(text, text, numeric, numeric, timestamptz) IS
 'Adds a price (USD per million input/output tokens) valid from valid_from (default now). A price applies to calls
-made at or after valid_from until a later price. SQLSTATE: 22004, 22023, 22003, 23505';
+made at or after valid_from until a later price.
+SQLSTATE: 22004, 22023, 22003, 23505';
 
 -- cost_trends: per-day (UTC) totals of the last p_days days, today included, zero days included.
 CREATE OR REPLACE FUNCTION sigledger.cost_trends(p_days integer)

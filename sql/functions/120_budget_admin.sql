@@ -154,7 +154,8 @@ COMMENT ON FUNCTION sigledger.set_budget(uuid, numeric, text, numeric, text, num
 none|daily|weekly|monthly (UTC calendar periods, one spend row each). grace_ratio 0..1 (0 = hard limit).
 fail_policy open|closed (what the harness does while the database is unreachable). alert_thresholds: fractions
 of the limit. parent_budget_id: a team or org budget above it. A limit change applies to the current and
-future periods. SQLSTATE: 22004, 22023, 22003, P0002, 55P03';
+future periods.
+SQLSTATE: 22004, 22023, 22003, P0002, 55P03';
 
 -- create_group_budget: a team or organisation budget; agents (and teams) are attached with p_parent_budget_id.
 CREATE OR REPLACE FUNCTION sigledger.create_group_budget(
@@ -187,7 +188,8 @@ END;
 $$;
 COMMENT ON FUNCTION sigledger.create_group_budget(text, text, numeric, text, numeric, text, numeric[], bigint) IS
 'Creates a team or org budget (name unique per level) and returns its id. Reservations must fit at every level
-above an agent. SQLSTATE: 22004, 22023, 22003, 23505, P0002';
+above an agent.
+SQLSTATE: 22004, 22023, 22003, 23505, P0002';
 
 -- update_budget: changes any budget by id (team and org budgets included); NULL keeps the current value.
 CREATE OR REPLACE FUNCTION sigledger.update_budget(
@@ -210,7 +212,8 @@ BEGIN
 END;
 $$;
 COMMENT ON FUNCTION sigledger.update_budget(bigint, numeric, text, numeric, text, numeric[], bigint) IS
-'Changes the settings of a budget by id; NULL keeps the current value. SQLSTATE: 22023, 22003, P0002, 55P03';
+'Changes the settings of a budget by id; NULL keeps the current value.
+SQLSTATE: 22023, 22003, P0002, 55P03';
 
 -- find_agent: the id of the agent with this name (P0002 when there is none).
 CREATE OR REPLACE FUNCTION sigledger.find_agent(p_name text)
@@ -230,4 +233,5 @@ BEGIN
     RETURN v_id;
 END;
 $$;
-COMMENT ON FUNCTION sigledger.find_agent(text) IS 'The id of the agent named name. SQLSTATE: P0002';
+COMMENT ON FUNCTION sigledger.find_agent(text) IS 'The id of the agent named name.
+SQLSTATE: P0002';

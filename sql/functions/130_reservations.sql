@@ -224,7 +224,8 @@ END;
 $$;
 COMMENT ON FUNCTION sigledger.release_budget(bigint) IS
 'Releases the hold of an open reservation and returns its final state (released; expired if the sweep got it
-first). Idempotent. A settled reservation: SLB03. SQLSTATE: 22004, P0002, SLB03, 55P03';
+first). Idempotent. A settled reservation: SLB03.
+SQLSTATE: 22004, P0002, SLB03, 55P03';
 
 -- expire_reservations: releases holds whose TTL has passed. Claims with SKIP LOCKED: a reservation being
 -- settled or released right now is left to that call (and to the next sweep if that call fails).
@@ -272,4 +273,5 @@ END;
 $$;
 COMMENT ON FUNCTION sigledger.expire_reservations(integer) IS
 'Releases the holds of open reservations past their TTL (at most limit of them) and returns how many expired.
-Reservations locked by a concurrent settle/release are skipped. SQLSTATE: 22023, 55P03';
+Reservations locked by a concurrent settle/release are skipped.
+SQLSTATE: 22023, 55P03';

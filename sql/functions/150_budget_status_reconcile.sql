@@ -35,7 +35,8 @@ COMMENT ON FUNCTION sigledger.budget_status(uuid) IS
 'The agent''s budgets for the current period, one row per level (org, team, agent): limit, grace, cap, spent,
 reserved, excess (admitted above the cap after the fact), remaining, fail policy, version (the value
 check_and_record_budget''s expected_version compares with at the agent level), open reservations.
-No rows: the agent has no budget. SQLSTATE: 22004, P0002';
+No rows: the agent has no budget.
+SQLSTATE: 22004, P0002';
 
 -- _reconcile_expected: the spend and holds a (budget, period) row should carry, recomputed from the ledger
 -- (costs of the agents under the budget whose charged_at falls in the period) and the open reservations.
@@ -168,4 +169,5 @@ AS $$
     SELECT * FROM budget_alerts WHERE id > coalesce(p_after_id, 0) ORDER BY id;
 $$;
 COMMENT ON FUNCTION sigledger.budget_alerts_after(bigint) IS
-'Budget alerts with id greater than after_id, oldest first (for watchers catching up after LISTEN). SQLSTATE: none';
+'Budget alerts with id greater than after_id, oldest first (for watchers catching up after LISTEN).
+SQLSTATE: none';
