@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
 .PHONY: help test lint pytest demo deps system-deps venv neo4j-up neo4j-down bench bench-budget \
-        bench-ingest bench-graph schema-dump pgtap isolation clean
+        bench-ingest bench-graph schema-dump api-docs pgtap isolation clean
 
 help:
 	@echo "make test    install what is missing, then lint and run every test suite (what CI runs)"
@@ -44,8 +44,9 @@ pgtap: deps
 isolation: deps
 	$(PY) -m pytest tests/core/test_isolation.py $(PYTEST_ARGS)
 
-schema-dump: deps
-	$(PY) -m pytest tests/core/test_schema_dump.py --update-schema-dump
+# Regenerate the committed generated files (net DDL, API reference) from a database built by the migrations.
+schema-dump api-docs: deps
+	$(PY) -m pytest tests/core/test_schema_dump.py tests/core/test_api_docs.py --regenerate -q
 
 demo: deps
 	$(VENV)/bin/sigledger demo

@@ -12,7 +12,7 @@ import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NoReturn
 
 import psycopg
 from psycopg import Connection
@@ -39,6 +39,15 @@ def default_dsn() -> str:
     return ""
 
 
+def _reraise(exc: psycopg.Error) -> NoReturn:
+    """Raise the sigledger exception for ``exc``; an error without one is re-raised as it is (not chained to
+    itself, as ``raise translate(exc) from exc`` did)."""
+    translated = translate(exc)
+    if translated is exc:
+        raise exc
+    raise translated from exc
+
+
 def _log_notice(diag: psycopg.errors.Diagnostic) -> None:
     level = {"WARNING": logging.WARNING, "NOTICE": logging.INFO, "INFO": logging.INFO}.get(
         diag.severity_nonlocalized or "", logging.DEBUG
@@ -57,7 +66,7 @@ def connect(
     try:
         conn = psycopg.connect(dsn, application_name=application_name, autocommit=autocommit, **kwargs)
     except psycopg.Error as exc:
-        raise translate(exc) from exc
+        _reraise(exc)
     _configure(conn)
     return conn
 
@@ -120,7 +129,7 @@ class Database:
             with self.pool.connection() as conn:
                 yield conn
         except psycopg.Error as exc:
-            raise translate(exc) from exc
+            _reraise(exc)
 
     @contextmanager
     def transaction(self) -> Iterator[Connection[Any]]:
@@ -133,7 +142,7 @@ class Database:
             with self.pool.connection() as conn, conn.transaction():
                 yield conn
         except psycopg.Error as exc:
-            raise translate(exc) from exc
+            _reraise(exc)
 
     def call(self, sql: str, params: Any = None) -> list[dict[str, Any]]:
         """Run one statement (a stored function call) in its own transaction; rows as dicts."""
@@ -141,7 +150,7 @@ class Database:
             try:
                 cur.execute(sql.encode(), params)
             except psycopg.Error as exc:
-                raise translate(exc) from exc
+                _reraise(exc)
             return cur.fetchall() if cur.description else []
 
     def call_one(self, sql: str, params: Any = None) -> dict[str, Any] | None:

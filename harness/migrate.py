@@ -202,7 +202,7 @@ class Migrator:
         status.pending = [m.label for m in migrations if m.key not in applied_keys]
         done = self._repeatable_checksums(conn)
         status.repeatables_pending = [
-            r.name for r in self.repeatables() if done.get(r.name) != r.file.checksum and not r.always
+            r.name for r in self.repeatables() if done.get(r.name) != r.file.checksum
         ]
         return status
 
@@ -217,12 +217,21 @@ class Migrator:
             self._refuse_unsafe(status)
             steps = []
             pending = self._pending(conn, to)
+            applied = {version_key(v): row for v, row in self._applied(conn).items()}
             for migration in pending:
                 migration.up.check_statements()
                 mode = "transactional" if migration.up.transactional else "non-transactional"
-                steps.append(f"{migration.label} ({mode}, {len(migration.up.statements)} statements)")
+                count = len(migration.up.statements)
+                previous = applied.get(migration.key)
+                if previous is not None and previous.status == "in_progress":
+                    steps.append(
+                        f"{migration.label} ({mode}, resumes at statement {previous.progress + 1} of {count})"
+                    )
+                else:
+                    steps.append(f"{migration.label} ({mode}, {count} statements)")
             if self._reaches_head(to):
                 for rep in self._repeatables_to_apply(conn, bool(pending)):
+                    rep.file.check_statements(transactional=True)
                     steps.append(f"repeatable {rep.name}")
             return steps
 
@@ -296,33 +305,39 @@ class Migrator:
         return to is None or not migrations or version_key(to.lstrip("Vv")) >= migrations[-1].key
 
     def _repeatables_to_apply(self, conn: psycopg.Connection[Any], migrated: bool) -> list[Repeatable]:
+        """The changed (or new) repeatable files, in file-name order, plus every `always` file when anything
+        is applied at all. An edited `always` file is a change of its own."""
         done = self._repeatable_checksums(conn)
-        changed = [r for r in self.repeatables() if done.get(r.name) != r.file.checksum and not r.always]
-        if not changed and not migrated and all(r.name in done for r in self.repeatables()):
+        changed = [r for r in self.repeatables() if done.get(r.name) != r.file.checksum]
+        if not changed and not migrated:
             return []
         return [r for r in self.repeatables() if r in changed or r.always]
 
     def up(self, to: str | None = None) -> list[str]:
         ran: list[str] = []
         with self._connect() as conn, self._runner_lock():
-            conn.execute(_META_DDL)
             status = self._status(conn)
             self._refuse_unsafe(status)
             pending = self._pending(conn, to)
-            for migration in pending:  # everything is checked before anything runs
+            reps = self._repeatables_to_apply(conn, bool(pending)) if self._reaches_head(to) else []
+            # Everything is checked before anything runs (the history schema included): a refused file
+            # leaves the database exactly as it was, and no earlier pending file is applied either.
+            for migration in pending:
                 migration.up.check_statements()
-            applied = self._applied(conn)
+            for rep in reps:
+                rep.file.check_statements(transactional=True)  # repeatables run in one transaction
+            conn.execute(_META_DDL)
+            # By version key: V3_8 and V3_008 are one version (a renamed file resumes its own row).
+            applied = {version_key(v): row for v, row in self._applied(conn).items()}
             for migration in pending:
                 if migration.up.transactional:
                     self._apply_transactional(conn, migration)
                 else:
-                    self._apply_statementwise(conn, migration, applied.get(migration.version))
+                    self._apply_statementwise(conn, migration, applied.get(migration.key))
                 ran.append(migration.label)
-            if self._reaches_head(to):
-                reps = self._repeatables_to_apply(conn, bool(pending))
-                if reps:
-                    self._apply_repeatables(conn, reps)
-                    ran.extend(f"repeatable {r.name}" for r in reps)
+            if reps:
+                self._apply_repeatables(conn, reps)
+                ran.extend(f"repeatable {r.name}" for r in reps)
         return ran
 
     def _owner_role_usable(self, conn: psycopg.Connection[Any]) -> bool:
@@ -429,8 +444,10 @@ class Migrator:
                     socket.gethostname(),
                 ),
             )
+            row_version = migration.version
             start_at = 0
         else:
+            row_version = previous.version
             start_at = previous.progress
             self.log(f"resuming {migration.label} at statement {start_at + 1} of {len(up.statements)}")
         self.log(f"applying {migration.label} (non-transactional)")
@@ -445,18 +462,18 @@ class Migrator:
                     conn.execute("RESET ROLE")
                     conn.execute(
                         f"UPDATE {META_SCHEMA}.schema_history SET last_error = %s WHERE version = %s",
-                        (str(exc), migration.version),
+                        (str(exc), row_version),
                     )
                 raise
             conn.execute(
                 f"UPDATE {META_SCHEMA}.schema_history SET progress = %s, last_error = NULL "
                 "WHERE version = %s",
-                (index + 1, migration.version),
+                (index + 1, row_version),
             )
         conn.execute(
             f"UPDATE {META_SCHEMA}.schema_history SET status = 'applied', duration_ms = %s, "
             "applied_at = clock_timestamp() WHERE version = %s",
-            (int((time.monotonic() - started) * 1000), migration.version),
+            (int((time.monotonic() - started) * 1000), row_version),
         )
 
     def _run_one(self, conn: psycopg.Connection[Any], stmt: Statement, migration: Migration) -> None:
@@ -532,7 +549,6 @@ class Migrator:
                 )
                 for rep in reps:
                     self.log(f"applying repeatable {rep.name}")
-                    rep.file.check_statements()
                     for stmt in rep.file.statements:
                         self._execute(conn, stmt, rep.name)
                 conn.execute("RESET ROLE")
@@ -553,7 +569,6 @@ class Migrator:
         target = version_key(to.lstrip("Vv"))
         ran: list[str] = []
         with self._connect() as conn, self._runner_lock():
-            conn.execute(_META_DDL)
             status = self._status(conn)
             self._refuse_unsafe(status)
             applied = self._applied(conn)
@@ -566,15 +581,50 @@ class Migrator:
             for migration in victims:
                 assert migration.down is not None
                 migration.down.check_statements()
-            for migration in victims:
-                assert migration.down is not None
-                self.log(f"rolling back {migration.label}")
-                self._run_down(conn, migration, migration.down)
-                ran.append(migration.label)
-            if ran:
-                # Functions may reference what was dropped: the next `up` re-applies every repeatable.
-                conn.execute(f"DELETE FROM {META_SCHEMA}.repeatable_history")
+            if not victims:
+                return ran
+            conn.execute(_META_DDL)
+            # Views come from repeatable files and depend on versioned tables: drop them all first (a down
+            # file cannot know which views a later repeatable built on its tables), then rebuild every
+            # repeatable if the rolled-back schema still supports it, else leave that to the next `up`.
+            self._drop_views(conn)
+            conn.execute(f"DELETE FROM {META_SCHEMA}.repeatable_history")
+            try:
+                for migration in victims:
+                    assert migration.down is not None
+                    self.log(f"rolling back {migration.label}")
+                    self._run_down(conn, migration, migration.down)
+                    ran.append(migration.label)
+            finally:
+                self._restore_repeatables(conn)
         return ran
+
+    def _drop_views(self, conn: psycopg.Connection[Any]) -> None:
+        with conn.transaction():
+            self._session_settings(
+                conn,
+                local=True,
+                lock_timeout=self.settings.lock_timeout,
+                statement_timeout=self.settings.statement_timeout,
+            )
+            views = conn.execute(
+                "SELECT c.oid::regclass::text, c.relkind FROM pg_class c "
+                "WHERE c.relnamespace = to_regnamespace('sigledger') AND c.relkind IN ('v', 'm')"
+            ).fetchall()
+            for name, relkind in views:
+                kind = "MATERIALIZED VIEW" if relkind == "m" else "VIEW"
+                conn.execute(sql.SQL(f"DROP {kind} IF EXISTS {{}} CASCADE").format(sql.SQL(name)))
+            conn.execute("RESET ROLE")
+
+    def _restore_repeatables(self, conn: psycopg.Connection[Any]) -> None:
+        reps = self.repeatables()
+        if not reps:
+            return
+        try:
+            self._apply_repeatables(conn, reps)
+            self.log("re-applied the repeatable files on the rolled-back schema")
+        except (MigrationError, psycopg.Error) as exc:
+            self.log(f"repeatable files not re-applied ({exc}); the next `up` re-applies them")
 
     def _run_down(self, conn: psycopg.Connection[Any], migration: Migration, down: SqlFile) -> None:
         if down.transactional:
@@ -607,9 +657,10 @@ class Migrator:
         limit = version_key(version.lstrip("Vv"))
         marked: list[str] = []
         with self._connect() as conn, self._runner_lock():
-            conn.execute(_META_DDL)
             if limit not in {m.key for m in self.migrations()}:
                 raise MigrationError(f"baseline V{version.lstrip('Vv')}: no such migration")
+            self._refuse_unsafe(self._status(conn))  # never mark files over a database ahead of the code
+            conn.execute(_META_DDL)
             applied = {version_key(v) for v in self._applied(conn)}
             with conn.transaction():
                 for migration in self.migrations():

@@ -26,7 +26,15 @@ HEADER_NO_TRANSACTION = "sigledger:no-transaction"
 HEADER_ALWAYS = "sigledger:always"
 
 
+_VERSION = re.compile(r"^\d+(?:[._]\d+)*$")
+
+
 def version_key(version: str) -> tuple[int, ...]:
+    """(3, 10) for "3_010": versions compare numerically, part by part."""
+    if not _VERSION.match(version):
+        raise MigrationError(
+            f"'{version}' is not a version (expected digits separated by _ or ., e.g. V3_010)"
+        )
     return tuple(int(part) for part in re.split(r"[._]", version))
 
 
@@ -93,21 +101,23 @@ def parse_statements(text: str, origin: str) -> list[Statement]:
         raws = pglast.parse_sql(text)
     except pglast.parser.ParseError as exc:
         raise MigrationError(f"{origin}: SQL does not parse: {exc}") from exc
-    encoded = text.encode("utf-8")
+    # pglast reports stmt_location/stmt_len in characters of the str it was given (it maps libpg_query's
+    # byte offsets back), so slice the str: slicing the UTF-8 bytes shifts every statement after non-ASCII text.
     out: list[Statement] = []
     for raw in raws:
         start = raw.stmt_location or 0
-        end = start + raw.stmt_len if raw.stmt_len else len(encoded)
-        sql = encoded[start:end].decode("utf-8").strip()
-        line = encoded[:start].count(b"\n") + 1 + (len(sql) and _leading_newlines(encoded[start:end]))
+        end = start + raw.stmt_len if raw.stmt_len else len(text)
+        chunk = text[start:end]
+        sql = chunk.strip()
+        line = text.count("\n", 0, start) + 1 + (len(sql) and _leading_newlines(chunk))
         assert raw.stmt is not None
         out.append(Statement(sql=sql, line=line, node=raw.stmt))
     return out
 
 
-def _leading_newlines(chunk: bytes) -> int:
+def _leading_newlines(chunk: str) -> int:
     stripped = chunk.lstrip()
-    return chunk[: len(chunk) - len(stripped)].count(b"\n")
+    return chunk[: len(chunk) - len(stripped)].count("\n")
 
 
 @dataclass(frozen=True)
@@ -116,7 +126,8 @@ class SqlFile:
 
     @cached_property
     def text(self) -> str:
-        return self.path.read_text(encoding="utf-8")
+        # utf-8-sig: an editor's byte-order mark is not SQL (the parser rejects it) and not a change.
+        return self.path.read_text(encoding="utf-8-sig")
 
     @cached_property
     def checksum(self) -> str:
@@ -134,15 +145,25 @@ class SqlFile:
     def statements(self) -> list[Statement]:
         return parse_statements(self.text, self.path.name)
 
-    def check_statements(self) -> None:
-        """Parse, and refuse a transactional file holding a statement that cannot run in a transaction."""
+    def check_statements(self, *, transactional: bool | None = None) -> None:
+        """Parse, and refuse a transactional file holding a statement that cannot run in a transaction.
+
+        ``transactional`` overrides the file's header (repeatable files always run in a transaction).
+        """
+        in_transaction = self.transactional if transactional is None else transactional
         for stmt in self.statements:
             if isinstance(stmt.node, ast.TransactionStmt):
                 raise MigrationError(
                     f"{self.path.name}:{stmt.line}: transaction control ({stmt.sql.split()[0].upper()}) is not "
                     "allowed in a migration; the runner owns the transaction"
                 )
-            if self.transactional and stmt.needs_no_transaction:
+            node = stmt.node
+            if isinstance(node, ast.IndexStmt) and node.concurrent and not node.idxname:
+                raise MigrationError(
+                    f"{self.path.name}:{stmt.line}: CREATE INDEX CONCURRENTLY needs an index name: the runner "
+                    "looks the index up by name to keep a valid one and rebuild an INVALID one on re-run"
+                )
+            if in_transaction and stmt.needs_no_transaction:
                 raise MigrationError(
                     f"{self.path.name}:{stmt.line}: '{_first_line(stmt.sql)}' cannot run inside a transaction; "
                     f"put it in a file whose first line is '-- {HEADER_NO_TRANSACTION}'"

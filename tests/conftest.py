@@ -3,8 +3,10 @@ clone of it per test (CREATE DATABASE ... TEMPLATE copies files: much faster tha
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -109,10 +111,19 @@ def empty_db_dsn(pg: PostgreSQLExecutor) -> Iterator[str]:
     drop_database(pg, name)
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    """Give each checkout its own pytest temp root. Under the shared /tmp/pytest-of-<user>, one session's
+    cleanup of old numbered folders can delete the data directory of another session's running cluster."""
+    if config.option.basetemp is None:
+        digest = hashlib.sha256(str(ROOT).encode()).hexdigest()[:10]
+        config.option.basetemp = str(Path(tempfile.gettempdir()) / f"sigledger-pytest-{digest}")
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
-        "--update-schema-dump",
+        "--regenerate",
         action="store_true",
         default=False,
-        help="rewrite sql/schema-dump.sql from the migrated template",
+        help="rewrite the generated files (sql/schema-dump.sql, docs/api.md) from the migrated template",
     )

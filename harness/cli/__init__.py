@@ -9,10 +9,10 @@ import click
 import psycopg
 
 from harness import __version__
-from harness.cli import agent, budget, cost, db, entity, graph, migrate, opportunity, signal
+from harness.cli import agent, budget, cost, db, demo, entity, graph, metrics, migrate, opportunity, signal
 from harness.errors import SigledgerError, translate
 
-GROUPS = (db, migrate, agent, cost, budget, signal, entity, opportunity, graph)
+GROUPS = (db, migrate, agent, cost, budget, signal, entity, opportunity, graph, metrics, demo)
 
 
 class _Main(click.Group):

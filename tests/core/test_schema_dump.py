@@ -43,7 +43,7 @@ def test_schema_dump_is_current(
     pg: PostgreSQLExecutor, template_db: str, request: pytest.FixtureRequest
 ) -> None:
     current = normalised_dump(make_dsn(pg, template_db))
-    if request.config.getoption("--update-schema-dump"):
+    if request.config.getoption("--regenerate"):
         DUMP.write_text(current)
     assert DUMP.is_file(), "sql/schema-dump.sql is missing: run `make schema-dump`"
     committed = DUMP.read_text()
