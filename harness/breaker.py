@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import pybreaker
 
+from harness import metrics
 from harness.errors import Unavailable
 
 log = logging.getLogger("sigledger.breaker")
@@ -32,6 +33,7 @@ class BreakerOpen(Unavailable):
 class _LogListener(pybreaker.CircuitBreakerListener):
     def state_change(self, cb: pybreaker.CircuitBreaker, old_state: Any, new_state: Any) -> None:
         log.warning("breaker %s: %s -> %s", cb.name, getattr(old_state, "name", old_state), new_state.name)
+        metrics.breaker_changed(str(cb.name), str(new_state.name))
 
 
 class Breaker:
@@ -53,6 +55,7 @@ class Breaker:
             name=name,
             throw_new_error_on_trip=False,
         )
+        metrics.BREAKER_STATE.labels(breaker=name).set(0)
 
     @property
     def state(self) -> str:

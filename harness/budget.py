@@ -29,9 +29,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from psycopg.types.json import Jsonb
 
+from harness import metrics
 from harness.breaker import Breaker
 from harness.db import Database
-from harness.errors import BudgetUnavailable, ReservationExpired, Retryable, Unavailable
+from harness.errors import BudgetExceeded, BudgetUnavailable, ReservationExpired, Retryable, Unavailable
 from harness.ledger import CostRecord, Ledger
 
 if TYPE_CHECKING:
@@ -273,6 +274,10 @@ class BudgetGuard:
         estimate = Decimal(estimate_usd)
         try:
             row = self._call(self.client.reserve, agent_id, estimate, ttl_seconds or self.ttl_seconds, key)
+        except BudgetExceeded:
+            self.stats["denied"] += 1
+            metrics.BUDGET_DECISIONS.labels(outcome="denied").inc()
+            raise
         except Unavailable as exc:
             res = self._unavailable(agent_id, estimate, key, exc)
         else:
@@ -286,6 +291,7 @@ class BudgetGuard:
                 remaining_usd=row["remaining_usd"],
             )
             self.stats["reserved"] += 1
+            metrics.BUDGET_DECISIONS.labels(outcome="reserved").inc()
         try:
             yield res
         except BaseException:
@@ -298,6 +304,7 @@ class BudgetGuard:
         policy = self._policies.get(agent_id, self.default_fail_policy)
         if policy == "open" and self.tracker is not None:
             self.stats["fail_open"] += 1
+            metrics.BUDGET_DECISIONS.labels(outcome="fail_open").inc()
             log.warning("budget database unavailable (%s); agent %s fails open", exc, agent_id)
             return Reservation(
                 agent_id=agent_id,
@@ -307,6 +314,7 @@ class BudgetGuard:
                 fail_open=True,
             )
         self.stats["fail_closed"] += 1
+        metrics.BUDGET_DECISIONS.labels(outcome="fail_closed").inc()
         raise BudgetUnavailable(
             f"budget database unavailable and agent {agent_id} fails closed: {exc}", sqlstate="SLB04"
         ) from exc
@@ -368,6 +376,8 @@ class BudgetGuard:
             )
             res.outcome = "settled"
             self.stats["settled"] += 1
+            if res.settlement and res.settlement["overrun_usd"] and res.settlement["overrun_usd"] > 0:
+                metrics.BUDGET_OVERRUNS.inc()
         except ReservationExpired:
             # the sweep released the hold first: the cost still happened, record it under the settle key
             self._call(

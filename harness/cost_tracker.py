@@ -29,6 +29,7 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
 
+from harness import metrics
 from harness.db import Database
 from harness.errors import Unavailable
 from harness.ledger import CostRecord, Ledger
@@ -148,6 +149,7 @@ class CostTracker:
                     return
             self._buf.append(rec)
             self.stats["accepted"] += 1
+            metrics.COST_BUFFERED.set(len(self._buf))
             if len(self._buf) >= self.batch_size:
                 self._wake.set()
 
@@ -174,11 +176,14 @@ class CostTracker:
                     if not self._buf:
                         return inserted
                     batch = [self._buf.popleft() for _ in range(min(self.batch_size, len(self._buf)))]
+                    metrics.COST_BUFFERED.set(len(self._buf))
                     self._cond.notify_all()  # room for blocked writers
                 try:
                     started = time.monotonic()
                     result = self.ledger.record_costs([r.to_json() for r in batch])
-                    self.stats["flush_seconds_total_ms"] += int((time.monotonic() - started) * 1000)
+                    elapsed = time.monotonic() - started
+                    self.stats["flush_seconds_total_ms"] += int(elapsed * 1000)
+                    metrics.COST_FLUSH_SECONDS.observe(elapsed)
                 except Unavailable as exc:
                     log.warning("database unavailable (%s): spooling %d+ records", exc, len(batch))
                     self._spool_everything(batch)
@@ -189,6 +194,7 @@ class CostTracker:
                         self._buf.extendleft(reversed(batch))
                     raise
                 inserted += result.inserted
+                self._count(result.inserted, result.duplicates, result.quarantined)
                 self.stats["flushed"] += result.inserted
                 self.stats["duplicates"] += result.duplicates
                 self.stats["quarantined"] += result.quarantined
@@ -214,6 +220,8 @@ class CostTracker:
             finally:
                 os.close(fd)
         self.stats["spooled"] += len(records)
+        metrics.COST_RECORDS.labels(outcome="spooled").inc(len(records))
+        metrics.COST_SPOOLED.inc(len(records))
 
     def _spool_files(self) -> list[Path]:
         pattern = self.spool_path.name + ".replay-*"
@@ -240,6 +248,8 @@ class CostTracker:
                     for i in range(0, len(records), self.batch_size):
                         result = self.ledger.record_costs(records[i : i + self.batch_size])
                         inserted += result.inserted
+                        metrics.COST_RECORDS.labels(outcome="replayed").inc(result.inserted)
+                        self._count(0, result.duplicates, result.quarantined)
                         self.stats["replayed"] += result.inserted
                         self.stats["duplicates"] += result.duplicates
                         self.stats["quarantined"] += result.quarantined
@@ -247,7 +257,21 @@ class CostTracker:
                     log.warning("replay of %s postponed: %s", path, exc)
                     return inserted
                 path.unlink()
+            metrics.COST_SPOOLED.set(self._spooled_lines())
         return inserted
+
+    def _spooled_lines(self) -> int:
+        total = 0
+        for path in self._spool_files():
+            with path.open("rb") as fh:
+                total += sum(1 for _ in fh)
+        return total
+
+    @staticmethod
+    def _count(inserted: int, duplicates: int, quarantined: int) -> None:
+        metrics.COST_RECORDS.labels(outcome="inserted").inc(inserted)
+        metrics.COST_RECORDS.labels(outcome="duplicate").inc(duplicates)
+        metrics.COST_RECORDS.labels(outcome="quarantined").inc(quarantined)
 
     @staticmethod
     def _read_spool(path: Path) -> list[dict[str, Any]]:

@@ -169,5 +169,4 @@ AS $$
     SELECT * FROM budget_alerts WHERE id > coalesce(p_after_id, 0) ORDER BY id;
 $$;
 COMMENT ON FUNCTION sigledger.budget_alerts_after(bigint) IS
-'Budget alerts with id greater than after_id, oldest first (for watchers catching up after LISTEN).
-SQLSTATE: none';
+'Budget alerts with id greater than after_id, oldest first (for watchers catching up after LISTEN); raises nothing.';

@@ -3,7 +3,6 @@
 DROP FUNCTION IF EXISTS sigledger.cost_trends, sigledger.add_model_price, sigledger._cost_insert,
     sigledger._cost_validate, sigledger._price, sigledger._assert_timestamp, sigledger._assert_tokens,
     sigledger._assert_text, sigledger._assert_usd;
-DROP VIEW sigledger.cost_price_disagreement;
 DROP TRIGGER llm_cost_log_append_only_row ON sigledger.llm_cost_log;
 DROP TRIGGER llm_cost_log_append_only_truncate ON sigledger.llm_cost_log;
 DROP FUNCTION sigledger._llm_cost_log_append_only();

@@ -93,17 +93,4 @@ COMMENT ON TABLE sigledger.cost_quarantine IS
 -- squawk-ignore require-concurrent-index-creation
 CREATE INDEX cost_quarantine_received_at_idx ON sigledger.cost_quarantine (received_at);
 
--- Client cost versus price table: the client's figure is charged (it is what the provider billed, including
--- discounts the table does not model); the priced figure is kept beside it and this view lists the rows
--- where they differ by more than 1% and more than $0.000001, for review.
-CREATE VIEW sigledger.cost_price_disagreement AS
-SELECT id, idempotency_key, agent_id, provider, model, tokens_input, tokens_output,
-       cost_usd, priced_usd, cost_usd - priced_usd AS difference_usd, created_at
-  FROM sigledger.llm_cost_log
- WHERE priced_usd IS NOT NULL
-   AND cost_source = 'client'
-   AND abs(cost_usd - priced_usd) > greatest(0.000001, 0.01 * priced_usd);
-COMMENT ON VIEW sigledger.cost_price_disagreement IS
-    'Ledger rows whose client-reported cost differs from the price table by more than 1% (and $0.000001).';
-
 REVOKE ALL ON sigledger.model_price, sigledger.llm_cost_log, sigledger.cost_quarantine FROM PUBLIC;

@@ -6,9 +6,6 @@ DROP FUNCTION IF EXISTS sigledger.budget_alerts_after, sigledger.reconcile_budge
     sigledger.create_group_budget, sigledger.set_budget, sigledger.create_agent, sigledger._budget_apply_settings,
     sigledger.record_costs, sigledger.record_cost, sigledger._spend_release, sigledger._spend_charge,
     sigledger._spend_alerts, sigledger._spend_hold, sigledger._spend_ensure, sigledger._budget_chain;
-DROP VIEW sigledger.budget_overview;
-DROP VIEW sigledger.budget_overruns;
-DROP VIEW sigledger.budget_alerts;
 ALTER TABLE sigledger.llm_cost_log DROP CONSTRAINT llm_cost_log_reservation_id_fkey;
 DROP TABLE sigledger.budget_alert;
 DROP TABLE sigledger.budget_reservation;

@@ -183,25 +183,4 @@ CREATE TABLE sigledger.budget_alert (
 );
 COMMENT ON TABLE sigledger.budget_alert IS 'Threshold crossings, one row per budget/period/threshold; each also NOTIFYs sigledger_budget_alert.';
 
-CREATE VIEW sigledger.budget_alerts AS
-SELECT a.id, a.budget_id, b.level, b.name, b.agent_id, a.period_start, a.threshold, a.limit_usd, a.spent_usd, a.created_at
-  FROM sigledger.budget_alert a JOIN sigledger.budget b ON b.id = a.budget_id;
-COMMENT ON VIEW sigledger.budget_alerts IS 'Budget threshold alerts, newest last by id.';
-
-CREATE VIEW sigledger.budget_overruns AS
-SELECT r.id AS reservation_id, r.agent_id, r.estimate_usd, r.actual_usd, r.overrun_usd, r.ledger_id, r.closed_at
-  FROM sigledger.budget_reservation r
- WHERE r.state = 'settled' AND r.overrun_usd > 0;
-COMMENT ON VIEW sigledger.budget_overruns IS 'Settled reservations whose actual cost exceeded the estimate.';
-
-CREATE VIEW sigledger.budget_overview AS
-SELECT b.id AS budget_id, b.level, b.name, b.agent_id, b.parent_id, b.period,
-       sigledger._period_start(b.period, now()) AS period_start, b.limit_usd, b.grace_ratio, b.fail_policy,
-       coalesce(s.spent_usd, 0) AS spent_usd, coalesce(s.reserved_usd, 0) AS reserved_usd,
-       coalesce(s.excess_usd, 0) AS excess_usd, coalesce(s.version, 0) AS version
-  FROM sigledger.budget b
-  LEFT JOIN sigledger.budget_spend s
-    ON s.budget_id = b.id AND s.period_start = sigledger._period_start(b.period, now());
-COMMENT ON VIEW sigledger.budget_overview IS 'Every budget with its current period''s spend and holds.';
-
 REVOKE ALL ON sigledger.budget, sigledger.budget_spend, sigledger.budget_reservation, sigledger.budget_alert FROM PUBLIC;
