@@ -201,7 +201,7 @@ CREATE FUNCTION sigledger._budget_chain(p_agent_id uuid, p_at timestamp with tim
     SET search_path TO 'sigledger', 'pg_temp'
     AS $$
 DECLARE
-    v_chain sigledger.budget[] := '{}';
+    v_chain sigledger.budget[] := '{}'::sigledger.budget[];
     b sigledger.budget;
 BEGIN
     SELECT * INTO b FROM sigledger.budget x WHERE x.agent_id = p_agent_id;
@@ -234,19 +234,24 @@ CREATE FUNCTION sigledger._budget_chain_arrays(p_agent_id uuid, p_at timestamp w
     LANGUAGE plpgsql STABLE
     SET search_path TO 'sigledger', 'pg_temp'
     AS $$
+-- (walks the chain itself rather than reading _budget_chain: one statement per level, no set-returning call)
 DECLARE
-    c record;
+    b sigledger.budget;
 BEGIN
-    FOR c IN SELECT * FROM sigledger._budget_chain(p_agent_id, p_at) LOOP
-        ids := ids || c.budget_id;
-        periods := periods || c.period_start;
-        caps := caps || c.cap_usd;
-        limits := limits || c.limit_usd;
-        thresholds := thresholds || c.alert_thresholds::text;
-        levels := levels || c.level;
-        IF c.level = 'agent' THEN
-            agent_fail_policy := c.fail_policy;
-        END IF;
+    SELECT * INTO b FROM sigledger.budget x WHERE x.agent_id = p_agent_id;
+    IF FOUND THEN
+        agent_fail_policy := b.fail_policy;
+    END IF;
+    WHILE FOUND LOOP
+        -- parents are prepended: the arrays end up in lock order (org, team, agent)
+        ids := b.id || ids;
+        periods := sigledger._period_start(b.period, p_at) || periods;
+        caps := (b.limit_usd * (1 + b.grace_ratio)) || caps;
+        limits := b.limit_usd || limits;
+        thresholds := b.alert_thresholds::text || thresholds;
+        levels := b.level || levels;
+        EXIT WHEN b.parent_id IS NULL OR cardinality(ids) >= 3;
+        SELECT * INTO b FROM sigledger.budget x WHERE x.id = b.parent_id;
     END LOOP;
 END;
 $$;
@@ -399,10 +404,10 @@ $$;
 ALTER FUNCTION sigledger._cost_insert(p_idempotency_key text, p_agent_id uuid, p_model text, p_provider text, p_input_tokens bigint, p_output_tokens bigint, p_cost_usd numeric, p_priced_usd numeric, p_cost_source text, p_reservation_id bigint, p_charged_at timestamp with time zone, p_created_at timestamp with time zone, p_metadata jsonb, OUT ledger_id bigint, OUT inserted boolean) OWNER TO sigledger_owner;
 
 --
--- Name: _cost_validate(text, uuid, text, text, bigint, bigint, numeric, timestamp with time zone, jsonb); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+-- Name: _cost_validate(text, uuid, text, text, bigint, bigint, numeric, timestamp with time zone, jsonb, boolean); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
 --
 
-CREATE FUNCTION sigledger._cost_validate(p_idempotency_key text, p_agent_id uuid, p_model text, p_provider text, p_input_tokens bigint, p_output_tokens bigint, p_cost_usd numeric, p_created_at timestamp with time zone, p_metadata jsonb, OUT cost_usd numeric, OUT priced_usd numeric, OUT cost_source text, OUT created_at timestamp with time zone, OUT metadata jsonb) RETURNS record
+CREATE FUNCTION sigledger._cost_validate(p_idempotency_key text, p_agent_id uuid, p_model text, p_provider text, p_input_tokens bigint, p_output_tokens bigint, p_cost_usd numeric, p_created_at timestamp with time zone, p_metadata jsonb, p_check_agent boolean DEFAULT true, OUT cost_usd numeric, OUT priced_usd numeric, OUT cost_source text, OUT created_at timestamp with time zone, OUT metadata jsonb) RETURNS record
     LANGUAGE plpgsql STABLE
     SET search_path TO 'sigledger', 'pg_temp'
     AS $$
@@ -421,8 +426,10 @@ BEGIN
     IF p_agent_id IS NULL THEN
         RAISE EXCEPTION USING ERRCODE = '22004', MESSAGE = 'agent_id must not be NULL';
     END IF;
-    PERFORM 1 FROM sigledger.agent_registry a WHERE a.id = p_agent_id;
-    IF NOT FOUND THEN
+    IF p_check_agent THEN
+        PERFORM 1 FROM sigledger.agent_registry a WHERE a.id = p_agent_id;
+    END IF;
+    IF p_check_agent AND NOT FOUND THEN
         RAISE EXCEPTION USING ERRCODE = 'P0002', MESSAGE = format('unknown agent %s', p_agent_id);
     END IF;
     priced_usd := sigledger._price(p_provider, p_model, created_at, p_input_tokens, p_output_tokens);
@@ -441,7 +448,7 @@ BEGIN
 END;
 $$;
 
-ALTER FUNCTION sigledger._cost_validate(p_idempotency_key text, p_agent_id uuid, p_model text, p_provider text, p_input_tokens bigint, p_output_tokens bigint, p_cost_usd numeric, p_created_at timestamp with time zone, p_metadata jsonb, OUT cost_usd numeric, OUT priced_usd numeric, OUT cost_source text, OUT created_at timestamp with time zone, OUT metadata jsonb) OWNER TO sigledger_owner;
+ALTER FUNCTION sigledger._cost_validate(p_idempotency_key text, p_agent_id uuid, p_model text, p_provider text, p_input_tokens bigint, p_output_tokens bigint, p_cost_usd numeric, p_created_at timestamp with time zone, p_metadata jsonb, p_check_agent boolean, OUT cost_usd numeric, OUT priced_usd numeric, OUT cost_source text, OUT created_at timestamp with time zone, OUT metadata jsonb) OWNER TO sigledger_owner;
 
 --
 -- Name: _entity_aliases_no_tombstone(); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
@@ -1427,7 +1434,8 @@ BEGIN
           FROM unnest(ch.ids, ch.periods) u(budget_id, period_start)
           JOIN budget_spend s ON s.budget_id = u.budget_id AND s.period_start = u.period_start;
     END;
-    RETURN QUERY SELECT v.ok, v.remaining_usd, v.version, v_ledger;
+    allowed := v.ok; remaining_usd := v.remaining_usd; version := v.version; ledger_id := v_ledger;
+    RETURN NEXT;
 END;
 $$;
 
@@ -2460,7 +2468,9 @@ BEGIN
         SELECT min(greatest(0, s.cap_usd - s.spent_usd - s.reserved_usd)) INTO v_min
           FROM unnest(r.budget_ids, r.period_starts) u(budget_id, period_start)
           JOIN budget_spend s ON s.budget_id = u.budget_id AND s.period_start = u.period_start;
-        RETURN QUERY SELECT r.id, v_min, r.expires_at, v_policy, true;
+        reservation_id := r.id; remaining_usd := v_min; expires_at := r.expires_at; fail_policy := v_policy;
+        replayed := true;
+        RETURN NEXT;
         RETURN;
     END IF;
 
@@ -2479,7 +2489,10 @@ BEGIN
         END IF;
         v_min := least(v_min, v_rem);
     END LOOP;
-    RETURN QUERY SELECT v_id, v_min, now() + p_ttl, v_policy, false;
+    -- OUT values and RETURN NEXT (no query: a RETURN QUERY is one more statement to execute)
+    reservation_id := v_id; remaining_usd := v_min; expires_at := now() + p_ttl; fail_policy := v_policy;
+    replayed := false;
+    RETURN NEXT;
 END;
 $$;
 
@@ -2605,7 +2618,9 @@ BEGIN
             RAISE EXCEPTION USING ERRCODE = 'SLB03',
                 MESSAGE = format('reservation %s is already settled at %s USD, not %s', r.id, r.actual_usd, p_actual_usd);
         END IF;
-        RETURN QUERY SELECT r.ledger_id, r.id, r.estimate_usd, r.actual_usd, r.overrun_usd, true;
+        ledger_id := r.ledger_id; reservation_id := r.id; estimate_usd := r.estimate_usd; actual_usd := r.actual_usd;
+        overrun_usd := r.overrun_usd; replayed := true;
+        RETURN NEXT;
         RETURN;
     ELSIF r.state = 'released' THEN
         RAISE EXCEPTION USING ERRCODE = 'SLB03',
@@ -2619,7 +2634,7 @@ BEGIN
 
     v_key := 'reservation:' || r.id::text;
     v := _cost_validate(v_key, r.agent_id, p_model, p_provider, p_input_tokens, p_output_tokens,
-                        p_actual_usd, NULL, p_metadata);
+                        p_actual_usd, NULL, p_metadata, false);
     v_overrun := greatest(0, v.cost_usd - r.estimate_usd);
     v_ins := _cost_insert(v_key, r.agent_id, p_model, p_provider, p_input_tokens, p_output_tokens,
                           v.cost_usd, v.priced_usd, v.cost_source, r.id, r.created_at, v.created_at,
@@ -2646,7 +2661,9 @@ BEGIN
                               CASE WHEN v_ins.inserted THEN v.cost_usd ELSE 0 END, r.estimate_usd,
                               c.limit_usd, c.alert_thresholds);
     END LOOP;
-    RETURN QUERY SELECT v_ins.ledger_id, r.id, r.estimate_usd, v.cost_usd::numeric(20,10), v_overrun::numeric(20,10), false;
+    ledger_id := v_ins.ledger_id; reservation_id := r.id; estimate_usd := r.estimate_usd;
+    actual_usd := v.cost_usd::numeric(20,10); overrun_usd := v_overrun::numeric(20,10); replayed := false;
+    RETURN NEXT;
 END;
 $$;
 
@@ -4072,10 +4089,10 @@ REVOKE ALL ON FUNCTION sigledger._check_merge_input(p_kind text, p_target uuid, 
 REVOKE ALL ON FUNCTION sigledger._cost_insert(p_idempotency_key text, p_agent_id uuid, p_model text, p_provider text, p_input_tokens bigint, p_output_tokens bigint, p_cost_usd numeric, p_priced_usd numeric, p_cost_source text, p_reservation_id bigint, p_charged_at timestamp with time zone, p_created_at timestamp with time zone, p_metadata jsonb, OUT ledger_id bigint, OUT inserted boolean) FROM PUBLIC;
 
 --
--- Name: FUNCTION _cost_validate(p_idempotency_key text, p_agent_id uuid, p_model text, p_provider text, p_input_tokens bigint, p_output_tokens bigint, p_cost_usd numeric, p_created_at timestamp with time zone, p_metadata jsonb, OUT cost_usd numeric, OUT priced_usd numeric, OUT cost_source text, OUT created_at timestamp with time zone, OUT metadata jsonb); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+-- Name: FUNCTION _cost_validate(p_idempotency_key text, p_agent_id uuid, p_model text, p_provider text, p_input_tokens bigint, p_output_tokens bigint, p_cost_usd numeric, p_created_at timestamp with time zone, p_metadata jsonb, p_check_agent boolean, OUT cost_usd numeric, OUT priced_usd numeric, OUT cost_source text, OUT created_at timestamp with time zone, OUT metadata jsonb); Type: ACL; Schema: sigledger; Owner: sigledger_owner
 --
 
-REVOKE ALL ON FUNCTION sigledger._cost_validate(p_idempotency_key text, p_agent_id uuid, p_model text, p_provider text, p_input_tokens bigint, p_output_tokens bigint, p_cost_usd numeric, p_created_at timestamp with time zone, p_metadata jsonb, OUT cost_usd numeric, OUT priced_usd numeric, OUT cost_source text, OUT created_at timestamp with time zone, OUT metadata jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION sigledger._cost_validate(p_idempotency_key text, p_agent_id uuid, p_model text, p_provider text, p_input_tokens bigint, p_output_tokens bigint, p_cost_usd numeric, p_created_at timestamp with time zone, p_metadata jsonb, p_check_agent boolean, OUT cost_usd numeric, OUT priced_usd numeric, OUT cost_source text, OUT created_at timestamp with time zone, OUT metadata jsonb) FROM PUBLIC;
 
 --
 -- Name: FUNCTION _entity_aliases_no_tombstone(); Type: ACL; Schema: sigledger; Owner: sigledger_owner

@@ -114,12 +114,16 @@ BEGIN
 END;
 $$;
 
+-- (the nine-argument version of earlier builds, replaced by the one below with p_check_agent)
+DROP FUNCTION IF EXISTS sigledger._cost_validate(text, uuid, text, text, bigint, bigint, numeric, timestamptz, jsonb);
+
 -- _cost_validate: validates one cost record and resolves its cost (client figure, or price table when
 -- omitted). Raises 22004/22023/22003 for bad values, P0002 for an unknown agent. Writes nothing, so
 -- record_costs can run it inside a cheap subtransaction that never gets an XID.
 CREATE OR REPLACE FUNCTION sigledger._cost_validate(
     p_idempotency_key text, p_agent_id uuid, p_model text, p_provider text,
     p_input_tokens bigint, p_output_tokens bigint, p_cost_usd numeric, p_created_at timestamptz, p_metadata jsonb,
+    p_check_agent boolean DEFAULT true,
     OUT cost_usd numeric, OUT priced_usd numeric, OUT cost_source text, OUT created_at timestamptz,
     OUT metadata jsonb)
 LANGUAGE plpgsql STABLE
@@ -140,8 +144,10 @@ BEGIN
     IF p_agent_id IS NULL THEN
         RAISE EXCEPTION USING ERRCODE = '22004', MESSAGE = 'agent_id must not be NULL';
     END IF;
-    PERFORM 1 FROM sigledger.agent_registry a WHERE a.id = p_agent_id;
-    IF NOT FOUND THEN
+    IF p_check_agent THEN
+        PERFORM 1 FROM sigledger.agent_registry a WHERE a.id = p_agent_id;
+    END IF;
+    IF p_check_agent AND NOT FOUND THEN
         RAISE EXCEPTION USING ERRCODE = 'P0002', MESSAGE = format('unknown agent %s', p_agent_id);
     END IF;
     priced_usd := sigledger._price(p_provider, p_model, created_at, p_input_tokens, p_output_tokens);
@@ -170,7 +176,7 @@ LANGUAGE plpgsql STABLE
 SET search_path = sigledger, pg_temp
 AS $$
 DECLARE
-    v_chain sigledger.budget[] := '{}';
+    v_chain sigledger.budget[] := '{}'::sigledger.budget[];
     b sigledger.budget;
 BEGIN
     SELECT * INTO b FROM sigledger.budget x WHERE x.agent_id = p_agent_id;
@@ -202,19 +208,24 @@ CREATE OR REPLACE FUNCTION sigledger._budget_chain_arrays(
 LANGUAGE plpgsql STABLE
 SET search_path = sigledger, pg_temp
 AS $$
+-- (walks the chain itself rather than reading _budget_chain: one statement per level, no set-returning call)
 DECLARE
-    c record;
+    b sigledger.budget;
 BEGIN
-    FOR c IN SELECT * FROM sigledger._budget_chain(p_agent_id, p_at) LOOP
-        ids := ids || c.budget_id;
-        periods := periods || c.period_start;
-        caps := caps || c.cap_usd;
-        limits := limits || c.limit_usd;
-        thresholds := thresholds || c.alert_thresholds::text;
-        levels := levels || c.level;
-        IF c.level = 'agent' THEN
-            agent_fail_policy := c.fail_policy;
-        END IF;
+    SELECT * INTO b FROM sigledger.budget x WHERE x.agent_id = p_agent_id;
+    IF FOUND THEN
+        agent_fail_policy := b.fail_policy;
+    END IF;
+    WHILE FOUND LOOP
+        -- parents are prepended: the arrays end up in lock order (org, team, agent)
+        ids := b.id || ids;
+        periods := sigledger._period_start(b.period, p_at) || periods;
+        caps := (b.limit_usd * (1 + b.grace_ratio)) || caps;
+        limits := b.limit_usd || limits;
+        thresholds := b.alert_thresholds::text || thresholds;
+        levels := b.level || levels;
+        EXIT WHEN b.parent_id IS NULL OR cardinality(ids) >= 3;
+        SELECT * INTO b FROM sigledger.budget x WHERE x.id = b.parent_id;
     END LOOP;
 END;
 $$;

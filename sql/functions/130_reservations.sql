@@ -70,7 +70,9 @@ BEGIN
         SELECT min(greatest(0, s.cap_usd - s.spent_usd - s.reserved_usd)) INTO v_min
           FROM unnest(r.budget_ids, r.period_starts) u(budget_id, period_start)
           JOIN budget_spend s ON s.budget_id = u.budget_id AND s.period_start = u.period_start;
-        RETURN QUERY SELECT r.id, v_min, r.expires_at, v_policy, true;
+        reservation_id := r.id; remaining_usd := v_min; expires_at := r.expires_at; fail_policy := v_policy;
+        replayed := true;
+        RETURN NEXT;
         RETURN;
     END IF;
 
@@ -89,7 +91,10 @@ BEGIN
         END IF;
         v_min := least(v_min, v_rem);
     END LOOP;
-    RETURN QUERY SELECT v_id, v_min, now() + p_ttl, v_policy, false;
+    -- OUT values and RETURN NEXT (no query: a RETURN QUERY is one more statement to execute)
+    reservation_id := v_id; remaining_usd := v_min; expires_at := now() + p_ttl; fail_policy := v_policy;
+    replayed := false;
+    RETURN NEXT;
 END;
 $$;
 COMMENT ON FUNCTION sigledger.reserve_budget(uuid, numeric, interval, text) IS
@@ -138,7 +143,9 @@ BEGIN
             RAISE EXCEPTION USING ERRCODE = 'SLB03',
                 MESSAGE = format('reservation %s is already settled at %s USD, not %s', r.id, r.actual_usd, p_actual_usd);
         END IF;
-        RETURN QUERY SELECT r.ledger_id, r.id, r.estimate_usd, r.actual_usd, r.overrun_usd, true;
+        ledger_id := r.ledger_id; reservation_id := r.id; estimate_usd := r.estimate_usd; actual_usd := r.actual_usd;
+        overrun_usd := r.overrun_usd; replayed := true;
+        RETURN NEXT;
         RETURN;
     ELSIF r.state = 'released' THEN
         RAISE EXCEPTION USING ERRCODE = 'SLB03',
@@ -152,7 +159,7 @@ BEGIN
 
     v_key := 'reservation:' || r.id::text;
     v := _cost_validate(v_key, r.agent_id, p_model, p_provider, p_input_tokens, p_output_tokens,
-                        p_actual_usd, NULL, p_metadata);
+                        p_actual_usd, NULL, p_metadata, false);
     v_overrun := greatest(0, v.cost_usd - r.estimate_usd);
     v_ins := _cost_insert(v_key, r.agent_id, p_model, p_provider, p_input_tokens, p_output_tokens,
                           v.cost_usd, v.priced_usd, v.cost_source, r.id, r.created_at, v.created_at,
@@ -179,7 +186,9 @@ BEGIN
                               CASE WHEN v_ins.inserted THEN v.cost_usd ELSE 0 END, r.estimate_usd,
                               c.limit_usd, c.alert_thresholds);
     END LOOP;
-    RETURN QUERY SELECT v_ins.ledger_id, r.id, r.estimate_usd, v.cost_usd::numeric(20,10), v_overrun::numeric(20,10), false;
+    ledger_id := v_ins.ledger_id; reservation_id := r.id; estimate_usd := r.estimate_usd;
+    actual_usd := v.cost_usd::numeric(20,10); overrun_usd := v_overrun::numeric(20,10); replayed := false;
+    RETURN NEXT;
 END;
 $$;
 COMMENT ON FUNCTION sigledger.settle_budget(bigint, numeric, bigint, bigint, text, text, jsonb) IS

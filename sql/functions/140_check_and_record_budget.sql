@@ -116,7 +116,8 @@ BEGIN
           FROM unnest(ch.ids, ch.periods) u(budget_id, period_start)
           JOIN budget_spend s ON s.budget_id = u.budget_id AND s.period_start = u.period_start;
     END;
-    RETURN QUERY SELECT v.ok, v.remaining_usd, v.version, v_ledger;
+    allowed := v.ok; remaining_usd := v.remaining_usd; version := v.version; ledger_id := v_ledger;
+    RETURN NEXT;
 END;
 $$;
 COMMENT ON FUNCTION sigledger.check_and_record_budget(uuid, numeric, bigint, boolean) IS
