@@ -17,20 +17,20 @@ from harness.db import Database
 from tests.budget.conftest import popen
 
 PROCESSES = 8
-CALLS = 150
+CALLS = 200
 TTL = 2.0
 
 
 def test_load_never_overspends(db_dsn: str) -> None:
     with Database(db_dsn) as db:
         client = BudgetClient(db)
-        team = db.call_one("SELECT sigledger.create_group_budget('team', 'load-team', 2.50) AS id")
+        team = db.call_one("SELECT sigledger.create_group_budget('team', 'load-team', 8.00) AS id")
         assert team is not None
         agents = [
-            client.create_agent("load-hot", Decimal("2.00")),
-            client.create_agent("load-grace", Decimal("1.00"), grace_ratio=Decimal("0.10")),
-            client.create_agent("load-t1", Decimal("2.00"), period="daily", parent_budget_id=team["id"]),
-            client.create_agent("load-t2", Decimal("2.00"), period="monthly", parent_budget_id=team["id"]),
+            client.create_agent("load-hot", Decimal("12.00")),
+            client.create_agent("load-grace", Decimal("3.00"), grace_ratio=Decimal("0.10")),
+            client.create_agent("load-t1", Decimal("5.00"), period="daily", parent_budget_id=team["id"]),
+            client.create_agent("load-t2", Decimal("5.00"), period="monthly", parent_budget_id=team["id"]),
         ]
     # the hot agent takes half of the calls
     agent_arg = ",".join([agents[0]] * 3 + agents[1:])
@@ -88,6 +88,7 @@ def test_load_never_overspends(db_dsn: str) -> None:
         observer.join()
 
     total = {k: sum(r[k] for r in results) for k in results[0]}
+    print(f"load: {PROCESSES} processes, {total}, {observations} observations of every spend row")
     assert total["reserved"] + total["denied"] == PROCESSES * CALLS
     assert total["denied"] > 0, "the budgets were never exhausted: the test did not test the limit"
     assert total["abandoned"] > 0 and total["settle_retries"] > 0 and total["reserve_retries"] > 0
