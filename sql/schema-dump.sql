@@ -14,6 +14,332 @@ CREATE SCHEMA sigledger;
 ALTER SCHEMA sigledger OWNER TO sigledger_owner;
 
 --
+-- Name: _assert_text(text, text); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger._assert_text(p_name text, p_value text) RETURNS text
+    LANGUAGE plpgsql IMMUTABLE
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+BEGIN
+    IF p_value IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '22004', MESSAGE = format('%s must not be NULL', p_name);
+    END IF;
+    IF length(btrim(p_value)) = 0 THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = format('%s must not be empty, got %L', p_name, p_value);
+    END IF;
+    IF length(p_value) > 200 THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('%s must be at most 200 characters, got %s', p_name, length(p_value));
+    END IF;
+    RETURN p_value;
+END;
+$$;
+
+ALTER FUNCTION sigledger._assert_text(p_name text, p_value text) OWNER TO sigledger_owner;
+
+--
+-- Name: _assert_timestamp(text, timestamp with time zone); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger._assert_timestamp(p_name text, p_value timestamp with time zone) RETURNS timestamp with time zone
+    LANGUAGE plpgsql STABLE
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+BEGIN
+    IF p_value IS NULL THEN
+        RETURN now();
+    END IF;
+    IF p_value <= timestamptz '2020-01-01 00:00:00+00' OR p_value > now() + interval '1 day' THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('%s must lie after 2020-01-01 and at most 1 day ahead, got %s', p_name, p_value);
+    END IF;
+    RETURN p_value;
+END;
+$$;
+
+ALTER FUNCTION sigledger._assert_timestamp(p_name text, p_value timestamp with time zone) OWNER TO sigledger_owner;
+
+--
+-- Name: _assert_tokens(text, bigint); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger._assert_tokens(p_name text, p_value bigint) RETURNS bigint
+    LANGUAGE plpgsql IMMUTABLE
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+BEGIN
+    IF p_value IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '22004', MESSAGE = format('%s must not be NULL', p_name);
+    END IF;
+    IF p_value < 0 THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = format('%s must not be negative, got %s', p_name, p_value);
+    END IF;
+    IF p_value > 1000000000000 THEN
+        RAISE EXCEPTION USING ERRCODE = '22003', MESSAGE = format('%s must be at most 1e12, got %s', p_name, p_value);
+    END IF;
+    RETURN p_value;
+END;
+$$;
+
+ALTER FUNCTION sigledger._assert_tokens(p_name text, p_value bigint) OWNER TO sigledger_owner;
+
+--
+-- Name: _assert_usd(text, numeric, numeric); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger._assert_usd(p_name text, p_value numeric, p_max numeric DEFAULT 1000000) RETURNS numeric
+    LANGUAGE plpgsql IMMUTABLE
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+BEGIN
+    IF p_value IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '22004', MESSAGE = format('%s must not be NULL', p_name);
+    END IF;
+    -- 'NaN'::numeric >= 0 is true, so NaN and the infinities are named first
+    IF p_value = 'NaN' OR p_value = 'Infinity' OR p_value = '-Infinity' THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('%s must be a finite number, got %s', p_name, p_value);
+    END IF;
+    IF p_value < 0 THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('%s must not be negative, got %s', p_name, p_value);
+    END IF;
+    IF p_value > p_max THEN
+        RAISE EXCEPTION USING ERRCODE = '22003',
+            MESSAGE = format('%s must be at most %s, got %s', p_name, p_max,
+                             CASE WHEN length(p_value::text) > 40 THEN left(p_value::text, 20) || '...' || ' (' || length(p_value::text) || ' digits)' ELSE p_value::text END);
+    END IF;
+    RETURN p_value;
+END;
+$$;
+
+ALTER FUNCTION sigledger._assert_usd(p_name text, p_value numeric, p_max numeric) OWNER TO sigledger_owner;
+
+--
+-- Name: _budget_apply_settings(bigint, numeric, text, numeric, text, numeric[], bigint); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger._budget_apply_settings(p_budget_id bigint, p_limit_usd numeric, p_period text, p_grace_ratio numeric, p_fail_policy text, p_alert_thresholds numeric[], p_parent_budget_id bigint) RETURNS void
+    LANGUAGE plpgsql
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+DECLARE
+    b sigledger.budget%ROWTYPE;
+    v_parent_level text;
+    v_cap numeric;
+BEGIN
+    SELECT * INTO b FROM sigledger.budget WHERE id = p_budget_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'P0002', MESSAGE = format('unknown budget %s', p_budget_id);
+    END IF;
+    IF p_limit_usd IS NOT NULL THEN
+        b.limit_usd := sigledger._assert_usd('limit_usd', p_limit_usd, 1000000000);
+    END IF;
+    IF p_period IS NOT NULL THEN
+        IF p_period NOT IN ('none', 'daily', 'weekly', 'monthly') THEN
+            RAISE EXCEPTION USING ERRCODE = '22023',
+                MESSAGE = format('period must be none, daily, weekly or monthly, got %L', p_period);
+        END IF;
+        b.period := p_period;
+    END IF;
+    IF p_grace_ratio IS NOT NULL THEN
+        PERFORM sigledger._assert_usd('grace_ratio', p_grace_ratio, 1);
+        b.grace_ratio := p_grace_ratio;
+    END IF;
+    IF p_fail_policy IS NOT NULL THEN
+        IF p_fail_policy NOT IN ('open', 'closed') THEN
+            RAISE EXCEPTION USING ERRCODE = '22023',
+                MESSAGE = format('fail_policy must be open or closed, got %L', p_fail_policy);
+        END IF;
+        b.fail_policy := p_fail_policy;
+    END IF;
+    IF p_alert_thresholds IS NOT NULL THEN
+        IF NOT sigledger._valid_alert_thresholds(p_alert_thresholds) THEN
+            RAISE EXCEPTION USING ERRCODE = '22023',
+                MESSAGE = format('alert_thresholds must be at most 10 fractions of the limit in (0, 10], got %s', p_alert_thresholds);
+        END IF;
+        b.alert_thresholds := p_alert_thresholds;
+    END IF;
+    IF p_parent_budget_id IS NOT NULL THEN
+        SELECT level INTO v_parent_level FROM sigledger.budget WHERE id = p_parent_budget_id;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION USING ERRCODE = 'P0002', MESSAGE = format('unknown parent budget %s', p_parent_budget_id);
+        END IF;
+        IF NOT ((b.level = 'agent' AND v_parent_level IN ('team', 'org')) OR (b.level = 'team' AND v_parent_level = 'org')) THEN
+            RAISE EXCEPTION USING ERRCODE = '22023',
+                MESSAGE = format('a %s budget cannot sit under a %s budget (%s)', b.level, v_parent_level, p_parent_budget_id);
+        END IF;
+        b.parent_id := p_parent_budget_id;
+        b.parent_level := v_parent_level;
+    END IF;
+    UPDATE sigledger.budget
+       SET limit_usd = b.limit_usd, period = b.period, grace_ratio = b.grace_ratio, fail_policy = b.fail_policy,
+           alert_thresholds = b.alert_thresholds, parent_id = b.parent_id, parent_level = b.parent_level,
+           updated_at = now()
+     WHERE id = p_budget_id;
+    v_cap := b.limit_usd * (1 + b.grace_ratio);
+    -- current and future periods take the new cap; past periods keep theirs
+    PERFORM 1 FROM sigledger.budget_spend s
+      WHERE s.budget_id = p_budget_id AND s.period_start >= sigledger._period_start(b.period, now())
+      ORDER BY s.period_start FOR UPDATE;
+    UPDATE sigledger.budget_spend s
+       SET cap_usd = v_cap,
+           excess_usd = greatest(s.excess_usd, s.spent_usd + s.reserved_usd - v_cap)
+     WHERE s.budget_id = p_budget_id AND s.period_start >= sigledger._period_start(b.period, now());
+END;
+$$;
+
+ALTER FUNCTION sigledger._budget_apply_settings(p_budget_id bigint, p_limit_usd numeric, p_period text, p_grace_ratio numeric, p_fail_policy text, p_alert_thresholds numeric[], p_parent_budget_id bigint) OWNER TO sigledger_owner;
+
+--
+-- Name: _budget_chain(uuid, timestamp with time zone); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger._budget_chain(p_agent_id uuid, p_at timestamp with time zone) RETURNS TABLE(budget_id bigint, level text, lock_rank integer, period_start timestamp with time zone, cap_usd numeric, limit_usd numeric, alert_thresholds numeric[], fail_policy text)
+    LANGUAGE plpgsql STABLE
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+DECLARE
+    v_chain sigledger.budget[] := '{}'::sigledger.budget[];
+    b sigledger.budget;
+BEGIN
+    SELECT * INTO b FROM sigledger.budget x WHERE x.agent_id = p_agent_id;
+    WHILE FOUND LOOP
+        v_chain := b || v_chain;  -- parents first
+        EXIT WHEN b.parent_id IS NULL OR cardinality(v_chain) >= 3;
+        SELECT * INTO b FROM sigledger.budget x WHERE x.id = b.parent_id;
+    END LOOP;
+    FOREACH b IN ARRAY v_chain LOOP
+        budget_id := b.id;
+        level := b.level;
+        lock_rank := CASE b.level WHEN 'org' THEN 0 WHEN 'team' THEN 1 ELSE 2 END;
+        period_start := sigledger._period_start(b.period, p_at);
+        cap_usd := b.limit_usd * (1 + b.grace_ratio);
+        limit_usd := b.limit_usd;
+        alert_thresholds := b.alert_thresholds;
+        fail_policy := b.fail_policy;
+        RETURN NEXT;
+    END LOOP;
+END;
+$$;
+
+ALTER FUNCTION sigledger._budget_chain(p_agent_id uuid, p_at timestamp with time zone) OWNER TO sigledger_owner;
+
+--
+-- Name: _budget_chain_arrays(uuid, timestamp with time zone); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger._budget_chain_arrays(p_agent_id uuid, p_at timestamp with time zone, OUT ids bigint[], OUT periods timestamp with time zone[], OUT caps numeric[], OUT limits numeric[], OUT thresholds text[], OUT levels text[], OUT agent_fail_policy text) RETURNS record
+    LANGUAGE plpgsql STABLE
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+-- (walks the chain itself rather than reading _budget_chain: one statement per level, no set-returning call)
+DECLARE
+    b sigledger.budget;
+BEGIN
+    SELECT * INTO b FROM sigledger.budget x WHERE x.agent_id = p_agent_id;
+    IF FOUND THEN
+        agent_fail_policy := b.fail_policy;
+    END IF;
+    WHILE FOUND LOOP
+        -- parents are prepended: the arrays end up in lock order (org, team, agent)
+        ids := b.id || ids;
+        periods := sigledger._period_start(b.period, p_at) || periods;
+        caps := (b.limit_usd * (1 + b.grace_ratio)) || caps;
+        limits := b.limit_usd || limits;
+        thresholds := b.alert_thresholds::text || thresholds;
+        levels := b.level || levels;
+        EXIT WHEN b.parent_id IS NULL OR cardinality(ids) >= 3;
+        SELECT * INTO b FROM sigledger.budget x WHERE x.id = b.parent_id;
+    END LOOP;
+END;
+$$;
+
+ALTER FUNCTION sigledger._budget_chain_arrays(p_agent_id uuid, p_at timestamp with time zone, OUT ids bigint[], OUT periods timestamp with time zone[], OUT caps numeric[], OUT limits numeric[], OUT thresholds text[], OUT levels text[], OUT agent_fail_policy text) OWNER TO sigledger_owner;
+
+--
+-- Name: _budget_spend_bump_version(); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger._budget_spend_bump_version() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+-- Every change of a spend row gets a new version (the seed's optimistic-lock column, kept for its API).
+BEGIN
+    NEW.version := OLD.version + 1;
+    RETURN NEW;
+END;
+$$;
+
+ALTER FUNCTION sigledger._budget_spend_bump_version() OWNER TO sigledger_owner;
+
+--
+-- Name: _car_apply(uuid, bigint[], timestamp with time zone[], numeric[], numeric[], text[], numeric, bigint, boolean); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger._car_apply(p_agent_id uuid, p_ids bigint[], p_periods timestamp with time zone[], p_caps numeric[], p_limits numeric[], p_thresholds text[], p_cost numeric, p_expected_version bigint, p_nowait boolean, OUT ok boolean, OUT remaining_usd numeric, OUT version bigint) RETURNS record
+    LANGUAGE plpgsql
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+DECLARE
+    n integer := cardinality(p_ids);
+    v_rem numeric;
+    v_spent numeric;
+    v_version bigint;
+BEGIN
+    ok := false;
+    FOR i IN 1 .. n LOOP
+        FOR attempt IN 1 .. 2 LOOP
+            IF p_nowait THEN
+                -- the seed's fail-fast mode, only on request: 55P03 when another session holds the row
+                PERFORM 1 FROM sigledger.budget_spend s
+                 WHERE s.budget_id = p_ids[i] AND s.period_start = p_periods[i] FOR UPDATE NOWAIT;
+            END IF;
+            UPDATE sigledger.budget_spend s
+               SET spent_usd = s.spent_usd + p_cost
+             WHERE s.budget_id = p_ids[i] AND s.period_start = p_periods[i]
+               AND s.spent_usd + s.reserved_usd + p_cost <= s.cap_usd
+               AND (i < n OR p_expected_version IS NULL OR s.version = p_expected_version)
+            RETURNING s.cap_usd - s.spent_usd - s.reserved_usd, s.spent_usd, s.version
+                 INTO v_rem, v_spent, v_version;
+            EXIT WHEN FOUND;
+            -- missing period row (first use) -> create it and try again; otherwise refused
+            EXIT WHEN NOT sigledger._spend_ensure(p_ids[i], p_periods[i], p_caps[i]);
+        END LOOP;
+        IF v_rem IS NULL THEN
+            SELECT greatest(0, s.cap_usd - s.spent_usd - s.reserved_usd), s.version INTO v_rem, v_version
+              FROM sigledger.budget_spend s WHERE s.budget_id = p_ids[i] AND s.period_start = p_periods[i];
+            IF i = n AND p_expected_version IS NOT NULL AND v_version <> p_expected_version THEN
+                RAISE EXCEPTION USING ERRCODE = 'SLV01',
+                    MESSAGE = format('version conflict on agent %s: expected version %s, current version %s',
+                                     p_agent_id, p_expected_version, v_version),
+                    DETAIL = format('current_version=%s', v_version),
+                    HINT = 'Re-read the version (budget_status) and retry, or pass expected_version => NULL.';
+            END IF;
+            IF i < n THEN
+                RAISE EXCEPTION USING ERRCODE = 'SLB01',
+                    MESSAGE = format('budget exceeded: agent %s asks %s USD, budget %s has %s USD left',
+                                     p_agent_id, p_cost, p_ids[i], v_rem),
+                    DETAIL = format('remaining_usd=%s budget_id=%s', v_rem, p_ids[i]);
+            END IF;
+            remaining_usd := v_rem;
+            version := v_version;
+            RETURN;
+        END IF;
+        PERFORM sigledger._spend_alerts(p_ids[i], p_periods[i], p_limits[i], p_thresholds[i]::numeric[],
+                                        v_spent - p_cost, v_spent);
+        remaining_usd := least(remaining_usd, v_rem);
+        version := v_version;
+    END LOOP;
+    ok := true;
+END;
+$$;
+
+ALTER FUNCTION sigledger._car_apply(p_agent_id uuid, p_ids bigint[], p_periods timestamp with time zone[], p_caps numeric[], p_limits numeric[], p_thresholds text[], p_cost numeric, p_expected_version bigint, p_nowait boolean, OUT ok boolean, OUT remaining_usd numeric, OUT version bigint) OWNER TO sigledger_owner;
+
+--
 -- Name: _check_merge_input(text, uuid, uuid[]); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
 --
 
@@ -50,6 +376,79 @@ END;
 $$;
 
 ALTER FUNCTION sigledger._check_merge_input(p_kind text, p_target uuid, p_sources uuid[]) OWNER TO sigledger_owner;
+
+--
+-- Name: _cost_insert(text, uuid, text, text, bigint, bigint, numeric, numeric, text, bigint, timestamp with time zone, timestamp with time zone, jsonb); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger._cost_insert(p_idempotency_key text, p_agent_id uuid, p_model text, p_provider text, p_input_tokens bigint, p_output_tokens bigint, p_cost_usd numeric, p_priced_usd numeric, p_cost_source text, p_reservation_id bigint, p_charged_at timestamp with time zone, p_created_at timestamp with time zone, p_metadata jsonb, OUT ledger_id bigint, OUT inserted boolean) RETURNS record
+    LANGUAGE plpgsql
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+BEGIN
+    INSERT INTO sigledger.llm_cost_log (idempotency_key, agent_id, provider, model, tokens_input, tokens_output,
+                                       cost_usd, priced_usd, cost_source, reservation_id, charged_at, created_at,
+                                       metadata)
+    VALUES (p_idempotency_key, p_agent_id, p_provider, p_model, p_input_tokens, p_output_tokens,
+            p_cost_usd, p_priced_usd, p_cost_source, p_reservation_id, p_charged_at, p_created_at, p_metadata)
+    ON CONFLICT ON CONSTRAINT llm_cost_log_idempotency_key_key DO NOTHING
+    RETURNING id INTO ledger_id;
+    inserted := ledger_id IS NOT NULL;
+    IF NOT inserted THEN
+        -- the key exists (possibly committed by a concurrent caller a moment ago): same answer, nothing changed
+        SELECT l.id INTO ledger_id FROM sigledger.llm_cost_log l WHERE l.idempotency_key = p_idempotency_key;
+    END IF;
+END;
+$$;
+
+ALTER FUNCTION sigledger._cost_insert(p_idempotency_key text, p_agent_id uuid, p_model text, p_provider text, p_input_tokens bigint, p_output_tokens bigint, p_cost_usd numeric, p_priced_usd numeric, p_cost_source text, p_reservation_id bigint, p_charged_at timestamp with time zone, p_created_at timestamp with time zone, p_metadata jsonb, OUT ledger_id bigint, OUT inserted boolean) OWNER TO sigledger_owner;
+
+--
+-- Name: _cost_validate(text, uuid, text, text, bigint, bigint, numeric, timestamp with time zone, jsonb, boolean); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger._cost_validate(p_idempotency_key text, p_agent_id uuid, p_model text, p_provider text, p_input_tokens bigint, p_output_tokens bigint, p_cost_usd numeric, p_created_at timestamp with time zone, p_metadata jsonb, p_check_agent boolean DEFAULT true, OUT cost_usd numeric, OUT priced_usd numeric, OUT cost_source text, OUT created_at timestamp with time zone, OUT metadata jsonb) RETURNS record
+    LANGUAGE plpgsql STABLE
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+BEGIN
+    PERFORM sigledger._assert_text('idempotency_key', p_idempotency_key);
+    PERFORM sigledger._assert_text('model', p_model);
+    PERFORM sigledger._assert_text('provider', p_provider);
+    PERFORM sigledger._assert_tokens('input_tokens', p_input_tokens);
+    PERFORM sigledger._assert_tokens('output_tokens', p_output_tokens);
+    created_at := sigledger._assert_timestamp('created_at', p_created_at);
+    metadata := coalesce(p_metadata, '{}'::jsonb);
+    IF jsonb_typeof(metadata) <> 'object' THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('metadata must be a JSON object, got %s', jsonb_typeof(metadata));
+    END IF;
+    IF p_agent_id IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '22004', MESSAGE = 'agent_id must not be NULL';
+    END IF;
+    IF p_check_agent THEN
+        PERFORM 1 FROM sigledger.agent_registry a WHERE a.id = p_agent_id;
+    END IF;
+    IF p_check_agent AND NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'P0002', MESSAGE = format('unknown agent %s', p_agent_id);
+    END IF;
+    priced_usd := sigledger._price(p_provider, p_model, created_at, p_input_tokens, p_output_tokens);
+    IF p_cost_usd IS NULL THEN
+        IF priced_usd IS NULL THEN
+            RAISE EXCEPTION USING ERRCODE = '22023',
+                MESSAGE = format('cost_usd omitted and no price for provider %L model %L at %s', p_provider, p_model, created_at),
+                HINT = 'Pass cost_usd, or add the model to the price table with add_model_price().';
+        END IF;
+        cost_usd := sigledger._assert_usd('priced cost_usd', priced_usd);
+        cost_source := 'price_table';
+    ELSE
+        cost_usd := round(sigledger._assert_usd('cost_usd', p_cost_usd), 6);
+        cost_source := 'client';
+    END IF;
+END;
+$$;
+
+ALTER FUNCTION sigledger._cost_validate(p_idempotency_key text, p_agent_id uuid, p_model text, p_provider text, p_input_tokens bigint, p_output_tokens bigint, p_cost_usd numeric, p_created_at timestamp with time zone, p_metadata jsonb, p_check_agent boolean, OUT cost_usd numeric, OUT priced_usd numeric, OUT cost_source text, OUT created_at timestamp with time zone, OUT metadata jsonb) OWNER TO sigledger_owner;
 
 --
 -- Name: _entity_aliases_no_tombstone(); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
@@ -858,6 +1257,25 @@ $$;
 ALTER FUNCTION sigledger._ingest(p_batch jsonb, p_unknown_policy text) OWNER TO sigledger_owner;
 
 --
+-- Name: _llm_cost_log_append_only(); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger._llm_cost_log_append_only() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+-- Refuses UPDATE, DELETE and TRUNCATE on the ledger, whoever the caller is (the owner included).
+BEGIN
+    RAISE EXCEPTION USING
+        ERRCODE = '42501',
+        MESSAGE = format('llm_cost_log is append-only: %s refused', TG_OP),
+        HINT = 'Record a correcting entry instead; costs are never edited or removed.';
+END;
+$$;
+
+ALTER FUNCTION sigledger._llm_cost_log_append_only() OWNER TO sigledger_owner;
+
+--
 -- Name: _lock_live_entities(uuid[]); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
 --
 
@@ -1002,6 +1420,84 @@ ALTER FUNCTION sigledger._outbox_emit(p_aggregate_type text, p_aggregate_id uuid
 COMMENT ON FUNCTION sigledger._outbox_emit(p_aggregate_type text, p_aggregate_id uuid, p_event_type text, p_payload jsonb) IS 'Internal: records a change for the Neo4j projection in the current transaction.';
 
 --
+-- Name: _period_start(text, timestamp with time zone); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger._period_start(p_period text, p_at timestamp with time zone) RETURNS timestamp with time zone
+    LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+-- Periods are calendar periods in UTC; weeks start on Monday (ISO). 'none' is one everlasting period.
+-- (PL/pgSQL, not SQL: a SQL function with a SET clause is planned again on every call; this one is on the
+-- hot path.)
+BEGIN
+    RETURN CASE p_period
+               WHEN 'none'    THEN timestamptz '1970-01-01 00:00:00+00'
+               WHEN 'daily'   THEN date_trunc('day',   p_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
+               WHEN 'weekly'  THEN date_trunc('week',  p_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
+               WHEN 'monthly' THEN date_trunc('month', p_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
+           END;
+END;
+$$;
+
+ALTER FUNCTION sigledger._period_start(p_period text, p_at timestamp with time zone) OWNER TO sigledger_owner;
+
+--
+-- Name: _price(text, text, timestamp with time zone, bigint, bigint); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger._price(p_provider text, p_model text, p_at timestamp with time zone, p_input_tokens bigint, p_output_tokens bigint) RETURNS numeric
+    LANGUAGE plpgsql STABLE
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+DECLARE
+    v_in numeric;
+    v_out numeric;
+BEGIN
+    SELECT p.input_usd_per_mtok, p.output_usd_per_mtok INTO v_in, v_out
+      FROM sigledger.model_price p
+     WHERE p.provider = p_provider AND p.model = p_model AND p.valid_from <= p_at
+     ORDER BY p.valid_from DESC
+     LIMIT 1;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    RETURN round((p_input_tokens * v_in + p_output_tokens * v_out) / 1000000, 6);
+END;
+$$;
+
+ALTER FUNCTION sigledger._price(p_provider text, p_model text, p_at timestamp with time zone, p_input_tokens bigint, p_output_tokens bigint) OWNER TO sigledger_owner;
+
+--
+-- Name: _reconcile_expected(bigint, timestamp with time zone); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger._reconcile_expected(p_budget_id bigint, p_period_start timestamp with time zone, OUT spent_usd numeric, OUT reserved_usd numeric) RETURNS record
+    LANGUAGE plpgsql STABLE
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+DECLARE
+    v_period text;
+BEGIN
+    SELECT b.period INTO v_period FROM sigledger.budget b WHERE b.id = p_budget_id;
+    SELECT coalesce(sum(l.cost_usd), 0) INTO spent_usd
+      FROM sigledger.llm_cost_log l
+     WHERE l.agent_id IN (
+               SELECT a.agent_id FROM sigledger.budget a
+                 LEFT JOIN sigledger.budget t ON t.id = a.parent_id
+                WHERE a.level = 'agent' AND (a.id = p_budget_id OR a.parent_id = p_budget_id OR t.parent_id = p_budget_id))
+       AND sigledger._period_start(v_period, l.charged_at) = p_period_start;
+    SELECT coalesce(sum(r.estimate_usd), 0) INTO reserved_usd
+      FROM sigledger.budget_reservation r
+     WHERE r.state = 'open'
+       AND EXISTS (SELECT 1 FROM unnest(r.budget_ids, r.period_starts) u(bid, ps)
+                    WHERE u.bid = p_budget_id AND u.ps = p_period_start);
+END;
+$$;
+
+ALTER FUNCTION sigledger._reconcile_expected(p_budget_id bigint, p_period_start timestamp with time zone, OUT spent_usd numeric, OUT reserved_usd numeric) OWNER TO sigledger_owner;
+
+--
 -- Name: _signal_entities_no_tombstone(); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
 --
 
@@ -1029,6 +1525,150 @@ $$;
 ALTER FUNCTION sigledger._signal_entities_no_tombstone() OWNER TO sigledger_owner;
 
 --
+-- Name: _spend_alerts(bigint, timestamp with time zone, numeric, numeric[], numeric, numeric); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger._spend_alerts(p_budget_id bigint, p_period_start timestamp with time zone, p_limit numeric, p_thresholds numeric[], p_old_spent numeric, p_new_spent numeric) RETURNS integer
+    LANGUAGE plpgsql
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+DECLARE
+    v_threshold numeric;
+    v_id bigint;
+    v_count integer := 0;
+BEGIN
+    FOREACH v_threshold IN ARRAY p_thresholds LOOP
+        IF p_old_spent < v_threshold * p_limit AND p_new_spent >= v_threshold * p_limit THEN
+            INSERT INTO sigledger.budget_alert (budget_id, period_start, threshold, limit_usd, spent_usd)
+            VALUES (p_budget_id, p_period_start, v_threshold, p_limit, p_new_spent)
+            ON CONFLICT ON CONSTRAINT budget_alert_once_key DO NOTHING
+            RETURNING id INTO v_id;
+            IF v_id IS NOT NULL THEN
+                v_count := v_count + 1;
+                PERFORM pg_notify('sigledger_budget_alert', json_build_object(
+                    'alert_id', v_id, 'budget_id', p_budget_id, 'period_start', p_period_start,
+                    'threshold', v_threshold, 'limit_usd', p_limit, 'spent_usd', p_new_spent)::text);
+            END IF;
+        END IF;
+    END LOOP;
+    RETURN v_count;
+END;
+$$;
+
+ALTER FUNCTION sigledger._spend_alerts(p_budget_id bigint, p_period_start timestamp with time zone, p_limit numeric, p_thresholds numeric[], p_old_spent numeric, p_new_spent numeric) OWNER TO sigledger_owner;
+
+--
+-- Name: _spend_charge(bigint, timestamp with time zone, numeric, numeric, numeric, numeric, numeric[]); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger._spend_charge(p_budget_id bigint, p_period_start timestamp with time zone, p_cap numeric, p_spent numeric, p_release numeric, p_limit numeric, p_thresholds numeric[]) RETURNS numeric
+    LANGUAGE plpgsql
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+DECLARE
+    v_new_spent numeric;
+BEGIN
+    FOR i IN 1..2 LOOP
+        UPDATE sigledger.budget_spend s
+           SET spent_usd = s.spent_usd + p_spent,
+               reserved_usd = s.reserved_usd - p_release,
+               excess_usd = s.excess_usd + greatest(0, (s.spent_usd + p_spent + s.reserved_usd - p_release)
+                                                       - (s.cap_usd + s.excess_usd))
+         WHERE s.budget_id = p_budget_id AND s.period_start = p_period_start
+        RETURNING s.spent_usd INTO v_new_spent;
+        EXIT WHEN FOUND;
+        PERFORM sigledger._spend_ensure(p_budget_id, p_period_start, p_cap);
+    END LOOP;
+    IF v_new_spent IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'XX000',
+            MESSAGE = format('budget_spend row %s/%s vanished', p_budget_id, p_period_start);
+    END IF;
+    IF p_spent > 0 AND cardinality(p_thresholds) > 0 THEN
+        PERFORM sigledger._spend_alerts(p_budget_id, p_period_start, p_limit, p_thresholds,
+                                        v_new_spent - p_spent, v_new_spent);
+    END IF;
+    RETURN v_new_spent;
+END;
+$$;
+
+ALTER FUNCTION sigledger._spend_charge(p_budget_id bigint, p_period_start timestamp with time zone, p_cap numeric, p_spent numeric, p_release numeric, p_limit numeric, p_thresholds numeric[]) OWNER TO sigledger_owner;
+
+--
+-- Name: _spend_ensure(bigint, timestamp with time zone, numeric); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger._spend_ensure(p_budget_id bigint, p_period_start timestamp with time zone, p_cap numeric) RETURNS boolean
+    LANGUAGE plpgsql
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+BEGIN
+    INSERT INTO sigledger.budget_spend (budget_id, period_start, cap_usd)
+    VALUES (p_budget_id, p_period_start, p_cap)
+    ON CONFLICT (budget_id, period_start) DO NOTHING;
+    RETURN FOUND;
+END;
+$$;
+
+ALTER FUNCTION sigledger._spend_ensure(p_budget_id bigint, p_period_start timestamp with time zone, p_cap numeric) OWNER TO sigledger_owner;
+
+--
+-- Name: _spend_hold(bigint, timestamp with time zone, numeric, numeric, boolean); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger._spend_hold(p_budget_id bigint, p_period_start timestamp with time zone, p_cap numeric, p_amount numeric, p_nowait boolean DEFAULT false) RETURNS numeric
+    LANGUAGE plpgsql
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+DECLARE
+    v_remaining numeric;
+BEGIN
+    FOR i IN 1..2 LOOP
+        IF p_nowait THEN
+            -- the seed's fail-fast mode, only on request: 55P03 when another session holds the row
+            PERFORM 1 FROM sigledger.budget_spend s
+             WHERE s.budget_id = p_budget_id AND s.period_start = p_period_start FOR UPDATE NOWAIT;
+        END IF;
+        UPDATE sigledger.budget_spend s
+           SET reserved_usd = s.reserved_usd + p_amount
+         WHERE s.budget_id = p_budget_id AND s.period_start = p_period_start
+           AND s.spent_usd + s.reserved_usd + p_amount <= s.cap_usd
+        RETURNING s.cap_usd - s.spent_usd - s.reserved_usd INTO v_remaining;
+        IF FOUND THEN
+            RETURN v_remaining;
+        END IF;
+        -- nothing updated: the period row is missing (first use this period) or the guard refused
+        IF NOT sigledger._spend_ensure(p_budget_id, p_period_start, p_cap) THEN
+            RETURN NULL;
+        END IF;
+    END LOOP;
+    RETURN NULL;
+END;
+$$;
+
+ALTER FUNCTION sigledger._spend_hold(p_budget_id bigint, p_period_start timestamp with time zone, p_cap numeric, p_amount numeric, p_nowait boolean) OWNER TO sigledger_owner;
+
+--
+-- Name: _spend_release(bigint, timestamp with time zone, numeric); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger._spend_release(p_budget_id bigint, p_period_start timestamp with time zone, p_amount numeric) RETURNS void
+    LANGUAGE plpgsql
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+BEGIN
+    UPDATE sigledger.budget_spend s
+       SET reserved_usd = s.reserved_usd - p_amount
+     WHERE s.budget_id = p_budget_id AND s.period_start = p_period_start;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'XX000',
+            MESSAGE = format('budget_spend row %s/%s missing while releasing %s', p_budget_id, p_period_start, p_amount);
+    END IF;
+END;
+$$;
+
+ALTER FUNCTION sigledger._spend_release(p_budget_id bigint, p_period_start timestamp with time zone, p_amount numeric) OWNER TO sigledger_owner;
+
+--
 -- Name: _try_timestamptz(text); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
 --
 
@@ -1044,6 +1684,22 @@ END;
 $$;
 
 ALTER FUNCTION sigledger._try_timestamptz(p_value text) OWNER TO sigledger_owner;
+
+--
+-- Name: _valid_alert_thresholds(numeric[]); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger._valid_alert_thresholds(p_thresholds numeric[]) RETURNS boolean
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+    -- fractions of the limit, each in (0, 10], finite, no NULLs, at most 10 of them
+    SELECT cardinality(p_thresholds) <= 10
+       AND NOT EXISTS (SELECT 1 FROM unnest(p_thresholds) t
+                        WHERE t IS NULL OR t = 'NaN' OR t <= 0 OR t > 10);
+$$;
+
+ALTER FUNCTION sigledger._valid_alert_thresholds(p_thresholds numeric[]) OWNER TO sigledger_owner;
 
 --
 -- Name: add_alias(uuid, text); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
@@ -1100,6 +1756,323 @@ ALTER FUNCTION sigledger.add_alias(p_entity_id uuid, p_alias text) OWNER TO sigl
 COMMENT ON FUNCTION sigledger.add_alias(p_entity_id uuid, p_alias text) IS 'Attach alias p_alias to live entity p_entity_id. Returns true when added, false when it was already that entity''s alias.
 Errors: SLM01 the entity is a tombstone; 23505 the alias belongs to another entity.
 SQLSTATE: 22023, P0002, SLM01, 23505, 55P03';
+
+--
+-- Name: add_model_price(text, text, numeric, numeric, timestamp with time zone); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger.add_model_price(p_provider text, p_model text, p_input_usd_per_mtok numeric, p_output_usd_per_mtok numeric, p_valid_from timestamp with time zone DEFAULT NULL::timestamp with time zone) RETURNS timestamp with time zone
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+DECLARE
+    v_from timestamptz := coalesce(p_valid_from, now());
+BEGIN
+    PERFORM _assert_text('provider', p_provider);
+    PERFORM _assert_text('model', p_model);
+    PERFORM _assert_usd('input_usd_per_mtok', p_input_usd_per_mtok, 100000);
+    PERFORM _assert_usd('output_usd_per_mtok', p_output_usd_per_mtok, 100000);
+    IF v_from < timestamptz '2000-01-01 00:00:00+00' OR v_from >= timestamptz '2200-01-01 00:00:00+00' THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = format('valid_from must lie in [2000, 2200), got %s', v_from);
+    END IF;
+    INSERT INTO model_price (provider, model, valid_from, input_usd_per_mtok, output_usd_per_mtok)
+    VALUES (p_provider, p_model, v_from, p_input_usd_per_mtok, p_output_usd_per_mtok);
+    RETURN v_from;
+END;
+$$;
+
+ALTER FUNCTION sigledger.add_model_price(p_provider text, p_model text, p_input_usd_per_mtok numeric, p_output_usd_per_mtok numeric, p_valid_from timestamp with time zone) OWNER TO sigledger_owner;
+
+--
+-- Name: FUNCTION add_model_price(p_provider text, p_model text, p_input_usd_per_mtok numeric, p_output_usd_per_mtok numeric, p_valid_from timestamp with time zone); Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON FUNCTION sigledger.add_model_price(p_provider text, p_model text, p_input_usd_per_mtok numeric, p_output_usd_per_mtok numeric, p_valid_from timestamp with time zone) IS 'Adds a price (USD per million input/output tokens) valid from valid_from (default now). A price applies to calls
+made at or after valid_from until a later price.
+SQLSTATE: 22004, 22023, 22003, 23505';
+
+--
+-- Name: budget; Type: TABLE; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE TABLE sigledger.budget (
+    id bigint NOT NULL,
+    level text NOT NULL,
+    name text NOT NULL,
+    agent_id uuid,
+    parent_id bigint,
+    parent_level text,
+    limit_usd numeric(20,6) NOT NULL,
+    grace_ratio numeric(6,4) DEFAULT 0 NOT NULL,
+    period text DEFAULT 'none'::text NOT NULL,
+    fail_policy text DEFAULT 'closed'::text NOT NULL,
+    alert_thresholds numeric[] DEFAULT '{0.8,1.0}'::numeric[] NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT budget_agent_id_level CHECK (((level = 'agent'::text) = (agent_id IS NOT NULL))),
+    CONSTRAINT budget_alert_thresholds_valid CHECK (sigledger._valid_alert_thresholds(alert_thresholds)),
+    CONSTRAINT budget_fail_policy_valid CHECK ((fail_policy = ANY (ARRAY['open'::text, 'closed'::text]))),
+    CONSTRAINT budget_grace_ratio_range CHECK (((grace_ratio <> 'NaN'::numeric) AND (grace_ratio >= (0)::numeric) AND (grace_ratio <= (1)::numeric))),
+    CONSTRAINT budget_level_valid CHECK ((level = ANY (ARRAY['org'::text, 'team'::text, 'agent'::text]))),
+    CONSTRAINT budget_limit_usd_range CHECK (((limit_usd <> 'NaN'::numeric) AND (limit_usd >= (0)::numeric) AND (limit_usd <= (1000000000)::numeric))),
+    CONSTRAINT budget_name_not_empty CHECK (((length(btrim(name)) >= 1) AND (length(btrim(name)) <= 200))),
+    CONSTRAINT budget_parent_level_valid CHECK ((((parent_id IS NULL) AND (parent_level IS NULL)) OR ((level = 'agent'::text) AND (parent_level = ANY (ARRAY['team'::text, 'org'::text]))) OR ((level = 'team'::text) AND (parent_level = 'org'::text)))),
+    CONSTRAINT budget_period_valid CHECK ((period = ANY (ARRAY['none'::text, 'daily'::text, 'weekly'::text, 'monthly'::text])))
+);
+
+ALTER TABLE sigledger.budget OWNER TO sigledger_owner;
+
+--
+-- Name: TABLE budget; Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON TABLE sigledger.budget IS 'Budget settings per agent, team or organisation (private; use the budget API).';
+
+--
+-- Name: budget_alert; Type: TABLE; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE TABLE sigledger.budget_alert (
+    id bigint NOT NULL,
+    budget_id bigint NOT NULL,
+    period_start timestamp with time zone NOT NULL,
+    threshold numeric NOT NULL,
+    limit_usd numeric(20,6) NOT NULL,
+    spent_usd numeric(22,10) NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+ALTER TABLE sigledger.budget_alert OWNER TO sigledger_owner;
+
+--
+-- Name: TABLE budget_alert; Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON TABLE sigledger.budget_alert IS 'Threshold crossings, one row per budget/period/threshold; each also NOTIFYs sigledger_budget_alert.';
+
+--
+-- Name: budget_alerts; Type: VIEW; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE VIEW sigledger.budget_alerts AS
+ SELECT a.id,
+    a.budget_id,
+    b.level,
+    b.name,
+    b.agent_id,
+    a.period_start,
+    a.threshold,
+    a.limit_usd,
+    a.spent_usd,
+    a.created_at
+   FROM (sigledger.budget_alert a
+     JOIN sigledger.budget b ON ((b.id = a.budget_id)));
+
+ALTER TABLE sigledger.budget_alerts OWNER TO sigledger_owner;
+
+--
+-- Name: VIEW budget_alerts; Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON VIEW sigledger.budget_alerts IS 'Budget threshold alerts, newest last by id.';
+
+--
+-- Name: budget_alerts_after(bigint); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger.budget_alerts_after(p_after_id bigint DEFAULT 0) RETURNS SETOF sigledger.budget_alerts
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+    SELECT * FROM budget_alerts WHERE id > coalesce(p_after_id, 0) ORDER BY id;
+$$;
+
+ALTER FUNCTION sigledger.budget_alerts_after(p_after_id bigint) OWNER TO sigledger_owner;
+
+--
+-- Name: FUNCTION budget_alerts_after(p_after_id bigint); Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON FUNCTION sigledger.budget_alerts_after(p_after_id bigint) IS 'Budget alerts with id greater than after_id, oldest first (for watchers catching up after LISTEN); raises nothing.';
+
+--
+-- Name: budget_status(uuid); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger.budget_status(p_agent_id uuid) RETURNS TABLE(budget_id bigint, level text, name text, period text, period_start timestamp with time zone, limit_usd numeric, grace_ratio numeric, cap_usd numeric, spent_usd numeric, reserved_usd numeric, excess_usd numeric, remaining_usd numeric, fail_policy text, version bigint, open_reservations bigint)
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+BEGIN
+    IF p_agent_id IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '22004', MESSAGE = 'agent_id must not be NULL';
+    END IF;
+    PERFORM 1 FROM agent_registry a WHERE a.id = p_agent_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'P0002', MESSAGE = format('unknown agent %s', p_agent_id);
+    END IF;
+    RETURN QUERY
+    SELECT c.budget_id, c.level, b.name, b.period, c.period_start, b.limit_usd, b.grace_ratio,
+           coalesce(s.cap_usd, c.cap_usd), coalesce(s.spent_usd, 0), coalesce(s.reserved_usd, 0),
+           coalesce(s.excess_usd, 0),
+           greatest(0, coalesce(s.cap_usd, c.cap_usd) - coalesce(s.spent_usd, 0) - coalesce(s.reserved_usd, 0)),
+           b.fail_policy, coalesce(s.version, 0),
+           (SELECT count(*) FROM budget_reservation r WHERE r.agent_id = p_agent_id AND r.state = 'open')
+      FROM _budget_chain(p_agent_id, now()) c
+      JOIN budget b ON b.id = c.budget_id
+      LEFT JOIN budget_spend s ON s.budget_id = c.budget_id AND s.period_start = c.period_start
+     ORDER BY c.lock_rank, c.budget_id;
+END;
+$$;
+
+ALTER FUNCTION sigledger.budget_status(p_agent_id uuid) OWNER TO sigledger_owner;
+
+--
+-- Name: FUNCTION budget_status(p_agent_id uuid); Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON FUNCTION sigledger.budget_status(p_agent_id uuid) IS 'The agent''s budgets for the current period, one row per level (org, team, agent): limit, grace, cap, spent,
+reserved, excess (admitted above the cap after the fact), remaining, fail policy, version (the value
+check_and_record_budget''s expected_version compares with at the agent level), open reservations.
+No rows: the agent has no budget.
+SQLSTATE: 22004, P0002';
+
+--
+-- Name: check_and_record_budget(uuid, numeric, bigint, boolean); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger.check_and_record_budget(p_agent_id uuid, p_cost_usd numeric, p_expected_version bigint DEFAULT NULL::bigint, p_nowait boolean DEFAULT false) RETURNS TABLE(allowed boolean, remaining_usd numeric, version bigint, ledger_id bigint)
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'sigledger', 'pg_temp'
+    SET lock_timeout TO '5s'
+    AS $$
+DECLARE
+    ch record;
+    v record;
+    v_ledger bigint;
+    v_cost numeric;
+BEGIN
+    IF p_agent_id IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '22004', MESSAGE = 'agent_id must not be NULL';
+    END IF;
+    -- rounded to the ledger's scale, so that the spend and the ledger add up to the same cents
+    v_cost := round(_assert_usd('cost_usd', p_cost_usd), 6);
+    ch := _budget_chain_arrays(p_agent_id, now());
+    IF ch.ids IS NULL THEN
+        PERFORM 1 FROM agent_registry a WHERE a.id = p_agent_id;
+        RAISE EXCEPTION USING ERRCODE = 'P0002',
+            MESSAGE = CASE WHEN FOUND THEN format('agent %s has no budget', p_agent_id)
+                           ELSE format('unknown agent %s', p_agent_id) END;
+    END IF;
+    BEGIN
+        -- the ledger row first and the hot budget rows last, so that they stay locked only until commit;
+        -- a refusal rolls this block back (the ledger row included)
+        INSERT INTO llm_cost_log (idempotency_key, agent_id, provider, model, cost_usd, cost_source, charged_at, metadata)
+        VALUES ('check:' || gen_random_uuid()::text, p_agent_id, 'unspecified', 'unspecified', v_cost, 'client',
+                now(), '{"api": "check_and_record_budget"}'::jsonb)
+        RETURNING id INTO v_ledger;
+        v := _car_apply(p_agent_id, ch.ids, ch.periods, ch.caps, ch.limits, ch.thresholds, v_cost,
+                        p_expected_version, p_nowait);
+        IF NOT v.ok THEN
+            RAISE EXCEPTION USING ERRCODE = 'SLB01', MESSAGE = 'agent level refused',
+                DETAIL = format('remaining_usd=%s version=%s', v.remaining_usd, v.version);
+        END IF;
+    EXCEPTION WHEN SQLSTATE 'SLB01' THEN
+        v_ledger := NULL;
+        SELECT false AS ok,
+               min(greatest(0, s.cap_usd - s.spent_usd - s.reserved_usd)) AS remaining_usd,
+               max(s.version) FILTER (WHERE s.budget_id = ch.ids[cardinality(ch.ids)]) AS version
+          INTO v
+          FROM unnest(ch.ids, ch.periods) u(budget_id, period_start)
+          JOIN budget_spend s ON s.budget_id = u.budget_id AND s.period_start = u.period_start;
+    END;
+    allowed := v.ok; remaining_usd := v.remaining_usd; version := v.version; ledger_id := v_ledger;
+    RETURN NEXT;
+END;
+$$;
+
+ALTER FUNCTION sigledger.check_and_record_budget(p_agent_id uuid, p_cost_usd numeric, p_expected_version bigint, p_nowait boolean) OWNER TO sigledger_owner;
+
+--
+-- Name: FUNCTION check_and_record_budget(p_agent_id uuid, p_cost_usd numeric, p_expected_version bigint, p_nowait boolean); Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON FUNCTION sigledger.check_and_record_budget(p_agent_id uuid, p_cost_usd numeric, p_expected_version bigint, p_nowait boolean) IS 'The seed''s API, atomic: checks and records cost_usd against the agent''s budget (and team/org levels) in one
+guarded statement per level and returns (allowed, remaining_usd, version, ledger_id). allowed = false changes
+nothing. expected_version (optional) must equal the version of the agent''s current spend row (incremented by
+trigger on every change), else SLV01 with DETAIL current_version=N. nowait = true reproduces the seed''s fail-fast
+lock (55P03 when the row is busy); the default waits at most lock_timeout (5s). Allowed costs get a ledger row
+(provider/model ''unspecified'').
+SQLSTATE: 22004, 22023, 22003, P0002, SLV01, 55P03';
+
+--
+-- Name: cost_trends(integer); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger.cost_trends(p_days integer) RETURNS TABLE(day date, total_usd numeric, calls bigint, input_tokens numeric, output_tokens numeric)
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+-- p_days is an integer parameter used as a value, never interpolated into SQL (the seed's injection came
+-- from building the interval from text).
+DECLARE
+    v_today date := (now() AT TIME ZONE 'UTC')::date;
+BEGIN
+    IF p_days IS NULL OR p_days < 1 OR p_days > 365 THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('days must be between 1 and 365, got %s', coalesce(p_days::text, 'NULL'));
+    END IF;
+    RETURN QUERY
+    SELECT d.day, coalesce(sum(l.cost_usd), 0), count(l.id),
+           coalesce(sum(l.tokens_input), 0)::numeric, coalesce(sum(l.tokens_output), 0)::numeric
+      FROM (SELECT v_today - g.n AS day FROM generate_series(0, p_days - 1) AS g(n)) d
+      LEFT JOIN llm_cost_log l
+        ON l.created_at >= (d.day::timestamp AT TIME ZONE 'UTC')
+       AND l.created_at < ((d.day + 1)::timestamp AT TIME ZONE 'UTC')
+     GROUP BY d.day
+     ORDER BY d.day;
+END;
+$$;
+
+ALTER FUNCTION sigledger.cost_trends(p_days integer) OWNER TO sigledger_owner;
+
+--
+-- Name: FUNCTION cost_trends(p_days integer); Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON FUNCTION sigledger.cost_trends(p_days integer) IS 'Per-day (UTC) cost totals for the last days days (1..365), today included, days without costs as zero.
+SQLSTATE: 22023';
+
+--
+-- Name: create_agent(text, numeric, text, numeric, text, numeric[], bigint); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger.create_agent(p_name text, p_limit_usd numeric DEFAULT NULL::numeric, p_period text DEFAULT 'none'::text, p_grace_ratio numeric DEFAULT 0, p_fail_policy text DEFAULT 'closed'::text, p_alert_thresholds numeric[] DEFAULT '{0.8,1.0}'::numeric[], p_parent_budget_id bigint DEFAULT NULL::bigint) RETURNS uuid
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+DECLARE
+    v_agent_id uuid;
+BEGIN
+    PERFORM _assert_text('name', p_name);
+    INSERT INTO agent_registry (name) VALUES (p_name) RETURNING id INTO v_agent_id;
+    IF p_limit_usd IS NOT NULL THEN
+        PERFORM set_budget(v_agent_id, p_limit_usd, coalesce(p_period, 'none'), coalesce(p_grace_ratio, 0),
+                           coalesce(p_fail_policy, 'closed'), coalesce(p_alert_thresholds, '{0.8,1.0}'),
+                           p_parent_budget_id);
+    END IF;
+    RETURN v_agent_id;
+END;
+$$;
+
+ALTER FUNCTION sigledger.create_agent(p_name text, p_limit_usd numeric, p_period text, p_grace_ratio numeric, p_fail_policy text, p_alert_thresholds numeric[], p_parent_budget_id bigint) OWNER TO sigledger_owner;
+
+--
+-- Name: FUNCTION create_agent(p_name text, p_limit_usd numeric, p_period text, p_grace_ratio numeric, p_fail_policy text, p_alert_thresholds numeric[], p_parent_budget_id bigint); Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON FUNCTION sigledger.create_agent(p_name text, p_limit_usd numeric, p_period text, p_grace_ratio numeric, p_fail_policy text, p_alert_thresholds numeric[], p_parent_budget_id bigint) IS 'Registers an agent (name unique) and returns its id; with limit_usd also creates its budget (see set_budget).
+SQLSTATE: 22004, 22023, 22003, 23505, P0002';
 
 --
 -- Name: create_entity(text, text[], text); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
@@ -1164,6 +2137,39 @@ ALTER FUNCTION sigledger.create_entity(p_name text, p_aliases text[], p_entity_t
 
 COMMENT ON FUNCTION sigledger.create_entity(p_name text, p_aliases text[], p_entity_type text) IS 'Create an entity named p_name (of p_entity_type); the name and each of p_aliases become aliases (case-insensitive, one entity per alias). Returns the entity id.
 SQLSTATE: 22023, 23505';
+
+--
+-- Name: create_group_budget(text, text, numeric, text, numeric, text, numeric[], bigint); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger.create_group_budget(p_level text, p_name text, p_limit_usd numeric, p_period text DEFAULT 'none'::text, p_grace_ratio numeric DEFAULT 0, p_fail_policy text DEFAULT 'closed'::text, p_alert_thresholds numeric[] DEFAULT '{0.8,1.0}'::numeric[], p_parent_budget_id bigint DEFAULT NULL::bigint) RETURNS bigint
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+DECLARE
+    v_budget_id bigint;
+BEGIN
+    IF p_level IS NULL OR p_level NOT IN ('team', 'org') THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = format('level must be team or org, got %L', p_level);
+    END IF;
+    PERFORM _assert_text('name', p_name);
+    PERFORM _assert_usd('limit_usd', p_limit_usd, 1000000000);
+    INSERT INTO budget (level, name, limit_usd) VALUES (p_level, p_name, p_limit_usd) RETURNING id INTO v_budget_id;
+    PERFORM _budget_apply_settings(v_budget_id, p_limit_usd, p_period, p_grace_ratio, p_fail_policy,
+                                   p_alert_thresholds, p_parent_budget_id);
+    RETURN v_budget_id;
+END;
+$$;
+
+ALTER FUNCTION sigledger.create_group_budget(p_level text, p_name text, p_limit_usd numeric, p_period text, p_grace_ratio numeric, p_fail_policy text, p_alert_thresholds numeric[], p_parent_budget_id bigint) OWNER TO sigledger_owner;
+
+--
+-- Name: FUNCTION create_group_budget(p_level text, p_name text, p_limit_usd numeric, p_period text, p_grace_ratio numeric, p_fail_policy text, p_alert_thresholds numeric[], p_parent_budget_id bigint); Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON FUNCTION sigledger.create_group_budget(p_level text, p_name text, p_limit_usd numeric, p_period text, p_grace_ratio numeric, p_fail_policy text, p_alert_thresholds numeric[], p_parent_budget_id bigint) IS 'Creates a team or org budget (name unique per level) and returns its id. Reservations must fit at every level
+above an agent.
+SQLSTATE: 22004, 22023, 22003, 23505, P0002';
 
 --
 -- Name: create_opportunity(text, text, text, numeric, numeric, jsonb); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
@@ -1253,6 +2259,89 @@ ALTER FUNCTION sigledger.entity_signals_of(p_entity_id uuid) OWNER TO sigledger_
 --
 
 COMMENT ON FUNCTION sigledger.entity_signals_of(p_entity_id uuid) IS 'Signals that mention the entity p_entity_id stands for (following merged_into to the live target), oldest first.
+SQLSTATE: P0002';
+
+--
+-- Name: expire_reservations(integer); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger.expire_reservations(p_limit integer DEFAULT 10000) RETURNS integer
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'sigledger', 'pg_temp'
+    SET lock_timeout TO '5s'
+    AS $$
+DECLARE
+    x record;
+    v_count integer := 0;
+BEGIN
+    IF p_limit IS NULL OR p_limit < 1 OR p_limit > 1000000 THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('limit must be between 1 and 1000000, got %s', coalesce(p_limit::text, 'NULL'));
+    END IF;
+    FOR x IN
+        WITH claimed AS (
+            SELECT br.id FROM budget_reservation br
+             WHERE br.state = 'open' AND br.expires_at <= now()
+             ORDER BY br.expires_at, br.id
+             LIMIT p_limit
+               FOR UPDATE SKIP LOCKED
+        ), expired AS (
+            UPDATE budget_reservation br SET state = 'expired', closed_at = now()
+              FROM claimed WHERE br.id = claimed.id
+            RETURNING br.budget_ids, br.period_starts, br.estimate_usd
+        ), holds AS (
+            SELECT u.budget_id, u.period_start, sum(e.estimate_usd) AS amount
+              FROM expired e CROSS JOIN LATERAL unnest(e.budget_ids, e.period_starts) AS u(budget_id, period_start)
+             GROUP BY u.budget_id, u.period_start
+        )
+        SELECT h.budget_id, h.period_start, h.amount, (SELECT count(*) FROM expired) AS n
+          FROM holds h JOIN budget b ON b.id = h.budget_id
+         -- the global lock order
+         ORDER BY CASE b.level WHEN 'org' THEN 0 WHEN 'team' THEN 1 ELSE 2 END, h.budget_id, h.period_start
+    LOOP
+        PERFORM _spend_release(x.budget_id, x.period_start, x.amount);
+        v_count := x.n;
+    END LOOP;
+    RETURN v_count;
+END;
+$$;
+
+ALTER FUNCTION sigledger.expire_reservations(p_limit integer) OWNER TO sigledger_owner;
+
+--
+-- Name: FUNCTION expire_reservations(p_limit integer); Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON FUNCTION sigledger.expire_reservations(p_limit integer) IS 'Releases the holds of open reservations past their TTL (at most limit of them) and returns how many expired.
+Reservations locked by a concurrent settle/release are skipped.
+SQLSTATE: 22023, 55P03';
+
+--
+-- Name: find_agent(text); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger.find_agent(p_name text) RETURNS uuid
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+DECLARE
+    v_id uuid;
+BEGIN
+    SELECT a.id INTO v_id FROM agent_registry a WHERE a.name = p_name;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'P0002', MESSAGE = format('unknown agent %L', p_name);
+    END IF;
+    RETURN v_id;
+END;
+$$;
+
+ALTER FUNCTION sigledger.find_agent(p_name text) OWNER TO sigledger_owner;
+
+--
+-- Name: FUNCTION find_agent(p_name text); Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON FUNCTION sigledger.find_agent(p_name text) IS 'The id of the agent named name.
 SQLSTATE: P0002';
 
 --
@@ -1610,6 +2699,394 @@ COMMENT ON FUNCTION sigledger.opportunity_signals_of(p_opportunity_id uuid) IS '
 SQLSTATE: P0002';
 
 --
+-- Name: reconcile_budgets(boolean); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger.reconcile_budgets(p_repair boolean DEFAULT false) RETURNS TABLE(budget_id bigint, level text, period_start timestamp with time zone, recorded_spent_usd numeric, ledger_spent_usd numeric, recorded_reserved_usd numeric, open_reserved_usd numeric, spent_drift_usd numeric, reserved_drift_usd numeric, repaired boolean)
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'sigledger', 'pg_temp'
+    SET lock_timeout TO '5s'
+    AS $$
+DECLARE
+    x record;
+    e record;
+    v_cap numeric;
+BEGIN
+    IF p_repair IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '22004', MESSAGE = 'repair must not be NULL';
+    END IF;
+    IF p_repair AND current_setting('transaction_isolation') <> 'read committed' THEN
+        -- the repair recomputes after locking each row and needs each statement to see the latest commits
+        RAISE EXCEPTION USING ERRCODE = '25000',
+            MESSAGE = format('reconcile_budgets(repair => true) needs READ COMMITTED, not %s',
+                             current_setting('transaction_isolation'));
+    END IF;
+    FOR x IN
+        WITH chain AS (
+            SELECT a.agent_id, a.id AS budget_id, a.period FROM budget a WHERE a.level = 'agent'
+            UNION ALL
+            SELECT a.agent_id, p.id, p.period FROM budget a JOIN budget p ON p.id = a.parent_id WHERE a.level = 'agent'
+            UNION ALL
+            SELECT a.agent_id, g.id, g.period FROM budget a JOIN budget p ON p.id = a.parent_id
+              JOIN budget g ON g.id = p.parent_id WHERE a.level = 'agent'
+        ), led AS (
+            SELECT c.budget_id, _period_start(c.period, l.charged_at) AS ps, sum(l.cost_usd) AS amount
+              FROM llm_cost_log l JOIN chain c ON c.agent_id = l.agent_id
+             GROUP BY 1, 2
+        ), res AS (
+            SELECT u.bid AS budget_id, u.ps, sum(r.estimate_usd) AS amount
+              FROM budget_reservation r CROSS JOIN LATERAL unnest(r.budget_ids, r.period_starts) AS u(bid, ps)
+             WHERE r.state = 'open'
+             GROUP BY 1, 2
+        ), keys AS (
+            SELECT s.budget_id, s.period_start AS ps FROM budget_spend s
+            UNION SELECT led.budget_id, led.ps FROM led
+            UNION SELECT res.budget_id, res.ps FROM res
+        )
+        SELECT k.budget_id, b.level, k.ps,
+               coalesce(s.spent_usd, 0) AS rec_spent, coalesce(led.amount, 0) AS led_spent,
+               coalesce(s.reserved_usd, 0) AS rec_res, coalesce(res.amount, 0) AS open_res
+          FROM keys k
+          JOIN budget b ON b.id = k.budget_id
+          LEFT JOIN budget_spend s ON s.budget_id = k.budget_id AND s.period_start = k.ps
+          LEFT JOIN led ON led.budget_id = k.budget_id AND led.ps = k.ps
+          LEFT JOIN res ON res.budget_id = k.budget_id AND res.ps = k.ps
+         WHERE coalesce(s.spent_usd, 0) <> coalesce(led.amount, 0)
+            OR coalesce(s.reserved_usd, 0) <> coalesce(res.amount, 0)
+         ORDER BY CASE b.level WHEN 'org' THEN 0 WHEN 'team' THEN 1 ELSE 2 END, k.budget_id, k.ps
+    LOOP
+        budget_id := x.budget_id;
+        level := x.level;
+        period_start := x.ps;
+        recorded_spent_usd := x.rec_spent;
+        ledger_spent_usd := x.led_spent;
+        recorded_reserved_usd := x.rec_res;
+        open_reserved_usd := x.open_res;
+        repaired := false;
+        IF p_repair THEN
+            -- lock the row, then recompute: a call in flight either committed before we got the lock (and is
+            -- in the sums) or waits behind us and applies its own delta afterwards
+            SELECT b.limit_usd * (1 + b.grace_ratio) INTO v_cap FROM budget b WHERE b.id = x.budget_id;
+            PERFORM _spend_ensure(x.budget_id, x.ps, v_cap);
+            PERFORM 1 FROM budget_spend s WHERE s.budget_id = x.budget_id AND s.period_start = x.ps FOR UPDATE;
+            e := _reconcile_expected(x.budget_id, x.ps);
+            UPDATE budget_spend s
+               SET spent_usd = e.spent_usd, reserved_usd = e.reserved_usd,
+                   excess_usd = greatest(s.excess_usd, e.spent_usd + e.reserved_usd - s.cap_usd)
+             WHERE s.budget_id = x.budget_id AND s.period_start = x.ps;
+            recorded_spent_usd := x.rec_spent;
+            ledger_spent_usd := e.spent_usd;
+            open_reserved_usd := e.reserved_usd;
+            repaired := true;
+        END IF;
+        spent_drift_usd := recorded_spent_usd - ledger_spent_usd;
+        reserved_drift_usd := recorded_reserved_usd - open_reserved_usd;
+        RETURN NEXT;
+    END LOOP;
+END;
+$$;
+
+ALTER FUNCTION sigledger.reconcile_budgets(p_repair boolean) OWNER TO sigledger_owner;
+
+--
+-- Name: FUNCTION reconcile_budgets(p_repair boolean); Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON FUNCTION sigledger.reconcile_budgets(p_repair boolean) IS 'Recomputes each budget period''s spend from the ledger and its holds from the open reservations and returns
+the rows that drift (recorded minus recomputed). repair => true also sets the recorded values (row by row, in
+lock order, recomputed under the row lock; needs READ COMMITTED). Costs let through while the harness failed
+open reach the ledger through the spool and are counted like any other cost.
+SQLSTATE: 22004, 25000, 55P03';
+
+--
+-- Name: record_cost(text, uuid, text, text, bigint, bigint, numeric, timestamp with time zone, jsonb); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger.record_cost(p_idempotency_key text, p_agent_id uuid, p_model text, p_provider text, p_input_tokens bigint DEFAULT 0, p_output_tokens bigint DEFAULT 0, p_cost_usd numeric DEFAULT NULL::numeric, p_created_at timestamp with time zone DEFAULT NULL::timestamp with time zone, p_metadata jsonb DEFAULT '{}'::jsonb) RETURNS bigint
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'sigledger', 'pg_temp'
+    SET lock_timeout TO '5s'
+    AS $$
+DECLARE
+    v record;
+    v_ins record;
+    c record;
+BEGIN
+    v := _cost_validate(p_idempotency_key, p_agent_id, p_model, p_provider, p_input_tokens, p_output_tokens,
+                        p_cost_usd, p_created_at, p_metadata);
+    v_ins := _cost_insert(p_idempotency_key, p_agent_id, p_model, p_provider, p_input_tokens, p_output_tokens,
+                          v.cost_usd, v.priced_usd, v.cost_source, NULL, v.created_at, v.created_at, v.metadata);
+    IF v_ins.inserted THEN
+        -- the cost is already spent: charge it (above the cap it becomes recorded excess)
+        FOR c IN SELECT * FROM _budget_chain(p_agent_id, v.created_at) LOOP
+            PERFORM _spend_charge(c.budget_id, c.period_start, c.cap_usd, v.cost_usd, 0, c.limit_usd, c.alert_thresholds);
+        END LOOP;
+    END IF;
+    RETURN v_ins.ledger_id;
+END;
+$$;
+
+ALTER FUNCTION sigledger.record_cost(p_idempotency_key text, p_agent_id uuid, p_model text, p_provider text, p_input_tokens bigint, p_output_tokens bigint, p_cost_usd numeric, p_created_at timestamp with time zone, p_metadata jsonb) OWNER TO sigledger_owner;
+
+--
+-- Name: FUNCTION record_cost(p_idempotency_key text, p_agent_id uuid, p_model text, p_provider text, p_input_tokens bigint, p_output_tokens bigint, p_cost_usd numeric, p_created_at timestamp with time zone, p_metadata jsonb); Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON FUNCTION sigledger.record_cost(p_idempotency_key text, p_agent_id uuid, p_model text, p_provider text, p_input_tokens bigint, p_output_tokens bigint, p_cost_usd numeric, p_created_at timestamp with time zone, p_metadata jsonb) IS 'Appends one LLM call cost to the append-only ledger and returns its id; the same idempotency key again returns
+the same id and changes nothing. cost_usd NULL: computed from the dated price table (22023 if the model has no
+price). A client cost that disagrees with the price table is charged as given; the priced figure is stored
+beside it (view cost_price_disagreement). The agent''s budgets are charged for the period of created_at;
+spending above the cap is recorded as excess, never refused (the money is already spent).
+SQLSTATE: 22004, 22023, 22003, P0002, 55P03';
+
+--
+-- Name: record_costs(jsonb); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger.record_costs(p_batch jsonb) RETURNS TABLE(inserted integer, duplicates integer, quarantined integer)
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'sigledger', 'pg_temp'
+    SET lock_timeout TO '5s'
+    AS $$
+DECLARE
+    v_elem jsonb;
+    v record;
+    v_ins record;
+    c record;
+    v_agent uuid;
+    v_in bigint;
+    v_out bigint;
+    v_cost numeric;
+    v_created timestamptz;
+    v_state text;
+    v_msg text;
+    v_agents uuid[] := '{}'::uuid[];
+    v_times timestamptz[] := '{}'::timestamptz[];
+    v_costs numeric[] := '{}'::numeric[];
+BEGIN
+    inserted := 0; duplicates := 0; quarantined := 0;
+    IF p_batch IS NULL OR jsonb_typeof(p_batch) <> 'array' THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('batch must be a JSON array, got %s', coalesce(jsonb_typeof(p_batch), 'NULL'));
+    END IF;
+    IF jsonb_array_length(p_batch) > 10000 THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('batch must hold at most 10000 rows, got %s', jsonb_array_length(p_batch));
+    END IF;
+    -- key order: two overlapping batches insert shared keys in the same order (no deadlock on the unique index)
+    FOR v_elem IN SELECT e FROM jsonb_array_elements(p_batch) e ORDER BY e ->> 'idempotency_key' NULLS LAST LOOP
+        v_state := NULL;
+        -- validation writes nothing, so this subtransaction never takes an XID (no subxid overflow on big batches)
+        BEGIN
+            IF jsonb_typeof(v_elem) <> 'object' THEN
+                RAISE EXCEPTION USING ERRCODE = '22023',
+                    MESSAGE = format('batch row must be a JSON object, got %s', jsonb_typeof(v_elem));
+            END IF;
+            v_agent := (v_elem ->> 'agent_id')::uuid;
+            v_in := coalesce((v_elem ->> 'input_tokens')::bigint, 0);
+            v_out := coalesce((v_elem ->> 'output_tokens')::bigint, 0);
+            v_cost := (v_elem ->> 'cost_usd')::numeric;
+            v_created := (v_elem ->> 'created_at')::timestamptz;
+            v := _cost_validate(v_elem ->> 'idempotency_key', v_agent, v_elem ->> 'model', v_elem ->> 'provider',
+                                v_in, v_out, v_cost, v_created, v_elem -> 'metadata');
+        EXCEPTION
+            WHEN data_exception OR integrity_constraint_violation OR no_data_found THEN
+                GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_msg = MESSAGE_TEXT;
+        END;
+        IF v_state IS NOT NULL THEN
+            INSERT INTO cost_quarantine (idempotency_key, payload, sqlstate, reason)
+            VALUES (left(CASE WHEN jsonb_typeof(v_elem) = 'object' THEN v_elem ->> 'idempotency_key' END, 200),
+                    v_elem, v_state, v_msg);
+            quarantined := quarantined + 1;
+            CONTINUE;
+        END IF;
+        v_ins := _cost_insert(v_elem ->> 'idempotency_key', v_agent, v_elem ->> 'model', v_elem ->> 'provider',
+                              v_in, v_out, v.cost_usd, v.priced_usd, v.cost_source, NULL, v.created_at,
+                              v.created_at, v.metadata);
+        IF v_ins.inserted THEN
+            inserted := inserted + 1;
+            v_agents := v_agents || v_agent;
+            v_times := v_times || v.created_at;
+            v_costs := v_costs || v.cost_usd;
+        ELSE
+            duplicates := duplicates + 1;
+        END IF;
+    END LOOP;
+    -- one charge per (budget, period), rows locked in the global order (level, budget id, period)
+    FOR c IN
+        SELECT ch.budget_id, ch.lock_rank, ch.period_start, ch.cap_usd, ch.limit_usd, ch.alert_thresholds,
+               sum(x.cost) AS amount
+          FROM unnest(v_agents, v_times, v_costs) AS x(agent_id, charged_at, cost)
+          CROSS JOIN LATERAL _budget_chain(x.agent_id, x.charged_at) ch
+         GROUP BY ch.budget_id, ch.lock_rank, ch.period_start, ch.cap_usd, ch.limit_usd, ch.alert_thresholds
+         ORDER BY ch.lock_rank, ch.budget_id, ch.period_start
+    LOOP
+        PERFORM _spend_charge(c.budget_id, c.period_start, c.cap_usd, c.amount, 0, c.limit_usd, c.alert_thresholds);
+    END LOOP;
+    RETURN NEXT;
+END;
+$$;
+
+ALTER FUNCTION sigledger.record_costs(p_batch jsonb) OWNER TO sigledger_owner;
+
+--
+-- Name: FUNCTION record_costs(p_batch jsonb); Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON FUNCTION sigledger.record_costs(p_batch jsonb) IS 'Records a batch (JSON array of record_cost objects) in one transaction: valid rows are inserted, existing
+keys counted as duplicates, invalid rows quarantined in cost_quarantine with SQLSTATE and reason. Returns
+(inserted, duplicates, quarantined). Budgets are charged once per budget and period, in lock order.
+SQLSTATE: 22023, 55P03';
+
+--
+-- Name: release_budget(bigint); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger.release_budget(p_reservation_id bigint) RETURNS text
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'sigledger', 'pg_temp'
+    SET lock_timeout TO '5s'
+    AS $$
+DECLARE
+    r budget_reservation%ROWTYPE;
+BEGIN
+    IF p_reservation_id IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '22004', MESSAGE = 'reservation_id must not be NULL';
+    END IF;
+    SELECT * INTO r FROM budget_reservation br WHERE br.id = p_reservation_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'P0002', MESSAGE = format('unknown reservation %s', p_reservation_id);
+    END IF;
+    IF r.state = 'settled' THEN
+        RAISE EXCEPTION USING ERRCODE = 'SLB03',
+            MESSAGE = format('reservation %s is already settled (ledger %s) and cannot be released', r.id, r.ledger_id);
+    ELSIF r.state IN ('released', 'expired') THEN
+        RETURN r.state;  -- the hold is already gone
+    END IF;
+    UPDATE budget_reservation br SET state = 'released', closed_at = now() WHERE br.id = r.id;
+    -- the spend rows last (hot rows locked only until commit)
+    FOR i IN 1 .. cardinality(r.budget_ids) LOOP
+        PERFORM _spend_release(r.budget_ids[i], r.period_starts[i], r.estimate_usd);
+    END LOOP;
+    RETURN 'released';
+END;
+$$;
+
+ALTER FUNCTION sigledger.release_budget(p_reservation_id bigint) OWNER TO sigledger_owner;
+
+--
+-- Name: FUNCTION release_budget(p_reservation_id bigint); Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON FUNCTION sigledger.release_budget(p_reservation_id bigint) IS 'Releases the hold of an open reservation and returns its final state (released; expired if the sweep got it
+first). Idempotent. A settled reservation: SLB03.
+SQLSTATE: 22004, P0002, SLB03, 55P03';
+
+--
+-- Name: reserve_budget(uuid, numeric, interval, text); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger.reserve_budget(p_agent_id uuid, p_estimate_usd numeric, p_ttl interval DEFAULT '00:10:00'::interval, p_idempotency_key text DEFAULT NULL::text) RETURNS TABLE(reservation_id bigint, remaining_usd numeric, expires_at timestamp with time zone, fail_policy text, replayed boolean)
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'sigledger', 'pg_temp'
+    SET lock_timeout TO '5s'
+    AS $$
+DECLARE
+    v_key text;
+    v_estimate numeric;
+    v_ids bigint[];
+    v_periods timestamptz[];
+    v_caps numeric[];
+    v_levels text[];
+    v_policy text;
+    v_id bigint;
+    v_rem numeric;
+    v_min numeric;
+    v_avail numeric;
+    r budget_reservation%ROWTYPE;
+BEGIN
+    IF p_agent_id IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '22004', MESSAGE = 'agent_id must not be NULL';
+    END IF;
+    v_estimate := round(_assert_usd('estimate_usd', p_estimate_usd), 10);
+    IF p_ttl IS NULL OR p_ttl <= interval '0' OR p_ttl > interval '7 days' THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('ttl must be greater than 0 and at most 7 days, got %s', coalesce(p_ttl::text, 'NULL'));
+    END IF;
+    IF p_idempotency_key IS NOT NULL THEN
+        v_key := _assert_text('idempotency_key', p_idempotency_key);
+    ELSE
+        v_key := 'auto:' || gen_random_uuid()::text;
+    END IF;
+
+    SELECT ch.ids, ch.periods, ch.caps, ch.levels, ch.agent_fail_policy
+      INTO v_ids, v_periods, v_caps, v_levels, v_policy
+      FROM _budget_chain_arrays(p_agent_id, now()) ch;
+    IF v_ids IS NULL THEN
+        PERFORM 1 FROM agent_registry a WHERE a.id = p_agent_id;
+        RAISE EXCEPTION USING ERRCODE = 'P0002',
+            MESSAGE = CASE WHEN FOUND THEN format('agent %s has no budget', p_agent_id)
+                           ELSE format('unknown agent %s', p_agent_id) END,
+            HINT = 'Create one with set_budget(agent_id, limit_usd).';
+    END IF;
+
+    -- the reservation row first: a concurrent call with the same key waits here for ours and then finds it
+    INSERT INTO budget_reservation (idempotency_key, agent_id, estimate_usd, budget_ids, period_starts, expires_at)
+    VALUES (v_key, p_agent_id, v_estimate, v_ids, v_periods, now() + p_ttl)
+    ON CONFLICT ON CONSTRAINT budget_reservation_idempotency_key_key DO NOTHING
+    RETURNING id INTO v_id;
+    IF v_id IS NULL THEN
+        SELECT * INTO r FROM budget_reservation br WHERE br.idempotency_key = v_key;
+        IF r.agent_id <> p_agent_id OR r.estimate_usd <> v_estimate THEN
+            RAISE EXCEPTION USING ERRCODE = '23505',
+                MESSAGE = format('idempotency key %L already used by reservation %s (agent %s, estimate %s)',
+                                 v_key, r.id, r.agent_id, r.estimate_usd);
+        END IF;
+        SELECT min(greatest(0, s.cap_usd - s.spent_usd - s.reserved_usd)) INTO v_min
+          FROM unnest(r.budget_ids, r.period_starts) u(budget_id, period_start)
+          JOIN budget_spend s ON s.budget_id = u.budget_id AND s.period_start = u.period_start;
+        reservation_id := r.id; remaining_usd := v_min; expires_at := r.expires_at; fail_policy := v_policy;
+        replayed := true;
+        RETURN NEXT;
+        RETURN;
+    END IF;
+
+    -- one guarded statement per level, in lock order; a refusal rolls back the levels already held
+    FOR i IN 1 .. cardinality(v_ids) LOOP
+        v_rem := _spend_hold(v_ids[i], v_periods[i], v_caps[i], v_estimate, false);
+        IF v_rem IS NULL THEN
+            SELECT greatest(0, s.cap_usd - s.spent_usd - s.reserved_usd) INTO v_avail
+              FROM budget_spend s WHERE s.budget_id = v_ids[i] AND s.period_start = v_periods[i];
+            RAISE EXCEPTION USING ERRCODE = 'SLB01',
+                MESSAGE = format('budget exceeded: agent %s asks %s USD, %s budget %s has %s USD left',
+                                 p_agent_id, p_estimate_usd, v_levels[i], v_ids[i], v_avail),
+                DETAIL = format('remaining_usd=%s budget_id=%s level=%s period_start=%s',
+                                v_avail, v_ids[i], v_levels[i], v_periods[i]),
+                HINT = 'Lower the estimate, wait for open reservations to settle, or raise the limit.';
+        END IF;
+        v_min := least(v_min, v_rem);
+    END LOOP;
+    -- OUT values and RETURN NEXT (no query: a RETURN QUERY is one more statement to execute)
+    reservation_id := v_id; remaining_usd := v_min; expires_at := now() + p_ttl; fail_policy := v_policy;
+    replayed := false;
+    RETURN NEXT;
+END;
+$$;
+
+ALTER FUNCTION sigledger.reserve_budget(p_agent_id uuid, p_estimate_usd numeric, p_ttl interval, p_idempotency_key text) OWNER TO sigledger_owner;
+
+--
+-- Name: FUNCTION reserve_budget(p_agent_id uuid, p_estimate_usd numeric, p_ttl interval, p_idempotency_key text); Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON FUNCTION sigledger.reserve_budget(p_agent_id uuid, p_estimate_usd numeric, p_ttl interval, p_idempotency_key text) IS 'Holds estimate_usd on the agent''s budget (and its team/org budgets) for ttl (default 10 min, max 7 days) and
+returns (reservation_id, remaining_usd, expires_at, fail_policy, replayed). Idempotent by idempotency_key (a
+key reused for another agent or estimate: 23505). Refused with SLB01 when the hold does not fit under
+limit x (1 + grace) at some level; DETAIL: remaining_usd=... budget_id=... level=... period_start=....
+Waits for a busy budget row at most lock_timeout (5s, then 55P03).
+SQLSTATE: 22004, 22023, 22003, 23505, P0002, SLB01, 55P03';
+
+--
 -- Name: resolve_entity(text); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
 --
 
@@ -1639,6 +3116,172 @@ COMMENT ON FUNCTION sigledger.resolve_entity(p_name text) IS 'Return the id of t
 SQLSTATE: 22023';
 
 --
+-- Name: set_budget(uuid, numeric, text, numeric, text, numeric[], bigint); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger.set_budget(p_agent_id uuid, p_limit_usd numeric DEFAULT NULL::numeric, p_period text DEFAULT NULL::text, p_grace_ratio numeric DEFAULT NULL::numeric, p_fail_policy text DEFAULT NULL::text, p_alert_thresholds numeric[] DEFAULT NULL::numeric[], p_parent_budget_id bigint DEFAULT NULL::bigint) RETURNS bigint
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'sigledger', 'pg_temp'
+    SET lock_timeout TO '5s'
+    AS $$
+DECLARE
+    v_budget_id bigint;
+BEGIN
+    PERFORM 1 FROM agent_registry WHERE id = p_agent_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'P0002', MESSAGE = format('unknown agent %s', p_agent_id);
+    END IF;
+    SELECT id INTO v_budget_id FROM budget WHERE agent_id = p_agent_id;
+    IF NOT FOUND THEN
+        IF p_limit_usd IS NULL THEN
+            RAISE EXCEPTION USING ERRCODE = '22004', MESSAGE = 'limit_usd must not be NULL when creating a budget';
+        END IF;
+        PERFORM _assert_usd('limit_usd', p_limit_usd, 1000000000);
+        INSERT INTO budget (level, name, agent_id, limit_usd)
+        VALUES ('agent', 'agent:' || p_agent_id::text, p_agent_id, p_limit_usd)
+        ON CONFLICT (agent_id) DO NOTHING
+        RETURNING id INTO v_budget_id;
+        IF v_budget_id IS NULL THEN
+            SELECT id INTO v_budget_id FROM budget WHERE agent_id = p_agent_id;
+        END IF;
+    END IF;
+    PERFORM _budget_apply_settings(v_budget_id, p_limit_usd, p_period, p_grace_ratio, p_fail_policy,
+                                   p_alert_thresholds, p_parent_budget_id);
+    RETURN v_budget_id;
+END;
+$$;
+
+ALTER FUNCTION sigledger.set_budget(p_agent_id uuid, p_limit_usd numeric, p_period text, p_grace_ratio numeric, p_fail_policy text, p_alert_thresholds numeric[], p_parent_budget_id bigint) OWNER TO sigledger_owner;
+
+--
+-- Name: FUNCTION set_budget(p_agent_id uuid, p_limit_usd numeric, p_period text, p_grace_ratio numeric, p_fail_policy text, p_alert_thresholds numeric[], p_parent_budget_id bigint); Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON FUNCTION sigledger.set_budget(p_agent_id uuid, p_limit_usd numeric, p_period text, p_grace_ratio numeric, p_fail_policy text, p_alert_thresholds numeric[], p_parent_budget_id bigint) IS 'Creates or changes the budget of an agent and returns the budget id. NULL keeps the current value. period:
+none|daily|weekly|monthly (UTC calendar periods, one spend row each). grace_ratio 0..1 (0 = hard limit).
+fail_policy open|closed (what the harness does while the database is unreachable). alert_thresholds: fractions
+of the limit. parent_budget_id: a team or org budget above it. A limit change applies to the current and
+future periods.
+SQLSTATE: 22004, 22023, 22003, P0002, 55P03';
+
+--
+-- Name: settle_budget(bigint, numeric, bigint, bigint, text, text, jsonb); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger.settle_budget(p_reservation_id bigint, p_actual_usd numeric DEFAULT NULL::numeric, p_input_tokens bigint DEFAULT 0, p_output_tokens bigint DEFAULT 0, p_model text DEFAULT 'unspecified'::text, p_provider text DEFAULT 'unspecified'::text, p_metadata jsonb DEFAULT '{}'::jsonb) RETURNS TABLE(ledger_id bigint, reservation_id bigint, estimate_usd numeric, actual_usd numeric, overrun_usd numeric, replayed boolean)
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'sigledger', 'pg_temp'
+    SET lock_timeout TO '5s'
+    AS $$
+DECLARE
+    r budget_reservation%ROWTYPE;
+    v record;
+    v_ins record;
+    c record;
+    v_key text;
+    v_overrun numeric;
+BEGIN
+    IF p_reservation_id IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '22004', MESSAGE = 'reservation_id must not be NULL';
+    END IF;
+    -- serialises with a concurrent settle, release or expiry of the same reservation
+    SELECT * INTO r FROM budget_reservation br WHERE br.id = p_reservation_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'P0002', MESSAGE = format('unknown reservation %s', p_reservation_id);
+    END IF;
+    IF r.state = 'settled' THEN
+        -- idempotent replay; a different actual is a conflict, not a silent second answer
+        IF p_actual_usd IS NOT NULL AND p_actual_usd IS DISTINCT FROM r.actual_usd THEN
+            RAISE EXCEPTION USING ERRCODE = 'SLB03',
+                MESSAGE = format('reservation %s is already settled at %s USD, not %s', r.id, r.actual_usd, p_actual_usd);
+        END IF;
+        ledger_id := r.ledger_id; reservation_id := r.id; estimate_usd := r.estimate_usd; actual_usd := r.actual_usd;
+        overrun_usd := r.overrun_usd; replayed := true;
+        RETURN NEXT;
+        RETURN;
+    ELSIF r.state = 'released' THEN
+        RAISE EXCEPTION USING ERRCODE = 'SLB03',
+            MESSAGE = format('reservation %s was released at %s and cannot be settled', r.id, r.closed_at);
+    ELSIF r.state = 'expired' THEN
+        RAISE EXCEPTION USING ERRCODE = 'SLB02',
+            MESSAGE = format('reservation %s expired; its hold was released', r.id),
+            DETAIL = format('expired_at=%s ledger_idempotency_key=reservation:%s', r.closed_at, r.id),
+            HINT = 'Record the actual cost with record_cost(p_idempotency_key => ''reservation:<id>'', ...).';
+    END IF;
+
+    v_key := 'reservation:' || r.id::text;
+    v := _cost_validate(v_key, r.agent_id, p_model, p_provider, p_input_tokens, p_output_tokens,
+                        p_actual_usd, NULL, p_metadata, false);
+    v_overrun := greatest(0, v.cost_usd - r.estimate_usd);
+    v_ins := _cost_insert(v_key, r.agent_id, p_model, p_provider, p_input_tokens, p_output_tokens,
+                          v.cost_usd, v.priced_usd, v.cost_source, r.id, r.created_at, v.created_at,
+                          CASE WHEN v_overrun > 0 THEN v.metadata || jsonb_build_object('overrun_usd', v_overrun)
+                               ELSE v.metadata END);
+    IF NOT v_ins.inserted THEN
+        -- the cost was already recorded under this key (record_cost after an outage or an expiry) and charged
+        -- then: settling only releases the hold, and reports the recorded figure
+        SELECT l.cost_usd INTO v.cost_usd FROM llm_cost_log l WHERE l.id = v_ins.ledger_id;
+        v_overrun := greatest(0, v.cost_usd - r.estimate_usd);
+    END IF;
+    UPDATE budget_reservation br
+       SET state = 'settled', closed_at = now(), actual_usd = v.cost_usd, overrun_usd = v_overrun,
+           ledger_id = v_ins.ledger_id
+     WHERE br.id = r.id;
+    -- the spend rows last (hot rows locked only until commit), in the order stored at reserve time
+    FOR c IN
+        SELECT u.budget_id, u.period_start, b.limit_usd, b.limit_usd * (1 + b.grace_ratio) AS cap_usd, b.alert_thresholds
+          FROM unnest(r.budget_ids, r.period_starts) WITH ORDINALITY AS u(budget_id, period_start, ord)
+          JOIN budget b ON b.id = u.budget_id
+         ORDER BY u.ord
+    LOOP
+        PERFORM _spend_charge(c.budget_id, c.period_start, c.cap_usd,
+                              CASE WHEN v_ins.inserted THEN v.cost_usd ELSE 0 END, r.estimate_usd,
+                              c.limit_usd, c.alert_thresholds);
+    END LOOP;
+    ledger_id := v_ins.ledger_id; reservation_id := r.id; estimate_usd := r.estimate_usd;
+    actual_usd := v.cost_usd::numeric(20,10); overrun_usd := v_overrun::numeric(20,10); replayed := false;
+    RETURN NEXT;
+END;
+$$;
+
+ALTER FUNCTION sigledger.settle_budget(p_reservation_id bigint, p_actual_usd numeric, p_input_tokens bigint, p_output_tokens bigint, p_model text, p_provider text, p_metadata jsonb) OWNER TO sigledger_owner;
+
+--
+-- Name: FUNCTION settle_budget(p_reservation_id bigint, p_actual_usd numeric, p_input_tokens bigint, p_output_tokens bigint, p_model text, p_provider text, p_metadata jsonb); Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON FUNCTION sigledger.settle_budget(p_reservation_id bigint, p_actual_usd numeric, p_input_tokens bigint, p_output_tokens bigint, p_model text, p_provider text, p_metadata jsonb) IS 'Settles a reservation with the actual cost (NULL: priced from tokens and model): writes the ledger row
+(idempotency key reservation:<id>) and releases the hold in one transaction; returns (ledger_id,
+reservation_id, estimate_usd, actual_usd, overrun_usd, replayed). Idempotent: settling again returns the same
+row (a different actual: SLB03). An actual above the estimate is charged in full, reported as overrun_usd and
+listed in view budget_overruns. Expired reservation: SLB02 (record the cost with record_cost); released: SLB03.
+SQLSTATE: 22004, 22023, 22003, P0002, SLB02, SLB03, 55P03';
+
+--
+-- Name: update_budget(bigint, numeric, text, numeric, text, numeric[], bigint); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger.update_budget(p_budget_id bigint, p_limit_usd numeric DEFAULT NULL::numeric, p_period text DEFAULT NULL::text, p_grace_ratio numeric DEFAULT NULL::numeric, p_fail_policy text DEFAULT NULL::text, p_alert_thresholds numeric[] DEFAULT NULL::numeric[], p_parent_budget_id bigint DEFAULT NULL::bigint) RETURNS void
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'sigledger', 'pg_temp'
+    SET lock_timeout TO '5s'
+    AS $$
+BEGIN
+    PERFORM _budget_apply_settings(p_budget_id, p_limit_usd, p_period, p_grace_ratio, p_fail_policy,
+                                   p_alert_thresholds, p_parent_budget_id);
+END;
+$$;
+
+ALTER FUNCTION sigledger.update_budget(p_budget_id bigint, p_limit_usd numeric, p_period text, p_grace_ratio numeric, p_fail_policy text, p_alert_thresholds numeric[], p_parent_budget_id bigint) OWNER TO sigledger_owner;
+
+--
+-- Name: FUNCTION update_budget(p_budget_id bigint, p_limit_usd numeric, p_period text, p_grace_ratio numeric, p_fail_policy text, p_alert_thresholds numeric[], p_parent_budget_id bigint); Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON FUNCTION sigledger.update_budget(p_budget_id bigint, p_limit_usd numeric, p_period text, p_grace_ratio numeric, p_fail_policy text, p_alert_thresholds numeric[], p_parent_budget_id bigint) IS 'Changes the settings of a budget by id; NULL keeps the current value.
+SQLSTATE: 22023, 22003, P0002, 55P03';
+
+--
 -- Name: agent_registry; Type: TABLE; Schema: sigledger; Owner: sigledger_owner
 --
 
@@ -1662,6 +3305,285 @@ ALTER TABLE sigledger.agent_registry OWNER TO sigledger_owner;
 --
 
 COMMENT ON TABLE sigledger.agent_registry IS 'AI agents and their spend (the seed''s table).';
+
+--
+-- Name: COLUMN agent_registry.budget_limit_usd; Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON COLUMN sigledger.agent_registry.budget_limit_usd IS 'Legacy (seed); superseded by budget.limit_usd since V4_002.';
+
+--
+-- Name: COLUMN agent_registry.current_cost_usd; Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON COLUMN sigledger.agent_registry.current_cost_usd IS 'Legacy (seed); superseded by budget_spend since V4_002.';
+
+--
+-- Name: budget_alert_id_seq; Type: SEQUENCE; Schema: sigledger; Owner: sigledger_owner
+--
+
+ALTER TABLE sigledger.budget_alert ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME sigledger.budget_alert_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
+--
+-- Name: budget_id_seq; Type: SEQUENCE; Schema: sigledger; Owner: sigledger_owner
+--
+
+ALTER TABLE sigledger.budget ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME sigledger.budget_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
+--
+-- Name: budget_reservation; Type: TABLE; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE TABLE sigledger.budget_reservation (
+    id bigint NOT NULL,
+    idempotency_key text NOT NULL,
+    agent_id uuid NOT NULL,
+    estimate_usd numeric(20,10) NOT NULL,
+    budget_ids bigint[] NOT NULL,
+    period_starts timestamp with time zone[] NOT NULL,
+    state text DEFAULT 'open'::text NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    expires_at timestamp with time zone NOT NULL,
+    closed_at timestamp with time zone,
+    actual_usd numeric(20,10),
+    overrun_usd numeric(20,10),
+    ledger_id bigint,
+    CONSTRAINT budget_reservation_actual_usd_range CHECK (((actual_usd IS NULL) OR ((actual_usd <> 'NaN'::numeric) AND (actual_usd >= (0)::numeric) AND (actual_usd <= (1000000)::numeric)))),
+    CONSTRAINT budget_reservation_closed_at_state CHECK (((state = 'open'::text) = (closed_at IS NULL))),
+    CONSTRAINT budget_reservation_estimate_usd_range CHECK (((estimate_usd <> 'NaN'::numeric) AND (estimate_usd >= (0)::numeric) AND (estimate_usd <= (1000000)::numeric))),
+    CONSTRAINT budget_reservation_expires_at_after_created CHECK ((expires_at > created_at)),
+    CONSTRAINT budget_reservation_idempotency_key_not_empty CHECK (((length(btrim(idempotency_key)) >= 1) AND (length(btrim(idempotency_key)) <= 200))),
+    CONSTRAINT budget_reservation_levels_match CHECK ((((cardinality(budget_ids) >= 1) AND (cardinality(budget_ids) <= 3)) AND (cardinality(budget_ids) = cardinality(period_starts)))),
+    CONSTRAINT budget_reservation_settled_fields CHECK (((state = 'settled'::text) = ((ledger_id IS NOT NULL) AND (actual_usd IS NOT NULL) AND (overrun_usd IS NOT NULL)))),
+    CONSTRAINT budget_reservation_state_valid CHECK ((state = ANY (ARRAY['open'::text, 'settled'::text, 'released'::text, 'expired'::text])))
+);
+
+ALTER TABLE sigledger.budget_reservation OWNER TO sigledger_owner;
+
+--
+-- Name: TABLE budget_reservation; Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON TABLE sigledger.budget_reservation IS 'Money held before an LLM call until settled, released or expired (private).';
+
+--
+-- Name: budget_overruns; Type: VIEW; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE VIEW sigledger.budget_overruns AS
+ SELECT r.id AS reservation_id,
+    r.agent_id,
+    r.estimate_usd,
+    r.actual_usd,
+    r.overrun_usd,
+    r.ledger_id,
+    r.closed_at
+   FROM sigledger.budget_reservation r
+  WHERE ((r.state = 'settled'::text) AND (r.overrun_usd > (0)::numeric));
+
+ALTER TABLE sigledger.budget_overruns OWNER TO sigledger_owner;
+
+--
+-- Name: VIEW budget_overruns; Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON VIEW sigledger.budget_overruns IS 'Settled reservations whose actual cost exceeded the estimate.';
+
+--
+-- Name: budget_spend; Type: TABLE; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE TABLE sigledger.budget_spend (
+    budget_id bigint NOT NULL,
+    period_start timestamp with time zone NOT NULL,
+    cap_usd numeric(22,10) NOT NULL,
+    spent_usd numeric(22,10) DEFAULT 0 NOT NULL,
+    reserved_usd numeric(22,10) DEFAULT 0 NOT NULL,
+    excess_usd numeric(22,10) DEFAULT 0 NOT NULL,
+    version bigint DEFAULT 0 NOT NULL,
+    CONSTRAINT budget_spend_cap_usd_range CHECK (((cap_usd <> 'NaN'::numeric) AND (cap_usd >= (0)::numeric))),
+    CONSTRAINT budget_spend_excess_usd_range CHECK (((excess_usd <> 'NaN'::numeric) AND (excess_usd >= (0)::numeric))),
+    CONSTRAINT budget_spend_reserved_usd_range CHECK (((reserved_usd <> 'NaN'::numeric) AND (reserved_usd >= (0)::numeric))),
+    CONSTRAINT budget_spend_spent_usd_range CHECK (((spent_usd <> 'NaN'::numeric) AND (spent_usd >= (0)::numeric))),
+    CONSTRAINT budget_spend_within_cap CHECK (((spent_usd + reserved_usd) <= (cap_usd + excess_usd)))
+)
+WITH (fillfactor='50');
+
+ALTER TABLE sigledger.budget_spend OWNER TO sigledger_owner;
+
+--
+-- Name: TABLE budget_spend; Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON TABLE sigledger.budget_spend IS 'Spend and open holds per budget and period (private).';
+
+--
+-- Name: budget_overview; Type: VIEW; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE VIEW sigledger.budget_overview AS
+ SELECT b.id AS budget_id,
+    b.level,
+    b.name,
+    b.agent_id,
+    b.parent_id,
+    b.period,
+    sigledger._period_start(b.period, now()) AS period_start,
+    b.limit_usd,
+    b.grace_ratio,
+    b.fail_policy,
+    COALESCE(s.spent_usd, (0)::numeric) AS spent_usd,
+    COALESCE(s.reserved_usd, (0)::numeric) AS reserved_usd,
+    COALESCE(s.excess_usd, (0)::numeric) AS excess_usd,
+    COALESCE(s.version, (0)::bigint) AS version
+   FROM (sigledger.budget b
+     LEFT JOIN sigledger.budget_spend s ON (((s.budget_id = b.id) AND (s.period_start = sigledger._period_start(b.period, now())))));
+
+ALTER TABLE sigledger.budget_overview OWNER TO sigledger_owner;
+
+--
+-- Name: VIEW budget_overview; Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON VIEW sigledger.budget_overview IS 'Every budget with its current period''s spend and holds.';
+
+--
+-- Name: budget_reservation_id_seq; Type: SEQUENCE; Schema: sigledger; Owner: sigledger_owner
+--
+
+ALTER TABLE sigledger.budget_reservation ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME sigledger.budget_reservation_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
+--
+-- Name: llm_cost_log; Type: TABLE; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE TABLE sigledger.llm_cost_log (
+    id bigint NOT NULL,
+    idempotency_key text NOT NULL,
+    agent_id uuid NOT NULL,
+    model text NOT NULL,
+    provider text NOT NULL,
+    tokens_input bigint DEFAULT 0 NOT NULL,
+    tokens_output bigint DEFAULT 0 NOT NULL,
+    cost_usd numeric(14,6) NOT NULL,
+    metadata jsonb DEFAULT '{}'::jsonb NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    priced_usd numeric(14,6),
+    cost_source text DEFAULT 'client'::text NOT NULL,
+    reservation_id bigint,
+    charged_at timestamp with time zone DEFAULT now() NOT NULL,
+    recorded_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT llm_cost_log_charged_at_range CHECK (((charged_at > '2020-01-01 00:00:00+00'::timestamp with time zone) AND (charged_at <= (now() + '1 day'::interval)))),
+    CONSTRAINT llm_cost_log_cost_source_valid CHECK ((cost_source = ANY (ARRAY['client'::text, 'price_table'::text]))),
+    CONSTRAINT llm_cost_log_cost_usd_range CHECK (((cost_usd <> 'NaN'::numeric) AND (cost_usd >= (0)::numeric) AND (cost_usd <= (1000000)::numeric))),
+    CONSTRAINT llm_cost_log_created_at_range CHECK ((created_at <= (now() + '1 day'::interval))),
+    CONSTRAINT llm_cost_log_created_at_sane CHECK (((created_at > '2020-01-01 00:00:00+00'::timestamp with time zone) AND (created_at < 'infinity'::timestamp with time zone))),
+    CONSTRAINT llm_cost_log_idempotency_key_length CHECK (((length(btrim(idempotency_key)) >= 1) AND (length(btrim(idempotency_key)) <= 200))),
+    CONSTRAINT llm_cost_log_metadata_object CHECK ((jsonb_typeof(metadata) = 'object'::text)),
+    CONSTRAINT llm_cost_log_model_length CHECK (((length(btrim(model)) >= 1) AND (length(btrim(model)) <= 200))),
+    CONSTRAINT llm_cost_log_priced_usd_range CHECK (((priced_usd IS NULL) OR ((priced_usd <> 'NaN'::numeric) AND (priced_usd >= (0)::numeric) AND (priced_usd <= (100000000)::numeric)))),
+    CONSTRAINT llm_cost_log_provider_length CHECK (((length(btrim(provider)) >= 1) AND (length(btrim(provider)) <= 200))),
+    CONSTRAINT llm_cost_log_tokens_nonnegative CHECK (((tokens_input >= 0) AND (tokens_output >= 0))),
+    CONSTRAINT llm_cost_log_tokens_range CHECK (((tokens_input <= '1000000000000'::bigint) AND (tokens_output <= '1000000000000'::bigint)))
+);
+
+ALTER TABLE sigledger.llm_cost_log OWNER TO sigledger_owner;
+
+--
+-- Name: TABLE llm_cost_log; Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON TABLE sigledger.llm_cost_log IS 'Append-only ledger of LLM call costs. No UPDATE/DELETE/TRUNCATE: no privilege is granted and a trigger refuses them.';
+
+--
+-- Name: COLUMN llm_cost_log.priced_usd; Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON COLUMN sigledger.llm_cost_log.priced_usd IS 'Cost computed from model_price at created_at (NULL: no price); see view cost_price_disagreement.';
+
+--
+-- Name: cost_price_disagreement; Type: VIEW; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE VIEW sigledger.cost_price_disagreement AS
+ SELECT llm_cost_log.id,
+    llm_cost_log.idempotency_key,
+    llm_cost_log.agent_id,
+    llm_cost_log.provider,
+    llm_cost_log.model,
+    llm_cost_log.tokens_input,
+    llm_cost_log.tokens_output,
+    llm_cost_log.cost_usd,
+    llm_cost_log.priced_usd,
+    (llm_cost_log.cost_usd - llm_cost_log.priced_usd) AS difference_usd,
+    llm_cost_log.created_at
+   FROM sigledger.llm_cost_log
+  WHERE ((llm_cost_log.priced_usd IS NOT NULL) AND (llm_cost_log.cost_source = 'client'::text) AND (abs((llm_cost_log.cost_usd - llm_cost_log.priced_usd)) > GREATEST(0.000001, (0.01 * llm_cost_log.priced_usd))));
+
+ALTER TABLE sigledger.cost_price_disagreement OWNER TO sigledger_owner;
+
+--
+-- Name: VIEW cost_price_disagreement; Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON VIEW sigledger.cost_price_disagreement IS 'Ledger rows whose client-reported cost differs from the price table by more than 1% (and $0.000001).';
+
+--
+-- Name: cost_quarantine; Type: TABLE; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE TABLE sigledger.cost_quarantine (
+    id bigint NOT NULL,
+    received_at timestamp with time zone DEFAULT now() NOT NULL,
+    idempotency_key text,
+    payload jsonb NOT NULL,
+    sqlstate text NOT NULL,
+    reason text NOT NULL,
+    CONSTRAINT cost_quarantine_reason_not_empty CHECK ((length(reason) > 0)),
+    CONSTRAINT cost_quarantine_sqlstate_format CHECK ((sqlstate ~ '^[0-9A-Z]{5}$'::text))
+);
+
+ALTER TABLE sigledger.cost_quarantine OWNER TO sigledger_owner;
+
+--
+-- Name: TABLE cost_quarantine; Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON TABLE sigledger.cost_quarantine IS 'Rows of record_costs batches that failed validation, with the SQLSTATE and reason; nothing is dropped silently.';
+
+--
+-- Name: cost_quarantine_id_seq; Type: SEQUENCE; Schema: sigledger; Owner: sigledger_owner
+--
+
+ALTER TABLE sigledger.cost_quarantine ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME sigledger.cost_quarantine_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
 
 --
 -- Name: entities; Type: TABLE; Schema: sigledger; Owner: sigledger_owner
@@ -1871,38 +3793,6 @@ ALTER TABLE sigledger.ingest_settings OWNER TO sigledger_owner;
 COMMENT ON TABLE sigledger.ingest_settings IS 'One row: unknown_entity_policy create (unknown mentions become entities) or review (they are queued).';
 
 --
--- Name: llm_cost_log; Type: TABLE; Schema: sigledger; Owner: sigledger_owner
---
-
-CREATE TABLE sigledger.llm_cost_log (
-    id bigint NOT NULL,
-    idempotency_key text NOT NULL,
-    agent_id uuid NOT NULL,
-    model text NOT NULL,
-    provider text NOT NULL,
-    tokens_input bigint DEFAULT 0 NOT NULL,
-    tokens_output bigint DEFAULT 0 NOT NULL,
-    cost_usd numeric(14,6) NOT NULL,
-    metadata jsonb DEFAULT '{}'::jsonb NOT NULL,
-    created_at timestamp with time zone DEFAULT now() NOT NULL,
-    CONSTRAINT llm_cost_log_cost_usd_range CHECK (((cost_usd <> 'NaN'::numeric) AND (cost_usd >= (0)::numeric) AND (cost_usd <= (1000000)::numeric))),
-    CONSTRAINT llm_cost_log_created_at_sane CHECK (((created_at > '2020-01-01 00:00:00+00'::timestamp with time zone) AND (created_at < 'infinity'::timestamp with time zone))),
-    CONSTRAINT llm_cost_log_idempotency_key_length CHECK (((length(btrim(idempotency_key)) >= 1) AND (length(btrim(idempotency_key)) <= 200))),
-    CONSTRAINT llm_cost_log_metadata_object CHECK ((jsonb_typeof(metadata) = 'object'::text)),
-    CONSTRAINT llm_cost_log_model_length CHECK (((length(btrim(model)) >= 1) AND (length(btrim(model)) <= 200))),
-    CONSTRAINT llm_cost_log_provider_length CHECK (((length(btrim(provider)) >= 1) AND (length(btrim(provider)) <= 200))),
-    CONSTRAINT llm_cost_log_tokens_nonnegative CHECK (((tokens_input >= 0) AND (tokens_output >= 0)))
-);
-
-ALTER TABLE sigledger.llm_cost_log OWNER TO sigledger_owner;
-
---
--- Name: TABLE llm_cost_log; Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
---
-
-COMMENT ON TABLE sigledger.llm_cost_log IS 'Append-only ledger of LLM call costs.';
-
---
 -- Name: llm_cost_log_id_seq; Type: SEQUENCE; Schema: sigledger; Owner: sigledger_owner
 --
 
@@ -1980,6 +3870,32 @@ ALTER TABLE sigledger.merge_history OWNER TO sigledger_owner;
 --
 
 COMMENT ON VIEW sigledger.merge_history IS 'Every merge: kind (opportunity | entity), when, target, sources, links moved and dropped as duplicates, the session role and application_name that ran it; for opportunities the target''s fields before and after.';
+
+--
+-- Name: model_price; Type: TABLE; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE TABLE sigledger.model_price (
+    provider text NOT NULL,
+    model text NOT NULL,
+    valid_from timestamp with time zone NOT NULL,
+    input_usd_per_mtok numeric(18,9) NOT NULL,
+    output_usd_per_mtok numeric(18,9) NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT model_price_input_usd_per_mtok_range CHECK (((input_usd_per_mtok <> 'NaN'::numeric) AND (input_usd_per_mtok >= (0)::numeric) AND (input_usd_per_mtok <= (100000)::numeric))),
+    CONSTRAINT model_price_model_not_empty CHECK (((length(btrim(model)) >= 1) AND (length(btrim(model)) <= 200))),
+    CONSTRAINT model_price_output_usd_per_mtok_range CHECK (((output_usd_per_mtok <> 'NaN'::numeric) AND (output_usd_per_mtok >= (0)::numeric) AND (output_usd_per_mtok <= (100000)::numeric))),
+    CONSTRAINT model_price_provider_not_empty CHECK (((length(btrim(provider)) >= 1) AND (length(btrim(provider)) <= 200))),
+    CONSTRAINT model_price_valid_from_range CHECK (((valid_from >= '2000-01-01 00:00:00+00'::timestamp with time zone) AND (valid_from < '2200-01-01 00:00:00+00'::timestamp with time zone)))
+);
+
+ALTER TABLE sigledger.model_price OWNER TO sigledger_owner;
+
+--
+-- Name: TABLE model_price; Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON TABLE sigledger.model_price IS 'Dated USD prices per million tokens; the price of a call is the row with the latest valid_from <= the call time.';
 
 --
 -- Name: opportunities; Type: TABLE; Schema: sigledger; Owner: sigledger_owner
@@ -2203,6 +4119,76 @@ ALTER TABLE ONLY sigledger.agent_registry
     ADD CONSTRAINT agent_registry_pkey PRIMARY KEY (id);
 
 --
+-- Name: budget budget_agent_id_key; Type: CONSTRAINT; Schema: sigledger; Owner: sigledger_owner
+--
+
+ALTER TABLE ONLY sigledger.budget
+    ADD CONSTRAINT budget_agent_id_key UNIQUE (agent_id);
+
+--
+-- Name: budget_alert budget_alert_once_key; Type: CONSTRAINT; Schema: sigledger; Owner: sigledger_owner
+--
+
+ALTER TABLE ONLY sigledger.budget_alert
+    ADD CONSTRAINT budget_alert_once_key UNIQUE (budget_id, period_start, threshold);
+
+--
+-- Name: budget_alert budget_alert_pkey; Type: CONSTRAINT; Schema: sigledger; Owner: sigledger_owner
+--
+
+ALTER TABLE ONLY sigledger.budget_alert
+    ADD CONSTRAINT budget_alert_pkey PRIMARY KEY (id);
+
+--
+-- Name: budget budget_id_level_key; Type: CONSTRAINT; Schema: sigledger; Owner: sigledger_owner
+--
+
+ALTER TABLE ONLY sigledger.budget
+    ADD CONSTRAINT budget_id_level_key UNIQUE (id, level);
+
+--
+-- Name: budget budget_level_name_key; Type: CONSTRAINT; Schema: sigledger; Owner: sigledger_owner
+--
+
+ALTER TABLE ONLY sigledger.budget
+    ADD CONSTRAINT budget_level_name_key UNIQUE (level, name);
+
+--
+-- Name: budget budget_pkey; Type: CONSTRAINT; Schema: sigledger; Owner: sigledger_owner
+--
+
+ALTER TABLE ONLY sigledger.budget
+    ADD CONSTRAINT budget_pkey PRIMARY KEY (id);
+
+--
+-- Name: budget_reservation budget_reservation_idempotency_key_key; Type: CONSTRAINT; Schema: sigledger; Owner: sigledger_owner
+--
+
+ALTER TABLE ONLY sigledger.budget_reservation
+    ADD CONSTRAINT budget_reservation_idempotency_key_key UNIQUE (idempotency_key);
+
+--
+-- Name: budget_reservation budget_reservation_pkey; Type: CONSTRAINT; Schema: sigledger; Owner: sigledger_owner
+--
+
+ALTER TABLE ONLY sigledger.budget_reservation
+    ADD CONSTRAINT budget_reservation_pkey PRIMARY KEY (id);
+
+--
+-- Name: budget_spend budget_spend_pkey; Type: CONSTRAINT; Schema: sigledger; Owner: sigledger_owner
+--
+
+ALTER TABLE ONLY sigledger.budget_spend
+    ADD CONSTRAINT budget_spend_pkey PRIMARY KEY (budget_id, period_start);
+
+--
+-- Name: cost_quarantine cost_quarantine_pkey; Type: CONSTRAINT; Schema: sigledger; Owner: sigledger_owner
+--
+
+ALTER TABLE ONLY sigledger.cost_quarantine
+    ADD CONSTRAINT cost_quarantine_pkey PRIMARY KEY (id);
+
+--
 -- Name: entities entities_pkey; Type: CONSTRAINT; Schema: sigledger; Owner: sigledger_owner
 --
 
@@ -2252,6 +4238,13 @@ ALTER TABLE ONLY sigledger.llm_cost_log
     ADD CONSTRAINT llm_cost_log_pkey PRIMARY KEY (id);
 
 --
+-- Name: model_price model_price_pkey; Type: CONSTRAINT; Schema: sigledger; Owner: sigledger_owner
+--
+
+ALTER TABLE ONLY sigledger.model_price
+    ADD CONSTRAINT model_price_pkey PRIMARY KEY (provider, model, valid_from);
+
+--
 -- Name: opportunities opportunities_pkey; Type: CONSTRAINT; Schema: sigledger; Owner: sigledger_owner
 --
 
@@ -2299,6 +4292,30 @@ ALTER TABLE ONLY sigledger.signals
 
 ALTER TABLE ONLY sigledger.signals
     ADD CONSTRAINT signals_source_external_id_key UNIQUE (source, external_id);
+
+--
+-- Name: budget_parent_id_idx; Type: INDEX; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE INDEX budget_parent_id_idx ON sigledger.budget USING btree (parent_id);
+
+--
+-- Name: budget_reservation_agent_idx; Type: INDEX; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE INDEX budget_reservation_agent_idx ON sigledger.budget_reservation USING btree (agent_id);
+
+--
+-- Name: budget_reservation_open_expires_idx; Type: INDEX; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE INDEX budget_reservation_open_expires_idx ON sigledger.budget_reservation USING btree (expires_at) WHERE (state = 'open'::text);
+
+--
+-- Name: cost_quarantine_received_at_idx; Type: INDEX; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE INDEX cost_quarantine_received_at_idx ON sigledger.cost_quarantine USING btree (received_at);
 
 --
 -- Name: entities_merged_into_idx; Type: INDEX; Schema: sigledger; Owner: sigledger_owner
@@ -2373,6 +4390,24 @@ CREATE INDEX idx_signal_entities_entity_id ON sigledger.signal_entities USING bt
 CREATE INDEX idx_signal_entities_signal_id ON sigledger.signal_entities USING btree (signal_id);
 
 --
+-- Name: llm_cost_log_agent_charged_at_idx; Type: INDEX; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE INDEX llm_cost_log_agent_charged_at_idx ON sigledger.llm_cost_log USING btree (agent_id, charged_at);
+
+--
+-- Name: llm_cost_log_created_at_idx; Type: INDEX; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE INDEX llm_cost_log_created_at_idx ON sigledger.llm_cost_log USING btree (created_at);
+
+--
+-- Name: llm_cost_log_reservation_id_key; Type: INDEX; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE UNIQUE INDEX llm_cost_log_reservation_id_key ON sigledger.llm_cost_log USING btree (reservation_id) WHERE (reservation_id IS NOT NULL);
+
+--
 -- Name: opportunities_merged_into_idx; Type: INDEX; Schema: sigledger; Owner: sigledger_owner
 --
 
@@ -2391,6 +4426,12 @@ CREATE INDEX opportunity_merges_source_ids_idx ON sigledger.opportunity_merges U
 CREATE INDEX opportunity_merges_target_id_idx ON sigledger.opportunity_merges USING btree (target_id);
 
 --
+-- Name: budget_spend budget_spend_bump_version; Type: TRIGGER; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE TRIGGER budget_spend_bump_version BEFORE UPDATE ON sigledger.budget_spend FOR EACH ROW EXECUTE FUNCTION sigledger._budget_spend_bump_version();
+
+--
 -- Name: entity_aliases entity_aliases_no_tombstone_ins; Type: TRIGGER; Schema: sigledger; Owner: sigledger_owner
 --
 
@@ -2401,6 +4442,18 @@ CREATE TRIGGER entity_aliases_no_tombstone_ins AFTER INSERT ON sigledger.entity_
 --
 
 CREATE TRIGGER entity_aliases_no_tombstone_upd AFTER UPDATE ON sigledger.entity_aliases REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION sigledger._entity_aliases_no_tombstone();
+
+--
+-- Name: llm_cost_log llm_cost_log_append_only_row; Type: TRIGGER; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE TRIGGER llm_cost_log_append_only_row BEFORE DELETE OR UPDATE ON sigledger.llm_cost_log FOR EACH ROW EXECUTE FUNCTION sigledger._llm_cost_log_append_only();
+
+--
+-- Name: llm_cost_log llm_cost_log_append_only_truncate; Type: TRIGGER; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE TRIGGER llm_cost_log_append_only_truncate BEFORE TRUNCATE ON sigledger.llm_cost_log FOR EACH STATEMENT EXECUTE FUNCTION sigledger._llm_cost_log_append_only();
 
 --
 -- Name: opportunity_signals opportunity_signals_no_tombstone_ins; Type: TRIGGER; Schema: sigledger; Owner: sigledger_owner
@@ -2431,6 +4484,48 @@ CREATE TRIGGER signal_entities_no_tombstone_upd AFTER UPDATE ON sigledger.signal
 --
 
 CREATE TRIGGER trg_increment_agent_version BEFORE UPDATE ON sigledger.agent_registry FOR EACH ROW EXECUTE FUNCTION sigledger._increment_agent_version();
+
+--
+-- Name: budget budget_agent_id_fkey; Type: FK CONSTRAINT; Schema: sigledger; Owner: sigledger_owner
+--
+
+ALTER TABLE ONLY sigledger.budget
+    ADD CONSTRAINT budget_agent_id_fkey FOREIGN KEY (agent_id) REFERENCES sigledger.agent_registry(id);
+
+--
+-- Name: budget_alert budget_alert_budget_id_fkey; Type: FK CONSTRAINT; Schema: sigledger; Owner: sigledger_owner
+--
+
+ALTER TABLE ONLY sigledger.budget_alert
+    ADD CONSTRAINT budget_alert_budget_id_fkey FOREIGN KEY (budget_id) REFERENCES sigledger.budget(id);
+
+--
+-- Name: budget budget_parent_fkey; Type: FK CONSTRAINT; Schema: sigledger; Owner: sigledger_owner
+--
+
+ALTER TABLE ONLY sigledger.budget
+    ADD CONSTRAINT budget_parent_fkey FOREIGN KEY (parent_id, parent_level) REFERENCES sigledger.budget(id, level);
+
+--
+-- Name: budget_reservation budget_reservation_agent_id_fkey; Type: FK CONSTRAINT; Schema: sigledger; Owner: sigledger_owner
+--
+
+ALTER TABLE ONLY sigledger.budget_reservation
+    ADD CONSTRAINT budget_reservation_agent_id_fkey FOREIGN KEY (agent_id) REFERENCES sigledger.agent_registry(id);
+
+--
+-- Name: budget_reservation budget_reservation_ledger_id_fkey; Type: FK CONSTRAINT; Schema: sigledger; Owner: sigledger_owner
+--
+
+ALTER TABLE ONLY sigledger.budget_reservation
+    ADD CONSTRAINT budget_reservation_ledger_id_fkey FOREIGN KEY (ledger_id) REFERENCES sigledger.llm_cost_log(id);
+
+--
+-- Name: budget_spend budget_spend_budget_id_fkey; Type: FK CONSTRAINT; Schema: sigledger; Owner: sigledger_owner
+--
+
+ALTER TABLE ONLY sigledger.budget_spend
+    ADD CONSTRAINT budget_spend_budget_id_fkey FOREIGN KEY (budget_id) REFERENCES sigledger.budget(id);
 
 --
 -- Name: entities entities_merged_into_fkey; Type: FK CONSTRAINT; Schema: sigledger; Owner: sigledger_owner
@@ -2466,6 +4561,13 @@ ALTER TABLE ONLY sigledger.entity_review_queue
 
 ALTER TABLE ONLY sigledger.llm_cost_log
     ADD CONSTRAINT llm_cost_log_agent_id_fkey FOREIGN KEY (agent_id) REFERENCES sigledger.agent_registry(id);
+
+--
+-- Name: llm_cost_log llm_cost_log_reservation_id_fkey; Type: FK CONSTRAINT; Schema: sigledger; Owner: sigledger_owner
+--
+
+ALTER TABLE ONLY sigledger.llm_cost_log
+    ADD CONSTRAINT llm_cost_log_reservation_id_fkey FOREIGN KEY (reservation_id) REFERENCES sigledger.budget_reservation(id);
 
 --
 -- Name: opportunities opportunities_merged_into_fkey; Type: FK CONSTRAINT; Schema: sigledger; Owner: sigledger_owner
@@ -2517,10 +4619,76 @@ GRANT USAGE ON SCHEMA sigledger TO sigledger_app;
 GRANT USAGE ON SCHEMA sigledger TO sigledger_readonly;
 
 --
+-- Name: FUNCTION _assert_text(p_name text, p_value text); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger._assert_text(p_name text, p_value text) FROM PUBLIC;
+
+--
+-- Name: FUNCTION _assert_timestamp(p_name text, p_value timestamp with time zone); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger._assert_timestamp(p_name text, p_value timestamp with time zone) FROM PUBLIC;
+
+--
+-- Name: FUNCTION _assert_tokens(p_name text, p_value bigint); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger._assert_tokens(p_name text, p_value bigint) FROM PUBLIC;
+
+--
+-- Name: FUNCTION _assert_usd(p_name text, p_value numeric, p_max numeric); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger._assert_usd(p_name text, p_value numeric, p_max numeric) FROM PUBLIC;
+
+--
+-- Name: FUNCTION _budget_apply_settings(p_budget_id bigint, p_limit_usd numeric, p_period text, p_grace_ratio numeric, p_fail_policy text, p_alert_thresholds numeric[], p_parent_budget_id bigint); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger._budget_apply_settings(p_budget_id bigint, p_limit_usd numeric, p_period text, p_grace_ratio numeric, p_fail_policy text, p_alert_thresholds numeric[], p_parent_budget_id bigint) FROM PUBLIC;
+
+--
+-- Name: FUNCTION _budget_chain(p_agent_id uuid, p_at timestamp with time zone); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger._budget_chain(p_agent_id uuid, p_at timestamp with time zone) FROM PUBLIC;
+
+--
+-- Name: FUNCTION _budget_chain_arrays(p_agent_id uuid, p_at timestamp with time zone, OUT ids bigint[], OUT periods timestamp with time zone[], OUT caps numeric[], OUT limits numeric[], OUT thresholds text[], OUT levels text[], OUT agent_fail_policy text); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger._budget_chain_arrays(p_agent_id uuid, p_at timestamp with time zone, OUT ids bigint[], OUT periods timestamp with time zone[], OUT caps numeric[], OUT limits numeric[], OUT thresholds text[], OUT levels text[], OUT agent_fail_policy text) FROM PUBLIC;
+
+--
+-- Name: FUNCTION _budget_spend_bump_version(); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger._budget_spend_bump_version() FROM PUBLIC;
+
+--
+-- Name: FUNCTION _car_apply(p_agent_id uuid, p_ids bigint[], p_periods timestamp with time zone[], p_caps numeric[], p_limits numeric[], p_thresholds text[], p_cost numeric, p_expected_version bigint, p_nowait boolean, OUT ok boolean, OUT remaining_usd numeric, OUT version bigint); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger._car_apply(p_agent_id uuid, p_ids bigint[], p_periods timestamp with time zone[], p_caps numeric[], p_limits numeric[], p_thresholds text[], p_cost numeric, p_expected_version bigint, p_nowait boolean, OUT ok boolean, OUT remaining_usd numeric, OUT version bigint) FROM PUBLIC;
+
+--
 -- Name: FUNCTION _check_merge_input(p_kind text, p_target uuid, p_sources uuid[]); Type: ACL; Schema: sigledger; Owner: sigledger_owner
 --
 
 REVOKE ALL ON FUNCTION sigledger._check_merge_input(p_kind text, p_target uuid, p_sources uuid[]) FROM PUBLIC;
+
+--
+-- Name: FUNCTION _cost_insert(p_idempotency_key text, p_agent_id uuid, p_model text, p_provider text, p_input_tokens bigint, p_output_tokens bigint, p_cost_usd numeric, p_priced_usd numeric, p_cost_source text, p_reservation_id bigint, p_charged_at timestamp with time zone, p_created_at timestamp with time zone, p_metadata jsonb, OUT ledger_id bigint, OUT inserted boolean); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger._cost_insert(p_idempotency_key text, p_agent_id uuid, p_model text, p_provider text, p_input_tokens bigint, p_output_tokens bigint, p_cost_usd numeric, p_priced_usd numeric, p_cost_source text, p_reservation_id bigint, p_charged_at timestamp with time zone, p_created_at timestamp with time zone, p_metadata jsonb, OUT ledger_id bigint, OUT inserted boolean) FROM PUBLIC;
+
+--
+-- Name: FUNCTION _cost_validate(p_idempotency_key text, p_agent_id uuid, p_model text, p_provider text, p_input_tokens bigint, p_output_tokens bigint, p_cost_usd numeric, p_created_at timestamp with time zone, p_metadata jsonb, p_check_agent boolean, OUT cost_usd numeric, OUT priced_usd numeric, OUT cost_source text, OUT created_at timestamp with time zone, OUT metadata jsonb); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger._cost_validate(p_idempotency_key text, p_agent_id uuid, p_model text, p_provider text, p_input_tokens bigint, p_output_tokens bigint, p_cost_usd numeric, p_created_at timestamp with time zone, p_metadata jsonb, p_check_agent boolean, OUT cost_usd numeric, OUT priced_usd numeric, OUT cost_source text, OUT created_at timestamp with time zone, OUT metadata jsonb) FROM PUBLIC;
 
 --
 -- Name: FUNCTION _entity_aliases_no_tombstone(); Type: ACL; Schema: sigledger; Owner: sigledger_owner
@@ -2619,6 +4787,12 @@ REVOKE ALL ON FUNCTION sigledger._increment_agent_version() FROM PUBLIC;
 REVOKE ALL ON FUNCTION sigledger._ingest(p_batch jsonb, p_unknown_policy text) FROM PUBLIC;
 
 --
+-- Name: FUNCTION _llm_cost_log_append_only(); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger._llm_cost_log_append_only() FROM PUBLIC;
+
+--
 -- Name: FUNCTION _lock_live_entities(p_ids uuid[]); Type: ACL; Schema: sigledger; Owner: sigledger_owner
 --
 
@@ -2643,16 +4817,70 @@ REVOKE ALL ON FUNCTION sigledger._opportunity_signals_no_tombstone() FROM PUBLIC
 REVOKE ALL ON FUNCTION sigledger._outbox_emit(p_aggregate_type text, p_aggregate_id uuid, p_event_type text, p_payload jsonb) FROM PUBLIC;
 
 --
+-- Name: FUNCTION _period_start(p_period text, p_at timestamp with time zone); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger._period_start(p_period text, p_at timestamp with time zone) FROM PUBLIC;
+
+--
+-- Name: FUNCTION _price(p_provider text, p_model text, p_at timestamp with time zone, p_input_tokens bigint, p_output_tokens bigint); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger._price(p_provider text, p_model text, p_at timestamp with time zone, p_input_tokens bigint, p_output_tokens bigint) FROM PUBLIC;
+
+--
+-- Name: FUNCTION _reconcile_expected(p_budget_id bigint, p_period_start timestamp with time zone, OUT spent_usd numeric, OUT reserved_usd numeric); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger._reconcile_expected(p_budget_id bigint, p_period_start timestamp with time zone, OUT spent_usd numeric, OUT reserved_usd numeric) FROM PUBLIC;
+
+--
 -- Name: FUNCTION _signal_entities_no_tombstone(); Type: ACL; Schema: sigledger; Owner: sigledger_owner
 --
 
 REVOKE ALL ON FUNCTION sigledger._signal_entities_no_tombstone() FROM PUBLIC;
 
 --
+-- Name: FUNCTION _spend_alerts(p_budget_id bigint, p_period_start timestamp with time zone, p_limit numeric, p_thresholds numeric[], p_old_spent numeric, p_new_spent numeric); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger._spend_alerts(p_budget_id bigint, p_period_start timestamp with time zone, p_limit numeric, p_thresholds numeric[], p_old_spent numeric, p_new_spent numeric) FROM PUBLIC;
+
+--
+-- Name: FUNCTION _spend_charge(p_budget_id bigint, p_period_start timestamp with time zone, p_cap numeric, p_spent numeric, p_release numeric, p_limit numeric, p_thresholds numeric[]); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger._spend_charge(p_budget_id bigint, p_period_start timestamp with time zone, p_cap numeric, p_spent numeric, p_release numeric, p_limit numeric, p_thresholds numeric[]) FROM PUBLIC;
+
+--
+-- Name: FUNCTION _spend_ensure(p_budget_id bigint, p_period_start timestamp with time zone, p_cap numeric); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger._spend_ensure(p_budget_id bigint, p_period_start timestamp with time zone, p_cap numeric) FROM PUBLIC;
+
+--
+-- Name: FUNCTION _spend_hold(p_budget_id bigint, p_period_start timestamp with time zone, p_cap numeric, p_amount numeric, p_nowait boolean); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger._spend_hold(p_budget_id bigint, p_period_start timestamp with time zone, p_cap numeric, p_amount numeric, p_nowait boolean) FROM PUBLIC;
+
+--
+-- Name: FUNCTION _spend_release(p_budget_id bigint, p_period_start timestamp with time zone, p_amount numeric); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger._spend_release(p_budget_id bigint, p_period_start timestamp with time zone, p_amount numeric) FROM PUBLIC;
+
+--
 -- Name: FUNCTION _try_timestamptz(p_value text); Type: ACL; Schema: sigledger; Owner: sigledger_owner
 --
 
 REVOKE ALL ON FUNCTION sigledger._try_timestamptz(p_value text) FROM PUBLIC;
+
+--
+-- Name: FUNCTION _valid_alert_thresholds(p_thresholds numeric[]); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger._valid_alert_thresholds(p_thresholds numeric[]) FROM PUBLIC;
 
 --
 -- Name: FUNCTION add_alias(p_entity_id uuid, p_alias text); Type: ACL; Schema: sigledger; Owner: sigledger_owner
@@ -2662,11 +4890,70 @@ REVOKE ALL ON FUNCTION sigledger.add_alias(p_entity_id uuid, p_alias text) FROM 
 GRANT ALL ON FUNCTION sigledger.add_alias(p_entity_id uuid, p_alias text) TO sigledger_app;
 
 --
+-- Name: FUNCTION add_model_price(p_provider text, p_model text, p_input_usd_per_mtok numeric, p_output_usd_per_mtok numeric, p_valid_from timestamp with time zone); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger.add_model_price(p_provider text, p_model text, p_input_usd_per_mtok numeric, p_output_usd_per_mtok numeric, p_valid_from timestamp with time zone) FROM PUBLIC;
+GRANT ALL ON FUNCTION sigledger.add_model_price(p_provider text, p_model text, p_input_usd_per_mtok numeric, p_output_usd_per_mtok numeric, p_valid_from timestamp with time zone) TO sigledger_app;
+
+--
+-- Name: TABLE budget_alerts; Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+GRANT SELECT ON TABLE sigledger.budget_alerts TO sigledger_app;
+GRANT SELECT ON TABLE sigledger.budget_alerts TO sigledger_readonly;
+
+--
+-- Name: FUNCTION budget_alerts_after(p_after_id bigint); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger.budget_alerts_after(p_after_id bigint) FROM PUBLIC;
+GRANT ALL ON FUNCTION sigledger.budget_alerts_after(p_after_id bigint) TO sigledger_app;
+GRANT ALL ON FUNCTION sigledger.budget_alerts_after(p_after_id bigint) TO sigledger_readonly;
+
+--
+-- Name: FUNCTION budget_status(p_agent_id uuid); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger.budget_status(p_agent_id uuid) FROM PUBLIC;
+GRANT ALL ON FUNCTION sigledger.budget_status(p_agent_id uuid) TO sigledger_app;
+GRANT ALL ON FUNCTION sigledger.budget_status(p_agent_id uuid) TO sigledger_readonly;
+
+--
+-- Name: FUNCTION check_and_record_budget(p_agent_id uuid, p_cost_usd numeric, p_expected_version bigint, p_nowait boolean); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger.check_and_record_budget(p_agent_id uuid, p_cost_usd numeric, p_expected_version bigint, p_nowait boolean) FROM PUBLIC;
+GRANT ALL ON FUNCTION sigledger.check_and_record_budget(p_agent_id uuid, p_cost_usd numeric, p_expected_version bigint, p_nowait boolean) TO sigledger_app;
+
+--
+-- Name: FUNCTION cost_trends(p_days integer); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger.cost_trends(p_days integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION sigledger.cost_trends(p_days integer) TO sigledger_app;
+GRANT ALL ON FUNCTION sigledger.cost_trends(p_days integer) TO sigledger_readonly;
+
+--
+-- Name: FUNCTION create_agent(p_name text, p_limit_usd numeric, p_period text, p_grace_ratio numeric, p_fail_policy text, p_alert_thresholds numeric[], p_parent_budget_id bigint); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger.create_agent(p_name text, p_limit_usd numeric, p_period text, p_grace_ratio numeric, p_fail_policy text, p_alert_thresholds numeric[], p_parent_budget_id bigint) FROM PUBLIC;
+GRANT ALL ON FUNCTION sigledger.create_agent(p_name text, p_limit_usd numeric, p_period text, p_grace_ratio numeric, p_fail_policy text, p_alert_thresholds numeric[], p_parent_budget_id bigint) TO sigledger_app;
+
+--
 -- Name: FUNCTION create_entity(p_name text, p_aliases text[], p_entity_type text); Type: ACL; Schema: sigledger; Owner: sigledger_owner
 --
 
 REVOKE ALL ON FUNCTION sigledger.create_entity(p_name text, p_aliases text[], p_entity_type text) FROM PUBLIC;
 GRANT ALL ON FUNCTION sigledger.create_entity(p_name text, p_aliases text[], p_entity_type text) TO sigledger_app;
+
+--
+-- Name: FUNCTION create_group_budget(p_level text, p_name text, p_limit_usd numeric, p_period text, p_grace_ratio numeric, p_fail_policy text, p_alert_thresholds numeric[], p_parent_budget_id bigint); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger.create_group_budget(p_level text, p_name text, p_limit_usd numeric, p_period text, p_grace_ratio numeric, p_fail_policy text, p_alert_thresholds numeric[], p_parent_budget_id bigint) FROM PUBLIC;
+GRANT ALL ON FUNCTION sigledger.create_group_budget(p_level text, p_name text, p_limit_usd numeric, p_period text, p_grace_ratio numeric, p_fail_policy text, p_alert_thresholds numeric[], p_parent_budget_id bigint) TO sigledger_app;
 
 --
 -- Name: FUNCTION create_opportunity(p_title text, p_description text, p_status text, p_score numeric, p_value_usd numeric, p_attributes jsonb); Type: ACL; Schema: sigledger; Owner: sigledger_owner
@@ -2682,6 +4969,21 @@ GRANT ALL ON FUNCTION sigledger.create_opportunity(p_title text, p_description t
 REVOKE ALL ON FUNCTION sigledger.entity_signals_of(p_entity_id uuid) FROM PUBLIC;
 GRANT ALL ON FUNCTION sigledger.entity_signals_of(p_entity_id uuid) TO sigledger_app;
 GRANT ALL ON FUNCTION sigledger.entity_signals_of(p_entity_id uuid) TO sigledger_readonly;
+
+--
+-- Name: FUNCTION expire_reservations(p_limit integer); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger.expire_reservations(p_limit integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION sigledger.expire_reservations(p_limit integer) TO sigledger_app;
+
+--
+-- Name: FUNCTION find_agent(p_name text); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger.find_agent(p_name text) FROM PUBLIC;
+GRANT ALL ON FUNCTION sigledger.find_agent(p_name text) TO sigledger_app;
+GRANT ALL ON FUNCTION sigledger.find_agent(p_name text) TO sigledger_readonly;
 
 --
 -- Name: FUNCTION graph_outbox_status(); Type: ACL; Schema: sigledger; Owner: sigledger_owner
@@ -2735,12 +5037,89 @@ GRANT ALL ON FUNCTION sigledger.opportunity_signals_of(p_opportunity_id uuid) TO
 GRANT ALL ON FUNCTION sigledger.opportunity_signals_of(p_opportunity_id uuid) TO sigledger_readonly;
 
 --
+-- Name: FUNCTION reconcile_budgets(p_repair boolean); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger.reconcile_budgets(p_repair boolean) FROM PUBLIC;
+GRANT ALL ON FUNCTION sigledger.reconcile_budgets(p_repair boolean) TO sigledger_app;
+
+--
+-- Name: FUNCTION record_cost(p_idempotency_key text, p_agent_id uuid, p_model text, p_provider text, p_input_tokens bigint, p_output_tokens bigint, p_cost_usd numeric, p_created_at timestamp with time zone, p_metadata jsonb); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger.record_cost(p_idempotency_key text, p_agent_id uuid, p_model text, p_provider text, p_input_tokens bigint, p_output_tokens bigint, p_cost_usd numeric, p_created_at timestamp with time zone, p_metadata jsonb) FROM PUBLIC;
+GRANT ALL ON FUNCTION sigledger.record_cost(p_idempotency_key text, p_agent_id uuid, p_model text, p_provider text, p_input_tokens bigint, p_output_tokens bigint, p_cost_usd numeric, p_created_at timestamp with time zone, p_metadata jsonb) TO sigledger_app;
+
+--
+-- Name: FUNCTION record_costs(p_batch jsonb); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger.record_costs(p_batch jsonb) FROM PUBLIC;
+GRANT ALL ON FUNCTION sigledger.record_costs(p_batch jsonb) TO sigledger_app;
+
+--
+-- Name: FUNCTION release_budget(p_reservation_id bigint); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger.release_budget(p_reservation_id bigint) FROM PUBLIC;
+GRANT ALL ON FUNCTION sigledger.release_budget(p_reservation_id bigint) TO sigledger_app;
+
+--
+-- Name: FUNCTION reserve_budget(p_agent_id uuid, p_estimate_usd numeric, p_ttl interval, p_idempotency_key text); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger.reserve_budget(p_agent_id uuid, p_estimate_usd numeric, p_ttl interval, p_idempotency_key text) FROM PUBLIC;
+GRANT ALL ON FUNCTION sigledger.reserve_budget(p_agent_id uuid, p_estimate_usd numeric, p_ttl interval, p_idempotency_key text) TO sigledger_app;
+
+--
 -- Name: FUNCTION resolve_entity(p_name text); Type: ACL; Schema: sigledger; Owner: sigledger_owner
 --
 
 REVOKE ALL ON FUNCTION sigledger.resolve_entity(p_name text) FROM PUBLIC;
 GRANT ALL ON FUNCTION sigledger.resolve_entity(p_name text) TO sigledger_app;
 GRANT ALL ON FUNCTION sigledger.resolve_entity(p_name text) TO sigledger_readonly;
+
+--
+-- Name: FUNCTION set_budget(p_agent_id uuid, p_limit_usd numeric, p_period text, p_grace_ratio numeric, p_fail_policy text, p_alert_thresholds numeric[], p_parent_budget_id bigint); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger.set_budget(p_agent_id uuid, p_limit_usd numeric, p_period text, p_grace_ratio numeric, p_fail_policy text, p_alert_thresholds numeric[], p_parent_budget_id bigint) FROM PUBLIC;
+GRANT ALL ON FUNCTION sigledger.set_budget(p_agent_id uuid, p_limit_usd numeric, p_period text, p_grace_ratio numeric, p_fail_policy text, p_alert_thresholds numeric[], p_parent_budget_id bigint) TO sigledger_app;
+
+--
+-- Name: FUNCTION settle_budget(p_reservation_id bigint, p_actual_usd numeric, p_input_tokens bigint, p_output_tokens bigint, p_model text, p_provider text, p_metadata jsonb); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger.settle_budget(p_reservation_id bigint, p_actual_usd numeric, p_input_tokens bigint, p_output_tokens bigint, p_model text, p_provider text, p_metadata jsonb) FROM PUBLIC;
+GRANT ALL ON FUNCTION sigledger.settle_budget(p_reservation_id bigint, p_actual_usd numeric, p_input_tokens bigint, p_output_tokens bigint, p_model text, p_provider text, p_metadata jsonb) TO sigledger_app;
+
+--
+-- Name: FUNCTION update_budget(p_budget_id bigint, p_limit_usd numeric, p_period text, p_grace_ratio numeric, p_fail_policy text, p_alert_thresholds numeric[], p_parent_budget_id bigint); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger.update_budget(p_budget_id bigint, p_limit_usd numeric, p_period text, p_grace_ratio numeric, p_fail_policy text, p_alert_thresholds numeric[], p_parent_budget_id bigint) FROM PUBLIC;
+GRANT ALL ON FUNCTION sigledger.update_budget(p_budget_id bigint, p_limit_usd numeric, p_period text, p_grace_ratio numeric, p_fail_policy text, p_alert_thresholds numeric[], p_parent_budget_id bigint) TO sigledger_app;
+
+--
+-- Name: TABLE budget_overruns; Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+GRANT SELECT ON TABLE sigledger.budget_overruns TO sigledger_app;
+GRANT SELECT ON TABLE sigledger.budget_overruns TO sigledger_readonly;
+
+--
+-- Name: TABLE budget_overview; Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+GRANT SELECT ON TABLE sigledger.budget_overview TO sigledger_app;
+GRANT SELECT ON TABLE sigledger.budget_overview TO sigledger_readonly;
+
+--
+-- Name: TABLE cost_price_disagreement; Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+GRANT SELECT ON TABLE sigledger.cost_price_disagreement TO sigledger_app;
+GRANT SELECT ON TABLE sigledger.cost_price_disagreement TO sigledger_readonly;
 
 --
 -- Name: TABLE entity_alias_lookup; Type: ACL; Schema: sigledger; Owner: sigledger_owner

@@ -1,0 +1,37 @@
+-- 105: the read-only views of the ledger and budgets (repeatable: `migrate down` drops every view first and
+-- rebuilds the repeatables afterwards). SELECT on them is granted to the app and read-only roles by 900_grants.
+
+-- Client cost versus price table: the client's figure is charged (it is what the provider billed, including
+-- discounts the table does not model); the priced figure is kept beside it and this view lists the rows
+-- where they differ by more than 1% and more than $0.000001, for review.
+CREATE OR REPLACE VIEW sigledger.cost_price_disagreement AS
+SELECT id, idempotency_key, agent_id, provider, model, tokens_input, tokens_output,
+       cost_usd, priced_usd, cost_usd - priced_usd AS difference_usd, created_at
+  FROM sigledger.llm_cost_log
+ WHERE priced_usd IS NOT NULL
+   AND cost_source = 'client'
+   AND abs(cost_usd - priced_usd) > greatest(0.000001, 0.01 * priced_usd);
+COMMENT ON VIEW sigledger.cost_price_disagreement IS
+    'Ledger rows whose client-reported cost differs from the price table by more than 1% (and $0.000001).';
+
+CREATE OR REPLACE VIEW sigledger.budget_alerts AS
+SELECT a.id, a.budget_id, b.level, b.name, b.agent_id, a.period_start, a.threshold, a.limit_usd, a.spent_usd, a.created_at
+  FROM sigledger.budget_alert a JOIN sigledger.budget b ON b.id = a.budget_id;
+COMMENT ON VIEW sigledger.budget_alerts IS 'Budget threshold alerts, newest last by id.';
+
+CREATE OR REPLACE VIEW sigledger.budget_overruns AS
+SELECT r.id AS reservation_id, r.agent_id, r.estimate_usd, r.actual_usd, r.overrun_usd, r.ledger_id, r.closed_at
+  FROM sigledger.budget_reservation r
+ WHERE r.state = 'settled' AND r.overrun_usd > 0;
+COMMENT ON VIEW sigledger.budget_overruns IS 'Settled reservations whose actual cost exceeded the estimate.';
+
+CREATE OR REPLACE VIEW sigledger.budget_overview AS
+SELECT b.id AS budget_id, b.level, b.name, b.agent_id, b.parent_id, b.period,
+       sigledger._period_start(b.period, now()) AS period_start, b.limit_usd, b.grace_ratio, b.fail_policy,
+       coalesce(s.spent_usd, 0) AS spent_usd, coalesce(s.reserved_usd, 0) AS reserved_usd,
+       coalesce(s.excess_usd, 0) AS excess_usd, coalesce(s.version, 0) AS version
+  FROM sigledger.budget b
+  LEFT JOIN sigledger.budget_spend s
+    ON s.budget_id = b.id AND s.period_start = sigledger._period_start(b.period, now());
+COMMENT ON VIEW sigledger.budget_overview IS 'Every budget with its current period''s spend and holds.';
+

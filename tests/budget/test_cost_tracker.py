@@ -1,0 +1,238 @@
+"""CostTracker with real processes and a real server: SIGTERM under load, SIGKILL after spooling, the cluster
+stopped mid-run, a full buffer, and a pool closed before the tracker."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import time
+from decimal import Decimal
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from harness.budget import BudgetClient
+from harness.cost_tracker import CostTracker, TrackerClosed
+from harness.db import Database
+from harness.ledger import CostRecord
+from tests.budget.conftest import OwnCluster, ledger_keys, popen
+
+
+def make_agent(dsn: str, name: str) -> str:
+    with Database(dsn) as db:
+        return BudgetClient(db).create_agent(name)
+
+
+def wait_for_lines(path: Path, n: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and len(path.read_text().splitlines()) >= n:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{path} never reached {n} lines")
+
+
+def acked(path: Path) -> list[str]:
+    return [line for line in path.read_text().splitlines() if line]
+
+
+def unreachable_dsn() -> str:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"host=127.0.0.1 port={port} dbname=x user=postgres connect_timeout=1"
+
+
+def test_sigterm_under_load_loses_nothing(db_dsn: str, tmp_path: Path) -> None:
+    agent = make_agent(db_dsn, "tracker-term")
+    ack = tmp_path / "ack"
+    proc = popen(
+        "tracker",
+        "--dsn",
+        db_dsn,
+        "--agent",
+        agent,
+        "--spool",
+        str(tmp_path / "spool"),
+        "--ack",
+        str(ack),
+        "--prefix",
+        "term",
+        "--n",
+        "1000000",
+        "--rate",
+        "3000",
+        "--batch",
+        "200",
+        "--interval",
+        "0.5",
+        "--wait",
+    )
+    wait_for_lines(ack, 1500)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "Traceback" not in err, err
+    keys = acked(ack)
+    stored = ledger_keys(db_dsn, "term-")
+    assert len(keys) >= 1500
+    assert set(keys) <= set(stored), f"{len(set(keys) - set(stored))} acknowledged records missing"
+    assert len(stored) == len(set(stored))
+    assert not list(tmp_path.glob("spool*")), "nothing should have been spooled with the database up"
+
+
+def test_sigkill_after_spooling_then_replay_recovers_all(db_dsn: str, tmp_path: Path) -> None:
+    agent = make_agent(db_dsn, "tracker-kill")
+    ack, spool = tmp_path / "ack", tmp_path / "spool"
+    proc = popen(
+        "tracker",
+        "--dsn",
+        unreachable_dsn(),
+        "--agent",
+        agent,
+        "--spool",
+        str(spool),
+        "--ack",
+        str(ack),
+        "--prefix",
+        "kill",
+        "--n",
+        "700",
+        "--interval",
+        "30",
+        "--pool-timeout",
+        "1",
+        "--spool-then-wait",
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line.startswith("SPOOLED"), (line, proc.stderr.read() if proc.stderr else "")
+    proc.kill()  # SIGKILL: no graceful path at all
+    proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    assert ledger_keys(db_dsn, "kill-") == []
+    with Database(db_dsn) as db:
+        tracker = CostTracker(db, spool).start()  # the next start replays
+        tracker.close()
+    keys = acked(ack)
+    assert len(keys) == 700
+    assert sorted(ledger_keys(db_dsn, "kill-")) == sorted(keys)
+    assert not spool.exists() and not list(tmp_path.glob("spool.replay-*"))
+
+
+def test_cluster_stopped_mid_run_spools_then_replays(own_cluster: OwnCluster, tmp_path: Path) -> None:
+    agent = make_agent(own_cluster.dsn, "tracker-outage")
+    ack, spool = tmp_path / "ack", tmp_path / "spool"
+    proc = popen(
+        "tracker",
+        "--dsn",
+        own_cluster.dsn,
+        "--agent",
+        agent,
+        "--spool",
+        str(spool),
+        "--ack",
+        str(ack),
+        "--prefix",
+        "outage",
+        "--n",
+        "3000",
+        "--rate",
+        "500",
+        "--batch",
+        "100",
+        "--interval",
+        "0.2",
+        "--pool-timeout",
+        "1",
+    )
+    try:
+        wait_for_lines(ack, 400)
+        own_cluster.stop()
+        wait_for_lines(ack, 1200)  # records keep being accepted while the server is down
+        spooled_during_outage = spool.exists() or bool(list(tmp_path.glob("spool.replay-*")))
+        own_cluster.start()
+        out, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=30)
+        own_cluster.start()
+    assert proc.returncode == 0, err
+    assert "DONE" in out
+    assert spooled_during_outage, "the outage never reached the spool"
+    keys = acked(ack)
+    stored = ledger_keys(own_cluster.dsn, "outage-")
+    assert len(keys) == 3000
+    assert sorted(stored) == sorted(keys), f"{len(set(keys) - set(stored))} missing"
+    assert not spool.exists() and not list(tmp_path.glob("spool.replay-*"))
+
+
+def test_full_buffer_spools_instead_of_dropping(db_dsn: str, tmp_path: Path) -> None:
+    agent = make_agent(db_dsn, "tracker-full")
+    spool = tmp_path / "spool"
+    with Database(db_dsn) as db:
+        tracker = CostTracker(db, spool, capacity=10, batch_size=100, flush_interval=3600, when_full="spool")
+        tracker.start()
+        for i in range(35):
+            tracker.record(
+                CostRecord(
+                    agent_id=agent,
+                    model="m",
+                    provider="p",
+                    cost_usd=Decimal("0.01"),
+                    idempotency_key=f"full-{i}",
+                )
+            )
+        assert tracker.pending() == 10 and tracker.stats["spooled_when_full"] == 25
+        tracker.close()
+        assert len(ledger_keys(db_dsn, "full-")) == 10
+        CostTracker(db, spool).start().close()  # the next start replays the spool
+    assert len(ledger_keys(db_dsn, "full-")) == 35
+
+
+def test_pool_closed_first_never_raises_and_spools(db_dsn: str, tmp_path: Path) -> None:
+    agent = make_agent(db_dsn, "tracker-pool")
+    spool = tmp_path / "spool"
+    db = Database(db_dsn, timeout=1).open()
+    tracker = CostTracker(db, spool, flush_interval=3600).start()
+    for i in range(50):
+        tracker.record(
+            CostRecord(
+                agent_id=agent, model="m", provider="p", cost_usd=Decimal("0.01"), idempotency_key=f"pool-{i}"
+            )
+        )
+    db.close()  # the wrong order: the seed's "Cannot use pool after calling end"
+    tracker.close()  # must not raise; the records go to the spool
+    with pytest.raises(TrackerClosed):
+        tracker.record(CostRecord(agent_id=agent, model="m", provider="p", cost_usd=Decimal("0.01")))
+    assert tracker.stats["spooled"] == 50
+    with Database(db_dsn) as db2:
+        CostTracker(db2, spool).start().close()
+    assert len(ledger_keys(db_dsn, "pool-")) == 50
+
+
+def test_graceful_order_flushes_everything_before_the_pool_closes(db_dsn: str, tmp_path: Path) -> None:
+    agent = make_agent(db_dsn, "tracker-order")
+    with (
+        Database(db_dsn) as db,
+        CostTracker(db, tmp_path / "spool", batch_size=50, flush_interval=0.05) as tracker,
+    ):
+        for i in range(2000):
+            tracker.record(
+                CostRecord(
+                    agent_id=agent,
+                    model="m",
+                    provider="p",
+                    cost_usd=Decimal("0.001"),
+                    idempotency_key=f"order-{i}",
+                )
+            )
+    # tracker closed first (inner with), then the pool
+    assert tracker.stats["spooled"] == 0
+    with psycopg.connect(db_dsn) as conn:
+        row = conn.execute(
+            "SELECT count(*), sum(cost_usd) FROM sigledger.llm_cost_log WHERE idempotency_key LIKE 'order-%'"
+        ).fetchone()
+    assert row == (2000, Decimal("2.000000"))
