@@ -351,7 +351,13 @@ class Migrator:
         return bool(row and row[0])
 
     def _session_settings(
-        self, conn: psycopg.Connection[Any], *, local: bool, lock_timeout: str, statement_timeout: str
+        self,
+        conn: psycopg.Connection[Any],
+        *,
+        local: bool,
+        lock_timeout: str,
+        statement_timeout: str,
+        as_owner: bool = True,
     ) -> None:
         scope = "LOCAL " if local else ""
         conn.execute(f"SET {scope}search_path TO sigledger, public")
@@ -359,7 +365,7 @@ class Migrator:
         conn.execute(
             sql.SQL("SET {}statement_timeout = {}").format(sql.SQL(scope), sql.Literal(statement_timeout))
         )
-        if self._owner_role_usable(conn):
+        if as_owner and self._owner_role_usable(conn):
             conn.execute(sql.SQL("SET {}ROLE {}").format(sql.SQL(scope), sql.Identifier(OWNER_ROLE)))
 
     def _with_lock_retries(self, what: str, action: Callable[[], None]) -> None:
@@ -403,6 +409,7 @@ class Migrator:
                     local=True,
                     lock_timeout=self.settings.lock_timeout,
                     statement_timeout=self.settings.statement_timeout,
+                    as_owner=up.as_owner,
                 )
                 for stmt in up.statements:
                     self._execute(conn, stmt, migration.label)
@@ -476,7 +483,15 @@ class Migrator:
             (int((time.monotonic() - started) * 1000), row_version),
         )
 
-    def _run_one(self, conn: psycopg.Connection[Any], stmt: Statement, migration: Migration) -> None:
+    def _run_one(
+        self,
+        conn: psycopg.Connection[Any],
+        stmt: Statement,
+        migration: Migration,
+        source: SqlFile | None = None,
+    ) -> None:
+        """Run one statement of a non-transactional file (`source`, default the migration's up file)."""
+        source = source or migration.up
         concurrent = stmt.concurrent_index
         needs_long = stmt.needs_no_transaction
         self._session_settings(
@@ -486,6 +501,7 @@ class Migrator:
             statement_timeout=(
                 self.settings.concurrent_statement_timeout if needs_long else self.settings.statement_timeout
             ),
+            as_owner=source.as_owner,
         )
         try:
             if concurrent is not None:
@@ -636,6 +652,7 @@ class Migrator:
                         local=True,
                         lock_timeout=self.settings.lock_timeout,
                         statement_timeout=self.settings.statement_timeout,
+                        as_owner=down.as_owner,
                     )
                     for stmt in down.statements:
                         self._execute(conn, stmt, down.path.name)
@@ -648,7 +665,7 @@ class Migrator:
             return
         for stmt in down.statements:
             self._with_lock_retries(
-                f"{down.path.name}:{stmt.line}", partial(self._run_one, conn, stmt, migration)
+                f"{down.path.name}:{stmt.line}", partial(self._run_one, conn, stmt, migration, down)
             )
         conn.execute(f"DELETE FROM {META_SCHEMA}.schema_history WHERE version = %s", (migration.version,))
 

@@ -24,6 +24,9 @@ _VERSIONED = re.compile(
 _REPEATABLE = re.compile(r"^(?P<order>\d+)_(?P<name>[A-Za-z0-9_\-]+)\.sql$")
 HEADER_NO_TRANSACTION = "sigledger:no-transaction"
 HEADER_ALWAYS = "sigledger:always"
+# Role management (CREATE ROLE, ALTER ROLE, GRANT role) needs the connecting user's own privileges: a file with
+# this header runs without SET ROLE to the owner role.
+HEADER_SESSION_USER = "sigledger:as-session-user"
 
 
 _VERSION = re.compile(r"^\d+(?:[._]\d+)*$")
@@ -140,6 +143,10 @@ class SqlFile:
     @property
     def transactional(self) -> bool:
         return HEADER_NO_TRANSACTION not in self.headers
+
+    @property
+    def as_owner(self) -> bool:
+        return HEADER_SESSION_USER not in self.headers
 
     @cached_property
     def statements(self) -> list[Statement]:

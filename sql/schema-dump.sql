@@ -482,7 +482,7 @@ ALTER FUNCTION sigledger._entity_aliases_no_tombstone() OWNER TO sigledger_owner
 --
 
 CREATE FUNCTION sigledger._graph_ack(p_ids bigint[]) RETURNS integer
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'sigledger', 'pg_temp'
     AS $$
 DECLARE
@@ -507,7 +507,7 @@ COMMENT ON FUNCTION sigledger._graph_ack(p_ids bigint[]) IS 'Internal: removes o
 --
 
 CREATE FUNCTION sigledger._graph_claim(p_limit integer) RETURNS TABLE(id bigint, aggregate_type text, aggregate_id uuid, event_type text, attempts bigint, created_at timestamp with time zone)
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'sigledger', 'pg_temp'
     AS $$
 BEGIN
@@ -556,7 +556,7 @@ SQLSTATE: 22023';
 --
 
 CREATE FUNCTION sigledger._graph_dead_list(p_limit integer DEFAULT 100) RETURNS TABLE(id bigint, aggregate_type text, aggregate_id uuid, event_type text, attempts bigint, created_at timestamp with time zone, dead_at timestamp with time zone, last_error text)
-    LANGUAGE sql STABLE
+    LANGUAGE sql STABLE SECURITY DEFINER
     SET search_path TO 'sigledger', 'pg_temp'
     AS $$
     SELECT o.id, o.aggregate_type, o.aggregate_id, o.event_type, o.attempts, o.created_at, o.dead_at,
@@ -580,7 +580,7 @@ COMMENT ON FUNCTION sigledger._graph_dead_list(p_limit integer) IS 'Internal: de
 --
 
 CREATE FUNCTION sigledger._graph_dead_purge(p_ids bigint[] DEFAULT NULL::bigint[]) RETURNS integer
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'sigledger', 'pg_temp'
     AS $$
 DECLARE
@@ -607,7 +607,7 @@ COMMENT ON FUNCTION sigledger._graph_dead_purge(p_ids bigint[]) IS 'Internal: de
 --
 
 CREATE FUNCTION sigledger._graph_dead_retry(p_ids bigint[] DEFAULT NULL::bigint[]) RETURNS integer
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'sigledger', 'pg_temp'
     AS $$
 DECLARE
@@ -638,7 +638,7 @@ COMMENT ON FUNCTION sigledger._graph_dead_retry(p_ids bigint[]) IS 'Internal: ma
 --
 
 CREATE FUNCTION sigledger._graph_enqueue(p_aggregate_type text, p_ids uuid[], p_event_type text DEFAULT 'graph.refresh'::text) RETURNS integer
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'sigledger', 'pg_temp'
     AS $$
 DECLARE
@@ -675,7 +675,7 @@ SQLSTATE: 22023';
 --
 
 CREATE FUNCTION sigledger._graph_enqueue_all(p_event_type text DEFAULT 'graph.rebuild'::text) RETURNS TABLE(aggregate_type text, enqueued bigint)
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'sigledger', 'pg_temp'
     AS $$
 BEGIN
@@ -707,7 +707,7 @@ COMMENT ON FUNCTION sigledger._graph_enqueue_all(p_event_type text) IS 'Internal
 --
 
 CREATE FUNCTION sigledger._graph_fail(p_ids bigint[], p_error text, p_max_attempts integer DEFAULT 8, p_base_delay interval DEFAULT '00:00:01'::interval, p_max_delay interval DEFAULT '00:10:00'::interval) RETURNS TABLE(id bigint, attempts bigint, dead boolean, next_attempt_at timestamp with time zone)
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'sigledger', 'pg_temp'
     AS $$
 BEGIN
@@ -796,7 +796,7 @@ COMMENT ON FUNCTION sigledger._graph_final_winner(p_aggregate_type text, p_id uu
 --
 
 CREATE FUNCTION sigledger._graph_live_ids(p_aggregate_type text, p_after uuid, p_limit integer) RETURNS SETOF uuid
-    LANGUAGE plpgsql STABLE
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
     SET search_path TO 'sigledger', 'pg_temp'
     AS $$
 BEGIN
@@ -864,7 +864,7 @@ COMMENT ON FUNCTION sigledger._graph_props(p_row jsonb, p_drop text[]) IS 'Inter
 --
 
 CREATE FUNCTION sigledger._graph_snapshot(p_types text[], p_ids uuid[]) RETURNS TABLE(aggregate_type text, aggregate_id uuid, state text, version bigint, props jsonb, links uuid[], winner_id uuid, error text)
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'sigledger', 'pg_temp'
     SET "TimeZone" TO 'UTC'
     AS $$
@@ -4617,6 +4617,8 @@ ALTER TABLE ONLY sigledger.signal_entities
 
 GRANT USAGE ON SCHEMA sigledger TO sigledger_app;
 GRANT USAGE ON SCHEMA sigledger TO sigledger_readonly;
+GRANT USAGE ON SCHEMA sigledger TO sigledger_admin;
+GRANT USAGE ON SCHEMA sigledger TO sigledger_graph;
 
 --
 -- Name: FUNCTION _assert_text(p_name text, p_value text); Type: ACL; Schema: sigledger; Owner: sigledger_owner
@@ -4701,48 +4703,61 @@ REVOKE ALL ON FUNCTION sigledger._entity_aliases_no_tombstone() FROM PUBLIC;
 --
 
 REVOKE ALL ON FUNCTION sigledger._graph_ack(p_ids bigint[]) FROM PUBLIC;
+GRANT ALL ON FUNCTION sigledger._graph_ack(p_ids bigint[]) TO sigledger_graph;
 
 --
 -- Name: FUNCTION _graph_claim(p_limit integer); Type: ACL; Schema: sigledger; Owner: sigledger_owner
 --
 
 REVOKE ALL ON FUNCTION sigledger._graph_claim(p_limit integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION sigledger._graph_claim(p_limit integer) TO sigledger_graph;
 
 --
 -- Name: FUNCTION _graph_dead_list(p_limit integer); Type: ACL; Schema: sigledger; Owner: sigledger_owner
 --
 
 REVOKE ALL ON FUNCTION sigledger._graph_dead_list(p_limit integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION sigledger._graph_dead_list(p_limit integer) TO sigledger_graph;
+GRANT ALL ON FUNCTION sigledger._graph_dead_list(p_limit integer) TO sigledger_admin;
 
 --
 -- Name: FUNCTION _graph_dead_purge(p_ids bigint[]); Type: ACL; Schema: sigledger; Owner: sigledger_owner
 --
 
 REVOKE ALL ON FUNCTION sigledger._graph_dead_purge(p_ids bigint[]) FROM PUBLIC;
+GRANT ALL ON FUNCTION sigledger._graph_dead_purge(p_ids bigint[]) TO sigledger_graph;
+GRANT ALL ON FUNCTION sigledger._graph_dead_purge(p_ids bigint[]) TO sigledger_admin;
 
 --
 -- Name: FUNCTION _graph_dead_retry(p_ids bigint[]); Type: ACL; Schema: sigledger; Owner: sigledger_owner
 --
 
 REVOKE ALL ON FUNCTION sigledger._graph_dead_retry(p_ids bigint[]) FROM PUBLIC;
+GRANT ALL ON FUNCTION sigledger._graph_dead_retry(p_ids bigint[]) TO sigledger_graph;
+GRANT ALL ON FUNCTION sigledger._graph_dead_retry(p_ids bigint[]) TO sigledger_admin;
 
 --
 -- Name: FUNCTION _graph_enqueue(p_aggregate_type text, p_ids uuid[], p_event_type text); Type: ACL; Schema: sigledger; Owner: sigledger_owner
 --
 
 REVOKE ALL ON FUNCTION sigledger._graph_enqueue(p_aggregate_type text, p_ids uuid[], p_event_type text) FROM PUBLIC;
+GRANT ALL ON FUNCTION sigledger._graph_enqueue(p_aggregate_type text, p_ids uuid[], p_event_type text) TO sigledger_graph;
+GRANT ALL ON FUNCTION sigledger._graph_enqueue(p_aggregate_type text, p_ids uuid[], p_event_type text) TO sigledger_admin;
 
 --
 -- Name: FUNCTION _graph_enqueue_all(p_event_type text); Type: ACL; Schema: sigledger; Owner: sigledger_owner
 --
 
 REVOKE ALL ON FUNCTION sigledger._graph_enqueue_all(p_event_type text) FROM PUBLIC;
+GRANT ALL ON FUNCTION sigledger._graph_enqueue_all(p_event_type text) TO sigledger_graph;
+GRANT ALL ON FUNCTION sigledger._graph_enqueue_all(p_event_type text) TO sigledger_admin;
 
 --
 -- Name: FUNCTION _graph_fail(p_ids bigint[], p_error text, p_max_attempts integer, p_base_delay interval, p_max_delay interval); Type: ACL; Schema: sigledger; Owner: sigledger_owner
 --
 
 REVOKE ALL ON FUNCTION sigledger._graph_fail(p_ids bigint[], p_error text, p_max_attempts integer, p_base_delay interval, p_max_delay interval) FROM PUBLIC;
+GRANT ALL ON FUNCTION sigledger._graph_fail(p_ids bigint[], p_error text, p_max_attempts integer, p_base_delay interval, p_max_delay interval) TO sigledger_graph;
 
 --
 -- Name: FUNCTION _graph_final_winner(p_aggregate_type text, p_id uuid); Type: ACL; Schema: sigledger; Owner: sigledger_owner
@@ -4755,6 +4770,7 @@ REVOKE ALL ON FUNCTION sigledger._graph_final_winner(p_aggregate_type text, p_id
 --
 
 REVOKE ALL ON FUNCTION sigledger._graph_live_ids(p_aggregate_type text, p_after uuid, p_limit integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION sigledger._graph_live_ids(p_aggregate_type text, p_after uuid, p_limit integer) TO sigledger_graph;
 
 --
 -- Name: FUNCTION _graph_props(p_row jsonb, p_drop text[]); Type: ACL; Schema: sigledger; Owner: sigledger_owner
@@ -4767,6 +4783,7 @@ REVOKE ALL ON FUNCTION sigledger._graph_props(p_row jsonb, p_drop text[]) FROM P
 --
 
 REVOKE ALL ON FUNCTION sigledger._graph_snapshot(p_types text[], p_ids uuid[]) FROM PUBLIC;
+GRANT ALL ON FUNCTION sigledger._graph_snapshot(p_types text[], p_ids uuid[]) TO sigledger_graph;
 
 --
 -- Name: FUNCTION _graph_try_lock(p_aggregate_type text, p_aggregate_id uuid); Type: ACL; Schema: sigledger; Owner: sigledger_owner
@@ -4894,7 +4911,7 @@ GRANT ALL ON FUNCTION sigledger.add_alias(p_entity_id uuid, p_alias text) TO sig
 --
 
 REVOKE ALL ON FUNCTION sigledger.add_model_price(p_provider text, p_model text, p_input_usd_per_mtok numeric, p_output_usd_per_mtok numeric, p_valid_from timestamp with time zone) FROM PUBLIC;
-GRANT ALL ON FUNCTION sigledger.add_model_price(p_provider text, p_model text, p_input_usd_per_mtok numeric, p_output_usd_per_mtok numeric, p_valid_from timestamp with time zone) TO sigledger_app;
+GRANT ALL ON FUNCTION sigledger.add_model_price(p_provider text, p_model text, p_input_usd_per_mtok numeric, p_output_usd_per_mtok numeric, p_valid_from timestamp with time zone) TO sigledger_admin;
 
 --
 -- Name: TABLE budget_alerts; Type: ACL; Schema: sigledger; Owner: sigledger_owner
@@ -4939,7 +4956,7 @@ GRANT ALL ON FUNCTION sigledger.cost_trends(p_days integer) TO sigledger_readonl
 --
 
 REVOKE ALL ON FUNCTION sigledger.create_agent(p_name text, p_limit_usd numeric, p_period text, p_grace_ratio numeric, p_fail_policy text, p_alert_thresholds numeric[], p_parent_budget_id bigint) FROM PUBLIC;
-GRANT ALL ON FUNCTION sigledger.create_agent(p_name text, p_limit_usd numeric, p_period text, p_grace_ratio numeric, p_fail_policy text, p_alert_thresholds numeric[], p_parent_budget_id bigint) TO sigledger_app;
+GRANT ALL ON FUNCTION sigledger.create_agent(p_name text, p_limit_usd numeric, p_period text, p_grace_ratio numeric, p_fail_policy text, p_alert_thresholds numeric[], p_parent_budget_id bigint) TO sigledger_admin;
 
 --
 -- Name: FUNCTION create_entity(p_name text, p_aliases text[], p_entity_type text); Type: ACL; Schema: sigledger; Owner: sigledger_owner
@@ -4953,7 +4970,7 @@ GRANT ALL ON FUNCTION sigledger.create_entity(p_name text, p_aliases text[], p_e
 --
 
 REVOKE ALL ON FUNCTION sigledger.create_group_budget(p_level text, p_name text, p_limit_usd numeric, p_period text, p_grace_ratio numeric, p_fail_policy text, p_alert_thresholds numeric[], p_parent_budget_id bigint) FROM PUBLIC;
-GRANT ALL ON FUNCTION sigledger.create_group_budget(p_level text, p_name text, p_limit_usd numeric, p_period text, p_grace_ratio numeric, p_fail_policy text, p_alert_thresholds numeric[], p_parent_budget_id bigint) TO sigledger_app;
+GRANT ALL ON FUNCTION sigledger.create_group_budget(p_level text, p_name text, p_limit_usd numeric, p_period text, p_grace_ratio numeric, p_fail_policy text, p_alert_thresholds numeric[], p_parent_budget_id bigint) TO sigledger_admin;
 
 --
 -- Name: FUNCTION create_opportunity(p_title text, p_description text, p_status text, p_score numeric, p_value_usd numeric, p_attributes jsonb); Type: ACL; Schema: sigledger; Owner: sigledger_owner
@@ -4975,7 +4992,7 @@ GRANT ALL ON FUNCTION sigledger.entity_signals_of(p_entity_id uuid) TO sigledger
 --
 
 REVOKE ALL ON FUNCTION sigledger.expire_reservations(p_limit integer) FROM PUBLIC;
-GRANT ALL ON FUNCTION sigledger.expire_reservations(p_limit integer) TO sigledger_app;
+GRANT ALL ON FUNCTION sigledger.expire_reservations(p_limit integer) TO sigledger_admin;
 
 --
 -- Name: FUNCTION find_agent(p_name text); Type: ACL; Schema: sigledger; Owner: sigledger_owner
@@ -4992,6 +5009,8 @@ GRANT ALL ON FUNCTION sigledger.find_agent(p_name text) TO sigledger_readonly;
 REVOKE ALL ON FUNCTION sigledger.graph_outbox_status() FROM PUBLIC;
 GRANT ALL ON FUNCTION sigledger.graph_outbox_status() TO sigledger_app;
 GRANT ALL ON FUNCTION sigledger.graph_outbox_status() TO sigledger_readonly;
+GRANT ALL ON FUNCTION sigledger.graph_outbox_status() TO sigledger_admin;
+GRANT ALL ON FUNCTION sigledger.graph_outbox_status() TO sigledger_graph;
 
 --
 -- Name: FUNCTION ingest_signal(p_source text, p_external_id text, p_occurred_at timestamp with time zone, p_payload jsonb, p_mentions text[], p_content text, p_unknown_policy text); Type: ACL; Schema: sigledger; Owner: sigledger_owner
@@ -5041,7 +5060,7 @@ GRANT ALL ON FUNCTION sigledger.opportunity_signals_of(p_opportunity_id uuid) TO
 --
 
 REVOKE ALL ON FUNCTION sigledger.reconcile_budgets(p_repair boolean) FROM PUBLIC;
-GRANT ALL ON FUNCTION sigledger.reconcile_budgets(p_repair boolean) TO sigledger_app;
+GRANT ALL ON FUNCTION sigledger.reconcile_budgets(p_repair boolean) TO sigledger_admin;
 
 --
 -- Name: FUNCTION record_cost(p_idempotency_key text, p_agent_id uuid, p_model text, p_provider text, p_input_tokens bigint, p_output_tokens bigint, p_cost_usd numeric, p_created_at timestamp with time zone, p_metadata jsonb); Type: ACL; Schema: sigledger; Owner: sigledger_owner
@@ -5084,7 +5103,7 @@ GRANT ALL ON FUNCTION sigledger.resolve_entity(p_name text) TO sigledger_readonl
 --
 
 REVOKE ALL ON FUNCTION sigledger.set_budget(p_agent_id uuid, p_limit_usd numeric, p_period text, p_grace_ratio numeric, p_fail_policy text, p_alert_thresholds numeric[], p_parent_budget_id bigint) FROM PUBLIC;
-GRANT ALL ON FUNCTION sigledger.set_budget(p_agent_id uuid, p_limit_usd numeric, p_period text, p_grace_ratio numeric, p_fail_policy text, p_alert_thresholds numeric[], p_parent_budget_id bigint) TO sigledger_app;
+GRANT ALL ON FUNCTION sigledger.set_budget(p_agent_id uuid, p_limit_usd numeric, p_period text, p_grace_ratio numeric, p_fail_policy text, p_alert_thresholds numeric[], p_parent_budget_id bigint) TO sigledger_admin;
 
 --
 -- Name: FUNCTION settle_budget(p_reservation_id bigint, p_actual_usd numeric, p_input_tokens bigint, p_output_tokens bigint, p_model text, p_provider text, p_metadata jsonb); Type: ACL; Schema: sigledger; Owner: sigledger_owner
@@ -5098,7 +5117,7 @@ GRANT ALL ON FUNCTION sigledger.settle_budget(p_reservation_id bigint, p_actual_
 --
 
 REVOKE ALL ON FUNCTION sigledger.update_budget(p_budget_id bigint, p_limit_usd numeric, p_period text, p_grace_ratio numeric, p_fail_policy text, p_alert_thresholds numeric[], p_parent_budget_id bigint) FROM PUBLIC;
-GRANT ALL ON FUNCTION sigledger.update_budget(p_budget_id bigint, p_limit_usd numeric, p_period text, p_grace_ratio numeric, p_fail_policy text, p_alert_thresholds numeric[], p_parent_budget_id bigint) TO sigledger_app;
+GRANT ALL ON FUNCTION sigledger.update_budget(p_budget_id bigint, p_limit_usd numeric, p_period text, p_grace_ratio numeric, p_fail_policy text, p_alert_thresholds numeric[], p_parent_budget_id bigint) TO sigledger_admin;
 
 --
 -- Name: TABLE budget_overruns; Type: ACL; Schema: sigledger; Owner: sigledger_owner

@@ -275,3 +275,14 @@ END
 $$;
 COMMENT ON FUNCTION sigledger._graph_enqueue_all(text) IS
     'Internal: enqueues a refresh of every live entity, signal and opportunity (graph rebuild).';
+
+-- The sync worker runs as sigledger_graph, which holds no table privilege: the functions it calls run as
+-- their owner (search_path pinned above). Which role may call which is declared in 900_grants.sql.
+ALTER FUNCTION sigledger._graph_claim(integer) SECURITY DEFINER;
+ALTER FUNCTION sigledger._graph_ack(bigint[]) SECURITY DEFINER;
+ALTER FUNCTION sigledger._graph_fail(bigint[], text, integer, interval, interval) SECURITY DEFINER;
+ALTER FUNCTION sigledger._graph_dead_list(integer) SECURITY DEFINER;
+ALTER FUNCTION sigledger._graph_dead_retry(bigint[]) SECURITY DEFINER;
+ALTER FUNCTION sigledger._graph_dead_purge(bigint[]) SECURITY DEFINER;
+ALTER FUNCTION sigledger._graph_enqueue(text, uuid[], text) SECURITY DEFINER;
+ALTER FUNCTION sigledger._graph_enqueue_all(text) SECURITY DEFINER;

@@ -251,3 +251,7 @@ $$;
 COMMENT ON FUNCTION sigledger._graph_live_ids(text, uuid, integer) IS
     'Internal: live aggregate ids after p_after, in id order (for graph verify).
 SQLSTATE: 22023';
+
+-- Called by the sync worker as sigledger_graph (see 300_graph_outbox.sql and 900_grants.sql).
+ALTER FUNCTION sigledger._graph_snapshot(text[], uuid[]) SECURITY DEFINER;
+ALTER FUNCTION sigledger._graph_live_ids(text, uuid, integer) SECURITY DEFINER;

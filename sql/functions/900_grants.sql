@@ -1,29 +1,69 @@
 -- sigledger:always
--- Privileges, re-applied after every change: tables are private; the app role executes the API (functions
--- whose names do not start with "_", triggers excluded) and reads the views; the read-only role reads the
--- views and executes the API's STABLE/IMMUTABLE functions. Nobody but the owner writes a table.
-REVOKE ALL ON ALL TABLES IN SCHEMA sigledger FROM PUBLIC, sigledger_app, sigledger_readonly;
-REVOKE ALL ON ALL SEQUENCES IN SCHEMA sigledger FROM PUBLIC, sigledger_app, sigledger_readonly;
-REVOKE ALL ON ALL FUNCTIONS IN SCHEMA sigledger FROM PUBLIC, sigledger_app, sigledger_readonly;
+-- Privileges, re-applied after every change. Tables are private: nobody but the owner writes one. Every
+-- function that some role may execute is listed below with its audience; a function with no leading "_" that
+-- is missing from the list stops the deployment (so a new API function is never exposed, or hidden, by
+-- accident).
+--   app       sigledger_app: the applications (sigledger_admin is a member and inherits this)
+--   readonly  sigledger_readonly: dashboards and reports
+--   admin     sigledger_admin: budgets, limits, prices, reconciliation, sweeps
+--   graph     sigledger_graph: the Neo4j sync worker
+REVOKE ALL ON ALL TABLES IN SCHEMA sigledger FROM PUBLIC, sigledger_app, sigledger_readonly, sigledger_admin,
+    sigledger_graph;
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA sigledger FROM PUBLIC, sigledger_app, sigledger_readonly, sigledger_admin,
+    sigledger_graph;
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA sigledger FROM PUBLIC, sigledger_app, sigledger_readonly, sigledger_admin,
+    sigledger_graph;
 
 DO $grants$
 DECLARE
     v_fn regprocedure;
-    v_volatile "char";
+    v_name name;
+    v_audience text[];
+    v_role text;
     v_view regclass;
 BEGIN
-    FOR v_fn, v_volatile IN
-        SELECT p.oid::regprocedure, p.provolatile
+    CREATE TEMP TABLE _audience (fn name PRIMARY KEY, audience text[] NOT NULL) ON COMMIT DROP;
+    INSERT INTO _audience VALUES
+        -- ledger and budgets
+        ('record_cost', '{app}'), ('record_costs', '{app}'), ('cost_trends', '{app,readonly}'),
+        ('reserve_budget', '{app}'), ('settle_budget', '{app}'), ('release_budget', '{app}'),
+        ('check_and_record_budget', '{app}'), ('budget_status', '{app,readonly}'),
+        ('budget_alerts_after', '{app,readonly}'), ('find_agent', '{app,readonly}'),
+        ('create_agent', '{admin}'), ('set_budget', '{admin}'), ('update_budget', '{admin}'),
+        ('create_group_budget', '{admin}'), ('add_model_price', '{admin}'), ('reconcile_budgets', '{admin}'),
+        ('expire_reservations', '{admin}'),
+        -- signals, entities, opportunities
+        ('ingest_signal', '{app}'), ('ingest_signals', '{app}'), ('create_entity', '{app}'),
+        ('add_alias', '{app}'), ('resolve_entity', '{app,readonly}'), ('merge_entities', '{app}'),
+        ('create_opportunity', '{app}'), ('link_signals', '{app}'), ('merge_opportunities', '{app}'),
+        ('opportunity_signals_of', '{app,readonly}'), ('entity_signals_of', '{app,readonly}'),
+        -- Neo4j projection
+        ('graph_outbox_status', '{app,readonly,admin,graph}'),
+        ('_graph_claim', '{graph}'), ('_graph_snapshot', '{graph}'), ('_graph_ack', '{graph}'),
+        ('_graph_fail', '{graph}'), ('_graph_live_ids', '{graph}'), ('_graph_dead_list', '{graph,admin}'),
+        ('_graph_dead_retry', '{graph,admin}'), ('_graph_dead_purge', '{graph,admin}'),
+        ('_graph_enqueue', '{graph,admin}'), ('_graph_enqueue_all', '{graph,admin}');
+
+    FOR v_fn, v_name IN
+        SELECT p.oid::regprocedure, p.proname
           FROM pg_proc p
          WHERE p.pronamespace = 'sigledger'::regnamespace
-           AND p.proname !~ '^_'
            AND p.prorettype <> 'trigger'::regtype
            AND p.prokind IN ('f', 'p')
     LOOP
-        EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO sigledger_app', v_fn);
-        IF v_volatile IN ('s', 'i') THEN
-            EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO sigledger_readonly', v_fn);
+        SELECT a.audience INTO v_audience FROM _audience a WHERE a.fn = v_name;
+        IF v_audience IS NULL THEN
+            IF v_name !~ '^_' THEN
+                RAISE EXCEPTION USING
+                    ERRCODE = '0LP01',
+                    MESSAGE = format('API function %s has no audience in sql/functions/900_grants.sql', v_fn),
+                    HINT = 'Add it to the list with the roles that may execute it.';
+            END IF;
+            CONTINUE;  -- internal helper: executable by the owner only
         END IF;
+        FOREACH v_role IN ARRAY v_audience LOOP
+            EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %I', v_fn, 'sigledger_' || v_role);
+        END LOOP;
     END LOOP;
     FOR v_view IN
         SELECT c.oid::regclass FROM pg_class c

@@ -44,8 +44,66 @@ def test_public_cannot_execute_internal_functions(conn: psycopg.Connection) -> N
         SELECT p.oid::regprocedure::text FROM pg_proc p
          WHERE p.pronamespace = 'sigledger'::regnamespace AND p.proname ~ '^_'
            AND (has_function_privilege('sigledger_app', p.oid, 'EXECUTE')
-                OR has_function_privilege('sigledger_readonly', p.oid, 'EXECUTE'))""").fetchall()
+                OR has_function_privilege('sigledger_readonly', p.oid, 'EXECUTE'))
+           AND NOT has_function_privilege('sigledger_graph', p.oid, 'EXECUTE')""").fetchall()
     assert not rows, f"internal functions executable by the app/readonly role: {rows}"
+
+
+ROLES = ("sigledger_app", "sigledger_readonly", "sigledger_admin", "sigledger_graph")
+
+
+def test_every_api_function_is_granted_to_some_role(conn: psycopg.Connection) -> None:
+    rows = conn.execute(
+        API_FUNCTIONS.replace("SELECT p.oid::regprocedure::text,", "SELECT p.oid::regprocedure::text, p.oid,")
+    ).fetchall()
+    orphans = [
+        r[0]
+        for r in rows
+        if not any(
+            conn.execute("SELECT has_function_privilege(%s, %s::oid, 'EXECUTE')", (role, r[1])).fetchone()[0]
+            for role in ROLES
+        )
+    ]
+    assert not orphans, f"API functions no role may execute: {orphans}"
+
+
+@pytest.mark.parametrize(
+    "function",
+    [
+        "update_budget",
+        "set_budget",
+        "create_agent",
+        "create_group_budget",
+        "add_model_price",
+        "reconcile_budgets",
+        "expire_reservations",
+    ],
+)
+def test_app_role_cannot_administer_budgets(conn: psycopg.Connection, function: str) -> None:
+    """An application cannot raise its own budget, change prices, or repair spend."""
+    oids = [r[0] for r in conn.execute("SELECT oid FROM pg_proc WHERE proname = %s", (function,)).fetchall()]
+    assert oids, function
+    for oid in oids:
+        assert not conn.execute(
+            "SELECT has_function_privilege('sigledger_app', %s::oid, 'EXECUTE')", (oid,)
+        ).fetchone()[0]
+        assert conn.execute(
+            "SELECT has_function_privilege('sigledger_admin', %s::oid, 'EXECUTE')", (oid,)
+        ).fetchone()[0]
+
+
+def test_unclassified_api_function_stops_the_deployment(conn: psycopg.Connection) -> None:
+    """900_grants.sql refuses an API function nobody classified (so none is exposed or hidden by accident)."""
+    from harness.paths import functions_dir
+
+    conn.execute(
+        "CREATE FUNCTION sigledger.brand_new_api() RETURNS int LANGUAGE sql SECURITY DEFINER "
+        "SET search_path = sigledger, pg_temp AS 'SELECT 1'"
+    )
+    with pytest.raises(psycopg.Error) as info:
+        conn.execute((functions_dir() / "900_grants.sql").read_text())
+    assert info.value.sqlstate == "0LP01"
+    assert "brand_new_api" in str(info.value)
 
 
 def _tables(conn: psycopg.Connection) -> list[str]:
@@ -58,7 +116,7 @@ def _tables(conn: psycopg.Connection) -> list[str]:
     ]
 
 
-@pytest.mark.parametrize("role", ["sigledger_app", "sigledger_readonly"])
+@pytest.mark.parametrize("role", ROLES)
 def test_roles_hold_no_table_privilege(conn: psycopg.Connection, role: str) -> None:
     tables = _tables(conn)
     assert "sigledger.llm_cost_log" in tables and "sigledger.agent_registry" in tables
