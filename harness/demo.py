@@ -837,6 +837,8 @@ class Demo:
                 "overruns": self.tally.total("overruns", names),
                 "fail_open": self.tally.total("fail_open", names),
                 "refused_unavailable": self.tally.total("refused_unavailable", names),
+                "deferred": self.tally.total("deferred", names),
+                "errors": self.tally.total("errors", names),
             }
             rep.budgets.append(entry)
             who = f"{r['level']} budget {r['name']}"

@@ -55,6 +55,12 @@ from harness import demo
     default=None,
     help="Also write the report as JSON.",
 )
+@click.option(
+    "--spool-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where the cost tracker spools while the database is unreachable (default .sigledger/demo).",
+)
 def group(
     dsn: str | None,
     neo4j_uri: str | None,
@@ -66,6 +72,7 @@ def group(
     outage_seconds: float,
     latency_ms: tuple[int, int],
     report_json: Path | None,
+    spool_dir: Path | None,
 ) -> None:
     """Run the whole pipeline once and report: budgets under concurrent simulated LLM calls, signal ingestion,
     opportunity merges, graph sync.
@@ -84,6 +91,7 @@ def group(
         small_agents=agents,
         outage_seconds=outage_seconds,
         latency_ms=latency_ms,
+        spool_dir=spool_dir,
     )
     try:
         code = demo.run(cfg, dsn=dsn, neo4j_uri=neo4j_uri, report_json=report_json)
