@@ -57,7 +57,9 @@ neo4j-up: deps
 neo4j-down: deps
 	$(PY) -m harness.graph.neo4j_server down
 
+# Every benchmark, then the README performance table from bench/results/*.json.
 bench: bench-budget bench-ingest bench-graph
+	$(PY) bench/report.py
 
 bench-budget: deps
 	$(PY) bench/budget/run.py

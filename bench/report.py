@@ -1,0 +1,139 @@
+"""Update README.md's performance table from bench/results/*.json (run by `make bench` after the benchmarks).
+
+Every figure is a ratio to a baseline measured in the same run, on the same machine; the machine is described
+beside the table. Absolute rates on a shared 2-core machine move between runs; the ratios are what to read.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+README = ROOT / "README.md"
+START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+
+
+def _load(name: str) -> dict[str, Any] | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _verdict(value: float, target: float, higher_is_better: bool = True) -> str:
+    ok = value >= target if higher_is_better else value <= target
+    return "met" if ok else "**not met**"
+
+
+def budget_rows(data: dict[str, Any]) -> list[str]:
+    def goodput(workload: str, design: str, clients: int) -> float:
+        for r in data["results"]:
+            if r["workload"] == workload and r["design"] == design and r["clients"] == clients:
+                return float(r["goodput"])
+        raise KeyError((workload, design, clients))
+
+    rows = []
+    for workload, label in (("hot", "1 hot agent"), ("spread", f"{data['settings']['agents']} agents")):
+        for clients in (32, 64):
+            for design, name in (
+                ("a_reserve_settle", "reserve+settle"),
+                ("a_check_and_record", "check_and_record"),
+            ):
+                ours = goodput(workload, design, clients)
+                bare_design = "b_bare_reserve_settle" if design == "a_reserve_settle" else "b_bare_record"
+                bare = goodput(workload, bare_design, clients)
+                rows.append(
+                    f"| budget | {name}, {label}, {clients} clients: costs/s | {ours:.0f} | bare SQL {bare:.0f} "
+                    f"| {ours / bare:.2f}x | 0.8x: {_verdict(ours / bare, 0.8)} |"
+                )
+                if workload == "hot":
+                    seed = goodput(workload, "c_seed", clients)
+                    rows.append(
+                        f"| budget | {name}, {label}, {clients} clients: costs/s | {ours:.0f} | seed NOWAIT {seed:.0f} "
+                        f"| {ours / seed:.1f}x | 10x: {_verdict(ours / seed, 10)} |"
+                    )
+    ours_over = max(o["overspend_pct"] for o in data["overspend"] if not o["design"].startswith("c_"))
+    seed_over = max(o["overspend_pct"] for o in data["overspend"] if o["design"].startswith("c_"))
+    rows.append(
+        f"| budget | worst overspend of a hard budget, 32/64 clients | {ours_over}% | seed {seed_over}% | - "
+        f"| 0%: {_verdict(ours_over, 0, higher_is_better=False)} |"
+    )
+    return rows
+
+
+def ingest_rows(data: dict[str, Any]) -> list[str]:
+    ing, res, merge = data["ingest"], data["resolve"], data["merge"]
+    pgb = res["pgbench"]
+    return [
+        f"| ingest | signals/s, ingest_signals batches of {ing['batch_size']} | {ing['batch']['signals_per_s']:.0f} "
+        f"| single ingest_signal {ing['single']['signals_per_s']:.0f} | {ing['batch_over_single']:.1f}x | - |",
+        f"| ingest | resolve_entity lookups/s at {res['aliases']:,} aliases (pgbench) "
+        f"| {pgb['resolve_entity']['lookups_per_s']:.0f} (p95 {pgb['resolve_entity']['p95_ms']} ms) "
+        f"| bare indexed SELECT {pgb['bare_select']['lookups_per_s']:.0f} (p95 {pgb['bare_select']['p95_ms']} ms) "
+        f"| {res['function_over_bare']:.2f}x | 0.9x: {_verdict(res['function_over_bare'], 0.9)} |",
+        f"| ingest | entity_alias_lookup view lookups/s (pgbench) | {pgb['lookup_view']['lookups_per_s']:.0f} "
+        f"| bare indexed SELECT {pgb['bare_select']['lookups_per_s']:.0f} | {res['view_over_bare']:.2f}x "
+        f"| 0.9x: {_verdict(res['view_over_bare'], 0.9)} |",
+        f"| ingest | merges/s, opportunities with {merge['links_per_opportunity']} signals | {merge['merges_per_s']:.0f} "
+        "| - | - | - |",
+    ]
+
+
+def graph_rows(data: dict[str, Any]) -> list[str]:
+    drain, lag, targets = data["drain"], data["lag"], data["targets"]
+    return [
+        f"| graph | events/s drained, UNWIND batches of {drain['batched']['batch_size']} "
+        f"| {drain['batched']['events_per_s']:.0f} | one event per transaction {drain['per_event']['events_per_s']:.0f} "
+        f"| {drain['speedup']:.1f}x | 5,000/s and 20x: "
+        f"{_verdict(min(drain['batched']['events_per_s'] / targets['batched_events_per_s'], drain['speedup'] / targets['speedup']), 1)} |",
+        f"| graph | sync lag p95 at {lag['achieved_ingest_rate']:.0f} events/s of ingest | {lag['p95_s'] * 1000:.0f} ms "
+        f"| - | - | < 1 s: {_verdict(lag['p95_s'], targets['lag_p95_s'], higher_is_better=False)} |",
+    ]
+
+
+def render() -> str:
+    sections: list[str] = []
+    machine = f"{platform.system()} {platform.machine()}"
+    for name, rows_of in (("budget", budget_rows), ("ingest", ingest_rows), ("graph", graph_rows)):
+        data = _load(name)
+        if data is None:
+            sections.append(f"| {name} | no results yet (`make bench-{name}`) | - | - | - | - |")
+            continue
+        sections += rows_of(data)
+        cpus = data.get("machine", {}).get("cpus")
+        if cpus:
+            machine = (
+                f"{platform.system()} {platform.machine()}, {cpus} CPUs shared with other work, PostgreSQL 15"
+            )
+    charts = " ".join(f"[{p.stem}](bench/results/{p.name})" for p in sorted(RESULTS.glob("*.png")))
+    return "\n".join(
+        [
+            START,
+            f"Machine: {machine}. Each ratio compares two figures measured in the same run. Charts: {charts}.",
+            "",
+            "| area | measure | sigledger | baseline (same run) | ratio | target |",
+            "|---|---|---|---|---|---|",
+            *sections,
+            END,
+        ]
+    )
+
+
+def main() -> int:
+    text = README.read_text()
+    block = render()
+    if START in text and END in text:
+        text = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _m: block, text, flags=re.DOTALL)
+    else:
+        text = text.rstrip() + "\n\n## Performance\n\n" + block + "\n"
+    README.write_text(text)
+    print(block)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
