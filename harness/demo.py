@@ -898,15 +898,19 @@ class Demo:
                     f"{b['excess_usd'][:-4]:>9}{b['calls']:>7}{b['settled']:>8}{b['denied']:>7}{b['denied_by_team']:>7}"
                     f"{b['released']:>6}{b['overruns']:>8}{b['fail_open']:>7}{b['refused_unavailable']:>8}\n"
                 )
-            over_limit = [b["name"] for b in rep.budgets if Decimal(b["spent_usd"]) > Decimal(b["cap_usd"])]
+            over = [b for b in rep.budgets if Decimal(b["spent_usd"]) > Decimal(b["cap_usd"])]
             w(
-                "\nspend within the cap at admission for every budget; "
-                + (
-                    f"{len(over_limit)} above it only by overruns/fail-open costs (charged in full: excess)\n"
-                    if over_limit
-                    else "none above its limit\n"
-                )
+                "\nnever over: what the guard admitted is within the limit of every budget"
+                + (" (checked)" if not rep.violations else "")
+                + "\n"
             )
+            if over:
+                w(
+                    "  above the limit after the fact (overruns, fail-open calls during the outage; charged in full"
+                    " as excess, docs/budgets.md): "
+                    + ", ".join(f"{b['name']} +${Decimal(b['excess_usd']):.4f}" for b in over)
+                    + "\n"
+                )
         g = rep.calls.get("guard", {})
         w(
             f"calls: {rep.calls.get('started', 0)}/{rep.calls.get('planned', 0)} started, reserved {g.get('reserved', 0)},"
@@ -934,6 +938,8 @@ class Demo:
                 f"signals: {i['lines']} read, {i['created']} created, {i['duplicates']} duplicates,"
                 f" {i['rejected']} rejected, {i['entity_links']} entity links\n"
             )
+            if i["rejected_examples"]:
+                w(f"  rejected, e.g. {i['rejected_examples'][0]}\n")
         o = rep.opportunities
         if o:
             w(
