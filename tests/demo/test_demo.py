@@ -18,6 +18,7 @@ import psycopg
 import pytest
 
 from harness import demo
+from harness.localdb import LocalCluster
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -123,8 +124,9 @@ def test_demo_end_to_end(db_dsn: str, tmp_path: Path) -> None:
     assert "all checks passed" in text and "reconcile_budgets: no drift" in text
 
 
-def test_demo_runs_twice_on_one_database(db_dsn: str, tmp_path: Path) -> None:
-    """Every name carries a per-run token: a second run on the same database does not collide."""
+def test_demo_runs_twice_as_the_app_role(app_dsn: str, tmp_path: Path) -> None:
+    """The API is all the demo needs (sigledger_app), and every name carries a per-run token: a second run on
+    the same database does not collide."""
     cfg = demo.DemoConfig(
         calls=30,
         signals=100,
@@ -135,8 +137,37 @@ def test_demo_runs_twice_on_one_database(db_dsn: str, tmp_path: Path) -> None:
         spool_dir=tmp_path,
     )
     for _ in range(2):
-        out = io.StringIO()
-        assert demo.run(cfg, dsn=db_dsn, out=out, err=io.StringIO()) == 0, out.getvalue()
+        out, err = io.StringIO(), io.StringIO()
+        assert demo.run(cfg, dsn=app_dsn, out=out, err=err) == 0, out.getvalue()
+        assert "not migrating" in err.getvalue()
+
+
+def test_local_cluster_database_recreated_each_run(tmp_path: Path) -> None:
+    """Without --dsn: a local cluster, its sigledger_demo database dropped and recreated on every run."""
+    cluster = LocalCluster(tmp_path / "pg")
+    cfg = demo.DemoConfig(
+        calls=20,
+        signals=60,
+        workers=2,
+        small_agents=2,
+        outage_seconds=0,
+        latency_ms=(1, 5),
+        spool_dir=tmp_path,
+    )
+    try:
+        runs = []
+        for _ in range(2):
+            out, err = io.StringIO(), io.StringIO()
+            path = tmp_path / "report.json"
+            assert demo.run(cfg, out=out, err=err, cluster=cluster, report_json=path) == 0, out.getvalue()
+            assert "database recreated" in err.getvalue()
+            runs.append(json.loads(path.read_text()))
+        with psycopg.connect(cluster.dsn(demo.DEMO_DATABASE)) as conn:
+            row = conn.execute("SELECT count(*) FROM sigledger.agent_registry").fetchone()
+        assert row is not None and row[0] == len(runs[1]["agents"])  # only the second run's agents
+        check_ledger_matches(cluster.dsn(demo.DEMO_DATABASE), runs[1])
+    finally:
+        cluster.stop()
 
 
 @pytest.mark.parametrize(("signum", "expected"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
