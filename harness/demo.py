@@ -30,6 +30,7 @@ import importlib
 import json
 import logging
 import random
+import shutil
 import signal
 import sys
 import threading
@@ -468,6 +469,9 @@ class Demo:
         self.signals_read = 0
         self.caller_names: list[str] = []
         self.guard: BudgetGuard | None = None
+        self.alerts_seen = 0
+        self.last_alert_id = 0
+        self.budget_ids: set[int] = set()
         self.ingest_done = threading.Event()
         self.phase = "setup"
         self.started = time.monotonic()
@@ -496,14 +500,36 @@ class Demo:
     def status_line(self, calls_started: int) -> str:
         t = self.tally
         spend = t.total("acknowledged_usd", self.caller_names)
+        breaker = self.guard.breaker.state if self.guard is not None else "closed"
         return (
-            f"[{time.monotonic() - self.started:6.1f}s] {self.phase:<13} calls {calls_started}/{self.cfg.calls}"
-            f"  settled {t.total('settled')}  denied {t.total('denied')}  released {t.total('released')}"
-            f"  fail-open {t.total('fail_open')}  refused {t.total('refused_unavailable')}"
-            f"  spend ${spend:.2f}  signals {self.signals_read}/{self.cfg.signals}"
-            + (f"  breaker {self.guard.breaker.state}" if self.guard is not None else "")
-            + ("  [budget DB outage]" if self.outage.is_set() else "")
+            f"[{time.monotonic() - self.started:5.1f}s] calls {calls_started}/{self.cfg.calls}  ${spend:.2f}"
+            f"  signals {self.signals_read}/{self.cfg.signals}  alerts {self.alerts_seen}"
+            f" | settled {t.total('settled')} denied {t.total('denied')} released {t.total('released')}"
+            f" fail-open {t.total('fail_open')} refused {t.total('refused_unavailable')}"
+            + (f" | breaker {breaker}" if breaker != "closed" else "")
+            + (" | OUTAGE" if self.outage.is_set() else "")
+            + ("" if self.phase == "calls+ingest" else f" | {self.phase}")
         )
+
+    def _status(self, calls_started: int, is_tty: bool, final: bool = False) -> None:
+        line = self.status_line(calls_started)
+        if is_tty:  # one line, rewritten in place
+            width = shutil.get_terminal_size().columns
+            self.err.write("\r" + line[: width - 1] + "\x1b[K" + ("\n" if final else ""))
+        else:
+            self.err.write(line + "\n")
+        self.err.flush()
+
+    def _poll_alerts(self, client: BudgetClient) -> None:
+        """Alerts fired since the last look (budget_alerts_after: what a LISTEN watcher uses to catch up)."""
+        try:
+            rows = client.alerts_after(self.last_alert_id)
+        except SigledgerError:
+            return  # progress only: the report counts them again
+        for r in rows:
+            self.last_alert_id = max(self.last_alert_id, int(r["id"]))
+            if r["budget_id"] in self.budget_ids:
+                self.alerts_seen += 1
 
     # main -------------------------------------------------------------------------------------------------
     def execute(self) -> Report:
@@ -533,6 +559,7 @@ class Demo:
         self.caller_names = [a.name for a in agents if a.kind != "embedder"]
         self.team_id = create_budgets(db, client, self.run_id, agents, team_limit)
         self.team_limit = team_limit
+        self.budget_ids = {a.budget_id for a in agents if a.budget_id is not None} | {self.team_id}
         self.err.write(
             f"run {self.run_id} (seed {cfg.seed}): {len(agents) - 1} agents under a ${team_limit} team budget, "
             f"hot agent ${agents[0].limit_usd}, {cfg.calls} calls on {cfg.workers} workers, {cfg.signals} signals\n"
@@ -650,12 +677,11 @@ class Demo:
                 self.outage.clear()
             if now - last >= cfg.status_interval:
                 last = now
-                self.err.write(
-                    ("\r" if is_tty else "") + self.status_line(started[0]) + ("" if is_tty else "\n")
-                )
-                self.err.flush()
+                self._poll_alerts(client)
+                self._status(started[0], is_tty)
         self.outage.clear()
-        self.err.write(("\r" if is_tty else "") + self.status_line(started[0]) + "\n")
+        self._poll_alerts(client)
+        self._status(started[0], is_tty, final=True)
         # holds whose settle or release met the outage (the breaker failed them fast): their costs are in the
         # tracker already; release the holds now instead of waiting for their TTL and the expiry sweep
         held = 0
