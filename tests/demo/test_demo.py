@@ -6,10 +6,12 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+import uuid
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -144,7 +146,9 @@ def test_demo_runs_twice_as_the_app_role(app_dsn: str, tmp_path: Path) -> None:
 
 def test_local_cluster_database_recreated_each_run(tmp_path: Path) -> None:
     """Without --dsn: a local cluster, its sigledger_demo database dropped and recreated on every run."""
-    cluster = LocalCluster(tmp_path / "pg")
+    # a unique root: when the postgres OS user cannot reach tmp_path the cluster lives under /var/tmp, in a
+    # folder named after the root's path, which must not be an earlier session's
+    cluster = LocalCluster(tmp_path / f"pg-{uuid.uuid4().hex[:8]}")
     cfg = demo.DemoConfig(
         calls=20,
         signals=60,
@@ -168,6 +172,9 @@ def test_local_cluster_database_recreated_each_run(tmp_path: Path) -> None:
         check_ledger_matches(cluster.dsn(demo.DEMO_DATABASE), runs[1])
     finally:
         cluster.stop()
+        data_root = cluster.datadir.parent
+        if data_root != cluster.root:  # the /var/tmp folder outside tmp_path
+            shutil.rmtree(data_root, ignore_errors=True)
 
 
 @pytest.mark.parametrize(("signum", "expected"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
