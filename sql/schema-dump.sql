@@ -478,6 +478,558 @@ $$;
 ALTER FUNCTION sigledger._entity_aliases_no_tombstone() OWNER TO sigledger_owner;
 
 --
+-- Name: _graph_ack(bigint[]); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger._graph_ack(p_ids bigint[]) RETURNS integer
+    LANGUAGE plpgsql
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+DECLARE
+    v_count integer;
+BEGIN
+    DELETE FROM outbox o WHERE o.id = ANY (p_ids);
+    GET DIAGNOSTICS v_count = ROW_COUNT;
+    RETURN v_count;
+END
+$$;
+
+ALTER FUNCTION sigledger._graph_ack(p_ids bigint[]) OWNER TO sigledger_owner;
+
+--
+-- Name: FUNCTION _graph_ack(p_ids bigint[]); Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON FUNCTION sigledger._graph_ack(p_ids bigint[]) IS 'Internal: removes outbox rows that were projected into Neo4j; returns how many.';
+
+--
+-- Name: _graph_claim(integer); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger._graph_claim(p_limit integer) RETURNS TABLE(id bigint, aggregate_type text, aggregate_id uuid, event_type text, attempts bigint, created_at timestamp with time zone)
+    LANGUAGE plpgsql
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+BEGIN
+    IF p_limit IS NULL OR p_limit < 1 OR p_limit > 10000 THEN
+        RAISE EXCEPTION USING
+            ERRCODE = '22023',
+            MESSAGE = format('graph claim batch size must be between 1 and 10000, got %s', p_limit);
+    END IF;
+    RETURN QUERY
+    WITH claimed AS MATERIALIZED (
+        -- SKIP LOCKED: workers never wait for each other, each takes the next rows nobody holds.
+        SELECT o.id, o.aggregate_type, o.aggregate_id, o.event_type, o.attempts, o.created_at
+          FROM outbox o
+         WHERE o.dead_at IS NULL
+           AND o.next_attempt_at <= clock_timestamp()
+         ORDER BY o.next_attempt_at, o.id
+         LIMIT p_limit
+           FOR UPDATE SKIP LOCKED
+    ), aggregates AS MATERIALIZED (
+        SELECT DISTINCT c.aggregate_type, c.aggregate_id FROM claimed c
+    ), mine AS MATERIALIZED (
+        -- Evaluated once per distinct aggregate of the batch (MATERIALIZED keeps the try-lock from being
+        -- pushed into a scan that would lock aggregates we do not return).
+        SELECT a.aggregate_type, a.aggregate_id
+          FROM aggregates a
+         WHERE _graph_try_lock(a.aggregate_type, a.aggregate_id)
+    )
+    SELECT c.id, c.aggregate_type, c.aggregate_id, c.event_type, c.attempts, c.created_at
+      FROM claimed c
+      JOIN mine m ON m.aggregate_type = c.aggregate_type AND m.aggregate_id = c.aggregate_id
+     ORDER BY c.id;
+END
+$$;
+
+ALTER FUNCTION sigledger._graph_claim(p_limit integer) OWNER TO sigledger_owner;
+
+--
+-- Name: FUNCTION _graph_claim(p_limit integer); Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON FUNCTION sigledger._graph_claim(p_limit integer) IS 'Internal: claims up to p_limit due outbox rows (FOR UPDATE SKIP LOCKED + per-aggregate try-lock) for the current transaction.
+SQLSTATE: 22023';
+
+--
+-- Name: _graph_dead_list(integer); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger._graph_dead_list(p_limit integer DEFAULT 100) RETURNS TABLE(id bigint, aggregate_type text, aggregate_id uuid, event_type text, attempts bigint, created_at timestamp with time zone, dead_at timestamp with time zone, last_error text)
+    LANGUAGE sql STABLE
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+    SELECT o.id, o.aggregate_type, o.aggregate_id, o.event_type, o.attempts, o.created_at, o.dead_at,
+           o.last_error
+      FROM outbox o
+     WHERE o.dead_at IS NOT NULL
+     ORDER BY o.dead_at, o.id
+     LIMIT greatest(coalesce(p_limit, 100), 0);
+$$;
+
+ALTER FUNCTION sigledger._graph_dead_list(p_limit integer) OWNER TO sigledger_owner;
+
+--
+-- Name: FUNCTION _graph_dead_list(p_limit integer); Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON FUNCTION sigledger._graph_dead_list(p_limit integer) IS 'Internal: dead outbox rows, oldest first.';
+
+--
+-- Name: _graph_dead_purge(bigint[]); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger._graph_dead_purge(p_ids bigint[] DEFAULT NULL::bigint[]) RETURNS integer
+    LANGUAGE plpgsql
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+DECLARE
+    v_count integer;
+BEGIN
+    DELETE FROM outbox o
+     WHERE o.dead_at IS NOT NULL
+       AND (p_ids IS NULL OR o.id = ANY (p_ids));
+    GET DIAGNOSTICS v_count = ROW_COUNT;
+    RETURN v_count;
+END
+$$;
+
+ALTER FUNCTION sigledger._graph_dead_purge(p_ids bigint[]) OWNER TO sigledger_owner;
+
+--
+-- Name: FUNCTION _graph_dead_purge(p_ids bigint[]); Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON FUNCTION sigledger._graph_dead_purge(p_ids bigint[]) IS 'Internal: deletes dead outbox rows (all when p_ids is NULL); returns how many.';
+
+--
+-- Name: _graph_dead_retry(bigint[]); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger._graph_dead_retry(p_ids bigint[] DEFAULT NULL::bigint[]) RETURNS integer
+    LANGUAGE plpgsql
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+DECLARE
+    v_count integer;
+BEGIN
+    UPDATE outbox o
+       SET dead_at = NULL, attempts = 0, next_attempt_at = clock_timestamp()
+     WHERE o.dead_at IS NOT NULL
+       AND (p_ids IS NULL OR o.id = ANY (p_ids));
+    GET DIAGNOSTICS v_count = ROW_COUNT;
+    IF v_count > 0 THEN
+        PERFORM pg_notify('sigledger_outbox', '');
+    END IF;
+    RETURN v_count;
+END
+$$;
+
+ALTER FUNCTION sigledger._graph_dead_retry(p_ids bigint[]) OWNER TO sigledger_owner;
+
+--
+-- Name: FUNCTION _graph_dead_retry(p_ids bigint[]); Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON FUNCTION sigledger._graph_dead_retry(p_ids bigint[]) IS 'Internal: makes dead outbox rows (all when p_ids is NULL) due again, attempts reset; returns how many.';
+
+--
+-- Name: _graph_enqueue(text, uuid[], text); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger._graph_enqueue(p_aggregate_type text, p_ids uuid[], p_event_type text DEFAULT 'graph.refresh'::text) RETURNS integer
+    LANGUAGE plpgsql
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+DECLARE
+    v_count integer;
+BEGIN
+    IF p_aggregate_type IS NULL OR p_aggregate_type NOT IN ('entity', 'signal', 'opportunity') THEN
+        RAISE EXCEPTION USING
+            ERRCODE = '22023',
+            MESSAGE = format('unknown aggregate type %L (expected entity, signal or opportunity)',
+                             p_aggregate_type);
+    END IF;
+    INSERT INTO outbox (aggregate_type, aggregate_id, event_type)
+    SELECT p_aggregate_type, u.id, p_event_type
+      FROM (SELECT DISTINCT x AS id FROM unnest(p_ids) AS x WHERE x IS NOT NULL) u;
+    GET DIAGNOSTICS v_count = ROW_COUNT;
+    IF v_count > 0 THEN
+        PERFORM pg_notify('sigledger_outbox', '');
+    END IF;
+    RETURN v_count;
+END
+$$;
+
+ALTER FUNCTION sigledger._graph_enqueue(p_aggregate_type text, p_ids uuid[], p_event_type text) OWNER TO sigledger_owner;
+
+--
+-- Name: FUNCTION _graph_enqueue(p_aggregate_type text, p_ids uuid[], p_event_type text); Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON FUNCTION sigledger._graph_enqueue(p_aggregate_type text, p_ids uuid[], p_event_type text) IS 'Internal: enqueues a refresh of the given aggregates for the Neo4j projection; returns how many rows.
+SQLSTATE: 22023';
+
+--
+-- Name: _graph_enqueue_all(text); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger._graph_enqueue_all(p_event_type text DEFAULT 'graph.rebuild'::text) RETURNS TABLE(aggregate_type text, enqueued bigint)
+    LANGUAGE plpgsql
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+BEGIN
+    RETURN QUERY
+    WITH ins AS (
+        INSERT INTO outbox (aggregate_type, aggregate_id, event_type)
+        SELECT 'entity', e.id, p_event_type FROM entities e WHERE e.merged_into IS NULL
+        UNION ALL
+        SELECT 'signal', s.id, p_event_type FROM signals s
+        UNION ALL
+        SELECT 'opportunity', op.id, p_event_type FROM opportunities op WHERE op.merged_into IS NULL
+        RETURNING outbox.aggregate_type
+    )
+    SELECT i.aggregate_type, count(*) FROM ins i GROUP BY i.aggregate_type ORDER BY 1;
+    PERFORM pg_notify('sigledger_outbox', '');
+END
+$$;
+
+ALTER FUNCTION sigledger._graph_enqueue_all(p_event_type text) OWNER TO sigledger_owner;
+
+--
+-- Name: FUNCTION _graph_enqueue_all(p_event_type text); Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON FUNCTION sigledger._graph_enqueue_all(p_event_type text) IS 'Internal: enqueues a refresh of every live entity, signal and opportunity (graph rebuild).';
+
+--
+-- Name: _graph_fail(bigint[], text, integer, interval, interval); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger._graph_fail(p_ids bigint[], p_error text, p_max_attempts integer DEFAULT 8, p_base_delay interval DEFAULT '00:00:01'::interval, p_max_delay interval DEFAULT '00:10:00'::interval) RETURNS TABLE(id bigint, attempts bigint, dead boolean, next_attempt_at timestamp with time zone)
+    LANGUAGE plpgsql
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+BEGIN
+    IF p_max_attempts IS NULL OR p_max_attempts < 1 THEN
+        RAISE EXCEPTION USING
+            ERRCODE = '22023',
+            MESSAGE = format('max attempts must be at least 1, got %s', p_max_attempts);
+    END IF;
+    IF p_base_delay IS NULL OR p_base_delay < interval '0' OR p_max_delay IS NULL OR p_max_delay < p_base_delay
+    THEN
+        RAISE EXCEPTION USING
+            ERRCODE = '22023',
+            MESSAGE = format('backoff delays must satisfy 0 <= base (%s) <= max (%s)', p_base_delay, p_max_delay);
+    END IF;
+    RETURN QUERY
+    UPDATE outbox o
+       SET attempts = o.attempts + 1,
+           last_error = left(coalesce(p_error, 'unknown error'), 4000),
+           -- "Equal jitter": half the capped exponential delay plus a random part of the other half, so
+           -- rows that failed together do not come back together.
+           next_attempt_at = clock_timestamp()
+               + least(p_max_delay, p_base_delay * power(2, least(o.attempts, 30)))
+                 * (0.5 + random() * 0.5),
+           dead_at = CASE WHEN o.attempts + 1 >= p_max_attempts THEN clock_timestamp() END
+     WHERE o.id = ANY (p_ids)
+       AND o.dead_at IS NULL
+    RETURNING o.id, o.attempts, o.dead_at IS NOT NULL, o.next_attempt_at;
+END
+$$;
+
+ALTER FUNCTION sigledger._graph_fail(p_ids bigint[], p_error text, p_max_attempts integer, p_base_delay interval, p_max_delay interval) OWNER TO sigledger_owner;
+
+--
+-- Name: FUNCTION _graph_fail(p_ids bigint[], p_error text, p_max_attempts integer, p_base_delay interval, p_max_delay interval); Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON FUNCTION sigledger._graph_fail(p_ids bigint[], p_error text, p_max_attempts integer, p_base_delay interval, p_max_delay interval) IS 'Internal: records a failed projection attempt (backoff with jitter; dead after p_max_attempts).
+SQLSTATE: 22023';
+
+--
+-- Name: _graph_final_winner(text, uuid); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger._graph_final_winner(p_aggregate_type text, p_id uuid) RETURNS uuid
+    LANGUAGE plpgsql STABLE
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+DECLARE
+    v_current uuid := p_id;
+    v_next uuid;
+    v_hops integer := 0;
+BEGIN
+    LOOP
+        IF p_aggregate_type = 'entity' THEN
+            SELECT e.merged_into INTO v_next FROM entities e WHERE e.id = v_current;
+        ELSIF p_aggregate_type = 'opportunity' THEN
+            SELECT op.merged_into INTO v_next FROM opportunities op WHERE op.id = v_current;
+        ELSE
+            RETURN NULL;
+        END IF;
+        IF NOT FOUND THEN
+            RETURN NULL;
+        END IF;
+        IF v_next IS NULL THEN
+            RETURN v_current;
+        END IF;
+        v_current := v_next;
+        v_hops := v_hops + 1;
+        IF v_hops > 100 THEN
+            RETURN NULL;
+        END IF;
+    END LOOP;
+END
+$$;
+
+ALTER FUNCTION sigledger._graph_final_winner(p_aggregate_type text, p_id uuid) OWNER TO sigledger_owner;
+
+--
+-- Name: FUNCTION _graph_final_winner(p_aggregate_type text, p_id uuid); Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON FUNCTION sigledger._graph_final_winner(p_aggregate_type text, p_id uuid) IS 'Internal: the live end of a merge chain (NULL if the chain is broken or loops).';
+
+--
+-- Name: _graph_live_ids(text, uuid, integer); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger._graph_live_ids(p_aggregate_type text, p_after uuid, p_limit integer) RETURNS SETOF uuid
+    LANGUAGE plpgsql STABLE
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+BEGIN
+    IF p_aggregate_type = 'entity' THEN
+        RETURN QUERY SELECT e.id FROM entities e
+                      WHERE e.merged_into IS NULL AND (p_after IS NULL OR e.id > p_after)
+                      ORDER BY e.id LIMIT p_limit;
+    ELSIF p_aggregate_type = 'signal' THEN
+        RETURN QUERY SELECT s.id FROM signals s
+                      WHERE (p_after IS NULL OR s.id > p_after)
+                      ORDER BY s.id LIMIT p_limit;
+    ELSIF p_aggregate_type = 'opportunity' THEN
+        RETURN QUERY SELECT op.id FROM opportunities op
+                      WHERE op.merged_into IS NULL AND (p_after IS NULL OR op.id > p_after)
+                      ORDER BY op.id LIMIT p_limit;
+    ELSE
+        RAISE EXCEPTION USING
+            ERRCODE = '22023',
+            MESSAGE = format('unknown aggregate type %L (expected entity, signal or opportunity)',
+                             p_aggregate_type);
+    END IF;
+END
+$$;
+
+ALTER FUNCTION sigledger._graph_live_ids(p_aggregate_type text, p_after uuid, p_limit integer) OWNER TO sigledger_owner;
+
+--
+-- Name: FUNCTION _graph_live_ids(p_aggregate_type text, p_after uuid, p_limit integer); Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON FUNCTION sigledger._graph_live_ids(p_aggregate_type text, p_after uuid, p_limit integer) IS 'Internal: live aggregate ids after p_after, in id order (for graph verify).
+SQLSTATE: 22023';
+
+--
+-- Name: _graph_props(jsonb, text[]); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger._graph_props(p_row jsonb, p_drop text[]) RETURNS jsonb
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+    SELECT coalesce(jsonb_object_agg(e.key,
+               CASE
+                   WHEN jsonb_typeof(e.value) = 'object' THEN to_jsonb(e.value::text)
+                   WHEN jsonb_typeof(e.value) = 'array'
+                        AND EXISTS (SELECT FROM jsonb_array_elements(e.value) x WHERE jsonb_typeof(x) <> 'string')
+                       THEN to_jsonb(e.value::text)
+                   ELSE e.value
+               END), '{}'::jsonb)
+      FROM jsonb_each(p_row) e
+     WHERE jsonb_typeof(e.value) <> 'null'
+       AND e.key <> ALL (p_drop);
+$$;
+
+ALTER FUNCTION sigledger._graph_props(p_row jsonb, p_drop text[]) OWNER TO sigledger_owner;
+
+--
+-- Name: FUNCTION _graph_props(p_row jsonb, p_drop text[]); Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON FUNCTION sigledger._graph_props(p_row jsonb, p_drop text[]) IS 'Internal: turns a row (as jsonb) into Neo4j-storable properties.';
+
+--
+-- Name: _graph_snapshot(text[], uuid[]); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger._graph_snapshot(p_types text[], p_ids uuid[]) RETURNS TABLE(aggregate_type text, aggregate_id uuid, state text, version bigint, props jsonb, links uuid[], winner_id uuid, error text)
+    LANGUAGE plpgsql
+    SET search_path TO 'sigledger', 'pg_temp'
+    SET "TimeZone" TO 'UTC'
+    AS $$
+DECLARE
+    v_version bigint := nextval('graph_sync_version_seq');
+    v_types text[];
+    v_ids uuid[];
+    v_winners_t text[] := '{}';
+    v_winners_i uuid[] := '{}';
+    v_deferred_t text[] := '{}';
+    v_deferred_i uuid[] := '{}';
+    v_broken_t text[] := '{}';
+    v_broken_i uuid[] := '{}';
+    v_loser record;
+    v_winner uuid;
+BEGIN
+    IF coalesce(array_length(p_types, 1), 0) <> coalesce(array_length(p_ids, 1), 0) THEN
+        RAISE EXCEPTION USING
+            ERRCODE = '22023',
+            MESSAGE = format('p_types has %s elements but p_ids has %s', array_length(p_types, 1),
+                             array_length(p_ids, 1));
+    END IF;
+    SELECT coalesce(array_agg(k.t), '{}'), coalesce(array_agg(k.i), '{}')
+      INTO v_types, v_ids
+      FROM (SELECT DISTINCT u.t, u.i FROM unnest(p_types, p_ids) AS u (t, i)) k;
+
+    -- Merged losers: the winner is refreshed in the same Neo4j transaction that deletes the loser, so
+    -- nobody ever sees the loser's links missing from both. The winner must not be projected by another
+    -- worker at the same time: try-lock it, or defer the loser.
+    FOR v_loser IN
+        SELECT 'entity' AS t, e.id AS i
+          FROM unnest(v_types, v_ids) u (t, i)
+          JOIN entities e ON e.id = u.i
+         WHERE u.t = 'entity' AND e.merged_into IS NOT NULL
+        UNION ALL
+        SELECT 'opportunity', op.id
+          FROM unnest(v_types, v_ids) u (t, i)
+          JOIN opportunities op ON op.id = u.i
+         WHERE u.t = 'opportunity' AND op.merged_into IS NOT NULL
+    LOOP
+        v_winner := _graph_final_winner(v_loser.t, v_loser.i);
+        IF v_winner IS NULL THEN
+            v_broken_t := v_broken_t || v_loser.t::text;
+            v_broken_i := v_broken_i || v_loser.i;
+        ELSIF _graph_try_lock(v_loser.t, v_winner) THEN
+            -- Re-entrant: true as well when this transaction already holds it (the winner is in the batch).
+            v_winners_t := v_winners_t || v_loser.t::text;
+            v_winners_i := v_winners_i || v_winner;
+        ELSE
+            v_deferred_t := v_deferred_t || v_loser.t::text;
+            v_deferred_i := v_deferred_i || v_loser.i;
+        END IF;
+    END LOOP;
+
+    RETURN QUERY
+    WITH keys AS MATERIALIZED (
+        SELECT DISTINCT u.t, u.i
+          FROM (SELECT * FROM unnest(v_types, v_ids) UNION ALL SELECT * FROM unnest(v_winners_t, v_winners_i))
+               AS u (t, i)
+    ), flagged AS (
+        SELECT k.t, k.i,
+               EXISTS (SELECT FROM unnest(v_deferred_t, v_deferred_i) d (t, i) WHERE d.t = k.t AND d.i = k.i)
+                   AS deferred,
+               EXISTS (SELECT FROM unnest(v_broken_t, v_broken_i) b (t, i) WHERE b.t = k.t AND b.i = k.i)
+                   AS broken
+          FROM keys k
+    )
+    SELECT 'entity'::text, f.i,
+           CASE WHEN f.broken THEN 'error' WHEN f.deferred THEN 'deferred'
+                WHEN e.id IS NULL OR e.merged_into IS NOT NULL THEN 'absent' ELSE 'present' END,
+           v_version,
+           CASE WHEN e.id IS NOT NULL AND e.merged_into IS NULL AND NOT f.deferred THEN
+               _graph_props(to_jsonb(e) || jsonb_build_object('aliases',
+                   (SELECT coalesce(jsonb_agg(a.alias ORDER BY a.alias, a.id), '[]')
+                      FROM entity_aliases a WHERE a.canonical_entity_id = e.id)),
+                   '{merged_into}')
+           END,
+           NULL::uuid[],
+           CASE WHEN e.merged_into IS NOT NULL AND NOT f.broken THEN _graph_final_winner('entity', e.id) END,
+           CASE WHEN f.broken THEN format('entity %s: merge chain from merged_into %s is broken or loops',
+                                          f.i, e.merged_into) END
+      FROM flagged f
+      LEFT JOIN entities e ON e.id = f.i
+     WHERE f.t = 'entity'
+    UNION ALL
+    SELECT 'signal'::text, f.i,
+           CASE WHEN s.id IS NULL THEN 'absent' ELSE 'present' END,
+           v_version,
+           CASE WHEN s.id IS NOT NULL THEN _graph_props(to_jsonb(s), '{}') END,
+           CASE WHEN s.id IS NOT NULL THEN coalesce(sl.links, '{}') END,
+           NULL::uuid, NULL::text
+      FROM flagged f
+      LEFT JOIN signals s ON s.id = f.i
+      -- Per row through the indexes: linear in the batch, independent of the table's size. (A CTE joined
+      -- here was rescanned per row by a nested loop: quadratic in the batch.)
+      LEFT JOIN LATERAL (
+          -- A mention of a merged entity is shown on the entity it was merged into.
+          SELECT array_agg(DISTINCT CASE WHEN e.merged_into IS NULL THEN se.entity_id
+                                         ELSE coalesce(_graph_final_winner('entity', se.entity_id), se.entity_id)
+                                    END) AS links
+            FROM signal_entities se
+            JOIN entities e ON e.id = se.entity_id
+           WHERE se.signal_id = s.id
+      ) sl ON s.id IS NOT NULL
+     WHERE f.t = 'signal'
+    UNION ALL
+    SELECT 'opportunity'::text, f.i,
+           CASE WHEN f.broken THEN 'error' WHEN f.deferred THEN 'deferred'
+                WHEN op.id IS NULL OR op.merged_into IS NOT NULL THEN 'absent' ELSE 'present' END,
+           v_version,
+           CASE WHEN op.id IS NOT NULL AND op.merged_into IS NULL THEN
+               _graph_props(to_jsonb(op), '{merged_into,merged_at}')
+           END,
+           CASE WHEN op.id IS NOT NULL AND op.merged_into IS NULL THEN coalesce(ol.links, '{}') END,
+           CASE WHEN op.merged_into IS NOT NULL AND NOT f.broken THEN _graph_final_winner('opportunity', op.id)
+           END,
+           CASE WHEN f.broken THEN format('opportunity %s: merge chain from merged_into %s is broken or loops',
+                                          f.i, op.merged_into) END
+      FROM flagged f
+      LEFT JOIN opportunities op ON op.id = f.i
+      LEFT JOIN LATERAL (
+          SELECT array_agg(os.signal_id ORDER BY os.signal_id) AS links
+            FROM opportunity_signals os
+           WHERE os.opportunity_id = op.id
+      ) ol ON op.id IS NOT NULL
+     WHERE f.t = 'opportunity'
+    UNION ALL
+    -- Anything else is a row the projection does not understand (the table's CHECK should prevent it).
+    SELECT f.t, f.i, 'error', v_version, NULL::jsonb, NULL::uuid[], NULL::uuid,
+           format('unknown aggregate type %L', f.t)
+      FROM flagged f
+     WHERE f.t NOT IN ('entity', 'signal', 'opportunity');
+END
+$$;
+
+ALTER FUNCTION sigledger._graph_snapshot(p_types text[], p_ids uuid[]) OWNER TO sigledger_owner;
+
+--
+-- Name: FUNCTION _graph_snapshot(p_types text[], p_ids uuid[]); Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON FUNCTION sigledger._graph_snapshot(p_types text[], p_ids uuid[]) IS 'Internal: the current Postgres state of the given aggregates as Neo4j should show it, stamped with a sync version taken before the read.
+SQLSTATE: 22023';
+
+--
+-- Name: _graph_try_lock(text, uuid); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger._graph_try_lock(p_aggregate_type text, p_aggregate_id uuid) RETURNS boolean
+    LANGUAGE sql
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+    SELECT pg_try_advisory_xact_lock(hashtext('sigledger.graph'),
+                                     hashtext(p_aggregate_type || ':' || p_aggregate_id::text));
+$$;
+
+ALTER FUNCTION sigledger._graph_try_lock(p_aggregate_type text, p_aggregate_id uuid) OWNER TO sigledger_owner;
+
+--
+-- Name: FUNCTION _graph_try_lock(p_aggregate_type text, p_aggregate_id uuid); Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON FUNCTION sigledger._graph_try_lock(p_aggregate_type text, p_aggregate_id uuid) IS 'Internal: transaction-scoped try-lock on one aggregate, so at most one sync worker projects it at a time.';
+
+--
 -- Name: _increment_agent_version(); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
 --
 
@@ -1791,6 +2343,31 @@ ALTER FUNCTION sigledger.find_agent(p_name text) OWNER TO sigledger_owner;
 
 COMMENT ON FUNCTION sigledger.find_agent(p_name text) IS 'The id of the agent named name.
 SQLSTATE: P0002';
+
+--
+-- Name: graph_outbox_status(); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger.graph_outbox_status() RETURNS TABLE(pending bigint, due bigint, retrying bigint, dead bigint, oldest_pending_age interval, oldest_dead_age interval)
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+    SELECT count(*) FILTER (WHERE o.dead_at IS NULL),
+           count(*) FILTER (WHERE o.dead_at IS NULL AND o.next_attempt_at <= clock_timestamp()),
+           count(*) FILTER (WHERE o.dead_at IS NULL AND o.attempts > 0),
+           count(*) FILTER (WHERE o.dead_at IS NOT NULL),
+           clock_timestamp() - min(o.created_at) FILTER (WHERE o.dead_at IS NULL),
+           clock_timestamp() - min(o.dead_at) FILTER (WHERE o.dead_at IS NOT NULL)
+      FROM outbox o;
+$$;
+
+ALTER FUNCTION sigledger.graph_outbox_status() OWNER TO sigledger_owner;
+
+--
+-- Name: FUNCTION graph_outbox_status(); Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON FUNCTION sigledger.graph_outbox_status() IS 'Neo4j projection backlog: pending rows (due now, retrying after a failure), dead rows, and the age of the oldest pending and oldest dead row.';
 
 --
 -- Name: ingest_signal(text, text, timestamp with time zone, jsonb, text[], text, text); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
@@ -3177,6 +3754,25 @@ ALTER TABLE sigledger.entity_with_aliases OWNER TO sigledger_owner;
 COMMENT ON VIEW sigledger.entity_with_aliases IS 'Entities with their aliases; a tombstone has merged_into set and no aliases (they moved to the winner).';
 
 --
+-- Name: graph_sync_version_seq; Type: SEQUENCE; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE SEQUENCE sigledger.graph_sync_version_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1;
+
+ALTER TABLE sigledger.graph_sync_version_seq OWNER TO sigledger_owner;
+
+--
+-- Name: SEQUENCE graph_sync_version_seq; Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON SEQUENCE sigledger.graph_sync_version_seq IS 'Version stamped on every Neo4j node written by the sync worker; larger = read later from Postgres.';
+
+--
 -- Name: ingest_settings; Type: TABLE; Schema: sigledger; Owner: sigledger_owner
 --
 
@@ -4101,6 +4697,84 @@ REVOKE ALL ON FUNCTION sigledger._cost_validate(p_idempotency_key text, p_agent_
 REVOKE ALL ON FUNCTION sigledger._entity_aliases_no_tombstone() FROM PUBLIC;
 
 --
+-- Name: FUNCTION _graph_ack(p_ids bigint[]); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger._graph_ack(p_ids bigint[]) FROM PUBLIC;
+
+--
+-- Name: FUNCTION _graph_claim(p_limit integer); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger._graph_claim(p_limit integer) FROM PUBLIC;
+
+--
+-- Name: FUNCTION _graph_dead_list(p_limit integer); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger._graph_dead_list(p_limit integer) FROM PUBLIC;
+
+--
+-- Name: FUNCTION _graph_dead_purge(p_ids bigint[]); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger._graph_dead_purge(p_ids bigint[]) FROM PUBLIC;
+
+--
+-- Name: FUNCTION _graph_dead_retry(p_ids bigint[]); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger._graph_dead_retry(p_ids bigint[]) FROM PUBLIC;
+
+--
+-- Name: FUNCTION _graph_enqueue(p_aggregate_type text, p_ids uuid[], p_event_type text); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger._graph_enqueue(p_aggregate_type text, p_ids uuid[], p_event_type text) FROM PUBLIC;
+
+--
+-- Name: FUNCTION _graph_enqueue_all(p_event_type text); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger._graph_enqueue_all(p_event_type text) FROM PUBLIC;
+
+--
+-- Name: FUNCTION _graph_fail(p_ids bigint[], p_error text, p_max_attempts integer, p_base_delay interval, p_max_delay interval); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger._graph_fail(p_ids bigint[], p_error text, p_max_attempts integer, p_base_delay interval, p_max_delay interval) FROM PUBLIC;
+
+--
+-- Name: FUNCTION _graph_final_winner(p_aggregate_type text, p_id uuid); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger._graph_final_winner(p_aggregate_type text, p_id uuid) FROM PUBLIC;
+
+--
+-- Name: FUNCTION _graph_live_ids(p_aggregate_type text, p_after uuid, p_limit integer); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger._graph_live_ids(p_aggregate_type text, p_after uuid, p_limit integer) FROM PUBLIC;
+
+--
+-- Name: FUNCTION _graph_props(p_row jsonb, p_drop text[]); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger._graph_props(p_row jsonb, p_drop text[]) FROM PUBLIC;
+
+--
+-- Name: FUNCTION _graph_snapshot(p_types text[], p_ids uuid[]); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger._graph_snapshot(p_types text[], p_ids uuid[]) FROM PUBLIC;
+
+--
+-- Name: FUNCTION _graph_try_lock(p_aggregate_type text, p_aggregate_id uuid); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger._graph_try_lock(p_aggregate_type text, p_aggregate_id uuid) FROM PUBLIC;
+
+--
 -- Name: FUNCTION _increment_agent_version(); Type: ACL; Schema: sigledger; Owner: sigledger_owner
 --
 
@@ -4310,6 +4984,14 @@ GRANT ALL ON FUNCTION sigledger.expire_reservations(p_limit integer) TO sigledge
 REVOKE ALL ON FUNCTION sigledger.find_agent(p_name text) FROM PUBLIC;
 GRANT ALL ON FUNCTION sigledger.find_agent(p_name text) TO sigledger_app;
 GRANT ALL ON FUNCTION sigledger.find_agent(p_name text) TO sigledger_readonly;
+
+--
+-- Name: FUNCTION graph_outbox_status(); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger.graph_outbox_status() FROM PUBLIC;
+GRANT ALL ON FUNCTION sigledger.graph_outbox_status() TO sigledger_app;
+GRANT ALL ON FUNCTION sigledger.graph_outbox_status() TO sigledger_readonly;
 
 --
 -- Name: FUNCTION ingest_signal(p_source text, p_external_id text, p_occurred_at timestamp with time zone, p_payload jsonb, p_mentions text[], p_content text, p_unknown_policy text); Type: ACL; Schema: sigledger; Owner: sigledger_owner

@@ -12,7 +12,9 @@ def test_v5_down_and_up_again(empty_db_dsn: str) -> None:
     migrator = Migrator(empty_db_dsn)
     migrator.up()
     rolled_back = migrator.down("4_099")  # above the ledger/budget range (V4), which has its own down files
-    assert [label.split("__")[0] for label in rolled_back] == ["V5_003", "V5_002", "V5_001"]
+    # Later ranges (V6_ graph projection, ...) roll back first; the V5 ones in reverse order.
+    versions = [label.split("__")[0] for label in rolled_back]
+    assert [v for v in versions if v.startswith("V5_")] == ["V5_003", "V5_002", "V5_001"]
     with psycopg.connect(empty_db_dsn) as conn:
         gone = conn.execute(
             "SELECT to_regclass('sigledger.opportunity_merges'), to_regclass('sigledger.entity_aliases_alias_lower_key')"

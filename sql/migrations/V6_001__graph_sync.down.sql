@@ -1,0 +1,1 @@
+DROP SEQUENCE IF EXISTS sigledger.graph_sync_version_seq;
