@@ -26,7 +26,7 @@ holds, 1 when one does not.
 
 from __future__ import annotations
 
-import importlib
+import importlib.util
 import json
 import logging
 import random
@@ -459,6 +459,7 @@ class Demo:
         err: TextIO,
         neo4j_uri: str | None = None,
         owner_dsn: str | None = None,
+        graph: str = "off",
     ) -> None:
         self.dsn = dsn
         self.cfg = cfg
@@ -466,6 +467,8 @@ class Demo:
         self.err = err
         self.neo4j_uri = neo4j_uri
         self.owner_dsn = owner_dsn or dsn  # the graph sync calls internal functions: not the app role
+        self.graph_mode = graph  # on | off | a reason why it is skipped
+        self.graph: Any = None  # harness.demo_graph.GraphProjection while it runs
         self.run_id = uuid.uuid4().hex[:6]
         self.rng = random.Random(cfg.seed)
         self.stop = threading.Event()
@@ -516,6 +519,7 @@ class Demo:
             f" fail-open {t.total('fail_open')} refused {t.total('refused_unavailable')}"
             + (f" | breaker {breaker}" if breaker != "closed" else "")
             + (" | OUTAGE" if self.outage.is_set() else "")
+            + (f" | {self.graph.status()}" if self.graph is not None else "")
             + ("" if self.phase == "calls+ingest" else f" | {self.phase}")
         )
 
@@ -549,9 +553,16 @@ class Demo:
             db, spool_dir / f"costs-{self.run_id}.jsonl", batch_size=200, flush_interval=0.5
         )
         tracker.start()
+        if self.graph_mode == "on":
+            from harness.demo_graph import GraphProjection
+
+            self.graph = GraphProjection(self.owner_dsn, self.neo4j_uri, self.err, self.stop)
+            self.graph.start()  # Neo4j starts while the Postgres side works; ingestion never waits for it
         try:
             self._execute(db, tracker)
         finally:
+            if self.graph is not None and not self.report.graph:
+                self.report.graph = self.graph.finish(interrupted=True)
             tracker.close()  # flush the rest (or spool it) before anything is checked
             try:
                 self._report(db, tracker)
@@ -723,11 +734,17 @@ class Demo:
             self.phase = "opportunities"
             self.err.write("opportunities: creating, linking and merging\n")
             self.report.opportunities = self._opportunities(db)
-        if not self.stop.is_set():
-            self.phase = "graph"
-            self.report.graph = _sync_graph(self.owner_dsn, self.neo4j_uri, self.err, self.stop)
-        else:
-            self.report.graph = {"status": "skipped (interrupted)"}
+        self.phase = "graph"
+        self.report.graph = self._sync_graph()
+
+    def _sync_graph(self) -> dict[str, Any]:
+        """The graph section of the report: the follower stopped, the outbox drained, Neo4j verified."""
+        if self.graph is None:
+            return {"status": f"skipped ({self.graph_mode})"}
+        result: dict[str, Any] = self.graph.finish(interrupted=self.stop.is_set())
+        if result.get("verify") and not result["verify"]["clean"]:
+            self.report.violations.append(f"graph verify: Neo4j drifts from Postgres {result['status']}")
+        return result
 
     # opportunities ----------------------------------------------------------------------------------------
     def _opportunities(self, db: Database) -> dict[str, Any]:
@@ -983,41 +1000,22 @@ class Demo:
                 f" {o.get('duplicate_links', 0)} duplicates dropped), {o.get('refused_merges', 0)} refused;"
                 f" entity merges {o.get('entity_merges', 0)}\n"
             )
-        w(f"graph: {rep.graph.get('status', 'n/a')}\n")
+        g = rep.graph
+        w(f"graph: {g.get('status', 'n/a')}\n")
+        if g.get("nodes"):
+            w(
+                f"  {g.get('projected', 0)} outbox events projected, {g.get('dead', 0)} dead; Neo4j nodes: "
+                + ", ".join(f"{k} {v}" for k, v in g["nodes"].items())
+                + "\n"
+            )
+        elif g.get("outbox_pending"):
+            w(f"  {g['outbox_pending']} outbox events wait for `sigledger graph sync` (nothing is lost)\n")
         if rep.violations:
             w("\nVIOLATIONS:\n" + "".join(f"  - {v}\n" for v in rep.violations))
         else:
             w("\nall checks passed\n")
         w(f"exit code {rep.exit_code}\n")
         self.out.flush()
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Graph hook
-
-
-def _sync_graph(dsn: str, neo4j_uri: str | None, err: TextIO, stop: threading.Event) -> dict[str, Any]:
-    """Drain the outbox into Neo4j and verify the projection. Placeholder until the graph projection
-    (harness/graph: sync worker, verify) is part of this build; the lead fills it when it lands."""
-    try:
-        importlib.import_module("harness.graph.worker")
-    except ImportError:
-        pending = _outbox_pending(dsn)
-        waiting = f"; {pending} outbox events wait for `sigledger graph sync`" if pending is not None else ""
-        return {"status": f"skipped (graph projection not in this build){waiting}", "outbox_pending": pending}
-    return {"status": "skipped (hook not wired yet)"}
-
-
-def _outbox_pending(dsn: str) -> int | None:
-    """Outbox rows not yet projected (the outbox table is private: None when this role may not read it)."""
-    import psycopg
-
-    try:
-        with psycopg.connect(dsn, application_name="sigledger-demo") as conn:
-            row = conn.execute("SELECT count(*) FROM sigledger.outbox").fetchone()
-    except psycopg.Error:
-        return None
-    return int(row[0]) if row else None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -1069,14 +1067,23 @@ def run(
     err: TextIO = sys.stderr,
     report_json: Path | None = None,
     cluster: LocalCluster | None = None,
+    with_graph: bool = True,
 ) -> int:
     """Run the demo; returns the exit code (0 ok, 1 a check failed, 130/143 interrupted with every check held)."""
+    if not with_graph:
+        graph = "--no-graph"
+    elif dsn is not None and neo4j_uri is None:
+        graph = "an existing database (--dsn) is projected only into an existing Neo4j: pass --neo4j-uri"
+    elif importlib.util.find_spec("harness.graph.worker") is None:
+        graph = "the graph projection is not part of this build"
+    else:
+        graph = "on"
     if dsn is None:
         dsn, owner_dsn = prepare_local_database(err, cluster)
     else:
         migrate_existing(dsn, err)
         owner_dsn = dsn
-    demo = Demo(dsn, cfg, out=out, err=err, neo4j_uri=neo4j_uri, owner_dsn=owner_dsn)
+    demo = Demo(dsn, cfg, out=out, err=err, neo4j_uri=neo4j_uri, owner_dsn=owner_dsn, graph=graph)
     quieted = []
     if logging.getLogger().getEffectiveLevel() >= logging.WARNING:
         # every fail-open call and breaker transition would log a warning: the status line counts them instead

@@ -18,8 +18,12 @@ from harness import demo
     f"recreating the {demo.DEMO_DATABASE} database on the local cluster.",
 )
 @click.option(
-    "--neo4j-uri", default=None, help="Neo4j to project into (when the graph projection is built in)."
+    "--neo4j-uri",
+    default=None,
+    help="Project into this existing Neo4j (credentials: SIGLEDGER_NEO4J_USER / SIGLEDGER_NEO4J_PASSWORD) "
+    "instead of the local one of `make neo4j-up` (started if needed, wiped each run).",
 )
+@click.option("--no-graph", is_flag=True, help="Leave Neo4j out (the outbox keeps the events).")
 @click.option("--seed", type=int, default=42, show_default=True, help="Seed of every random choice.")
 @click.option(
     "--calls", type=click.IntRange(1, 100_000), default=600, show_default=True, help="Simulated LLM calls."
@@ -64,6 +68,7 @@ from harness import demo
 def group(
     dsn: str | None,
     neo4j_uri: str | None,
+    no_graph: bool,
     seed: int,
     calls: int,
     signals: int,
@@ -94,7 +99,7 @@ def group(
         spool_dir=spool_dir,
     )
     try:
-        code = demo.run(cfg, dsn=dsn, neo4j_uri=neo4j_uri, report_json=report_json)
+        code = demo.run(cfg, dsn=dsn, neo4j_uri=neo4j_uri, report_json=report_json, with_graph=not no_graph)
     except KeyboardInterrupt:  # before the run started (cluster start, migrations): nothing to settle
         click.echo("interrupted before the run started", err=True)
         code = demo.EXIT_SIGINT
