@@ -1008,7 +1008,9 @@ class Demo:
                 + ", ".join(f"{k} {v}" for k, v in g["nodes"].items())
                 + "\n"
             )
-        elif g.get("outbox_pending"):
+        if g.get("local") and g.get("uri"):
+            w(f"  local Neo4j {g['uri']} left running (`make neo4j-down` stops it)\n")
+        if not g.get("nodes") and g.get("outbox_pending"):
             w(f"  {g['outbox_pending']} outbox events wait for `sigledger graph sync` (nothing is lost)\n")
         if rep.violations:
             w("\nVIOLATIONS:\n" + "".join(f"  - {v}\n" for v in rep.violations))
@@ -1037,7 +1039,7 @@ def prepare_local_database(err: TextIO, cluster: LocalCluster | None = None) -> 
     started = time.monotonic()
     applied = Migrator(cluster.dsn(DEMO_DATABASE)).up()
     err.write(
-        f"local cluster {cluster.dsn(DEMO_DATABASE, user='sigledger_app')}: database recreated, {len(applied)} migration steps"
+        f"local cluster {cluster.dsn(DEMO_DATABASE, user='sigledger_app')} (stays up; `sigledger db down` stops it): database recreated, {len(applied)} migration steps"
         f" in {time.monotonic() - started:.1f}s\n"
     )
     return cluster.dsn(DEMO_DATABASE, user="sigledger_app"), cluster.dsn(DEMO_DATABASE)

@@ -104,9 +104,13 @@ class GraphProjection:
         worker = self.worker
         if worker is not None:
             worker.stop_event.set()
-        if self._thread is not None:
-            self._thread.join(timeout=60)
-        result: dict[str, Any] = {"uri": self.settings.uri if self.settings else self.neo4j_uri}
+        if self._thread is not None and self._ready.is_set():
+            self._thread.join(timeout=60)  # the follower commits its batch in flight, then returns
+        # else: still starting Neo4j (interrupted): the daemon thread is left behind, the server keeps running
+        result: dict[str, Any] = {
+            "uri": self.settings.uri if self.settings else self.neo4j_uri,
+            "local": self.neo4j_uri is None,
+        }
         if worker is None:
             result["status"] = f"unavailable ({self.error or 'not started'})"
             result["outbox_pending"] = outbox_pending(self.dsn)

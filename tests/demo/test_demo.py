@@ -6,12 +6,14 @@ from __future__ import annotations
 import io
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ import psycopg
 import pytest
 
 from harness import demo
+from harness.graph.neo4j_server import Neo4jServer, free_port
 from harness.localdb import LocalCluster
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -163,7 +166,8 @@ def test_local_cluster_database_recreated_each_run(tmp_path: Path) -> None:
         for _ in range(2):
             out, err = io.StringIO(), io.StringIO()
             path = tmp_path / "report.json"
-            assert demo.run(cfg, out=out, err=err, cluster=cluster, report_json=path) == 0, out.getvalue()
+            code = demo.run(cfg, out=out, err=err, cluster=cluster, report_json=path, with_graph=False)
+            assert code == 0, out.getvalue()
             assert "database recreated" in err.getvalue()
             runs.append(json.loads(path.read_text()))
         with psycopg.connect(cluster.dsn(demo.DEMO_DATABASE)) as conn:
@@ -177,9 +181,63 @@ def test_local_cluster_database_recreated_each_run(tmp_path: Path) -> None:
             shutil.rmtree(data_root, ignore_errors=True)
 
 
-@pytest.mark.parametrize(("signum", "expected"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.fixture(scope="module")
+def neo4j(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Neo4jServer]:
+    """A Neo4j of our own (the demo wipes the local one; this one is nobody else's)."""
+    server = Neo4jServer(
+        state_dir=tmp_path_factory.mktemp("neo4j"),
+        port=free_port(),
+        password="demo-" + secrets.token_hex(6),
+        heap="384m",
+    )
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_demo_with_the_graph(
+    db_dsn: str, tmp_path: Path, neo4j: Neo4jServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--dsn with --neo4j-uri: the projection follows the run, is drained and verified without drift."""
+    assert neo4j.password is not None
+    monkeypatch.setenv("SIGLEDGER_NEO4J_USER", neo4j.user)
+    monkeypatch.setenv("SIGLEDGER_NEO4J_PASSWORD", neo4j.password)
+    cfg = demo.DemoConfig(
+        seed=5,
+        calls=60,
+        signals=400,
+        workers=4,
+        small_agents=4,
+        outage_seconds=0,
+        latency_ms=(5, 30),
+        batch_size=100,
+        spool_dir=tmp_path,
+    )
+    out, path = io.StringIO(), tmp_path / "report.json"
+    code = demo.run(cfg, dsn=db_dsn, neo4j_uri=neo4j.uri, out=out, err=io.StringIO(), report_json=path)
+    report = json.loads(path.read_text())
+    assert code == 0, out.getvalue()
+    graph = report["graph"]
+    assert graph["verify"]["clean"] is True, graph
+    assert graph["outbox_pending"] == 0 and graph["dead"] == 0
+    assert graph["nodes"]["signal"] == report["ingest"]["created"]
+    opp = report["opportunities"]
+    assert graph["nodes"]["opportunity"] == opp["opportunities"] - opp["merged_sources"]
+    assert "verified: no drift" in out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("signum", "expected", "graph"),
+    [(signal.SIGINT, 130, False), (signal.SIGTERM, 143, False), (signal.SIGINT, 130, True)],
+    ids=["sigint", "sigterm", "sigint-with-graph"],
+)
 def test_signal_stops_cleanly_and_loses_nothing(
-    db_dsn: str, tmp_path: Path, signum: signal.Signals, expected: int
+    db_dsn: str,
+    tmp_path: Path,
+    signum: signal.Signals,
+    expected: int,
+    graph: bool,
+    request: pytest.FixtureRequest,
 ) -> None:
     path = tmp_path / "report.json"
     cmd = [
@@ -189,6 +247,10 @@ def test_signal_stops_cleanly_and_loses_nothing(
         "--spool-dir", str(tmp_path), "--report-json", str(path),
     ]  # fmt: skip
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if graph:
+        server: Neo4jServer = request.getfixturevalue("neo4j")
+        cmd += ["--neo4j-uri", server.uri]
+        env.update(SIGLEDGER_NEO4J_USER=server.user, SIGLEDGER_NEO4J_PASSWORD=server.password or "")
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None
     lines = []
@@ -216,3 +278,6 @@ def test_signal_stops_cleanly_and_loses_nothing(
     check_budgets(report)
     check_ledger_matches(db_dsn, report)
     assert not list(tmp_path.glob("costs-*"))
+    if graph:  # the follower stopped after its batch; what it did not project waits in the outbox
+        assert report["graph"]["status"].startswith("sync stopped"), report["graph"]
+        assert report["graph"]["dead"] == 0
