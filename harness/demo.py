@@ -14,10 +14,11 @@ What it does, in order (docs: README "make demo"):
    mentions and aliases is ingested in batches (``harness.ingest``), with embedding costs recorded through
    the tracker.
 4. Opportunities created per entity, signals linked, duplicates merged (``merge_opportunities``), entity
-   variants merged into their canonical entity; the graph synced when the projection is part of the build.
+   variants merged into their canonical entity. All along, a graph sync worker follows the outbox into Neo4j
+   (``harness.demo_graph``: the local server, or ``--neo4j-uri``); at the end it drains and verifies.
 5. Report and checks: spend of every budget against its cap, the demo's own tally of acknowledged costs
    equal to the database's recorded spend, reconcile_budgets without drift, no hold left open, nothing left
-   in the spool. Any violation exits 1.
+   in the spool, no graph drift. Any violation exits 1.
 
 SIGINT/SIGTERM: no new call starts and no new batch is read; calls in flight settle (or release), the
 tracker flushes, the report is printed, and the exit code is 130 (SIGINT) or 143 (SIGTERM) when every check

@@ -83,7 +83,7 @@ def group(
     opportunity merges, graph sync.
 
     Exit codes: 0 every check held; 1 a check failed (an agent over its cap, recorded spend different from the
-    acknowledged costs, reconciliation drift, a hold left open, costs left in the spool); 130 / 143 stopped by
+    acknowledged costs, reconciliation drift, a hold left open, costs left in the spool, graph drift); 130 / 143 stopped by
     SIGINT / SIGTERM after a clean shutdown with every check held.
     """
     if latency_ms[0] > latency_ms[1]:
