@@ -124,7 +124,6 @@ class Tally:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.agents: dict[str, AgentTally] = defaultdict(AgentTally)
-        self.counts: Counter[str] = Counter()
         self.leftover_holds: list[int] = []  # reservations whose settle/release was deferred by an outage
 
     def leftover(self, reservation_id: int | None) -> None:
@@ -137,10 +136,6 @@ class Tally:
             t = self.agents[agent]
             for key, value in changes.items():
                 setattr(t, key, getattr(t, key) + value)
-
-    def count(self, key: str, n: int = 1) -> None:
-        with self._lock:
-            self.counts[key] += n
 
     def total(self, attr: str, agents: list[str] | None = None) -> Any:
         with self._lock:
@@ -303,7 +298,7 @@ def make_call(guard: BudgetGuard, agent: Agent, plan: CallPlan, run: str, tally:
     except (SimulatedLLMError, SimulatedCallerError):
         pass  # the guard released or settled; the outcome says which
     except Exception:
-        log.exception("call %s of %s failed", plan.n, agent.name)
+        log.error("call %s of %s failed", plan.n, agent.name, exc_info=log.isEnabledFor(logging.DEBUG))
         tally.bump(agent.name, errors=1)
         if not holder:
             return
@@ -484,7 +479,6 @@ class Demo:
         self.alerts_seen = 0
         self.last_alert_id = 0
         self.budget_ids: set[int] = set()
-        self.ingest_done = threading.Event()
         self.phase = "setup"
         self.started = time.monotonic()
         self.report = Report(run=self.run_id, seed=cfg.seed)
@@ -657,10 +651,8 @@ class Demo:
                     ingest_lines(db, lines, batch_size=cfg.batch_size, policy="create", progress=progress)
                 )
             except BaseException as exc:  # reported, never a thread traceback
-                log.exception("ingestion failed")
+                log.error("ingestion failed: %s", exc, exc_info=log.isEnabledFor(logging.DEBUG))
                 ingest_error.append(exc)
-            finally:
-                self.ingest_done.set()
 
         self.phase = "calls+ingest"
         threads = [
