@@ -297,11 +297,14 @@ def make_call(guard: BudgetGuard, agent: Agent, plan: CallPlan, run: str, tally:
         return
     except (SimulatedLLMError, SimulatedCallerError):
         pass  # the guard released or settled; the outcome says which
-    except Exception:
-        log.error("call %s of %s failed", plan.n, agent.name, exc_info=log.isEnabledFor(logging.DEBUG))
-        tally.bump(agent.name, errors=1)
+    except Exception as exc:
+        log.error(
+            "call %s of %s failed: %s", plan.n, agent.name, exc, exc_info=log.isEnabledFor(logging.DEBUG)
+        )
         if not holder:
+            tally.bump(agent.name, errors=1)
             return
+        # reserved: the outcome below says what became of the hold (an error when it is still open)
     res = holder[0]
     if res.outcome == "settled" and res.settlement is not None:
         actual = usd(res.settlement["actual_usd"])
