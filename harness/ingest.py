@@ -1,4 +1,4 @@
-"""Signals, entities and opportunities from Python: thin calls of the issue-4 SQL API, and the JSONL loader
+"""Signals, entities and opportunities from Python: thin calls of their SQL API, and the JSONL loader
 behind `sigledger signal ingest`.
 
 The loader never stops on a bad line: a line that is not JSON is rejected here, an item the database rejects

@@ -1,4 +1,4 @@
-"""`sigledger agent`: Agents and their budgets (issue 3)."""
+"""`sigledger agent`: Agents and their budgets."""
 
 from __future__ import annotations
 
@@ -16,7 +16,10 @@ POLICIES = click.Choice(["open", "closed"])
 
 @click.group("agent")
 def group() -> None:
-    """Agents and their budgets (issue 3)."""
+    """Agents and their budgets.
+
+    Register an agent, create or change its budget, show its current spend.
+    """
 
 
 @group.command("create")

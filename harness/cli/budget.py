@@ -1,4 +1,4 @@
-"""`sigledger budget`: Reservations, settlement, reconciliation (issue 3)."""
+"""`sigledger budget`: Budget reservations and reconciliation."""
 
 from __future__ import annotations
 
@@ -21,7 +21,11 @@ DRIFT_EXIT = 3
 
 @click.group("budget")
 def group() -> None:
-    """Reservations, settlement, reconciliation (issue 3)."""
+    """Budget reservations and reconciliation.
+
+    Reserve, settle or release a hold on an agent's budget; expire overdue holds; reconcile spend with the
+    ledger; watch budget alerts.
+    """
 
 
 @group.command("reserve")

@@ -1,4 +1,4 @@
-"""`sigledger cost`: The LLM cost ledger (issue 3)."""
+"""`sigledger cost`: The LLM cost ledger."""
 
 from __future__ import annotations
 
@@ -15,7 +15,10 @@ from harness.ledger import CostRecord, Ledger
 
 @click.group("cost")
 def group() -> None:
-    """The LLM cost ledger (issue 3)."""
+    """The LLM cost ledger.
+
+    Record the cost of an LLM call; show daily totals.
+    """
 
 
 @group.command("record")

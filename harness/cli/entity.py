@@ -1,4 +1,4 @@
-"""`sigledger entity`: Entity resolution (issue 4)."""
+"""`sigledger entity`: Entity lookup by name or alias."""
 
 from __future__ import annotations
 
@@ -13,7 +13,10 @@ from harness.ingest import resolve_entity
 
 @click.group("entity")
 def group() -> None:
-    """Entity resolution (issue 4)."""
+    """Entity lookup by name or alias.
+
+    Find an entity by any of its names (aliases, case-insensitive).
+    """
 
 
 @group.command("resolve")

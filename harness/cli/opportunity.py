@@ -1,4 +1,4 @@
-"""`sigledger opportunity`: Opportunities and merges (issue 4)."""
+"""`sigledger opportunity`: Opportunity merges."""
 
 from __future__ import annotations
 
@@ -13,7 +13,10 @@ from harness.ingest import merge_opportunities
 
 @click.group("opportunity")
 def group() -> None:
-    """Opportunities and merges (issue 4)."""
+    """Opportunity merges.
+
+    Merge duplicate opportunities into one; the merged ones become tombstones that point at it.
+    """
 
 
 @group.command("merge")

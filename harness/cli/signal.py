@@ -1,4 +1,4 @@
-"""`sigledger signal`: Signal ingestion (issue 4)."""
+"""`sigledger signal`: Signal ingestion."""
 
 from __future__ import annotations
 
@@ -14,7 +14,10 @@ from harness.ingest import MAX_BATCH, ingest_lines
 
 @click.group("signal")
 def group() -> None:
-    """Signal ingestion (issue 4)."""
+    """Signal ingestion.
+
+    Load signals from a JSONL file (idempotent per source and external id) and link the entities they mention.
+    """
 
 
 @group.command("ingest")

@@ -1,4 +1,4 @@
--- 200 internals shared by the signal, entity and opportunity API (issue 4). Nothing here is granted to the app.
+-- 200 internals shared by the signal, entity and opportunity API. Nothing here is granted to the app.
 
 -- _try_timestamptz: parse text as timestamptz, NULL when it does not parse, so that a batch can reject one
 -- item with a reason instead of failing as a whole. Only the cast runs in the exception block.
