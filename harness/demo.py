@@ -3,7 +3,8 @@
 What it does, in order (docs: README "make demo"):
 
 1. Database: a throwaway local cluster (``harness.localdb``) whose ``sigledger_demo`` database is dropped and
-   recreated every run, migrated, and used as ``sigledger_app`` (the API is all an application gets); or an
+   recreated every run, migrated, and used as ``sigledger_admin`` (the application's API plus budget
+   administration, no table privilege; the graph worker runs as ``sigledger_graph``); or an
    existing database (``--dsn``), where every name carries a per-run token so that runs never collide.
 2. Budgets: one hot agent, many small ones, all under a team budget smaller than the sum of theirs; some
    agents fail open, the others fail closed; alert thresholds at 50/80/100 % of each limit.
@@ -1035,10 +1036,14 @@ def prepare_local_database(err: TextIO, cluster: LocalCluster | None = None) -> 
     started = time.monotonic()
     applied = Migrator(cluster.dsn(DEMO_DATABASE)).up()
     err.write(
-        f"local cluster {cluster.dsn(DEMO_DATABASE, user='sigledger_app')} (stays up; `sigledger db down` stops it): database recreated, {len(applied)} migration steps"
+        f"local cluster {cluster.dsn(DEMO_DATABASE, user='sigledger_admin')} (stays up; `sigledger db down` stops it): database recreated, {len(applied)} migration steps"
         f" in {time.monotonic() - started:.1f}s\n"
     )
-    return cluster.dsn(DEMO_DATABASE, user="sigledger_app"), cluster.dsn(DEMO_DATABASE)
+    # The demo administers budgets and makes calls (sigledger_admin: the API plus budget administration);
+    # its graph worker runs as sigledger_graph, like a deployed one.
+    return cluster.dsn(DEMO_DATABASE, user="sigledger_admin"), cluster.dsn(
+        DEMO_DATABASE, user="sigledger_graph"
+    )
 
 
 def migrate_existing(dsn: str, err: TextIO) -> None:

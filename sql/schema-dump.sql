@@ -792,6 +792,27 @@ ALTER FUNCTION sigledger._graph_final_winner(p_aggregate_type text, p_id uuid) O
 COMMENT ON FUNCTION sigledger._graph_final_winner(p_aggregate_type text, p_id uuid) IS 'Internal: the live end of a merge chain (NULL if the chain is broken or loops).';
 
 --
+-- Name: _graph_live_counts(); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger._graph_live_counts(OUT entities bigint, OUT signals bigint, OUT opportunities bigint) RETURNS record
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+    SELECT (SELECT count(*) FROM entities WHERE merged_into IS NULL),
+           (SELECT count(*) FROM signals),
+           (SELECT count(*) FROM opportunities WHERE merged_into IS NULL)
+$$;
+
+ALTER FUNCTION sigledger._graph_live_counts(OUT entities bigint, OUT signals bigint, OUT opportunities bigint) OWNER TO sigledger_owner;
+
+--
+-- Name: FUNCTION _graph_live_counts(OUT entities bigint, OUT signals bigint, OUT opportunities bigint); Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON FUNCTION sigledger._graph_live_counts(OUT entities bigint, OUT signals bigint, OUT opportunities bigint) IS 'Internal: live aggregate counts for graph rebuild plans.';
+
+--
 -- Name: _graph_live_ids(text, uuid, integer); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
 --
 
@@ -4766,11 +4787,20 @@ GRANT ALL ON FUNCTION sigledger._graph_fail(p_ids bigint[], p_error text, p_max_
 REVOKE ALL ON FUNCTION sigledger._graph_final_winner(p_aggregate_type text, p_id uuid) FROM PUBLIC;
 
 --
+-- Name: FUNCTION _graph_live_counts(OUT entities bigint, OUT signals bigint, OUT opportunities bigint); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger._graph_live_counts(OUT entities bigint, OUT signals bigint, OUT opportunities bigint) FROM PUBLIC;
+GRANT ALL ON FUNCTION sigledger._graph_live_counts(OUT entities bigint, OUT signals bigint, OUT opportunities bigint) TO sigledger_graph;
+GRANT ALL ON FUNCTION sigledger._graph_live_counts(OUT entities bigint, OUT signals bigint, OUT opportunities bigint) TO sigledger_admin;
+
+--
 -- Name: FUNCTION _graph_live_ids(p_aggregate_type text, p_after uuid, p_limit integer); Type: ACL; Schema: sigledger; Owner: sigledger_owner
 --
 
 REVOKE ALL ON FUNCTION sigledger._graph_live_ids(p_aggregate_type text, p_after uuid, p_limit integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION sigledger._graph_live_ids(p_aggregate_type text, p_after uuid, p_limit integer) TO sigledger_graph;
+GRANT ALL ON FUNCTION sigledger._graph_live_ids(p_aggregate_type text, p_after uuid, p_limit integer) TO sigledger_admin;
 
 --
 -- Name: FUNCTION _graph_props(p_row jsonb, p_drop text[]); Type: ACL; Schema: sigledger; Owner: sigledger_owner
@@ -4784,6 +4814,7 @@ REVOKE ALL ON FUNCTION sigledger._graph_props(p_row jsonb, p_drop text[]) FROM P
 
 REVOKE ALL ON FUNCTION sigledger._graph_snapshot(p_types text[], p_ids uuid[]) FROM PUBLIC;
 GRANT ALL ON FUNCTION sigledger._graph_snapshot(p_types text[], p_ids uuid[]) TO sigledger_graph;
+GRANT ALL ON FUNCTION sigledger._graph_snapshot(p_types text[], p_ids uuid[]) TO sigledger_admin;
 
 --
 -- Name: FUNCTION _graph_try_lock(p_aggregate_type text, p_aggregate_id uuid); Type: ACL; Schema: sigledger; Owner: sigledger_owner

@@ -90,6 +90,12 @@ def app_dsn(pg: PostgreSQLExecutor, db_name: str) -> str:
 
 
 @pytest.fixture
+def admin_dsn(pg: PostgreSQLExecutor, db_name: str) -> str:
+    """Connection string of the test's own database, as sigledger_admin (the API plus budget administration)."""
+    return make_dsn(pg, db_name, "sigledger_admin")
+
+
+@pytest.fixture
 def readonly_dsn(pg: PostgreSQLExecutor, db_name: str) -> str:
     return make_dsn(pg, db_name, "sigledger_readonly")
 

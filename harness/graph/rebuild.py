@@ -35,11 +35,7 @@ class RebuildPlan:
 def plan(dsn: str, sink: Neo4jSink, progress: Callable[[str, int], None] | None = None) -> RebuildPlan:
     drift = verify(dsn, sink, progress=progress)
     with psycopg.connect(dsn, application_name="sigledger-graph-rebuild") as conn:
-        row = conn.execute(
-            "SELECT (SELECT count(*) FROM sigledger.entities WHERE merged_into IS NULL), "
-            "(SELECT count(*) FROM sigledger.signals), "
-            "(SELECT count(*) FROM sigledger.opportunities WHERE merged_into IS NULL)"
-        ).fetchone()
+        row = conn.execute("SELECT * FROM sigledger._graph_live_counts()").fetchone()
     assert row is not None
     return RebuildPlan(
         live={"entity": int(row[0]), "signal": int(row[1]), "opportunity": int(row[2])},

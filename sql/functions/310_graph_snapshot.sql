@@ -255,3 +255,18 @@ SQLSTATE: 22023';
 -- Called by the sync worker as sigledger_graph (see 300_graph_outbox.sql and 900_grants.sql).
 ALTER FUNCTION sigledger._graph_snapshot(text[], uuid[]) SECURITY DEFINER;
 ALTER FUNCTION sigledger._graph_live_ids(text, uuid, integer) SECURITY DEFINER;
+
+-- _graph_live_counts: how many aggregates a rebuild would refresh (the worker and admin roles read no table).
+CREATE OR REPLACE FUNCTION sigledger._graph_live_counts(
+    OUT entities bigint, OUT signals bigint, OUT opportunities bigint
+)
+LANGUAGE sql
+STABLE
+SECURITY DEFINER
+SET search_path = sigledger, pg_temp
+AS $$
+    SELECT (SELECT count(*) FROM entities WHERE merged_into IS NULL),
+           (SELECT count(*) FROM signals),
+           (SELECT count(*) FROM opportunities WHERE merged_into IS NULL)
+$$;
+COMMENT ON FUNCTION sigledger._graph_live_counts() IS 'Internal: live aggregate counts for graph rebuild plans.';

@@ -39,8 +39,8 @@ BEGIN
         ('opportunity_signals_of', '{app,readonly}'), ('entity_signals_of', '{app,readonly}'),
         -- Neo4j projection
         ('graph_outbox_status', '{app,readonly,admin,graph}'),
-        ('_graph_claim', '{graph}'), ('_graph_snapshot', '{graph}'), ('_graph_ack', '{graph}'),
-        ('_graph_fail', '{graph}'), ('_graph_live_ids', '{graph}'), ('_graph_dead_list', '{graph,admin}'),
+        ('_graph_claim', '{graph}'), ('_graph_snapshot', '{graph,admin}'), ('_graph_ack', '{graph}'),
+        ('_graph_fail', '{graph}'), ('_graph_live_ids', '{graph,admin}'), ('_graph_live_counts', '{graph,admin}'), ('_graph_dead_list', '{graph,admin}'),
         ('_graph_dead_retry', '{graph,admin}'), ('_graph_dead_purge', '{graph,admin}'),
         ('_graph_enqueue', '{graph,admin}'), ('_graph_enqueue_all', '{graph,admin}');
 

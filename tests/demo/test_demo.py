@@ -129,9 +129,10 @@ def test_demo_end_to_end(db_dsn: str, tmp_path: Path) -> None:
     assert "all checks passed" in text and "reconcile_budgets: no drift" in text
 
 
-def test_demo_runs_twice_as_the_app_role(app_dsn: str, tmp_path: Path) -> None:
-    """The API is all the demo needs (sigledger_app), and every name carries a per-run token: a second run on
-    the same database does not collide."""
+def test_demo_runs_twice_as_the_admin_role(admin_dsn: str, tmp_path: Path) -> None:
+    """The API is all the demo needs (sigledger_admin: the application's API plus budget administration, no
+    table privilege), and every name carries a per-run token: a second run on the same database does not
+    collide."""
     cfg = demo.DemoConfig(
         calls=30,
         signals=100,
@@ -143,7 +144,7 @@ def test_demo_runs_twice_as_the_app_role(app_dsn: str, tmp_path: Path) -> None:
     )
     for _ in range(2):
         out, err = io.StringIO(), io.StringIO()
-        assert demo.run(cfg, dsn=app_dsn, out=out, err=err) == 0, out.getvalue()
+        assert demo.run(cfg, dsn=admin_dsn, out=out, err=err) == 0, out.getvalue()
         assert "not migrating" in err.getvalue()
 
 
