@@ -294,8 +294,13 @@ class BudgetGuard:
             metrics.BUDGET_DECISIONS.labels(outcome="reserved").inc()
         try:
             yield res
-        except BaseException:
-            self._abort(res)
+        except BaseException as caller_exc:
+            try:
+                self._abort(res)
+            except Exception as cleanup_exc:
+                # the caller's own exception is what the caller sees; the cleanup failure is logged and noted
+                log.exception("reservation cleanup after %r failed", caller_exc)
+                caller_exc.add_note(f"sigledger: reservation cleanup also failed: {cleanup_exc!r}")
             raise
         else:
             self._finish(res)
@@ -336,13 +341,21 @@ class BudgetGuard:
             # the LLM answered and then the caller's code failed: the money is spent, settle it
             self._finish(res)
             return
+        self._release(res)
+
+    def _release(self, res: Reservation) -> None:
+        """Release the hold; during an outage leave it to expire at its TTL (logged, not raised)."""
+        assert res.reservation_id is not None
         try:
             self._call(self.client.release, res.reservation_id)
             res.outcome = "released"
             self.stats["released"] += 1
-        except Unavailable:
+        except Unavailable as exc:
             res.outcome = "release-failed"  # the hold expires at its TTL
-            log.warning("could not release reservation %s; it expires at its TTL", res.reservation_id)
+            self.stats["release_failed"] += 1
+            log.warning(
+                "could not release reservation %s (%s); it expires at its TTL", res.reservation_id, exc
+            )
 
     def _finish(self, res: Reservation) -> None:
         if res.fail_open:
@@ -359,9 +372,7 @@ class BudgetGuard:
         assert res.reservation_id is not None
         if res.actual_usd is None:
             log.warning("reservation %s left without set_cost(): released", res.reservation_id)
-            self._call(self.client.release, res.reservation_id)
-            res.outcome = "released"
-            self.stats["released"] += 1
+            self._release(res)
             return
         try:
             res.settlement = self._call(
@@ -380,11 +391,17 @@ class BudgetGuard:
                 metrics.BUDGET_OVERRUNS.inc()
         except ReservationExpired:
             # the sweep released the hold first: the cost still happened, record it under the settle key
-            self._call(
-                self.ledger.record_cost, res.cost_record(f"reservation:{res.reservation_id}", expired=True)
-            )
-            res.outcome = "recorded-after-expiry"
-            self.stats["recorded_after_expiry"] += 1
+            key = f"reservation:{res.reservation_id}"
+            try:
+                self._call(self.ledger.record_cost, res.cost_record(key, expired=True))
+            except Unavailable:
+                # the database went away in between: through the tracker like a deferred settle, same key
+                self._record_later(res, key, expired=True)
+                res.outcome = "record-deferred-after-expiry"
+                self.stats["record_deferred_after_expiry"] += 1
+            else:
+                res.outcome = "recorded-after-expiry"
+                self.stats["recorded_after_expiry"] += 1
         except Unavailable:
             self._record_later(res, f"reservation:{res.reservation_id}", settle_deferred=True)
             res.outcome = "settle-deferred"

@@ -51,7 +51,8 @@ COST_FLUSH_SECONDS = Histogram(
 )
 COST_RECORDS = Counter(
     "sigledger_cost_records_total",
-    "Cost records by outcome: inserted, duplicate (idempotent replay), quarantined, spooled, replayed.",
+    "Cost records by outcome: inserted, duplicate (idempotent replay), quarantined, spooled, replayed,"
+    " invalid (refused by record(), never acknowledged), rejected (moved to the dead-letter file).",
     ["outcome"],
     registry=REGISTRY,
 )

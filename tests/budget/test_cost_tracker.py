@@ -1,8 +1,11 @@
 """CostTracker with real processes and a real server: SIGTERM under load, SIGKILL after spooling, the cluster
-stopped mid-run, a full buffer, and a pool closed before the tracker."""
+stopped mid-run, a full buffer, a pool closed before the tracker; records refused at the call, a batch the
+database refuses as a whole (bisected, the bad record dead-lettered), and a final flush that fails."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import signal
 import socket
 import time
@@ -12,9 +15,11 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from harness import metrics
 from harness.budget import BudgetClient
 from harness.cost_tracker import CostTracker, TrackerClosed
 from harness.db import Database
+from harness.errors import InvalidInput
 from harness.ledger import CostRecord
 from tests.budget.conftest import OwnCluster, ledger_keys, popen
 
@@ -236,3 +241,122 @@ def test_graceful_order_flushes_everything_before_the_pool_closes(db_dsn: str, t
             "SELECT count(*), sum(cost_usd) FROM sigledger.llm_cost_log WHERE idempotency_key LIKE 'order-%'"
         ).fetchone()
     assert row == (2000, Decimal("2.000000"))
+
+
+def _good(agent: str, key: str, **kw: object) -> CostRecord:
+    return CostRecord(
+        agent_id=agent, model="m", provider="p", cost_usd=Decimal("0.01"), idempotency_key=key, **kw
+    )  # type: ignore[arg-type]
+
+
+def _metric(outcome: str) -> float:
+    return metrics.REGISTRY.get_sample_value("sigledger_cost_records_total", {"outcome": outcome}) or 0.0
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"metadata": {"x": "bad\x00byte"}}, "metadata.x"),
+        ({"metadata": {"nested": {"k\x00": 1}}}, "metadata.nested: key"),
+        ({"model": "m\x00"}, "model"),
+        ({"idempotency_key": "nulkey-\x00"}, "idempotency_key"),
+        ({"metadata": {"f": float("nan")}}, "metadata.f"),
+        ({"metadata": {"f": [1, float("inf")]}}, "metadata.f[1]"),
+        ({"metadata": {"o": object()}}, "metadata.o"),
+        ({"metadata": {"b": b"bytes"}}, "metadata.b"),
+        ({"metadata": {"s": "\ud800"}}, "metadata.s"),
+        ({"cost_usd": Decimal("NaN")}, "cost_usd"),
+    ],
+)
+def test_record_refuses_what_the_database_can_never_store(
+    db_dsn: str, tmp_path: Path, changes: dict[str, object], field: str
+) -> None:
+    agent = make_agent(db_dsn, "tracker-invalid")
+    spool = tmp_path / "spool"
+    before = _metric("invalid")
+    with Database(db_dsn) as db:
+        tracker = CostTracker(db, spool, flush_interval=3600).start()
+        bad = dataclasses.replace(_good(agent, "invalid-bad"), **changes)  # type: ignore[arg-type]
+        with pytest.raises(InvalidInput) as exc:
+            tracker.record(bad)
+        assert str(exc.value).startswith(field), exc.value
+        assert tracker.pending() == 0 and tracker.stats["invalid"] == 1 and tracker.stats["accepted"] == 0
+        tracker.record(_good(agent, "invalid-good"))  # the tracker is not blocked by a refusal
+        tracker.close()
+    assert ledger_keys(db_dsn, "invalid-") == ["invalid-good"]
+    assert _metric("invalid") == before + 1
+    assert not list(tmp_path.iterdir()), "nothing spooled, nothing dead-lettered"
+
+
+def test_batch_refused_by_the_database_is_bisected_and_the_bad_record_dead_lettered(
+    db_dsn: str, tmp_path: Path
+) -> None:
+    # the reviewer's repro: 5 good records and one whose metadata holds a NUL (here mutated after the record was
+    # accepted, which validation at the call cannot see): PostgreSQL refuses the whole jsonb batch (22P05)
+    agent = make_agent(db_dsn, "tracker-bisect")
+    spool = tmp_path / "spool"
+    before = _metric("rejected")
+    with Database(db_dsn) as db:
+        tracker = CostTracker(db, spool, flush_interval=3600).start()
+        bad_meta: dict[str, object] = {"x": "ok"}
+        for i in range(6):
+            meta = bad_meta if i == 2 else {}
+            tracker.record(_good(agent, f"bisect-{i}", metadata=meta))
+        bad_meta["x"] = "bad\x00byte"
+        assert tracker.flush() == 5
+        assert tracker.pending() == 0
+        tracker.close()  # nothing left; does not raise
+    assert sorted(ledger_keys(db_dsn, "bisect-")) == [f"bisect-{i}" for i in (0, 1, 3, 4, 5)]
+    assert not spool.exists()
+    lines = tracker.rejected_path.read_text().splitlines()
+    assert len(lines) == 1
+    entry = json.loads(lines[0])
+    assert entry["record"]["idempotency_key"] == "bisect-2" and entry["record"]["metadata"] == {
+        "x": "bad\x00byte"
+    }
+    assert entry["sqlstate"] == "22P05" and entry["error"] == "InvalidInput"
+    assert tracker.stats["rejected"] == 1 and _metric("rejected") == before + 1
+
+
+def test_replay_dead_letters_a_spooled_line_the_database_refuses(db_dsn: str, tmp_path: Path) -> None:
+    # a spool written before validation existed: one line the database can never accept must not block the rest
+    agent = make_agent(db_dsn, "tracker-replay-bad")
+    spool = tmp_path / "spool"
+    records = [_good(agent, f"rbad-{i}").to_json() for i in range(4)]
+    records.insert(1, {**_good(agent, "rbad-nul").to_json(), "metadata": {"x": "bad\x00byte"}})
+    spool.write_text("".join(json.dumps(r) + "\n" for r in records))
+    with Database(db_dsn) as db:
+        tracker = CostTracker(db, spool)
+        tracker.start()  # replays
+        tracker.close()
+    assert sorted(ledger_keys(db_dsn, "rbad-")) == [f"rbad-{i}" for i in range(4)]
+    assert not spool.exists() and not list(tmp_path.glob("spool.replay-*"))
+    rejected = [json.loads(line) for line in tracker.rejected_path.read_text().splitlines()]
+    assert [r["record"]["idempotency_key"] for r in rejected] == ["rbad-nul"]
+
+
+def test_close_spools_what_its_final_flush_could_not_write(db_dsn: str, tmp_path: Path) -> None:
+    # the final flush fails for a reason that is not an outage (the dead-letter file cannot be written):
+    # close() must not lose the buffer: it spools it, logs, and the next start finishes the job
+    agent = make_agent(db_dsn, "tracker-close-fail")
+    spool = tmp_path / "spool"
+    with Database(db_dsn) as db:
+        tracker = CostTracker(db, spool, flush_interval=3600).start()
+        tracker.rejected_path.mkdir()  # a directory where the dead-letter file should go
+        bad_meta: dict[str, object] = {}
+        for i in range(6):
+            tracker.record(_good(agent, f"closefail-{i}", metadata=bad_meta if i == 4 else {}))
+        bad_meta["x"] = "bad\x00byte"
+        tracker.close()  # logs; does not raise
+        assert tracker.pending() == 0
+        spooled = [json.loads(line)["idempotency_key"] for line in spool.read_text().splitlines()]
+        assert sorted(spooled) == [f"closefail-{i}" for i in range(6)]
+        tracker.rejected_path.rmdir()
+        again = CostTracker(db, spool)
+        again.start()
+        again.close()
+    assert sorted(ledger_keys(db_dsn, "closefail-")) == [f"closefail-{i}" for i in (0, 1, 2, 3, 5)]
+    assert [
+        json.loads(x)["record"]["idempotency_key"] for x in again.rejected_path.read_text().splitlines()
+    ] == ["closefail-4"]
+    assert not spool.exists() and not list(tmp_path.glob("spool.replay-*"))
