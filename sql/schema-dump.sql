@@ -3463,7 +3463,7 @@ CREATE VIEW sigledger.budget_overview AS
     b.agent_id,
     b.parent_id,
     b.period,
-    sigledger._period_start(b.period, now()) AS period_start,
+    p.period_start,
     b.limit_usd,
     b.grace_ratio,
     b.fail_policy,
@@ -3471,8 +3471,16 @@ CREATE VIEW sigledger.budget_overview AS
     COALESCE(s.reserved_usd, (0)::numeric) AS reserved_usd,
     COALESCE(s.excess_usd, (0)::numeric) AS excess_usd,
     COALESCE(s.version, (0)::bigint) AS version
-   FROM (sigledger.budget b
-     LEFT JOIN sigledger.budget_spend s ON (((s.budget_id = b.id) AND (s.period_start = sigledger._period_start(b.period, now())))));
+   FROM ((sigledger.budget b
+     CROSS JOIN LATERAL ( SELECT
+                CASE b.period
+                    WHEN 'none'::text THEN '1970-01-01 00:00:00+00'::timestamp with time zone
+                    WHEN 'daily'::text THEN (date_trunc('day'::text, (now() AT TIME ZONE 'UTC'::text)) AT TIME ZONE 'UTC'::text)
+                    WHEN 'weekly'::text THEN (date_trunc('week'::text, (now() AT TIME ZONE 'UTC'::text)) AT TIME ZONE 'UTC'::text)
+                    WHEN 'monthly'::text THEN (date_trunc('month'::text, (now() AT TIME ZONE 'UTC'::text)) AT TIME ZONE 'UTC'::text)
+                    ELSE NULL::timestamp with time zone
+                END AS period_start) p)
+     LEFT JOIN sigledger.budget_spend s ON (((s.budget_id = b.id) AND (s.period_start = p.period_start))));
 
 ALTER TABLE sigledger.budget_overview OWNER TO sigledger_owner;
 

@@ -25,13 +25,23 @@ SELECT r.id AS reservation_id, r.agent_id, r.estimate_usd, r.actual_usd, r.overr
  WHERE r.state = 'settled' AND r.overrun_usd > 0;
 COMMENT ON VIEW sigledger.budget_overruns IS 'Settled reservations whose actual cost exceeded the estimate.';
 
+-- The period start is computed inline, not through _period_start: a view checks EXECUTE on the functions it
+-- calls against the reader, and internal functions are granted to nobody. Keep in step with _period_start
+-- (tests/core/test_roles.py compares the two for every period kind).
 CREATE OR REPLACE VIEW sigledger.budget_overview AS
 SELECT b.id AS budget_id, b.level, b.name, b.agent_id, b.parent_id, b.period,
-       sigledger._period_start(b.period, now()) AS period_start, b.limit_usd, b.grace_ratio, b.fail_policy,
+       p.period_start, b.limit_usd, b.grace_ratio, b.fail_policy,
        coalesce(s.spent_usd, 0) AS spent_usd, coalesce(s.reserved_usd, 0) AS reserved_usd,
        coalesce(s.excess_usd, 0) AS excess_usd, coalesce(s.version, 0) AS version
   FROM sigledger.budget b
+ CROSS JOIN LATERAL (
+       SELECT CASE b.period
+                  WHEN 'none'    THEN timestamptz '1970-01-01 00:00:00+00'
+                  WHEN 'daily'   THEN date_trunc('day',   now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
+                  WHEN 'weekly'  THEN date_trunc('week',  now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
+                  WHEN 'monthly' THEN date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
+              END AS period_start) p
   LEFT JOIN sigledger.budget_spend s
-    ON s.budget_id = b.id AND s.period_start = sigledger._period_start(b.period, now());
+    ON s.budget_id = b.id AND s.period_start = p.period_start;
 COMMENT ON VIEW sigledger.budget_overview IS 'Every budget with its current period''s spend and holds.';
 

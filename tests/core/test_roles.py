@@ -46,3 +46,41 @@ def test_admin_sets_budgets_app_cannot(pg: PostgreSQLExecutor, db_name: str) -> 
                 "SELECT sigledger.set_budget(p_agent_id => %s::uuid, p_limit_usd => 1000000::numeric)",
                 (agent,),
             )
+
+
+@pytest.mark.parametrize("role", ["sigledger_app", "sigledger_readonly"])
+def test_every_view_is_readable_by_the_reading_roles(
+    pg: PostgreSQLExecutor, db_name: str, conn: psycopg.Connection, role: str
+) -> None:
+    """A view that calls an internal function fails for these roles even though SELECT is granted."""
+    views = [
+        r[0]
+        for r in conn.execute(
+            "SELECT c.oid::regclass::text FROM pg_class c "
+            "WHERE c.relnamespace = 'sigledger'::regnamespace AND c.relkind IN ('v', 'm') ORDER BY 1"
+        ).fetchall()
+    ]
+    assert views
+    failures = []
+    with _login(pg, db_name, role) as reader:
+        for view in views:
+            try:
+                reader.execute(f"SELECT * FROM {view} LIMIT 1").fetchall()
+            except psycopg.Error as exc:
+                failures.append(f"{view}: {exc.sqlstate} {str(exc).strip()}")
+    assert not failures, failures
+
+
+def test_budget_overview_period_start_matches_the_budget_functions(conn: psycopg.Connection) -> None:
+    for period in ("none", "daily", "weekly", "monthly"):
+        conn.execute(
+            "SELECT sigledger.create_agent(p_name => %s, p_limit_usd => 5::numeric, p_period => %s)",
+            (f"overview-{period}", period),
+        )
+    rows = conn.execute(
+        "SELECT o.period, o.period_start, sigledger._period_start(o.period, now()) "
+        "FROM sigledger.budget_overview o "
+        "WHERE o.agent_id IN (SELECT id FROM sigledger.agent_registry WHERE name LIKE 'overview-%')"
+    ).fetchall()
+    assert {r[0] for r in rows} == {"none", "daily", "weekly", "monthly"}
+    assert all(r[1] == r[2] for r in rows), rows
