@@ -231,6 +231,9 @@ END;
 $$;
 
 -- _spend_ensure: creates the period row of a budget if it is missing (concurrent creators are harmless).
+-- Returns false when the row already existed. When a concurrent transaction has inserted it and not yet
+-- committed, the INSERT waits for that transaction; afterwards the row exists (ours or the committed one), so
+-- the caller must redo its UPDATE rather than read false as "refused".
 CREATE OR REPLACE FUNCTION sigledger._spend_ensure(p_budget_id bigint, p_period_start timestamptz, p_cap numeric)
 RETURNS boolean
 LANGUAGE plpgsql
@@ -248,6 +251,8 @@ $$;
 -- spent + reserved + p_amount <= cap. Returns the remaining amount after the hold, NULL when it does not fit.
 -- The UPDATE waits for the row lock (bounded by the caller's lock_timeout) and, under READ COMMITTED,
 -- re-evaluates its guard on the row version left by the previous holder: no check-then-act window.
+-- NULL means only that the guarded UPDATE refused on an existing row: a period row that is missing (first use)
+-- or inserted by a concurrent, still uncommitted transaction is ensured first and the UPDATE redone.
 CREATE OR REPLACE FUNCTION sigledger._spend_hold(p_budget_id bigint, p_period_start timestamptz, p_cap numeric,
                                                  p_amount numeric, p_nowait boolean DEFAULT false)
 RETURNS numeric
@@ -271,10 +276,12 @@ BEGIN
         IF FOUND THEN
             RETURN v_remaining;
         END IF;
-        -- nothing updated: the period row is missing (first use this period) or the guard refused
-        IF NOT sigledger._spend_ensure(p_budget_id, p_period_start, p_cap) THEN
-            RETURN NULL;
-        END IF;
+        -- the second UPDATE ran on a row that exists: the guard refused
+        EXIT WHEN i = 2;
+        -- nothing updated: the period row is missing (first use this period), not yet committed by a concurrent
+        -- first user (the INSERT waits for it), or the guard refused. Either way the row exists afterwards and
+        -- the UPDATE is redone: its answer, not the INSERT's, decides.
+        PERFORM sigledger._spend_ensure(p_budget_id, p_period_start, p_cap);
     END LOOP;
     RETURN NULL;
 END;
