@@ -412,6 +412,8 @@ CREATE FUNCTION sigledger._cost_validate(p_idempotency_key text, p_agent_id uuid
     LANGUAGE plpgsql STABLE
     SET search_path TO 'sigledger', 'pg_temp'
     AS $$
+DECLARE
+    c_backdate_window CONSTANT interval := interval '7 days';
 BEGIN
     PERFORM sigledger._assert_text('idempotency_key', p_idempotency_key);
     PERFORM sigledger._assert_text('model', p_model);
@@ -419,6 +421,12 @@ BEGIN
     PERFORM sigledger._assert_tokens('input_tokens', p_input_tokens);
     PERFORM sigledger._assert_tokens('output_tokens', p_output_tokens);
     created_at := sigledger._assert_timestamp('created_at', p_created_at);
+    IF created_at < now() - c_backdate_window THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('created_at must be at most %s old (the spool-replay window), got %s',
+                             c_backdate_window, p_created_at),
+            HINT = 'A cost is charged to the budget period of created_at; record it with the current time.';
+    END IF;
     metadata := coalesce(p_metadata, '{}'::jsonb);
     IF jsonb_typeof(metadata) <> 'object' THEN
         RAISE EXCEPTION USING ERRCODE = '22023',
@@ -2838,8 +2846,9 @@ ALTER FUNCTION sigledger.record_cost(p_idempotency_key text, p_agent_id uuid, p_
 COMMENT ON FUNCTION sigledger.record_cost(p_idempotency_key text, p_agent_id uuid, p_model text, p_provider text, p_input_tokens bigint, p_output_tokens bigint, p_cost_usd numeric, p_created_at timestamp with time zone, p_metadata jsonb) IS 'Appends one LLM call cost to the append-only ledger and returns its id; the same idempotency key again returns
 the same id and changes nothing. cost_usd NULL: computed from the dated price table (22023 if the model has no
 price). A client cost that disagrees with the price table is charged as given; the priced figure is stored
-beside it (view cost_price_disagreement). The agent''s budgets are charged for the period of created_at;
-spending above the cap is recorded as excess, never refused (the money is already spent).
+beside it (view cost_price_disagreement). The agent''s budgets are charged for the period of created_at,
+which may be at most 7 days old (the spool-replay window; older: 22023); spending above the cap is recorded
+as excess, never refused (the money is already spent).
 SQLSTATE: 22004, 22023, 22003, P0002, 55P03';
 
 --
@@ -2937,7 +2946,8 @@ ALTER FUNCTION sigledger.record_costs(p_batch jsonb) OWNER TO sigledger_owner;
 --
 
 COMMENT ON FUNCTION sigledger.record_costs(p_batch jsonb) IS 'Records a batch (JSON array of record_cost objects) in one transaction: valid rows are inserted, existing
-keys counted as duplicates, invalid rows quarantined in cost_quarantine with SQLSTATE and reason. Returns
+keys counted as duplicates, invalid rows (created_at more than 7 days old included) quarantined in
+cost_quarantine with SQLSTATE and reason. Returns
 (inserted, duplicates, quarantined). Budgets are charged once per budget and period, in lock order.
 SQLSTATE: 22023, 55P03';
 
