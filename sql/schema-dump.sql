@@ -304,9 +304,10 @@ BEGIN
                AND (i < n OR p_expected_version IS NULL OR s.version = p_expected_version)
             RETURNING s.cap_usd - s.spent_usd - s.reserved_usd, s.spent_usd, s.version
                  INTO v_rem, v_spent, v_version;
-            EXIT WHEN FOUND;
-            -- missing period row (first use) -> create it and try again; otherwise refused
-            EXIT WHEN NOT sigledger._spend_ensure(p_ids[i], p_periods[i], p_caps[i]);
+            EXIT WHEN FOUND OR attempt = 2;  -- the second UPDATE ran on an existing row: refused
+            -- missing period row (first use), or inserted by a concurrent transaction not yet committed (the
+            -- INSERT waits for it): ensure it, then redo the UPDATE, whose guard decides
+            PERFORM sigledger._spend_ensure(p_ids[i], p_periods[i], p_caps[i]);
         END LOOP;
         IF v_rem IS NULL THEN
             SELECT greatest(0, s.cap_usd - s.spent_usd - s.reserved_usd), s.version INTO v_rem, v_version
@@ -411,6 +412,8 @@ CREATE FUNCTION sigledger._cost_validate(p_idempotency_key text, p_agent_id uuid
     LANGUAGE plpgsql STABLE
     SET search_path TO 'sigledger', 'pg_temp'
     AS $$
+DECLARE
+    c_backdate_window CONSTANT interval := interval '7 days';
 BEGIN
     PERFORM sigledger._assert_text('idempotency_key', p_idempotency_key);
     PERFORM sigledger._assert_text('model', p_model);
@@ -418,6 +421,12 @@ BEGIN
     PERFORM sigledger._assert_tokens('input_tokens', p_input_tokens);
     PERFORM sigledger._assert_tokens('output_tokens', p_output_tokens);
     created_at := sigledger._assert_timestamp('created_at', p_created_at);
+    IF created_at < now() - c_backdate_window THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('created_at must be at most %s old (the spool-replay window), got %s',
+                             c_backdate_window, p_created_at),
+            HINT = 'A cost is charged to the budget period of created_at; record it with the current time.';
+    END IF;
     metadata := coalesce(p_metadata, '{}'::jsonb);
     IF jsonb_typeof(metadata) <> 'object' THEN
         RAISE EXCEPTION USING ERRCODE = '22023',
@@ -1657,10 +1666,12 @@ BEGIN
         IF FOUND THEN
             RETURN v_remaining;
         END IF;
-        -- nothing updated: the period row is missing (first use this period) or the guard refused
-        IF NOT sigledger._spend_ensure(p_budget_id, p_period_start, p_cap) THEN
-            RETURN NULL;
-        END IF;
+        -- the second UPDATE ran on a row that exists: the guard refused
+        EXIT WHEN i = 2;
+        -- nothing updated: the period row is missing (first use this period), not yet committed by a concurrent
+        -- first user (the INSERT waits for it), or the guard refused. Either way the row exists afterwards and
+        -- the UPDATE is redone: its answer, not the INSERT's, decides.
+        PERFORM sigledger._spend_ensure(p_budget_id, p_period_start, p_cap);
     END LOOP;
     RETURN NULL;
 END;
@@ -2856,8 +2867,9 @@ ALTER FUNCTION sigledger.record_cost(p_idempotency_key text, p_agent_id uuid, p_
 COMMENT ON FUNCTION sigledger.record_cost(p_idempotency_key text, p_agent_id uuid, p_model text, p_provider text, p_input_tokens bigint, p_output_tokens bigint, p_cost_usd numeric, p_created_at timestamp with time zone, p_metadata jsonb) IS 'Appends one LLM call cost to the append-only ledger and returns its id; the same idempotency key again returns
 the same id and changes nothing. cost_usd NULL: computed from the dated price table (22023 if the model has no
 price). A client cost that disagrees with the price table is charged as given; the priced figure is stored
-beside it (view cost_price_disagreement). The agent''s budgets are charged for the period of created_at;
-spending above the cap is recorded as excess, never refused (the money is already spent).
+beside it (view cost_price_disagreement). The agent''s budgets are charged for the period of created_at,
+which may be at most 7 days old (the spool-replay window; older: 22023); spending above the cap is recorded
+as excess, never refused (the money is already spent).
 SQLSTATE: 22004, 22023, 22003, P0002, 55P03';
 
 --
@@ -2955,7 +2967,8 @@ ALTER FUNCTION sigledger.record_costs(p_batch jsonb) OWNER TO sigledger_owner;
 --
 
 COMMENT ON FUNCTION sigledger.record_costs(p_batch jsonb) IS 'Records a batch (JSON array of record_cost objects) in one transaction: valid rows are inserted, existing
-keys counted as duplicates, invalid rows quarantined in cost_quarantine with SQLSTATE and reason. Returns
+keys counted as duplicates, invalid rows (created_at more than 7 days old included) quarantined in
+cost_quarantine with SQLSTATE and reason. Returns
 (inserted, duplicates, quarantined). Budgets are charged once per budget and period, in lock order.
 SQLSTATE: 22023, 55P03';
 
@@ -3030,6 +3043,13 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = '22004', MESSAGE = 'agent_id must not be NULL';
     END IF;
     v_estimate := round(_assert_usd('estimate_usd', p_estimate_usd), 10);
+    -- a zero hold always fits and settle charges the actual in full: N such reservations would overspend a
+    -- hard budget without limit. The estimate is the worst case of the call (docs/budgets.md, Overruns).
+    IF v_estimate <= 0 THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('estimate_usd must be greater than 0, got %s', p_estimate_usd),
+            HINT = 'Reserve the worst case of the call, e.g. max_tokens priced through the price table.';
+    END IF;
     IF p_ttl IS NULL OR p_ttl <= interval '0' OR p_ttl > interval '7 days' THEN
         RAISE EXCEPTION USING ERRCODE = '22023',
             MESSAGE = format('ttl must be greater than 0 and at most 7 days, got %s', coalesce(p_ttl::text, 'NULL'));
@@ -3101,7 +3121,8 @@ ALTER FUNCTION sigledger.reserve_budget(p_agent_id uuid, p_estimate_usd numeric,
 --
 
 COMMENT ON FUNCTION sigledger.reserve_budget(p_agent_id uuid, p_estimate_usd numeric, p_ttl interval, p_idempotency_key text) IS 'Holds estimate_usd on the agent''s budget (and its team/org budgets) for ttl (default 10 min, max 7 days) and
-returns (reservation_id, remaining_usd, expires_at, fail_policy, replayed). Idempotent by idempotency_key (a
+returns (reservation_id, remaining_usd, expires_at, fail_policy, replayed). estimate_usd must be greater than 0
+(22023): reserve the worst case of the call. Idempotent by idempotency_key (a
 key reused for another agent or estimate: 23505). Refused with SLB01 when the hold does not fit under
 limit x (1 + grace) at some level; DETAIL: remaining_usd=... budget_id=... level=... period_start=....
 Waits for a busy budget row at most lock_timeout (5s, then 55P03).

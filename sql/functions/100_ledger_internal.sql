@@ -120,6 +120,9 @@ DROP FUNCTION IF EXISTS sigledger._cost_validate(text, uuid, text, text, bigint,
 -- _cost_validate: validates one cost record and resolves its cost (client figure, or price table when
 -- omitted). Raises 22004/22023/22003 for bad values, P0002 for an unknown agent. Writes nothing, so
 -- record_costs can run it inside a cheap subtransaction that never gets an XID.
+-- created_at may be at most c_backdate_window (7 days: the harness's spool-replay window) in the past: a cost
+-- is charged to the budget period of its created_at, so an older one would land in a closed period and escape
+-- the current one (docs/budgets.md). record_costs quarantines such rows with this message.
 CREATE OR REPLACE FUNCTION sigledger._cost_validate(
     p_idempotency_key text, p_agent_id uuid, p_model text, p_provider text,
     p_input_tokens bigint, p_output_tokens bigint, p_cost_usd numeric, p_created_at timestamptz, p_metadata jsonb,
@@ -129,6 +132,8 @@ CREATE OR REPLACE FUNCTION sigledger._cost_validate(
 LANGUAGE plpgsql STABLE
 SET search_path = sigledger, pg_temp
 AS $$
+DECLARE
+    c_backdate_window CONSTANT interval := interval '7 days';
 BEGIN
     PERFORM sigledger._assert_text('idempotency_key', p_idempotency_key);
     PERFORM sigledger._assert_text('model', p_model);
@@ -136,6 +141,12 @@ BEGIN
     PERFORM sigledger._assert_tokens('input_tokens', p_input_tokens);
     PERFORM sigledger._assert_tokens('output_tokens', p_output_tokens);
     created_at := sigledger._assert_timestamp('created_at', p_created_at);
+    IF created_at < now() - c_backdate_window THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('created_at must be at most %s old (the spool-replay window), got %s',
+                             c_backdate_window, p_created_at),
+            HINT = 'A cost is charged to the budget period of created_at; record it with the current time.';
+    END IF;
     metadata := coalesce(p_metadata, '{}'::jsonb);
     IF jsonb_typeof(metadata) <> 'object' THEN
         RAISE EXCEPTION USING ERRCODE = '22023',
@@ -231,6 +242,9 @@ END;
 $$;
 
 -- _spend_ensure: creates the period row of a budget if it is missing (concurrent creators are harmless).
+-- Returns false when the row already existed. When a concurrent transaction has inserted it and not yet
+-- committed, the INSERT waits for that transaction; afterwards the row exists (ours or the committed one), so
+-- the caller must redo its UPDATE rather than read false as "refused".
 CREATE OR REPLACE FUNCTION sigledger._spend_ensure(p_budget_id bigint, p_period_start timestamptz, p_cap numeric)
 RETURNS boolean
 LANGUAGE plpgsql
@@ -248,6 +262,8 @@ $$;
 -- spent + reserved + p_amount <= cap. Returns the remaining amount after the hold, NULL when it does not fit.
 -- The UPDATE waits for the row lock (bounded by the caller's lock_timeout) and, under READ COMMITTED,
 -- re-evaluates its guard on the row version left by the previous holder: no check-then-act window.
+-- NULL means only that the guarded UPDATE refused on an existing row: a period row that is missing (first use)
+-- or inserted by a concurrent, still uncommitted transaction is ensured first and the UPDATE redone.
 CREATE OR REPLACE FUNCTION sigledger._spend_hold(p_budget_id bigint, p_period_start timestamptz, p_cap numeric,
                                                  p_amount numeric, p_nowait boolean DEFAULT false)
 RETURNS numeric
@@ -271,10 +287,12 @@ BEGIN
         IF FOUND THEN
             RETURN v_remaining;
         END IF;
-        -- nothing updated: the period row is missing (first use this period) or the guard refused
-        IF NOT sigledger._spend_ensure(p_budget_id, p_period_start, p_cap) THEN
-            RETURN NULL;
-        END IF;
+        -- the second UPDATE ran on a row that exists: the guard refused
+        EXIT WHEN i = 2;
+        -- nothing updated: the period row is missing (first use this period), not yet committed by a concurrent
+        -- first user (the INSERT waits for it), or the guard refused. Either way the row exists afterwards and
+        -- the UPDATE is redone: its answer, not the INSERT's, decides.
+        PERFORM sigledger._spend_ensure(p_budget_id, p_period_start, p_cap);
     END LOOP;
     RETURN NULL;
 END;

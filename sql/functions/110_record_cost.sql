@@ -68,8 +68,9 @@ COMMENT ON FUNCTION sigledger.record_cost(text, uuid, text, text, bigint, bigint
 'Appends one LLM call cost to the append-only ledger and returns its id; the same idempotency key again returns
 the same id and changes nothing. cost_usd NULL: computed from the dated price table (22023 if the model has no
 price). A client cost that disagrees with the price table is charged as given; the priced figure is stored
-beside it (view cost_price_disagreement). The agent''s budgets are charged for the period of created_at;
-spending above the cap is recorded as excess, never refused (the money is already spent).
+beside it (view cost_price_disagreement). The agent''s budgets are charged for the period of created_at,
+which may be at most 7 days old (the spool-replay window; older: 22023); spending above the cap is recorded
+as excess, never refused (the money is already spent).
 SQLSTATE: 22004, 22023, 22003, P0002, 55P03';
 
 -- record_costs: the harness's flush. p_batch is a JSON array of objects with the record_cost fields
@@ -163,7 +164,8 @@ END;
 $$;
 COMMENT ON FUNCTION sigledger.record_costs(jsonb) IS
 'Records a batch (JSON array of record_cost objects) in one transaction: valid rows are inserted, existing
-keys counted as duplicates, invalid rows quarantined in cost_quarantine with SQLSTATE and reason. Returns
+keys counted as duplicates, invalid rows (created_at more than 7 days old included) quarantined in
+cost_quarantine with SQLSTATE and reason. Returns
 (inserted, duplicates, quarantined). Budgets are charged once per budget and period, in lock order.
 SQLSTATE: 22023, 55P03';
 

@@ -34,6 +34,13 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = '22004', MESSAGE = 'agent_id must not be NULL';
     END IF;
     v_estimate := round(_assert_usd('estimate_usd', p_estimate_usd), 10);
+    -- a zero hold always fits and settle charges the actual in full: N such reservations would overspend a
+    -- hard budget without limit. The estimate is the worst case of the call (docs/budgets.md, Overruns).
+    IF v_estimate <= 0 THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('estimate_usd must be greater than 0, got %s', p_estimate_usd),
+            HINT = 'Reserve the worst case of the call, e.g. max_tokens priced through the price table.';
+    END IF;
     IF p_ttl IS NULL OR p_ttl <= interval '0' OR p_ttl > interval '7 days' THEN
         RAISE EXCEPTION USING ERRCODE = '22023',
             MESSAGE = format('ttl must be greater than 0 and at most 7 days, got %s', coalesce(p_ttl::text, 'NULL'));
@@ -99,7 +106,8 @@ END;
 $$;
 COMMENT ON FUNCTION sigledger.reserve_budget(uuid, numeric, interval, text) IS
 'Holds estimate_usd on the agent''s budget (and its team/org budgets) for ttl (default 10 min, max 7 days) and
-returns (reservation_id, remaining_usd, expires_at, fail_policy, replayed). Idempotent by idempotency_key (a
+returns (reservation_id, remaining_usd, expires_at, fail_policy, replayed). estimate_usd must be greater than 0
+(22023): reserve the worst case of the call. Idempotent by idempotency_key (a
 key reused for another agent or estimate: 23505). Refused with SLB01 when the hold does not fit under
 limit x (1 + grace) at some level; DETAIL: remaining_usd=... budget_id=... level=... period_start=....
 Waits for a busy budget row at most lock_timeout (5s, then 55P03).

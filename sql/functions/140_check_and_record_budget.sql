@@ -32,9 +32,10 @@ BEGIN
                AND (i < n OR p_expected_version IS NULL OR s.version = p_expected_version)
             RETURNING s.cap_usd - s.spent_usd - s.reserved_usd, s.spent_usd, s.version
                  INTO v_rem, v_spent, v_version;
-            EXIT WHEN FOUND;
-            -- missing period row (first use) -> create it and try again; otherwise refused
-            EXIT WHEN NOT sigledger._spend_ensure(p_ids[i], p_periods[i], p_caps[i]);
+            EXIT WHEN FOUND OR attempt = 2;  -- the second UPDATE ran on an existing row: refused
+            -- missing period row (first use), or inserted by a concurrent transaction not yet committed (the
+            -- INSERT waits for it): ensure it, then redo the UPDATE, whose guard decides
+            PERFORM sigledger._spend_ensure(p_ids[i], p_periods[i], p_caps[i]);
         END LOOP;
         IF v_rem IS NULL THEN
             SELECT greatest(0, s.cap_usd - s.spent_usd - s.reserved_usd), s.version INTO v_rem, v_version

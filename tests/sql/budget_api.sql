@@ -2,7 +2,7 @@
 -- reconciliation, every validation path by SQLSTATE, the backstop constraints, and what the app role cannot do.
 BEGIN;
 SET LOCAL client_min_messages = warning;
-SELECT plan(90);
+SELECT plan(98);
 
 SELECT has_function('sigledger', 'reserve_budget', ARRAY['uuid', 'numeric', 'interval', 'text']);
 SELECT has_function('sigledger', 'settle_budget', ARRAY['bigint', 'numeric', 'bigint', 'bigint', 'text', 'text', 'jsonb']);
@@ -23,6 +23,17 @@ SELECT throws_ok(format('SELECT * FROM sigledger.reserve_budget(%L, %L)', :'a', 
 SELECT throws_ok(format('SELECT * FROM sigledger.reserve_budget(%L, %L)', :'a', '1e309'), '22003', NULL, 'reserve: 1e309');
 SELECT throws_ok(format('SELECT * FROM sigledger.reserve_budget(%L, %L)', :'a', '-1'), '22023', NULL, 'reserve: negative');
 SELECT throws_ok(format('SELECT * FROM sigledger.reserve_budget(%L, NULL)', :'a'), '22004', NULL, 'reserve: NULL estimate');
+-- a zero hold always fits and settle charges the actual in full: N of them would overspend a hard budget
+SELECT throws_ok(format('SELECT * FROM sigledger.reserve_budget(%L, 0)', :'a'), '22023',
+    'estimate_usd must be greater than 0, got 0', 'reserve: zero estimate');
+SELECT throws_ok(format('SELECT * FROM sigledger.reserve_budget(%L, %L)', :'a', '0.00000000001'), '22023',
+    'estimate_usd must be greater than 0, got 0.00000000001', 'reserve: estimate that rounds to zero');
+SELECT throws_ok(format('SELECT * FROM sigledger.reserve_budget(%L, %L, %L, %L)', :'a', '-0.5', '1 minute', 'tap-neg'), '22023',
+    'estimate_usd must not be negative, got -0.5', 'reserve: negative estimate names the value');
+SELECT ok(NOT EXISTS (SELECT 1 FROM sigledger.budget_reservation WHERE agent_id = :'a')
+          AND NOT EXISTS (SELECT 1 FROM sigledger.budget_spend s JOIN sigledger.budget b ON b.id = s.budget_id
+                           WHERE b.agent_id = :'a' AND (s.spent_usd, s.reserved_usd) <> (0, 0)),
+    'refused estimates left no reservation and no hold');
 SELECT throws_ok(format('SELECT * FROM sigledger.reserve_budget(%L, 0.1, %L)', :'a', '0 seconds'), '22023',
     'ttl must be greater than 0 and at most 7 days, got 00:00:00', 'reserve: zero ttl');
 SELECT throws_ok(format('SELECT * FROM sigledger.reserve_budget(%L, 0.1, %L)', :'a', '8 days'), '22023', NULL, 'reserve: ttl > 7 days');
@@ -85,6 +96,19 @@ SELECT results_eq(format('SELECT spent_usd, reserved_usd, excess_usd FROM sigled
     $$VALUES (0.95::numeric, 0::numeric, 0::numeric)$$, 'spend 0.30 + 0.65, no holds');
 SELECT is((SELECT overrun_usd FROM sigledger.budget_overruns WHERE reservation_id = :r2), 0.15::numeric(20,10), 'overrun listed');
 SELECT throws_ok(format('SELECT sigledger.release_budget(%s)', :r2), 'SLB03', NULL, 'release after settle: SLB03');
+
+-- an overrun past the cap: recorded in full (the ledger tells the truth), the part above the cap is excess,
+-- the 1.0 alert fires, and no reservation fits until the period ends
+SELECT sigledger.create_agent('tap-overrun', 1.00, 'daily', 0, 'closed', '{1.0}') AS ov \gset
+SELECT reservation_id AS r_ov FROM sigledger.reserve_budget(:'ov', 0.50) \gset
+SELECT results_eq(format('SELECT actual_usd, overrun_usd FROM sigledger.settle_budget(%s, 1.5)', :r_ov),
+    $$VALUES (1.5::numeric, 1.0::numeric)$$, 'overrun: the actual is recorded in full');
+SELECT results_eq(format('SELECT spent_usd, reserved_usd, excess_usd, remaining_usd FROM sigledger.budget_status(%L)', :'ov'),
+    $$VALUES (1.5::numeric, 0::numeric, 0.5::numeric, 0::numeric)$$, 'overrun: spent 1.5, 0.5 above the cap is excess');
+SELECT is((SELECT count(*) FROM sigledger.budget_alerts WHERE agent_id = :'ov' AND threshold = 1.0), 1::bigint,
+    'overrun: the 1.0 alert fired');
+SELECT throws_ok(format('SELECT * FROM sigledger.reserve_budget(%L, 0.01)', :'ov'), 'SLB01', NULL,
+    'overrun: further reservations refused for the rest of the period');
 
 -- release and expiry
 SELECT sigledger.set_budget(:'a', 10);

@@ -3,7 +3,7 @@
 -- append-only, injection strings stored verbatim.
 BEGIN;
 SET LOCAL client_min_messages = warning;
-SELECT plan(61);
+SELECT plan(68);
 
 INSERT INTO sigledger.agent_registry (id, name) VALUES ('00000000-0000-0000-0000-00000000c001', 'ledger-agent');
 \set agent '''00000000-0000-0000-0000-00000000c001'''
@@ -106,6 +106,29 @@ SELECT ok((SELECT bool_and(length(reason) > 0 AND payload IS NOT NULL) FROM sigl
     'each quarantined row keeps its reason and payload');
 SELECT throws_ok($$SELECT * FROM sigledger.record_costs('{"a": 1}')$$, '22023', 'batch must be a JSON array, got object',
     'a batch that is not an array is refused whole');
+
+-- backdated costs: a cost is charged to the period of its created_at, so created_at may be at most 7 days old
+-- (the spool-replay window); older: 22023 from record_cost, quarantined by record_costs (nothing lost)
+SELECT sigledger.create_agent('ledger-monthly', 10, 'monthly') AS mo \gset
+SELECT throws_ok(format($$SELECT sigledger.record_cost('bd-1', %L, 'm', 'p', 1, 1, 5, now() - interval '40 days')$$, :'mo'),
+    '22023', NULL, 'record_cost: created_at 40 days old -> 22023');
+SELECT throws_like(format($$SELECT sigledger.record_cost('bd-1', %L, 'm', 'p', 1, 1, 5, now() - interval '8 days')$$, :'mo'),
+    'created_at must be at most 7 days old (the spool-replay window), got %', 'record_cost: the message names the window and the value');
+SELECT ok(NOT EXISTS (SELECT 1 FROM sigledger.llm_cost_log WHERE idempotency_key = 'bd-1')
+          AND (SELECT spent_usd FROM sigledger.budget_status(:'mo')) = 0, 'record_cost: refused backdated cost changed nothing');
+SELECT results_eq(
+    format($$SELECT * FROM sigledger.record_costs(%L::jsonb)$$, jsonb_build_array(
+        jsonb_build_object('idempotency_key', 'bd-2', 'agent_id', :'mo', 'model', 'm', 'provider', 'p', 'cost_usd', 5,
+                           'created_at', now() - interval '40 days'),
+        jsonb_build_object('idempotency_key', 'bd-3', 'agent_id', :'mo', 'model', 'm', 'provider', 'p', 'cost_usd', 3,
+                           'created_at', now()))),
+    $$VALUES (1, 0, 1)$$, 'record_costs: the backdated row is quarantined, the current one inserted');
+SELECT results_eq($$SELECT sqlstate, reason LIKE 'created_at must be at most 7 days old (the spool-replay window), got %'
+                      FROM sigledger.cost_quarantine WHERE idempotency_key = 'bd-2'$$,
+    $$VALUES ('22023'::text, true)$$, 'record_costs: quarantined with SQLSTATE 22023 and the reason');
+SELECT is((SELECT spent_usd FROM sigledger.budget_status(:'mo')), 3::numeric, 'record_costs: only the current row charged');
+SELECT lives_ok(format($$SELECT sigledger.record_cost('bd-4', %L, 'm', 'p', 1, 1, 0.5, now() - interval '6 days')$$, :'mo'),
+    'record_cost: 6 days old (inside the window) accepted');
 
 -- cost_trends: 1..365, the message names the value; integers only
 SELECT throws_ok($$SELECT * FROM sigledger.cost_trends(0)$$, '22023', 'days must be between 1 and 365, got 0', 'days 0');
