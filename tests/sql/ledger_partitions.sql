@@ -3,7 +3,7 @@
 -- no privilege for the app role on any partition or on the registry.
 BEGIN;
 SET LOCAL client_min_messages = warning;
-SELECT plan(20);
+SELECT plan(21);
 
 INSERT INTO sigledger.agent_registry (id, name) VALUES ('00000000-0000-0000-0000-00000000c201', 'partition-agent');
 \set agent '''00000000-0000-0000-0000-00000000c201'''
@@ -53,6 +53,8 @@ SELECT throws_ok(format('UPDATE %s SET cost_usd = 0 WHERE id = %s',
 SELECT throws_ok(format('DELETE FROM %s WHERE id = %s',
                         (SELECT tableoid::regclass FROM sigledger.llm_cost_log WHERE id = :id1), :id1),
                  '42501', 'llm_cost_log is append-only: DELETE refused', 'DELETE on a partition refused');
+SELECT throws_ok('TRUNCATE sigledger.llm_cost_log_legacy', '42501', 'llm_cost_log is append-only: TRUNCATE refused',
+                 'TRUNCATE of a partition refused');
 
 -- the app role: no privilege on any partition nor on the registry
 SELECT is((SELECT count(*) FROM pg_inherits i
