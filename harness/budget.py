@@ -137,6 +137,14 @@ class BudgetClient:
         assert row is not None
         return int(row["n"])
 
+    def ensure_partitions(self, months_ahead: int = 3) -> int:
+        """Creates the missing monthly ledger partitions up to months_ahead months ahead; returns how many."""
+        row = self.db.call_one(
+            "SELECT sigledger.ensure_ledger_partitions(p_months_ahead => %s::integer) AS n", (months_ahead,)
+        )
+        assert row is not None
+        return int(row["n"])
+
     def reconcile(self, repair: bool = False) -> list[dict[str, Any]]:
         return self.db.call("SELECT * FROM sigledger.reconcile_budgets(p_repair => %s::boolean)", (repair,))
 

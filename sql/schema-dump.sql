@@ -387,17 +387,21 @@ CREATE FUNCTION sigledger._cost_insert(p_idempotency_key text, p_agent_id uuid, 
     SET search_path TO 'sigledger', 'pg_temp'
     AS $$
 BEGIN
-    INSERT INTO sigledger.llm_cost_log (idempotency_key, agent_id, provider, model, tokens_input, tokens_output,
-                                       cost_usd, priced_usd, cost_source, reservation_id, charged_at, created_at,
-                                       metadata)
-    VALUES (p_idempotency_key, p_agent_id, p_provider, p_model, p_input_tokens, p_output_tokens,
-            p_cost_usd, p_priced_usd, p_cost_source, p_reservation_id, p_charged_at, p_created_at, p_metadata)
-    ON CONFLICT ON CONSTRAINT llm_cost_log_idempotency_key_key DO NOTHING
-    RETURNING id INTO ledger_id;
+    INSERT INTO sigledger.llm_cost_log_key AS k (idempotency_key, ledger_id, reservation_id, created_at)
+    VALUES (p_idempotency_key, nextval('sigledger.llm_cost_log_id_seq'::regclass), p_reservation_id, p_created_at)
+    ON CONFLICT ON CONSTRAINT llm_cost_log_key_pkey DO NOTHING
+    RETURNING k.ledger_id INTO ledger_id;
     inserted := ledger_id IS NOT NULL;
-    IF NOT inserted THEN
+    IF inserted THEN
+        INSERT INTO sigledger.llm_cost_log (id, idempotency_key, agent_id, provider, model, tokens_input,
+                                           tokens_output, cost_usd, priced_usd, cost_source, reservation_id,
+                                           charged_at, created_at, metadata)
+        OVERRIDING SYSTEM VALUE
+        VALUES (ledger_id, p_idempotency_key, p_agent_id, p_provider, p_model, p_input_tokens, p_output_tokens,
+                p_cost_usd, p_priced_usd, p_cost_source, p_reservation_id, p_charged_at, p_created_at, p_metadata);
+    ELSE
         -- the key exists (possibly committed by a concurrent caller a moment ago): same answer, nothing changed
-        SELECT l.id INTO ledger_id FROM sigledger.llm_cost_log l WHERE l.idempotency_key = p_idempotency_key;
+        SELECT k.ledger_id INTO ledger_id FROM sigledger.llm_cost_log_key k WHERE k.idempotency_key = p_idempotency_key;
     END IF;
 END;
 $$;
@@ -458,6 +462,64 @@ END;
 $$;
 
 ALTER FUNCTION sigledger._cost_validate(p_idempotency_key text, p_agent_id uuid, p_model text, p_provider text, p_input_tokens bigint, p_output_tokens bigint, p_cost_usd numeric, p_created_at timestamp with time zone, p_metadata jsonb, p_check_agent boolean, OUT cost_usd numeric, OUT priced_usd numeric, OUT cost_source text, OUT created_at timestamp with time zone, OUT metadata jsonb) OWNER TO sigledger_owner;
+
+--
+-- Name: _ensure_ledger_partitions(integer); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger._ensure_ledger_partitions(p_months_ahead integer) RETURNS integer
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'sigledger', 'pg_temp'
+    SET lock_timeout TO '5s'
+    AS $$
+DECLARE
+    v_cutoff timestamptz := sigledger._ledger_legacy_cutoff();
+    v_month timestamp := date_trunc('month', now() AT TIME ZONE 'UTC');
+    v_from timestamptz;
+    v_to timestamptz;
+    v_name text;
+    v_count integer := 0;
+BEGIN
+    IF p_months_ahead IS NULL OR p_months_ahead < 0 OR p_months_ahead > 120 THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('months_ahead must be between 0 and 120, got %s', coalesce(p_months_ahead::text, 'NULL'));
+    END IF;
+    FOR i IN 0 .. p_months_ahead LOOP
+        v_from := (v_month + make_interval(months => i)) AT TIME ZONE 'UTC';
+        v_to := (v_month + make_interval(months => i + 1)) AT TIME ZONE 'UTC';
+        v_name := 'llm_cost_log_p' || to_char(v_month + make_interval(months => i), 'YYYYMM');
+        CONTINUE WHEN v_from < v_cutoff OR to_regclass('sigledger.' || v_name) IS NOT NULL;
+        -- an index probe on the DEFAULT partition (empty when partitions are made ahead)
+        IF EXISTS (SELECT 1 FROM sigledger.llm_cost_log_default d WHERE d.created_at >= v_from AND d.created_at < v_to) THEN
+            RAISE WARNING USING
+                MESSAGE = format('ledger partition %s not created: the DEFAULT partition holds rows of [%s, %s)',
+                                 v_name, v_from, v_to),
+                HINT = 'See docs/budgets.md, Partitioning: move the rows out of llm_cost_log_default.';
+            CONTINUE;
+        END IF;
+        EXECUTE format('CREATE TABLE sigledger.%I PARTITION OF sigledger.llm_cost_log FOR VALUES FROM (%L) TO (%L)',
+                       v_name, v_from, v_to);
+        EXECUTE format('ALTER TABLE sigledger.%I ADD CONSTRAINT %I PRIMARY KEY (id)', v_name, v_name || '_pkey');
+        EXECUTE format('CREATE TRIGGER llm_cost_log_append_only_truncate BEFORE TRUNCATE ON sigledger.%I '
+                       'FOR EACH STATEMENT EXECUTE FUNCTION sigledger._llm_cost_log_partition_truncate()', v_name);
+        EXECUTE format('REVOKE ALL ON sigledger.%I FROM PUBLIC', v_name);
+        EXECUTE format('COMMENT ON TABLE sigledger.%I IS %L', v_name,
+                       format('Partition of llm_cost_log: rows created in [%s, %s).', v_from, v_to));
+        v_count := v_count + 1;
+    END LOOP;
+    RETURN v_count;
+END;
+$$;
+
+ALTER FUNCTION sigledger._ensure_ledger_partitions(p_months_ahead integer) OWNER TO sigledger_owner;
+
+--
+-- Name: FUNCTION _ensure_ledger_partitions(p_months_ahead integer); Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON FUNCTION sigledger._ensure_ledger_partitions(p_months_ahead integer) IS 'Creates the missing monthly partitions of llm_cost_log from the current month to months_ahead months ahead
+(0..120); months whose rows sit in the DEFAULT partition are skipped with a WARNING. Returns how many it created.
+SQLSTATE: 22023, 55P03';
 
 --
 -- Name: _entity_aliases_no_tombstone(); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
@@ -1287,6 +1349,21 @@ $$;
 ALTER FUNCTION sigledger._ingest(p_batch jsonb, p_unknown_policy text) OWNER TO sigledger_owner;
 
 --
+-- Name: _ledger_legacy_cutoff(); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger._ledger_legacy_cutoff() RETURNS timestamp with time zone
+    LANGUAGE sql STABLE
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+SELECT substring(pg_get_constraintdef(c.oid) FROM '''([^'']+)''')::timestamptz
+  FROM pg_constraint c
+ WHERE c.conname = 'llm_cost_log_legacy_range' AND c.conrelid = 'sigledger.llm_cost_log_legacy'::regclass;
+$$;
+
+ALTER FUNCTION sigledger._ledger_legacy_cutoff() OWNER TO sigledger_owner;
+
+--
 -- Name: _llm_cost_log_append_only(); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
 --
 
@@ -1304,6 +1381,61 @@ END;
 $$;
 
 ALTER FUNCTION sigledger._llm_cost_log_append_only() OWNER TO sigledger_owner;
+
+--
+-- Name: _llm_cost_log_partition_truncate(); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger._llm_cost_log_partition_truncate() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+BEGIN
+    IF EXISTS (SELECT FROM pg_catalog.pg_trigger t
+                WHERE t.tgrelid = 'sigledger.llm_cost_log'::regclass
+                  AND t.tgname = 'llm_cost_log_append_only_truncate' AND t.tgenabled = 'D') THEN
+        RETURN NULL;
+    END IF;
+    RAISE EXCEPTION USING
+        ERRCODE = '42501',
+        MESSAGE = format('llm_cost_log is append-only: %s refused', TG_OP),
+        HINT = 'Record a correcting entry instead; costs are never edited or removed.';
+END;
+$$;
+
+ALTER FUNCTION sigledger._llm_cost_log_partition_truncate() OWNER TO sigledger_owner;
+
+--
+-- Name: _llm_cost_log_register_key(); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger._llm_cost_log_register_key() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+-- The backstop of global idempotency-key uniqueness on the partitioned ledger (see V4_004).
+DECLARE
+    v_id bigint;
+BEGIN
+    INSERT INTO sigledger.llm_cost_log_key (idempotency_key, ledger_id, reservation_id, created_at)
+    VALUES (NEW.idempotency_key, NEW.id, NEW.reservation_id, NEW.created_at)
+    ON CONFLICT (idempotency_key) DO NOTHING;
+    IF NOT FOUND THEN
+        SELECT k.ledger_id INTO v_id FROM sigledger.llm_cost_log_key k WHERE k.idempotency_key = NEW.idempotency_key;
+        IF v_id IS DISTINCT FROM NEW.id THEN
+            RAISE EXCEPTION USING
+                ERRCODE = '23505',
+                CONSTRAINT = 'llm_cost_log_key_pkey',
+                TABLE = 'llm_cost_log_key',
+                SCHEMA = 'sigledger',
+                MESSAGE = format('duplicate idempotency key %L in llm_cost_log (ledger id %s)', NEW.idempotency_key, v_id);
+        END IF;
+    END IF;
+    RETURN NEW;
+END;
+$$;
+
+ALTER FUNCTION sigledger._llm_cost_log_register_key() OWNER TO sigledger_owner;
 
 --
 -- Name: _lock_live_entities(uuid[]); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
@@ -2255,6 +2387,30 @@ ALTER FUNCTION sigledger.create_opportunity(p_title text, p_description text, p_
 COMMENT ON FUNCTION sigledger.create_opportunity(p_title text, p_description text, p_status text, p_score numeric, p_value_usd numeric, p_attributes jsonb) IS 'Create an opportunity (status open, won or lost; score in [0, 100]; value_usd >= 0). Returns its id.
 Errors: 22003 score or value_usd NaN, negative or too large.
 SQLSTATE: 22023, 22003';
+
+--
+-- Name: ensure_ledger_partitions(integer); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger.ensure_ledger_partitions(p_months_ahead integer DEFAULT 3) RETURNS integer
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+BEGIN
+    RETURN sigledger._ensure_ledger_partitions(p_months_ahead);
+END;
+$$;
+
+ALTER FUNCTION sigledger.ensure_ledger_partitions(p_months_ahead integer) OWNER TO sigledger_owner;
+
+--
+-- Name: FUNCTION ensure_ledger_partitions(p_months_ahead integer); Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON FUNCTION sigledger.ensure_ledger_partitions(p_months_ahead integer) IS 'Creates the missing monthly partitions of the ledger from the current month to months_ahead (0..120, default 3)
+months ahead and returns how many it created (0 when they exist). A month whose rows already sit in the DEFAULT
+partition is skipped with a WARNING. Gives up with 55P03 after 5s if the ledger is locked.
+SQLSTATE: 22023, 55P03';
 
 --
 -- Name: entity_signals_of(uuid); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
@@ -3556,7 +3712,8 @@ CREATE TABLE sigledger.llm_cost_log (
     CONSTRAINT llm_cost_log_provider_length CHECK (((length(btrim(provider)) >= 1) AND (length(btrim(provider)) <= 200))),
     CONSTRAINT llm_cost_log_tokens_nonnegative CHECK (((tokens_input >= 0) AND (tokens_output >= 0))),
     CONSTRAINT llm_cost_log_tokens_range CHECK (((tokens_input <= '1000000000000'::bigint) AND (tokens_output <= '1000000000000'::bigint)))
-);
+)
+PARTITION BY RANGE (created_at);
 
 ALTER TABLE sigledger.llm_cost_log OWNER TO sigledger_owner;
 
@@ -3843,6 +4000,48 @@ ALTER TABLE sigledger.ingest_settings OWNER TO sigledger_owner;
 COMMENT ON TABLE sigledger.ingest_settings IS 'One row: unknown_entity_policy create (unknown mentions become entities) or review (they are queued).';
 
 --
+-- Name: llm_cost_log_default; Type: TABLE; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE TABLE sigledger.llm_cost_log_default (
+    id bigint NOT NULL,
+    idempotency_key text NOT NULL,
+    agent_id uuid NOT NULL,
+    model text NOT NULL,
+    provider text NOT NULL,
+    tokens_input bigint DEFAULT 0 NOT NULL,
+    tokens_output bigint DEFAULT 0 NOT NULL,
+    cost_usd numeric(14,6) NOT NULL,
+    metadata jsonb DEFAULT '{}'::jsonb NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    priced_usd numeric(14,6),
+    cost_source text DEFAULT 'client'::text NOT NULL,
+    reservation_id bigint,
+    charged_at timestamp with time zone DEFAULT now() NOT NULL,
+    recorded_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT llm_cost_log_charged_at_range CHECK (((charged_at > '2020-01-01 00:00:00+00'::timestamp with time zone) AND (charged_at <= (now() + '1 day'::interval)))),
+    CONSTRAINT llm_cost_log_cost_source_valid CHECK ((cost_source = ANY (ARRAY['client'::text, 'price_table'::text]))),
+    CONSTRAINT llm_cost_log_cost_usd_range CHECK (((cost_usd <> 'NaN'::numeric) AND (cost_usd >= (0)::numeric) AND (cost_usd <= (1000000)::numeric))),
+    CONSTRAINT llm_cost_log_created_at_range CHECK ((created_at <= (now() + '1 day'::interval))),
+    CONSTRAINT llm_cost_log_created_at_sane CHECK (((created_at > '2020-01-01 00:00:00+00'::timestamp with time zone) AND (created_at < 'infinity'::timestamp with time zone))),
+    CONSTRAINT llm_cost_log_idempotency_key_length CHECK (((length(btrim(idempotency_key)) >= 1) AND (length(btrim(idempotency_key)) <= 200))),
+    CONSTRAINT llm_cost_log_metadata_object CHECK ((jsonb_typeof(metadata) = 'object'::text)),
+    CONSTRAINT llm_cost_log_model_length CHECK (((length(btrim(model)) >= 1) AND (length(btrim(model)) <= 200))),
+    CONSTRAINT llm_cost_log_priced_usd_range CHECK (((priced_usd IS NULL) OR ((priced_usd <> 'NaN'::numeric) AND (priced_usd >= (0)::numeric) AND (priced_usd <= (100000000)::numeric)))),
+    CONSTRAINT llm_cost_log_provider_length CHECK (((length(btrim(provider)) >= 1) AND (length(btrim(provider)) <= 200))),
+    CONSTRAINT llm_cost_log_tokens_nonnegative CHECK (((tokens_input >= 0) AND (tokens_output >= 0))),
+    CONSTRAINT llm_cost_log_tokens_range CHECK (((tokens_input <= '1000000000000'::bigint) AND (tokens_output <= '1000000000000'::bigint)))
+);
+
+ALTER TABLE sigledger.llm_cost_log_default OWNER TO sigledger_owner;
+
+--
+-- Name: TABLE llm_cost_log_default; Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON TABLE sigledger.llm_cost_log_default IS 'DEFAULT partition of llm_cost_log: should stay empty (partitions are created months ahead); see docs/budgets.md.';
+
+--
 -- Name: llm_cost_log_id_seq; Type: SEQUENCE; Schema: sigledger; Owner: sigledger_owner
 --
 
@@ -3854,6 +4053,74 @@ ALTER TABLE sigledger.llm_cost_log ALTER COLUMN id ADD GENERATED ALWAYS AS IDENT
     NO MAXVALUE
     CACHE 1
 );
+
+--
+-- Name: llm_cost_log_key; Type: TABLE; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE TABLE sigledger.llm_cost_log_key (
+    idempotency_key text NOT NULL,
+    ledger_id bigint NOT NULL,
+    reservation_id bigint,
+    created_at timestamp with time zone NOT NULL
+);
+
+ALTER TABLE sigledger.llm_cost_log_key OWNER TO sigledger_owner;
+
+--
+-- Name: TABLE llm_cost_log_key; Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON TABLE sigledger.llm_cost_log_key IS 'Global uniqueness of the partitioned ledger: one row per ledger row (idempotency key, id, reservation), written in the same transaction.';
+
+--
+-- Name: llm_cost_log_legacy; Type: TABLE; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE TABLE sigledger.llm_cost_log_legacy (
+    id bigint NOT NULL,
+    idempotency_key text NOT NULL,
+    agent_id uuid NOT NULL,
+    model text NOT NULL,
+    provider text NOT NULL,
+    tokens_input bigint DEFAULT 0 NOT NULL,
+    tokens_output bigint DEFAULT 0 NOT NULL,
+    cost_usd numeric(14,6) NOT NULL,
+    metadata jsonb DEFAULT '{}'::jsonb NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    priced_usd numeric(14,6),
+    cost_source text DEFAULT 'client'::text NOT NULL,
+    reservation_id bigint,
+    charged_at timestamp with time zone DEFAULT now() NOT NULL,
+    recorded_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT llm_cost_log_charged_at_range CHECK (((charged_at > '2020-01-01 00:00:00+00'::timestamp with time zone) AND (charged_at <= (now() + '1 day'::interval)))),
+    CONSTRAINT llm_cost_log_cost_source_valid CHECK ((cost_source = ANY (ARRAY['client'::text, 'price_table'::text]))),
+    CONSTRAINT llm_cost_log_cost_usd_range CHECK (((cost_usd <> 'NaN'::numeric) AND (cost_usd >= (0)::numeric) AND (cost_usd <= (1000000)::numeric))),
+    CONSTRAINT llm_cost_log_created_at_range CHECK ((created_at <= (now() + '1 day'::interval))),
+    CONSTRAINT llm_cost_log_created_at_sane CHECK (((created_at > '2020-01-01 00:00:00+00'::timestamp with time zone) AND (created_at < 'infinity'::timestamp with time zone))),
+    CONSTRAINT llm_cost_log_idempotency_key_length CHECK (((length(btrim(idempotency_key)) >= 1) AND (length(btrim(idempotency_key)) <= 200))),
+    CONSTRAINT llm_cost_log_legacy_range CHECK ((created_at < '<cutoff>'::timestamp with time zone)),
+    CONSTRAINT llm_cost_log_metadata_object CHECK ((jsonb_typeof(metadata) = 'object'::text)),
+    CONSTRAINT llm_cost_log_model_length CHECK (((length(btrim(model)) >= 1) AND (length(btrim(model)) <= 200))),
+    CONSTRAINT llm_cost_log_priced_usd_range CHECK (((priced_usd IS NULL) OR ((priced_usd <> 'NaN'::numeric) AND (priced_usd >= (0)::numeric) AND (priced_usd <= (100000000)::numeric)))),
+    CONSTRAINT llm_cost_log_provider_length CHECK (((length(btrim(provider)) >= 1) AND (length(btrim(provider)) <= 200))),
+    CONSTRAINT llm_cost_log_tokens_nonnegative CHECK (((tokens_input >= 0) AND (tokens_output >= 0))),
+    CONSTRAINT llm_cost_log_tokens_range CHECK (((tokens_input <= '1000000000000'::bigint) AND (tokens_output <= '1000000000000'::bigint)))
+);
+
+ALTER TABLE sigledger.llm_cost_log_legacy OWNER TO sigledger_owner;
+
+--
+-- Name: TABLE llm_cost_log_legacy; Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON TABLE sigledger.llm_cost_log_legacy IS 'Partition of llm_cost_log: every row created before V4_004''s cutoff (the pre-partitioning table itself).';
+
+--
+-- Name: COLUMN llm_cost_log_legacy.priced_usd; Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON COLUMN sigledger.llm_cost_log_legacy.priced_usd IS 'Cost computed from model_price at created_at (NULL: no price); see view cost_price_disagreement.';
 
 --
 -- Name: opportunity_merges; Type: TABLE; Schema: sigledger; Owner: sigledger_owner
@@ -4155,6 +4422,18 @@ ALTER TABLE sigledger.signal_entities OWNER TO sigledger_owner;
 COMMENT ON TABLE sigledger.signal_entities IS 'Which entities a signal mentions.';
 
 --
+-- Name: llm_cost_log_default; Type: TABLE ATTACH; Schema: sigledger; Owner: sigledger_owner
+--
+
+ALTER TABLE ONLY sigledger.llm_cost_log ATTACH PARTITION sigledger.llm_cost_log_default DEFAULT;
+
+--
+-- Name: llm_cost_log_legacy; Type: TABLE ATTACH; Schema: sigledger; Owner: sigledger_owner
+--
+
+ALTER TABLE ONLY sigledger.llm_cost_log ATTACH PARTITION sigledger.llm_cost_log_legacy FOR VALUES FROM (MINVALUE) TO ('<cutoff>');
+
+--
 -- Name: agent_registry agent_registry_name_key; Type: CONSTRAINT; Schema: sigledger; Owner: sigledger_owner
 --
 
@@ -4274,18 +4553,39 @@ ALTER TABLE ONLY sigledger.ingest_settings
     ADD CONSTRAINT ingest_settings_pkey PRIMARY KEY (singleton);
 
 --
--- Name: llm_cost_log llm_cost_log_idempotency_key_key; Type: CONSTRAINT; Schema: sigledger; Owner: sigledger_owner
+-- Name: llm_cost_log_default llm_cost_log_default_pkey; Type: CONSTRAINT; Schema: sigledger; Owner: sigledger_owner
 --
 
-ALTER TABLE ONLY sigledger.llm_cost_log
-    ADD CONSTRAINT llm_cost_log_idempotency_key_key UNIQUE (idempotency_key);
+ALTER TABLE ONLY sigledger.llm_cost_log_default
+    ADD CONSTRAINT llm_cost_log_default_pkey PRIMARY KEY (id);
 
 --
--- Name: llm_cost_log llm_cost_log_pkey; Type: CONSTRAINT; Schema: sigledger; Owner: sigledger_owner
+-- Name: llm_cost_log_key llm_cost_log_key_ledger_id_key; Type: CONSTRAINT; Schema: sigledger; Owner: sigledger_owner
 --
 
-ALTER TABLE ONLY sigledger.llm_cost_log
-    ADD CONSTRAINT llm_cost_log_pkey PRIMARY KEY (id);
+ALTER TABLE ONLY sigledger.llm_cost_log_key
+    ADD CONSTRAINT llm_cost_log_key_ledger_id_key UNIQUE (ledger_id);
+
+--
+-- Name: llm_cost_log_key llm_cost_log_key_pkey; Type: CONSTRAINT; Schema: sigledger; Owner: sigledger_owner
+--
+
+ALTER TABLE ONLY sigledger.llm_cost_log_key
+    ADD CONSTRAINT llm_cost_log_key_pkey PRIMARY KEY (idempotency_key);
+
+--
+-- Name: llm_cost_log_legacy llm_cost_log_legacy_idempotency_key_key; Type: CONSTRAINT; Schema: sigledger; Owner: sigledger_owner
+--
+
+ALTER TABLE ONLY sigledger.llm_cost_log_legacy
+    ADD CONSTRAINT llm_cost_log_legacy_idempotency_key_key UNIQUE (idempotency_key);
+
+--
+-- Name: llm_cost_log_legacy llm_cost_log_legacy_pkey; Type: CONSTRAINT; Schema: sigledger; Owner: sigledger_owner
+--
+
+ALTER TABLE ONLY sigledger.llm_cost_log_legacy
+    ADD CONSTRAINT llm_cost_log_legacy_pkey PRIMARY KEY (id);
 
 --
 -- Name: model_price model_price_pkey; Type: CONSTRAINT; Schema: sigledger; Owner: sigledger_owner
@@ -4443,19 +4743,49 @@ CREATE INDEX idx_signal_entities_signal_id ON sigledger.signal_entities USING bt
 -- Name: llm_cost_log_agent_charged_at_idx; Type: INDEX; Schema: sigledger; Owner: sigledger_owner
 --
 
-CREATE INDEX llm_cost_log_agent_charged_at_idx ON sigledger.llm_cost_log USING btree (agent_id, charged_at);
+CREATE INDEX llm_cost_log_agent_charged_at_idx ON ONLY sigledger.llm_cost_log USING btree (agent_id, charged_at);
 
 --
 -- Name: llm_cost_log_created_at_idx; Type: INDEX; Schema: sigledger; Owner: sigledger_owner
 --
 
-CREATE INDEX llm_cost_log_created_at_idx ON sigledger.llm_cost_log USING btree (created_at);
+CREATE INDEX llm_cost_log_created_at_idx ON ONLY sigledger.llm_cost_log USING btree (created_at);
+
+--
+-- Name: llm_cost_log_default_agent_id_charged_at_idx; Type: INDEX; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE INDEX llm_cost_log_default_agent_id_charged_at_idx ON sigledger.llm_cost_log_default USING btree (agent_id, charged_at);
+
+--
+-- Name: llm_cost_log_default_created_at_idx; Type: INDEX; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE INDEX llm_cost_log_default_created_at_idx ON sigledger.llm_cost_log_default USING btree (created_at);
+
+--
+-- Name: llm_cost_log_key_reservation_id_key; Type: INDEX; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE UNIQUE INDEX llm_cost_log_key_reservation_id_key ON sigledger.llm_cost_log_key USING btree (reservation_id) WHERE (reservation_id IS NOT NULL);
+
+--
+-- Name: llm_cost_log_legacy_agent_charged_at_idx; Type: INDEX; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE INDEX llm_cost_log_legacy_agent_charged_at_idx ON sigledger.llm_cost_log_legacy USING btree (agent_id, charged_at);
+
+--
+-- Name: llm_cost_log_legacy_created_at_idx; Type: INDEX; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE INDEX llm_cost_log_legacy_created_at_idx ON sigledger.llm_cost_log_legacy USING btree (created_at);
 
 --
 -- Name: llm_cost_log_reservation_id_key; Type: INDEX; Schema: sigledger; Owner: sigledger_owner
 --
 
-CREATE UNIQUE INDEX llm_cost_log_reservation_id_key ON sigledger.llm_cost_log USING btree (reservation_id) WHERE (reservation_id IS NOT NULL);
+CREATE UNIQUE INDEX llm_cost_log_reservation_id_key ON sigledger.llm_cost_log_legacy USING btree (reservation_id) WHERE (reservation_id IS NOT NULL);
 
 --
 -- Name: opportunities_merged_into_idx; Type: INDEX; Schema: sigledger; Owner: sigledger_owner
@@ -4474,6 +4804,30 @@ CREATE INDEX opportunity_merges_source_ids_idx ON sigledger.opportunity_merges U
 --
 
 CREATE INDEX opportunity_merges_target_id_idx ON sigledger.opportunity_merges USING btree (target_id);
+
+--
+-- Name: llm_cost_log_default_agent_id_charged_at_idx; Type: INDEX ATTACH; Schema: sigledger; Owner: sigledger_owner
+--
+
+ALTER INDEX sigledger.llm_cost_log_agent_charged_at_idx ATTACH PARTITION sigledger.llm_cost_log_default_agent_id_charged_at_idx;
+
+--
+-- Name: llm_cost_log_default_created_at_idx; Type: INDEX ATTACH; Schema: sigledger; Owner: sigledger_owner
+--
+
+ALTER INDEX sigledger.llm_cost_log_created_at_idx ATTACH PARTITION sigledger.llm_cost_log_default_created_at_idx;
+
+--
+-- Name: llm_cost_log_legacy_agent_charged_at_idx; Type: INDEX ATTACH; Schema: sigledger; Owner: sigledger_owner
+--
+
+ALTER INDEX sigledger.llm_cost_log_agent_charged_at_idx ATTACH PARTITION sigledger.llm_cost_log_legacy_agent_charged_at_idx;
+
+--
+-- Name: llm_cost_log_legacy_created_at_idx; Type: INDEX ATTACH; Schema: sigledger; Owner: sigledger_owner
+--
+
+ALTER INDEX sigledger.llm_cost_log_created_at_idx ATTACH PARTITION sigledger.llm_cost_log_legacy_created_at_idx;
 
 --
 -- Name: budget_spend budget_spend_bump_version; Type: TRIGGER; Schema: sigledger; Owner: sigledger_owner
@@ -4504,6 +4858,24 @@ CREATE TRIGGER llm_cost_log_append_only_row BEFORE DELETE OR UPDATE ON sigledger
 --
 
 CREATE TRIGGER llm_cost_log_append_only_truncate BEFORE TRUNCATE ON sigledger.llm_cost_log FOR EACH STATEMENT EXECUTE FUNCTION sigledger._llm_cost_log_append_only();
+
+--
+-- Name: llm_cost_log_default llm_cost_log_append_only_truncate; Type: TRIGGER; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE TRIGGER llm_cost_log_append_only_truncate BEFORE TRUNCATE ON sigledger.llm_cost_log_default FOR EACH STATEMENT EXECUTE FUNCTION sigledger._llm_cost_log_partition_truncate();
+
+--
+-- Name: llm_cost_log_legacy llm_cost_log_append_only_truncate; Type: TRIGGER; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE TRIGGER llm_cost_log_append_only_truncate BEFORE TRUNCATE ON sigledger.llm_cost_log_legacy FOR EACH STATEMENT EXECUTE FUNCTION sigledger._llm_cost_log_partition_truncate();
+
+--
+-- Name: llm_cost_log llm_cost_log_register_key; Type: TRIGGER; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE TRIGGER llm_cost_log_register_key BEFORE INSERT ON sigledger.llm_cost_log FOR EACH ROW EXECUTE FUNCTION sigledger._llm_cost_log_register_key();
 
 --
 -- Name: opportunity_signals opportunity_signals_no_tombstone_ins; Type: TRIGGER; Schema: sigledger; Owner: sigledger_owner
@@ -4568,7 +4940,7 @@ ALTER TABLE ONLY sigledger.budget_reservation
 --
 
 ALTER TABLE ONLY sigledger.budget_reservation
-    ADD CONSTRAINT budget_reservation_ledger_id_fkey FOREIGN KEY (ledger_id) REFERENCES sigledger.llm_cost_log(id);
+    ADD CONSTRAINT budget_reservation_ledger_id_fkey FOREIGN KEY (ledger_id) REFERENCES sigledger.llm_cost_log_key(ledger_id);
 
 --
 -- Name: budget_spend budget_spend_budget_id_fkey; Type: FK CONSTRAINT; Schema: sigledger; Owner: sigledger_owner
@@ -4609,14 +4981,14 @@ ALTER TABLE ONLY sigledger.entity_review_queue
 -- Name: llm_cost_log llm_cost_log_agent_id_fkey; Type: FK CONSTRAINT; Schema: sigledger; Owner: sigledger_owner
 --
 
-ALTER TABLE ONLY sigledger.llm_cost_log
+ALTER TABLE sigledger.llm_cost_log
     ADD CONSTRAINT llm_cost_log_agent_id_fkey FOREIGN KEY (agent_id) REFERENCES sigledger.agent_registry(id);
 
 --
 -- Name: llm_cost_log llm_cost_log_reservation_id_fkey; Type: FK CONSTRAINT; Schema: sigledger; Owner: sigledger_owner
 --
 
-ALTER TABLE ONLY sigledger.llm_cost_log
+ALTER TABLE sigledger.llm_cost_log
     ADD CONSTRAINT llm_cost_log_reservation_id_fkey FOREIGN KEY (reservation_id) REFERENCES sigledger.budget_reservation(id);
 
 --
@@ -4743,6 +5115,12 @@ REVOKE ALL ON FUNCTION sigledger._cost_insert(p_idempotency_key text, p_agent_id
 REVOKE ALL ON FUNCTION sigledger._cost_validate(p_idempotency_key text, p_agent_id uuid, p_model text, p_provider text, p_input_tokens bigint, p_output_tokens bigint, p_cost_usd numeric, p_created_at timestamp with time zone, p_metadata jsonb, p_check_agent boolean, OUT cost_usd numeric, OUT priced_usd numeric, OUT cost_source text, OUT created_at timestamp with time zone, OUT metadata jsonb) FROM PUBLIC;
 
 --
+-- Name: FUNCTION _ensure_ledger_partitions(p_months_ahead integer); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger._ensure_ledger_partitions(p_months_ahead integer) FROM PUBLIC;
+
+--
 -- Name: FUNCTION _entity_aliases_no_tombstone(); Type: ACL; Schema: sigledger; Owner: sigledger_owner
 --
 
@@ -4864,10 +5242,28 @@ REVOKE ALL ON FUNCTION sigledger._increment_agent_version() FROM PUBLIC;
 REVOKE ALL ON FUNCTION sigledger._ingest(p_batch jsonb, p_unknown_policy text) FROM PUBLIC;
 
 --
+-- Name: FUNCTION _ledger_legacy_cutoff(); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger._ledger_legacy_cutoff() FROM PUBLIC;
+
+--
 -- Name: FUNCTION _llm_cost_log_append_only(); Type: ACL; Schema: sigledger; Owner: sigledger_owner
 --
 
 REVOKE ALL ON FUNCTION sigledger._llm_cost_log_append_only() FROM PUBLIC;
+
+--
+-- Name: FUNCTION _llm_cost_log_partition_truncate(); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger._llm_cost_log_partition_truncate() FROM PUBLIC;
+
+--
+-- Name: FUNCTION _llm_cost_log_register_key(); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger._llm_cost_log_register_key() FROM PUBLIC;
 
 --
 -- Name: FUNCTION _lock_live_entities(p_ids uuid[]); Type: ACL; Schema: sigledger; Owner: sigledger_owner
@@ -5038,6 +5434,13 @@ GRANT ALL ON FUNCTION sigledger.create_group_budget(p_level text, p_name text, p
 
 REVOKE ALL ON FUNCTION sigledger.create_opportunity(p_title text, p_description text, p_status text, p_score numeric, p_value_usd numeric, p_attributes jsonb) FROM PUBLIC;
 GRANT ALL ON FUNCTION sigledger.create_opportunity(p_title text, p_description text, p_status text, p_score numeric, p_value_usd numeric, p_attributes jsonb) TO sigledger_app;
+
+--
+-- Name: FUNCTION ensure_ledger_partitions(p_months_ahead integer); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger.ensure_ledger_partitions(p_months_ahead integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION sigledger.ensure_ledger_partitions(p_months_ahead integer) TO sigledger_app;
 
 --
 -- Name: FUNCTION entity_signals_of(p_entity_id uuid); Type: ACL; Schema: sigledger; Owner: sigledger_owner

@@ -15,6 +15,7 @@ from harness.budget import BudgetClient
 from harness.cli._budget_common import DECIMAL, emit, open_db, resolve_agent
 from harness.cli.options import dsn_option, resolve_dsn
 from harness.db import connect
+from harness.errors import Retryable
 
 DRIFT_EXIT = 3
 
@@ -154,13 +155,20 @@ def watch(after: int, count: int | None, dsn: str | None) -> None:
 @click.option("--iterations", type=click.IntRange(min=1), default=None, help="Stop after this many sweeps.")
 @dsn_option
 def sweep(every: float, repair: bool, iterations: int | None, dsn: str | None) -> None:
-    """Expire overdue reservations and reconcile every N seconds (where there is no pg_cron)."""
+    """Expire overdue reservations, reconcile and create the ledger's partitions ahead every N seconds
+    (where there is no pg_cron)."""
     done = 0
     with open_db(dsn) as db:
         client = BudgetClient(db)
         while True:
             expired = client.expire()
             drift = client.reconcile(repair)
+            try:
+                partitions: int | None = client.ensure_partitions()
+            except Retryable as exc:
+                # the ledger was busy (55P03 after 5s): the partitions are made months ahead, the next sweep retries
+                click.echo(f"ledger partitions not checked: {exc}", err=True)
+                partitions = None
             click.echo(
                 json.dumps(
                     {
@@ -168,6 +176,7 @@ def sweep(every: float, repair: bool, iterations: int | None, dsn: str | None) -
                         "expired": expired,
                         "drift_rows": len(drift),
                         "repaired": repair and bool(drift),
+                        "partitions_created": partitions,
                     }
                 )
             )

@@ -1,5 +1,6 @@
 -- 105: the read-only views of the ledger and budgets (repeatable: `migrate down` drops every view first and
--- rebuilds the repeatables afterwards). SELECT on them is granted to the app and read-only roles by 900_grants.
+-- rebuilds the repeatables afterwards; re-applied after V4_004 so that they read the partitioned ledger,
+-- not the legacy partition the rename left them on). SELECT on them is granted to the app and read-only roles by 900_grants.
 
 -- Client cost versus price table: the client's figure is charged (it is what the provider billed, including
 -- discounts the table does not model); the priced figure is kept beside it and this view lists the rows

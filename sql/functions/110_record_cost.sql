@@ -2,7 +2,10 @@
 -- add_model_price (the dated price table).
 
 -- _cost_insert: inserts one validated ledger row unless its idempotency key exists. Returns the ledger id
--- and whether this call inserted it.
+-- and whether this call inserted it. The ledger is partitioned by created_at (V4_004), so the key's global
+-- uniqueness lives in the registry llm_cost_log_key: the key is claimed there first with the id the row will
+-- have (a concurrent caller of the same key waits for this transaction, then sees the key: one winner), and
+-- the ledger row follows with that id (its BEFORE INSERT trigger finds the claim and lets it through).
 CREATE OR REPLACE FUNCTION sigledger._cost_insert(
     p_idempotency_key text, p_agent_id uuid, p_model text, p_provider text,
     p_input_tokens bigint, p_output_tokens bigint, p_cost_usd numeric, p_priced_usd numeric, p_cost_source text,
@@ -12,17 +15,21 @@ LANGUAGE plpgsql
 SET search_path = sigledger, pg_temp
 AS $$
 BEGIN
-    INSERT INTO sigledger.llm_cost_log (idempotency_key, agent_id, provider, model, tokens_input, tokens_output,
-                                       cost_usd, priced_usd, cost_source, reservation_id, charged_at, created_at,
-                                       metadata)
-    VALUES (p_idempotency_key, p_agent_id, p_provider, p_model, p_input_tokens, p_output_tokens,
-            p_cost_usd, p_priced_usd, p_cost_source, p_reservation_id, p_charged_at, p_created_at, p_metadata)
-    ON CONFLICT ON CONSTRAINT llm_cost_log_idempotency_key_key DO NOTHING
-    RETURNING id INTO ledger_id;
+    INSERT INTO sigledger.llm_cost_log_key AS k (idempotency_key, ledger_id, reservation_id, created_at)
+    VALUES (p_idempotency_key, nextval('sigledger.llm_cost_log_id_seq'::regclass), p_reservation_id, p_created_at)
+    ON CONFLICT ON CONSTRAINT llm_cost_log_key_pkey DO NOTHING
+    RETURNING k.ledger_id INTO ledger_id;
     inserted := ledger_id IS NOT NULL;
-    IF NOT inserted THEN
+    IF inserted THEN
+        INSERT INTO sigledger.llm_cost_log (id, idempotency_key, agent_id, provider, model, tokens_input,
+                                           tokens_output, cost_usd, priced_usd, cost_source, reservation_id,
+                                           charged_at, created_at, metadata)
+        OVERRIDING SYSTEM VALUE
+        VALUES (ledger_id, p_idempotency_key, p_agent_id, p_provider, p_model, p_input_tokens, p_output_tokens,
+                p_cost_usd, p_priced_usd, p_cost_source, p_reservation_id, p_charged_at, p_created_at, p_metadata);
+    ELSE
         -- the key exists (possibly committed by a concurrent caller a moment ago): same answer, nothing changed
-        SELECT l.id INTO ledger_id FROM sigledger.llm_cost_log l WHERE l.idempotency_key = p_idempotency_key;
+        SELECT k.ledger_id INTO ledger_id FROM sigledger.llm_cost_log_key k WHERE k.idempotency_key = p_idempotency_key;
     END IF;
 END;
 $$;
