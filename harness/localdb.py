@@ -88,6 +88,25 @@ class LocalCluster:
             if not server_user_can_use(self.root):
                 digest = hashlib.sha256(str(self.root).encode()).hexdigest()[:12]
                 alt = Path("/var/tmp") / f"sigledger-{digest}"
+                if alt.exists():
+                    # Left by an earlier cluster at the same checkout path whose pointer is gone with it
+                    # (a destroyed checkout, a test temp folder reused): stop whatever runs there, start afresh.
+                    if (alt / "data" / "PG_VERSION").is_file():
+                        subprocess.run(
+                            as_server_user(
+                                [
+                                    str(pg_bindir() / "pg_ctl"),
+                                    "stop",
+                                    "-m",
+                                    "immediate",
+                                    "-D",
+                                    str(alt / "data"),
+                                ]
+                            ),
+                            capture_output=True,
+                            check=False,
+                        )
+                    shutil.rmtree(alt)
                 alt.mkdir(parents=True, exist_ok=True)
                 shutil.chown(alt, "postgres")
                 (self.root / "location").write_text(str(alt))

@@ -5440,7 +5440,7 @@ GRANT ALL ON FUNCTION sigledger.create_opportunity(p_title text, p_description t
 --
 
 REVOKE ALL ON FUNCTION sigledger.ensure_ledger_partitions(p_months_ahead integer) FROM PUBLIC;
-GRANT ALL ON FUNCTION sigledger.ensure_ledger_partitions(p_months_ahead integer) TO sigledger_app;
+GRANT ALL ON FUNCTION sigledger.ensure_ledger_partitions(p_months_ahead integer) TO sigledger_admin;
 
 --
 -- Name: FUNCTION entity_signals_of(p_entity_id uuid); Type: ACL; Schema: sigledger; Owner: sigledger_owner
