@@ -80,11 +80,10 @@ def breaker_changed(name: str, state: str) -> None:
     BREAKER_TRANSITIONS.labels(breaker=name, state=state).inc()
 
 
+# Through the API function, so the metrics process may run as sigledger_readonly (no table privilege).
 _OUTBOX_QUERY = """
-SELECT count(*) FILTER (WHERE dead_at IS NULL) AS pending,
-       coalesce(extract(epoch FROM clock_timestamp() - min(created_at) FILTER (WHERE dead_at IS NULL)), 0) AS lag,
-       count(*) FILTER (WHERE dead_at IS NOT NULL) AS dead
-  FROM sigledger.outbox
+SELECT pending, coalesce(extract(epoch FROM oldest_pending_age), 0), dead
+  FROM sigledger.graph_outbox_status()
 """
 
 

@@ -39,7 +39,8 @@ def _value(text: str, name: str) -> float:
     raise AssertionError(f"{name} not in scrape:\n{text}")
 
 
-def test_serve_reports_outbox_backlog(conn: psycopg.Connection, db_dsn: str) -> None:
+def test_serve_reports_outbox_backlog(conn: psycopg.Connection, readonly_dsn: str) -> None:
+    """Served as sigledger_readonly: the gauges need no table privilege."""
     aggregate = "00000000-0000-0000-0000-0000000000e1"
     for _ in range(3):
         conn.execute("SELECT sigledger._outbox_emit('entity', %s, 'entity.changed', '{}')", (aggregate,))
@@ -48,7 +49,7 @@ def test_serve_reports_outbox_backlog(conn: psycopg.Connection, db_dsn: str) -> 
     )
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "harness", "metrics", "serve", "--dsn", db_dsn, "--port", str(port)],
+        [sys.executable, "-m", "harness", "metrics", "serve", "--dsn", readonly_dsn, "--port", str(port)],
         env={**os.environ},
     )
     try:
