@@ -33,10 +33,13 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from harness.graph.driver import Neo4jSettings, connect  # noqa: E402
-from harness.graph.neo4j_server import Neo4jServer, free_port  # noqa: E402
+from harness.graph.neo4j_server import Neo4jServer  # noqa: E402
 from harness.graph.sink import Neo4jSink  # noqa: E402
 from harness.graph.worker import BatchResult, SyncWorker, WorkerConfig  # noqa: E402
-from harness.localdb import LocalCluster  # noqa: E402
+from harness.localdb import (
+    LocalCluster,
+    free_port,
+)
 from harness.migrate import Migrator  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"

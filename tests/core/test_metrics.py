@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -11,13 +10,8 @@ import urllib.request
 
 import psycopg
 
+from harness.localdb import free_port
 from harness.metrics import BUDGET_DECISIONS, REGISTRY, breaker_changed
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _scrape(port: int) -> str:
@@ -47,7 +41,7 @@ def test_serve_reports_outbox_backlog(conn: psycopg.Connection, readonly_dsn: st
     conn.execute(
         "UPDATE sigledger.outbox SET dead_at = now() WHERE id = (SELECT min(id) FROM sigledger.outbox)"
     )
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "harness", "metrics", "serve", "--dsn", readonly_dsn, "--port", str(port)],
         env={**os.environ},

@@ -22,8 +22,8 @@ import psycopg
 import pytest
 
 from harness import demo
-from harness.graph.neo4j_server import Neo4jServer, free_port
-from harness.localdb import LocalCluster
+from harness.graph.neo4j_server import Neo4jServer
+from harness.localdb import LocalCluster, free_port
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 

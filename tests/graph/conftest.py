@@ -21,9 +21,10 @@ import psycopg
 import pytest
 
 from harness.graph.driver import Neo4jSettings, connect
-from harness.graph.neo4j_server import Neo4jServer, free_port
+from harness.graph.neo4j_server import Neo4jServer
 from harness.graph.sink import Neo4jSink
 from harness.graph.worker import SyncWorker, WorkerConfig, make_worker
+from harness.localdb import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -231,7 +231,7 @@ def test_bad_credentials_and_unreachable_server_fail_clearly(
     bad = Neo4jSettings(uri=neo4j_settings.uri, user=neo4j_settings.user, password="wrong-password")
     with pytest.raises(GraphAuthError, match="rejected the credentials of user 'neo4j'"):
         connect(bad)
-    from harness.graph.neo4j_server import free_port
+    from harness.localdb import free_port
 
     nowhere = Neo4jSettings(
         uri=f"bolt://127.0.0.1:{free_port()}", user="neo4j", password="x", connection_timeout=2.0
