@@ -36,10 +36,7 @@ from harness.graph.driver import Neo4jSettings, connect  # noqa: E402
 from harness.graph.neo4j_server import Neo4jServer  # noqa: E402
 from harness.graph.sink import Neo4jSink  # noqa: E402
 from harness.graph.worker import BatchResult, SyncWorker, WorkerConfig  # noqa: E402
-from harness.localdb import (
-    LocalCluster,
-    free_port,
-)
+from harness.localdb import LocalCluster, free_port  # noqa: E402
 from harness.migrate import Migrator  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
