@@ -90,6 +90,7 @@ class Settings:
     retries: int = 5
     retry_base_delay: float = 0.5
     runner_wait: float = 600.0  # how long to wait for another runner holding the advisory lock
+    allow_out_of_order: bool = False  # apply a pending file numbered below the newest applied one
     application_name: str = "sigledger-migrate"
 
 
@@ -115,10 +116,12 @@ class Status:
     unknown: list[str] = field(default_factory=list)
     in_progress: list[str] = field(default_factory=list)
     repeatables_pending: list[str] = field(default_factory=list)
+    # Pending files numbered below the newest applied version (a late merge of an old branch, a renamed file).
+    out_of_order: list[str] = field(default_factory=list)
 
     @property
     def exit_code(self) -> int:
-        if self.drifted or self.unknown or self.in_progress:
+        if self.drifted or self.unknown or self.in_progress or self.out_of_order:
             return EXIT_DRIFT
         if self.pending or self.repeatables_pending:
             return EXIT_PENDING
@@ -200,6 +203,10 @@ class Migrator:
                 status.current = migration.version
         applied_keys = {version_key(v) for v in applied}
         status.pending = [m.label for m in migrations if m.key not in applied_keys]
+        newest = max(applied_keys, default=None)
+        status.out_of_order = [
+            m.label for m in migrations if m.key not in applied_keys and newest is not None and m.key < newest
+        ]
         done = self._repeatable_checksums(conn)
         status.repeatables_pending = [
             r.name for r in self.repeatables() if done.get(r.name) != r.file.checksum
@@ -215,6 +222,7 @@ class Migrator:
         with self._connect() as conn:
             status = self._status(conn)
             self._refuse_unsafe(status)
+            self._refuse_out_of_order(status)
             steps = []
             pending = self._pending(conn, to)
             applied = {version_key(v): row for v, row in self._applied(conn).items()}
@@ -292,6 +300,16 @@ class Migrator:
                 + "; restore them and put the change in a new migration"
             )
 
+    def _refuse_out_of_order(self, status: Status) -> None:
+        if status.out_of_order and not self.settings.allow_out_of_order:
+            raise MigrationError(
+                "pending migrations are numbered below the newest applied version V"
+                + (status.current or "?")
+                + ": "
+                + ", ".join(status.out_of_order)
+                + "; renumber them above it, or run with --allow-out-of-order if applying them late is safe"
+            )
+
     def _pending(self, conn: psycopg.Connection[Any], to: str | None) -> list[Migration]:
         applied = self._applied(conn)
         done = {version_key(v) for v, row in applied.items() if row.status == "applied"}
@@ -318,6 +336,7 @@ class Migrator:
         with self._connect() as conn, self._runner_lock():
             status = self._status(conn)
             self._refuse_unsafe(status)
+            self._refuse_out_of_order(status)
             pending = self._pending(conn, to)
             reps = self._repeatables_to_apply(conn, bool(pending)) if self._reaches_head(to) else []
             # Everything is checked before anything runs (the history schema included): a refused file

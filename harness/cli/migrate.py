@@ -22,6 +22,7 @@ def print_status(status: Status) -> None:
         ("partially applied", status.in_progress, "red"),
         ("DRIFTED (applied file changed)", status.drifted, "red"),
         ("UNKNOWN to this code (database is ahead)", status.unknown, "red"),
+        ("OUT OF ORDER (below the newest applied)", status.out_of_order, "red"),
     ):
         for item in items:
             click.secho(f"  {title:<10} {item}", fg=color)
@@ -51,6 +52,12 @@ def _migrator(dsn: str | None, ctx: click.Context) -> Migrator:
     default=None,
     help="Seconds to wait for another runner (default 600).",
 )
+@click.option(
+    "--allow-out-of-order",
+    is_flag=True,
+    default=None,
+    help="Apply pending files numbered below the newest applied version (refused by default).",
+)
 @click.pass_context
 def group(
     ctx: click.Context,
@@ -59,6 +66,7 @@ def group(
     concurrent_lock_timeout: str | None,
     retries: int | None,
     runner_wait: float | None,
+    allow_out_of_order: bool | None,
 ) -> None:
     """Versioned migrations and repeatable function files."""
     ctx.obj = {
@@ -67,6 +75,7 @@ def group(
         "concurrent_lock_timeout": concurrent_lock_timeout,
         "retries": retries,
         "runner_wait": runner_wait,
+        "allow_out_of_order": allow_out_of_order or None,
     }
 
 
@@ -85,7 +94,7 @@ def up(ctx: click.Context, dsn: str | None, to: str | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
 def status(ctx: click.Context, dsn: str | None, as_json: bool) -> None:
-    """Show applied, pending and drifted migrations. Exit 0 up to date, 3 pending, 4 drift/unknown/partial."""
+    """Show applied, pending and drifted migrations. Exit 0 up to date, 3 pending, 4 drift/unknown/partial/out of order."""
     result = _migrator(dsn, ctx).status()
     if as_json:
         click.echo(status_json(result))

@@ -86,6 +86,7 @@ def test_status_json_shape_and_exit_codes(
         "unknown": [],
         "in_progress": [],
         "repeatables_pending": REPEATABLES,
+        "out_of_order": [],
         "exit_code": EXIT_PENDING,
     }
     assert cli(["migrate", "up", "--dsn", empty_db_dsn], monkeypatch, fx).exit_code == 0
@@ -335,3 +336,24 @@ def test_down_without_a_down_file_rolls_back_nothing(empty_db_dsn: str, fx: Fixt
     with pytest.raises(MigrationError, match=r"no down file for V3_010__ten; nothing was rolled back"):
         fx.migrator(empty_db_dsn).down("1")
     assert snapshot(empty_db_dsn) == before  # not even V10, which has a down file
+
+
+def test_pending_file_below_the_newest_applied_is_refused_unless_allowed(
+    empty_db_dsn: str, fx: FixtureSet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A late file numbered under an applied one (an old branch merged late) is not applied silently."""
+    fx.migrator(empty_db_dsn).up()
+    (fx.migrations / "V2__late.sql").write_text("CREATE TABLE fx.late (id int);\n")
+    before = history(empty_db_dsn)
+    with pytest.raises(MigrationError, match="V2__late") as refused:
+        fx.migrator(empty_db_dsn).up()
+    assert "--allow-out-of-order" in str(refused.value)
+    assert history(empty_db_dsn) == before
+    status = fx.migrator(empty_db_dsn).status()
+    assert status.out_of_order == ["V2__late"] and status.exit_code == EXIT_DRIFT
+    code, shown = status_json(empty_db_dsn, monkeypatch, fx)
+    assert code == EXIT_DRIFT and shown["out_of_order"] == ["V2__late"]
+    assert fx.migrator(empty_db_dsn, allow_out_of_order=True).up() == ["V2__late"]
+    assert fx.migrator(empty_db_dsn).status().exit_code == EXIT_OK
+    result = cli(["migrate", "status", "--dsn", empty_db_dsn], monkeypatch, fx)
+    assert result.exit_code == EXIT_OK
