@@ -6,12 +6,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
 
+from harness.db import Database
+from harness.errors import Unavailable
 from harness.localdb import LocalCluster
 from harness.migrate import Migrator
 
@@ -41,6 +44,20 @@ def own_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwnCluster
     Migrator(oc.dsn).up()
     yield oc
     oc.cluster.destroy()
+
+
+def wait_reachable(db: Database, seconds: float = 60) -> None:
+    """Wait until the pool reaches the server again after a restart (psycopg_pool backs off its reconnection
+    attempts after an outage). A wait for a condition, not an assertion about time."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            db.call("SELECT 1")
+            return
+        except Unavailable:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def worker(*args: str) -> list[str]:

@@ -17,7 +17,7 @@ from harness.budget import BudgetClient, BudgetGuard
 from harness.cost_tracker import CostTracker
 from harness.db import Database
 from harness.errors import BudgetExceeded, BudgetUnavailable, Unavailable
-from tests.budget.conftest import OwnCluster
+from tests.budget.conftest import OwnCluster, wait_reachable
 
 RESET = 1.0
 
@@ -63,17 +63,7 @@ def test_breaker_against_a_real_outage(own_cluster: OwnCluster, tmp_path: Path) 
         assert guard.stats["fail_open"] == 1 and guard.stats["fail_closed"] == 4
 
         own_cluster.start()
-        # Wait until the pool reaches the server again (psycopg_pool backs off its reconnection attempts after
-        # an outage), outside the breaker; then let the reset timeout pass. Waits, not assertions about time.
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                db.call("SELECT 1")
-                break
-            except Unavailable:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
+        wait_reachable(db)  # outside the breaker; then let the reset timeout pass (waits, not assertions)
         time.sleep(RESET + 0.3)
         with guard.reserve(fail_closed, Decimal("0.10")) as r:
             assert breaker.state == HALF_OPEN  # one success so far; two are needed

@@ -17,7 +17,7 @@ from harness.cost_tracker import CostTracker
 from harness.db import Database
 from harness.errors import BudgetExceeded, Retryable
 from harness.ledger import CostRecord, Ledger
-from tests.budget.conftest import OwnCluster
+from tests.budget.conftest import OwnCluster, wait_reachable
 
 
 def test_settles_on_exit_releases_on_exception(db_dsn: str) -> None:
@@ -124,6 +124,7 @@ def test_cost_after_expiry_is_spooled_when_the_database_goes_away(
     finally:
         own_cluster.start()
     try:
+        wait_reachable(db)
         CostTracker(db, spool).start().close()  # the next start replays
         row = db.call_one(
             "SELECT cost_usd, metadata FROM sigledger.llm_cost_log WHERE idempotency_key = %s",
