@@ -52,10 +52,10 @@ demo: deps
 	$(VENV)/bin/sigledger demo
 
 neo4j-up: deps
-	$(PY) -m harness.graph.neo4j_server up
+	$(PY) -m sigledger.graph.neo4j_server up
 
 neo4j-down: deps
-	$(PY) -m harness.graph.neo4j_server down
+	$(PY) -m sigledger.graph.neo4j_server down
 
 # Every benchmark, then the README performance table from bench/results/*.json.
 bench: bench-budget bench-ingest bench-graph

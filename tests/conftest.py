@@ -14,8 +14,7 @@ import psycopg
 import pytest
 from pytest_postgresql import factories
 from pytest_postgresql.executors import PostgreSQLExecutor
-
-from harness.migrate import Migrator
+from sigledger.migrate import Migrator
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = "sigledger_template"

@@ -29,12 +29,11 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT / "harness"), str(ROOT)]
 
 import psycopg  # noqa: E402
-
-from harness.localdb import LocalCluster  # noqa: E402
-from harness.migrate import Migrator  # noqa: E402
+from sigledger.core.localdb import LocalCluster  # noqa: E402
+from sigledger.migrate import Migrator  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 DESIGNS = {

@@ -30,14 +30,14 @@ from typing import Any
 import psycopg
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT / "harness"), str(ROOT)]
 
-from harness.graph.driver import Neo4jSettings, connect  # noqa: E402
-from harness.graph.neo4j_server import Neo4jServer  # noqa: E402
-from harness.graph.sink import Neo4jSink  # noqa: E402
-from harness.graph.worker import BatchResult, SyncWorker, WorkerConfig  # noqa: E402
-from harness.localdb import LocalCluster, free_port  # noqa: E402
-from harness.migrate import Migrator  # noqa: E402
+from sigledger.core.localdb import LocalCluster, free_port  # noqa: E402
+from sigledger.graph.driver import Neo4jSettings, connect  # noqa: E402
+from sigledger.graph.neo4j_server import Neo4jServer  # noqa: E402
+from sigledger.graph.sink import Neo4jSink  # noqa: E402
+from sigledger.graph.worker import BatchResult, SyncWorker, WorkerConfig  # noqa: E402
+from sigledger.migrate import Migrator  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 N_ENTITIES = 200

@@ -32,10 +32,10 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT / "harness"), str(ROOT)]
 
-from harness.localdb import LocalCluster, pg_bindir  # noqa: E402
-from harness.migrate import Migrator  # noqa: E402
+from sigledger.core.localdb import LocalCluster, pg_bindir  # noqa: E402
+from sigledger.migrate import Migrator  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 DB = "sigledger_bench_ingest"

@@ -12,11 +12,10 @@ from pathlib import Path
 
 import psycopg
 import pytest
-
-from harness.db import Database
-from harness.errors import Unavailable
-from harness.localdb import LocalCluster
-from harness.migrate import Migrator
+from sigledger.core.db import Database
+from sigledger.core.errors import Unavailable
+from sigledger.core.localdb import LocalCluster
+from sigledger.migrate import Migrator
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -66,7 +65,7 @@ def worker(*args: str) -> list[str]:
 
 def worker_env() -> dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "harness"), str(ROOT), env.get("PYTHONPATH", "")])
     return env
 
 

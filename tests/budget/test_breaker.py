@@ -11,12 +11,12 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from sigledger.budget import BudgetClient, BudgetGuard
+from sigledger.budget.breaker import CLOSED, HALF_OPEN, OPEN, Breaker, BreakerOpen
+from sigledger.core.db import Database
+from sigledger.core.errors import BudgetExceeded, BudgetUnavailable, Unavailable
+from sigledger.ledger.tracker import CostTracker
 
-from harness.breaker import CLOSED, HALF_OPEN, OPEN, Breaker, BreakerOpen
-from harness.budget import BudgetClient, BudgetGuard
-from harness.cost_tracker import CostTracker
-from harness.db import Database
-from harness.errors import BudgetExceeded, BudgetUnavailable, Unavailable
 from tests.budget.conftest import OwnCluster, wait_reachable
 
 RESET = 1.0

@@ -12,10 +12,10 @@ from decimal import Decimal
 import psycopg
 import pytest
 from click.testing import CliRunner, Result
+from sigledger.cli import main
+from sigledger.core.db import Database
+from sigledger.ledger.client import CostRecord, Ledger
 
-from harness.cli import main
-from harness.db import Database
-from harness.ledger import CostRecord, Ledger
 from tests.budget.conftest import ROOT, worker_env
 
 
@@ -155,7 +155,7 @@ def test_watch_prints_alerts_as_they_come(db_dsn: str) -> None:
         == 0
     )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "harness", "budget", "watch", "--count", "2", "--dsn", db_dsn],
+        [sys.executable, "-m", "sigledger", "budget", "watch", "--count", "2", "--dsn", db_dsn],
         cwd=ROOT,
         env=worker_env(),
         stdout=subprocess.PIPE,

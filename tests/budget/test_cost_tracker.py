@@ -14,13 +14,13 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from sigledger.budget import BudgetClient
+from sigledger.core import metrics
+from sigledger.core.db import Database
+from sigledger.core.errors import InvalidInput
+from sigledger.ledger.client import CostRecord
+from sigledger.ledger.tracker import CostTracker, TrackerClosed
 
-from harness import metrics
-from harness.budget import BudgetClient
-from harness.cost_tracker import CostTracker, TrackerClosed
-from harness.db import Database
-from harness.errors import InvalidInput
-from harness.ledger import CostRecord
 from tests.budget.conftest import OwnCluster, ledger_keys, popen
 
 

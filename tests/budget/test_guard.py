@@ -11,12 +11,12 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from sigledger.budget import BudgetClient, BudgetGuard
+from sigledger.core.db import Database
+from sigledger.core.errors import BudgetExceeded, Retryable
+from sigledger.ledger.client import CostRecord, Ledger
+from sigledger.ledger.tracker import CostTracker
 
-from harness.budget import BudgetClient, BudgetGuard
-from harness.cost_tracker import CostTracker
-from harness.db import Database
-from harness.errors import BudgetExceeded, Retryable
-from harness.ledger import CostRecord, Ledger
 from tests.budget.conftest import OwnCluster, wait_reachable
 
 

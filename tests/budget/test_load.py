@@ -11,9 +11,9 @@ import time
 from decimal import Decimal
 
 import psycopg
+from sigledger.budget import BudgetClient
+from sigledger.core.db import Database
 
-from harness.budget import BudgetClient
-from harness.db import Database
 from tests.budget.conftest import popen
 
 PROCESSES = 8

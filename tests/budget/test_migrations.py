@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import psycopg
-
-from harness.migrate import Migrator
+from sigledger.migrate import Migrator
 
 
 def test_v4_down_and_up_again(empty_db_dsn: str) -> None:

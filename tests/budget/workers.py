@@ -18,11 +18,11 @@ import sys
 import time
 from decimal import Decimal
 
-from harness.budget import BudgetClient
-from harness.cost_tracker import CostTracker
-from harness.db import Database
-from harness.errors import BudgetExceeded, Retryable
-from harness.ledger import CostRecord
+from sigledger.budget import BudgetClient
+from sigledger.core.db import Database
+from sigledger.core.errors import BudgetExceeded, Retryable
+from sigledger.ledger.client import CostRecord
+from sigledger.ledger.tracker import CostTracker
 
 
 def retry(func, *args, **kwargs):  # type: ignore[no-untyped-def]

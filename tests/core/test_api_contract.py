@@ -94,7 +94,7 @@ def test_app_role_cannot_administer_budgets(conn: psycopg.Connection, function: 
 
 def test_unclassified_api_function_stops_the_deployment(conn: psycopg.Connection) -> None:
     """900_grants.sql refuses an API function nobody classified (so none is exposed or hidden by accident)."""
-    from harness.paths import functions_dir
+    from sigledger.core.paths import functions_dir
 
     conn.execute(
         "CREATE FUNCTION sigledger.brand_new_api() RETURNS int LANGUAGE sql SECURITY DEFINER "

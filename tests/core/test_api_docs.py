@@ -8,8 +8,8 @@ from pathlib import Path
 import psycopg
 import pytest
 from pytest_postgresql.executors import PostgreSQLExecutor
+from sigledger.core.apidoc import documented_sqlstates, render, sqlstates
 
-from harness.apidoc import documented_sqlstates, render, sqlstates
 from tests.conftest import make_dsn
 
 API_DOC = Path(__file__).resolve().parents[2] / "docs" / "api.md"

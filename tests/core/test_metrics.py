@@ -9,9 +9,8 @@ import time
 import urllib.request
 
 import psycopg
-
-from harness.localdb import free_port
-from harness.metrics import BUDGET_DECISIONS, REGISTRY, breaker_changed
+from sigledger.core.localdb import free_port
+from sigledger.core.metrics import BUDGET_DECISIONS, REGISTRY, breaker_changed
 
 
 def _scrape(port: int) -> str:
@@ -43,7 +42,7 @@ def test_serve_reports_outbox_backlog(conn: psycopg.Connection, readonly_dsn: st
     )
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "harness", "metrics", "serve", "--dsn", readonly_dsn, "--port", str(port)],
+        [sys.executable, "-m", "sigledger", "metrics", "serve", "--dsn", readonly_dsn, "--port", str(port)],
         env={**os.environ},
     )
     try:

@@ -13,9 +13,8 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 from psycopg_pool import ConnectionPool
-
-from harness.db import Database
-from harness.errors import (
+from sigledger.core.db import Database
+from sigledger.core.errors import (
     BudgetExceeded,
     Conflict,
     InvalidInput,

@@ -20,10 +20,9 @@ from typing import Any
 
 import psycopg
 import pytest
-
-from harness import demo
-from harness.graph.neo4j_server import Neo4jServer
-from harness.localdb import LocalCluster, free_port
+from sigledger import demo
+from sigledger.core.localdb import LocalCluster, free_port
+from sigledger.graph.neo4j_server import Neo4jServer
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -242,7 +241,7 @@ def test_signal_stops_cleanly_and_loses_nothing(
 ) -> None:
     path = tmp_path / "report.json"
     cmd = [
-        sys.executable, "-m", "harness", "demo", "--dsn", db_dsn, "--seed", "11",
+        sys.executable, "-m", "sigledger", "demo", "--dsn", db_dsn, "--seed", "11",
         "--calls", "20000", "--signals", "20000", "--workers", "4", "--agents", "6",
         "--latency-ms", "20", "80", "--outage-seconds", "0.5",
         "--spool-dir", str(tmp_path), "--report-json", str(path),

@@ -19,12 +19,11 @@ from typing import Any
 
 import psycopg
 import pytest
-
-from harness.graph.driver import Neo4jSettings, connect
-from harness.graph.neo4j_server import Neo4jServer
-from harness.graph.sink import Neo4jSink
-from harness.graph.worker import SyncWorker, WorkerConfig, make_worker
-from harness.localdb import free_port
+from sigledger.core.localdb import free_port
+from sigledger.graph.driver import Neo4jSettings, connect
+from sigledger.graph.neo4j_server import Neo4jServer
+from sigledger.graph.sink import Neo4jSink
+from sigledger.graph.worker import SyncWorker, WorkerConfig, make_worker
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -119,10 +118,10 @@ def wait_until(predicate: Any, timeout: float, what: str, interval: float = 0.2)
 
 
 def worker_process(dsn: str, log: Path, *args: str, name: str | None = None) -> subprocess.Popen[bytes]:
-    """A real worker process (python -m harness.graph.worker), Neo4j settings from the environment; its
+    """A real worker process (python -m sigledger.graph.worker), Neo4j settings from the environment; its
     output goes to ``log`` (a file, so a chatty worker can never block on a full pipe)."""
     env = dict(os.environ, SIGLEDGER_LOG_LEVEL="INFO")
-    cmd = [sys.executable, "-m", "harness.graph.worker", "--dsn", dsn, *args]
+    cmd = [sys.executable, "-m", "sigledger.graph.worker", "--dsn", dsn, *args]
     if name:
         cmd += ["--name", name]
     with open(log, "ab") as out:
@@ -132,7 +131,7 @@ def worker_process(dsn: str, log: Path, *args: str, name: str | None = None) -> 
 def cli(*args: str, dsn: str) -> subprocess.CompletedProcess[str]:
     """The real `sigledger` command line, in a subprocess."""
     return subprocess.run(
-        [sys.executable, "-m", "harness", *args],
+        [sys.executable, "-m", "sigledger", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 
 import psycopg
-
-from harness.graph.neo4j_server import Neo4jServer
-from harness.graph.sink import Neo4jSink
+from sigledger.graph.neo4j_server import Neo4jServer
+from sigledger.graph.sink import Neo4jSink
 
 from .conftest import Changes, cli, cypher, status
 

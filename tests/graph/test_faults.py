@@ -9,11 +9,10 @@ from typing import Any
 
 import neo4j
 import psycopg
-
-from harness.graph.driver import Neo4jSettings
-from harness.graph.neo4j_server import Neo4jServer
-from harness.graph.sink import Neo4jSink
-from harness.graph.verify import verify
+from sigledger.graph.driver import Neo4jSettings
+from sigledger.graph.neo4j_server import Neo4jServer
+from sigledger.graph.sink import Neo4jSink
+from sigledger.graph.verify import verify
 
 from .conftest import Changes, cli, cypher, status, wait_until, worker_process
 

@@ -6,11 +6,10 @@ from typing import Any
 
 import psycopg
 import pytest
-
-from harness.graph.driver import GraphAuthError, GraphUnavailable, Neo4jSettings, connect
-from harness.graph.sink import Neo4jSink, Snapshot
-from harness.graph.verify import verify
-from harness.graph.worker import WorkerConfig, make_worker
+from sigledger.graph.driver import GraphAuthError, GraphUnavailable, Neo4jSettings, connect
+from sigledger.graph.sink import Neo4jSink, Snapshot
+from sigledger.graph.verify import verify
+from sigledger.graph.worker import WorkerConfig, make_worker
 
 from .conftest import Changes, cypher, graph_state, status
 
@@ -231,7 +230,7 @@ def test_bad_credentials_and_unreachable_server_fail_clearly(
     bad = Neo4jSettings(uri=neo4j_settings.uri, user=neo4j_settings.user, password="wrong-password")
     with pytest.raises(GraphAuthError, match="rejected the credentials of user 'neo4j'"):
         connect(bad)
-    from harness.localdb import free_port
+    from sigledger.core.localdb import free_port
 
     nowhere = Neo4jSettings(
         uri=f"bolt://127.0.0.1:{free_port()}", user="neo4j", password="x", connection_timeout=2.0

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import psycopg
 from click.testing import CliRunner, Result
-
-from harness.cli import main
+from sigledger.cli import main
 
 
 def run(*args: str) -> Result:

@@ -12,8 +12,7 @@ from typing import Any
 
 import psycopg
 import pytest
-
-from harness.errors import Unavailable, translate
+from sigledger.core.errors import Unavailable, translate
 
 SNAPSHOT = """
 SELECT (SELECT coalesce(jsonb_agg(to_jsonb(o) ORDER BY o.id), '[]') FROM sigledger.opportunities o),

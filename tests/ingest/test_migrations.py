@@ -4,8 +4,7 @@ re-applies the repeatable function files), and the API works again afterwards.""
 from __future__ import annotations
 
 import psycopg
-
-from harness.migrate import Migrator
+from sigledger.migrate import Migrator
 
 
 def test_v5_down_and_up_again(empty_db_dsn: str) -> None:

@@ -14,9 +14,8 @@ from typing import Any
 import psycopg
 import pytest
 from click.testing import CliRunner, Result
-
-from harness.cli import main
-from harness.migrate import Migrator, Settings
+from sigledger.cli import main
+from sigledger.migrate import Migrator, Settings
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,19 +58,19 @@ def cli(
     """Run `sigledger ...` in-process (click's CliRunner), pointed at a fixture set when one is given."""
     if fx is not None:
         assert monkeypatch is not None
-        monkeypatch.setattr("harness.migrate.migrations_dir", lambda: fx.migrations)
-        monkeypatch.setattr("harness.migrate.functions_dir", lambda: fx.functions)
+        monkeypatch.setattr("sigledger.migrate.runner.migrations_dir", lambda: fx.migrations)
+        monkeypatch.setattr("sigledger.migrate.runner.functions_dir", lambda: fx.functions)
     return CliRunner().invoke(main, args, catch_exceptions=False)
 
 
 def cli_process(args: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
-    """Run `python -m harness ...` as a real process (the real migrations)."""
+    """Run `python -m sigledger ...` as a real process (the real migrations)."""
     return subprocess.run(
-        [sys.executable, "-m", "harness", *args],
+        [sys.executable, "-m", "sigledger", *args],
         capture_output=True,
         text=True,
         cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "harness"), str(ROOT)])},
         timeout=600,
         **kwargs,
     )

@@ -7,9 +7,9 @@ import subprocess
 
 import psycopg
 import pytest
+from sigledger.core.paths import migrations_dir
+from sigledger.migrate.files import discover_migrations
 
-from harness.paths import migrations_dir
-from harness.sqlfiles import discover_migrations
 from tests.migrate.helpers import cli_process, history
 
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from harness.errors import MigrationError
-from harness.sqlfiles import checksum, discover_migrations, discover_repeatables, parse_statements
+from sigledger.core.errors import MigrationError
+from sigledger.migrate.files import checksum, discover_migrations, discover_repeatables, parse_statements
 
 
 def _write(directory: Path, files: dict[str, str]) -> Path:

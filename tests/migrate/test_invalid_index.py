@@ -9,9 +9,9 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from sigledger.core.errors import MigrationError
+from sigledger.migrate import EXIT_DRIFT
 
-from harness.errors import MigrationError
-from harness.migrate import EXIT_DRIFT
 from tests.migrate.helpers import cli, fixture_set, history, index_state, status_json
 
 

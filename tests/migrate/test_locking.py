@@ -12,11 +12,11 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from sigledger.core.errors import MigrationError
+from sigledger.core.paths import functions_dir, migrations_dir
+from sigledger.migrate import ADVISORY_LOCK_KEY
+from sigledger.migrate.files import discover_migrations, discover_repeatables
 
-from harness.errors import MigrationError
-from harness.migrate import ADVISORY_LOCK_KEY
-from harness.paths import functions_dir, migrations_dir
-from harness.sqlfiles import discover_migrations, discover_repeatables
 from tests.migrate.helpers import ROOT, cli_process, fixture_set, history
 
 RUNNERS = 10
@@ -29,7 +29,7 @@ def test_ten_runners_at_once_apply_every_migration_exactly_once(empty_db_dsn: st
     # Each process imports everything, then waits for the same file so they all start the run together.
     script = (
         "import pathlib, sys, time\n"
-        "from harness.cli import main\n"
+        "from sigledger.cli import main\n"
         f"while not pathlib.Path({str(go)!r}).exists(): time.sleep(0.01)\n"
         f"sys.argv = ['sigledger', 'migrate', 'up', '--dsn', {empty_db_dsn!r}]\n"
         "main()\n"
@@ -103,7 +103,17 @@ def test_runner_lock_timeout_names_the_holder(empty_db_dsn: str) -> None:
 
         # A runner that waits long enough proceeds once the holder lets go.
         proc = subprocess.Popen(
-            [sys.executable, "-m", "harness", "migrate", "--runner-wait", "300", "up", "--dsn", empty_db_dsn],
+            [
+                sys.executable,
+                "-m",
+                "sigledger",
+                "migrate",
+                "--runner-wait",
+                "300",
+                "up",
+                "--dsn",
+                empty_db_dsn,
+            ],
             cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from sigledger.core.errors import MigrationError
+from sigledger.migrate import EXIT_DRIFT, EXIT_OK, EXIT_PENDING
 
-from harness.errors import MigrationError
-from harness.migrate import EXIT_DRIFT, EXIT_OK, EXIT_PENDING
 from tests.migrate.helpers import FixtureSet, applied_log, cli, fixture_set, history, snapshot, status_json
 
 ALL = ["V1__schema", "V3_9__nine", "V3_010__ten", "V10__major"]

@@ -1,0 +1,3 @@
+from sigledger.cli import main
+
+main()

@@ -1,0 +1,137 @@
+"""`sigledger agent`: Agents and their budgets."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import click
+
+from sigledger.budget import BudgetClient
+from sigledger.cli._budget_common import DECIMAL, emit, open_db, resolve_agent
+from sigledger.cli.options import dsn_option
+
+PERIODS = click.Choice(["none", "daily", "weekly", "monthly"])
+POLICIES = click.Choice(["open", "closed"])
+
+
+@click.group("agent")
+def group() -> None:
+    """Agents and their budgets.
+
+    Register an agent, create or change its budget, show its current spend.
+    """
+
+
+@group.command("create")
+@click.argument("name")
+@click.option(
+    "--limit", "limit_usd", type=DECIMAL, default=None, help="Budget limit in USD (no budget if omitted)."
+)
+@click.option(
+    "--period", type=PERIODS, default="none", show_default=True, help="Budget period (UTC calendar)."
+)
+@click.option(
+    "--grace", "grace_ratio", type=DECIMAL, default=Decimal(0), show_default=True, help="0 = hard limit."
+)
+@click.option(
+    "--fail-policy", type=POLICIES, default="closed", show_default=True, help="While the database is down."
+)
+@click.option(
+    "--alert",
+    "alerts",
+    type=DECIMAL,
+    multiple=True,
+    help="Alert threshold as a fraction of the limit (repeat).",
+)
+@click.option("--parent-budget", type=int, default=None, help="Team or org budget id above this agent.")
+@dsn_option
+def create(
+    name: str,
+    limit_usd: Decimal | None,
+    period: str,
+    grace_ratio: Decimal,
+    fail_policy: str,
+    alerts: tuple[Decimal, ...],
+    parent_budget: int | None,
+    dsn: str | None,
+) -> None:
+    """Register agent NAME (and its budget with --limit); prints its id."""
+    with open_db(dsn) as db:
+        agent_id = BudgetClient(db).create_agent(
+            name,
+            limit_usd,
+            period=period,
+            grace_ratio=grace_ratio,
+            fail_policy=fail_policy,
+            alert_thresholds=list(alerts) or None,
+            parent_budget_id=parent_budget,
+        )
+    click.echo(agent_id)
+
+
+@group.command("set-budget")
+@click.argument("agent")
+@click.option("--limit", "limit_usd", type=DECIMAL, default=None, help="Budget limit in USD.")
+@click.option("--period", type=PERIODS, default=None)
+@click.option("--grace", "grace_ratio", type=DECIMAL, default=None)
+@click.option("--fail-policy", type=POLICIES, default=None)
+@click.option(
+    "--alert", "alerts", type=DECIMAL, multiple=True, help="Alert thresholds (replace the current ones)."
+)
+@click.option("--parent-budget", type=int, default=None)
+@dsn_option
+def set_budget(
+    agent: str,
+    limit_usd: Decimal | None,
+    period: str | None,
+    grace_ratio: Decimal | None,
+    fail_policy: str | None,
+    alerts: tuple[Decimal, ...],
+    parent_budget: int | None,
+    dsn: str | None,
+) -> None:
+    """Create or change the budget of AGENT (id or name); unspecified settings are kept."""
+    with open_db(dsn) as db:
+        client = BudgetClient(db)
+        budget_id = client.set_budget(
+            resolve_agent(client, agent),
+            limit_usd,
+            period=period,
+            grace_ratio=grace_ratio,
+            fail_policy=fail_policy,
+            alert_thresholds=list(alerts) or None,
+            parent_budget_id=parent_budget,
+        )
+    click.echo(f"budget {budget_id}")
+
+
+@group.command("status")
+@click.argument("agent")
+@click.option("--json", "as_json", is_flag=True, help="JSON output.")
+@dsn_option
+def status(agent: str, as_json: bool, dsn: str | None) -> None:
+    """Current period of each budget level of AGENT (id or name)."""
+    with open_db(dsn) as db:
+        client = BudgetClient(db)
+        rows = client.status(resolve_agent(client, agent))
+    if not as_json:
+        rows = [
+            {
+                k: r[k]
+                for k in (
+                    "level",
+                    "budget_id",
+                    "period",
+                    "period_start",
+                    "limit_usd",
+                    "spent_usd",
+                    "reserved_usd",
+                    "remaining_usd",
+                    "excess_usd",
+                    "fail_policy",
+                    "version",
+                )
+            }
+            for r in rows
+        ]
+    emit(rows, as_json)

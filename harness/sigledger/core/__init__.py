@@ -1,0 +1,1 @@
+"""Infrastructure every domain uses: the connection pool, errors, paths, the local cluster, metrics."""

@@ -1,0 +1,1 @@
+"""Signals, entities and opportunities from Python (thin calls of the SQL API)."""

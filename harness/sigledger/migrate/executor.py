@@ -1,0 +1,278 @@
+"""Running SQL files on one connection: session settings, lock-timeout retries, transactional files,
+statement-by-statement files with recorded progress, CREATE INDEX CONCURRENTLY repair, repeatables, downs.
+
+CREATE INDEX CONCURRENTLY: a valid index of that name is kept, an INVALID one (a failed build; pg_indexes
+still lists it, only pg_index.indisvalid tells) is dropped concurrently and rebuilt, and the result must be
+valid. lock_timeout on DDL with retries and backoff, so a migration never queues in front of a busy table's
+traffic for long.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from contextlib import suppress
+from functools import partial
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from sigledger.core.errors import MigrationError
+from sigledger.migrate import history
+from sigledger.migrate.files import Migration, Repeatable, SqlFile, Statement
+from sigledger.migrate.history import META_SCHEMA, Applied
+from sigledger.migrate.settings import OWNER_ROLE, Log, Settings
+
+
+class Executor:
+    """Applies files on one autocommit connection; the runner decides what to apply."""
+
+    def __init__(self, conn: psycopg.Connection[Any], settings: Settings, log: Log) -> None:
+        self.conn = conn
+        self.settings = settings
+        self.log = log
+
+    # ---- session ------------------------------------------------------------------------------------------
+
+    def _owner_role_usable(self) -> bool:
+        """Objects are created as the owner role once the schema exists (the baseline bootstraps both)."""
+        row = self.conn.execute(
+            "SELECT to_regnamespace('sigledger') IS NOT NULL "
+            "AND EXISTS (SELECT 1 FROM pg_roles WHERE rolname = %s) "
+            "AND pg_has_role(current_user, (SELECT oid FROM pg_roles WHERE rolname = %s), 'MEMBER')",
+            (OWNER_ROLE, OWNER_ROLE),
+        ).fetchone()
+        return bool(row and row[0])
+
+    def session_settings(
+        self, *, local: bool, lock_timeout: str, statement_timeout: str, as_owner: bool = True
+    ) -> None:
+        scope = "LOCAL " if local else ""
+        conn = self.conn
+        conn.execute(f"SET {scope}search_path TO sigledger, public")
+        conn.execute(sql.SQL("SET {}lock_timeout = {}").format(sql.SQL(scope), sql.Literal(lock_timeout)))
+        conn.execute(
+            sql.SQL("SET {}statement_timeout = {}").format(sql.SQL(scope), sql.Literal(statement_timeout))
+        )
+        if as_owner and self._owner_role_usable():
+            conn.execute(sql.SQL("SET {}ROLE {}").format(sql.SQL(scope), sql.Identifier(OWNER_ROLE)))
+
+    def _local_settings(self, as_owner: bool = True) -> None:
+        self.session_settings(
+            local=True,
+            lock_timeout=self.settings.lock_timeout,
+            statement_timeout=self.settings.statement_timeout,
+            as_owner=as_owner,
+        )
+
+    def with_lock_retries(self, what: str, action: Callable[[], None]) -> None:
+        """Retry an action that failed on lock_timeout (55P03) with exponential backoff and jitter."""
+        attempt = 0
+        while True:
+            try:
+                action()
+                return
+            except psycopg.errors.LockNotAvailable as exc:
+                attempt += 1
+                if attempt > self.settings.retries:
+                    raise MigrationError(f"{what}: gave up after {attempt} lock timeouts: {exc}") from exc
+                delay = self.settings.retry_base_delay * (2 ** (attempt - 1)) * random.uniform(0.5, 1.5)
+                self.log(f"{what}: lock timeout, retry {attempt}/{self.settings.retries} in {delay:.1f}s")
+                time.sleep(delay)
+
+    def execute(self, stmt: Statement, label: str) -> None:
+        try:
+            self.conn.execute(stmt.sql.encode("utf-8"))
+        except psycopg.errors.LockNotAvailable:
+            raise
+        except psycopg.Error as exc:
+            raise MigrationError(
+                f"{label}:{stmt.line}: {exc.sqlstate}: {str(exc).strip()}", sqlstate=exc.sqlstate
+            ) from exc
+
+    # ---- versioned files ----------------------------------------------------------------------------------
+
+    def apply_transactional(self, migration: Migration) -> None:
+        up = migration.up
+        conn = self.conn
+
+        def run() -> None:
+            started = time.monotonic()
+            with conn.transaction():
+                history.insert_row(
+                    conn,
+                    migration,
+                    kind="versioned",
+                    status="applied",
+                    statements=len(up.statements),
+                    progress=len(up.statements),
+                )
+                self._local_settings(as_owner=up.as_owner)
+                for stmt in up.statements:
+                    self.execute(stmt, migration.label)
+                conn.execute("RESET ROLE")
+                conn.execute(
+                    f"UPDATE {META_SCHEMA}.schema_history SET duration_ms = %s WHERE version = %s",
+                    (int((time.monotonic() - started) * 1000), migration.version),
+                )
+
+        self.log(f"applying {migration.label}")
+        self.with_lock_retries(migration.label, run)
+
+    def apply_statementwise(self, migration: Migration, previous: Applied | None) -> None:
+        up = migration.up
+        conn = self.conn
+        started = time.monotonic()
+        if previous is None:
+            history.insert_row(
+                conn,
+                migration,
+                kind="versioned",
+                status="in_progress",
+                statements=len(up.statements),
+                progress=0,
+            )
+            row_version = migration.version
+            start_at = 0
+        else:
+            row_version = previous.version
+            start_at = previous.progress
+            self.log(f"resuming {migration.label} at statement {start_at + 1} of {len(up.statements)}")
+        self.log(f"applying {migration.label} (non-transactional)")
+        for index in range(start_at, len(up.statements)):
+            stmt = up.statements[index]
+            try:
+                self.with_lock_retries(
+                    f"{migration.label}:{stmt.line}", partial(self.run_one, stmt, migration)
+                )
+            except MigrationError as exc:
+                with suppress(psycopg.Error):
+                    conn.execute("RESET ROLE")
+                    conn.execute(
+                        f"UPDATE {META_SCHEMA}.schema_history SET last_error = %s WHERE version = %s",
+                        (str(exc), row_version),
+                    )
+                raise
+            conn.execute(
+                f"UPDATE {META_SCHEMA}.schema_history SET progress = %s, last_error = NULL WHERE version = %s",
+                (index + 1, row_version),
+            )
+        conn.execute(
+            f"UPDATE {META_SCHEMA}.schema_history SET status = 'applied', duration_ms = %s, "
+            "applied_at = clock_timestamp() WHERE version = %s",
+            (int((time.monotonic() - started) * 1000), row_version),
+        )
+
+    def run_one(self, stmt: Statement, migration: Migration, source: SqlFile | None = None) -> None:
+        """Run one statement of a non-transactional file (`source`, default the migration's up file)."""
+        source = source or migration.up
+        conn = self.conn
+        concurrent = stmt.concurrent_index
+        needs_long = stmt.needs_no_transaction
+        self.session_settings(
+            local=False,
+            lock_timeout=self.settings.concurrent_lock_timeout if needs_long else self.settings.lock_timeout,
+            statement_timeout=(
+                self.settings.concurrent_statement_timeout if needs_long else self.settings.statement_timeout
+            ),
+            as_owner=source.as_owner,
+        )
+        try:
+            if concurrent is not None:
+                schema, name = concurrent
+                state = self.index_state(schema, name)
+                if state is True:
+                    self.log(f"  index {name} exists and is valid: kept")
+                    return
+                if state is False:
+                    self.log(
+                        f"  index {name} is INVALID (a failed concurrent build): dropping and rebuilding"
+                    )
+                    conn.execute(
+                        sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(
+                            sql.Identifier(*(p for p in (schema or self._index_schema(name), name) if p))
+                        )
+                    )
+            self.execute(stmt, migration.label)
+            if concurrent is not None and self.index_state(*concurrent) is not True:
+                raise MigrationError(
+                    f"{migration.label}:{stmt.line}: index {concurrent[1]} is not valid after build"
+                )
+        finally:
+            with suppress(psycopg.Error):
+                conn.execute("RESET ROLE")
+                conn.execute("RESET lock_timeout")
+                conn.execute("RESET statement_timeout")
+
+    def _index_schema(self, name: str) -> str | None:
+        row = self.conn.execute(
+            "SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE c.relname = %s AND c.relkind = 'i' AND n.nspname = ANY (current_schemas(false))",
+            (name,),
+        ).fetchone()
+        return row[0] if row else None
+
+    def index_state(self, schema: str | None, name: str) -> bool | None:
+        """True valid, False INVALID (pg_index.indisvalid), None absent."""
+        row = self.conn.execute(
+            """SELECT i.indisvalid AND i.indisready FROM pg_class c
+                 JOIN pg_index i ON i.indexrelid = c.oid
+                 JOIN pg_namespace n ON n.oid = c.relnamespace
+                WHERE c.relname = %s AND (n.nspname = %s OR (%s::text IS NULL AND n.nspname = ANY (current_schemas(false))))
+                LIMIT 1""",
+            (name, schema, schema),
+        ).fetchone()
+        return None if row is None else bool(row[0])
+
+    # ---- repeatables, views, downs ------------------------------------------------------------------------
+
+    def apply_repeatables(self, reps: list[Repeatable]) -> None:
+        conn = self.conn
+
+        def run() -> None:
+            with conn.transaction():
+                self._local_settings()
+                for rep in reps:
+                    self.log(f"applying repeatable {rep.name}")
+                    for stmt in rep.file.statements:
+                        self.execute(stmt, rep.name)
+                conn.execute("RESET ROLE")
+                for rep in reps:
+                    history.record_repeatable(conn, rep)
+
+        self.with_lock_retries("repeatables", run)
+
+    def drop_views(self) -> None:
+        conn = self.conn
+        with conn.transaction():
+            self._local_settings()
+            views = conn.execute(
+                "SELECT c.oid::regclass::text, c.relkind FROM pg_class c "
+                "WHERE c.relnamespace = to_regnamespace('sigledger') AND c.relkind IN ('v', 'm')"
+            ).fetchall()
+            for name, relkind in views:
+                kind = "MATERIALIZED VIEW" if relkind == "m" else "VIEW"
+                conn.execute(sql.SQL(f"DROP {kind} IF EXISTS {{}} CASCADE").format(sql.SQL(name)))
+            conn.execute("RESET ROLE")
+
+    def run_down(self, migration: Migration, down: SqlFile) -> None:
+        conn = self.conn
+        if down.transactional:
+
+            def run() -> None:
+                with conn.transaction():
+                    self._local_settings(as_owner=down.as_owner)
+                    for stmt in down.statements:
+                        self.execute(stmt, down.path.name)
+                    conn.execute("RESET ROLE")
+                    history.delete_row(conn, migration.version)
+
+            self.with_lock_retries(down.path.name, run)
+            return
+        for stmt in down.statements:
+            self.with_lock_retries(
+                f"{down.path.name}:{stmt.line}", partial(self.run_one, stmt, migration, down)
+            )
+        history.delete_row(conn, migration.version)
