@@ -22,17 +22,7 @@ CREATE FUNCTION sigledger._assert_text(p_name text, p_value text) RETURNS text
     SET search_path TO 'sigledger', 'pg_temp'
     AS $$
 BEGIN
-    IF p_value IS NULL THEN
-        RAISE EXCEPTION USING ERRCODE = '22004', MESSAGE = format('%s must not be NULL', p_name);
-    END IF;
-    IF length(btrim(p_value)) = 0 THEN
-        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = format('%s must not be empty, got %L', p_name, p_value);
-    END IF;
-    IF length(p_value) > 200 THEN
-        RAISE EXCEPTION USING ERRCODE = '22023',
-            MESSAGE = format('%s must be at most 200 characters, got %s', p_name, length(p_value));
-    END IF;
-    RETURN p_value;
+    RETURN sigledger._text_arg(p_value, p_name, 200, 800);
 END;
 $$;
 
@@ -139,7 +129,7 @@ BEGIN
     IF p_period IS NOT NULL THEN
         IF p_period NOT IN ('none', 'daily', 'weekly', 'monthly') THEN
             RAISE EXCEPTION USING ERRCODE = '22023',
-                MESSAGE = format('period must be none, daily, weekly or monthly, got %L', p_period);
+                MESSAGE = format('period must be none, daily, weekly or monthly, got %s', sigledger._text_quote(p_period));
         END IF;
         b.period := p_period;
     END IF;
@@ -150,14 +140,15 @@ BEGIN
     IF p_fail_policy IS NOT NULL THEN
         IF p_fail_policy NOT IN ('open', 'closed') THEN
             RAISE EXCEPTION USING ERRCODE = '22023',
-                MESSAGE = format('fail_policy must be open or closed, got %L', p_fail_policy);
+                MESSAGE = format('fail_policy must be open or closed, got %s', sigledger._text_quote(p_fail_policy));
         END IF;
         b.fail_policy := p_fail_policy;
     END IF;
     IF p_alert_thresholds IS NOT NULL THEN
         IF NOT sigledger._valid_alert_thresholds(p_alert_thresholds) THEN
             RAISE EXCEPTION USING ERRCODE = '22023',
-                MESSAGE = format('alert_thresholds must be at most 10 fractions of the limit in (0, 10], got %s', p_alert_thresholds);
+                MESSAGE = format('alert_thresholds must be at most 10 fractions of the limit in (0, 10], got %s',
+                                 sigledger._text_list(p_alert_thresholds::text[]));
         END IF;
         b.alert_thresholds := p_alert_thresholds;
     END IF;
@@ -359,6 +350,13 @@ BEGIN
             MESSAGE = format('%s merge into %s: the list of sources is empty', p_kind, p_target),
             HINT = 'Pass at least one source id.';
     END IF;
+    -- a bound, so that one call cannot lock and rewrite without limit (49,999 sources took 4.3 s)
+    IF cardinality(p_sources) > 1000 THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('%s merge into %s: sources must hold at most 1000 ids, got %s', p_kind, p_target,
+                             cardinality(p_sources)),
+            HINT = 'Merge in several calls.';
+    END IF;
     IF array_position(p_sources, NULL) IS NOT NULL THEN
         RAISE EXCEPTION USING ERRCODE = 'SLM02',
             MESSAGE = format('%s merge into %s: source %s is NULL', p_kind, p_target, array_position(p_sources, NULL));
@@ -412,16 +410,16 @@ ALTER FUNCTION sigledger._cost_insert(p_idempotency_key text, p_agent_id uuid, p
 -- Name: _cost_validate(text, uuid, text, text, bigint, bigint, numeric, timestamp with time zone, jsonb, boolean); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
 --
 
-CREATE FUNCTION sigledger._cost_validate(p_idempotency_key text, p_agent_id uuid, p_model text, p_provider text, p_input_tokens bigint, p_output_tokens bigint, p_cost_usd numeric, p_created_at timestamp with time zone, p_metadata jsonb, p_check_agent boolean DEFAULT true, OUT cost_usd numeric, OUT priced_usd numeric, OUT cost_source text, OUT created_at timestamp with time zone, OUT metadata jsonb) RETURNS record
+CREATE FUNCTION sigledger._cost_validate(p_idempotency_key text, p_agent_id uuid, p_model text, p_provider text, p_input_tokens bigint, p_output_tokens bigint, p_cost_usd numeric, p_created_at timestamp with time zone, p_metadata jsonb, p_check_agent boolean DEFAULT true, OUT cost_usd numeric, OUT priced_usd numeric, OUT cost_source text, OUT created_at timestamp with time zone, OUT metadata jsonb, OUT model text, OUT provider text) RETURNS record
     LANGUAGE plpgsql STABLE
     SET search_path TO 'sigledger', 'pg_temp'
     AS $$
 DECLARE
     c_backdate_window CONSTANT interval := interval '7 days';
 BEGIN
-    PERFORM sigledger._assert_text('idempotency_key', p_idempotency_key);
-    PERFORM sigledger._assert_text('model', p_model);
-    PERFORM sigledger._assert_text('provider', p_provider);
+    PERFORM sigledger._text_arg(p_idempotency_key, 'idempotency_key', 200, 800, 'key');
+    model := sigledger._text_arg(p_model, 'model', 200, 800);
+    provider := sigledger._text_arg(p_provider, 'provider', 200, 800);
     PERFORM sigledger._assert_tokens('input_tokens', p_input_tokens);
     PERFORM sigledger._assert_tokens('output_tokens', p_output_tokens);
     created_at := sigledger._assert_timestamp('created_at', p_created_at);
@@ -445,11 +443,12 @@ BEGIN
     IF p_check_agent AND NOT FOUND THEN
         RAISE EXCEPTION USING ERRCODE = 'P0002', MESSAGE = format('unknown agent %s', p_agent_id);
     END IF;
-    priced_usd := sigledger._price(p_provider, p_model, created_at, p_input_tokens, p_output_tokens);
+    priced_usd := sigledger._price(provider, model, created_at, p_input_tokens, p_output_tokens);
     IF p_cost_usd IS NULL THEN
         IF priced_usd IS NULL THEN
             RAISE EXCEPTION USING ERRCODE = '22023',
-                MESSAGE = format('cost_usd omitted and no price for provider %L model %L at %s', p_provider, p_model, created_at),
+                MESSAGE = format('cost_usd omitted and no price for provider %s model %s at %s',
+                                 sigledger._text_quote(provider), sigledger._text_quote(model), created_at),
                 HINT = 'Pass cost_usd, or add the model to the price table with add_model_price().';
         END IF;
         cost_usd := sigledger._assert_usd('priced cost_usd', priced_usd);
@@ -461,7 +460,7 @@ BEGIN
 END;
 $$;
 
-ALTER FUNCTION sigledger._cost_validate(p_idempotency_key text, p_agent_id uuid, p_model text, p_provider text, p_input_tokens bigint, p_output_tokens bigint, p_cost_usd numeric, p_created_at timestamp with time zone, p_metadata jsonb, p_check_agent boolean, OUT cost_usd numeric, OUT priced_usd numeric, OUT cost_source text, OUT created_at timestamp with time zone, OUT metadata jsonb) OWNER TO sigledger_owner;
+ALTER FUNCTION sigledger._cost_validate(p_idempotency_key text, p_agent_id uuid, p_model text, p_provider text, p_input_tokens bigint, p_output_tokens bigint, p_cost_usd numeric, p_created_at timestamp with time zone, p_metadata jsonb, p_check_agent boolean, OUT cost_usd numeric, OUT priced_usd numeric, OUT cost_source text, OUT created_at timestamp with time zone, OUT metadata jsonb, OUT model text, OUT provider text) OWNER TO sigledger_owner;
 
 --
 -- Name: _ensure_ledger_partitions(integer); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
@@ -522,6 +521,28 @@ COMMENT ON FUNCTION sigledger._ensure_ledger_partitions(p_months_ahead integer) 
 SQLSTATE: 22023, 55P03';
 
 --
+-- Name: _entity_alias_room(uuid); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger._entity_alias_room(p_entity_id uuid) RETURNS void
+    LANGUAGE plpgsql STABLE
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+DECLARE
+    v_count bigint;
+BEGIN
+    SELECT count(*) INTO v_count FROM sigledger.entity_aliases a WHERE a.canonical_entity_id = p_entity_id;
+    IF v_count > 1000 THEN
+        RAISE EXCEPTION USING ERRCODE = '54000',
+            MESSAGE = format('entity %s would hold %s aliases, the limit is 1000', p_entity_id, v_count),
+            HINT = 'Aliases are names people use for the entity; a list this long is probably a bug in the caller.';
+    END IF;
+END;
+$$;
+
+ALTER FUNCTION sigledger._entity_alias_room(p_entity_id uuid) OWNER TO sigledger_owner;
+
+--
 -- Name: _entity_aliases_no_tombstone(); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
 --
 
@@ -547,6 +568,22 @@ END;
 $$;
 
 ALTER FUNCTION sigledger._entity_aliases_no_tombstone() OWNER TO sigledger_owner;
+
+--
+-- Name: _entity_aliases_set_key(); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger._entity_aliases_set_key() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+BEGIN
+    NEW.alias_key := sigledger._text_key(NEW.alias);
+    RETURN NEW;
+END
+$$;
+
+ALTER FUNCTION sigledger._entity_aliases_set_key() OWNER TO sigledger_owner;
 
 --
 -- Name: _graph_ack(bigint[]); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
@@ -1148,7 +1185,7 @@ COMMENT ON FUNCTION sigledger._increment_agent_version() IS 'Trigger: bumps agen
 -- Name: _ingest(jsonb, text); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
 --
 
-CREATE FUNCTION sigledger._ingest(p_batch jsonb, p_unknown_policy text) RETURNS TABLE(item integer, signal_id uuid, status text, reason text, linked_entities integer, queued_mentions integer)
+CREATE FUNCTION sigledger._ingest(p_batch jsonb, p_unknown_policy text) RETURNS TABLE(item integer, signal_id uuid, status text, reason text, linked_entities integer, queued_mentions integer, sqlstate text)
     LANGUAGE plpgsql
     SET search_path TO 'sigledger', 'pg_temp'
     AS $$
@@ -1189,45 +1226,75 @@ BEGIN
     v_policy := coalesce(p_unknown_policy, (SELECT s.unknown_entity_policy FROM sigledger.ingest_settings s));
     IF v_policy IS NULL OR v_policy NOT IN ('create', 'review') THEN
         RAISE EXCEPTION USING ERRCODE = '22023',
-            MESSAGE = format('unknown-entity policy must be ''create'' or ''review'', got %L', v_policy);
+            MESSAGE = format('unknown-entity policy must be ''create'' or ''review'', got %s', _text_quote(v_policy));
     END IF;
 
-    -- 1. parse and validate every item; the first reason that applies wins.
+    -- 1. parse and validate every item; the first reason that applies wins. A reason is written
+    --    'SQLSTATE text' here and split in the result (one array instead of two kept in step). Text fields pass
+    --    the text rules (_text_norm, 005): source at most 200 characters and 800 bytes, external_id 500 and
+    --    1500 (together under the btree entry size of signals_source_external_id_key), content 1000000 and
+    --    4000000, each mention 500 and 2000 (and a resolution key of at most 2400 bytes).
     SELECT array_agg(p.ord ORDER BY p.ord), array_agg(p.source ORDER BY p.ord), array_agg(p.external_id ORDER BY p.ord),
            array_agg(p.occurred_at ORDER BY p.ord), array_agg(p.payload ORDER BY p.ord), array_agg(p.mentions ORDER BY p.ord),
-           array_agg(p.content ORDER BY p.ord),
-           array_agg(
-               CASE
-                   WHEN p.jtype IS DISTINCT FROM 'object' THEN 'item is not a JSON object'
-                   WHEN p.source IS NULL OR length(p.source) NOT BETWEEN 1 AND 200
-                       THEN 'source must be a non-blank string of at most 200 characters'
-                   WHEN p.external_id IS NULL OR length(p.external_id) NOT BETWEEN 1 AND 500
-                       THEN 'external_id must be a non-blank string or number of at most 500 characters'
-                   WHEN p.occurred_raw IS NULL THEN 'occurred_at is missing'
-                   WHEN p.occurred_at IS NULL THEN format('occurred_at is not a valid timestamp: %s', p.occurred_raw)
-                   WHEN NOT (p.occurred_at > '2000-01-01' AND p.occurred_at < 'infinity')
-                       THEN format('occurred_at must be after 2000-01-01 and finite, got %s', p.occurred_raw)
-                   WHEN p.content_type NOT IN ('string', 'null') THEN 'content must be a string'
-                   WHEN jsonb_typeof(p.payload) <> 'object' THEN 'payload must be a JSON object'
-                   WHEN jsonb_typeof(p.mentions) <> 'array' THEN 'mentions must be a JSON array of strings'
-                   WHEN jsonb_array_length(p.mentions) > 200 THEN 'mentions holds more than 200 names'
-                   WHEN EXISTS (SELECT 1 FROM jsonb_array_elements(p.mentions) AS m
-                                 WHERE jsonb_typeof(m) <> 'string' OR length(btrim(m #>> '{}')) NOT BETWEEN 1 AND 500)
-                       THEN 'each mention must be a non-blank string of at most 500 characters'
-               END ORDER BY p.ord)
+           array_agg(p.content ORDER BY p.ord), array_agg(p.why ORDER BY p.ord)
       INTO v_item, v_source, v_external, v_occurred, v_payload, v_mentions, v_content, v_reason
-      FROM (SELECT e.ord::integer AS ord, jsonb_typeof(e.j) AS jtype,
-                   CASE WHEN jsonb_typeof(e.j -> 'source') = 'string' THEN btrim(e.j ->> 'source') END AS source,
-                   CASE WHEN jsonb_typeof(e.j -> 'external_id') IN ('string', 'number')
-                        THEN btrim(e.j ->> 'external_id') END AS external_id,
-                   CASE WHEN jsonb_typeof(e.j) = 'object' THEN e.j ->> 'occurred_at' END AS occurred_raw,
-                   CASE WHEN jsonb_typeof(e.j -> 'occurred_at') = 'string'
-                        THEN sigledger._try_timestamptz(e.j ->> 'occurred_at') END AS occurred_at,
-                   coalesce(e.j -> 'payload', '{}') AS payload,
-                   coalesce(jsonb_typeof(e.j -> 'content'), 'null') AS content_type,
-                   CASE WHEN jsonb_typeof(e.j -> 'content') = 'string' THEN e.j ->> 'content' END AS content,
-                   coalesce(e.j -> 'mentions', '[]') AS mentions
-              FROM jsonb_array_elements(p_batch) WITH ORDINALITY AS e (j, ord)) AS p;
+      FROM (SELECT e.ord::integer AS ord, src.value AS source, ext.value AS external_id, occ.value AS occurred_at,
+                   coalesce(e.j -> 'payload', '{}') AS payload, coalesce(e.j -> 'mentions', '[]') AS mentions,
+                   cnt.value AS content,
+                   CASE
+                       WHEN jsonb_typeof(e.j) IS DISTINCT FROM 'object' THEN '22023 item is not a JSON object'
+                       WHEN coalesce(jsonb_typeof(e.j -> 'source'), 'null') = 'null' THEN '22023 source is missing'
+                       WHEN jsonb_typeof(e.j -> 'source') <> 'string' THEN '22023 source must be a string'
+                       WHEN src.error IS NOT NULL THEN '22023 ' || src.error
+                       WHEN coalesce(jsonb_typeof(e.j -> 'external_id'), 'null') = 'null'
+                           THEN '22023 external_id is missing'
+                       WHEN jsonb_typeof(e.j -> 'external_id') NOT IN ('string', 'number')
+                           THEN '22023 external_id must be a string or a number'
+                       WHEN ext.error IS NOT NULL THEN '22023 ' || ext.error
+                       WHEN coalesce(jsonb_typeof(e.j -> 'occurred_at'), 'null') = 'null' THEN '22023 occurred_at is missing'
+                       WHEN jsonb_typeof(e.j -> 'occurred_at') <> 'string' THEN '22023 occurred_at must be a string'
+                       WHEN occ.error IS NOT NULL
+                           THEN left(occ.error, 5) || ' occurred_at is not a valid timestamp: '
+                                || CASE WHEN length(e.j ->> 'occurred_at') > 200
+                                        THEN left(e.j ->> 'occurred_at', 200) || '...' ELSE e.j ->> 'occurred_at' END
+                                || CASE WHEN left(occ.error, 5) <> '22007' THEN ' (' || substr(occ.error, 7) || ')' ELSE '' END
+                       WHEN NOT (occ.value > '2000-01-01' AND occ.value < 'infinity')
+                           THEN '22023 occurred_at must be after 2000-01-01 and finite, got ' || _text_quote(e.j ->> 'occurred_at')
+                       WHEN coalesce(jsonb_typeof(e.j -> 'content'), 'null') NOT IN ('string', 'null')
+                           THEN '22023 content must be a string'
+                       WHEN cnt.error IS NOT NULL THEN '22023 ' || cnt.error
+                       WHEN jsonb_typeof(e.j -> 'payload') <> 'object' THEN '22023 payload must be a JSON object'
+                       WHEN jsonb_typeof(e.j -> 'mentions') <> 'array' THEN '22023 mentions must be a JSON array of strings'
+                       WHEN jsonb_array_length(e.j -> 'mentions') > 200
+                           THEN format('22023 mentions holds %s names, the limit is 200', jsonb_array_length(e.j -> 'mentions'))
+                       WHEN men.error IS NOT NULL THEN '22023 ' || men.error
+                   END AS why
+              FROM jsonb_array_elements(p_batch) WITH ORDINALITY AS e (j, ord)
+              CROSS JOIN LATERAL sigledger._text_norm(
+                  CASE WHEN jsonb_typeof(e.j -> 'source') = 'string' THEN e.j ->> 'source' END, 'source', 200, 800) AS src
+              CROSS JOIN LATERAL sigledger._text_norm(
+                  CASE WHEN jsonb_typeof(e.j -> 'external_id') IN ('string', 'number') THEN e.j ->> 'external_id' END,
+                  'external_id', 500, 1500) AS ext
+              CROSS JOIN LATERAL sigledger._try_timestamptz(
+                  CASE WHEN jsonb_typeof(e.j -> 'occurred_at') = 'string' THEN e.j ->> 'occurred_at' END) AS occ
+              CROSS JOIN LATERAL sigledger._text_norm(
+                  CASE WHEN jsonb_typeof(e.j -> 'content') = 'string' THEN e.j ->> 'content' END,
+                  'content', 1000000, 4000000, 'text') AS cnt
+              CROSS JOIN LATERAL (SELECT (
+                  SELECT format('mention %s: %s', m.o,
+                                CASE WHEN jsonb_typeof(m.v) <> 'string' THEN 'must be a string'
+                                     WHEN t.error IS NOT NULL THEN t.error
+                                     ELSE 'its resolution key is longer than 2400 bytes' END)
+                    FROM jsonb_array_elements(CASE WHEN jsonb_typeof(e.j -> 'mentions') = 'array'
+                                                    AND jsonb_array_length(e.j -> 'mentions') <= 200
+                                                   THEN e.j -> 'mentions' END) WITH ORDINALITY AS m (v, o)
+                    CROSS JOIN LATERAL sigledger._text_norm(
+                        CASE WHEN jsonb_typeof(m.v) = 'string' THEN m.v #>> '{}' END, 'mention', 500, 2000) AS t
+                   WHERE jsonb_typeof(m.v) <> 'string' OR t.error IS NOT NULL
+                      -- NFKC expands a character at most 18-fold: only a long name can exceed the key's bound
+                      OR (octet_length(t.value) > 133 AND octet_length(sigledger._text_key(t.value)) > 2400)
+                   ORDER BY m.o LIMIT 1) AS error) AS men
+           ) AS p;
     IF v_item IS NULL THEN
         RETURN;
     END IF;
@@ -1252,16 +1319,18 @@ BEGIN
               LEFT JOIN sigledger.signals s ON u.why IS NULL AND s.source = u.src AND s.external_id = u.ext
               LEFT JOIN unnest(v_new_sig) AS n (id) ON n.id = s.id) AS x;
 
-    -- 4. the distinct mentions (by lower(name)) of each created signal; a replay links nothing.
+    -- 4. the distinct mentions (by resolution key, _text_key) of each created signal, each in its canonical
+    --    form; a replay links nothing.
     SELECT coalesce(array_agg(m.it ORDER BY m.k, m.it), '{}'), coalesce(array_agg(m.sid ORDER BY m.k, m.it), '{}'),
            coalesce(array_agg(m.k ORDER BY m.k, m.it), '{}'), coalesce(array_agg(m.nm ORDER BY m.k, m.it), '{}')
       INTO v_p_item, v_p_sig, v_p_key, v_p_name
-      FROM (SELECT DISTINCT ON (u.it, lower(btrim(j.v #>> '{}')))
-                   u.it, u.sid, lower(btrim(j.v #>> '{}')) AS k, btrim(j.v #>> '{}') AS nm
+      FROM (SELECT DISTINCT ON (u.it, c.k) u.it, u.sid, c.k, c.nm
               FROM unnest(v_item, v_sig, v_mentions, v_created) AS u (it, sid, men, cr)
               CROSS JOIN LATERAL jsonb_array_elements(u.men) WITH ORDINALITY AS j (v, o)
+              CROSS JOIN LATERAL (SELECT n.nm, sigledger._text_key(n.nm) AS k
+                                    FROM (SELECT sigledger._text_canon(j.v #>> '{}') AS nm) AS n) AS c
              WHERE u.cr
-             ORDER BY u.it, lower(btrim(j.v #>> '{}')), j.o) AS m;
+             ORDER BY u.it, c.k, j.o) AS m;
 
     -- 5. unknown names: create entity + alias (policy 'create'), aliases inserted in key order. A name that
     --    another session created meanwhile conflicts on the alias key: our entity for it is removed again.
@@ -1269,15 +1338,15 @@ BEGIN
         WITH unknown AS (
                 SELECT DISTINCT ON (p.k) p.k, p.nm
                   FROM unnest(v_p_key, v_p_name, v_p_item) AS p (k, nm, it)
-                 WHERE NOT EXISTS (SELECT 1 FROM sigledger.entity_aliases a WHERE lower(a.alias) = p.k)
+                 WHERE NOT EXISTS (SELECT 1 FROM sigledger.entity_aliases a WHERE a.alias_key = p.k)
                  ORDER BY p.k, p.it),
              ne AS (
                 INSERT INTO sigledger.entities (name) SELECT unknown.nm FROM unknown ORDER BY unknown.k
                 RETURNING id, name),
              na AS (
                 INSERT INTO sigledger.entity_aliases (alias, canonical_entity_id)
-                SELECT ne.name, ne.id FROM ne ORDER BY lower(ne.name)
-                ON CONFLICT ((lower(alias))) DO NOTHING
+                SELECT ne.name, ne.id FROM ne JOIN unknown ON unknown.nm = ne.name ORDER BY unknown.k
+                ON CONFLICT (alias_key) DO NOTHING
                 RETURNING canonical_entity_id)
         SELECT coalesce(array_agg(ne.id) FILTER (WHERE na.canonical_entity_id IS NULL), '{}'),
                coalesce(array_agg(ne.id) FILTER (WHERE na.canonical_entity_id IS NOT NULL), '{}')
@@ -1296,7 +1365,7 @@ BEGIN
     SELECT coalesce(array_agg(k.k ORDER BY k.k), '{}'), coalesce(array_agg(a.canonical_entity_id ORDER BY k.k), '{}')
       INTO v_res_key, v_res_ent
       FROM (SELECT DISTINCT p.k FROM unnest(v_p_key) AS p (k)) AS k
-      JOIN sigledger.entity_aliases a ON lower(a.alias) = k.k;
+      JOIN sigledger.entity_aliases a ON a.alias_key = k.k;
     SELECT coalesce(array_agg(l.id), '{}'), coalesce(array_agg(l.head), '{}') INTO v_head_of_id, v_head
       FROM sigledger._lock_live_entities(v_res_ent) AS l;
 
@@ -1337,9 +1406,10 @@ BEGIN
          GROUP BY p.it)
     SELECT u.it, u.sid,
            CASE WHEN u.why IS NOT NULL THEN 'rejected' WHEN u.cr THEN 'created' ELSE 'duplicate' END,
-           u.why,
+           substr(u.why, 7),
            coalesce(pi.linked, 0),
-           CASE WHEN v_policy = 'review' THEN coalesce(pi.queued, 0) ELSE 0 END
+           CASE WHEN v_policy = 'review' THEN coalesce(pi.queued, 0) ELSE 0 END,
+           left(u.why, 5)
       FROM unnest(v_item, v_sig, v_created, v_reason) AS u (it, sid, cr, why)
       LEFT JOIN per_item pi ON pi.it = u.it
      ORDER BY u.it;
@@ -1463,7 +1533,8 @@ BEGIN
             SELECT count(DISTINCT h) INTO v_wanted FROM unnest(v_head) AS h;
             IF v_found <> v_wanted THEN
                 RAISE EXCEPTION USING ERRCODE = 'P0002',
-                    MESSAGE = format('entity not found: %s', (SELECT string_agg(h::text, ', ') FROM unnest(v_head) AS h
+                    MESSAGE = format('entity not found: %s', (SELECT sigledger._text_list(array_agg(h::text ORDER BY h))
+                                       FROM unnest(v_head) AS h
                                        WHERE NOT EXISTS (SELECT 1 FROM sigledger.entities e WHERE e.id = h)));
             END IF;
             IF v_tombstones = 0 THEN
@@ -1526,6 +1597,28 @@ END;
 $$;
 
 ALTER FUNCTION sigledger._lock_live_opportunity(p_id uuid) OWNER TO sigledger_owner;
+
+--
+-- Name: _name_key(text, text); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger._name_key(p_name text, p_what text) RETURNS text
+    LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+DECLARE
+    v text := sigledger._text_key(p_name);
+BEGIN
+    IF octet_length(v) > 2400 THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('%s is %s bytes once normalised for matching, the limit is 2400: %s', p_what,
+                             octet_length(v), sigledger._text_quote(p_name));
+    END IF;
+    RETURN v;
+END;
+$$;
+
+ALTER FUNCTION sigledger._name_key(p_name text, p_what text) OWNER TO sigledger_owner;
 
 --
 -- Name: _opportunity_signals_no_tombstone(); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
@@ -1833,21 +1926,220 @@ $$;
 ALTER FUNCTION sigledger._spend_release(p_budget_id bigint, p_period_start timestamp with time zone, p_amount numeric) OWNER TO sigledger_owner;
 
 --
--- Name: _try_timestamptz(text); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+-- Name: _text_arg(text, text, integer, integer, text, text); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
 --
 
-CREATE FUNCTION sigledger._try_timestamptz(p_value text) RETURNS timestamp with time zone
-    LANGUAGE plpgsql STABLE
+CREATE FUNCTION sigledger._text_arg(p_value text, p_what text, p_max_chars integer, p_max_bytes integer, p_kind text DEFAULT 'name'::text, p_null_code text DEFAULT '22004'::text) RETURNS text
+    LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
     SET search_path TO 'sigledger', 'pg_temp'
     AS $$
+DECLARE
+    r record;
+    v text;
 BEGIN
-    RETURN p_value::timestamptz;
-EXCEPTION WHEN invalid_datetime_format OR datetime_field_overflow OR invalid_time_zone_displacement_value THEN
-    RETURN NULL;
+    IF p_value IS NULL THEN
+        IF p_null_code IS NULL THEN
+            RETURN NULL;
+        END IF;
+        RAISE EXCEPTION USING ERRCODE = p_null_code, MESSAGE = format('%s must not be NULL', p_what);
+    END IF;
+    -- The rules of _text_norm, inline for a value that passes them (the ledger's hot path runs this for a key,
+    -- a model and a provider per cost): no composite result, and for ASCII (NFC already, and whose only
+    -- invisible characters are the whitespace btrim removes) not even _text_canon. A value that fails goes
+    -- to _text_norm for the reason (tests/core/test_text_rules.py checks that both agree).
+    IF octet_length(p_value) = length(p_value) THEN
+        v := btrim(p_value, E' \t\n\x0b\f\r');
+    ELSE
+        v := sigledger._text_canon(p_value);
+    END IF;
+    IF v <> '' OR p_kind = 'text' THEN
+        IF p_kind = 'key' THEN
+            v := p_value;
+        END IF;
+        IF length(v) <= p_max_chars AND octet_length(v) <= p_max_bytes
+           AND (p_kind = 'text' OR v !~ '[\u0001-\u001f\u007f-\u009f]') THEN
+            RETURN v;
+        END IF;
+    END IF;
+    r := sigledger._text_norm(p_value, p_what, p_max_chars, p_max_bytes, p_kind);
+    IF r.error IS NOT NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = r.error;
+    END IF;
+    RETURN r.value;
 END;
 $$;
 
-ALTER FUNCTION sigledger._try_timestamptz(p_value text) OWNER TO sigledger_owner;
+ALTER FUNCTION sigledger._text_arg(p_value text, p_what text, p_max_chars integer, p_max_bytes integer, p_kind text, p_null_code text) OWNER TO sigledger_owner;
+
+--
+-- Name: _text_canon(text); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger._text_canon(p_value text) RETURNS text
+    LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $_$
+BEGIN
+    IF octet_length(p_value) = length(p_value) THEN  -- ASCII: one byte per character in UTF-8
+        RETURN btrim(p_value, E' \t\n\x0b\f\r');
+    END IF;
+    RETURN normalize(regexp_replace(p_value, '^[\u0009-\u000d\u0020\u0085\u00a0\u00ad\u034f\u0600-\u0605\u061c\u06dd\u070f\u0890-\u0891\u08e2\u115f-\u1160\u1680\u17b4-\u17b5\u180b-\u180f\u2000-\u200f\u2028-\u202f\u205f-\u206f\u3000\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufffb\U000110bd\U000110cd\U00013430-\U00013438\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0000-\U000e0fff]+|[\u0009-\u000d\u0020\u0085\u00a0\u00ad\u034f\u0600-\u0605\u061c\u06dd\u070f\u0890-\u0891\u08e2\u115f-\u1160\u1680\u17b4-\u17b5\u180b-\u180f\u2000-\u200f\u2028-\u202f\u205f-\u206f\u3000\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufffb\U000110bd\U000110cd\U00013430-\U00013438\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0000-\U000e0fff]+$', '', 'g'), NFC);
+END
+$_$;
+
+ALTER FUNCTION sigledger._text_canon(p_value text) OWNER TO sigledger_owner;
+
+--
+-- Name: FUNCTION _text_canon(p_value text); Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON FUNCTION sigledger._text_canon(p_value text) IS 'Internal: the stored form of a name: invisible characters trimmed at both ends, NFC (docs/text-rules.md).';
+
+--
+-- Name: _text_key(text); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger._text_key(p_value text) RETURNS text
+    LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $_$
+DECLARE
+    v text;
+    c text;
+BEGIN
+    IF octet_length(p_value) = length(p_value) THEN
+        RETURN lower(btrim(p_value, E' \t\n\x0b\f\r') COLLATE "C");
+    END IF;
+    -- trimmed, and the invisible characters that are not spaces dropped inside
+    v := regexp_replace(p_value, '^[\u0009-\u000d\u0020\u0085\u00a0\u00ad\u034f\u0600-\u0605\u061c\u06dd\u070f\u0890-\u0891\u08e2\u115f-\u1160\u1680\u17b4-\u17b5\u180b-\u180f\u2000-\u200f\u2028-\u202f\u205f-\u206f\u3000\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufffb\U000110bd\U000110cd\U00013430-\U00013438\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0000-\U000e0fff]+|[\u0009-\u000d\u0020\u0085\u00a0\u00ad\u034f\u0600-\u0605\u061c\u06dd\u070f\u0890-\u0891\u08e2\u115f-\u1160\u1680\u17b4-\u17b5\u180b-\u180f\u2000-\u200f\u2028-\u202f\u205f-\u206f\u3000\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufffb\U000110bd\U000110cd\U00013430-\U00013438\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0000-\U000e0fff]+$|[\u00ad\u034f\u0600-\u0605\u061c\u06dd\u070f\u0890-\u0891\u08e2\u115f-\u1160\u17b4-\u17b5\u180b-\u180f\u200b-\u200f\u202a-\u202e\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufffb\U000110bd\U000110cd\U00013430-\U00013438\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0000-\U000e0fff]+', '', 'g');
+    -- NFKD first, so that only base letters and combining marks reach the fold; ASCII lowered by lower()
+    -- under "C" (A-Z only, whatever the database collation)
+    v := lower(normalize(v, NFKD) COLLATE "C");
+    -- full case folding (CaseFolding.txt C + F) of the rest: one replace() per distinct character that
+    -- folds (translate() would scan its whole table for every character: ~150 us for a short name)
+    FOR i IN 1 .. length(v) LOOP
+        c := substring(v FROM '[\u00c6\u00d0\u00d8\u00de-\u00df\u0110\u0126\u0141\u014a\u0152\u0166\u0181-\u0182\u0184\u0186-\u0187\u0189-\u018b\u018e-\u0191\u0193-\u0194\u0196-\u0198\u019c-\u019d\u019f\u01a2\u01a4\u01a6-\u01a7\u01a9\u01ac\u01ae\u01b1-\u01b3\u01b5\u01b7-\u01b8\u01bc\u01e4\u01f6-\u01f7\u021c\u0220\u0222\u0224\u023a-\u023b\u023d-\u023e\u0241\u0243-\u0246\u0248\u024a\u024c\u024e\u0345\u0370\u0372\u0376\u037f\u0391-\u03a1\u03a3-\u03a9\u03c2\u03cf\u03d8\u03da\u03dc\u03de\u03e0\u03e2\u03e4\u03e6\u03e8\u03ea\u03ec\u03ee\u03f7\u03fa\u03fd-\u03ff\u0402\u0404-\u0406\u0408-\u040b\u040f-\u0418\u041a-\u042f\u0460\u0462\u0464\u0466\u0468\u046a\u046c\u046e\u0470\u0472\u0474\u0478\u047a\u047c\u047e\u0480\u048a\u048c\u048e\u0490\u0492\u0494\u0496\u0498\u049a\u049c\u049e\u04a0\u04a2\u04a4\u04a6\u04a8\u04aa\u04ac\u04ae\u04b0\u04b2\u04b4\u04b6\u04b8\u04ba\u04bc\u04be\u04c0\u04c3\u04c5\u04c7\u04c9\u04cb\u04cd\u04d4\u04d8\u04e0\u04e8\u04f6\u04fa\u04fc\u04fe\u0500\u0502\u0504\u0506\u0508\u050a\u050c\u050e\u0510\u0512\u0514\u0516\u0518\u051a\u051c\u051e\u0520\u0522\u0524\u0526\u0528\u052a\u052c\u052e\u0531-\u0556\u10a0-\u10c5\u10c7\u10cd\u13f8-\u13fd\u1c80-\u1c88\u1c90-\u1cba\u1cbd-\u1cbf\u1e9e\u1efa\u1efc\u1efe\u2132\u2183\u2c00-\u2c2f\u2c60\u2c62-\u2c64\u2c67\u2c69\u2c6b\u2c6d-\u2c70\u2c72\u2c75\u2c7e-\u2c80\u2c82\u2c84\u2c86\u2c88\u2c8a\u2c8c\u2c8e\u2c90\u2c92\u2c94\u2c96\u2c98\u2c9a\u2c9c\u2c9e\u2ca0\u2ca2\u2ca4\u2ca6\u2ca8\u2caa\u2cac\u2cae\u2cb0\u2cb2\u2cb4\u2cb6\u2cb8\u2cba\u2cbc\u2cbe\u2cc0\u2cc2\u2cc4\u2cc6\u2cc8\u2cca\u2ccc\u2cce\u2cd0\u2cd2\u2cd4\u2cd6\u2cd8\u2cda\u2cdc\u2cde\u2ce0\u2ce2\u2ceb\u2ced\u2cf2\ua640\ua642\ua644\ua646\ua648\ua64a\ua64c\ua64e\ua650\ua652\ua654\ua656\ua658\ua65a\ua65c\ua65e\ua660\ua662\ua664\ua666\ua668\ua66a\ua66c\ua680\ua682\ua684\ua686\ua688\ua68a\ua68c\ua68e\ua690\ua692\ua694\ua696\ua698\ua69a\ua722\ua724\ua726\ua728\ua72a\ua72c\ua72e\ua732\ua734\ua736\ua738\ua73a\ua73c\ua73e\ua740\ua742\ua744\ua746\ua748\ua74a\ua74c\ua74e\ua750\ua752\ua754\ua756\ua758\ua75a\ua75c\ua75e\ua760\ua762\ua764\ua766\ua768\ua76a\ua76c\ua76e\ua779\ua77b\ua77d-\ua77e\ua780\ua782\ua784\ua786\ua78b\ua78d\ua790\ua792\ua796\ua798\ua79a\ua79c\ua79e\ua7a0\ua7a2\ua7a4\ua7a6\ua7a8\ua7aa-\ua7ae\ua7b0-\ua7b4\ua7b6\ua7b8\ua7ba\ua7bc\ua7be\ua7c0\ua7c2\ua7c4-\ua7c7\ua7c9\ua7d0\ua7d6\ua7d8\ua7f5\uab70-\uabbf\U00010400-\U00010427\U000104b0-\U000104d3\U00010570-\U0001057a\U0001057c-\U0001058a\U0001058c-\U00010592\U00010594-\U00010595\U00010c80-\U00010cb2\U000118a0-\U000118bf\U00016e40-\U00016e5f\U0001e900-\U0001e921]');
+        EXIT WHEN c IS NULL;
+        v := replace(v, c, CASE c WHEN U&'\+0000df' THEN U&'ss' WHEN U&'\+001e9e' THEN U&'ss' ELSE substr(
+            U&'\+0000e6\+0000f0\+0000f8\+0000fe\+000111\+000127\+000142\+00014b\+000153\+000167\+000253\+000183\+000185\+000254\+000188\+000256\+000257\+00018c\+0001dd\+000259\+00025b\+000192\+000260\+000263\+000269\+000268\+000199\+00026f\+000272\+000275\+0001a3\+0001a5\+000280\+0001a8\+000283\+0001ad\+000288\+00028a\+00028b\+0001b4\+0001b6\+000292\+0001b9\+0001bd\+0001e5\+000195\+0001bf\+00021d\+00019e\+000223\+000225\+002c65\+00023c\+00019a\+002c66\+000242\+000180\+000289\+00028c\+000247\+000249\+00024b\+00024d\+00024f\+0003b9\+000371\+000373\+000377\+0003f3\+0003b1\+0003b2\+0003b3\+0003b4\+0003b5\+0003b6\+0003b7\+0003b8\+0003b9\+0003ba\+0003bb\+0003bc\+0003bd\+0003be\+0003bf\+0003c0\+0003c1\+0003c3\+0003c4\+0003c5\+0003c6\+0003c7\+0003c8\+0003c9\+0003c3\+0003d7\+0003d9\+0003db\+0003dd\+0003df\+0003e1\+0003e3\+0003e5\+0003e7\+0003e9\+0003eb\+0003ed\+0003ef\+0003f8\+0003fb\+00037b\+00037c\+00037d\+000452\+000454\+000455\+000456\+000458\+000459\+00045a\+00045b\+00045f\+000430\+000431\+000432\+000433\+000434\+000435\+000436\+000437\+000438\+00043a\+00043b\+00043c\+00043d\+00043e\+00043f\+000440\+000441\+000442\+000443\+000444\+000445\+000446\+000447\+000448\+000449\+00044a\+00044b\+00044c\+00044d\+00044e\+00044f\+000461\+000463\+000465\+000467\+000469\+00046b\+00046d\+00046f\+000471\+000473\+000475\+000479\+00047b\+00047d\+00047f\+000481\+00048b\+00048d\+00048f\+000491\+000493\+000495\+000497\+000499\+00049b\+00049d\+00049f\+0004a1\+0004a3\+0004a5\+0004a7\+0004a9\+0004ab\+0004ad\+0004af\+0004b1\+0004b3\+0004b5\+0004b7\+0004b9\+0004bb\+0004bd\+0004bf\+0004cf\+0004c4\+0004c6\+0004c8\+0004ca\+0004cc\+0004ce\+0004d5\+0004d9\+0004e1\+0004e9\+0004f7\+0004fb\+0004fd\+0004ff\+000501\+000503\+000505\+000507\+000509\+00050b\+00050d\+00050f\+000511\+000513\+000515\+000517\+000519\+00051b\+00051d\+00051f\+000521\+000523\+000525\+000527\+000529\+00052b\+00052d\+00052f\+000561\+000562\+000563\+000564\+000565\+000566\+000567\+000568\+000569\+00056a\+00056b\+00056c\+00056d\+00056e\+00056f\+000570\+000571\+000572\+000573\+000574\+000575\+000576\+000577\+000578\+000579\+00057a\+00057b\+00057c\+00057d\+00057e\+00057f\+000580\+000581\+000582\+000583\+000584\+000585\+000586\+002d00\+002d01\+002d02\+002d03\+002d04\+002d05\+002d06\+002d07\+002d08\+002d09\+002d0a\+002d0b\+002d0c\+002d0d\+002d0e\+002d0f\+002d10\+002d11\+002d12\+002d13\+002d14\+002d15\+002d16\+002d17\+002d18\+002d19\+002d1a\+002d1b\+002d1c\+002d1d\+002d1e\+002d1f\+002d20\+002d21\+002d22\+002d23\+002d24\+002d25\+002d27\+002d2d\+0013f0\+0013f1\+0013f2\+0013f3\+0013f4\+0013f5\+000432\+000434\+00043e\+000441\+000442\+000442\+00044a\+000463\+00a64b\+0010d0\+0010d1\+0010d2\+0010d3\+0010d4\+0010d5\+0010d6\+0010d7\+0010d8\+0010d9\+0010da\+0010db\+0010dc\+0010dd\+0010de\+0010df\+0010e0\+0010e1\+0010e2\+0010e3\+0010e4\+0010e5\+0010e6\+0010e7\+0010e8\+0010e9\+0010ea\+0010eb\+0010ec\+0010ed\+0010ee\+0010ef\+0010f0\+0010f1\+0010f2\+0010f3\+0010f4\+0010f5\+0010f6\+0010f7\+0010f8\+0010f9\+0010fa\+0010fd\+0010fe\+0010ff\+001efb\+001efd\+001eff\+00214e\+002184\+002c30\+002c31\+002c32\+002c33\+002c34\+002c35\+002c36\+002c37\+002c38\+002c39\+002c3a\+002c3b\+002c3c\+002c3d\+002c3e\+002c3f\+002c40\+002c41\+002c42\+002c43\+002c44\+002c45\+002c46\+002c47\+002c48\+002c49\+002c4a\+002c4b\+002c4c\+002c4d\+002c4e\+002c4f\+002c50\+002c51\+002c52\+002c53\+002c54\+002c55\+002c56\+002c57\+002c58\+002c59\+002c5a\+002c5b\+002c5c\+002c5d\+002c5e\+002c5f\+002c61\+00026b\+001d7d\+00027d\+002c68\+002c6a\+002c6c\+000251\+000271\+000250\+000252\+002c73\+002c76\+00023f\+000240\+002c81\+002c83\+002c85\+002c87\+002c89\+002c8b\+002c8d\+002c8f\+002c91\+002c93\+002c95\+002c97\+002c99\+002c9b\+002c9d\+002c9f\+002ca1\+002ca3\+002ca5\+002ca7\+002ca9\+002cab\+002cad\+002caf\+002cb1\+002cb3\+002cb5\+002cb7\+002cb9\+002cbb\+002cbd\+002cbf\+002cc1\+002cc3\+002cc5\+002cc7\+002cc9\+002ccb\+002ccd\+002ccf\+002cd1\+002cd3\+002cd5\+002cd7\+002cd9\+002cdb\+002cdd\+002cdf\+002ce1\+002ce3\+002cec\+002cee\+002cf3\+00a641\+00a643\+00a645\+00a647\+00a649\+00a64b\+00a64d\+00a64f\+00a651\+00a653\+00a655\+00a657\+00a659\+00a65b\+00a65d\+00a65f\+00a661\+00a663\+00a665\+00a667\+00a669\+00a66b\+00a66d\+00a681\+00a683\+00a685\+00a687\+00a689\+00a68b\+00a68d\+00a68f\+00a691\+00a693\+00a695\+00a697\+00a699\+00a69b\+00a723\+00a725\+00a727\+00a729\+00a72b\+00a72d\+00a72f\+00a733\+00a735\+00a737\+00a739\+00a73b\+00a73d\+00a73f\+00a741\+00a743\+00a745\+00a747\+00a749\+00a74b\+00a74d\+00a74f\+00a751\+00a753\+00a755\+00a757\+00a759\+00a75b\+00a75d\+00a75f\+00a761\+00a763\+00a765\+00a767\+00a769\+00a76b\+00a76d\+00a76f\+00a77a\+00a77c\+001d79\+00a77f\+00a781\+00a783\+00a785\+00a787\+00a78c\+000265\+00a791\+00a793\+00a797\+00a799\+00a79b\+00a79d\+00a79f\+00a7a1\+00a7a3\+00a7a5\+00a7a7\+00a7a9\+000266\+00025c\+000261\+00026c\+00026a\+00029e\+000287\+00029d\+00ab53\+00a7b5\+00a7b7\+00a7b9\+00a7bb\+00a7bd\+00a7bf\+00a7c1\+00a7c3\+00a794\+000282\+001d8e\+00a7c8\+00a7ca\+00a7d1\+00a7d7\+00a7d9\+00a7f6\+0013a0\+0013a1\+0013a2\+0013a3\+0013a4\+0013a5\+0013a6\+0013a7\+0013a8\+0013a9\+0013aa\+0013ab\+0013ac\+0013ad\+0013ae\+0013af\+0013b0\+0013b1\+0013b2\+0013b3\+0013b4\+0013b5\+0013b6\+0013b7\+0013b8\+0013b9\+0013ba\+0013bb\+0013bc\+0013bd\+0013be\+0013bf\+0013c0\+0013c1\+0013c2\+0013c3\+0013c4\+0013c5\+0013c6\+0013c7\+0013c8\+0013c9\+0013ca\+0013cb\+0013cc\+0013cd\+0013ce\+0013cf\+0013d0\+0013d1\+0013d2\+0013d3\+0013d4\+0013d5\+0013d6\+0013d7\+0013d8\+0013d9\+0013da\+0013db\+0013dc\+0013dd\+0013de\+0013df\+0013e0\+0013e1\+0013e2\+0013e3\+0013e4\+0013e5\+0013e6\+0013e7\+0013e8\+0013e9\+0013ea\+0013eb\+0013ec\+0013ed\+0013ee\+0013ef\+010428\+010429\+01042a\+01042b\+01042c\+01042d\+01042e\+01042f\+010430\+010431\+010432\+010433\+010434\+010435\+010436\+010437\+010438\+010439\+01043a\+01043b\+01043c\+01043d\+01043e\+01043f\+010440\+010441\+010442\+010443\+010444\+010445\+010446\+010447\+010448\+010449\+01044a\+01044b\+01044c\+01044d\+01044e\+01044f\+0104d8\+0104d9\+0104da\+0104db\+0104dc\+0104dd\+0104de\+0104df\+0104e0\+0104e1\+0104e2\+0104e3\+0104e4\+0104e5\+0104e6\+0104e7\+0104e8\+0104e9\+0104ea\+0104eb\+0104ec\+0104ed\+0104ee\+0104ef\+0104f0\+0104f1\+0104f2\+0104f3\+0104f4\+0104f5\+0104f6\+0104f7\+0104f8\+0104f9\+0104fa\+0104fb\+010597\+010598\+010599\+01059a\+01059b\+01059c\+01059d\+01059e\+01059f\+0105a0\+0105a1\+0105a3\+0105a4\+0105a5\+0105a6\+0105a7\+0105a8\+0105a9\+0105aa\+0105ab\+0105ac\+0105ad\+0105ae\+0105af\+0105b0\+0105b1\+0105b3\+0105b4\+0105b5\+0105b6\+0105b7\+0105b8\+0105b9\+0105bb\+0105bc\+010cc0\+010cc1\+010cc2\+010cc3\+010cc4\+010cc5\+010cc6\+010cc7\+010cc8\+010cc9\+010cca\+010ccb\+010ccc\+010ccd\+010cce\+010ccf\+010cd0\+010cd1\+010cd2\+010cd3\+010cd4\+010cd5\+010cd6\+010cd7\+010cd8\+010cd9\+010cda\+010cdb\+010cdc\+010cdd\+010cde\+010cdf\+010ce0\+010ce1\+010ce2\+010ce3\+010ce4\+010ce5\+010ce6\+010ce7\+010ce8\+010ce9\+010cea\+010ceb\+010cec\+010ced\+010cee\+010cef\+010cf0\+010cf1\+010cf2\+0118c0\+0118c1\+0118c2\+0118c3\+0118c4\+0118c5\+0118c6\+0118c7\+0118c8\+0118c9\+0118ca\+0118cb\+0118cc\+0118cd\+0118ce\+0118cf\+0118d0\+0118d1\+0118d2\+0118d3\+0118d4\+0118d5\+0118d6\+0118d7\+0118d8\+0118d9\+0118da\+0118db\+0118dc\+0118dd\+0118de\+0118df\+016e60\+016e61\+016e62\+016e63\+016e64\+016e65\+016e66\+016e67\+016e68\+016e69\+016e6a\+016e6b\+016e6c\+016e6d\+016e6e\+016e6f\+016e70\+016e71\+016e72\+016e73\+016e74\+016e75\+016e76\+016e77\+016e78\+016e79\+016e7a\+016e7b\+016e7c\+016e7d\+016e7e\+016e7f\+01e922\+01e923\+01e924\+01e925\+01e926\+01e927\+01e928\+01e929\+01e92a\+01e92b\+01e92c\+01e92d\+01e92e\+01e92f\+01e930\+01e931\+01e932\+01e933\+01e934\+01e935\+01e936\+01e937\+01e938\+01e939\+01e93a\+01e93b\+01e93c\+01e93d\+01e93e\+01e93f\+01e940\+01e941\+01e942\+01e943',
+            strpos(U&'\+0000c6\+0000d0\+0000d8\+0000de\+000110\+000126\+000141\+00014a\+000152\+000166\+000181\+000182\+000184\+000186\+000187\+000189\+00018a\+00018b\+00018e\+00018f\+000190\+000191\+000193\+000194\+000196\+000197\+000198\+00019c\+00019d\+00019f\+0001a2\+0001a4\+0001a6\+0001a7\+0001a9\+0001ac\+0001ae\+0001b1\+0001b2\+0001b3\+0001b5\+0001b7\+0001b8\+0001bc\+0001e4\+0001f6\+0001f7\+00021c\+000220\+000222\+000224\+00023a\+00023b\+00023d\+00023e\+000241\+000243\+000244\+000245\+000246\+000248\+00024a\+00024c\+00024e\+000345\+000370\+000372\+000376\+00037f\+000391\+000392\+000393\+000394\+000395\+000396\+000397\+000398\+000399\+00039a\+00039b\+00039c\+00039d\+00039e\+00039f\+0003a0\+0003a1\+0003a3\+0003a4\+0003a5\+0003a6\+0003a7\+0003a8\+0003a9\+0003c2\+0003cf\+0003d8\+0003da\+0003dc\+0003de\+0003e0\+0003e2\+0003e4\+0003e6\+0003e8\+0003ea\+0003ec\+0003ee\+0003f7\+0003fa\+0003fd\+0003fe\+0003ff\+000402\+000404\+000405\+000406\+000408\+000409\+00040a\+00040b\+00040f\+000410\+000411\+000412\+000413\+000414\+000415\+000416\+000417\+000418\+00041a\+00041b\+00041c\+00041d\+00041e\+00041f\+000420\+000421\+000422\+000423\+000424\+000425\+000426\+000427\+000428\+000429\+00042a\+00042b\+00042c\+00042d\+00042e\+00042f\+000460\+000462\+000464\+000466\+000468\+00046a\+00046c\+00046e\+000470\+000472\+000474\+000478\+00047a\+00047c\+00047e\+000480\+00048a\+00048c\+00048e\+000490\+000492\+000494\+000496\+000498\+00049a\+00049c\+00049e\+0004a0\+0004a2\+0004a4\+0004a6\+0004a8\+0004aa\+0004ac\+0004ae\+0004b0\+0004b2\+0004b4\+0004b6\+0004b8\+0004ba\+0004bc\+0004be\+0004c0\+0004c3\+0004c5\+0004c7\+0004c9\+0004cb\+0004cd\+0004d4\+0004d8\+0004e0\+0004e8\+0004f6\+0004fa\+0004fc\+0004fe\+000500\+000502\+000504\+000506\+000508\+00050a\+00050c\+00050e\+000510\+000512\+000514\+000516\+000518\+00051a\+00051c\+00051e\+000520\+000522\+000524\+000526\+000528\+00052a\+00052c\+00052e\+000531\+000532\+000533\+000534\+000535\+000536\+000537\+000538\+000539\+00053a\+00053b\+00053c\+00053d\+00053e\+00053f\+000540\+000541\+000542\+000543\+000544\+000545\+000546\+000547\+000548\+000549\+00054a\+00054b\+00054c\+00054d\+00054e\+00054f\+000550\+000551\+000552\+000553\+000554\+000555\+000556\+0010a0\+0010a1\+0010a2\+0010a3\+0010a4\+0010a5\+0010a6\+0010a7\+0010a8\+0010a9\+0010aa\+0010ab\+0010ac\+0010ad\+0010ae\+0010af\+0010b0\+0010b1\+0010b2\+0010b3\+0010b4\+0010b5\+0010b6\+0010b7\+0010b8\+0010b9\+0010ba\+0010bb\+0010bc\+0010bd\+0010be\+0010bf\+0010c0\+0010c1\+0010c2\+0010c3\+0010c4\+0010c5\+0010c7\+0010cd\+0013f8\+0013f9\+0013fa\+0013fb\+0013fc\+0013fd\+001c80\+001c81\+001c82\+001c83\+001c84\+001c85\+001c86\+001c87\+001c88\+001c90\+001c91\+001c92\+001c93\+001c94\+001c95\+001c96\+001c97\+001c98\+001c99\+001c9a\+001c9b\+001c9c\+001c9d\+001c9e\+001c9f\+001ca0\+001ca1\+001ca2\+001ca3\+001ca4\+001ca5\+001ca6\+001ca7\+001ca8\+001ca9\+001caa\+001cab\+001cac\+001cad\+001cae\+001caf\+001cb0\+001cb1\+001cb2\+001cb3\+001cb4\+001cb5\+001cb6\+001cb7\+001cb8\+001cb9\+001cba\+001cbd\+001cbe\+001cbf\+001efa\+001efc\+001efe\+002132\+002183\+002c00\+002c01\+002c02\+002c03\+002c04\+002c05\+002c06\+002c07\+002c08\+002c09\+002c0a\+002c0b\+002c0c\+002c0d\+002c0e\+002c0f\+002c10\+002c11\+002c12\+002c13\+002c14\+002c15\+002c16\+002c17\+002c18\+002c19\+002c1a\+002c1b\+002c1c\+002c1d\+002c1e\+002c1f\+002c20\+002c21\+002c22\+002c23\+002c24\+002c25\+002c26\+002c27\+002c28\+002c29\+002c2a\+002c2b\+002c2c\+002c2d\+002c2e\+002c2f\+002c60\+002c62\+002c63\+002c64\+002c67\+002c69\+002c6b\+002c6d\+002c6e\+002c6f\+002c70\+002c72\+002c75\+002c7e\+002c7f\+002c80\+002c82\+002c84\+002c86\+002c88\+002c8a\+002c8c\+002c8e\+002c90\+002c92\+002c94\+002c96\+002c98\+002c9a\+002c9c\+002c9e\+002ca0\+002ca2\+002ca4\+002ca6\+002ca8\+002caa\+002cac\+002cae\+002cb0\+002cb2\+002cb4\+002cb6\+002cb8\+002cba\+002cbc\+002cbe\+002cc0\+002cc2\+002cc4\+002cc6\+002cc8\+002cca\+002ccc\+002cce\+002cd0\+002cd2\+002cd4\+002cd6\+002cd8\+002cda\+002cdc\+002cde\+002ce0\+002ce2\+002ceb\+002ced\+002cf2\+00a640\+00a642\+00a644\+00a646\+00a648\+00a64a\+00a64c\+00a64e\+00a650\+00a652\+00a654\+00a656\+00a658\+00a65a\+00a65c\+00a65e\+00a660\+00a662\+00a664\+00a666\+00a668\+00a66a\+00a66c\+00a680\+00a682\+00a684\+00a686\+00a688\+00a68a\+00a68c\+00a68e\+00a690\+00a692\+00a694\+00a696\+00a698\+00a69a\+00a722\+00a724\+00a726\+00a728\+00a72a\+00a72c\+00a72e\+00a732\+00a734\+00a736\+00a738\+00a73a\+00a73c\+00a73e\+00a740\+00a742\+00a744\+00a746\+00a748\+00a74a\+00a74c\+00a74e\+00a750\+00a752\+00a754\+00a756\+00a758\+00a75a\+00a75c\+00a75e\+00a760\+00a762\+00a764\+00a766\+00a768\+00a76a\+00a76c\+00a76e\+00a779\+00a77b\+00a77d\+00a77e\+00a780\+00a782\+00a784\+00a786\+00a78b\+00a78d\+00a790\+00a792\+00a796\+00a798\+00a79a\+00a79c\+00a79e\+00a7a0\+00a7a2\+00a7a4\+00a7a6\+00a7a8\+00a7aa\+00a7ab\+00a7ac\+00a7ad\+00a7ae\+00a7b0\+00a7b1\+00a7b2\+00a7b3\+00a7b4\+00a7b6\+00a7b8\+00a7ba\+00a7bc\+00a7be\+00a7c0\+00a7c2\+00a7c4\+00a7c5\+00a7c6\+00a7c7\+00a7c9\+00a7d0\+00a7d6\+00a7d8\+00a7f5\+00ab70\+00ab71\+00ab72\+00ab73\+00ab74\+00ab75\+00ab76\+00ab77\+00ab78\+00ab79\+00ab7a\+00ab7b\+00ab7c\+00ab7d\+00ab7e\+00ab7f\+00ab80\+00ab81\+00ab82\+00ab83\+00ab84\+00ab85\+00ab86\+00ab87\+00ab88\+00ab89\+00ab8a\+00ab8b\+00ab8c\+00ab8d\+00ab8e\+00ab8f\+00ab90\+00ab91\+00ab92\+00ab93\+00ab94\+00ab95\+00ab96\+00ab97\+00ab98\+00ab99\+00ab9a\+00ab9b\+00ab9c\+00ab9d\+00ab9e\+00ab9f\+00aba0\+00aba1\+00aba2\+00aba3\+00aba4\+00aba5\+00aba6\+00aba7\+00aba8\+00aba9\+00abaa\+00abab\+00abac\+00abad\+00abae\+00abaf\+00abb0\+00abb1\+00abb2\+00abb3\+00abb4\+00abb5\+00abb6\+00abb7\+00abb8\+00abb9\+00abba\+00abbb\+00abbc\+00abbd\+00abbe\+00abbf\+010400\+010401\+010402\+010403\+010404\+010405\+010406\+010407\+010408\+010409\+01040a\+01040b\+01040c\+01040d\+01040e\+01040f\+010410\+010411\+010412\+010413\+010414\+010415\+010416\+010417\+010418\+010419\+01041a\+01041b\+01041c\+01041d\+01041e\+01041f\+010420\+010421\+010422\+010423\+010424\+010425\+010426\+010427\+0104b0\+0104b1\+0104b2\+0104b3\+0104b4\+0104b5\+0104b6\+0104b7\+0104b8\+0104b9\+0104ba\+0104bb\+0104bc\+0104bd\+0104be\+0104bf\+0104c0\+0104c1\+0104c2\+0104c3\+0104c4\+0104c5\+0104c6\+0104c7\+0104c8\+0104c9\+0104ca\+0104cb\+0104cc\+0104cd\+0104ce\+0104cf\+0104d0\+0104d1\+0104d2\+0104d3\+010570\+010571\+010572\+010573\+010574\+010575\+010576\+010577\+010578\+010579\+01057a\+01057c\+01057d\+01057e\+01057f\+010580\+010581\+010582\+010583\+010584\+010585\+010586\+010587\+010588\+010589\+01058a\+01058c\+01058d\+01058e\+01058f\+010590\+010591\+010592\+010594\+010595\+010c80\+010c81\+010c82\+010c83\+010c84\+010c85\+010c86\+010c87\+010c88\+010c89\+010c8a\+010c8b\+010c8c\+010c8d\+010c8e\+010c8f\+010c90\+010c91\+010c92\+010c93\+010c94\+010c95\+010c96\+010c97\+010c98\+010c99\+010c9a\+010c9b\+010c9c\+010c9d\+010c9e\+010c9f\+010ca0\+010ca1\+010ca2\+010ca3\+010ca4\+010ca5\+010ca6\+010ca7\+010ca8\+010ca9\+010caa\+010cab\+010cac\+010cad\+010cae\+010caf\+010cb0\+010cb1\+010cb2\+0118a0\+0118a1\+0118a2\+0118a3\+0118a4\+0118a5\+0118a6\+0118a7\+0118a8\+0118a9\+0118aa\+0118ab\+0118ac\+0118ad\+0118ae\+0118af\+0118b0\+0118b1\+0118b2\+0118b3\+0118b4\+0118b5\+0118b6\+0118b7\+0118b8\+0118b9\+0118ba\+0118bb\+0118bc\+0118bd\+0118be\+0118bf\+016e40\+016e41\+016e42\+016e43\+016e44\+016e45\+016e46\+016e47\+016e48\+016e49\+016e4a\+016e4b\+016e4c\+016e4d\+016e4e\+016e4f\+016e50\+016e51\+016e52\+016e53\+016e54\+016e55\+016e56\+016e57\+016e58\+016e59\+016e5a\+016e5b\+016e5c\+016e5d\+016e5e\+016e5f\+01e900\+01e901\+01e902\+01e903\+01e904\+01e905\+01e906\+01e907\+01e908\+01e909\+01e90a\+01e90b\+01e90c\+01e90d\+01e90e\+01e90f\+01e910\+01e911\+01e912\+01e913\+01e914\+01e915\+01e916\+01e917\+01e918\+01e919\+01e91a\+01e91b\+01e91c\+01e91d\+01e91e\+01e91f\+01e920\+01e921', c), 1) END);
+    END LOOP;
+    RETURN normalize(v, NFKC);
+END
+$_$;
+
+ALTER FUNCTION sigledger._text_key(p_value text) OWNER TO sigledger_owner;
+
+--
+-- Name: FUNCTION _text_key(p_value text); Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON FUNCTION sigledger._text_key(p_value text) IS 'Internal: the resolution key of a name: trimmed, inner format characters dropped, NFKC(casefold(NFKD(x))).';
+
+--
+-- Name: _text_list(text[]); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger._text_list(p_values text[]) RETURNS text
+    LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+BEGIN
+    IF p_values IS NULL THEN
+        RETURN NULL;
+    ELSIF cardinality(p_values) <= 10 THEN
+        RETURN sigledger._text_quote(array_to_string(p_values, ', ', 'NULL'));
+    END IF;
+    RETURN sigledger._text_quote(array_to_string(p_values[1:10], ', ', 'NULL'))
+           || format(' and %s more', cardinality(p_values) - 10);
+END;
+$$;
+
+ALTER FUNCTION sigledger._text_list(p_values text[]) OWNER TO sigledger_owner;
+
+--
+-- Name: _text_norm(text, text, integer, integer, text); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger._text_norm(p_value text, p_what text, p_max_chars integer, p_max_bytes integer, p_kind text DEFAULT 'name'::text, OUT value text, OUT error text) RETURNS record
+    LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+DECLARE
+    v_bad integer;
+BEGIN
+    IF p_value IS NULL THEN
+        RETURN;
+    END IF;
+    value := sigledger._text_canon(p_value);
+    IF value = '' AND p_kind <> 'text' THEN
+        error := format('%s must not be blank (whitespace and format characters do not count), got %s', p_what,
+                        sigledger._text_quote(p_value));
+    ELSE
+        IF p_kind = 'key' THEN
+            value := p_value;
+        END IF;
+        IF p_kind <> 'text' AND value ~ '[\u0001-\u001f\u007f-\u009f]' THEN
+            v_bad := length(substring(value FROM '^[^\u0001-\u001f\u007f-\u009f]*')) + 1;
+            error := format('%s must not contain control characters, got U+%s at character %s of %s', p_what,
+                            upper(lpad(to_hex(ascii(substr(value, v_bad, 1))), 4, '0')), v_bad,
+                            sigledger._text_quote(value));
+        ELSIF length(value) > p_max_chars THEN
+            error := format('%s must be at most %s characters, got %s: %s', p_what, p_max_chars, length(value),
+                            sigledger._text_quote(value));
+        ELSIF octet_length(value) > p_max_bytes THEN
+            error := format('%s must be at most %s bytes in UTF-8, got %s: %s', p_what, p_max_bytes,
+                            octet_length(value), sigledger._text_quote(value));
+        END IF;
+    END IF;
+    IF error IS NOT NULL THEN
+        value := NULL;
+    END IF;
+END;
+$$;
+
+ALTER FUNCTION sigledger._text_norm(p_value text, p_what text, p_max_chars integer, p_max_bytes integer, p_kind text, OUT value text, OUT error text) OWNER TO sigledger_owner;
+
+--
+-- Name: _text_quote(text); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger._text_quote(p_value text) RETURNS text
+    LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+BEGIN
+    IF p_value IS NULL THEN
+        RETURN 'NULL';
+    ELSIF length(p_value) <= 200 THEN
+        RETURN quote_literal(p_value);
+    END IF;
+    RETURN quote_literal(left(p_value, 200)) || format('... (%s characters)', length(p_value));
+END;
+$$;
+
+ALTER FUNCTION sigledger._text_quote(p_value text) OWNER TO sigledger_owner;
+
+--
+-- Name: _try_timestamptz(text); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger._try_timestamptz(p_value text, OUT value timestamp with time zone, OUT error text) RETURNS record
+    LANGUAGE plpgsql STABLE
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+DECLARE
+    v_state text;
+    v_msg text;
+BEGIN
+    value := p_value::timestamptz;
+EXCEPTION WHEN data_exception THEN
+    GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_msg = MESSAGE_TEXT;
+    error := v_state || ' ' || v_msg;
+END;
+$$;
+
+ALTER FUNCTION sigledger._try_timestamptz(p_value text, OUT value timestamp with time zone, OUT error text) OWNER TO sigledger_owner;
 
 --
 -- Name: _valid_alert_thresholds(numeric[]); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
@@ -1877,15 +2169,14 @@ CREATE FUNCTION sigledger.add_alias(p_entity_id uuid, p_alias text) RETURNS bool
 DECLARE
     v_into uuid;
     v_owner uuid;
-    v_alias text := btrim(p_alias);
+    v_alias text;
+    v_key text;
 BEGIN
     IF p_entity_id IS NULL THEN
         RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'entity id is NULL';
     END IF;
-    IF p_alias IS NULL OR length(v_alias) NOT BETWEEN 1 AND 500 THEN
-        RAISE EXCEPTION USING ERRCODE = '22023',
-            MESSAGE = format('alias must be 1 to 500 non-blank characters, got %L', p_alias);
-    END IF;
+    v_alias := _text_arg(p_alias, 'alias', 500, 2000, 'name', '22023');
+    v_key := _name_key(v_alias, 'alias');
     -- KEY SHARE: a concurrent merge_entities (FOR UPDATE) of this entity waits for us, or we for it.
     SELECT merged_into INTO v_into FROM sigledger.entities WHERE id = p_entity_id FOR KEY SHARE;
     IF NOT FOUND THEN
@@ -1896,17 +2187,18 @@ BEGIN
             MESSAGE = format('entity %s was merged into %s: add the alias to %s', p_entity_id, v_into, v_into);
     END IF;
     INSERT INTO sigledger.entity_aliases (alias, canonical_entity_id) VALUES (v_alias, p_entity_id)
-    ON CONFLICT ((lower(alias))) DO NOTHING;
+    ON CONFLICT (alias_key) DO NOTHING;
     IF FOUND THEN
+        PERFORM sigledger._entity_alias_room(p_entity_id);
         PERFORM sigledger._outbox_emit('entity', p_entity_id, 'entity.aliased', jsonb_build_object('alias', v_alias));
         RETURN true;
     END IF;
-    SELECT canonical_entity_id INTO v_owner FROM sigledger.entity_aliases WHERE lower(alias) = lower(v_alias);
+    SELECT canonical_entity_id INTO v_owner FROM sigledger.entity_aliases WHERE alias_key = v_key;
     IF v_owner = p_entity_id THEN
         RETURN false;
     END IF;
-    RAISE EXCEPTION USING ERRCODE = '23505', CONSTRAINT = 'entity_aliases_alias_lower_key',
-        MESSAGE = format('alias %L already belongs to entity %s', v_alias, v_owner),
+    RAISE EXCEPTION USING ERRCODE = '23505', CONSTRAINT = 'entity_aliases_alias_key_key',
+        MESSAGE = format('alias %s already belongs to entity %s', _text_quote(v_alias), v_owner),
         HINT = 'Merge the entities if they are the same.';
 END;
 $$;
@@ -1917,9 +2209,9 @@ ALTER FUNCTION sigledger.add_alias(p_entity_id uuid, p_alias text) OWNER TO sigl
 -- Name: FUNCTION add_alias(p_entity_id uuid, p_alias text); Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
 --
 
-COMMENT ON FUNCTION sigledger.add_alias(p_entity_id uuid, p_alias text) IS 'Attach alias p_alias to live entity p_entity_id. Returns true when added, false when it was already that entity''s alias.
-Errors: SLM01 the entity is a tombstone; 23505 the alias belongs to another entity.
-SQLSTATE: 22023, P0002, SLM01, 23505, 55P03';
+COMMENT ON FUNCTION sigledger.add_alias(p_entity_id uuid, p_alias text) IS 'Attach alias p_alias to live entity p_entity_id. Returns true when added, false when it (or a spelling with the same resolution key) was already that entity''s alias. The alias is trimmed and stored NFC: at most 500 characters and 2000 bytes.
+Errors: SLM01 the entity is a tombstone; 23505 the alias belongs to another entity; 54000 the entity already holds 1000 aliases.
+SQLSTATE: 22023, P0002, SLM01, 23505, 54000, 55P03';
 
 --
 -- Name: add_model_price(text, text, numeric, numeric, timestamp with time zone); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
@@ -1932,8 +2224,8 @@ CREATE FUNCTION sigledger.add_model_price(p_provider text, p_model text, p_input
 DECLARE
     v_from timestamptz := coalesce(p_valid_from, now());
 BEGIN
-    PERFORM _assert_text('provider', p_provider);
-    PERFORM _assert_text('model', p_model);
+    p_provider := _assert_text('provider', p_provider);
+    p_model := _assert_text('model', p_model);
     PERFORM _assert_usd('input_usd_per_mtok', p_input_usd_per_mtok, 100000);
     PERFORM _assert_usd('output_usd_per_mtok', p_output_usd_per_mtok, 100000);
     IF v_from < timestamptz '2000-01-01 00:00:00+00' OR v_from >= timestamptz '2200-01-01 00:00:00+00' THEN
@@ -2018,7 +2310,7 @@ COMMENT ON TABLE sigledger.budget_alert IS 'Threshold crossings, one row per bud
 -- Name: budget_alerts; Type: VIEW; Schema: sigledger; Owner: sigledger_owner
 --
 
-CREATE VIEW sigledger.budget_alerts AS
+CREATE VIEW sigledger.budget_alerts WITH (security_barrier='true') AS
  SELECT a.id,
     a.budget_id,
     b.level,
@@ -2218,7 +2510,7 @@ CREATE FUNCTION sigledger.create_agent(p_name text, p_limit_usd numeric DEFAULT 
 DECLARE
     v_agent_id uuid;
 BEGIN
-    PERFORM _assert_text('name', p_name);
+    p_name := _assert_text('name', p_name);
     INSERT INTO agent_registry (name) VALUES (p_name) RETURNING id INTO v_agent_id;
     IF p_limit_usd IS NOT NULL THEN
         PERFORM set_budget(v_agent_id, p_limit_usd, coalesce(p_period, 'none'), coalesce(p_grace_ratio, 0),
@@ -2235,7 +2527,7 @@ ALTER FUNCTION sigledger.create_agent(p_name text, p_limit_usd numeric, p_period
 -- Name: FUNCTION create_agent(p_name text, p_limit_usd numeric, p_period text, p_grace_ratio numeric, p_fail_policy text, p_alert_thresholds numeric[], p_parent_budget_id bigint); Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
 --
 
-COMMENT ON FUNCTION sigledger.create_agent(p_name text, p_limit_usd numeric, p_period text, p_grace_ratio numeric, p_fail_policy text, p_alert_thresholds numeric[], p_parent_budget_id bigint) IS 'Registers an agent (name unique) and returns its id; with limit_usd also creates its budget (see set_budget).
+COMMENT ON FUNCTION sigledger.create_agent(p_name text, p_limit_usd numeric, p_period text, p_grace_ratio numeric, p_fail_policy text, p_alert_thresholds numeric[], p_parent_budget_id bigint) IS 'Registers an agent (name unique; trimmed of whitespace and format characters, NFC, at most 200 characters and 800 bytes) and returns its id; with limit_usd also creates its budget (see set_budget).
 SQLSTATE: 22004, 22023, 22003, 23505, P0002';
 
 --
@@ -2248,47 +2540,45 @@ CREATE FUNCTION sigledger.create_entity(p_name text, p_aliases text[] DEFAULT '{
     AS $$
 DECLARE
     v_id uuid;
-    v_bad text;
+    v_name text;
+    v_type text;
     v_taken text;
     v_owner uuid;
     v_aliases text[];
 BEGIN
-    IF p_name IS NULL OR length(btrim(p_name)) NOT BETWEEN 1 AND 500 THEN
+    v_name := _text_arg(p_name, 'entity name', 500, 2000, 'name', '22023');
+    v_type := _text_arg(p_entity_type, 'entity type', 100, 400, 'name', '22023');
+    IF cardinality(p_aliases) > 100 THEN
         RAISE EXCEPTION USING ERRCODE = '22023',
-            MESSAGE = format('entity name must be 1 to 500 non-blank characters, got %L', p_name);
+            MESSAGE = format('aliases must hold at most 100 names, got %s', cardinality(p_aliases));
     END IF;
-    IF p_entity_type IS NULL OR length(p_entity_type) NOT BETWEEN 1 AND 100 THEN
-        RAISE EXCEPTION USING ERRCODE = '22023',
-            MESSAGE = format('entity type must be 1 to 100 characters, got %L', p_entity_type);
-    END IF;
-    SELECT a INTO v_bad FROM unnest(coalesce(p_aliases, '{}')) AS a
-     WHERE a IS NULL OR length(btrim(a)) NOT BETWEEN 1 AND 500 LIMIT 1;
-    IF FOUND THEN
-        RAISE EXCEPTION USING ERRCODE = '22023',
-            MESSAGE = format('alias must be 1 to 500 non-blank characters, got %L', v_bad);
-    END IF;
-    -- the name first, then the aliases; one spelling per lower(alias), sorted so that concurrent callers
-    -- insert (and wait on) the unique index keys in the same order.
-    SELECT array_agg(t.alias ORDER BY lower(t.alias)) INTO v_aliases
-      FROM (SELECT DISTINCT ON (lower(btrim(x.a))) btrim(x.a) AS alias
-              FROM unnest(ARRAY[p_name] || coalesce(p_aliases, '{}')) WITH ORDINALITY AS x (a, ord)
-             ORDER BY lower(btrim(x.a)), x.ord) AS t;
+    -- the name first, then the aliases, each in canonical form; one spelling per resolution key (the first
+    -- given), sorted by key so that concurrent callers insert (and wait on) the unique index keys in the same
+    -- order.
+    SELECT array_agg(t.alias ORDER BY t.k) INTO v_aliases
+      FROM (SELECT DISTINCT ON (c.k) c.alias, c.k
+              FROM (SELECT x.ord, y.alias, _name_key(y.alias, 'alias') AS k
+                      FROM unnest(ARRAY[v_name] || coalesce(p_aliases, '{}')) WITH ORDINALITY AS x (a, ord)
+                      CROSS JOIN LATERAL (SELECT CASE WHEN x.ord = 1 THEN x.a
+                                                      ELSE _text_arg(x.a, 'alias', 500, 2000, 'name', '22023')
+                                                 END AS alias) AS y) AS c
+             ORDER BY c.k, c.ord) AS t;
 
-    INSERT INTO sigledger.entities (name, entity_type) VALUES (btrim(p_name), p_entity_type) RETURNING id INTO v_id;
+    INSERT INTO sigledger.entities (name, entity_type) VALUES (v_name, v_type) RETURNING id INTO v_id;
     WITH ins AS (
         INSERT INTO sigledger.entity_aliases (alias, canonical_entity_id)
         SELECT a, v_id FROM unnest(v_aliases) AS a
-        ON CONFLICT ((lower(alias))) DO NOTHING
-        RETURNING lower(alias) AS k)
-    SELECT a INTO v_taken FROM unnest(v_aliases) AS a WHERE lower(a) NOT IN (SELECT k FROM ins) LIMIT 1;
+        ON CONFLICT (alias_key) DO NOTHING
+        RETURNING alias)
+    SELECT a INTO v_taken FROM unnest(v_aliases) AS a WHERE a NOT IN (SELECT ins.alias FROM ins) LIMIT 1;
     IF v_taken IS NOT NULL THEN
-        SELECT canonical_entity_id INTO v_owner FROM sigledger.entity_aliases WHERE lower(alias) = lower(v_taken);
-        RAISE EXCEPTION USING ERRCODE = '23505', CONSTRAINT = 'entity_aliases_alias_lower_key',
-            MESSAGE = format('alias %L already belongs to entity %s', v_taken, v_owner),
+        SELECT canonical_entity_id INTO v_owner FROM sigledger.entity_aliases WHERE alias_key = _text_key(v_taken);
+        RAISE EXCEPTION USING ERRCODE = '23505', CONSTRAINT = 'entity_aliases_alias_key_key',
+            MESSAGE = format('alias %s already belongs to entity %s', _text_quote(v_taken), v_owner),
             HINT = 'Resolve the name with resolve_entity, or merge the entities.';
     END IF;
     PERFORM sigledger._outbox_emit('entity', v_id, 'entity.created',
-                                   jsonb_build_object('name', btrim(p_name), 'entity_type', p_entity_type, 'aliases', to_jsonb(v_aliases)));
+                                   jsonb_build_object('name', v_name, 'entity_type', v_type, 'aliases', to_jsonb(v_aliases)));
     RETURN v_id;
 END;
 $$;
@@ -2299,7 +2589,7 @@ ALTER FUNCTION sigledger.create_entity(p_name text, p_aliases text[], p_entity_t
 -- Name: FUNCTION create_entity(p_name text, p_aliases text[], p_entity_type text); Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
 --
 
-COMMENT ON FUNCTION sigledger.create_entity(p_name text, p_aliases text[], p_entity_type text) IS 'Create an entity named p_name (of p_entity_type); the name and each of p_aliases become aliases (case-insensitive, one entity per alias). Returns the entity id.
+COMMENT ON FUNCTION sigledger.create_entity(p_name text, p_aliases text[], p_entity_type text) IS 'Create an entity named p_name (of p_entity_type); the name and each of p_aliases (at most 100) become aliases, matched by their resolution key (case-insensitive, docs/text-rules.md), one entity per key. Names are trimmed of whitespace and format characters and stored NFC: at most 500 characters and 2000 bytes (type: 100 and 400). Returns the entity id.
 SQLSTATE: 22023, 23505';
 
 --
@@ -2314,9 +2604,9 @@ DECLARE
     v_budget_id bigint;
 BEGIN
     IF p_level IS NULL OR p_level NOT IN ('team', 'org') THEN
-        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = format('level must be team or org, got %L', p_level);
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = format('level must be team or org, got %s', _text_quote(p_level));
     END IF;
-    PERFORM _assert_text('name', p_name);
+    p_name := _assert_text('name', p_name);
     PERFORM _assert_usd('limit_usd', p_limit_usd, 1000000000);
     INSERT INTO budget (level, name, limit_usd) VALUES (p_level, p_name, p_limit_usd) RETURNING id INTO v_budget_id;
     PERFORM _budget_apply_settings(v_budget_id, p_limit_usd, p_period, p_grace_ratio, p_fail_policy,
@@ -2345,24 +2635,27 @@ CREATE FUNCTION sigledger.create_opportunity(p_title text, p_description text DE
     AS $$
 DECLARE
     v_id uuid;
+    v_title text;
+    v_description text;
 BEGIN
-    IF p_title IS NULL OR length(btrim(p_title)) NOT BETWEEN 1 AND 500 THEN
-        RAISE EXCEPTION USING ERRCODE = '22023',
-            MESSAGE = format('opportunity title must be 1 to 500 non-blank characters, got %L', p_title);
-    END IF;
+    v_title := _text_arg(p_title, 'opportunity title', 500, 2000, 'name', '22023');
+    v_description := _text_arg(p_description, 'opportunity description', 10000, 40000, 'text', NULL);
     -- 'merged' is reserved for tombstones written by merge_opportunities.
     IF p_status IS NULL OR p_status NOT IN ('open', 'won', 'lost') THEN
         RAISE EXCEPTION USING ERRCODE = '22023',
-            MESSAGE = format('opportunity status must be open, won or lost, got %L', p_status);
+            MESSAGE = format('opportunity status must be open, won or lost, got %s', _text_quote(p_status));
     END IF;
     -- NaN compares greater than every number ("NaN >= 0" is true): name it explicitly.
     IF p_score = 'NaN' OR p_score < 0 OR p_score > 100 THEN
         RAISE EXCEPTION USING ERRCODE = '22003',
             MESSAGE = format('opportunity score must be a number in [0, 100], got %s', p_score);
     END IF;
-    IF p_value_usd = 'NaN' OR p_value_usd < 0 OR p_value_usd >= 1e12 THEN
+    -- value_usd is stored as numeric(14, 2): compared after the rounding the column applies, so that
+    -- 999999999999.995 (which rounds to 1e12) is refused here, by name, not by the column's overflow.
+    IF p_value_usd = 'NaN' OR p_value_usd < 0 OR round(p_value_usd, 2) >= 1e12 THEN
         RAISE EXCEPTION USING ERRCODE = '22003',
-            MESSAGE = format('opportunity value_usd must be a number in [0, 1e12), got %s', p_value_usd);
+            MESSAGE = format('opportunity value_usd must be a number in [0, 1e12) once rounded to cents, got %s',
+                             _text_quote(p_value_usd::text));
     END IF;
     IF p_attributes IS NULL OR jsonb_typeof(p_attributes) <> 'object' THEN
         RAISE EXCEPTION USING ERRCODE = '22023',
@@ -2370,10 +2663,10 @@ BEGIN
     END IF;
 
     INSERT INTO sigledger.opportunities (title, description, status, score, value_usd, attributes)
-    VALUES (btrim(p_title), p_description, p_status, p_score, p_value_usd, p_attributes)
+    VALUES (v_title, v_description, p_status, p_score, p_value_usd, p_attributes)
     RETURNING id INTO v_id;
     PERFORM sigledger._outbox_emit('opportunity', v_id, 'opportunity.created',
-                                   jsonb_build_object('title', btrim(p_title), 'status', p_status));
+                                   jsonb_build_object('title', v_title, 'status', p_status));
     RETURN v_id;
 END;
 $$;
@@ -2384,7 +2677,7 @@ ALTER FUNCTION sigledger.create_opportunity(p_title text, p_description text, p_
 -- Name: FUNCTION create_opportunity(p_title text, p_description text, p_status text, p_score numeric, p_value_usd numeric, p_attributes jsonb); Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
 --
 
-COMMENT ON FUNCTION sigledger.create_opportunity(p_title text, p_description text, p_status text, p_score numeric, p_value_usd numeric, p_attributes jsonb) IS 'Create an opportunity (status open, won or lost; score in [0, 100]; value_usd >= 0). Returns its id.
+COMMENT ON FUNCTION sigledger.create_opportunity(p_title text, p_description text, p_status text, p_score numeric, p_value_usd numeric, p_attributes jsonb) IS 'Create an opportunity (status open, won or lost; score in [0, 100]; value_usd in [0, 1e12) once rounded to cents). Returns its id. The title is trimmed and stored NFC (at most 500 characters and 2000 bytes); the description is free text (at most 10000 characters and 40000 bytes).
 Errors: 22003 score or value_usd NaN, negative or too large.
 SQLSTATE: 22023, 22003';
 
@@ -2515,9 +2808,10 @@ CREATE FUNCTION sigledger.find_agent(p_name text) RETURNS uuid
 DECLARE
     v_id uuid;
 BEGIN
-    SELECT a.id INTO v_id FROM agent_registry a WHERE a.name = p_name;
+    -- names are stored canonical (text rules, 005): look the canonical form up
+    SELECT a.id INTO v_id FROM agent_registry a WHERE a.name = _text_canon(p_name);
     IF NOT FOUND THEN
-        RAISE EXCEPTION USING ERRCODE = 'P0002', MESSAGE = format('unknown agent %L', p_name);
+        RAISE EXCEPTION USING ERRCODE = 'P0002', MESSAGE = format('unknown agent %s', _text_quote(p_name));
     END IF;
     RETURN v_id;
 END;
@@ -2529,7 +2823,7 @@ ALTER FUNCTION sigledger.find_agent(p_name text) OWNER TO sigledger_owner;
 -- Name: FUNCTION find_agent(p_name text); Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
 --
 
-COMMENT ON FUNCTION sigledger.find_agent(p_name text) IS 'The id of the agent named name.
+COMMENT ON FUNCTION sigledger.find_agent(p_name text) IS 'The id of the agent named name (compared in canonical form: surrounding whitespace and format characters ignored, NFC).
 SQLSTATE: P0002';
 
 --
@@ -2573,6 +2867,10 @@ BEGIN
     IF p_mentions IS NOT NULL AND array_position(p_mentions, NULL) IS NOT NULL THEN
         RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'mentions must not contain NULL';
     END IF;
+    IF cardinality(p_mentions) > 200 THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('mentions must hold at most 200 names, got %s', cardinality(p_mentions));
+    END IF;
     SELECT * INTO v_row FROM sigledger._ingest(
         -- NULL arguments become JSON nulls, which _ingest rejects (or, for content, ignores) like missing keys.
         jsonb_build_array(jsonb_build_object(
@@ -2580,8 +2878,8 @@ BEGIN
             'payload', coalesce(p_payload, '{}'), 'mentions', to_jsonb(coalesce(p_mentions, '{}')))),
         p_unknown_policy);
     IF v_row.status = 'rejected' THEN
-        RAISE EXCEPTION USING ERRCODE = '22023',
-            MESSAGE = format('signal (%s, %s) rejected: %s', p_source, p_external_id, v_row.reason);
+        -- the reason names the bad field and quotes its value (at most 200 characters)
+        RAISE EXCEPTION USING ERRCODE = v_row.sqlstate, MESSAGE = format('signal rejected: %s', v_row.reason);
     END IF;
     RETURN QUERY SELECT v_row.signal_id, v_row.status = 'created', v_row.linked_entities, v_row.queued_mentions;
 END;
@@ -2593,14 +2891,14 @@ ALTER FUNCTION sigledger.ingest_signal(p_source text, p_external_id text, p_occu
 -- Name: FUNCTION ingest_signal(p_source text, p_external_id text, p_occurred_at timestamp with time zone, p_payload jsonb, p_mentions text[], p_content text, p_unknown_policy text); Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
 --
 
-COMMENT ON FUNCTION sigledger.ingest_signal(p_source text, p_external_id text, p_occurred_at timestamp with time zone, p_payload jsonb, p_mentions text[], p_content text, p_unknown_policy text) IS 'Ingest one signal, idempotent per (p_source, p_external_id): created = false means it existed and nothing changed. p_mentions are entity names resolved through aliases (case-insensitive); unknown names create entities or go to entity_review_queue per p_unknown_policy (create | review; default: ingest_settings). Outbox rows in the same transaction.
+COMMENT ON FUNCTION sigledger.ingest_signal(p_source text, p_external_id text, p_occurred_at timestamp with time zone, p_payload jsonb, p_mentions text[], p_content text, p_unknown_policy text) IS 'Ingest one signal, idempotent per (p_source, p_external_id): created = false means it existed and nothing changed. p_mentions (at most 200) are entity names resolved through aliases by resolution key (case-insensitive, docs/text-rules.md); unknown names create entities or go to entity_review_queue per p_unknown_policy (create | review; default: ingest_settings). Limits as for ingest_signals. Outbox rows in the same transaction.
 SQLSTATE: 22023, 55P03';
 
 --
 -- Name: ingest_signals(jsonb, text); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
 --
 
-CREATE FUNCTION sigledger.ingest_signals(p_batch jsonb, p_unknown_policy text DEFAULT NULL::text) RETURNS TABLE(item integer, signal_id uuid, status text, reason text, linked_entities integer, queued_mentions integer)
+CREATE FUNCTION sigledger.ingest_signals(p_batch jsonb, p_unknown_policy text DEFAULT NULL::text) RETURNS TABLE(item integer, signal_id uuid, status text, reason text, linked_entities integer, queued_mentions integer, sqlstate text)
     LANGUAGE sql SECURITY DEFINER
     SET search_path TO 'sigledger', 'pg_temp'
     SET lock_timeout TO '10s'
@@ -2614,7 +2912,7 @@ ALTER FUNCTION sigledger.ingest_signals(p_batch jsonb, p_unknown_policy text) OW
 -- Name: FUNCTION ingest_signals(p_batch jsonb, p_unknown_policy text); Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
 --
 
-COMMENT ON FUNCTION sigledger.ingest_signals(p_batch jsonb, p_unknown_policy text) IS 'Ingest a JSON array of signals {source, external_id, occurred_at, payload?, content?, mentions?: [name, ...]} in one call (at most 10000). One row per item, in order: status created | duplicate (the (source, external_id) exists: nothing changed) | rejected (reason says why; the other items go on). p_unknown_policy create | review overrides ingest_settings for this call. Call it in its own transaction.
+COMMENT ON FUNCTION sigledger.ingest_signals(p_batch jsonb, p_unknown_policy text) IS 'Ingest a JSON array of signals {source, external_id, occurred_at, payload?, content?, mentions?: [name, ...]} in one call (at most 10000). One row per item, in order: status created | duplicate (the (source, external_id) exists: nothing changed) | rejected (sqlstate and reason say why; the other items go on). Text follows docs/text-rules.md: source at most 200 characters and 800 bytes, external_id 500 and 1500, content 1000000 and 4000000, at most 200 mentions of 500 characters and 2000 bytes each. A rejected item''s sqlstate: 22023 a missing or bad value, or what PostgreSQL says of occurred_at (22007 not a timestamp, 22008 a field out of range, 22009 a bad offset, 22023 an unknown time zone). p_unknown_policy create | review overrides ingest_settings for this call. Call it in its own transaction.
 Errors: 22023 the batch is not an array, is too large, or the policy is unknown (a bad item is a rejected row, not an error).
 SQLSTATE: 22023, 55P03';
 
@@ -2636,12 +2934,18 @@ BEGIN
     IF p_opportunity_id IS NULL THEN
         RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'opportunity id is NULL';
     END IF;
+    IF cardinality(p_signal_ids) > 10000 THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('signal ids must hold at most 10000 ids, got %s', cardinality(p_signal_ids)),
+            HINT = 'Link in several calls.';
+    END IF;
     IF p_signal_ids IS NULL OR cardinality(p_signal_ids) = 0 OR array_position(p_signal_ids, NULL) IS NOT NULL THEN
         RAISE EXCEPTION USING ERRCODE = '22023',
-            MESSAGE = format('signal ids must be a non-empty list without NULL, got %s', coalesce(p_signal_ids::text, 'NULL'));
+            MESSAGE = format('signal ids must be a non-empty list without NULL, got %s',
+                             coalesce(_text_list(p_signal_ids::text[]), 'NULL'));
     END IF;
     SELECT array_agg(DISTINCT s ORDER BY s) INTO v_wanted FROM unnest(p_signal_ids) AS s;
-    SELECT string_agg(w::text, ', ' ORDER BY w) INTO v_missing FROM unnest(v_wanted) AS w
+    SELECT _text_list(array_agg(w::text ORDER BY w)) INTO v_missing FROM unnest(v_wanted) AS w
      WHERE NOT EXISTS (SELECT 1 FROM sigledger.signals s WHERE s.id = w);
     IF v_missing IS NOT NULL THEN
         RAISE EXCEPTION USING ERRCODE = 'P0002', MESSAGE = format('signal not found: %s', v_missing);
@@ -2667,7 +2971,7 @@ ALTER FUNCTION sigledger.link_signals(p_opportunity_id uuid, p_signal_ids uuid[]
 -- Name: FUNCTION link_signals(p_opportunity_id uuid, p_signal_ids uuid[]); Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
 --
 
-COMMENT ON FUNCTION sigledger.link_signals(p_opportunity_id uuid, p_signal_ids uuid[]) IS 'Link signals to an opportunity (duplicates in the list or already linked are counted, not errors). If the opportunity was merged, the live merge target receives the links; opportunity_id in the result says which one did.
+COMMENT ON FUNCTION sigledger.link_signals(p_opportunity_id uuid, p_signal_ids uuid[]) IS 'Link signals (at most 10000 ids) to an opportunity (duplicates in the list or already linked are counted, not errors). If the opportunity was merged, the live merge target receives the links; opportunity_id in the result says which one did.
 Errors: P0002 unknown opportunity or signal.
 SQLSTATE: 22023, P0002, 55P03';
 
@@ -2695,7 +2999,7 @@ BEGIN
     SELECT count(*) INTO v_locked
       FROM (SELECT e.id FROM sigledger.entities e WHERE e.id = ANY (v_ids) ORDER BY e.id FOR UPDATE) AS l;
     IF v_locked <> cardinality(v_ids) THEN
-        SELECT string_agg(i::text, ', ' ORDER BY i) INTO v_missing FROM unnest(v_ids) AS i
+        SELECT _text_list(array_agg(i::text ORDER BY i)) INTO v_missing FROM unnest(v_ids) AS i
          WHERE NOT EXISTS (SELECT 1 FROM sigledger.entities e WHERE e.id = i);
         RAISE EXCEPTION USING ERRCODE = 'P0002', MESSAGE = format('entity not found: %s', v_missing);
     END IF;
@@ -2710,6 +3014,7 @@ BEGIN
 
     UPDATE sigledger.entity_aliases SET canonical_entity_id = p_target WHERE canonical_entity_id = ANY (p_sources);
     GET DIAGNOSTICS v_aliases = ROW_COUNT;
+    PERFORM sigledger._entity_alias_room(p_target);
     -- links: copy to the target (a signal already linked to it is not duplicated), then drop from the sources.
     INSERT INTO sigledger.signal_entities (signal_id, entity_id, mention)
     SELECT DISTINCT ON (se.signal_id) se.signal_id, p_target, se.mention
@@ -2750,8 +3055,8 @@ ALTER FUNCTION sigledger.merge_entities(p_target uuid, p_sources uuid[]) OWNER T
 --
 
 COMMENT ON FUNCTION sigledger.merge_entities(p_target uuid, p_sources uuid[]) IS 'Merge entities p_sources into p_target in one transaction: aliases and signal links move to the target (no duplicate links), each source keeps a tombstone (merged_into), a row lands in entity_merges. Locks are taken in id order.
-Errors: SLM02 empty list, NULL or duplicate id, target among sources; P0002 unknown id; SLM01 an id is already merged (the message names the tombstone).
-SQLSTATE: SLM02, P0002, SLM01, 55P03';
+Errors: SLM02 empty list, NULL or duplicate id, target among sources; 22023 more than 1000 sources; P0002 unknown id; SLM01 an id is already merged (the message names the tombstone); 54000 the merged entity would hold more than 1000 aliases.
+SQLSTATE: SLM02, 22023, P0002, SLM01, 54000, 55P03';
 
 --
 -- Name: merge_opportunities(uuid, uuid[]); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
@@ -2779,7 +3084,7 @@ BEGIN
     SELECT count(*) INTO v_locked
       FROM (SELECT o.id FROM sigledger.opportunities o WHERE o.id = ANY (v_ids) ORDER BY o.id FOR UPDATE) AS l;
     IF v_locked <> cardinality(v_ids) THEN
-        SELECT string_agg(i::text, ', ' ORDER BY i) INTO v_missing FROM unnest(v_ids) AS i
+        SELECT _text_list(array_agg(i::text ORDER BY i)) INTO v_missing FROM unnest(v_ids) AS i
          WHERE NOT EXISTS (SELECT 1 FROM sigledger.opportunities o WHERE o.id = i);
         RAISE EXCEPTION USING ERRCODE = 'P0002', MESSAGE = format('opportunity not found: %s', v_missing);
     END IF;
@@ -2847,8 +3152,8 @@ ALTER FUNCTION sigledger.merge_opportunities(p_target uuid, p_sources uuid[]) OW
 --
 
 COMMENT ON FUNCTION sigledger.merge_opportunities(p_target uuid, p_sources uuid[]) IS 'Merge opportunities p_sources into p_target in one transaction: rows locked in id order; signal links move to the target without duplicates; fields merge by the rules of docs/merge-rules.md; each source becomes a tombstone (merged_into = target); a row lands in opportunity_merges (when, by whom, which application, target before/after); outbox rows are written. Bad input changes nothing.
-Errors: SLM02 NULL target, empty list, NULL or duplicate source, target among sources; P0002 unknown id; SLM01 an id is already merged (the message names the tombstone and its target).
-SQLSTATE: SLM02, P0002, SLM01, 55P03';
+Errors: SLM02 NULL target, empty list, NULL or duplicate source, target among sources; 22023 more than 1000 sources; P0002 unknown id; SLM01 an id is already merged (the message names the tombstone and its target).
+SQLSTATE: SLM02, 22023, P0002, SLM01, 55P03';
 
 --
 -- Name: opportunity_signals_of(uuid); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
@@ -3002,7 +3307,7 @@ DECLARE
 BEGIN
     v := _cost_validate(p_idempotency_key, p_agent_id, p_model, p_provider, p_input_tokens, p_output_tokens,
                         p_cost_usd, p_created_at, p_metadata);
-    v_ins := _cost_insert(p_idempotency_key, p_agent_id, p_model, p_provider, p_input_tokens, p_output_tokens,
+    v_ins := _cost_insert(p_idempotency_key, p_agent_id, v.model, v.provider, p_input_tokens, p_output_tokens,
                           v.cost_usd, v.priced_usd, v.cost_source, NULL, v.created_at, v.created_at, v.metadata);
     IF v_ins.inserted THEN
         -- the cost is already spent: charge it (above the cap it becomes recorded excess)
@@ -3089,7 +3394,7 @@ BEGIN
             quarantined := quarantined + 1;
             CONTINUE;
         END IF;
-        v_ins := _cost_insert(v_elem ->> 'idempotency_key', v_agent, v_elem ->> 'model', v_elem ->> 'provider',
+        v_ins := _cost_insert(v_elem ->> 'idempotency_key', v_agent, v.model, v.provider,
                               v_in, v_out, v.cost_usd, v.priced_usd, v.cost_source, NULL, v.created_at,
                               v.created_at, v.metadata);
         IF v_ins.inserted THEN
@@ -3211,7 +3516,7 @@ BEGIN
             MESSAGE = format('ttl must be greater than 0 and at most 7 days, got %s', coalesce(p_ttl::text, 'NULL'));
     END IF;
     IF p_idempotency_key IS NOT NULL THEN
-        v_key := _assert_text('idempotency_key', p_idempotency_key);
+        v_key := _text_arg(p_idempotency_key, 'idempotency_key', 200, 800, 'key');
     ELSE
         v_key := 'auto:' || gen_random_uuid()::text;
     END IF;
@@ -3236,8 +3541,8 @@ BEGIN
         SELECT * INTO r FROM budget_reservation br WHERE br.idempotency_key = v_key;
         IF r.agent_id <> p_agent_id OR r.estimate_usd <> v_estimate THEN
             RAISE EXCEPTION USING ERRCODE = '23505',
-                MESSAGE = format('idempotency key %L already used by reservation %s (agent %s, estimate %s)',
-                                 v_key, r.id, r.agent_id, r.estimate_usd);
+                MESSAGE = format('idempotency key %s already used by reservation %s (agent %s, estimate %s)',
+                                 _text_quote(v_key), r.id, r.agent_id, r.estimate_usd);
         END IF;
         SELECT min(greatest(0, s.cap_usd - s.spent_usd - s.reserved_usd)) INTO v_min
           FROM unnest(r.budget_ids, r.period_starts) u(budget_id, period_start)
@@ -3295,10 +3600,11 @@ CREATE FUNCTION sigledger.resolve_entity(p_name text) RETURNS uuid
 DECLARE
     v_id uuid;
 BEGIN
-    SELECT a.canonical_entity_id INTO v_id FROM sigledger.entity_aliases a WHERE lower(a.alias) = lower(btrim(p_name));
-    IF v_id IS NULL AND (p_name IS NULL OR length(btrim(p_name)) NOT BETWEEN 1 AND 500) THEN
-        RAISE EXCEPTION USING ERRCODE = '22023',
-            MESSAGE = format('name to resolve must be 1 to 500 non-blank characters, got %L', p_name);
+    IF octet_length(p_name) <= 2000 THEN
+        SELECT a.canonical_entity_id INTO v_id FROM sigledger.entity_aliases a WHERE a.alias_key = _text_key(p_name);
+    END IF;
+    IF v_id IS NULL THEN
+        PERFORM _text_arg(p_name, 'name to resolve', 500, 2000, 'name', '22023');
     END IF;
     RETURN v_id;
 END;
@@ -3310,7 +3616,7 @@ ALTER FUNCTION sigledger.resolve_entity(p_name text) OWNER TO sigledger_owner;
 -- Name: FUNCTION resolve_entity(p_name text); Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
 --
 
-COMMENT ON FUNCTION sigledger.resolve_entity(p_name text) IS 'Return the id of the live entity whose alias equals p_name case-insensitively (surrounding blanks ignored), or NULL when none does.
+COMMENT ON FUNCTION sigledger.resolve_entity(p_name text) IS 'Return the id of the live entity that has an alias with the same resolution key as p_name (case-insensitive, surrounding whitespace and format characters ignored, compatibility forms folded: docs/text-rules.md), or NULL when none does.
 SQLSTATE: 22023';
 
 --
@@ -3411,7 +3717,7 @@ BEGIN
     v := _cost_validate(v_key, r.agent_id, p_model, p_provider, p_input_tokens, p_output_tokens,
                         p_actual_usd, NULL, p_metadata, false);
     v_overrun := greatest(0, v.cost_usd - r.estimate_usd);
-    v_ins := _cost_insert(v_key, r.agent_id, p_model, p_provider, p_input_tokens, p_output_tokens,
+    v_ins := _cost_insert(v_key, r.agent_id, v.model, v.provider, p_input_tokens, p_output_tokens,
                           v.cost_usd, v.priced_usd, v.cost_source, r.id, r.created_at, v.created_at,
                           CASE WHEN v_overrun > 0 THEN v.metadata || jsonb_build_object('overrun_usd', v_overrun)
                                ELSE v.metadata END);
@@ -3454,6 +3760,27 @@ reservation_id, estimate_usd, actual_usd, overrun_usd, replayed). Idempotent: se
 row (a different actual: SLB03). An actual above the estimate is charged in full, reported as overrun_usd and
 listed in view budget_overruns. Expired reservation: SLB02 (record the cost with record_cost); released: SLB03.
 SQLSTATE: 22004, 22023, 22003, P0002, SLB02, SLB03, 55P03';
+
+--
+-- Name: text_key(text); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger.text_key(p_name text) RETURNS text
+    LANGUAGE plpgsql IMMUTABLE SECURITY DEFINER PARALLEL SAFE
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+BEGIN
+    RETURN sigledger._text_key(p_name);
+END;
+$$;
+
+ALTER FUNCTION sigledger.text_key(p_name text) OWNER TO sigledger_owner;
+
+--
+-- Name: FUNCTION text_key(p_name text); Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON FUNCTION sigledger.text_key(p_name text) IS 'The resolution key of a name (docs/text-rules.md): trimmed of whitespace and format characters, NFKC, Unicode default case folding. Aliases match when their keys are equal: query view entity_alias_lookup with WHERE alias_key = sigledger.text_key(name). NULL for NULL; raises nothing.';
 
 --
 -- Name: update_budget(bigint, numeric, text, numeric, text, numeric[], bigint); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
@@ -3515,6 +3842,93 @@ COMMENT ON COLUMN sigledger.agent_registry.budget_limit_usd IS 'Legacy (seed); s
 --
 
 COMMENT ON COLUMN sigledger.agent_registry.current_cost_usd IS 'Legacy (seed); superseded by budget_spend since V4_002.';
+
+--
+-- Name: entity_alias_conflicts; Type: TABLE; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE TABLE sigledger.entity_alias_conflicts (
+    id bigint NOT NULL,
+    alias_id uuid NOT NULL,
+    alias text NOT NULL,
+    canonical_entity_id uuid NOT NULL,
+    alias_created_at timestamp with time zone NOT NULL,
+    canonical_alias text NOT NULL,
+    alias_key text NOT NULL,
+    sqlstate text NOT NULL,
+    reason text NOT NULL,
+    holder_alias_id uuid,
+    holder_alias text,
+    holder_entity_id uuid,
+    found_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT entity_alias_conflicts_sqlstate_valid CHECK ((sqlstate ~ '^[0-9A-Z]{5}$'::text))
+);
+
+ALTER TABLE sigledger.entity_alias_conflicts OWNER TO sigledger_owner;
+
+--
+-- Name: TABLE entity_alias_conflicts; Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON TABLE sigledger.entity_alias_conflicts IS 'Aliases that V8_021 moved out of entity_aliases because they conflict under the text rules of V8_020.';
+
+--
+-- Name: entity_aliases; Type: TABLE; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE TABLE sigledger.entity_aliases (
+    id uuid DEFAULT gen_random_uuid() NOT NULL,
+    canonical_entity_id uuid NOT NULL,
+    alias text NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    alias_key text,
+    CONSTRAINT entity_aliases_alias_canonical CHECK (((alias = sigledger._text_canon(alias)) AND (alias <> ''::text))),
+    CONSTRAINT entity_aliases_alias_key_valid CHECK (((alias_key IS NOT NULL) AND (alias_key = sigledger._text_key(alias)))),
+    CONSTRAINT entity_aliases_alias_length CHECK (((length(btrim(alias)) >= 1) AND (length(btrim(alias)) <= 500))),
+    CONSTRAINT entity_aliases_alias_trimmed CHECK ((alias = btrim(alias)))
+);
+
+ALTER TABLE sigledger.entity_aliases OWNER TO sigledger_owner;
+
+--
+-- Name: TABLE entity_aliases; Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON TABLE sigledger.entity_aliases IS 'Names under which an entity is mentioned; resolved by lower(alias).';
+
+--
+-- Name: COLUMN entity_aliases.alias_key; Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON COLUMN sigledger.entity_aliases.alias_key IS 'sigledger._text_key(alias), kept by trigger entity_aliases_set_key; unique: one entity per resolution key.';
+
+--
+-- Name: alias_conflicts; Type: VIEW; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE VIEW sigledger.alias_conflicts WITH (security_barrier='true') AS
+ SELECT c.id,
+    c.alias_id,
+    c.alias,
+    c.canonical_entity_id AS entity_id,
+    c.canonical_alias,
+    c.alias_key,
+    c.sqlstate,
+    c.reason,
+    COALESCE(h.alias, c.holder_alias) AS holder_alias,
+    COALESCE(h.canonical_entity_id, c.holder_entity_id) AS holder_entity_id,
+    c.alias_created_at,
+    c.found_at
+   FROM (sigledger.entity_alias_conflicts c
+     LEFT JOIN sigledger.entity_aliases h ON ((h.id = c.holder_alias_id)));
+
+ALTER TABLE sigledger.alias_conflicts OWNER TO sigledger_owner;
+
+--
+-- Name: VIEW alias_conflicts; Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON VIEW sigledger.alias_conflicts IS 'Aliases moved aside by migration V8_021 (text rules): the alias, its entity, why (sqlstate, reason: 23505 its resolution key is held by holder_alias of holder_entity_id, as they are now; 22023 blank or too long; SLM01 it named a merged entity). docs/text-rules.md says how to resolve them.';
 
 --
 -- Name: budget_alert_id_seq; Type: SEQUENCE; Schema: sigledger; Owner: sigledger_owner
@@ -3582,7 +3996,7 @@ COMMENT ON TABLE sigledger.budget_reservation IS 'Money held before an LLM call 
 -- Name: budget_overruns; Type: VIEW; Schema: sigledger; Owner: sigledger_owner
 --
 
-CREATE VIEW sigledger.budget_overruns AS
+CREATE VIEW sigledger.budget_overruns WITH (security_barrier='true') AS
  SELECT r.id AS reservation_id,
     r.agent_id,
     r.estimate_usd,
@@ -3633,7 +4047,7 @@ COMMENT ON TABLE sigledger.budget_spend IS 'Spend and open holds per budget and 
 -- Name: budget_overview; Type: VIEW; Schema: sigledger; Owner: sigledger_owner
 --
 
-CREATE VIEW sigledger.budget_overview AS
+CREATE VIEW sigledger.budget_overview WITH (security_barrier='true') AS
  SELECT b.id AS budget_id,
     b.level,
     b.name,
@@ -3733,7 +4147,7 @@ COMMENT ON COLUMN sigledger.llm_cost_log.priced_usd IS 'Cost computed from model
 -- Name: cost_price_disagreement; Type: VIEW; Schema: sigledger; Owner: sigledger_owner
 --
 
-CREATE VIEW sigledger.cost_price_disagreement AS
+CREATE VIEW sigledger.cost_price_disagreement WITH (security_barrier='true') AS
  SELECT llm_cost_log.id,
     llm_cost_log.idempotency_key,
     llm_cost_log.agent_id,
@@ -3822,32 +4236,24 @@ ALTER TABLE sigledger.entities OWNER TO sigledger_owner;
 COMMENT ON TABLE sigledger.entities IS 'Resolved (canonical) entities; merged losers keep a tombstone in merged_into.';
 
 --
--- Name: entity_aliases; Type: TABLE; Schema: sigledger; Owner: sigledger_owner
+-- Name: entity_alias_conflicts_id_seq; Type: SEQUENCE; Schema: sigledger; Owner: sigledger_owner
 --
 
-CREATE TABLE sigledger.entity_aliases (
-    id uuid DEFAULT gen_random_uuid() NOT NULL,
-    canonical_entity_id uuid NOT NULL,
-    alias text NOT NULL,
-    created_at timestamp with time zone DEFAULT now() NOT NULL,
-    CONSTRAINT entity_aliases_alias_length CHECK (((length(btrim(alias)) >= 1) AND (length(btrim(alias)) <= 500))),
-    CONSTRAINT entity_aliases_alias_trimmed CHECK ((alias = btrim(alias)))
+ALTER TABLE sigledger.entity_alias_conflicts ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME sigledger.entity_alias_conflicts_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
 );
-
-ALTER TABLE sigledger.entity_aliases OWNER TO sigledger_owner;
-
---
--- Name: TABLE entity_aliases; Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
---
-
-COMMENT ON TABLE sigledger.entity_aliases IS 'Names under which an entity is mentioned; resolved by lower(alias).';
 
 --
 -- Name: entity_alias_lookup; Type: VIEW; Schema: sigledger; Owner: sigledger_owner
 --
 
-CREATE VIEW sigledger.entity_alias_lookup AS
- SELECT lower(a.alias) AS alias_key,
+CREATE VIEW sigledger.entity_alias_lookup WITH (security_barrier='true') AS
+ SELECT a.alias_key,
     a.alias,
     a.canonical_entity_id AS entity_id
    FROM sigledger.entity_aliases a;
@@ -3858,7 +4264,7 @@ ALTER TABLE sigledger.entity_alias_lookup OWNER TO sigledger_owner;
 -- Name: VIEW entity_alias_lookup; Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
 --
 
-COMMENT ON VIEW sigledger.entity_alias_lookup IS 'One row per alias: alias_key = lower(alias), the alias as stored, the live entity it names. Query with WHERE alias_key = lower(btrim(name)) (served by the unique index).';
+COMMENT ON VIEW sigledger.entity_alias_lookup IS 'One row per alias: alias_key (its resolution key, docs/text-rules.md), the alias as stored, the live entity it names. Query with WHERE alias_key = sigledger.text_key(name) (served by the unique index).';
 
 --
 -- Name: entity_merges; Type: TABLE; Schema: sigledger; Owner: sigledger_owner
@@ -3938,7 +4344,7 @@ ALTER TABLE sigledger.entity_review_queue ALTER COLUMN id ADD GENERATED ALWAYS A
 -- Name: entity_with_aliases; Type: VIEW; Schema: sigledger; Owner: sigledger_owner
 --
 
-CREATE VIEW sigledger.entity_with_aliases AS
+CREATE VIEW sigledger.entity_with_aliases WITH (security_barrier='true') AS
  SELECT e.id,
     e.name,
     e.entity_type,
@@ -3949,7 +4355,7 @@ CREATE VIEW sigledger.entity_with_aliases AS
     ARRAY( SELECT a.alias
            FROM sigledger.entity_aliases a
           WHERE (a.canonical_entity_id = e.id)
-          ORDER BY (lower(a.alias))) AS aliases
+          ORDER BY a.alias_key, a.alias) AS aliases
    FROM sigledger.entities e;
 
 ALTER TABLE sigledger.entity_with_aliases OWNER TO sigledger_owner;
@@ -4153,7 +4559,7 @@ COMMENT ON TABLE sigledger.opportunity_merges IS 'One row per merge_opportunitie
 -- Name: merge_history; Type: VIEW; Schema: sigledger; Owner: sigledger_owner
 --
 
-CREATE VIEW sigledger.merge_history AS
+CREATE VIEW sigledger.merge_history WITH (security_barrier='true') AS
  SELECT 'opportunity'::text AS kind,
     m.id AS merge_id,
     m.target_id,
@@ -4283,7 +4689,7 @@ COMMENT ON TABLE sigledger.opportunity_signals IS 'Which signals support an oppo
 -- Name: opportunity_overview; Type: VIEW; Schema: sigledger; Owner: sigledger_owner
 --
 
-CREATE VIEW sigledger.opportunity_overview AS
+CREATE VIEW sigledger.opportunity_overview WITH (security_barrier='true') AS
  SELECT o.id,
     o.title,
     o.description,
@@ -4340,7 +4746,7 @@ COMMENT ON TABLE sigledger.signals IS 'Ingested signals, one row per (source, ex
 -- Name: opportunity_signal_links; Type: VIEW; Schema: sigledger; Owner: sigledger_owner
 --
 
-CREATE VIEW sigledger.opportunity_signal_links AS
+CREATE VIEW sigledger.opportunity_signal_links WITH (security_barrier='true') AS
  SELECT os.opportunity_id,
     os.signal_id,
     os.created_at AS linked_at,
@@ -4525,6 +4931,13 @@ ALTER TABLE ONLY sigledger.entities
     ADD CONSTRAINT entities_pkey PRIMARY KEY (id);
 
 --
+-- Name: entity_alias_conflicts entity_alias_conflicts_pkey; Type: CONSTRAINT; Schema: sigledger; Owner: sigledger_owner
+--
+
+ALTER TABLE ONLY sigledger.entity_alias_conflicts
+    ADD CONSTRAINT entity_alias_conflicts_pkey PRIMARY KEY (id);
+
+--
 -- Name: entity_aliases entity_aliases_pkey; Type: CONSTRAINT; Schema: sigledger; Owner: sigledger_owner
 --
 
@@ -4674,10 +5087,10 @@ CREATE INDEX cost_quarantine_received_at_idx ON sigledger.cost_quarantine USING 
 CREATE INDEX entities_merged_into_idx ON sigledger.entities USING btree (merged_into) WHERE (merged_into IS NOT NULL);
 
 --
--- Name: entity_aliases_alias_lower_key; Type: INDEX; Schema: sigledger; Owner: sigledger_owner
+-- Name: entity_aliases_alias_key_key; Type: INDEX; Schema: sigledger; Owner: sigledger_owner
 --
 
-CREATE UNIQUE INDEX entity_aliases_alias_lower_key ON sigledger.entity_aliases USING btree (lower(alias));
+CREATE UNIQUE INDEX entity_aliases_alias_key_key ON sigledger.entity_aliases USING btree (alias_key);
 
 --
 -- Name: entity_merges_source_ids_idx; Type: INDEX; Schema: sigledger; Owner: sigledger_owner
@@ -4846,6 +5259,12 @@ CREATE TRIGGER entity_aliases_no_tombstone_ins AFTER INSERT ON sigledger.entity_
 --
 
 CREATE TRIGGER entity_aliases_no_tombstone_upd AFTER UPDATE ON sigledger.entity_aliases REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION sigledger._entity_aliases_no_tombstone();
+
+--
+-- Name: entity_aliases entity_aliases_set_key; Type: TRIGGER; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE TRIGGER entity_aliases_set_key BEFORE INSERT OR UPDATE OF alias ON sigledger.entity_aliases FOR EACH ROW EXECUTE FUNCTION sigledger._entity_aliases_set_key();
 
 --
 -- Name: llm_cost_log llm_cost_log_append_only_row; Type: TRIGGER; Schema: sigledger; Owner: sigledger_owner
@@ -5109,10 +5528,10 @@ REVOKE ALL ON FUNCTION sigledger._check_merge_input(p_kind text, p_target uuid, 
 REVOKE ALL ON FUNCTION sigledger._cost_insert(p_idempotency_key text, p_agent_id uuid, p_model text, p_provider text, p_input_tokens bigint, p_output_tokens bigint, p_cost_usd numeric, p_priced_usd numeric, p_cost_source text, p_reservation_id bigint, p_charged_at timestamp with time zone, p_created_at timestamp with time zone, p_metadata jsonb, OUT ledger_id bigint, OUT inserted boolean) FROM PUBLIC;
 
 --
--- Name: FUNCTION _cost_validate(p_idempotency_key text, p_agent_id uuid, p_model text, p_provider text, p_input_tokens bigint, p_output_tokens bigint, p_cost_usd numeric, p_created_at timestamp with time zone, p_metadata jsonb, p_check_agent boolean, OUT cost_usd numeric, OUT priced_usd numeric, OUT cost_source text, OUT created_at timestamp with time zone, OUT metadata jsonb); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+-- Name: FUNCTION _cost_validate(p_idempotency_key text, p_agent_id uuid, p_model text, p_provider text, p_input_tokens bigint, p_output_tokens bigint, p_cost_usd numeric, p_created_at timestamp with time zone, p_metadata jsonb, p_check_agent boolean, OUT cost_usd numeric, OUT priced_usd numeric, OUT cost_source text, OUT created_at timestamp with time zone, OUT metadata jsonb, OUT model text, OUT provider text); Type: ACL; Schema: sigledger; Owner: sigledger_owner
 --
 
-REVOKE ALL ON FUNCTION sigledger._cost_validate(p_idempotency_key text, p_agent_id uuid, p_model text, p_provider text, p_input_tokens bigint, p_output_tokens bigint, p_cost_usd numeric, p_created_at timestamp with time zone, p_metadata jsonb, p_check_agent boolean, OUT cost_usd numeric, OUT priced_usd numeric, OUT cost_source text, OUT created_at timestamp with time zone, OUT metadata jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION sigledger._cost_validate(p_idempotency_key text, p_agent_id uuid, p_model text, p_provider text, p_input_tokens bigint, p_output_tokens bigint, p_cost_usd numeric, p_created_at timestamp with time zone, p_metadata jsonb, p_check_agent boolean, OUT cost_usd numeric, OUT priced_usd numeric, OUT cost_source text, OUT created_at timestamp with time zone, OUT metadata jsonb, OUT model text, OUT provider text) FROM PUBLIC;
 
 --
 -- Name: FUNCTION _ensure_ledger_partitions(p_months_ahead integer); Type: ACL; Schema: sigledger; Owner: sigledger_owner
@@ -5121,10 +5540,22 @@ REVOKE ALL ON FUNCTION sigledger._cost_validate(p_idempotency_key text, p_agent_
 REVOKE ALL ON FUNCTION sigledger._ensure_ledger_partitions(p_months_ahead integer) FROM PUBLIC;
 
 --
+-- Name: FUNCTION _entity_alias_room(p_entity_id uuid); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger._entity_alias_room(p_entity_id uuid) FROM PUBLIC;
+
+--
 -- Name: FUNCTION _entity_aliases_no_tombstone(); Type: ACL; Schema: sigledger; Owner: sigledger_owner
 --
 
 REVOKE ALL ON FUNCTION sigledger._entity_aliases_no_tombstone() FROM PUBLIC;
+
+--
+-- Name: FUNCTION _entity_aliases_set_key(); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger._entity_aliases_set_key() FROM PUBLIC;
 
 --
 -- Name: FUNCTION _graph_ack(p_ids bigint[]); Type: ACL; Schema: sigledger; Owner: sigledger_owner
@@ -5278,6 +5709,12 @@ REVOKE ALL ON FUNCTION sigledger._lock_live_entities(p_ids uuid[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION sigledger._lock_live_opportunity(p_id uuid) FROM PUBLIC;
 
 --
+-- Name: FUNCTION _name_key(p_name text, p_what text); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger._name_key(p_name text, p_what text) FROM PUBLIC;
+
+--
 -- Name: FUNCTION _opportunity_signals_no_tombstone(); Type: ACL; Schema: sigledger; Owner: sigledger_owner
 --
 
@@ -5344,10 +5781,46 @@ REVOKE ALL ON FUNCTION sigledger._spend_hold(p_budget_id bigint, p_period_start 
 REVOKE ALL ON FUNCTION sigledger._spend_release(p_budget_id bigint, p_period_start timestamp with time zone, p_amount numeric) FROM PUBLIC;
 
 --
--- Name: FUNCTION _try_timestamptz(p_value text); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+-- Name: FUNCTION _text_arg(p_value text, p_what text, p_max_chars integer, p_max_bytes integer, p_kind text, p_null_code text); Type: ACL; Schema: sigledger; Owner: sigledger_owner
 --
 
-REVOKE ALL ON FUNCTION sigledger._try_timestamptz(p_value text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION sigledger._text_arg(p_value text, p_what text, p_max_chars integer, p_max_bytes integer, p_kind text, p_null_code text) FROM PUBLIC;
+
+--
+-- Name: FUNCTION _text_canon(p_value text); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger._text_canon(p_value text) FROM PUBLIC;
+
+--
+-- Name: FUNCTION _text_key(p_value text); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger._text_key(p_value text) FROM PUBLIC;
+
+--
+-- Name: FUNCTION _text_list(p_values text[]); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger._text_list(p_values text[]) FROM PUBLIC;
+
+--
+-- Name: FUNCTION _text_norm(p_value text, p_what text, p_max_chars integer, p_max_bytes integer, p_kind text, OUT value text, OUT error text); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger._text_norm(p_value text, p_what text, p_max_chars integer, p_max_bytes integer, p_kind text, OUT value text, OUT error text) FROM PUBLIC;
+
+--
+-- Name: FUNCTION _text_quote(p_value text); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger._text_quote(p_value text) FROM PUBLIC;
+
+--
+-- Name: FUNCTION _try_timestamptz(p_value text, OUT value timestamp with time zone, OUT error text); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger._try_timestamptz(p_value text, OUT value timestamp with time zone, OUT error text) FROM PUBLIC;
 
 --
 -- Name: FUNCTION _valid_alert_thresholds(p_thresholds numeric[]); Type: ACL; Schema: sigledger; Owner: sigledger_owner
@@ -5576,11 +6049,26 @@ REVOKE ALL ON FUNCTION sigledger.settle_budget(p_reservation_id bigint, p_actual
 GRANT ALL ON FUNCTION sigledger.settle_budget(p_reservation_id bigint, p_actual_usd numeric, p_input_tokens bigint, p_output_tokens bigint, p_model text, p_provider text, p_metadata jsonb) TO sigledger_app;
 
 --
+-- Name: FUNCTION text_key(p_name text); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger.text_key(p_name text) FROM PUBLIC;
+GRANT ALL ON FUNCTION sigledger.text_key(p_name text) TO sigledger_app;
+GRANT ALL ON FUNCTION sigledger.text_key(p_name text) TO sigledger_readonly;
+
+--
 -- Name: FUNCTION update_budget(p_budget_id bigint, p_limit_usd numeric, p_period text, p_grace_ratio numeric, p_fail_policy text, p_alert_thresholds numeric[], p_parent_budget_id bigint); Type: ACL; Schema: sigledger; Owner: sigledger_owner
 --
 
 REVOKE ALL ON FUNCTION sigledger.update_budget(p_budget_id bigint, p_limit_usd numeric, p_period text, p_grace_ratio numeric, p_fail_policy text, p_alert_thresholds numeric[], p_parent_budget_id bigint) FROM PUBLIC;
 GRANT ALL ON FUNCTION sigledger.update_budget(p_budget_id bigint, p_limit_usd numeric, p_period text, p_grace_ratio numeric, p_fail_policy text, p_alert_thresholds numeric[], p_parent_budget_id bigint) TO sigledger_admin;
+
+--
+-- Name: TABLE alias_conflicts; Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+GRANT SELECT ON TABLE sigledger.alias_conflicts TO sigledger_app;
+GRANT SELECT ON TABLE sigledger.alias_conflicts TO sigledger_readonly;
 
 --
 -- Name: TABLE budget_overruns; Type: ACL; Schema: sigledger; Owner: sigledger_owner

@@ -31,24 +31,16 @@ BEGIN
 END;
 $$;
 
--- _assert_text: raise unless p_value is a non-blank string of at most 200 characters (NULL -> 22004).
+-- _assert_text: the text rules (_text_arg, 005) for a name of the ledger: model, provider, agent and budget
+-- names: trimmed of whitespace and format characters, NFC, not blank, at most 200 characters and 800 bytes.
+-- Returns the canonical value (NULL -> 22004).
 CREATE OR REPLACE FUNCTION sigledger._assert_text(p_name text, p_value text)
 RETURNS text
 LANGUAGE plpgsql IMMUTABLE
 SET search_path = sigledger, pg_temp
 AS $$
 BEGIN
-    IF p_value IS NULL THEN
-        RAISE EXCEPTION USING ERRCODE = '22004', MESSAGE = format('%s must not be NULL', p_name);
-    END IF;
-    IF length(btrim(p_value)) = 0 THEN
-        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = format('%s must not be empty, got %L', p_name, p_value);
-    END IF;
-    IF length(p_value) > 200 THEN
-        RAISE EXCEPTION USING ERRCODE = '22023',
-            MESSAGE = format('%s must be at most 200 characters, got %s', p_name, length(p_value));
-    END IF;
-    RETURN p_value;
+    RETURN sigledger._text_arg(p_value, p_name, 200, 800);
 END;
 $$;
 
@@ -114,12 +106,24 @@ BEGIN
 END;
 $$;
 
--- (the nine-argument version of earlier builds, replaced by the one below with p_check_agent)
+-- (the nine-argument version of earlier builds, replaced by the one below with p_check_agent; and the one
+-- without OUT model and provider)
 DROP FUNCTION IF EXISTS sigledger._cost_validate(text, uuid, text, text, bigint, bigint, numeric, timestamptz, jsonb);
+DO $drop$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_proc WHERE proname = '_cost_validate' AND pronamespace = 'sigledger'::regnamespace
+                                           AND 'model' = ANY (proargnames)) THEN
+        DROP FUNCTION IF EXISTS sigledger._cost_validate(text, uuid, text, text, bigint, bigint, numeric, timestamptz,
+                                                         jsonb, boolean);
+    END IF;
+END
+$drop$;
 
 -- _cost_validate: validates one cost record and resolves its cost (client figure, or price table when
 -- omitted). Raises 22004/22023/22003 for bad values, P0002 for an unknown agent. Writes nothing, so
--- record_costs can run it inside a cheap subtransaction that never gets an XID.
+-- record_costs can run it inside a cheap subtransaction that never gets an XID. model and provider come back
+-- in canonical form (text rules, 005): that is what the ledger stores; the idempotency key is opaque (exactly
+-- as given, only refused when blank, with a control character, or over 200 characters / 800 bytes).
 -- created_at may be at most c_backdate_window (7 days: the harness's spool-replay window) in the past: a cost
 -- is charged to the budget period of its created_at, so an older one would land in a closed period and escape
 -- the current one (docs/budgets.md). record_costs quarantines such rows with this message.
@@ -128,16 +132,16 @@ CREATE OR REPLACE FUNCTION sigledger._cost_validate(
     p_input_tokens bigint, p_output_tokens bigint, p_cost_usd numeric, p_created_at timestamptz, p_metadata jsonb,
     p_check_agent boolean DEFAULT true,
     OUT cost_usd numeric, OUT priced_usd numeric, OUT cost_source text, OUT created_at timestamptz,
-    OUT metadata jsonb)
+    OUT metadata jsonb, OUT model text, OUT provider text)
 LANGUAGE plpgsql STABLE
 SET search_path = sigledger, pg_temp
 AS $$
 DECLARE
     c_backdate_window CONSTANT interval := interval '7 days';
 BEGIN
-    PERFORM sigledger._assert_text('idempotency_key', p_idempotency_key);
-    PERFORM sigledger._assert_text('model', p_model);
-    PERFORM sigledger._assert_text('provider', p_provider);
+    PERFORM sigledger._text_arg(p_idempotency_key, 'idempotency_key', 200, 800, 'key');
+    model := sigledger._text_arg(p_model, 'model', 200, 800);
+    provider := sigledger._text_arg(p_provider, 'provider', 200, 800);
     PERFORM sigledger._assert_tokens('input_tokens', p_input_tokens);
     PERFORM sigledger._assert_tokens('output_tokens', p_output_tokens);
     created_at := sigledger._assert_timestamp('created_at', p_created_at);
@@ -161,11 +165,12 @@ BEGIN
     IF p_check_agent AND NOT FOUND THEN
         RAISE EXCEPTION USING ERRCODE = 'P0002', MESSAGE = format('unknown agent %s', p_agent_id);
     END IF;
-    priced_usd := sigledger._price(p_provider, p_model, created_at, p_input_tokens, p_output_tokens);
+    priced_usd := sigledger._price(provider, model, created_at, p_input_tokens, p_output_tokens);
     IF p_cost_usd IS NULL THEN
         IF priced_usd IS NULL THEN
             RAISE EXCEPTION USING ERRCODE = '22023',
-                MESSAGE = format('cost_usd omitted and no price for provider %L model %L at %s', p_provider, p_model, created_at),
+                MESSAGE = format('cost_usd omitted and no price for provider %s model %s at %s',
+                                 sigledger._text_quote(provider), sigledger._text_quote(model), created_at),
                 HINT = 'Pass cost_usd, or add the model to the price table with add_model_price().';
         END IF;
         cost_usd := sigledger._assert_usd('priced cost_usd', priced_usd);

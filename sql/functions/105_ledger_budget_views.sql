@@ -1,11 +1,15 @@
 -- 105: the read-only views of the ledger and budgets (repeatable: `migrate down` drops every view first and
 -- rebuilds the repeatables afterwards; re-applied after V4_004 so that they read the partitioned ledger,
 -- not the legacy partition the rename left them on). SELECT on them is granted to the app and read-only roles by 900_grants.
+-- Every view is a security_barrier (issue 11): a caller's function in the WHERE clause, however cheap its
+-- declared COST, runs only on rows the view lets through, never below the view's own filter
+-- (tests/core/test_view_leaks.py). Leakproof operators (=, <, ... on ids and times) are still pushed down
+-- into index scans.
 
 -- Client cost versus price table: the client's figure is charged (it is what the provider billed, including
 -- discounts the table does not model); the priced figure is kept beside it and this view lists the rows
 -- where they differ by more than 1% and more than $0.000001, for review.
-CREATE OR REPLACE VIEW sigledger.cost_price_disagreement AS
+CREATE OR REPLACE VIEW sigledger.cost_price_disagreement WITH (security_barrier) AS
 SELECT id, idempotency_key, agent_id, provider, model, tokens_input, tokens_output,
        cost_usd, priced_usd, cost_usd - priced_usd AS difference_usd, created_at
   FROM sigledger.llm_cost_log
@@ -15,12 +19,12 @@ SELECT id, idempotency_key, agent_id, provider, model, tokens_input, tokens_outp
 COMMENT ON VIEW sigledger.cost_price_disagreement IS
     'Ledger rows whose client-reported cost differs from the price table by more than 1% (and $0.000001).';
 
-CREATE OR REPLACE VIEW sigledger.budget_alerts AS
+CREATE OR REPLACE VIEW sigledger.budget_alerts WITH (security_barrier) AS
 SELECT a.id, a.budget_id, b.level, b.name, b.agent_id, a.period_start, a.threshold, a.limit_usd, a.spent_usd, a.created_at
   FROM sigledger.budget_alert a JOIN sigledger.budget b ON b.id = a.budget_id;
 COMMENT ON VIEW sigledger.budget_alerts IS 'Budget threshold alerts, newest last by id.';
 
-CREATE OR REPLACE VIEW sigledger.budget_overruns AS
+CREATE OR REPLACE VIEW sigledger.budget_overruns WITH (security_barrier) AS
 SELECT r.id AS reservation_id, r.agent_id, r.estimate_usd, r.actual_usd, r.overrun_usd, r.ledger_id, r.closed_at
   FROM sigledger.budget_reservation r
  WHERE r.state = 'settled' AND r.overrun_usd > 0;
@@ -29,7 +33,7 @@ COMMENT ON VIEW sigledger.budget_overruns IS 'Settled reservations whose actual 
 -- The period start is computed inline, not through _period_start: a view checks EXECUTE on the functions it
 -- calls against the reader, and internal functions are granted to nobody. Keep in step with _period_start
 -- (tests/core/test_roles.py compares the two for every period kind).
-CREATE OR REPLACE VIEW sigledger.budget_overview AS
+CREATE OR REPLACE VIEW sigledger.budget_overview WITH (security_barrier) AS
 SELECT b.id AS budget_id, b.level, b.name, b.agent_id, b.parent_id, b.period,
        p.period_start, b.limit_usd, b.grace_ratio, b.fail_policy,
        coalesce(s.spent_usd, 0) AS spent_usd, coalesce(s.reserved_usd, 0) AS reserved_usd,

@@ -60,7 +60,7 @@ DECLARE
 BEGIN
     v := _cost_validate(p_idempotency_key, p_agent_id, p_model, p_provider, p_input_tokens, p_output_tokens,
                         p_cost_usd, p_created_at, p_metadata);
-    v_ins := _cost_insert(p_idempotency_key, p_agent_id, p_model, p_provider, p_input_tokens, p_output_tokens,
+    v_ins := _cost_insert(p_idempotency_key, p_agent_id, v.model, v.provider, p_input_tokens, p_output_tokens,
                           v.cost_usd, v.priced_usd, v.cost_source, NULL, v.created_at, v.created_at, v.metadata);
     IF v_ins.inserted THEN
         -- the cost is already spent: charge it (above the cap it becomes recorded excess)
@@ -143,7 +143,7 @@ BEGIN
             quarantined := quarantined + 1;
             CONTINUE;
         END IF;
-        v_ins := _cost_insert(v_elem ->> 'idempotency_key', v_agent, v_elem ->> 'model', v_elem ->> 'provider',
+        v_ins := _cost_insert(v_elem ->> 'idempotency_key', v_agent, v.model, v.provider,
                               v_in, v_out, v.cost_usd, v.priced_usd, v.cost_source, NULL, v.created_at,
                               v.created_at, v.metadata);
         IF v_ins.inserted THEN
@@ -188,8 +188,8 @@ AS $$
 DECLARE
     v_from timestamptz := coalesce(p_valid_from, now());
 BEGIN
-    PERFORM _assert_text('provider', p_provider);
-    PERFORM _assert_text('model', p_model);
+    p_provider := _assert_text('provider', p_provider);
+    p_model := _assert_text('model', p_model);
     PERFORM _assert_usd('input_usd_per_mtok', p_input_usd_per_mtok, 100000);
     PERFORM _assert_usd('output_usd_per_mtok', p_output_usd_per_mtok, 100000);
     IF v_from < timestamptz '2000-01-01 00:00:00+00' OR v_from >= timestamptz '2200-01-01 00:00:00+00' THEN

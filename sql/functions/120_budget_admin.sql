@@ -25,7 +25,7 @@ BEGIN
     IF p_period IS NOT NULL THEN
         IF p_period NOT IN ('none', 'daily', 'weekly', 'monthly') THEN
             RAISE EXCEPTION USING ERRCODE = '22023',
-                MESSAGE = format('period must be none, daily, weekly or monthly, got %L', p_period);
+                MESSAGE = format('period must be none, daily, weekly or monthly, got %s', sigledger._text_quote(p_period));
         END IF;
         b.period := p_period;
     END IF;
@@ -36,14 +36,15 @@ BEGIN
     IF p_fail_policy IS NOT NULL THEN
         IF p_fail_policy NOT IN ('open', 'closed') THEN
             RAISE EXCEPTION USING ERRCODE = '22023',
-                MESSAGE = format('fail_policy must be open or closed, got %L', p_fail_policy);
+                MESSAGE = format('fail_policy must be open or closed, got %s', sigledger._text_quote(p_fail_policy));
         END IF;
         b.fail_policy := p_fail_policy;
     END IF;
     IF p_alert_thresholds IS NOT NULL THEN
         IF NOT sigledger._valid_alert_thresholds(p_alert_thresholds) THEN
             RAISE EXCEPTION USING ERRCODE = '22023',
-                MESSAGE = format('alert_thresholds must be at most 10 fractions of the limit in (0, 10], got %s', p_alert_thresholds);
+                MESSAGE = format('alert_thresholds must be at most 10 fractions of the limit in (0, 10], got %s',
+                                 sigledger._text_list(p_alert_thresholds::text[]));
         END IF;
         b.alert_thresholds := p_alert_thresholds;
     END IF;
@@ -93,7 +94,7 @@ AS $$
 DECLARE
     v_agent_id uuid;
 BEGIN
-    PERFORM _assert_text('name', p_name);
+    p_name := _assert_text('name', p_name);
     INSERT INTO agent_registry (name) VALUES (p_name) RETURNING id INTO v_agent_id;
     IF p_limit_usd IS NOT NULL THEN
         PERFORM set_budget(v_agent_id, p_limit_usd, coalesce(p_period, 'none'), coalesce(p_grace_ratio, 0),
@@ -104,7 +105,7 @@ BEGIN
 END;
 $$;
 COMMENT ON FUNCTION sigledger.create_agent(text, numeric, text, numeric, text, numeric[], bigint) IS
-'Registers an agent (name unique) and returns its id; with limit_usd also creates its budget (see set_budget).
+'Registers an agent (name unique; trimmed of whitespace and format characters, NFC, at most 200 characters and 800 bytes) and returns its id; with limit_usd also creates its budget (see set_budget).
 SQLSTATE: 22004, 22023, 22003, 23505, P0002';
 
 -- set_budget: creates or changes an agent's budget. NULL arguments keep the current value (defaults on creation:
@@ -176,9 +177,9 @@ DECLARE
     v_budget_id bigint;
 BEGIN
     IF p_level IS NULL OR p_level NOT IN ('team', 'org') THEN
-        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = format('level must be team or org, got %L', p_level);
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = format('level must be team or org, got %s', _text_quote(p_level));
     END IF;
-    PERFORM _assert_text('name', p_name);
+    p_name := _assert_text('name', p_name);
     PERFORM _assert_usd('limit_usd', p_limit_usd, 1000000000);
     INSERT INTO budget (level, name, limit_usd) VALUES (p_level, p_name, p_limit_usd) RETURNING id INTO v_budget_id;
     PERFORM _budget_apply_settings(v_budget_id, p_limit_usd, p_period, p_grace_ratio, p_fail_policy,
@@ -226,12 +227,13 @@ AS $$
 DECLARE
     v_id uuid;
 BEGIN
-    SELECT a.id INTO v_id FROM agent_registry a WHERE a.name = p_name;
+    -- names are stored canonical (text rules, 005): look the canonical form up
+    SELECT a.id INTO v_id FROM agent_registry a WHERE a.name = _text_canon(p_name);
     IF NOT FOUND THEN
-        RAISE EXCEPTION USING ERRCODE = 'P0002', MESSAGE = format('unknown agent %L', p_name);
+        RAISE EXCEPTION USING ERRCODE = 'P0002', MESSAGE = format('unknown agent %s', _text_quote(p_name));
     END IF;
     RETURN v_id;
 END;
 $$;
-COMMENT ON FUNCTION sigledger.find_agent(text) IS 'The id of the agent named name.
+COMMENT ON FUNCTION sigledger.find_agent(text) IS 'The id of the agent named name (compared in canonical form: surrounding whitespace and format characters ignored, NFC).
 SQLSTATE: P0002';

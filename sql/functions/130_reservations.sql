@@ -46,7 +46,7 @@ BEGIN
             MESSAGE = format('ttl must be greater than 0 and at most 7 days, got %s', coalesce(p_ttl::text, 'NULL'));
     END IF;
     IF p_idempotency_key IS NOT NULL THEN
-        v_key := _assert_text('idempotency_key', p_idempotency_key);
+        v_key := _text_arg(p_idempotency_key, 'idempotency_key', 200, 800, 'key');
     ELSE
         v_key := 'auto:' || gen_random_uuid()::text;
     END IF;
@@ -71,8 +71,8 @@ BEGIN
         SELECT * INTO r FROM budget_reservation br WHERE br.idempotency_key = v_key;
         IF r.agent_id <> p_agent_id OR r.estimate_usd <> v_estimate THEN
             RAISE EXCEPTION USING ERRCODE = '23505',
-                MESSAGE = format('idempotency key %L already used by reservation %s (agent %s, estimate %s)',
-                                 v_key, r.id, r.agent_id, r.estimate_usd);
+                MESSAGE = format('idempotency key %s already used by reservation %s (agent %s, estimate %s)',
+                                 _text_quote(v_key), r.id, r.agent_id, r.estimate_usd);
         END IF;
         SELECT min(greatest(0, s.cap_usd - s.spent_usd - s.reserved_usd)) INTO v_min
           FROM unnest(r.budget_ids, r.period_starts) u(budget_id, period_start)
@@ -169,7 +169,7 @@ BEGIN
     v := _cost_validate(v_key, r.agent_id, p_model, p_provider, p_input_tokens, p_output_tokens,
                         p_actual_usd, NULL, p_metadata, false);
     v_overrun := greatest(0, v.cost_usd - r.estimate_usd);
-    v_ins := _cost_insert(v_key, r.agent_id, p_model, p_provider, p_input_tokens, p_output_tokens,
+    v_ins := _cost_insert(v_key, r.agent_id, v.model, v.provider, p_input_tokens, p_output_tokens,
                           v.cost_usd, v.priced_usd, v.cost_source, r.id, r.created_at, v.created_at,
                           CASE WHEN v_overrun > 0 THEN v.metadata || jsonb_build_object('overrun_usd', v_overrun)
                                ELSE v.metadata END);

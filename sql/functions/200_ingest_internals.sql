@@ -1,16 +1,22 @@
 -- 200 internals shared by the signal, entity and opportunity API. Nothing here is granted to the app.
 
--- _try_timestamptz: parse text as timestamptz, NULL when it does not parse, so that a batch can reject one
--- item with a reason instead of failing as a whole. Only the cast runs in the exception block.
-CREATE OR REPLACE FUNCTION sigledger._try_timestamptz(p_value text)
-RETURNS timestamptz
+-- _try_timestamptz: parse text as timestamptz; on failure NULL, and p_error gets 'SQLSTATE message' (an
+-- unknown time zone is 22023, an hour 99 is 22008, ...), so that a batch can reject one item with its reason
+-- instead of failing as a whole. Only the cast runs in the exception block; any data exception (class 22) is
+-- the item's fault, anything else (a cancel, out of memory) still fails the call.
+DROP FUNCTION IF EXISTS sigledger._try_timestamptz(text);
+CREATE OR REPLACE FUNCTION sigledger._try_timestamptz(p_value text, OUT value timestamptz, OUT error text)
 LANGUAGE plpgsql STABLE
 SET search_path = sigledger, pg_temp
 AS $$
+DECLARE
+    v_state text;
+    v_msg text;
 BEGIN
-    RETURN p_value::timestamptz;
-EXCEPTION WHEN invalid_datetime_format OR datetime_field_overflow OR invalid_time_zone_displacement_value THEN
-    RETURN NULL;
+    value := p_value::timestamptz;
+EXCEPTION WHEN data_exception THEN
+    GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_msg = MESSAGE_TEXT;
+    error := v_state || ' ' || v_msg;
 END;
 $$;
 
@@ -31,6 +37,13 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = 'SLM02',
             MESSAGE = format('%s merge into %s: the list of sources is empty', p_kind, p_target),
             HINT = 'Pass at least one source id.';
+    END IF;
+    -- a bound, so that one call cannot lock and rewrite without limit (49,999 sources took 4.3 s)
+    IF cardinality(p_sources) > 1000 THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('%s merge into %s: sources must hold at most 1000 ids, got %s', p_kind, p_target,
+                             cardinality(p_sources)),
+            HINT = 'Merge in several calls.';
     END IF;
     IF array_position(p_sources, NULL) IS NOT NULL THEN
         RAISE EXCEPTION USING ERRCODE = 'SLM02',
@@ -79,7 +92,8 @@ BEGIN
             SELECT count(DISTINCT h) INTO v_wanted FROM unnest(v_head) AS h;
             IF v_found <> v_wanted THEN
                 RAISE EXCEPTION USING ERRCODE = 'P0002',
-                    MESSAGE = format('entity not found: %s', (SELECT string_agg(h::text, ', ') FROM unnest(v_head) AS h
+                    MESSAGE = format('entity not found: %s', (SELECT sigledger._text_list(array_agg(h::text ORDER BY h))
+                                       FROM unnest(v_head) AS h
                                        WHERE NOT EXISTS (SELECT 1 FROM sigledger.entities e WHERE e.id = h)));
             END IF;
             IF v_tombstones = 0 THEN

@@ -11,24 +11,27 @@ SET search_path = sigledger, pg_temp
 AS $$
 DECLARE
     v_id uuid;
+    v_title text;
+    v_description text;
 BEGIN
-    IF p_title IS NULL OR length(btrim(p_title)) NOT BETWEEN 1 AND 500 THEN
-        RAISE EXCEPTION USING ERRCODE = '22023',
-            MESSAGE = format('opportunity title must be 1 to 500 non-blank characters, got %L', p_title);
-    END IF;
+    v_title := _text_arg(p_title, 'opportunity title', 500, 2000, 'name', '22023');
+    v_description := _text_arg(p_description, 'opportunity description', 10000, 40000, 'text', NULL);
     -- 'merged' is reserved for tombstones written by merge_opportunities.
     IF p_status IS NULL OR p_status NOT IN ('open', 'won', 'lost') THEN
         RAISE EXCEPTION USING ERRCODE = '22023',
-            MESSAGE = format('opportunity status must be open, won or lost, got %L', p_status);
+            MESSAGE = format('opportunity status must be open, won or lost, got %s', _text_quote(p_status));
     END IF;
     -- NaN compares greater than every number ("NaN >= 0" is true): name it explicitly.
     IF p_score = 'NaN' OR p_score < 0 OR p_score > 100 THEN
         RAISE EXCEPTION USING ERRCODE = '22003',
             MESSAGE = format('opportunity score must be a number in [0, 100], got %s', p_score);
     END IF;
-    IF p_value_usd = 'NaN' OR p_value_usd < 0 OR p_value_usd >= 1e12 THEN
+    -- value_usd is stored as numeric(14, 2): compared after the rounding the column applies, so that
+    -- 999999999999.995 (which rounds to 1e12) is refused here, by name, not by the column's overflow.
+    IF p_value_usd = 'NaN' OR p_value_usd < 0 OR round(p_value_usd, 2) >= 1e12 THEN
         RAISE EXCEPTION USING ERRCODE = '22003',
-            MESSAGE = format('opportunity value_usd must be a number in [0, 1e12), got %s', p_value_usd);
+            MESSAGE = format('opportunity value_usd must be a number in [0, 1e12) once rounded to cents, got %s',
+                             _text_quote(p_value_usd::text));
     END IF;
     IF p_attributes IS NULL OR jsonb_typeof(p_attributes) <> 'object' THEN
         RAISE EXCEPTION USING ERRCODE = '22023',
@@ -36,15 +39,15 @@ BEGIN
     END IF;
 
     INSERT INTO sigledger.opportunities (title, description, status, score, value_usd, attributes)
-    VALUES (btrim(p_title), p_description, p_status, p_score, p_value_usd, p_attributes)
+    VALUES (v_title, v_description, p_status, p_score, p_value_usd, p_attributes)
     RETURNING id INTO v_id;
     PERFORM sigledger._outbox_emit('opportunity', v_id, 'opportunity.created',
-                                   jsonb_build_object('title', btrim(p_title), 'status', p_status));
+                                   jsonb_build_object('title', v_title, 'status', p_status));
     RETURN v_id;
 END;
 $$;
 COMMENT ON FUNCTION sigledger.create_opportunity(text, text, text, numeric, numeric, jsonb) IS
-'Create an opportunity (status open, won or lost; score in [0, 100]; value_usd >= 0). Returns its id.
+'Create an opportunity (status open, won or lost; score in [0, 100]; value_usd in [0, 1e12) once rounded to cents). Returns its id. The title is trimmed and stored NFC (at most 500 characters and 2000 bytes); the description is free text (at most 10000 characters and 40000 bytes).
 Errors: 22003 score or value_usd NaN, negative or too large.
 SQLSTATE: 22023, 22003';
 
@@ -66,12 +69,18 @@ BEGIN
     IF p_opportunity_id IS NULL THEN
         RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'opportunity id is NULL';
     END IF;
+    IF cardinality(p_signal_ids) > 10000 THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('signal ids must hold at most 10000 ids, got %s', cardinality(p_signal_ids)),
+            HINT = 'Link in several calls.';
+    END IF;
     IF p_signal_ids IS NULL OR cardinality(p_signal_ids) = 0 OR array_position(p_signal_ids, NULL) IS NOT NULL THEN
         RAISE EXCEPTION USING ERRCODE = '22023',
-            MESSAGE = format('signal ids must be a non-empty list without NULL, got %s', coalesce(p_signal_ids::text, 'NULL'));
+            MESSAGE = format('signal ids must be a non-empty list without NULL, got %s',
+                             coalesce(_text_list(p_signal_ids::text[]), 'NULL'));
     END IF;
     SELECT array_agg(DISTINCT s ORDER BY s) INTO v_wanted FROM unnest(p_signal_ids) AS s;
-    SELECT string_agg(w::text, ', ' ORDER BY w) INTO v_missing FROM unnest(v_wanted) AS w
+    SELECT _text_list(array_agg(w::text ORDER BY w)) INTO v_missing FROM unnest(v_wanted) AS w
      WHERE NOT EXISTS (SELECT 1 FROM sigledger.signals s WHERE s.id = w);
     IF v_missing IS NOT NULL THEN
         RAISE EXCEPTION USING ERRCODE = 'P0002', MESSAGE = format('signal not found: %s', v_missing);
@@ -91,7 +100,7 @@ BEGIN
 END;
 $$;
 COMMENT ON FUNCTION sigledger.link_signals(uuid, uuid[]) IS
-'Link signals to an opportunity (duplicates in the list or already linked are counted, not errors). If the opportunity was merged, the live merge target receives the links; opportunity_id in the result says which one did.
+'Link signals (at most 10000 ids) to an opportunity (duplicates in the list or already linked are counted, not errors). If the opportunity was merged, the live merge target receives the links; opportunity_id in the result says which one did.
 Errors: P0002 unknown opportunity or signal.
 SQLSTATE: 22023, P0002, 55P03';
 
@@ -120,7 +129,7 @@ BEGIN
     SELECT count(*) INTO v_locked
       FROM (SELECT o.id FROM sigledger.opportunities o WHERE o.id = ANY (v_ids) ORDER BY o.id FOR UPDATE) AS l;
     IF v_locked <> cardinality(v_ids) THEN
-        SELECT string_agg(i::text, ', ' ORDER BY i) INTO v_missing FROM unnest(v_ids) AS i
+        SELECT _text_list(array_agg(i::text ORDER BY i)) INTO v_missing FROM unnest(v_ids) AS i
          WHERE NOT EXISTS (SELECT 1 FROM sigledger.opportunities o WHERE o.id = i);
         RAISE EXCEPTION USING ERRCODE = 'P0002', MESSAGE = format('opportunity not found: %s', v_missing);
     END IF;
@@ -182,5 +191,5 @@ END;
 $$;
 COMMENT ON FUNCTION sigledger.merge_opportunities(uuid, uuid[]) IS
 'Merge opportunities p_sources into p_target in one transaction: rows locked in id order; signal links move to the target without duplicates; fields merge by the rules of docs/merge-rules.md; each source becomes a tombstone (merged_into = target); a row lands in opportunity_merges (when, by whom, which application, target before/after); outbox rows are written. Bad input changes nothing.
-Errors: SLM02 NULL target, empty list, NULL or duplicate source, target among sources; P0002 unknown id; SLM01 an id is already merged (the message names the tombstone and its target).
-SQLSTATE: SLM02, P0002, SLM01, 55P03';
+Errors: SLM02 NULL target, empty list, NULL or duplicate source, target among sources; 22023 more than 1000 sources; P0002 unknown id; SLM01 an id is already merged (the message names the tombstone and its target).
+SQLSTATE: SLM02, 22023, P0002, SLM01, 55P03';

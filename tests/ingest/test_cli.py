@@ -39,9 +39,9 @@ def test_signal_ingest_reports_every_line(conn: psycopg.Connection, app_dsn: str
     result = run("signal", "ingest", str(path), "--dsn", app_dsn, "--batch-size", "3")
     assert result.exit_code == 2, result.output
     assert "lines: 7  created: 3  duplicates: 1  rejected: 3  entity links: 3" in result.output
-    assert "line 4: invalid JSON" in result.output
-    assert "line 6: occurred_at is not a valid timestamp: yesterday-ish" in result.output
-    assert "line 7: item is not a JSON object" in result.output
+    assert "line 4: [22P02] invalid JSON" in result.output
+    assert "line 6: [22007] occurred_at is not a valid timestamp: yesterday-ish" in result.output
+    assert "line 7: [22023] item is not a JSON object" in result.output
     assert conn.execute("SELECT count(*) FROM sigledger.signals WHERE source = 'cli'").fetchone()[0] == 3
 
     # replaying the file creates nothing

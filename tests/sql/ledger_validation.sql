@@ -40,7 +40,7 @@ SELECT throws_ok($$SELECT sigledger.record_cost('k-tok3', '00000000-0000-0000-00
     '22004', 'input_tokens must not be NULL', 'NULL tokens rejected');
 -- required strings
 SELECT throws_ok($$SELECT sigledger.record_cost('', '00000000-0000-0000-0000-00000000c001', 'm', 'p', 1, 1, 0.1)$$,
-    '22023', 'idempotency_key must not be empty, got ''''', 'empty key rejected');
+    '22023', 'idempotency_key must not be blank (whitespace and format characters do not count), got ''''', 'empty key rejected');
 SELECT throws_ok($$SELECT sigledger.record_cost('k-s1', '00000000-0000-0000-0000-00000000c001', '   ', 'p', 1, 1, 0.1)$$,
     '22023', NULL, 'blank model rejected');
 SELECT throws_ok($$SELECT sigledger.record_cost('k-s2', '00000000-0000-0000-0000-00000000c001', 'm', '', 1, 1, 0.1)$$,
@@ -48,7 +48,7 @@ SELECT throws_ok($$SELECT sigledger.record_cost('k-s2', '00000000-0000-0000-0000
 SELECT throws_ok($$SELECT sigledger.record_cost(NULL, '00000000-0000-0000-0000-00000000c001', 'm', 'p', 1, 1, 0.1)$$,
     '22004', 'idempotency_key must not be NULL', 'NULL key rejected');
 SELECT throws_ok($$SELECT sigledger.record_cost('k-s3', '00000000-0000-0000-0000-00000000c001', repeat('m', 201), 'p', 1, 1, 0.1)$$,
-    '22023', 'model must be at most 200 characters, got 201', 'overlong model rejected');
+    '22023', 'model must be at most 200 characters, got 201: ''' || repeat('m', 200) || '''... (201 characters)', 'overlong model rejected');
 -- timestamps
 SELECT throws_like($$SELECT sigledger.record_cost('k-t1', '00000000-0000-0000-0000-00000000c001', 'm', 'p', 1, 1, 0.1, now() + interval '2 days')$$,
     'created_at must lie after 2020-01-01 and at most 1 day ahead, got %', 'future timestamp rejected');

@@ -10,12 +10,17 @@ from sigledger.cli.options import dsn_option, resolve_dsn
 from sigledger.core.db import Database
 from sigledger.ingest.client import resolve_entity
 
+ALIAS_CONFLICTS = (
+    "SELECT alias, entity_id, sqlstate, reason, holder_alias, holder_entity_id "
+    "FROM sigledger.alias_conflicts ORDER BY id LIMIT %s::integer"
+)
+
 
 @click.group("entity")
 def group() -> None:
     """Entity lookup by name or alias.
 
-    Find an entity by any of its names (aliases, case-insensitive).
+    Find an entity by any of its names (aliases, case-insensitive); list the aliases the text rules set aside.
     """
 
 
@@ -31,3 +36,29 @@ def resolve(name: str, dsn: str | None) -> None:
         sys.exit(1)
     click.echo(f"{entity['id']}  {entity['name']}  ({entity['entity_type']})")
     click.echo("aliases: " + ", ".join(entity["aliases"]))
+
+
+@group.command("conflicts")
+@click.option(
+    "--limit", type=click.IntRange(1, 100_000), default=1000, show_default=True, help="Rows listed."
+)
+@dsn_option
+def conflicts(limit: int, dsn: str | None) -> None:
+    """List the aliases that the text-rules migration (V8_021) moved aside because they conflict under the new
+    rules (view sigledger.alias_conflicts; docs/text-rules.md says how to resolve them). Exit status 0 when
+    there are none, 2 when there are some."""
+    with Database(resolve_dsn(dsn), application_name="sigledger-entity", max_size=1) as db:
+        rows = db.call(ALIAS_CONFLICTS, (limit,))
+    if not rows:
+        click.echo("no alias conflicts")
+        return
+    for row in rows:
+        holder = (
+            f" (held by {row['holder_alias']!r} of entity {row['holder_entity_id']})"
+            if row["holder_alias"]
+            else ""
+        )
+        click.echo(
+            f"{row['alias']!r} of entity {row['entity_id']}: [{row['sqlstate']}] {row['reason']}{holder}"
+        )
+    sys.exit(2)

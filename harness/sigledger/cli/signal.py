@@ -43,13 +43,14 @@ def ingest(file: Path, batch_size: int, policy: str | None, max_rejected: int, d
     """Ingest FILE.jsonl: one JSON object per line,
     {"source", "external_id", "occurred_at", "payload"?, "content"?, "mentions"?: [name, ...]}.
 
-    A bad line never stops the rest; it is reported with its line number. Exit status: 0 when every line was
-    ingested (created or duplicate), 2 when some lines were rejected, 1 on an error."""
+    A bad line never stops the rest; it is reported with its line number, SQLSTATE and reason (bytes that are
+    not UTF-8 included: they are never replaced; a UTF-8 byte order mark is fine). Exit status: 0 when every
+    line was ingested (created or duplicate), 2 when some lines were rejected, 1 on an error."""
     with file.open("rb") as handle:
         total = sum(1 for line in handle if line.strip())
     with (
         Database(resolve_dsn(dsn), application_name="sigledger-signal-ingest", max_size=1) as db,
-        file.open(encoding="utf-8", errors="replace") as lines,
+        file.open("rb") as lines,
         click.progressbar(length=total, label=f"ingesting {file.name}", file=sys.stderr) as bar,
     ):
         summary = ingest_lines(db, lines, batch_size=batch_size, policy=policy, progress=bar.update)
@@ -58,7 +59,7 @@ def ingest(file: Path, batch_size: int, policy: str | None, max_rejected: int, d
         f"rejected: {len(summary.rejected)}  entity links: {summary.linked}  queued for review: {summary.queued}"
     )
     for rejected in summary.rejected[:max_rejected]:
-        click.echo(f"  line {rejected.line}: {rejected.reason}")
+        click.echo(f"  line {rejected.line}: [{rejected.sqlstate}] {rejected.reason}")
     if len(summary.rejected) > max_rejected:
         click.echo(f"  ... and {len(summary.rejected) - max_rejected} more rejected lines")
     if summary.rejected:

@@ -111,6 +111,7 @@ _BY_CLASS: dict[str, type[SigledgerError]] = {
     "08": Unavailable,
     "57": Unavailable,  # admin shutdown, cannot connect now
     "22": InvalidInput,
+    "54": InvalidInput,  # program limit exceeded: a value too large or nested too deeply
 }
 
 

@@ -1,9 +1,18 @@
 """Signals, entities and opportunities from Python: thin calls of their SQL API, and the JSONL loader
 behind `sigledger signal ingest`.
 
-The loader never stops on a bad line: a line that is not JSON is rejected here, an item the database rejects
-comes back from ingest_signals with its reason, and both are reported with their line number. Batches are
-retried on deadlock, serialization failure or lock timeout: ingestion is idempotent per
+The loader never stops on a bad line, and every rejected line is reported with its line number, a SQLSTATE
+and a reason:
+- bytes that are not UTF-8: 22021 (never replaced by U+FFFD); a UTF-8 byte order mark at the start of the
+  file is accepted;
+- a line that is not JSON: 22P02, including the NaN and Infinity literals that Python's json module accepts
+  and JSON does not; nesting too deep for the parser: 54001;
+- an item that PostgreSQL cannot take as jsonb at all (a \u0000 escape: 22P05; a lone surrogate: 22P02) fails
+  the whole ingest_signals call; the batch is then split in halves until each such item is alone, so that
+  it is rejected with PostgreSQL's own SQLSTATE and message and every other item goes in (at most 2n - 1
+  calls for a batch of n);
+- an item that ingest_signals rejects comes back with its SQLSTATE and reason.
+Batches are retried on deadlock, serialization failure or lock timeout: ingestion is idempotent per
 (source, external_id), so a replayed batch cannot create anything twice.
 """
 
@@ -19,11 +28,13 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import psycopg
+
 from sigledger.core.db import Database
-from sigledger.core.errors import Retryable
+from sigledger.core.errors import Retryable, SigledgerError
 
 INGEST_BATCH = (
-    "SELECT item, signal_id, status, reason, linked_entities, queued_mentions "
+    "SELECT item, signal_id, status, reason, linked_entities, queued_mentions, sqlstate "
     "FROM sigledger.ingest_signals(p_batch => %s::jsonb, p_unknown_policy => %s::text)"
 )
 MERGE_OPPORTUNITIES = (
@@ -40,6 +51,7 @@ MAX_BATCH = 10_000  # ingest_signals' own limit
 class Rejected:
     line: int
     reason: str
+    sqlstate: str | None = None
 
 
 @dataclass
@@ -52,22 +64,44 @@ class IngestSummary:
     rejected: list[Rejected] = field(default_factory=list)
 
 
-def read_jsonl(lines: Iterable[str]) -> Iterator[tuple[int, Any, str | None]]:
-    """(line number, parsed item or None, rejection reason or None) for every non-blank line."""
+BOM = "\ufeff"
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def read_jsonl(lines: Iterable[bytes | str]) -> Iterator[tuple[int, Any, tuple[str, str] | None]]:
+    """(line number, parsed item or None, (SQLSTATE, reason) or None) for every non-blank line. Bytes are
+    decoded as UTF-8, strictly; a byte order mark opening the first line is dropped."""
     for number, raw in enumerate(lines, start=1):
-        text = raw.strip()
+        if isinstance(raw, bytes):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                bad = raw[exc.start : exc.start + 4].hex(" ")
+                yield number, None, ("22021", f"not valid UTF-8: byte {exc.start + 1} ({bad}): {exc.reason}")
+                continue
+        else:
+            text = raw
+        if number == 1 and text.startswith(BOM):
+            text = text[len(BOM) :]
+        text = text.strip()
         if not text:
             continue
         try:
-            yield number, json.loads(text), None
+            yield number, json.loads(text, parse_constant=_reject_constant), None
         except ValueError as exc:
-            yield number, None, f"invalid JSON: {exc}"
+            yield number, None, ("22P02", f"invalid JSON: {exc}")
+        except RecursionError:
+            yield number, None, ("54001", "invalid JSON: nested too deeply")
 
 
-def _batches(
-    items: Iterator[tuple[int, Any, str | None]], size: int
-) -> Iterator[list[tuple[int, Any, str | None]]]:
-    batch: list[tuple[int, Any, str | None]] = []
+Entry = tuple[int, Any, tuple[str, str] | None]
+
+
+def _batches(items: Iterator[Entry], size: int) -> Iterator[list[Entry]]:
+    batch: list[Entry] = []
     for entry in items:
         batch.append(entry)
         if len(batch) >= size:
@@ -88,27 +122,50 @@ def _with_retries(call: Callable[[], Any], attempts: int = 5) -> Any:
     raise AssertionError("unreachable")
 
 
+def _split_on_bad_items(
+    db: Database, good: list[tuple[int, Any]], policy: str | None
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line, result row) of ingest_signals for every item; an item that fails the call as a whole (a data
+    exception or a program limit while the batch is decoded, SQLSTATE class 22 or 54) is isolated by splitting
+    the batch in halves and comes back as a rejected row with PostgreSQL's SQLSTATE and message."""
+    payload = json.dumps([item for _, item in good])
+    try:
+        rows = _with_retries(partial(db.call, INGEST_BATCH, (payload, policy)))
+    except (SigledgerError, psycopg.Error) as exc:
+        state = getattr(exc, "sqlstate", None) or ""
+        if state[:2] not in ("22", "54"):
+            raise
+        if len(good) == 1:
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else state
+            yield good[0][0], {"status": "rejected", "reason": reason, "sqlstate": state}
+            return
+        half = len(good) // 2
+        yield from _split_on_bad_items(db, good[:half], policy)
+        yield from _split_on_bad_items(db, good[half:], policy)
+        return
+    for row in rows:
+        yield good[row["item"] - 1][0], row
+
+
 def ingest_lines(
     db: Database,
-    lines: Iterable[str],
+    lines: Iterable[bytes | str],
     *,
     batch_size: int = 500,
     policy: str | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> IngestSummary:
-    """Ingest JSONL lines in batches of ``batch_size`` (one transaction each); see the module docstring."""
+    """Ingest JSONL lines (bytes, or already decoded text) in batches of ``batch_size`` (one transaction each);
+    see the module docstring."""
     if not 1 <= batch_size <= MAX_BATCH:
         raise ValueError(f"batch size must be between 1 and {MAX_BATCH}, got {batch_size}")
     summary = IngestSummary()
     for batch in _batches(read_jsonl(lines), batch_size):
         summary.lines += len(batch)
-        summary.rejected += [Rejected(n, why) for n, _, why in batch if why is not None]
+        summary.rejected += [Rejected(n, why[1], why[0]) for n, _, why in batch if why is not None]
         good = [(n, item) for n, item, why in batch if why is None]
         if good:
-            payload = json.dumps([item for _, item in good])
-            rows = _with_retries(partial(db.call, INGEST_BATCH, (payload, policy)))
-            for row in rows:
-                line = good[row["item"] - 1][0]
+            for line, row in _split_on_bad_items(db, good, policy):
                 status = row["status"]
                 if status == "created":
                     summary.created += 1
@@ -117,7 +174,7 @@ def ingest_lines(
                 elif status == "duplicate":
                     summary.duplicates += 1
                 else:
-                    summary.rejected.append(Rejected(line, row["reason"]))
+                    summary.rejected.append(Rejected(line, row["reason"], row["sqlstate"]))
         if progress:
             progress(len(batch))
     summary.rejected.sort(key=lambda r: r.line)
@@ -125,7 +182,7 @@ def ingest_lines(
 
 
 def ingest_file(db: Database, path: Path, **kwargs: Any) -> IngestSummary:
-    with path.open(encoding="utf-8", errors="replace") as handle:
+    with path.open("rb") as handle:
         return ingest_lines(db, handle, **kwargs)
 
 
