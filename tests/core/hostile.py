@@ -138,3 +138,68 @@ class Arg:
     cast: str
     valid: st.SearchStrategy[object]
     hostile: st.SearchStrategy[object] | None = None
+
+
+def _with_hostile_fields(
+    base: dict[str, object], fields: dict[str, st.SearchStrategy[object]]
+) -> st.SearchStrategy:
+    """The valid item base with at least one of fields made hostile (a None value drops the key)."""
+
+    @st.composite
+    def build(draw: st.DrawFn) -> dict[str, object]:
+        picked = draw(st.sets(st.sampled_from(sorted(fields)), min_size=1))
+        item = dict(base)
+        for name in picked:
+            value = draw(fields[name])
+            if value is None:
+                item.pop(name, None)
+            else:
+                item[name] = value
+        return item
+
+    return build()
+
+
+NOT_TEXT = st.sampled_from([17, [], {}, True])
+
+
+def hostile_signal() -> st.SearchStrategy:
+    """An ingest_signals item that must be rejected (as a row; the other items go on)."""
+    base = {"source": "src", "external_id": "x", "occurred_at": "2026-01-01", "mentions": ["Acme"]}
+    return _with_hostile_fields(base, {
+        "source": st.one_of(bad_name(200, 800), NOT_TEXT),
+        "external_id": st.one_of(bad_name(500, 1500), st.sampled_from([[], {}, True])),
+        "occurred_at": st.sampled_from(["1999-12-31", "infinity", "-infinity", "yesterday-ish", "2026-01-01 99:00",
+                                        "2026-13-01", "2026-01-01 10:00 Mars/Olympus", "2026-01-01 10:00+25", 5]) | st.none(),
+        "payload": st.sampled_from([[], "x", 1]),
+        "content": st.one_of(NOT_TEXT, st.just("c" * 1_000_001)),
+        "mentions": st.one_of(st.just("Acme"), st.just([f"m{i}" for i in range(201)]),
+                              st.lists(st.one_of(bad_name(500, 2000, nullable=False), NOT_TEXT), min_size=1, max_size=3)),
+    })  # fmt: skip
+
+
+def hostile_cost(agent: str) -> st.SearchStrategy:
+    """A record_costs row that must be quarantined."""
+    base = {"idempotency_key": "k", "agent_id": agent, "model": "m", "provider": "p", "input_tokens": 1,
+            "output_tokens": 1, "cost_usd": "0.01"}  # fmt: skip
+    return _with_hostile_fields(base, {
+        "idempotency_key": bad_key(),
+        "agent_id": st.one_of(unknown_uuid(), st.just("not-a-uuid")),
+        "model": bad_name(200, 800),
+        "provider": bad_name(200, 800),
+        "input_tokens": bad_tokens(),
+        "output_tokens": bad_tokens(),
+        "cost_usd": bad_money(nullable=False),
+        "created_at": bad_timestamp(),
+        "metadata": st.sampled_from([[], "x", 1]),
+    })  # fmt: skip
+
+
+def hostile_batch() -> st.SearchStrategy[str]:
+    """A batch refused as a whole: not an array, too long, or JSON that PostgreSQL cannot take."""
+    return st.one_of(
+        st.sampled_from(['{"a": 1}', '"batch"', "null", "{not json"]),
+        st.just("[" + ",".join(["{}"] * 10_001) + "]"),
+        st.just('[{"source": "\\u0000"}]'),
+        st.integers(20_000, 60_000).map(lambda n: "[" * n + "]" * n),
+    )

@@ -10,6 +10,7 @@ function keep the run bounded (one database for all of them; about 30 s)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +35,9 @@ from tests.core.hostile import (
     bad_uuid_list,
     blank,
     controlled,
+    hostile_batch,
+    hostile_cost,
+    hostile_signal,
     too_long,
     unknown_uuid,
 )
@@ -274,3 +278,45 @@ def test_hostile_arguments_are_refused_and_change_nothing(
     allowed = _documented(conn, function) | DECODING
     assert info.value.sqlstate in allowed, (function, info.value.sqlstate, str(info.value)[:300])
     assert conn.execute(fingerprint).fetchall() == before, f"{function} changed a table"
+
+
+BATCHES = settings(HYPOTHESIS, max_examples=4 * EXAMPLES)
+
+
+@BATCHES
+@given(data=st.data())
+def test_hostile_batch_items_are_rejected_one_by_one_and_change_nothing(
+    data: st.DataObject, conn: psycopg.Connection, world: World, callers: dict[str, psycopg.Connection]
+) -> None:
+    """ingest_signals rejects each hostile item as a row with a documented sqlstate and writes nothing;
+    record_costs quarantines each hostile row and writes nothing else; a batch hostile as a whole is refused."""
+    function = data.draw(st.sampled_from(["ingest_signals", "record_costs"]), label="function")
+    as_whole = data.draw(st.booleans(), label="hostile as a whole")
+    if as_whole:
+        batch = data.draw(hostile_batch(), label="batch")
+    else:
+        items = hostile_signal() if function == "ingest_signals" else hostile_cost(world.agent)
+        batch = json.dumps(data.draw(st.lists(items, min_size=1, max_size=5), label="items"))
+    fingerprint = _fingerprint_sql(conn)
+    before = dict((t, (n, h)) for t, n, h in conn.execute(fingerprint).fetchall())
+    call = f"SELECT * FROM sigledger.{function}(p_batch => %s::jsonb)"
+    if as_whole:
+        with pytest.raises(psycopg.Error) as info:
+            callers["app"].execute(call, (batch,))
+        assert info.value.sqlstate in _documented(conn, function) | DECODING, (function, info.value.sqlstate)
+        changed: dict[str, int] = {}
+    elif function == "ingest_signals":
+        rows = callers["app"].execute(call, (batch,)).fetchall()
+        assert [r[2] for r in rows] == ["rejected"] * len(json.loads(batch)), rows
+        assert {r[6] for r in rows} <= ITEM_SQLSTATES, rows
+        changed = {}
+    else:
+        ((inserted, duplicates, quarantined),) = callers["app"].execute(call, (batch,)).fetchall()
+        assert (inserted, duplicates, quarantined) == (0, 0, len(json.loads(batch)))
+        changed = {"sigledger.cost_quarantine": quarantined}
+    after = dict((t, (n, h)) for t, n, h in conn.execute(fingerprint).fetchall())
+    for table, (count, digest) in after.items():
+        if table in changed:
+            assert count == before[table][0] + changed[table], table
+        else:
+            assert (count, digest) == before[table], f"{function} changed {table}"
