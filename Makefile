@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
 .PHONY: help test lint pytest demo deps system-deps venv neo4j-up neo4j-down bench bench-budget \
-        bench-ingest bench-graph schema-dump api-docs pgtap isolation clean
+        bench-ingest bench-graph schema-dump api-docs pgtap isolation clean sync-gen bench-tracker
 
 help:
 	@echo "make test    install what is missing, then lint and run every test suite (what CI runs)"
@@ -30,8 +30,8 @@ $(STAMP): pyproject.toml
 test: deps lint pytest
 
 lint: venv
-	$(VENV)/bin/ruff check harness tests bench
-	$(VENV)/bin/ruff format --check harness tests bench
+	$(VENV)/bin/ruff check harness tests bench tools
+	$(VENV)/bin/ruff format --check harness tests bench tools
 	$(VENV)/bin/mypy
 	$(VENV)/bin/squawk --config .squawk.toml sql/migrations/*.sql
 
@@ -43,6 +43,11 @@ pgtap: deps
 
 isolation: deps
 	$(PY) -m pytest tests/core/test_isolation.py $(PYTEST_ARGS)
+
+# The sync modules (db.py, ledger/client.py, ledger/tracker.py, budget/client.py, budget/guard.py) from their
+# async sources (a*.py); a test fails when they are stale.
+sync-gen: venv
+	$(PY) tools/async_to_sync.py
 
 # Regenerate the committed generated files (net DDL, API reference) from a database built by the migrations.
 schema-dump api-docs: deps
