@@ -63,7 +63,7 @@ neo4j-down: deps
 	$(PY) -m sigledger.graph.neo4j_server down
 
 # Every benchmark, then the README performance table from bench/results/*.json.
-bench: bench-budget bench-ingest bench-graph
+bench: bench-budget bench-ingest bench-graph bench-tracker
 	$(PY) bench/report.py
 
 bench-budget: deps
@@ -71,6 +71,9 @@ bench-budget: deps
 
 bench-ingest: deps
 	$(PY) bench/ingest/run.py
+
+bench-tracker: deps
+	$(PY) bench/tracker/run.py
 
 bench-graph: deps
 	$(PY) bench/graph/run.py
