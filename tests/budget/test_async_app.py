@@ -3,7 +3,7 @@ concurrent requests each reserving through AsyncBudgetGuard (the agent named by 
 second cost through AsyncCostTracker. Every cost is in the ledger exactly once, no hold is left open, and a
 loop-lag probe inside the application never saw the event loop blocked beyond a bound far above noise (the
 sync guard called from async code stalled it 40 ms at 20 concurrent calls; the figure of a quiet run is in
-docs/asyncio.md). SIGTERM then takes uvicorn's graceful path (the tracker's handler, installed after uvicorn's,
+docs/library.md). SIGTERM then takes uvicorn's graceful path (the tracker's handler, installed after uvicorn's,
 chains to it), and the lifespan shutdown closes the tracker."""
 
 from __future__ import annotations

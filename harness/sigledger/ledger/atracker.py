@@ -325,6 +325,7 @@ class AsyncCostTracker:
                 log.warning("replay of %s postponed: %s", seg.path, exc)
                 return inserted
             self.journal.release(seg)
+        metrics.COST_SPOOLED.set(0)  # everything left to the journal is in the database now
         return inserted
 
     async def _replay_segment(self, seg: Segment) -> int:
