@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
 .PHONY: help test lint pytest demo deps system-deps venv neo4j-up neo4j-down bench bench-budget \
-        bench-ingest bench-graph schema-dump api-docs pgtap isolation clean sync-gen bench-tracker
+        bench-ingest bench-graph schema-dump api-docs pgtap isolation clean sync-gen bench-tracker bench-loop-lag
 
 help:
 	@echo "make test    install what is missing, then lint and run every test suite (what CI runs)"
@@ -63,7 +63,7 @@ neo4j-down: deps
 	$(PY) -m sigledger.graph.neo4j_server down
 
 # Every benchmark, then the README performance table from bench/results/*.json.
-bench: bench-budget bench-ingest bench-graph bench-tracker
+bench: bench-budget bench-ingest bench-graph bench-tracker bench-loop-lag
 	$(PY) bench/report.py
 
 bench-budget: deps
@@ -71,6 +71,9 @@ bench-budget: deps
 
 bench-ingest: deps
 	$(PY) bench/ingest/run.py
+
+bench-loop-lag: deps
+	$(PY) bench/loop_lag/run.py
 
 bench-tracker: deps
 	$(PY) bench/tracker/run.py
