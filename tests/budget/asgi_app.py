@@ -5,7 +5,8 @@ handlers installed after uvicorn's) and an AsyncBudgetGuard; shutdown closes the
 GET /call?agent=<name>&key=<k>  reserve 0.01 through the guard (by agent name), "call the LLM" (a short sleep),
                                 set the cost, settle; and record a second cost through the tracker.
 GET /status?agent=<name>         budget_status through the async client.
-GET /lag                         the largest event-loop lag seen by the probe (seconds), and the probe count.
+GET /lag                         the event-loop lags seen by the probe (seconds): p50, p95, max, and the count.
+GET /lag/reset                   forget the lags seen so far (the test measures during its load only).
 
 Settings from the environment: APP_DSN, APP_SPOOL.
 """
@@ -24,7 +25,7 @@ from sigledger import AsyncBudgetClient, AsyncBudgetGuard, AsyncCostTracker, Asy
 
 PROBE_INTERVAL = 0.005
 
-state: dict[str, Any] = {"max_lag": 0.0, "probes": 0}
+state: dict[str, Any] = {"lags": []}
 
 
 async def probe() -> None:
@@ -33,8 +34,7 @@ async def probe() -> None:
     while True:
         started = loop.time()
         await asyncio.sleep(PROBE_INTERVAL)
-        state["max_lag"] = max(state["max_lag"], loop.time() - started - PROBE_INTERVAL)
-        state["probes"] += 1
+        state["lags"].append(loop.time() - started - PROBE_INTERVAL)
 
 
 async def startup() -> None:
@@ -91,8 +91,17 @@ async def app(
         body: Any = await call(query["agent"], query["key"])
     elif scope["path"] == "/status":
         body = await state["client"].status(query["agent"])
+    elif scope["path"] == "/lag/reset":
+        state["lags"] = []
+        body = {"reset": True}
     elif scope["path"] == "/lag":
-        body = {"max_lag": state["max_lag"], "probes": state["probes"]}
+        lags = sorted(state["lags"]) or [0.0]
+        body = {
+            "probes": len(state["lags"]),
+            "p50": lags[len(lags) // 2],
+            "p95": lags[int(len(lags) * 0.95)],
+            "max": lags[-1],
+        }
     else:
         body = {"error": "not found"}
     data = json.dumps(body, default=str).encode()

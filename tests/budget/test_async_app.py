@@ -25,7 +25,12 @@ from sigledger.core.localdb import free_port
 from tests.budget.conftest import ROOT, worker_env
 
 REQUESTS = 300
-LAG_BOUND = 0.25  # seconds: far above a noisy shared machine's scheduling jitter, far below a blocked loop
+# Bounds on the probe's lag (seconds). A loop blocked by sigledger lags most probes (the sync guard called from
+# this application: p50 above 0.5 s); a busy shared machine descheduling the process lags a few (seen: max
+# 0.30 s at a load average of 14 on 2 CPUs, p95 under 0.02 s). So most probes must be on time, and no stall
+# may reach a second.
+LAG_P95_BOUND = 0.05
+LAG_MAX_BOUND = 1.0
 
 
 async def get(port: int, path: str) -> Any:
@@ -87,6 +92,7 @@ def test_hundreds_of_concurrent_tasks_in_an_asyncio_application(
     )
     try:
         wait_ready(port, proc)
+        asyncio.run(get(port, "/lag/reset"))
         replies = asyncio.run(fire(port, agent))
         lag = asyncio.run(get(port, "/lag"))
         status = asyncio.run(get(port, f"/status?agent={agent}"))
@@ -98,7 +104,7 @@ def test_hundreds_of_concurrent_tasks_in_an_asyncio_application(
             proc.communicate(timeout=30)
     assert [r["outcome"] for r in replies] == ["settled"] * REQUESTS
     print(f"loop-lag probe: {lag}")
-    assert lag["probes"] > 0 and lag["max_lag"] < LAG_BOUND, lag
+    assert lag["probes"] > 0 and lag["p95"] < LAG_P95_BOUND and lag["max"] < LAG_MAX_BOUND, lag
     assert status[0]["open_reservations"] == 0
     # uvicorn re-raises the captured SIGTERM after its graceful shutdown
     assert proc.returncode in (0, -signal.SIGTERM), err[-2000:]
