@@ -35,6 +35,8 @@ EXCEPTIONS = {
     "link_signals": "ingest domain, plain SQL",
     "opportunity_signals_of": "ingest domain, plain SQL",
     "entity_signals_of": "ingest domain, plain SQL",
+    # a pure function of its argument (docs/text-rules.md), for SQL that queries view entity_alias_lookup directly
+    "text_key": "the resolution key of a name, used inside SQL (WHERE alias_key = sigledger.text_key($1))",
     # the Neo4j projection's status: read by sigledger.core.metrics and `sigledger graph status`
     "graph_outbox_status": "read by the metrics exporter and the graph CLI",
 }
