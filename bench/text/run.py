@@ -103,7 +103,9 @@ def main() -> None:
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute(BASELINES)
             for name, expr in DATA.items():
-                conn.execute(f"CREATE TEMP TABLE t_{name} AS SELECT {expr} AS s FROM generate_series(1, {ROWS}) g")
+                conn.execute(
+                    f"CREATE TEMP TABLE t_{name} AS SELECT {expr} AS s FROM generate_series(1, {ROWS}) g"
+                )
             results: dict[str, dict[str, float]] = {}
             for data in DATA:
                 rounds: dict[str, list[float]] = {case: [] for case in CASES}

@@ -68,6 +68,16 @@ def dirty_db(empty_db_dsn: str) -> str:
         conn.execute(
             "INSERT INTO sigledger.entity_aliases (alias, canonical_entity_id) VALUES ('Plain', %s)", (head,)
         )
+        # a seed-era alias padded with ASCII spaces, under a trimmed CHECK that an earlier repair left NOT VALID
+        # (an UPDATE of that row must fix the padding in the same statement, or the CHECK refuses it)
+        conn.execute("ALTER TABLE sigledger.entity_aliases DROP CONSTRAINT entity_aliases_alias_trimmed")
+        conn.execute(
+            "INSERT INTO sigledger.entity_aliases (alias, canonical_entity_id) VALUES (' Padded ', %s)", (head,)
+        )
+        conn.execute(
+            "ALTER TABLE sigledger.entity_aliases ADD CONSTRAINT entity_aliases_alias_trimmed "
+            "CHECK (alias = btrim(alias)) NOT VALID"
+        )
     return empty_db_dsn
 
 
@@ -102,11 +112,11 @@ def test_renormalisation_reports_conflicts_and_loses_nothing(
         kept = conn.execute("SELECT count(*) FROM sigledger.entity_aliases").fetchone()[0]
         assert kept + len(conflicts) == before  # moved, not dropped
         aliases = {r[0] for r in conn.execute("SELECT alias FROM sigledger.entity_aliases").fetchall()}
-        assert aliases == {"Straße", NFC_CAFE, "Acme", "Head", "Plain"}
+        assert aliases == {"Straße", NFC_CAFE, "Acme", "Head", "Plain", "Padded"}
         straße = conn.execute("SELECT id FROM sigledger.entities WHERE name = 'Straße'").fetchone()[0]
         assert conn.execute("SELECT sigledger.resolve_entity('STRASSE')").fetchone()[0] == straße
         # the graph projection hears about every entity whose aliases changed: moved (Strasse B, Café, Blank,
-        # Wide, Tomb) or renamed (Acme, Café)
+        # Wide, Tomb) or renamed (Acme, Café, Head's " Padded ")
         changed = {
             r[0]
             for r in conn.execute(
@@ -114,7 +124,7 @@ def test_renormalisation_reports_conflicts_and_loses_nothing(
                 "WHERE o.event_type = 'entity.aliases_renormalised'"
             ).fetchall()
         }
-        assert changed == {"Strasse B", "Café", "Blank", "Wide", "Tomb", "Acme"}
+        assert changed == {"Strasse B", "Café", "Blank", "Wide", "Tomb", "Acme", "Head"}
 
     result = CliRunner().invoke(main, ["entity", "conflicts", "--dsn", dirty_db], catch_exceptions=False)
     assert result.exit_code == 2, result.output
