@@ -72,7 +72,8 @@ def dirty_db(empty_db_dsn: str) -> str:
         # (an UPDATE of that row must fix the padding in the same statement, or the CHECK refuses it)
         conn.execute("ALTER TABLE sigledger.entity_aliases DROP CONSTRAINT entity_aliases_alias_trimmed")
         conn.execute(
-            "INSERT INTO sigledger.entity_aliases (alias, canonical_entity_id) VALUES (' Padded ', %s)", (head,)
+            "INSERT INTO sigledger.entity_aliases (alias, canonical_entity_id) VALUES (' Padded ', %s)",
+            (head,),
         )
         conn.execute(
             "ALTER TABLE sigledger.entity_aliases ADD CONSTRAINT entity_aliases_alias_trimmed "
