@@ -102,7 +102,7 @@ def run(
     for finding in repairs.run_checks(conn, repair_rules, pending):
         report.checks.append(
             Check(
-                f"data:{finding.repair}",
+                "data",
                 REPAIR,
                 f"{finding.finding}: {finding.rows} row(s), {finding.action} ({finding.repair})",
                 rows=finding.rows,

@@ -81,10 +81,11 @@ def read_roles(conn: psycopg.Connection[Any]) -> dict[str, RoleState]:
                   coalesce((SELECT array_agg(m.rolname ORDER BY m.rolname) FROM pg_auth_members a
                               JOIN pg_roles m ON m.oid = a.member WHERE a.roleid = r.oid), '{}'),
                   coalesce((SELECT array_agg(m.rolname ORDER BY m.rolname) FROM pg_auth_members a
-                              JOIN pg_roles m ON m.oid = a.member WHERE a.roleid = r.oid AND m.rolcanlogin), '{}'),
+                              JOIN pg_roles m ON m.oid = a.member WHERE a.roleid = r.oid AND m.rolcanlogin
+                              AND m.rolname <> ALL (%(all)s)), '{}'),
                   (SELECT count(*) FROM pg_stat_activity s WHERE s.usesysid = r.oid AND s.pid <> pg_backend_pid())
-             FROM pg_roles r WHERE r.rolname = ANY (%s)""",
-        (list(ALL_ROLES),),
+             FROM pg_roles r WHERE r.rolname = ANY (%(all)s)""",
+        {"all": list(ALL_ROLES)},
     ).fetchall()
     found = {
         r[0]: RoleState(r[0], True, bool(r[1]), list(r[2]), set(r[3]), list(r[4]), int(r[5])) for r in rows
