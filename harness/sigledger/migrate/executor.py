@@ -163,6 +163,8 @@ class Executor:
         for step in up.steps:
             if step.end <= start_at:
                 continue
+            if self.settings.before_step is not None:
+                self.settings.before_step(f"{migration.label}:{step.start}")
             where = f"{migration.label}:{step.statements[0].line if step.statements else 0}"
             try:
                 if step.transaction:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 OWNER_ROLE = "sigledger_owner"
 
@@ -26,3 +26,6 @@ class Settings:
     application_name: str = "sigledger-migrate"
     # make a group that applications may still log in as NOLOGIN anyway (the preflight refuses otherwise)
     retire_group_logins: bool = False
+    # Called with "<label>:<statement index>" before each step of a no-transaction file (tests inject a pause
+    # between two steps to interleave an application transaction at a known point).
+    before_step: Callable[[str], None] | None = field(default=None, repr=False)
