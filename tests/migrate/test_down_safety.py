@@ -29,7 +29,14 @@ def fill_every_domain(conn: psycopg.Connection) -> dict[str, int]:
     o2 = conn.execute("SELECT sigledger.create_opportunity('Deal (dup)')").fetchone()[0]  # type: ignore[index]
     conn.execute("SELECT * FROM sigledger.merge_opportunities(%s, ARRAY[%s]::uuid[])", (o1, o2))
     counts = {}
-    for table in ("llm_cost_log", "entities", "entity_aliases", "signals", "signal_entities", "opportunities"):
+    for table in (
+        "llm_cost_log",
+        "entities",
+        "entity_aliases",
+        "signals",
+        "signal_entities",
+        "opportunities",
+    ):
         counts[table] = conn.execute(f"SELECT count(*) FROM sigledger.{table}").fetchone()[0]  # type: ignore[index]
     return counts
 

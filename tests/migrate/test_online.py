@@ -33,7 +33,9 @@ def wait_until(what: str, predicate: Callable[[], bool], limit: float = 60.0) ->
 
 
 def waiting_for_lock(conn: psycopg.Connection, pid: int, event: str | None = None) -> bool:
-    row = conn.execute("SELECT wait_event_type, wait_event FROM pg_stat_activity WHERE pid = %s", (pid,)).fetchone()
+    row = conn.execute(
+        "SELECT wait_event_type, wait_event FROM pg_stat_activity WHERE pid = %s", (pid,)
+    ).fetchone()
     return bool(row and row[0] == "Lock" and (event is None or row[1] == event))
 
 
@@ -97,7 +99,10 @@ def test_v4_001_backfill_lets_inserts_through(empty_db_dsn: str) -> None:
             at_backfill.set()
             assert go.wait(120)
 
-    with psycopg.connect(empty_db_dsn, autocommit=True) as holder, psycopg.connect(empty_db_dsn, autocommit=True) as watch:
+    with (
+        psycopg.connect(empty_db_dsn, autocommit=True) as holder,
+        psycopg.connect(empty_db_dsn, autocommit=True) as watch,
+    ):
         runner = Runner(empty_db_dsn, "V4_001", lock_timeout="30s", before_step=pause)
         runner.start()
         assert at_backfill.wait(120), "\n".join(runner.log)
@@ -135,7 +140,10 @@ def test_v4_004_backfills_the_key_registry_without_blocking_inserts(empty_db_dsn
             at_backfill.set()
             assert go.wait(120)
 
-    with psycopg.connect(empty_db_dsn, autocommit=True) as holder, psycopg.connect(empty_db_dsn, autocommit=True) as watch:
+    with (
+        psycopg.connect(empty_db_dsn, autocommit=True) as holder,
+        psycopg.connect(empty_db_dsn, autocommit=True) as watch,
+    ):
         runner = Runner(empty_db_dsn, "V4_004", lock_timeout="30s", before_step=pause)
         runner.start()
         assert at_backfill.wait(120), "\n".join(runner.log)
@@ -155,7 +163,9 @@ def test_v4_004_backfills_the_key_registry_without_blocking_inserts(empty_db_dsn
         holder.execute("ROLLBACK")
         runner.finish()
     with psycopg.connect(empty_db_dsn, autocommit=True) as conn:
-        assert conn.execute("SELECT relkind FROM pg_class WHERE oid = 'sigledger.llm_cost_log'::regclass").fetchone() == ("p",)
+        assert conn.execute(
+            "SELECT relkind FROM pg_class WHERE oid = 'sigledger.llm_cost_log'::regclass"
+        ).fetchone() == ("p",)
         assert conn.execute(
             "SELECT count(*) FROM sigledger.llm_cost_log l JOIN sigledger.llm_cost_log_key k ON k.ledger_id = l.id "
             "AND k.idempotency_key = l.idempotency_key"
@@ -168,7 +178,10 @@ def test_application_transaction_racing_v4_002_completes_and_so_does_the_runner(
     ledger lock holding nothing the application's UPDATE needs."""
     Migrator(empty_db_dsn).up(to="V4_001")
     _ledger(empty_db_dsn, 100)
-    with psycopg.connect(empty_db_dsn, autocommit=True) as app, psycopg.connect(empty_db_dsn, autocommit=True) as watch:
+    with (
+        psycopg.connect(empty_db_dsn, autocommit=True) as app,
+        psycopg.connect(empty_db_dsn, autocommit=True) as watch,
+    ):
         app.execute("BEGIN")
         app.execute(
             "INSERT INTO sigledger.llm_cost_log (idempotency_key, agent_id, model, provider, cost_usd) "
@@ -177,9 +190,14 @@ def test_application_transaction_racing_v4_002_completes_and_so_does_the_runner(
         )
         runner = Runner(empty_db_dsn, "V4_002", lock_timeout="30s")
         runner.start()
-        wait_until("V4_002 waiting for the application's ledger lock", lambda: _waits_on(watch, "llm_cost_log"))
+        wait_until(
+            "V4_002 waiting for the application's ledger lock", lambda: _waits_on(watch, "llm_cost_log")
+        )
         app.execute("SET lock_timeout = '20s'")
-        app.execute("UPDATE sigledger.agent_registry SET current_cost_usd = current_cost_usd + 0.5 WHERE id = %s", (AGENT,))
+        app.execute(
+            "UPDATE sigledger.agent_registry SET current_cost_usd = current_cost_usd + 0.5 WHERE id = %s",
+            (AGENT,),
+        )
         app.execute("COMMIT")
         runner.finish()
     assert not [line for line in runner.log if "deadlock" in line], runner.log
@@ -207,7 +225,10 @@ def test_a_deadlock_the_runner_loses_is_retried(empty_db_dsn: str, tmp_path: Pat
         except BaseException as exc:
             errors.append(exc)
 
-    with psycopg.connect(empty_db_dsn, autocommit=True) as app, psycopg.connect(empty_db_dsn, autocommit=True) as watch:
+    with (
+        psycopg.connect(empty_db_dsn, autocommit=True) as app,
+        psycopg.connect(empty_db_dsn, autocommit=True) as watch,
+    ):
         app.execute("BEGIN")
         # this session checks for deadlocks late, so the runner (deadlock_timeout 1s) is the one that detects
         # the cycle and is rolled back
@@ -222,7 +243,9 @@ def test_a_deadlock_the_runner_loses_is_retried(empty_db_dsn: str, tmp_path: Pat
     assert not thread.is_alive() and not errors, errors
     assert any("deadlock, retry 1/3" in line for line in log), log
     with psycopg.connect(empty_db_dsn) as conn:
-        assert conn.execute("SELECT version FROM sigledger_meta.schema_history ORDER BY version_key").fetchall() == [
+        assert conn.execute(
+            "SELECT version FROM sigledger_meta.schema_history ORDER BY version_key"
+        ).fetchall() == [
             ("1",),
             ("2",),
         ]

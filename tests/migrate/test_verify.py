@@ -18,9 +18,18 @@ from tests.migrate.helpers import cli_process
             "UPDATE sigledger_meta.repeatable_history SET checksum = 'x' WHERE name = '110_record_cost.sql'",
             "repeatable 110_record_cost.sql is applied at another checksum",
         ),
-        ("DROP FUNCTION sigledger.cost_trends(integer)", "repeatable 110_record_cost.sql: function sigledger.cost_trends is missing"),
-        ("ALTER TABLE sigledger.outbox OWNER TO postgres", "owner: TABLE sigledger.outbox belongs to postgres"),
-        ("GRANT SELECT ON sigledger.budget TO sigledger_app", "privilege: sigledger_app has SELECT on sigledger.budget"),
+        (
+            "DROP FUNCTION sigledger.cost_trends(integer)",
+            "repeatable 110_record_cost.sql: function sigledger.cost_trends is missing",
+        ),
+        (
+            "ALTER TABLE sigledger.outbox OWNER TO postgres",
+            "owner: TABLE sigledger.outbox belongs to postgres",
+        ),
+        (
+            "GRANT SELECT ON sigledger.budget TO sigledger_app",
+            "privilege: sigledger_app has SELECT on sigledger.budget",
+        ),
         ("GRANT SELECT ON sigledger.budget TO PUBLIC", "privilege: public has SELECT on sigledger.budget"),
         (
             "GRANT EXECUTE ON FUNCTION sigledger.reconcile_budgets(boolean) TO sigledger_app",

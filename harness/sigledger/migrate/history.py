@@ -135,7 +135,7 @@ class Status:
         abandoned = self.in_progress if self.runner is None else []
         if self.drifted or self.unknown or abandoned or self.out_of_order:
             return EXIT_DRIFT
-        if self.pending or self.repeatables_pending:
+        if self.pending or self.repeatables_pending or self.in_progress:
             return EXIT_PENDING
         return EXIT_OK
 

@@ -137,7 +137,25 @@ class Migrator:
             self._check_files(pending, reps)
             report = preflight.run(conn, pending, self.repairs(), self.settings)
             applied = {version_key(v): row for v, row in history.applied_rows(conn).items()}
-            return plans.build(report, pending, applied, self.repairs(), reps)
+            row = conn.execute(
+                "SELECT to_regnamespace('sigledger') IS NOT NULL, to_regnamespace(%s) IS NOT NULL",
+                (META_SCHEMA,),
+            ).fetchone()
+            assert row is not None
+            plan = plans.build(
+                report,
+                pending,
+                applied,
+                self.repairs(),
+                reps,
+                schema_exists=bool(row[0]),
+                meta_exists=bool(row[1]),
+            )
+            plan.lock_timeout, plan.statement_timeout = (
+                self.settings.lock_timeout,
+                self.settings.statement_timeout,
+            )
+            return plan
 
     # ---- up -----------------------------------------------------------------------------------------------
 
