@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
 .PHONY: help test lint pytest demo deps system-deps venv neo4j-up neo4j-down bench bench-budget \
-        bench-ingest bench-graph schema-dump api-docs pgtap isolation clean
+        bench-ingest bench-graph bench-migrate schema-dump api-docs pgtap isolation clean
 
 help:
 	@echo "make test    install what is missing, then lint and run every test suite (what CI runs)"
@@ -58,7 +58,7 @@ neo4j-down: deps
 	$(PY) -m sigledger.graph.neo4j_server down
 
 # Every benchmark, then the README performance table from bench/results/*.json.
-bench: bench-budget bench-ingest bench-graph
+bench: bench-budget bench-ingest bench-graph bench-migrate
 	$(PY) bench/report.py
 
 bench-budget: deps
@@ -69,6 +69,12 @@ bench-ingest: deps
 
 bench-graph: deps
 	$(PY) bench/graph/run.py
+
+# V3_010 -> head on 1M ledger rows under application writes (this release and the first one, same run);
+# then the README table.
+bench-migrate: deps
+	$(PY) bench/migrate/run.py
+	$(PY) bench/report.py
 
 clean:
 	-$(VENV)/bin/sigledger db down --destroy

@@ -9,6 +9,7 @@ the server-side timeouts, and the preflight names each missing privilege before 
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import psycopg
@@ -148,3 +149,35 @@ def test_second_deployer_takes_over_the_first_deployers_meta_schema(cluster: Clu
     _ok(cluster.sigledger("migrate", "up"))
     for command in (["up"], ["verify"], ["history"]):
         _ok(cluster.sigledger("migrate", *command, user="deployer2"))
+
+
+def test_dump_and_restore_by_the_deployer_into_another_database(cluster: Cluster, tmp_path: Path) -> None:
+    """pg_dump of the two schemas and pg_restore into a new database, both by the non-superuser deployer (a
+    member of sigledger_owner): owners, privileges and history come along; status, verify and the API work."""
+    _managed_database(cluster, "deployer", createrole=True)
+    _ok(cluster.sigledger("migrate", "up"))
+    _ok(cluster.sigledger("role", "create-login", "web", "--as", "app"))
+    _ok(cluster.sigledger("role", "create-login", "ops", "--as", "admin"))
+    with psycopg.connect(cluster.dsn("app", "ops"), autocommit=True) as ops:
+        agent = ops.execute("SELECT sigledger.create_agent('dumped', 10)").fetchone()[0]  # type: ignore[index]
+        ops.execute("SELECT sigledger.record_cost('before-dump', %s, 'm', 'p', 1, 1, 0.5)", (agent,))
+    archive = tmp_path / "app.dump"
+    dump = subprocess.run(
+        ["pg_dump", "-Fc", "-n", "sigledger", "-n", "sigledger_meta", "-f", str(archive), cluster.dsn("app", "deployer")],
+        capture_output=True,
+        text=True,
+    )
+    assert dump.returncode == 0, dump.stderr
+    cluster.sql("CREATE DATABASE restored", "GRANT CONNECT, CREATE ON DATABASE restored TO deployer")
+    restore = subprocess.run(
+        ["pg_restore", "--exit-on-error", "-d", cluster.dsn("restored", "deployer"), str(archive)],
+        capture_output=True,
+        text=True,
+    )
+    assert restore.returncode == 0, restore.stderr
+    _ok(cluster.sigledger("migrate", "status", dbname="restored"))
+    _ok(cluster.sigledger("migrate", "verify", dbname="restored"))
+    with psycopg.connect(cluster.dsn("restored", "web"), autocommit=True) as app:
+        replay = app.execute("SELECT sigledger.record_cost('before-dump', %s, 'm', 'p', 1, 1, 0.5)", (agent,))
+        assert replay.fetchone() is not None
+        app.execute("SELECT sigledger.record_cost('after-restore', %s, 'm', 'p', 1, 1, 0.5)", (agent,))

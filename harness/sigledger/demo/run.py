@@ -99,7 +99,9 @@ def migrate_existing(dsn: str, err: TextIO) -> None:
             "AND pg_has_role(current_user, 'sigledger_owner', 'MEMBER')) FROM pg_roles WHERE rolname = current_user"
         ).fetchone()
     if not (row and row[0]):
-        err.write("not migrating: this login is not a member of sigledger_owner (the schema is taken as deployed)\n")
+        err.write(
+            "not migrating: this login is not a member of sigledger_owner (the schema is taken as deployed)\n"
+        )
         return
     try:
         Migrator(dsn).up()

@@ -321,3 +321,29 @@ def listing(conn: Conn, migrations: list[Migration]) -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+def refuse_unsafe(status: Status) -> None:
+    if status.unknown:
+        raise MigrationError(
+            "the database is ahead of this code: it has applied "
+            + ", ".join(status.unknown)
+            + " which this release does not know; deploy the newer release instead"
+        )
+    if status.drifted:
+        raise MigrationError(
+            "applied migration files were changed since they ran: "
+            + ", ".join(status.drifted)
+            + "; restore them and put the change in a new migration"
+        )
+
+
+def refuse_out_of_order(status: Status, allowed: bool) -> None:
+    if status.out_of_order and not allowed:
+        raise MigrationError(
+            "pending migrations are numbered below the newest applied version V"
+            + (status.current or "?")
+            + ": "
+            + ", ".join(status.out_of_order)
+            + "; renumber them above it, or run with --allow-out-of-order if applying them late is safe"
+        )

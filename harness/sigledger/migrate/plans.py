@@ -29,8 +29,11 @@ class Plan:
     statement_timeout: str = "30min"
 
     def lines(self) -> list[str]:
+        """One line per step (the runner's own bookkeeping left out)."""
         return [
-            f"repeatable {s.name}" if s.kind == "repeatable" else f"{s.name} ({s.detail})" for s in self.steps
+            f"repeatable {s.name}" if s.kind == "repeatable" else f"{s.name} ({s.detail})"
+            for s in self.steps
+            if s.kind != "runner"
         ]
 
     def as_json(self) -> str:

@@ -18,12 +18,17 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
 from sigledger.core.errors import MigrationError
 from sigledger.migrate.files import HEADER_BEFORE, Migration, SqlFile, version_key
+from sigledger.migrate.history import META_SCHEMA
+from sigledger.migrate.settings import Log
+
+if TYPE_CHECKING:
+    from sigledger.migrate.executor import Executor
 
 _REPAIR = re.compile(r"^R(?P<order>\d+)__(?P<name>[A-Za-z0-9_\-]+?)(?P<check>\.check)?\.sql$")
 
@@ -102,3 +107,26 @@ def run_checks(
                 if count:
                     findings.append(Finding(repair.name, finding, action, int(count), list(examples or [])))
     return findings
+
+
+def run_before(
+    conn: psycopg.Connection[Any], ex: Executor, rules: list[Repair], migration: Migration, log: Log
+) -> None:
+    """Run every repair that guards `migration` (it is about to run or resume), and say what each did."""
+    for repair in rules:
+        if not repair.guards(migration):
+            continue
+        last = conn.execute(f"SELECT coalesce(max(id), 0) FROM {META_SCHEMA}.repair_history").fetchone()
+        conn.execute("SELECT set_config('sigledger.repair_before', %s, false)", (migration.label,))
+        try:
+            ex.run_file(repair.file, repair.name)
+        finally:
+            conn.execute("RESET sigledger.repair_before")
+        for rule, action, rows, detail in conn.execute(
+            f"SELECT rule, action, rows, detail FROM {META_SCHEMA}.repair_history WHERE id > %s ORDER BY id",
+            (last[0] if last else 0,),
+        ).fetchall():
+            log(
+                f"repair {repair.name} before {migration.label}: {rule}: {action} {rows} row(s)"
+                + (f" ({detail})" if detail else "")
+            )

@@ -9,15 +9,22 @@ the plain table and drops only the partitioned parent and the key registry deriv
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from pglast import ast, enums
 from psycopg import sql
 
 from sigledger.core.errors import MigrationError
-from sigledger.migrate.files import Migration
+from sigledger.migrate import history
+from sigledger.migrate.files import Migration, version_key
+from sigledger.migrate.history import META_SCHEMA
+from sigledger.migrate.settings import Log
+
+if TYPE_CHECKING:
+    from sigledger.migrate.executor import Executor
 
 HEADER_NO_LOSS = "sigledger:no-loss"
 
@@ -112,3 +119,50 @@ def refusal(found: list[Loss], to: str) -> str:
     lines.extend(f"  {loss.describe()}" for loss in found)
     lines.append(f"Run `sigledger migrate down --to {to} --force` to roll back anyway (dump the data first).")
     return "\n".join(lines)
+
+
+def roll_back(
+    conn: psycopg.Connection[Any],
+    ex: Executor,
+    victims: list[Migration],
+    *,
+    to: str,
+    force: bool,
+    log: Log,
+    restore: Callable[[], None],
+) -> list[str]:
+    """Run the down files of `victims` (newest first) after the refusals: a missing down file, a file that
+    cannot run, and, without `force`, any loss of rows (or `--to 0`)."""
+    missing = [m.label for m in victims if m.down is None]
+    if missing:
+        raise MigrationError("no down file for " + ", ".join(missing) + "; nothing was rolled back")
+    for migration in victims:
+        assert migration.down is not None
+        migration.down.check_statements()
+    if not victims:
+        return []
+    lost = losses(conn, victims)
+    if not force and (lost or version_key(to.lstrip("Vv")) == (0,)):
+        if not lost:
+            raise DataLossRefused(
+                f"down --to {to} drops the whole schema (it holds no rows now); run with --force"
+            )
+        raise DataLossRefused(refusal(lost, to))
+    for loss in lost:
+        log(f"dropping {loss.describe()} (--force)")
+    history.ensure_meta(conn)
+    # Views come from repeatable files and depend on versioned tables: drop them all first (a down file cannot
+    # know which views a later repeatable built on its tables), then rebuild every repeatable if the
+    # rolled-back schema still supports it, else leave that to the next `up`.
+    ex.drop_views()
+    conn.execute(f"DELETE FROM {META_SCHEMA}.repeatable_history")
+    ran: list[str] = []
+    try:
+        for migration in victims:
+            assert migration.down is not None
+            log(f"rolling back {migration.label}")
+            ex.run_down(migration, migration.down)
+            ran.append(migration.label)
+    finally:
+        restore()
+    return ran

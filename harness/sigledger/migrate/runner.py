@@ -33,7 +33,7 @@ import psycopg
 from sigledger.core.db import connect
 from sigledger.core.errors import MigrationError
 from sigledger.core.paths import functions_dir, migrations_dir, repairs_dir
-from sigledger.migrate import history, ownership, plans, preflight, roles, rollback, verify
+from sigledger.migrate import history, ownership, plans, preflight, repairs, roles, rollback, verify
 from sigledger.migrate.executor import Executor
 from sigledger.migrate.files import (
     Migration,
@@ -160,28 +160,10 @@ class Migrator:
     # ---- up -----------------------------------------------------------------------------------------------
 
     def _refuse_unsafe(self, status: Status) -> None:
-        if status.unknown:
-            raise MigrationError(
-                "the database is ahead of this code: it has applied "
-                + ", ".join(status.unknown)
-                + " which this release does not know; deploy the newer release instead"
-            )
-        if status.drifted:
-            raise MigrationError(
-                "applied migration files were changed since they ran: "
-                + ", ".join(status.drifted)
-                + "; restore them and put the change in a new migration"
-            )
+        history.refuse_unsafe(status)
 
     def _refuse_out_of_order(self, status: Status) -> None:
-        if status.out_of_order and not self.settings.allow_out_of_order:
-            raise MigrationError(
-                "pending migrations are numbered below the newest applied version V"
-                + (status.current or "?")
-                + ": "
-                + ", ".join(status.out_of_order)
-                + "; renumber them above it, or run with --allow-out-of-order if applying them late is safe"
-            )
+        history.refuse_out_of_order(status, self.settings.allow_out_of_order)
 
     def _pending(self, conn: psycopg.Connection[Any], to: str | None) -> list[Migration]:
         applied = history.applied_rows(conn)
@@ -234,7 +216,7 @@ class Migrator:
             # By version key: V3_8 and V3_008 are one version (a renamed file resumes its own row).
             applied = {version_key(v): row for v, row in history.applied_rows(conn).items()}
             for migration in pending:
-                self._repair_before(conn, ex, migration)
+                repairs.run_before(conn, ex, self.repairs(), migration, self.log)
                 if migration.up.transactional:
                     ex.apply_transactional(migration)
                 else:
@@ -244,25 +226,6 @@ class Migrator:
                 ex.apply_repeatables(reps)
                 ran.extend(f"repeatable {r.name}" for r in reps)
         return ran
-
-    def _repair_before(self, conn: psycopg.Connection[Any], ex: Executor, migration: Migration) -> None:
-        for repair in self.repairs():
-            if not repair.guards(migration):
-                continue
-            last = conn.execute(f"SELECT coalesce(max(id), 0) FROM {META_SCHEMA}.repair_history").fetchone()
-            conn.execute("SELECT set_config('sigledger.repair_before', %s, false)", (migration.label,))
-            try:
-                ex.run_file(repair.file, repair.name)
-            finally:
-                conn.execute("RESET sigledger.repair_before")
-            for rule, action, rows, detail in conn.execute(
-                f"SELECT rule, action, rows, detail FROM {META_SCHEMA}.repair_history WHERE id > %s ORDER BY id",
-                (last[0] if last else 0,),
-            ).fetchall():
-                self.log(
-                    f"repair {repair.name} before {migration.label}: {rule}: {action} {rows} row(s)"
-                    + (f" ({detail})" if detail else "")
-                )
 
     # ---- down, baseline, verify ---------------------------------------------------------------------------
 
@@ -281,43 +244,18 @@ class Migrator:
     def down(self, to: str, *, force: bool = False) -> list[str]:
         """Roll back every applied migration above version `to` (use `0` for everything), newest first.
         Refused, with what would be lost, when it drops rows (or everything) and `force` is not set."""
-        ran: list[str] = []
         with self._session(locked=True) as (conn, ex):
-            status = self._status(conn)
-            self._refuse_unsafe(status)
+            self._refuse_unsafe(self._status(conn))
             victims = self._victims(conn, to)
-            missing = [m.label for m in victims if m.down is None]
-            if missing:
-                raise MigrationError("no down file for " + ", ".join(missing) + "; nothing was rolled back")
-            for migration in victims:
-                assert migration.down is not None
-                migration.down.check_statements()
-            if not victims:
-                return ran
-            lost = rollback.losses(conn, victims)
-            if not force and (lost or version_key(to.lstrip("Vv")) == (0,)):
-                if not lost:
-                    raise rollback.DataLossRefused(
-                        f"down --to {to} drops the whole schema (it holds no rows now); run with --force"
-                    )
-                raise rollback.DataLossRefused(rollback.refusal(lost, to))
-            for loss in lost:
-                self.log(f"dropping {loss.describe()} (--force)")
-            history.ensure_meta(conn)
-            # Views come from repeatable files and depend on versioned tables: drop them all first (a down
-            # file cannot know which views a later repeatable built on its tables), then rebuild every
-            # repeatable if the rolled-back schema still supports it, else leave that to the next `up`.
-            ex.drop_views()
-            conn.execute(f"DELETE FROM {META_SCHEMA}.repeatable_history")
-            try:
-                for migration in victims:
-                    assert migration.down is not None
-                    self.log(f"rolling back {migration.label}")
-                    ex.run_down(migration, migration.down)
-                    ran.append(migration.label)
-            finally:
-                self._restore_repeatables(ex)
-        return ran
+            return rollback.roll_back(
+                conn,
+                ex,
+                victims,
+                to=to,
+                force=force,
+                log=self.log,
+                restore=lambda: self._restore_repeatables(ex),
+            )
 
     def _restore_repeatables(self, ex: Executor) -> None:
         reps = self.repeatables()
@@ -348,7 +286,8 @@ class Migrator:
                 ownership.take_over(conn, report.take_over, self.log)
             history.ensure_meta(conn)
             applied = {version_key(v) for v in history.applied_rows(conn)}
-            problems = self._baseline_problems(conn, limit)
+            # the verify scripts of what is marked: the database must hold what those migrations make
+            problems = [p for m in self.migrations() if m.key <= limit for p in verify.verify_script(conn, m)]
             if problems:
                 raise MigrationError(
                     f"baseline V{version.lstrip('Vv')}: the database does not hold what those migrations make:\n  "
@@ -363,25 +302,6 @@ class Migrator:
                     )
                     marked.append(migration.label)
         return marked
-
-    def _baseline_problems(self, conn: psycopg.Connection[Any], limit: tuple[int, ...]) -> list[str]:
-        """The verify scripts of the versions to be marked, run read-only."""
-        marked = [m for m in self.migrations() if m.key <= limit]
-        found: list[str] = []
-        for migration in marked:
-            if migration.verify is None:
-                continue
-            try:
-                with conn.transaction(force_rollback=True):
-                    conn.execute("SET TRANSACTION READ ONLY")
-                    conn.execute("SET LOCAL search_path TO sigledger, public")
-                    for stmt in migration.verify.statements:
-                        cur = conn.execute(stmt.sql.encode("utf-8"))
-                        if cur.description and (rows := cur.fetchall()):
-                            found.append(f"{migration.verify.path.name}:{stmt.line}: returned {rows[:3]}")
-            except psycopg.Error as exc:
-                found.append(f"{migration.verify.path.name}: {exc.sqlstate}: {str(exc).strip()}")
-        return found
 
     def verify(self) -> list[str]:
         """Everything verify.py checks; an empty list means verified."""

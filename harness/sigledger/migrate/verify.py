@@ -49,21 +49,25 @@ def problems(
 
 
 def _verify_scripts(conn: Conn, migrations: list[Migration]) -> list[str]:
-    found: list[str] = []
     applied = {version_key(v) for v, row in history.applied_rows(conn).items() if row.status == "applied"}
-    for migration in migrations:
-        if migration.key not in applied or migration.verify is None:
-            continue
-        try:
-            with conn.transaction(force_rollback=True):
-                conn.execute("SET TRANSACTION READ ONLY")
-                conn.execute("SET LOCAL search_path TO sigledger, public")
-                for stmt in migration.verify.statements:
-                    cur = conn.execute(stmt.sql.encode("utf-8"))
-                    if cur.description and (rows := cur.fetchall()):
-                        found.append(f"{migration.verify.path.name}:{stmt.line}: returned {rows[:3]}")
-        except psycopg.Error as exc:
-            found.append(f"{migration.verify.path.name}: {exc.sqlstate}: {str(exc).strip()}")
+    return [p for m in migrations if m.key in applied for p in verify_script(conn, m)]
+
+
+def verify_script(conn: Conn, migration: Migration) -> list[str]:
+    """Run one migration's verify script read-only (rolled back): its rows and errors are the problems."""
+    if migration.verify is None:
+        return []
+    found: list[str] = []
+    try:
+        with conn.transaction(force_rollback=True):
+            conn.execute("SET TRANSACTION READ ONLY")
+            conn.execute("SET LOCAL search_path TO sigledger, public")
+            for stmt in migration.verify.statements:
+                cur = conn.execute(stmt.sql.encode("utf-8"))
+                if cur.description and (rows := cur.fetchall()):
+                    found.append(f"{migration.verify.path.name}:{stmt.line}: returned {rows[:3]}")
+    except psycopg.Error as exc:
+        found.append(f"{migration.verify.path.name}: {exc.sqlstate}: {str(exc).strip()}")
     return found
 
 
