@@ -163,7 +163,17 @@ def test_dump_and_restore_by_the_deployer_into_another_database(cluster: Cluster
         ops.execute("SELECT sigledger.record_cost('before-dump', %s, 'm', 'p', 1, 1, 0.5)", (agent,))
     archive = tmp_path / "app.dump"
     dump = subprocess.run(
-        ["pg_dump", "-Fc", "-n", "sigledger", "-n", "sigledger_meta", "-f", str(archive), cluster.dsn("app", "deployer")],
+        [
+            "pg_dump",
+            "-Fc",
+            "-n",
+            "sigledger",
+            "-n",
+            "sigledger_meta",
+            "-f",
+            str(archive),
+            cluster.dsn("app", "deployer"),
+        ],
         capture_output=True,
         text=True,
     )

@@ -13,7 +13,9 @@ from sigledger.core.paths import functions_dir, migrations_dir, repairs_dir
 from tests.migrate.helpers import ROOT
 
 
-def test_a_wheel_installed_elsewhere_carries_the_sql_and_runs_the_migrations(tmp_path: Path, empty_db_dsn: str) -> None:
+def test_a_wheel_installed_elsewhere_carries_the_sql_and_runs_the_migrations(
+    tmp_path: Path, empty_db_dsn: str
+) -> None:
     built = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path / "dist"), str(ROOT)],
         capture_output=True,
@@ -34,7 +36,8 @@ def test_a_wheel_installed_elsewhere_carries_the_sql_and_runs_the_migrations(tmp
         shipped = sorted(p.name for p in (site / "sigledger" / "sql" / folder.name).glob("*.sql"))
         assert shipped == sorted(p.name for p in folder.glob("*.sql")), folder.name
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env["PYTHONPATH"] = str(site)  # the installed copy, not the checkout (the dependencies come from the venv)
+    # the installed copy, not the checkout (the dependencies come from the venv)
+    env["PYTHONPATH"] = str(site)
     plan = subprocess.run(
         [sys.executable, "-m", "sigledger", "migrate", "plan", "--dsn", empty_db_dsn],
         capture_output=True,
