@@ -21,7 +21,16 @@ from tests.migrate.helpers import cli_process
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Cluster:
+    """A cluster without the sigledger roles, for this test alone."""
     with fresh_cluster(tmp_path) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Cluster:
+    """A cluster for the tests whose deployer has CREATEROLE (each in a database of its own): whether the roles
+    already exist when a test starts makes no difference to them."""
+    with fresh_cluster(tmp_path_factory.mktemp("deploy")) as c:
         yield c
 
 
@@ -29,19 +38,20 @@ def _ok(result: object) -> None:
     assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"  # type: ignore[attr-defined]
 
 
-def _managed_database(cluster: Cluster, deployer: str, createrole: bool) -> None:
+def _managed_database(cluster: Cluster, deployer: str, createrole: bool, database: str = "app") -> None:
     """A managed service's database: the deployer may connect and create schemas, TEMP is revoked from
     PUBLIC (some services do), nobody but the service is superuser."""
+    if not cluster.query(f"SELECT FROM pg_roles WHERE rolname = '{deployer}'"):
+        cluster.sql(f"CREATE ROLE {deployer} LOGIN {'CREATEROLE' if createrole else ''}")
     cluster.sql(
-        f"CREATE ROLE {deployer} LOGIN {'CREATEROLE' if createrole else ''}",
-        "CREATE DATABASE app",
-        f"GRANT CONNECT, CREATE ON DATABASE app TO {deployer}",
-        "REVOKE TEMPORARY ON DATABASE app FROM PUBLIC",
+        f"CREATE DATABASE {database}",
+        f"GRANT CONNECT, CREATE ON DATABASE {database} TO {deployer}",
+        f"REVOKE TEMPORARY ON DATABASE {database} FROM PUBLIC",
     )
 
 
-def _api_works_as(cluster: Cluster, login: str) -> None:
-    with psycopg.connect(cluster.dsn("app", login), autocommit=True) as conn:
+def _api_works_as(cluster: Cluster, login: str, database: str = "app") -> None:
+    with psycopg.connect(cluster.dsn(database, login), autocommit=True) as conn:
         settings = dict(
             conn.execute("SELECT name, setting FROM pg_settings WHERE source = 'user'").fetchall()
         )
@@ -52,13 +62,13 @@ def _api_works_as(cluster: Cluster, login: str) -> None:
             conn.execute("SELECT * FROM sigledger.llm_cost_log")
 
 
-def test_deployer_with_createrole_deploys_and_any_owner_member_runs_every_command(cluster: Cluster) -> None:
-    _managed_database(cluster, "deployer", createrole=True)
-    _ok(cluster.sigledger("migrate", "up"))
-    _ok(cluster.sigledger("migrate", "status"))
-    verify = cluster.sigledger("migrate", "verify")
+def test_deployer_with_createrole_deploys_and_any_owner_member_runs_every_command(shared: Cluster) -> None:
+    _managed_database(shared, "deployer", createrole=True, database="app1")
+    _ok(shared.sigledger("migrate", "up", dbname="app1"))
+    _ok(shared.sigledger("migrate", "status", dbname="app1"))
+    verify = shared.sigledger("migrate", "verify", dbname="app1")
     _ok(verify)
-    assert cluster.query(
+    assert shared.query(
         "SELECT rolname, rolcanlogin FROM pg_roles WHERE rolname LIKE 'sigledger%' ORDER BY 1"
     ) == [
         (r, False)
@@ -72,16 +82,16 @@ def test_deployer_with_createrole_deploys_and_any_owner_member_runs_every_comman
     ]
 
     # the application's login, made by the deployer (it has CREATEROLE)
-    _ok(cluster.sigledger("role", "create-login", "web", "--as", "app"))
-    _api_works_as(cluster, "web")
+    _ok(shared.sigledger("role", "create-login", "web", "--as", "app", dbname="app1"))
+    _api_works_as(shared, "web", "app1")
 
     # a second deploy login, member of sigledger_owner and nothing else
-    cluster.sql("CREATE ROLE deployer2 LOGIN", "GRANT sigledger_owner TO deployer2")
+    shared.sql("CREATE ROLE deployer2 LOGIN", "GRANT sigledger_owner TO deployer2")
     for command in (["status"], ["preflight"], ["plan"], ["up"], ["verify"], ["history"]):
-        _ok(cluster.sigledger("migrate", *command, user="deployer2"))
-    _ok(cluster.sigledger("migrate", "down", "--to", "V6_001", user="deployer2"))
-    _ok(cluster.sigledger("migrate", "up", user="deployer2"))
-    _ok(cluster.sigledger("migrate", "verify", user="deployer2"))
+        _ok(shared.sigledger("migrate", *command, user="deployer2", dbname="app1"))
+    _ok(shared.sigledger("migrate", "down", "--to", "V6_001", user="deployer2", dbname="app1"))
+    _ok(shared.sigledger("migrate", "up", user="deployer2", dbname="app1"))
+    _ok(shared.sigledger("migrate", "verify", user="deployer2", dbname="app1"))
 
 
 def test_roles_made_by_a_dba_need_no_createrole_and_the_preflight_names_what_is_missing(
@@ -123,42 +133,42 @@ def test_roles_made_by_a_dba_need_no_createrole_and_the_preflight_names_what_is_
     _api_works_as(cluster, "web")
 
 
-def test_second_deployer_takes_over_the_first_deployers_meta_schema(cluster: Cluster) -> None:
+def test_second_deployer_takes_over_the_first_deployers_meta_schema(shared: Cluster) -> None:
     """The issue's case: sigledger_meta created by a first deployer (as an earlier release did) blocks a second
     member of sigledger_owner; now the runner hands it to sigledger_owner, or names the fix."""
-    _managed_database(cluster, "deployer", createrole=True)
-    _ok(cluster.sigledger("migrate", "up"))
+    _managed_database(shared, "deployer", createrole=True, database="app3")
+    _ok(shared.sigledger("migrate", "up", dbname="app3"))
     # what an earlier release left: the runner's schema and tables owned by the login that ran it
-    cluster.sql(
+    shared.sql(
         "ALTER SCHEMA sigledger_meta OWNER TO deployer",
         "ALTER TABLE sigledger_meta.schema_history OWNER TO deployer",
         "ALTER TABLE sigledger_meta.repeatable_history OWNER TO deployer",
-        dbname="app",
+        dbname="app3",
     )
-    cluster.sql("CREATE ROLE deployer2 LOGIN", "GRANT sigledger_owner TO deployer2")
-    status = cluster.sigledger("migrate", "status", user="deployer2")
+    shared.sql("CREATE ROLE deployer3 LOGIN", "GRANT sigledger_owner TO deployer3")
+    status = shared.sigledger("migrate", "status", user="deployer3", dbname="app3")
     assert status.returncode == 1, status.stdout + status.stderr
     assert "ALTER SCHEMA sigledger_meta OWNER TO sigledger_owner;" in status.stderr, status.stderr
     assert "run `sigledger migrate up` once as deployer" in status.stderr, status.stderr
-    pre = cluster.sigledger("migrate", "preflight", user="deployer2")
+    pre = shared.sigledger("migrate", "preflight", user="deployer3", dbname="app3")
     assert (
         pre.returncode == 5
         and "ALTER TABLE sigledger_meta.schema_history OWNER TO sigledger_owner" in pre.stdout
     ), pre.stdout
     # the first deployer (who owns them) runs anything: they are handed over
-    _ok(cluster.sigledger("migrate", "up"))
+    _ok(shared.sigledger("migrate", "up", dbname="app3"))
     for command in (["up"], ["verify"], ["history"]):
-        _ok(cluster.sigledger("migrate", *command, user="deployer2"))
+        _ok(shared.sigledger("migrate", *command, user="deployer3", dbname="app3"))
 
 
-def test_dump_and_restore_by_the_deployer_into_another_database(cluster: Cluster, tmp_path: Path) -> None:
+def test_dump_and_restore_by_the_deployer_into_another_database(shared: Cluster, tmp_path: Path) -> None:
     """pg_dump of the two schemas and pg_restore into a new database, both by the non-superuser deployer (a
     member of sigledger_owner): owners, privileges and history come along; status, verify and the API work."""
-    _managed_database(cluster, "deployer", createrole=True)
-    _ok(cluster.sigledger("migrate", "up"))
-    _ok(cluster.sigledger("role", "create-login", "web", "--as", "app"))
-    _ok(cluster.sigledger("role", "create-login", "ops", "--as", "admin"))
-    with psycopg.connect(cluster.dsn("app", "ops"), autocommit=True) as ops:
+    _managed_database(shared, "deployer", createrole=True, database="app4")
+    _ok(shared.sigledger("migrate", "up", dbname="app4"))
+    _ok(shared.sigledger("role", "create-login", "web4", "--as", "app", dbname="app4"))
+    _ok(shared.sigledger("role", "create-login", "ops4", "--as", "admin", dbname="app4"))
+    with psycopg.connect(shared.dsn("app4", "ops4"), autocommit=True) as ops:
         agent = ops.execute("SELECT sigledger.create_agent('dumped', 10)").fetchone()[0]  # type: ignore[index]
         ops.execute("SELECT sigledger.record_cost('before-dump', %s, 'm', 'p', 1, 1, 0.5)", (agent,))
     archive = tmp_path / "app.dump"
@@ -172,22 +182,22 @@ def test_dump_and_restore_by_the_deployer_into_another_database(cluster: Cluster
             "sigledger_meta",
             "-f",
             str(archive),
-            cluster.dsn("app", "deployer"),
+            shared.dsn("app4", "deployer"),
         ],
         capture_output=True,
         text=True,
     )
     assert dump.returncode == 0, dump.stderr
-    cluster.sql("CREATE DATABASE restored", "GRANT CONNECT, CREATE ON DATABASE restored TO deployer")
+    shared.sql("CREATE DATABASE restored4", "GRANT CONNECT, CREATE ON DATABASE restored4 TO deployer")
     restore = subprocess.run(
-        ["pg_restore", "--exit-on-error", "-d", cluster.dsn("restored", "deployer"), str(archive)],
+        ["pg_restore", "--exit-on-error", "-d", shared.dsn("restored4", "deployer"), str(archive)],
         capture_output=True,
         text=True,
     )
     assert restore.returncode == 0, restore.stderr
-    _ok(cluster.sigledger("migrate", "status", dbname="restored"))
-    _ok(cluster.sigledger("migrate", "verify", dbname="restored"))
-    with psycopg.connect(cluster.dsn("restored", "web"), autocommit=True) as app:
+    _ok(shared.sigledger("migrate", "status", dbname="restored4"))
+    _ok(shared.sigledger("migrate", "verify", dbname="restored4"))
+    with psycopg.connect(shared.dsn("restored4", "web4"), autocommit=True) as app:
         replay = app.execute("SELECT sigledger.record_cost('before-dump', %s, 'm', 'p', 1, 1, 0.5)", (agent,))
         assert replay.fetchone() is not None
         app.execute("SELECT sigledger.record_cost('after-restore', %s, 'm', 'p', 1, 1, 0.5)", (agent,))

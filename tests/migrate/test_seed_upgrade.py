@@ -127,6 +127,17 @@ def test_createrole_deployer_upgrades_a_seed_era_database(cluster: Cluster) -> N
     assert "repair R002__aliases.sql before V5_002__ingest_indexes" in up.stdout, up.stdout
     _ok(cluster.sigledger("migrate", "verify"))
     assert_accounted(cluster.dsn("app"), dirt)
+    history = cluster.sigledger("migrate", "history", "--json")
+    _ok(history)
+    repairs = [r for r in json.loads(history.stdout) if r["kind"] == "repair"]
+    assert {r["name"] for r in repairs} == {
+        "R001__ledger_out_of_range.sql",
+        "R002__aliases.sql",
+        "R003__entity_tombstones.sql",
+    }
+    assert "before V5_002__ingest_indexes: aliases equal once trimmed and lower-cased" in {
+        r["file"] for r in repairs
+    }
 
 
 def test_deployer_without_createrole_adopts_a_psql_loaded_seed_era_database(cluster: Cluster) -> None:

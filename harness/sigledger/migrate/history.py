@@ -302,6 +302,28 @@ def listing(conn: Conn, migrations: list[Migration]) -> list[dict[str, Any]]:
                 "last_error": error,
             }
         )
+    if conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{META_SCHEMA}.repair_history",)).fetchone() == (
+        True,
+    ):
+        for repair, before, rule, action, rows, by, at in conn.execute(
+            f"SELECT repair, before_version, rule, action, rows, applied_by, applied_at "
+            f"FROM {META_SCHEMA}.repair_history ORDER BY id"
+        ).fetchall():
+            out.append(
+                {
+                    "version": "repair",
+                    "name": repair,
+                    "kind": "repair",
+                    "status": f"{action} {rows}",
+                    "applied_by": by,
+                    "client_host": None,
+                    "applied_at": at.isoformat(),
+                    "duration_ms": None,
+                    "checksum": "",
+                    "file": f"before {before}: {rule}",
+                    "last_error": None,
+                }
+            )
     for name, digest, by, at in conn.execute(
         f"SELECT name, checksum, applied_by, applied_at FROM {META_SCHEMA}.repeatable_history ORDER BY name"
     ).fetchall():
