@@ -14,6 +14,46 @@ CREATE SCHEMA sigledger;
 ALTER SCHEMA sigledger OWNER TO sigledger_owner;
 
 --
+-- Name: _api_audience(); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger._api_audience() RETURNS TABLE(fn name, audience text[])
+    LANGUAGE sql IMMUTABLE
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+    SELECT a.fn::name, a.audience::text[] FROM (VALUES
+        -- ledger and budgets
+        ('record_cost', '{app}'), ('record_costs', '{app}'), ('cost_trends', '{app,readonly}'),
+        ('reserve_budget', '{app}'), ('settle_budget', '{app}'), ('release_budget', '{app}'),
+        ('check_and_record_budget', '{app}'), ('budget_status', '{app,readonly}'),
+        ('budget_alerts_after', '{app,readonly}'), ('find_agent', '{app,readonly}'),
+        ('create_agent', '{admin}'), ('set_budget', '{admin}'), ('update_budget', '{admin}'),
+        ('create_group_budget', '{admin}'), ('add_model_price', '{admin}'), ('reconcile_budgets', '{admin}'),
+        ('expire_reservations', '{admin}'), ('ensure_ledger_partitions', '{admin}'),
+        -- signals, entities, opportunities
+        ('ingest_signal', '{app}'), ('ingest_signals', '{app}'), ('create_entity', '{app}'),
+        ('add_alias', '{app}'), ('resolve_entity', '{app,readonly}'), ('merge_entities', '{app}'),
+        ('create_opportunity', '{app}'), ('link_signals', '{app}'), ('merge_opportunities', '{app}'),
+        ('opportunity_signals_of', '{app,readonly}'), ('entity_signals_of', '{app,readonly}'),
+        -- Neo4j projection
+        ('graph_outbox_status', '{app,readonly,admin,graph}'),
+        ('_graph_claim', '{graph}'), ('_graph_snapshot', '{graph,admin}'), ('_graph_ack', '{graph}'),
+        ('_graph_fail', '{graph}'), ('_graph_live_ids', '{graph,admin}'), ('_graph_live_counts', '{graph,admin}'), ('_graph_dead_list', '{graph,admin}'),
+        ('_graph_dead_retry', '{graph,admin}'), ('_graph_dead_purge', '{graph,admin}'),
+        ('_graph_enqueue', '{graph,admin}'), ('_graph_enqueue_all', '{graph,admin}')
+    ) AS a (fn, audience);
+$$;
+
+ALTER FUNCTION sigledger._api_audience() OWNER TO sigledger_owner;
+
+--
+-- Name: FUNCTION _api_audience(); Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON FUNCTION sigledger._api_audience() IS 'Which group may execute each function (900_grants.sql applies it; migrate verify checks it). Internal.
+SQLSTATE: none';
+
+--
 -- Name: _assert_text(text, text); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
 --
 
@@ -5460,6 +5500,12 @@ GRANT USAGE ON SCHEMA sigledger TO sigledger_app;
 GRANT USAGE ON SCHEMA sigledger TO sigledger_readonly;
 GRANT USAGE ON SCHEMA sigledger TO sigledger_admin;
 GRANT USAGE ON SCHEMA sigledger TO sigledger_graph;
+
+--
+-- Name: FUNCTION _api_audience(); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger._api_audience() FROM PUBLIC;
 
 --
 -- Name: FUNCTION _assert_text(p_name text, p_value text); Type: ACL; Schema: sigledger; Owner: sigledger_owner
