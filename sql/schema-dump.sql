@@ -35,6 +35,7 @@ CREATE FUNCTION sigledger._api_audience() RETURNS TABLE(fn name, audience text[]
         ('add_alias', '{app}'), ('resolve_entity', '{app,readonly}'), ('merge_entities', '{app}'),
         ('create_opportunity', '{app}'), ('link_signals', '{app}'), ('merge_opportunities', '{app}'),
         ('opportunity_signals_of', '{app,readonly}'), ('entity_signals_of', '{app,readonly}'),
+        ('text_key', '{app,readonly}'),
         -- Neo4j projection
         ('graph_outbox_status', '{app,readonly,admin,graph}'),
         ('_graph_claim', '{graph}'), ('_graph_snapshot', '{graph,admin}'), ('_graph_ack', '{graph}'),
