@@ -62,7 +62,9 @@ def bad_enum(allowed: tuple[str, ...]) -> st.SearchStrategy[str | None]:
     )
     return st.one_of(
         st.sampled_from([n for n in near if n not in allowed]),
-        st.text(min_size=0, max_size=20).filter(lambda s: s not in allowed),
+        st.text(st.characters(exclude_characters="\x00", exclude_categories=("Cs",)), max_size=20).filter(
+            lambda s: s not in allowed
+        ),
         st.just("z" * 100_000),
     )
 
@@ -117,17 +119,22 @@ def unknown_uuid() -> st.SearchStrategy[str]:
     return st.uuids().map(str)
 
 
-def bad_uuid_list(bound: int, known: list[str]) -> st.SearchStrategy[list[str | None] | None]:
-    """Empty, with a NULL, with a duplicate, over its bound, or naming ids that do not exist."""
+def bad_uuid_list(
+    bound: int, known: list[str], duplicates_refused: bool = True
+) -> st.SearchStrategy[list[str | None] | None]:
+    """Empty, with a NULL, with a duplicate (where the function refuses one), over its bound, or naming ids that
+    do not exist."""
     some_known = st.lists(st.sampled_from(known), min_size=1, max_size=3, unique=True)
-    return st.one_of(
+    options = [
         st.just([]),
         st.none(),
         some_known.map(lambda ids: [*ids, None]),
-        some_known.map(lambda ids: ids + ids[:1]),
         st.just([str(uuid.uuid4()) for _ in range(bound + 1)]),
         st.lists(unknown_uuid(), min_size=1, max_size=5),
-    )
+    ]
+    if duplicates_refused:
+        options.append(some_known.map(lambda ids: ids + ids[:1]))
+    return st.one_of(*options)
 
 
 @dataclass(frozen=True)

@@ -186,7 +186,7 @@ def specs(w: World) -> dict[str, tuple[str, list[Arg]]]:
         ]),
         "link_signals": ("app", [
             Arg("p_opportunity_id", "uuid", some_opp, uuid_ | st.none()),
-            Arg("p_signal_ids", "uuid[]", st.just([w.signal]), bad_uuid_list(10_000, [w.signal])),
+            Arg("p_signal_ids", "uuid[]", st.just([w.signal]), bad_uuid_list(10_000, [w.signal], duplicates_refused=False)),
         ]),
         "merge_opportunities": ("app", [
             Arg("p_target", "uuid", st.just(w.opportunities[0]), uuid_ | st.none()),
