@@ -71,7 +71,7 @@ def test_v4_004_partitions_a_ledger_with_rows(empty_db_dsn: str) -> None:
         assert rows == [(i, "sigledger.llm_cost_log_legacy") for i in sorted(old_ids)]
         assert conn.execute("SELECT count(*) FROM sigledger.llm_cost_log_key").fetchone() == (5,)
         replay = conn.execute(
-            "SELECT sigledger.record_cost('old-3', %s, 'm', 'p', 1, 1, 9)", (agent,)
+            "SELECT sigledger.record_cost('old-3', %s, 'm', 'p', 1, 1, 0.03)", (agent,)
         ).fetchone()
         assert replay == (old_ids[2],)
         new = conn.execute(
