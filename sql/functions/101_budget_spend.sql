@@ -21,6 +21,22 @@
 -- frozen_usd rather than becoming headroom that the period as a whole does not have; the next rebalance
 -- returns it to the caps. T is unchanged by that move.
 
+-- _budget_spend_bump_version (the trigger function of V4_002, redefined here): the seed's optimistic-lock
+-- version counts changes of the money (spend, holds, cap, excess); the bookkeeping of the alert boundary
+-- (next_alert_usd) and of frozen room does not change it, so a charge is one version, whatever follows it.
+CREATE OR REPLACE FUNCTION sigledger._budget_spend_bump_version() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = sigledger, pg_temp
+AS $$
+BEGIN
+    IF (NEW.spent_usd, NEW.reserved_usd, NEW.cap_usd, NEW.excess_usd)
+       IS DISTINCT FROM (OLD.spent_usd, OLD.reserved_usd, OLD.cap_usd, OLD.excess_usd) THEN
+        NEW.version := OLD.version + 1;
+    END IF;
+    RETURN NEW;
+END;
+$$;
+
 -- _spend_ensure: creates the rows of a period if they are missing: slice 0 with the whole cap, slices
 -- 1..p_slices-1 with none (the first rebalance splits the room). All in one statement, so a period's slices
 -- are created together: a concurrent first user waits for this INSERT and then finds them all. Returns the
@@ -185,6 +201,36 @@ BEGIN
 END;
 $$;
 
+-- _spend_crossed: after a charge of a one-slice period reached its next_alert_usd (or found it not yet
+-- known): the alerts of the thresholds crossed between p_old_spent and p_new_spent, then the next boundary
+-- (the lowest threshold x limit above the new spend; 99999999999 when none is left). The caller holds the
+-- row's lock.
+CREATE OR REPLACE FUNCTION sigledger._spend_crossed(p_budget_id bigint, p_period_start timestamptz,
+                                                    p_old_spent numeric, p_new_spent numeric)
+RETURNS integer
+LANGUAGE plpgsql
+SET search_path = sigledger, pg_temp
+AS $$
+DECLARE
+    b record;
+    v_count integer := 0;
+BEGIN
+    SELECT x.limit_usd, x.alert_thresholds INTO b FROM sigledger.budget x WHERE x.id = p_budget_id;
+    IF b.limit_usd IS NULL THEN
+        RETURN 0;
+    END IF;
+    IF p_new_spent > p_old_spent THEN
+        v_count := sigledger._spend_alerts(p_budget_id, p_period_start, b.limit_usd, b.alert_thresholds,
+                                           p_old_spent, p_new_spent);
+    END IF;
+    UPDATE sigledger.budget_spend s
+       SET next_alert_usd = coalesce((SELECT min(t * b.limit_usd) FROM unnest(b.alert_thresholds) t
+                                       WHERE t * b.limit_usd > p_new_spent), 99999999999)
+     WHERE s.budget_id = p_budget_id AND s.period_start = p_period_start AND s.slice = 0;
+    RETURN v_count;
+END;
+$$;
+
 -- _spend_apply: changes one budget period at one level by p_spent (spend) and p_reserved (holds; negative
 -- releases) on one slice: p_slice (a reservation's own), else slice 0 for a one-slice budget, else a random
 -- one. p_guarded: the increase must fit under the cap (else ok = false and nothing changed); unguarded (a
@@ -206,6 +252,7 @@ DECLARE
     v_room numeric;
     v_alerted numeric;
     v_count integer;
+    v_crossed boolean := false;
     v_sliced boolean := p_slices > 1;
 BEGIN
     slice := coalesce(p_slice, CASE WHEN p_slices > 1 THEN floor(random() * p_slices)::integer ELSE 0 END);
@@ -237,8 +284,9 @@ BEGIN
              WHERE s.budget_id = p_budget_id AND s.period_start = p_period_start AND s.slice = _spend_apply.slice
                AND (v_inc <= 0 OR s.spent_usd + s.reserved_usd + v_inc <= s.cap_usd)
                AND (p_expected_version IS NULL OR s.version = p_expected_version)
-            RETURNING s.cap_usd - s.spent_usd - s.reserved_usd, s.spent_usd, s.version
-                 INTO remaining_usd, spent_usd, version;
+            RETURNING s.cap_usd - s.spent_usd - s.reserved_usd, s.spent_usd, s.version,
+                      s.next_alert_usd IS NULL OR s.spent_usd >= s.next_alert_usd
+                 INTO remaining_usd, spent_usd, version, v_crossed;
             ok := FOUND;
         END IF;
         EXIT WHEN ok;
@@ -270,8 +318,9 @@ BEGIN
            SET spent_usd = s.spent_usd + p_spent, reserved_usd = s.reserved_usd + p_reserved,
                excess_usd = s.excess_usd + greatest(0, s.spent_usd + s.reserved_usd + v_inc - s.cap_usd - s.excess_usd)
          WHERE s.budget_id = p_budget_id AND s.period_start = p_period_start AND s.slice = _spend_apply.slice
-        RETURNING s.cap_usd - s.spent_usd - s.reserved_usd, s.spent_usd, s.version
-             INTO remaining_usd, spent_usd, version;
+        RETURNING s.cap_usd - s.spent_usd - s.reserved_usd, s.spent_usd, s.version,
+                  s.next_alert_usd IS NULL OR s.spent_usd >= s.next_alert_usd
+             INTO remaining_usd, spent_usd, version, v_crossed;
         IF NOT FOUND THEN
             RAISE EXCEPTION USING ERRCODE = 'XX000',
                 MESSAGE = format('budget_spend row %s/%s slice %s vanished', p_budget_id, p_period_start, slice);
@@ -294,9 +343,8 @@ BEGIN
         IF v_sliced THEN
             v_count := sigledger._spend_alerts(p_budget_id, p_period_start, p_limit, p_thresholds,
                                                coalesce(v_alerted, 0) * p_limit, spent_usd);
-        ELSE
-            v_count := sigledger._spend_alerts(p_budget_id, p_period_start, p_limit, p_thresholds,
-                                               spent_usd - p_spent, spent_usd);
+        ELSIF v_crossed THEN
+            v_count := sigledger._spend_crossed(p_budget_id, p_period_start, spent_usd - p_spent, spent_usd);
         END IF;
     END IF;
 END;

@@ -78,6 +78,10 @@ BEGIN
     LOOP
         v_room := sigledger._spend_rebalance(p_budget_id, v_period, b.slices, 0, 0, true, v_cap);
     END LOOP;
+    -- the alert boundaries follow the new limit and thresholds: recomputed at each period's next charge
+    UPDATE sigledger.budget_spend s SET next_alert_usd = NULL
+     WHERE s.budget_id = p_budget_id AND s.period_start >= sigledger._period_start(b.period, now())
+       AND s.next_alert_usd IS NOT NULL;
 END;
 $$;
 

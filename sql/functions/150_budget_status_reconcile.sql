@@ -160,7 +160,7 @@ BEGIN
             SELECT coalesce(sum(s.spent_usd) FILTER (WHERE s.slice > 0), 0), count(*) INTO v_others, v_rows
               FROM budget_spend s WHERE s.budget_id = x.budget_id AND s.period_start = x.ps;
             UPDATE budget_spend s
-               SET reserved_usd = n.reserved, spent_usd = n.spent,
+               SET reserved_usd = n.reserved, spent_usd = n.spent, next_alert_usd = NULL,
                    excess_usd = greatest(s.excess_usd, n.spent + n.reserved - s.cap_usd)
               FROM (SELECT t.slice,
                            coalesce((SELECT sum(r.estimate_usd) FROM budget_reservation r

@@ -21,7 +21,7 @@ UPDATE sigledger.budget_spend s
 DELETE FROM sigledger.budget_spend WHERE slice > 0;
 ALTER TABLE sigledger.budget_spend DROP CONSTRAINT budget_spend_pkey;
 ALTER TABLE sigledger.budget_spend ADD CONSTRAINT budget_spend_pkey PRIMARY KEY (budget_id, period_start);
-ALTER TABLE sigledger.budget_spend DROP COLUMN slice, DROP COLUMN frozen_usd;
+ALTER TABLE sigledger.budget_spend DROP COLUMN slice, DROP COLUMN frozen_usd, DROP COLUMN next_alert_usd;
 ALTER TABLE sigledger.budget_reservation DROP COLUMN slices;
 ALTER TABLE sigledger.budget DROP CONSTRAINT budget_limit_usd_required, DROP COLUMN slices;
 ALTER TABLE sigledger.budget ALTER COLUMN limit_usd SET NOT NULL;

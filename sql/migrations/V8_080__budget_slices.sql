@@ -11,6 +11,9 @@
 --   cap: room that a release or an under-estimate settle frees on such a slice is moved from its cap into
 --   frozen_usd instead of becoming headroom, until a rebalance recomputes the period from its total
 --   (sum of cap + frozen). A period with one slice never uses it.
+-- - budget_spend.next_alert_usd: the spend at which the period's next alert threshold is reached (one-slice
+--   periods; NULL: not known yet, computed at the next charge). A charge compares its new spend with it in
+--   the same statement instead of testing every threshold on every call.
 -- - budget_reservation.slices: the slice held at each level (parallel to budget_ids); NULL = slice 0 at every
 --   level (every reservation made before this migration).
 -- - budget.limit_usd NULL: an agent budget without a limit of its own under a team or org budget (the
@@ -39,6 +42,7 @@ ALTER TABLE sigledger.budget VALIDATE CONSTRAINT budget_limit_usd_required;
 -- squawk-ignore prefer-bigint-over-smallint
 ALTER TABLE sigledger.budget_spend ADD COLUMN slice smallint NOT NULL DEFAULT 0;
 ALTER TABLE sigledger.budget_spend ADD COLUMN frozen_usd numeric(22,10);
+ALTER TABLE sigledger.budget_spend ADD COLUMN next_alert_usd numeric(22,10);
 ALTER TABLE sigledger.budget_spend ADD CONSTRAINT budget_spend_slice_range CHECK (slice BETWEEN 0 AND 63) NOT VALID;
 ALTER TABLE sigledger.budget_spend VALIDATE CONSTRAINT budget_spend_slice_range;
 ALTER TABLE sigledger.budget_spend ADD CONSTRAINT budget_spend_frozen_usd_range
@@ -61,5 +65,7 @@ COMMENT ON COLUMN sigledger.budget.slices IS
     'Spend rows per period (1..64): a reservation takes one slice''s row lock; headroom is rebalanced between them.';
 COMMENT ON COLUMN sigledger.budget_spend.frozen_usd IS
     'NULL normally; on the slices of a period over its cap, room freed there is frozen here until a rebalance.';
+COMMENT ON COLUMN sigledger.budget_spend.next_alert_usd IS
+    'The spend at which the next alert threshold is reached (one-slice periods); NULL: computed at the next charge.';
 COMMENT ON COLUMN sigledger.budget_reservation.slices IS
     'The slice held at each level (parallel to budget_ids); NULL = slice 0 at every level.';
