@@ -179,7 +179,16 @@ def test_slices_refuse_only_when_the_whole_budget_is_full(db_dsn: str) -> None:
     observer = threading.Thread(target=observe)
     observer.start()
     procs = [
-        popen("drain", "--dsn", db_dsn, "--agent", agent, "--seed", str(seed), *(["--batch"] if seed % 2 else []))
+        popen(
+            "drain",
+            "--dsn",
+            db_dsn,
+            "--agent",
+            agent,
+            "--seed",
+            str(seed),
+            *(["--batch"] if seed % 2 else []),
+        )
         for seed in range(SLICE_PROCESSES)
     ]
     results = []

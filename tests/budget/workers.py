@@ -24,7 +24,6 @@ import time
 from decimal import Decimal
 
 import psycopg
-
 from sigledger.budget import BudgetClient
 from sigledger.core.db import Database
 from sigledger.core.errors import BudgetExceeded, Retryable
@@ -112,7 +111,11 @@ def drain(args: argparse.Namespace) -> None:
             if args.batch and rnd.random() < 0.5:
                 counts["batches"] += 1
                 items = [
-                    {"agent_id": args.agent, "estimate_usd": "0.01", "idempotency_key": f"d{args.seed}-{i}-{j}"}
+                    {
+                        "agent_id": args.agent,
+                        "estimate_usd": "0.01",
+                        "idempotency_key": f"d{args.seed}-{i}-{j}",
+                    }
                     for j in range(3)
                 ]
                 for rid, state, message in conn.execute(
