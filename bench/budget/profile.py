@@ -39,9 +39,8 @@ DESIGNS = [
     "b_bare_reserve_settle",
     "b_bare_record",
     "c_seed",
-    "a_reserve_settle_batch",
-    "a_record_costs",
-    "b_bare_record_costs",
+    "a_reserve_settle_sliced",
+    "a_check_and_record_sliced",
 ]
 PRELOAD = (
     "-c shared_preload_libraries=pg_stat_statements,auto_explain -c pg_stat_statements.track=all "
