@@ -154,6 +154,42 @@ BEGIN
                            ELSE format('unknown agent %s', p_agent_id) END,
             HINT = 'Create one with set_budget(agent_id, limit_usd), or attach the agent to a team budget.';
     END IF;
+    IF cardinality(ch.ids) = 1 AND ch.slices[1] > 1 THEN
+        -- one level split over slices: the reservation row, the hold on one slice and the period's sums in one
+        -- statement, in a subtransaction: a refusal (the slice is short, or its rows are missing) rolls it all
+        -- back, keeping no lock on the slice (see 101_budget_spend.sql), and the general path below rebalances
+        v_slices := ARRAY[floor(random() * ch.slices[1])::smallint];
+        BEGIN
+            WITH fr AS (
+                INSERT INTO budget_reservation (idempotency_key, agent_id, estimate_usd, budget_ids, period_starts,
+                                                slices, expires_at)
+                VALUES (v_key, p_agent_id, v_estimate, ch.ids, ch.periods, v_slices, v_expires)
+                ON CONFLICT ON CONSTRAINT budget_reservation_idempotency_key_key DO NOTHING
+                RETURNING id
+            ), fs AS (
+                UPDATE budget_spend s SET reserved_usd = s.reserved_usd + v_estimate
+                  FROM fr
+                 WHERE s.budget_id = ch.ids[1] AND s.period_start = ch.periods[1] AND s.slice = v_slices[1]
+                   AND s.spent_usd + s.reserved_usd + v_estimate <= s.cap_usd
+                RETURNING s.budget_id
+            )
+            SELECT fr.id,
+                   -- the period's room as of this statement, this hold taken off
+                   (SELECT sum(x.cap_usd + coalesce(x.frozen_usd, 0)) - sum(x.spent_usd + x.reserved_usd)
+                      FROM budget_spend x WHERE x.budget_id = ch.ids[1] AND x.period_start = ch.periods[1])
+                   - v_estimate AS remaining
+              INTO v FROM fr, fs;
+            IF NOT FOUND THEN
+                RAISE EXCEPTION USING ERRCODE = 'SLZ00', MESSAGE = 'slice has no room (internal, never raised to callers)';
+            END IF;
+            reservation_id := v.id; remaining_usd := greatest(0, v.remaining); expires_at := v_expires;
+            fail_policy := ch.agent_fail_policy; replayed := false;
+            RETURN NEXT;
+            RETURN;
+        EXCEPTION WHEN SQLSTATE 'SLZ00' THEN
+            v_slices := NULL;  -- (a replay, a short slice, missing rows: the general path)
+        END;
+    END IF;
     -- the slice each level's hold takes, chosen before the reservation row so that the row records it
     FOR i IN 1 .. cardinality(ch.ids) LOOP
         IF ch.slices[i] > 1 THEN

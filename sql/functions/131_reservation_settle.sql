@@ -142,15 +142,24 @@ BEGIN
                 UPDATE sigledger.budget_spend s
                    SET spent_usd = s.spent_usd + p_cost, reserved_usd = s.reserved_usd - fr.estimate_usd
                   FROM fr, fl
-                 WHERE cardinality(fr.budget_ids) = 1 AND fr.slices IS NULL
-                   AND s.budget_id = fr.budget_ids[1] AND s.period_start = fr.period_starts[1] AND s.slice = 0
+                 WHERE cardinality(fr.budget_ids) = 1
+                   AND s.budget_id = fr.budget_ids[1] AND s.period_start = fr.period_starts[1]
+                   AND s.slice = coalesce(fr.slices[1], 0)
                    AND s.frozen_usd IS NULL AND s.spent_usd + s.reserved_usd + p_cost - fr.estimate_usd <= s.cap_usd
+                   -- (an increase beyond the estimate on a slice other than 0 goes through _spend_apply: a refusal
+                   -- there must keep no lock before a rebalance)
+                   AND (p_cost <= fr.estimate_usd OR coalesce(fr.slices[1], 0) = 0)
                 RETURNING s.budget_id, s.period_start, s.spent_usd,
-                          s.next_alert_usd IS NULL OR s.spent_usd >= s.next_alert_usd AS crossed
+                          fr.slices IS NULL AND (s.next_alert_usd IS NULL OR s.spent_usd >= s.next_alert_usd) AS crossed
             )
             SELECT fr.ledger_id, fr.agent_id, fr.estimate_usd, fr.budget_ids, fr.period_starts, fr.slices,
                    (SELECT count(*) FROM fl) AS written, fs.budget_id AS charged, fs.period_start, fs.spent_usd,
-                   fs.crossed
+                   fs.crossed,
+                   -- a sliced period: its spend summed (as of this statement, plus this charge) for its alerts
+                   CASE WHEN fr.slices IS NOT NULL AND fs.budget_id IS NOT NULL
+                        THEN (SELECT sum(x.spent_usd) FROM sigledger.budget_spend x
+                               WHERE x.budget_id = fs.budget_id AND x.period_start = fs.period_start) + p_cost
+                   END AS sliced_spent
               INTO r
               FROM (SELECT 1) one LEFT JOIN fr ON true LEFT JOIN fs ON true;
             IF r.agent_id IS NOT NULL THEN
@@ -162,6 +171,14 @@ BEGIN
                 ELSIF r.crossed THEN
                     -- the spend reached the period's next alert boundary (or it is not known yet)
                     v_levels := sigledger._spend_crossed(r.charged, r.period_start, r.spent_usd - p_cost, r.spent_usd);
+                ELSIF r.sliced_spent IS NOT NULL AND p_cost > 0 THEN
+                    -- a sliced period's alerts test its sum ("reached and not yet alerted", 101_budget_spend.sql)
+                    SELECT x.limit_usd, x.alert_thresholds,
+                           (SELECT max(a.threshold) FROM sigledger.budget_alert a
+                             WHERE a.budget_id = r.charged AND a.period_start = r.period_start) AS alerted
+                      INTO o FROM sigledger.budget x WHERE x.id = r.charged;
+                    v_levels := sigledger._spend_alerts(r.charged, r.period_start, o.limit_usd, o.alert_thresholds,
+                                                        coalesce(o.alerted, 0) * o.limit_usd, r.sliced_spent);
                 END IF;
                 ledger_id := r.ledger_id; estimate_usd := r.estimate_usd; actual_usd := p_cost;
                 overrun_usd := greatest(0, p_cost - r.estimate_usd);

@@ -49,6 +49,7 @@ DECLARE
     n integer;
     v_slice integer;
     v_alerts integer;
+    v_done boolean := false;
     v_refused boolean := false;
 BEGIN
     IF p_agent_id IS NULL THEN
@@ -110,6 +111,52 @@ BEGIN
                            ELSE format('unknown agent %s', p_agent_id) END;
     END IF;
     n := cardinality(ch.ids);
+    IF n = 1 AND ch.slices[1] > 1 AND p_expected_version IS NULL AND NOT p_nowait THEN
+        -- one level split over slices: the guarded spend on one slice, the ledger row and the period's sums in
+        -- one statement, in a subtransaction: a refusal (the slice is short, or its rows are missing) rolls it
+        -- back, keeping no lock on the slice (see 101_budget_spend.sql), and the general path below rebalances
+        v_slice := floor(random() * ch.slices[1])::integer;
+        BEGIN
+            WITH s AS (
+                UPDATE budget_spend s SET spent_usd = s.spent_usd + v_cost
+                 WHERE s.budget_id = ch.ids[1] AND s.period_start = ch.periods[1] AND s.slice = v_slice
+                   AND s.spent_usd + s.reserved_usd + v_cost <= s.cap_usd
+                RETURNING s.budget_id
+            ), l AS (
+                INSERT INTO llm_cost_log (idempotency_key, agent_id, provider, model, cost_usd, cost_source, charged_at,
+                                          metadata)
+                SELECT 'check:' || gen_random_uuid()::text, p_agent_id, 'unspecified', 'unspecified', v_cost, 'client',
+                       now(), '{"api": "check_and_record_budget"}'::jsonb
+                  FROM s
+                RETURNING id
+            ), t AS (
+                -- the period's sums as of this statement (this change not in them yet: added below)
+                SELECT sum(x.cap_usd + coalesce(x.frozen_usd, 0)) - sum(x.spent_usd + x.reserved_usd) AS room,
+                       sum(x.spent_usd) AS spent, sum(x.version) AS version,
+                       (SELECT max(a.threshold) FROM budget_alert a
+                         WHERE a.budget_id = ch.ids[1] AND a.period_start = ch.periods[1]) AS alerted
+                  FROM budget_spend x WHERE x.budget_id = ch.ids[1] AND x.period_start = ch.periods[1]
+            )
+            SELECT (SELECT l.id FROM l) AS ledger_id, t.room - v_cost AS remaining, t.spent + v_cost AS spent,
+                   t.version + 1 AS version, t.alerted
+              INTO v FROM s, t;
+            IF NOT FOUND THEN
+                RAISE EXCEPTION USING ERRCODE = 'SLZ00', MESSAGE = 'slice has no room (internal, never raised to callers)';
+            END IF;
+            v_done := true;
+        EXCEPTION WHEN SQLSTATE 'SLZ00' THEN
+            v_done := false;
+        END;
+        IF v_done THEN
+            -- a sliced period's alerts test its sum ("reached and not yet alerted", 101_budget_spend.sql); no
+            -- statement runs unless a threshold is reached
+            v_alerts := _spend_alerts(ch.ids[1], ch.periods[1], ch.limits[1], ch.thresholds[1]::numeric[],
+                                      coalesce(v.alerted, 0) * ch.limits[1], v.spent);
+            allowed := true; remaining_usd := greatest(0, v.remaining); version := v.version; ledger_id := v.ledger_id;
+            RETURN NEXT;
+            RETURN;
+        END IF;
+    END IF;
     IF p_expected_version IS NOT NULL AND ch.slices[n] > 1 THEN
         RAISE EXCEPTION USING ERRCODE = '22023',
             MESSAGE = format('expected_version cannot be compared on budget %s: it is split over %s slices',
