@@ -84,7 +84,9 @@ BEGIN
         EXECUTE format('CREATE VIEW %s%s AS %s', v.name,
                        CASE WHEN v.reloptions IS NULL THEN '' ELSE format(' WITH (%s)', array_to_string(v.reloptions, ', ')) END,
                        v.def);
-        EXECUTE format('ALTER VIEW %s OWNER TO %I', v.name, v.owner);
+        IF v.owner <> current_user THEN
+            EXECUTE format('ALTER VIEW %s OWNER TO %I', v.name, v.owner);
+        END IF;
         IF v.comment IS NOT NULL THEN
             EXECUTE format('COMMENT ON VIEW %s IS %L', v.name, v.comment);
         END IF;
