@@ -242,7 +242,11 @@ class AsyncBudgetClient:
         """Many holds in one call (items {agent_id, estimate_usd, idempotency_key?}): one row per item, in order,
         with reservation_id or sqlstate and message."""
         items = [
-            {**r, "estimate_usd": str(money(r["estimate_usd"], "estimate_usd")), "agent_id": str(r["agent_id"])}
+            {
+                **r,
+                "estimate_usd": str(money(r["estimate_usd"], "estimate_usd")),
+                "agent_id": str(r["agent_id"]),
+            }
             for r in requests
         ]
         return await self._rows(
@@ -255,7 +259,12 @@ class AsyncBudgetClient:
         """Many settlements in one call (items {reservation_id, actual_usd?, input_tokens?, ...}): one row per item,
         in order, with ledger_id or sqlstate and message."""
         items = [
-            {**x, "actual_usd": None if x.get("actual_usd") is None else str(money(x["actual_usd"], "actual_usd"))}
+            {
+                **x,
+                "actual_usd": None
+                if x.get("actual_usd") is None
+                else str(money(x["actual_usd"], "actual_usd")),
+            }
             for x in settlements
         ]
         return await self._rows(
