@@ -6,8 +6,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
 .PHONY: help test lint pytest demo deps system-deps venv neo4j-up neo4j-down bench bench-budget bench-ledger \
-        bench-budget-profile bench-ingest bench-graph schema-dump api-docs pgtap isolation clean sync-gen \
-        bench-tracker bench-loop-lag
+        bench-budget-profile bench-ingest bench-graph bench-migrate schema-dump api-docs pgtap isolation clean \
+        sync-gen bench-tracker bench-loop-lag
 
 help:
 	@echo "make test    install what is missing, then lint and run every test suite (what CI runs)"
@@ -64,7 +64,7 @@ neo4j-down: deps
 	$(PY) -m sigledger.graph.neo4j_server down
 
 # Every benchmark, then the README performance table from bench/results/*.json.
-bench: bench-budget bench-ingest bench-graph bench-tracker bench-loop-lag
+bench: bench-budget bench-ingest bench-graph bench-tracker bench-loop-lag bench-migrate
 	$(PY) bench/report.py
 
 bench-budget: deps
@@ -89,6 +89,12 @@ bench-tracker: deps
 
 bench-graph: deps
 	$(PY) bench/graph/run.py
+
+# V3_010 -> head on 1M ledger rows under application writes (this release and the first one, same run);
+# then the README table.
+bench-migrate: deps
+	$(PY) bench/migrate/run.py
+	$(PY) bench/report.py
 
 clean:
 	-$(VENV)/bin/sigledger db down --destroy
