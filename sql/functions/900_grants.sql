@@ -23,6 +23,7 @@ AS $audience$
         ('create_agent', '{admin}'), ('set_budget', '{admin}'), ('update_budget', '{admin}'),
         ('create_group_budget', '{admin}'), ('add_model_price', '{admin}'), ('reconcile_budgets', '{admin}'),
         ('expire_reservations', '{admin}'), ('ensure_ledger_partitions', '{admin}'),
+        ('reserve_budgets', '{app}'), ('settle_budgets', '{app}'), ('set_budget_slices', '{admin}'),
         -- signals, entities, opportunities
         ('ingest_signal', '{app}'), ('ingest_signals', '{app}'), ('create_entity', '{app}'),
         ('add_alias', '{app}'), ('resolve_entity', '{app,readonly}'), ('merge_entities', '{app}'),
