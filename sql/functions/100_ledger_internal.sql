@@ -299,7 +299,7 @@ END;
 $$;
 
 -- _spend_alerts: one alert row per (budget, period, threshold) crossed by a spend increase, plus a NOTIFY
--- on channel sigledger_budget_alert for each row actually inserted.
+-- on channel sigledger_budget_alert carrying {"alert_id": id} for each row actually inserted.
 CREATE OR REPLACE FUNCTION sigledger._spend_alerts(p_budget_id bigint, p_period_start timestamptz, p_limit numeric,
                                                    p_thresholds numeric[], p_old_spent numeric, p_new_spent numeric)
 RETURNS integer
@@ -319,9 +319,9 @@ BEGIN
             RETURNING id INTO v_id;
             IF v_id IS NOT NULL THEN
                 v_count := v_count + 1;
-                PERFORM pg_notify('sigledger_budget_alert', json_build_object(
-                    'alert_id', v_id, 'budget_id', p_budget_id, 'period_start', p_period_start,
-                    'threshold', v_threshold, 'limit_usd', p_limit, 'spent_usd', p_new_spent)::text);
+                -- the payload is a wake-up, not the alert: any role may NOTIFY on this channel, so watchers
+                -- read the alert through the API by this id (budget_alert_document) and ignore what is not there
+                PERFORM pg_notify('sigledger_budget_alert', json_build_object('alert_id', v_id)::text);
             END IF;
         END IF;
     END LOOP;

@@ -94,6 +94,13 @@ DECLARE
     v_agent_id uuid;
 BEGIN
     PERFORM _assert_text('name', p_name);
+    IF p_limit_usd IS NULL AND p_parent_budget_id IS NOT NULL THEN
+        -- refused rather than dropped: without a budget of its own the agent would not count against the parent
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('parent_budget_id %s needs limit_usd: an agent sits under a budget through a budget of its own',
+                             p_parent_budget_id),
+            HINT = 'Pass limit_usd (the agent''s own limit) with parent_budget_id.';
+    END IF;
     INSERT INTO agent_registry (name) VALUES (p_name) RETURNING id INTO v_agent_id;
     IF p_limit_usd IS NOT NULL THEN
         PERFORM set_budget(v_agent_id, p_limit_usd, coalesce(p_period, 'none'), coalesce(p_grace_ratio, 0),
@@ -104,7 +111,8 @@ BEGIN
 END;
 $$;
 COMMENT ON FUNCTION sigledger.create_agent(text, numeric, text, numeric, text, numeric[], bigint) IS
-'Registers an agent (name unique) and returns its id; with limit_usd also creates its budget (see set_budget).
+'Registers an agent (name unique) and returns its id; with limit_usd also creates its budget (see set_budget),
+under parent_budget_id if given (parent_budget_id without limit_usd: 22023).
 SQLSTATE: 22004, 22023, 22003, 23505, P0002';
 
 -- set_budget: creates or changes an agent's budget. NULL arguments keep the current value (defaults on creation:
