@@ -1,8 +1,8 @@
-"""Helpers shared by the agent, cost and budget command groups."""
+"""Helpers shared by the agent, cost, budget, reservation and price command groups."""
 
 from __future__ import annotations
 
-import json
+import datetime as dt
 import uuid
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from sigledger.budget import BudgetClient
-from sigledger.cli.options import resolve_dsn
+from sigledger.cli.options import open_database
 from sigledger.core.db import Database
 
 
@@ -32,10 +32,42 @@ class DecimalType(click.ParamType):
 DECIMAL = DecimalType()
 
 
-def open_db(dsn: str | None) -> Database:
-    return Database(
-        resolve_dsn(dsn), min_size=1, max_size=2, application_name="sigledger-cli", timeout=10
-    ).open()
+_UNITS = {"d": "days", "h": "hours", "m": "minutes", "w": "weeks"}
+
+
+class InstantType(click.ParamType):
+    """A point in time: ISO 8601 (a date means its midnight UTC; no zone means UTC), `now`, `today`, or an
+    offset from now such as `-7d`, `-12h`, `-30m`."""
+
+    name = "time"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> dt.datetime:
+        if isinstance(value, dt.datetime):
+            return value
+        text = str(value).strip()
+        now = dt.datetime.now(dt.UTC)
+        if text == "now":
+            return now
+        if text == "today":
+            return now.replace(hour=0, minute=0, second=0, microsecond=0)
+        if text[:1] in "+-" and text[-1:] in _UNITS:
+            try:
+                amount = float(text[:-1])
+            except ValueError:
+                self.fail(f"{text!r} is not an offset like -7d, -12h, -30m", param, ctx)
+            return now + dt.timedelta(**{_UNITS[text[-1]]: amount})
+        try:
+            parsed = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            self.fail(f"{text!r} is not a time (ISO 8601, now, today, or an offset like -7d)", param, ctx)
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
+INSTANT = InstantType()
+
+
+def open_db(dsn: str | None, application_name: str = "sigledger-cli") -> Database:
+    return open_database(dsn, application_name)
 
 
 def resolve_agent(client: BudgetClient, agent: str) -> str:
@@ -44,24 +76,3 @@ def resolve_agent(client: BudgetClient, agent: str) -> str:
         return str(uuid.UUID(agent))
     except ValueError:
         return client.find_agent(agent)
-
-
-def emit(rows: list[dict[str, Any]] | dict[str, Any], as_json: bool) -> None:
-    if as_json:
-        click.echo(json.dumps(rows, default=str, indent=2))
-        return
-    items = rows if isinstance(rows, list) else [rows]
-    if not items:
-        click.echo("(none)")
-        return
-    keys = list(items[0].keys())
-    widths = {k: max(len(k), *(len(_fmt(r[k])) for r in items)) for k in keys}
-    click.echo("  ".join(k.ljust(widths[k]) for k in keys))
-    for r in items:
-        click.echo("  ".join(_fmt(r[k]).ljust(widths[k]) for k in keys))
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, Decimal):
-        return format(value.normalize(), "f")
-    return "" if value is None else str(value)

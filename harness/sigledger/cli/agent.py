@@ -7,8 +7,10 @@ from decimal import Decimal
 import click
 
 from sigledger.budget import BudgetClient
-from sigledger.cli._budget_common import DECIMAL, emit, open_db, resolve_agent
+from sigledger.cli._budget_common import DECIMAL, open_db, resolve_agent
 from sigledger.cli.options import dsn_option
+from sigledger.cli.output import emit, format_options
+from sigledger.reports import ReportClient
 
 PERIODS = click.Choice(["none", "daily", "weekly", "monthly"])
 POLICIES = click.Choice(["open", "closed"])
@@ -18,7 +20,7 @@ POLICIES = click.Choice(["open", "closed"])
 def group() -> None:
     """Agents and their budgets.
 
-    Register an agent, create or change its budget, show its current spend.
+    Register an agent, create or change its budget, list agents, show an agent's current spend.
     """
 
 
@@ -43,7 +45,9 @@ def group() -> None:
     multiple=True,
     help="Alert threshold as a fraction of the limit (repeat).",
 )
-@click.option("--parent-budget", type=int, default=None, help="Team or org budget id above this agent.")
+@click.option(
+    "--parent-budget", type=int, default=None, help="Team or org budget id above this agent (`budget tree`)."
+)
 @dsn_option
 def create(
     name: str,
@@ -107,31 +111,66 @@ def set_budget(
 
 @group.command("status")
 @click.argument("agent")
-@click.option("--json", "as_json", is_flag=True, help="JSON output.")
+@format_options()
 @dsn_option
-def status(agent: str, as_json: bool, dsn: str | None) -> None:
-    """Current period of each budget level of AGENT (id or name)."""
+def status(agent: str, fmt: str, dsn: str | None) -> None:
+    """Current period of each budget level of AGENT (id or name), with its open reservations."""
     with open_db(dsn) as db:
         client = BudgetClient(db)
-        rows = client.status(resolve_agent(client, agent))
-    if not as_json:
-        rows = [
-            {
-                k: r[k]
-                for k in (
-                    "level",
-                    "budget_id",
-                    "period",
-                    "period_start",
-                    "limit_usd",
-                    "spent_usd",
-                    "reserved_usd",
-                    "remaining_usd",
-                    "excess_usd",
-                    "fail_policy",
-                    "version",
-                )
-            }
-            for r in rows
-        ]
-    emit(rows, as_json)
+        agent_id = resolve_agent(client, agent)
+        rows = client.status(agent_id)
+        name = agent
+        if agent == agent_id:  # given by id: its name from the agent list
+            name = next(
+                (a["name"] for a in ReportClient(db).agents() if str(a["agent_id"]) == agent_id), agent
+            )
+    # the agent level's budget is named agent:<id>: show the agent's name
+    rows = [
+        {"name": name if r["level"] == "agent" else r["name"], **{k: v for k, v in r.items() if k != "name"}}
+        for r in rows
+    ]
+    if not rows and fmt == "table":
+        click.echo(f"agent {name} has no budget")
+        return
+    emit(
+        rows,
+        fmt,
+        [
+            "level",
+            "name",
+            "budget_id",
+            "period",
+            "period_start",
+            "limit_usd",
+            "spent_usd",
+            "reserved_usd",
+            "remaining_usd",
+            "excess_usd",
+            "fail_policy",
+            "open_reservations",
+        ],
+    )
+
+
+@group.command("list")
+@format_options(csv_too=True)
+@dsn_option
+def list_(fmt: str, dsn: str | None) -> None:
+    """Every agent: its team and org, its own budget's current period and its open reservations."""
+    with open_db(dsn) as db:
+        rows = ReportClient(db).agents()
+    emit(
+        rows,
+        fmt,
+        [
+            "name",
+            "team",
+            "org",
+            "period",
+            "limit_usd",
+            "spent_usd",
+            "reserved_usd",
+            "used_ratio",
+            "open_reservations",
+        ],
+    )
