@@ -176,7 +176,14 @@ def watch(
             watcher.print_alerts(out, replay_after=(after or 0) if replay else None, count=count)
         else:
             hook = Webhook(webhook, retries=retries, backoff=backoff, timeout=timeout)
-            watcher.deliver_alerts(hook, sink or sink_name(webhook), out, replay=replay, count=count)
+            watcher.deliver_alerts(
+                hook,
+                sink or sink_name(webhook),
+                out,
+                replay=replay,
+                count=count,
+                announce=lambda message: click.echo(message, err=True),
+            )
     finally:
         watcher.close()
 

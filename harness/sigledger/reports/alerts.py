@@ -179,13 +179,15 @@ class Watcher:
         replay: bool,
         count: int | None,
         poll: float = 5.0,
+        announce: Callable[[str], None] | None = None,
     ) -> int:
         """Deliver the sink's pending alerts, then each new one, until count (None: forever)."""
         opened = self._rows(
             "SELECT pending FROM sigledger.alert_sink_open(p_sink => %s::text, p_replay => %s::boolean)",
             (sink, replay),
         )
-        self.warn(f"sink {sink}: {opened[0][0]} alert(s) pending")
+        if announce is not None:
+            announce(f"sink {sink}: {opened[0][0]} alert(s) pending")
         delivered = 0
         pause = 0.0
         while count is None or delivered < count:
