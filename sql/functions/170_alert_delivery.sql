@@ -4,14 +4,14 @@
 -- The NOTIFY on sigledger_budget_alert carries {"alert_id": id} only; any role can NOTIFY on that channel, so
 -- a watcher reads the alert here by id and ignores ids that do not exist.
 
--- _alert_document: the document of one stored alert.
+-- _alert_document: the document of one stored alert (json, not jsonb: the keys keep the order written here).
 CREATE OR REPLACE FUNCTION sigledger._alert_document(p_alert sigledger.budget_alert)
-RETURNS jsonb
+RETURNS json
 LANGUAGE sql
 STABLE
 SET search_path = sigledger, pg_temp
 AS $$
-    SELECT jsonb_build_object(
+    SELECT json_build_object(
                'alert_id', p_alert.id,
                'budget_id', b.id,
                'level', b.level,
@@ -30,7 +30,7 @@ AS $$
 $$;
 
 CREATE OR REPLACE FUNCTION sigledger.budget_alert_document(p_alert_id bigint)
-RETURNS jsonb
+RETURNS json
 LANGUAGE sql
 STABLE
 SECURITY DEFINER
@@ -44,7 +44,7 @@ period_start, threshold, limit_usd, spent_usd, created_at; money as strings), NU
 NOTIFY payload naming an unknown id is not an alert). Raises nothing.';
 
 CREATE OR REPLACE FUNCTION sigledger.budget_alert_feed(p_after_id bigint DEFAULT 0, p_limit integer DEFAULT 1000)
-RETURNS TABLE (alert_id bigint, document jsonb)
+RETURNS TABLE (alert_id bigint, document json)
 LANGUAGE plpgsql
 STABLE
 SECURITY DEFINER
@@ -110,7 +110,7 @@ after now; replay => true makes every stored alert it has not delivered pending.
 SQLSTATE: 22023';
 
 CREATE OR REPLACE FUNCTION sigledger.alert_sink_pending(p_sink text, p_limit integer DEFAULT 100)
-RETURNS TABLE (alert_id bigint, document jsonb)
+RETURNS TABLE (alert_id bigint, document json)
 LANGUAGE plpgsql
 STABLE
 SECURITY DEFINER

@@ -30,10 +30,14 @@ def promtool(*args: str) -> subprocess.CompletedProcess[str]:
 
 def exported_names() -> set[str]:
     """Every sample name sigledger exports: the database exporter's gauges and the in-process metrics."""
-    names = set(DB_METRICS) | set(OUTBOX_METRICS) | {"sigledger_database_up", "sigledger_scrape_duration_seconds"}
-    for collector in list(REGISTRY._collector_to_names):  # noqa: SLF001 (no public listing of collectors)
+    names = (
+        set(DB_METRICS) | set(OUTBOX_METRICS) | {"sigledger_database_up", "sigledger_scrape_duration_seconds"}
+    )
+    for collector in list(REGISTRY._collector_to_names):
         for family in collector.describe():  # type: ignore[attr-defined]
-            suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}.get(family.type, ("",))
+            suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}.get(
+                family.type, ("",)
+            )
             names |= {family.name + s for s in suffixes}
     return names
 

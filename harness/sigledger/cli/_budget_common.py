@@ -36,8 +36,9 @@ _UNITS = {"d": "days", "h": "hours", "m": "minutes", "w": "weeks"}
 
 
 class InstantType(click.ParamType):
-    """A point in time: ISO 8601 (a date means its midnight UTC; no zone means UTC), `now`, `today`, or an
-    offset from now such as `-7d`, `-12h`, `-30m`."""
+    """A point in time: ISO 8601 (a date means its midnight UTC; no zone means UTC), `now`, `today`, `week`
+    or `month` (the start of the current UTC day, ISO week, month), or an offset from now such as `-7d`,
+    `-12h`, `-30m`, `-2w`."""
 
     name = "time"
 
@@ -48,8 +49,13 @@ class InstantType(click.ParamType):
         now = dt.datetime.now(dt.UTC)
         if text == "now":
             return now
+        midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
         if text == "today":
-            return now.replace(hour=0, minute=0, second=0, microsecond=0)
+            return midnight
+        if text == "week":
+            return midnight - dt.timedelta(days=midnight.weekday())
+        if text == "month":
+            return midnight.replace(day=1)
         if text[:1] in "+-" and text[-1:] in _UNITS:
             try:
                 amount = float(text[:-1])
@@ -59,7 +65,11 @@ class InstantType(click.ParamType):
         try:
             parsed = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
         except ValueError:
-            self.fail(f"{text!r} is not a time (ISO 8601, now, today, or an offset like -7d)", param, ctx)
+            self.fail(
+                f"{text!r} is not a time (ISO 8601, now, today, week, month, or an offset like -7d)",
+                param,
+                ctx,
+            )
         return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
 
 

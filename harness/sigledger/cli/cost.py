@@ -16,6 +16,7 @@ from sigledger.budget import BudgetClient
 from sigledger.cli._budget_common import DECIMAL, INSTANT, open_db, resolve_agent
 from sigledger.cli.options import dsn_option
 from sigledger.cli.output import emit, format_options
+from sigledger.core.errors import NotFound
 from sigledger.ledger.client import CostRecord, Ledger
 from sigledger.reports import DIMENSIONS, ReportClient
 
@@ -112,6 +113,8 @@ def _month_chunks(since: dt.datetime, until: dt.datetime) -> list[tuple[dt.datet
 @click.option("--until", type=INSTANT, default="now", show_default=True, help="To (excluded).")
 @click.option("--agent", default=None, help="Only this agent (id or name).")
 @click.option("--budget", "budget_id", type=int, default=None, help="Only the agents under this budget id.")
+@click.option("--team", default=None, help="Only the agents under this team budget (by name).")
+@click.option("--org", default=None, help="Only the agents under this org budget (by name).")
 @click.option("--tag-key", default="tag", show_default=True, help="Metadata key of --by tag.")
 @click.option("--no-total", is_flag=True, help="Leave out the total row.")
 @format_options(csv_too=True)
@@ -122,6 +125,8 @@ def report(
     until: dt.datetime,
     agent: str | None,
     budget_id: int | None,
+    team: str | None,
+    org: str | None,
     tag_key: str,
     no_total: bool,
     fmt: str,
@@ -135,6 +140,10 @@ def report(
     with open_db(dsn, "sigledger-report") as db:
         agent_id = resolve_agent(BudgetClient(db), agent) if agent else None
         client = ReportClient(db)
+        if team or org:
+            if budget_id is not None or (team and org):
+                raise click.UsageError("give one of --budget, --team, --org")
+            budget_id = _group_budget(client, "team" if team else "org", team or org or "")
         kwargs: dict[str, Any] = {"agent_id": agent_id, "budget_id": budget_id, "tag_key": tag_key}
         if sys.stderr.isatty() and (until - since).days > CHUNK_OVER_DAYS:
             rows = client.spend_report_chunked(_month_chunks(since, until), by, _progress(), **kwargs)
@@ -149,6 +158,13 @@ def report(
         columns = ["is_total", *(["agent_id"] if "agent" in by else []), *columns]
         rows = [{k: r[k] for k in columns} for r in rows]  # the report's own columns, not every dimension
     emit(rows, fmt, columns)
+
+
+def _group_budget(client: ReportClient, level: str, name: str) -> int:
+    for row in client.budget_tree():
+        if row["level"] == level and row["name"] == name:
+            return int(row["budget_id"])
+    raise NotFound(f"unknown {level} budget {name!r}", sqlstate="P0002")
 
 
 def _progress() -> Any:

@@ -100,6 +100,11 @@ def _table_cell(key: str, value: Any, places: int) -> str:
     if value is None:
         return "-"
     kind = kind_of(key)
+    if kind == "time" and isinstance(value, str):  # a document's ISO 8601 text
+        try:
+            value = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            return value
     if kind in ("money", "ratio") and isinstance(value, str):  # a document's exact string
         try:
             value = Decimal(value)

@@ -19,6 +19,15 @@ GROUP_KEYS = ("bucket", "agent_id", "agent", "team", "org", "model", "provider",
 SUMS = ("spend_usd", "calls", "input_tokens", "output_tokens")
 
 
+def _report_order(row: Row) -> tuple[Any, ...]:
+    """spend_report's ORDER BY: bucket, spend descending, then the names (NULLs last, as in SQL)."""
+    names = tuple(
+        (row[k] is None, row[k] or "") for k in ("agent", "team", "org", "model", "provider", "tag")
+    )
+    earliest = dt.datetime.min.replace(tzinfo=dt.UTC)
+    return (row["bucket"] is None, row["bucket"] or earliest, -row["spend_usd"], *names)
+
+
 class ReportClient:
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -68,10 +77,7 @@ class ReportClient:
                 else:
                     merged[key] = dict(row)
             progress(n, len(chunks), calls)
-        rows = sorted(
-            merged.values(),
-            key=lambda r: (r["bucket"] or dt.datetime.min.replace(tzinfo=dt.UTC), -r["spend_usd"]),
-        )
+        rows = sorted(merged.values(), key=_report_order)
         assert total is not None  # every call returns its total row
         return [*rows, total]
 
