@@ -35,54 +35,52 @@ $$;
 ALTER FUNCTION sigledger._agent_hierarchy() OWNER TO sigledger_owner;
 
 --
--- Name: budget_alert; Type: TABLE; Schema: sigledger; Owner: sigledger_owner
+-- Name: _alert_document(bigint); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
 --
 
-CREATE TABLE sigledger.budget_alert (
-    id bigint NOT NULL,
-    budget_id bigint NOT NULL,
-    period_start timestamp with time zone NOT NULL,
-    threshold numeric NOT NULL,
-    limit_usd numeric(20,6) NOT NULL,
-    spent_usd numeric(22,10) NOT NULL,
-    created_at timestamp with time zone DEFAULT now() NOT NULL
-);
-
-ALTER TABLE sigledger.budget_alert OWNER TO sigledger_owner;
-
---
--- Name: TABLE budget_alert; Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
---
-
-COMMENT ON TABLE sigledger.budget_alert IS 'Threshold crossings, one row per budget/period/threshold; each also NOTIFYs sigledger_budget_alert.';
-
---
--- Name: _alert_document(sigledger.budget_alert); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
---
-
-CREATE FUNCTION sigledger._alert_document(p_alert sigledger.budget_alert) RETURNS jsonb
+CREATE FUNCTION sigledger._alert_document(p_alert_id bigint) RETURNS json
     LANGUAGE sql STABLE
     SET search_path TO 'sigledger', 'pg_temp'
     AS $$
-    SELECT jsonb_build_object(
-               'alert_id', p_alert.id,
+    SELECT json_build_object(
+               'alert_id', a.id,
                'budget_id', b.id,
                'level', b.level,
                'name', coalesce(ag.name, b.name),
                'agent', ag.name,
                'agent_id', b.agent_id,
                'period', b.period,
-               'period_start', to_char(p_alert.period_start AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
-               'threshold', p_alert.threshold::text,
-               'limit_usd', p_alert.limit_usd::text,
-               'spent_usd', p_alert.spent_usd::text,
-               'created_at', to_char(p_alert.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))
-      FROM sigledger.budget b
+               'period_start', to_char(a.period_start AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+               'threshold', a.threshold::text,
+               'limit_usd', a.limit_usd::text,
+               'spent_usd', a.spent_usd::text,
+               'created_at', to_char(a.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))
+      FROM sigledger.budget_alert a
+      JOIN sigledger.budget b ON b.id = a.budget_id
       LEFT JOIN sigledger.agent_registry ag ON ag.id = b.agent_id
-     WHERE b.id = p_alert.budget_id;
+     WHERE a.id = p_alert_id;
 $$;
 
-ALTER FUNCTION sigledger._alert_document(p_alert sigledger.budget_alert) OWNER TO sigledger_owner;
+ALTER FUNCTION sigledger._alert_document(p_alert_id bigint) OWNER TO sigledger_owner;
+
+--
+-- Name: _assert_limit(integer, integer); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger._assert_limit(p_value integer, p_max integer) RETURNS integer
+    LANGUAGE plpgsql IMMUTABLE
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+BEGIN
+    IF p_value IS NULL OR p_value < 1 OR p_value > p_max THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('limit must be between 1 and %s, got %s', p_max, coalesce(p_value::text, 'NULL'));
+    END IF;
+    RETURN p_value;
+END;
+$$;
+
+ALTER FUNCTION sigledger._assert_limit(p_value integer, p_max integer) OWNER TO sigledger_owner;
 
 --
 -- Name: _assert_text(text, text); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
@@ -2207,24 +2205,21 @@ SQLSTATE: 22023';
 -- Name: alert_sink_pending(text, integer); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
 --
 
-CREATE FUNCTION sigledger.alert_sink_pending(p_sink text, p_limit integer DEFAULT 100) RETURNS TABLE(alert_id bigint, document jsonb)
+CREATE FUNCTION sigledger.alert_sink_pending(p_sink text, p_limit integer DEFAULT 100) RETURNS TABLE(alert_id bigint, document json)
     LANGUAGE plpgsql STABLE SECURITY DEFINER
     SET search_path TO 'sigledger', 'pg_temp'
     AS $$
 DECLARE
     v_start bigint;
 BEGIN
-    IF p_limit IS NULL OR p_limit < 1 OR p_limit > 10000 THEN
-        RAISE EXCEPTION USING ERRCODE = '22023',
-            MESSAGE = format('limit must be between 1 and 10000, got %s', coalesce(p_limit::text, 'NULL'));
-    END IF;
+    PERFORM _assert_limit(p_limit, 10000);
     SELECT s.start_after_id INTO v_start FROM alert_sink s WHERE s.name = p_sink;
     IF NOT FOUND THEN
         RAISE EXCEPTION USING ERRCODE = 'P0002', MESSAGE = format('unknown alert sink %L', left(p_sink, 200));
     END IF;
     -- by id, not by a high-water mark: an alert whose transaction commits after a later one is still pending
     RETURN QUERY
-    SELECT a.id, _alert_document(a)
+    SELECT a.id, _alert_document(a.id)
       FROM budget_alert a
      WHERE a.id > v_start
        AND NOT EXISTS (SELECT FROM alert_delivery d WHERE d.sink = p_sink AND d.alert_id = a.id)
@@ -2272,11 +2267,11 @@ COMMENT ON FUNCTION sigledger.alert_sink_status() IS 'Every alert sink: alerts d
 -- Name: budget_alert_document(bigint); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
 --
 
-CREATE FUNCTION sigledger.budget_alert_document(p_alert_id bigint) RETURNS jsonb
+CREATE FUNCTION sigledger.budget_alert_document(p_alert_id bigint) RETURNS json
     LANGUAGE sql STABLE SECURITY DEFINER
     SET search_path TO 'sigledger', 'pg_temp'
     AS $$
-    SELECT _alert_document(a) FROM budget_alert a WHERE a.id = p_alert_id;
+    SELECT _alert_document(p_alert_id);
 $$;
 
 ALTER FUNCTION sigledger.budget_alert_document(p_alert_id bigint) OWNER TO sigledger_owner;
@@ -2293,17 +2288,14 @@ NOTIFY payload naming an unknown id is not an alert). Raises nothing.';
 -- Name: budget_alert_feed(bigint, integer); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
 --
 
-CREATE FUNCTION sigledger.budget_alert_feed(p_after_id bigint DEFAULT 0, p_limit integer DEFAULT 1000) RETURNS TABLE(alert_id bigint, document jsonb)
+CREATE FUNCTION sigledger.budget_alert_feed(p_after_id bigint DEFAULT 0, p_limit integer DEFAULT 1000) RETURNS TABLE(alert_id bigint, document json)
     LANGUAGE plpgsql STABLE SECURITY DEFINER
     SET search_path TO 'sigledger', 'pg_temp'
     AS $$
 BEGIN
-    IF p_limit IS NULL OR p_limit < 1 OR p_limit > 100000 THEN
-        RAISE EXCEPTION USING ERRCODE = '22023',
-            MESSAGE = format('limit must be between 1 and 100000, got %s', coalesce(p_limit::text, 'NULL'));
-    END IF;
+    PERFORM _assert_limit(p_limit, 100000);
     RETURN QUERY
-    SELECT a.id, _alert_document(a) FROM budget_alert a WHERE a.id > coalesce(p_after_id, 0) ORDER BY a.id
+    SELECT a.id, _alert_document(a.id) FROM budget_alert a WHERE a.id > coalesce(p_after_id, 0) ORDER BY a.id
      LIMIT p_limit;
 END;
 $$;
@@ -2354,6 +2346,28 @@ ALTER TABLE sigledger.budget OWNER TO sigledger_owner;
 --
 
 COMMENT ON TABLE sigledger.budget IS 'Budget settings per agent, team or organisation (private; use the budget API).';
+
+--
+-- Name: budget_alert; Type: TABLE; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE TABLE sigledger.budget_alert (
+    id bigint NOT NULL,
+    budget_id bigint NOT NULL,
+    period_start timestamp with time zone NOT NULL,
+    threshold numeric NOT NULL,
+    limit_usd numeric(20,6) NOT NULL,
+    spent_usd numeric(22,10) NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+ALTER TABLE sigledger.budget_alert OWNER TO sigledger_owner;
+
+--
+-- Name: TABLE budget_alert; Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON TABLE sigledger.budget_alert IS 'Threshold crossings, one row per budget/period/threshold; each also NOTIFYs sigledger_budget_alert.';
 
 --
 -- Name: budget_alerts; Type: VIEW; Schema: sigledger; Owner: sigledger_owner
@@ -3445,10 +3459,7 @@ CREATE FUNCTION sigledger.open_reservations(p_agent_id uuid DEFAULT NULL::uuid, 
     SET search_path TO 'sigledger', 'pg_temp'
     AS $$
 BEGIN
-    IF p_limit IS NULL OR p_limit < 1 OR p_limit > 100000 THEN
-        RAISE EXCEPTION USING ERRCODE = '22023',
-            MESSAGE = format('limit must be between 1 and 100000, got %s', coalesce(p_limit::text, 'NULL'));
-    END IF;
+    PERFORM _assert_limit(p_limit, 100000);
     PERFORM _report_agents(p_agent_id, NULL);
     RETURN QUERY
     SELECT r.id, r.agent_id, a.name, r.idempotency_key, r.estimate_usd, r.created_at, r.expires_at,
@@ -3517,10 +3528,7 @@ CREATE FUNCTION sigledger.overrun_report(p_since timestamp with time zone, p_unt
     AS $$
 BEGIN
     PERFORM _report_range(p_since, p_until);
-    IF p_limit IS NULL OR p_limit < 1 OR p_limit > 100000 THEN
-        RAISE EXCEPTION USING ERRCODE = '22023',
-            MESSAGE = format('limit must be between 1 and 100000, got %s', coalesce(p_limit::text, 'NULL'));
-    END IF;
+    PERFORM _assert_limit(p_limit, 100000);
     PERFORM _report_agents(p_agent_id, NULL);
     -- budget_reservation_overrun_closed_idx: only overrun rows, by closed_at
     RETURN QUERY
@@ -3553,10 +3561,7 @@ CREATE FUNCTION sigledger.quarantine_list(p_include_resolved boolean DEFAULT fal
     SET search_path TO 'sigledger', 'pg_temp'
     AS $$
 BEGIN
-    IF p_limit IS NULL OR p_limit < 1 OR p_limit > 100000 THEN
-        RAISE EXCEPTION USING ERRCODE = '22023',
-            MESSAGE = format('limit must be between 1 and 100000, got %s', coalesce(p_limit::text, 'NULL'));
-    END IF;
+    PERFORM _assert_limit(p_limit, 100000);
     RETURN QUERY
     SELECT q.id, q.received_at, q.idempotency_key, q.sqlstate, q.reason, q.payload, q.resolved_at, q.resolved_by,
            q.resolved_ledger_id
@@ -4346,10 +4351,7 @@ CREATE FUNCTION sigledger.spend_top(p_since timestamp with time zone, p_until ti
     SET search_path TO 'sigledger', 'pg_temp'
     AS $$
 BEGIN
-    IF p_limit IS NULL OR p_limit < 1 OR p_limit > 10000 THEN
-        RAISE EXCEPTION USING ERRCODE = '22023',
-            MESSAGE = format('limit must be between 1 and 10000, got %s', coalesce(p_limit::text, 'NULL'));
-    END IF;
+    PERFORM _assert_limit(p_limit, 10000);
     IF cardinality(coalesce(p_by, '{}')) = 0 THEN
         RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'top needs at least one dimension';
     END IF;
@@ -5902,13 +5904,6 @@ CREATE TRIGGER signal_entities_no_tombstone_upd AFTER UPDATE ON sigledger.signal
 CREATE TRIGGER trg_increment_agent_version BEFORE UPDATE ON sigledger.agent_registry FOR EACH ROW EXECUTE FUNCTION sigledger._increment_agent_version();
 
 --
--- Name: alert_delivery alert_delivery_alert_id_fkey; Type: FK CONSTRAINT; Schema: sigledger; Owner: sigledger_owner
---
-
-ALTER TABLE ONLY sigledger.alert_delivery
-    ADD CONSTRAINT alert_delivery_alert_id_fkey FOREIGN KEY (alert_id) REFERENCES sigledger.budget_alert(id);
-
---
 -- Name: alert_delivery alert_delivery_sink_fkey; Type: FK CONSTRAINT; Schema: sigledger; Owner: sigledger_owner
 --
 
@@ -5956,13 +5951,6 @@ ALTER TABLE ONLY sigledger.budget_reservation
 
 ALTER TABLE ONLY sigledger.budget_spend
     ADD CONSTRAINT budget_spend_budget_id_fkey FOREIGN KEY (budget_id) REFERENCES sigledger.budget(id);
-
---
--- Name: cost_quarantine cost_quarantine_resolved_ledger_id_fkey; Type: FK CONSTRAINT; Schema: sigledger; Owner: sigledger_owner
---
-
-ALTER TABLE ONLY sigledger.cost_quarantine
-    ADD CONSTRAINT cost_quarantine_resolved_ledger_id_fkey FOREIGN KEY (resolved_ledger_id) REFERENCES sigledger.llm_cost_log_key(ledger_id);
 
 --
 -- Name: entities entities_merged_into_fkey; Type: FK CONSTRAINT; Schema: sigledger; Owner: sigledger_owner
@@ -6064,10 +6052,16 @@ GRANT USAGE ON SCHEMA sigledger TO sigledger_graph;
 REVOKE ALL ON FUNCTION sigledger._agent_hierarchy() FROM PUBLIC;
 
 --
--- Name: FUNCTION _alert_document(p_alert sigledger.budget_alert); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+-- Name: FUNCTION _alert_document(p_alert_id bigint); Type: ACL; Schema: sigledger; Owner: sigledger_owner
 --
 
-REVOKE ALL ON FUNCTION sigledger._alert_document(p_alert sigledger.budget_alert) FROM PUBLIC;
+REVOKE ALL ON FUNCTION sigledger._alert_document(p_alert_id bigint) FROM PUBLIC;
+
+--
+-- Name: FUNCTION _assert_limit(p_value integer, p_max integer); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger._assert_limit(p_value integer, p_max integer) FROM PUBLIC;
 
 --
 -- Name: FUNCTION _assert_text(p_name text, p_value text); Type: ACL; Schema: sigledger; Owner: sigledger_owner

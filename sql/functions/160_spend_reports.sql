@@ -30,6 +30,22 @@ AS $$
       LEFT JOIN sigledger.budget g ON g.id = p.parent_id;
 $$;
 
+-- _assert_limit: raise 22023 unless p_value (a row limit of a read) lies in [1, p_max].
+CREATE OR REPLACE FUNCTION sigledger._assert_limit(p_value integer, p_max integer)
+RETURNS integer
+LANGUAGE plpgsql
+IMMUTABLE
+SET search_path = sigledger, pg_temp
+AS $$
+BEGIN
+    IF p_value IS NULL OR p_value < 1 OR p_value > p_max THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('limit must be between 1 and %s, got %s', p_max, coalesce(p_value::text, 'NULL'));
+    END IF;
+    RETURN p_value;
+END;
+$$;
+
 -- _report_range: validates a report's time range (both ends given, since < until, at most ten years).
 CREATE OR REPLACE FUNCTION sigledger._report_range(p_since timestamptz, p_until timestamptz)
 RETURNS void
@@ -229,10 +245,7 @@ SECURITY DEFINER
 SET search_path = sigledger, pg_temp
 AS $$
 BEGIN
-    IF p_limit IS NULL OR p_limit < 1 OR p_limit > 10000 THEN
-        RAISE EXCEPTION USING ERRCODE = '22023',
-            MESSAGE = format('limit must be between 1 and 10000, got %s', coalesce(p_limit::text, 'NULL'));
-    END IF;
+    PERFORM _assert_limit(p_limit, 10000);
     IF cardinality(coalesce(p_by, '{}')) = 0 THEN
         RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'top needs at least one dimension';
     END IF;

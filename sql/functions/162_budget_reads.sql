@@ -138,10 +138,7 @@ SECURITY DEFINER
 SET search_path = sigledger, pg_temp
 AS $$
 BEGIN
-    IF p_limit IS NULL OR p_limit < 1 OR p_limit > 100000 THEN
-        RAISE EXCEPTION USING ERRCODE = '22023',
-            MESSAGE = format('limit must be between 1 and 100000, got %s', coalesce(p_limit::text, 'NULL'));
-    END IF;
+    PERFORM _assert_limit(p_limit, 100000);
     PERFORM _report_agents(p_agent_id, NULL);
     RETURN QUERY
     SELECT r.id, r.agent_id, a.name, r.idempotency_key, r.estimate_usd, r.created_at, r.expires_at,
@@ -170,10 +167,7 @@ SET search_path = sigledger, pg_temp
 AS $$
 BEGIN
     PERFORM _report_range(p_since, p_until);
-    IF p_limit IS NULL OR p_limit < 1 OR p_limit > 100000 THEN
-        RAISE EXCEPTION USING ERRCODE = '22023',
-            MESSAGE = format('limit must be between 1 and 100000, got %s', coalesce(p_limit::text, 'NULL'));
-    END IF;
+    PERFORM _assert_limit(p_limit, 100000);
     PERFORM _report_agents(p_agent_id, NULL);
     -- budget_reservation_overrun_closed_idx: only overrun rows, by closed_at
     RETURN QUERY

@@ -11,10 +11,7 @@ SECURITY DEFINER
 SET search_path = sigledger, pg_temp
 AS $$
 BEGIN
-    IF p_limit IS NULL OR p_limit < 1 OR p_limit > 100000 THEN
-        RAISE EXCEPTION USING ERRCODE = '22023',
-            MESSAGE = format('limit must be between 1 and 100000, got %s', coalesce(p_limit::text, 'NULL'));
-    END IF;
+    PERFORM _assert_limit(p_limit, 100000);
     RETURN QUERY
     SELECT q.id, q.received_at, q.idempotency_key, q.sqlstate, q.reason, q.payload, q.resolved_at, q.resolved_by,
            q.resolved_ledger_id

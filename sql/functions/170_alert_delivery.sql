@@ -5,28 +5,31 @@
 -- a watcher reads the alert here by id and ignores ids that do not exist.
 
 -- _alert_document: the document of one stored alert (json, not jsonb: the keys keep the order written here).
-CREATE OR REPLACE FUNCTION sigledger._alert_document(p_alert sigledger.budget_alert)
+-- (By id, not by row: a parameter of the table's row type would tie the table to this function, and the
+-- migrations' down files drop tables.)
+CREATE OR REPLACE FUNCTION sigledger._alert_document(p_alert_id bigint)
 RETURNS json
 LANGUAGE sql
 STABLE
 SET search_path = sigledger, pg_temp
 AS $$
     SELECT json_build_object(
-               'alert_id', p_alert.id,
+               'alert_id', a.id,
                'budget_id', b.id,
                'level', b.level,
                'name', coalesce(ag.name, b.name),
                'agent', ag.name,
                'agent_id', b.agent_id,
                'period', b.period,
-               'period_start', to_char(p_alert.period_start AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
-               'threshold', p_alert.threshold::text,
-               'limit_usd', p_alert.limit_usd::text,
-               'spent_usd', p_alert.spent_usd::text,
-               'created_at', to_char(p_alert.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))
-      FROM sigledger.budget b
+               'period_start', to_char(a.period_start AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+               'threshold', a.threshold::text,
+               'limit_usd', a.limit_usd::text,
+               'spent_usd', a.spent_usd::text,
+               'created_at', to_char(a.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))
+      FROM sigledger.budget_alert a
+      JOIN sigledger.budget b ON b.id = a.budget_id
       LEFT JOIN sigledger.agent_registry ag ON ag.id = b.agent_id
-     WHERE b.id = p_alert.budget_id;
+     WHERE a.id = p_alert_id;
 $$;
 
 CREATE OR REPLACE FUNCTION sigledger.budget_alert_document(p_alert_id bigint)
@@ -36,7 +39,7 @@ STABLE
 SECURITY DEFINER
 SET search_path = sigledger, pg_temp
 AS $$
-    SELECT _alert_document(a) FROM budget_alert a WHERE a.id = p_alert_id;
+    SELECT _alert_document(p_alert_id);
 $$;
 COMMENT ON FUNCTION sigledger.budget_alert_document(bigint) IS
 'The alert with this id as a JSON document (alert_id, budget_id, level, name, agent, agent_id, period,
@@ -51,12 +54,9 @@ SECURITY DEFINER
 SET search_path = sigledger, pg_temp
 AS $$
 BEGIN
-    IF p_limit IS NULL OR p_limit < 1 OR p_limit > 100000 THEN
-        RAISE EXCEPTION USING ERRCODE = '22023',
-            MESSAGE = format('limit must be between 1 and 100000, got %s', coalesce(p_limit::text, 'NULL'));
-    END IF;
+    PERFORM _assert_limit(p_limit, 100000);
     RETURN QUERY
-    SELECT a.id, _alert_document(a) FROM budget_alert a WHERE a.id > coalesce(p_after_id, 0) ORDER BY a.id
+    SELECT a.id, _alert_document(a.id) FROM budget_alert a WHERE a.id > coalesce(p_after_id, 0) ORDER BY a.id
      LIMIT p_limit;
 END;
 $$;
@@ -119,17 +119,14 @@ AS $$
 DECLARE
     v_start bigint;
 BEGIN
-    IF p_limit IS NULL OR p_limit < 1 OR p_limit > 10000 THEN
-        RAISE EXCEPTION USING ERRCODE = '22023',
-            MESSAGE = format('limit must be between 1 and 10000, got %s', coalesce(p_limit::text, 'NULL'));
-    END IF;
+    PERFORM _assert_limit(p_limit, 10000);
     SELECT s.start_after_id INTO v_start FROM alert_sink s WHERE s.name = p_sink;
     IF NOT FOUND THEN
         RAISE EXCEPTION USING ERRCODE = 'P0002', MESSAGE = format('unknown alert sink %L', left(p_sink, 200));
     END IF;
     -- by id, not by a high-water mark: an alert whose transaction commits after a later one is still pending
     RETURN QUERY
-    SELECT a.id, _alert_document(a)
+    SELECT a.id, _alert_document(a.id)
       FROM budget_alert a
      WHERE a.id > v_start
        AND NOT EXISTS (SELECT FROM alert_delivery d WHERE d.sink = p_sink AND d.alert_id = a.id)

@@ -5,7 +5,6 @@ DROP FUNCTION IF EXISTS sigledger.quarantine_list, sigledger.quarantine_resubmit
 DROP TABLE sigledger.alert_delivery;
 DROP TABLE sigledger.alert_sink;
 ALTER TABLE sigledger.cost_quarantine
-    DROP CONSTRAINT IF EXISTS cost_quarantine_resolved_ledger_id_fkey,
     DROP CONSTRAINT IF EXISTS cost_quarantine_resolved_consistent,
     DROP COLUMN resolved_at,
     DROP COLUMN resolved_by,

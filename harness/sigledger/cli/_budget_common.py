@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
@@ -30,6 +31,34 @@ class DecimalType(click.ParamType):
 
 
 DECIMAL = DecimalType()
+PERIODS = click.Choice(["none", "daily", "weekly", "monthly"])
+POLICIES = click.Choice(["open", "closed"])
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def new_budget_options(func: F) -> F:
+    """--period, --grace, --fail-policy, --alert of a budget being created (agent or group), with the
+    database's creation defaults."""
+    func = click.option(
+        "--alert",
+        "alerts",
+        type=DECIMAL,
+        multiple=True,
+        help="Alert threshold as a fraction of the limit (repeat).",
+    )(func)
+    func = click.option(
+        "--fail-policy",
+        type=POLICIES,
+        default="closed",
+        show_default=True,
+        help="While the database is down.",
+    )(func)
+    func = click.option(
+        "--grace", "grace_ratio", type=DECIMAL, default=Decimal(0), show_default=True, help="0 = hard limit."
+    )(func)
+    return click.option(
+        "--period", type=PERIODS, default="none", show_default=True, help="Budget period (UTC calendar)."
+    )(func)
 
 
 _UNITS = {"d": "days", "h": "hours", "m": "minutes", "w": "weeks"}

@@ -7,13 +7,17 @@ from decimal import Decimal
 import click
 
 from sigledger.budget import BudgetClient
-from sigledger.cli._budget_common import DECIMAL, open_db, resolve_agent
+from sigledger.cli._budget_common import (
+    DECIMAL,
+    PERIODS,
+    POLICIES,
+    new_budget_options,
+    open_db,
+    resolve_agent,
+)
 from sigledger.cli.options import dsn_option
 from sigledger.cli.output import emit, format_options
 from sigledger.reports import ReportClient
-
-PERIODS = click.Choice(["none", "daily", "weekly", "monthly"])
-POLICIES = click.Choice(["open", "closed"])
 
 
 @click.group("agent")
@@ -29,22 +33,7 @@ def group() -> None:
 @click.option(
     "--limit", "limit_usd", type=DECIMAL, default=None, help="Budget limit in USD (no budget if omitted)."
 )
-@click.option(
-    "--period", type=PERIODS, default="none", show_default=True, help="Budget period (UTC calendar)."
-)
-@click.option(
-    "--grace", "grace_ratio", type=DECIMAL, default=Decimal(0), show_default=True, help="0 = hard limit."
-)
-@click.option(
-    "--fail-policy", type=POLICIES, default="closed", show_default=True, help="While the database is down."
-)
-@click.option(
-    "--alert",
-    "alerts",
-    type=DECIMAL,
-    multiple=True,
-    help="Alert threshold as a fraction of the limit (repeat).",
-)
+@new_budget_options
 @click.option(
     "--parent-budget", type=int, default=None, help="Team or org budget id above this agent (`budget tree`)."
 )

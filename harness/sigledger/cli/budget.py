@@ -12,7 +12,7 @@ import click
 
 from sigledger.budget import BudgetClient
 from sigledger.cli import exit_codes
-from sigledger.cli._budget_common import DECIMAL, open_db, resolve_agent
+from sigledger.cli._budget_common import DECIMAL, new_budget_options, open_db, resolve_agent
 from sigledger.cli.options import dsn_option, probe, resolve_dsn
 from sigledger.cli.output import emit, format_options
 from sigledger.core.errors import Retryable
@@ -20,8 +20,6 @@ from sigledger.reports import ReportClient
 from sigledger.reports.alerts import Watcher, Webhook, sink_name
 
 DRIFT_EXIT = exit_codes.ATTENTION
-PERIODS = click.Choice(["none", "daily", "weekly", "monthly"])
-POLICIES = click.Choice(["open", "closed"])
 
 
 @click.group("budget")
@@ -266,14 +264,7 @@ def sweep(every: float, repair: bool, iterations: int | None, dsn: str | None) -
 @click.argument("level", type=click.Choice(["team", "org"]))
 @click.argument("name")
 @click.option("--limit", "limit_usd", type=DECIMAL, required=True, help="Limit in USD per period.")
-@click.option(
-    "--period", type=PERIODS, default="none", show_default=True, help="Budget period (UTC calendar)."
-)
-@click.option("--grace", "grace_ratio", type=DECIMAL, default=Decimal(0), show_default=True)
-@click.option("--fail-policy", type=POLICIES, default="closed", show_default=True)
-@click.option(
-    "--alert", "alerts", type=DECIMAL, multiple=True, help="Alert threshold, fraction of the limit."
-)
+@new_budget_options
 @click.option("--parent-budget", type=int, default=None, help="The org budget above a team.")
 @dsn_option
 def create_group(
