@@ -355,7 +355,13 @@ CREATE FUNCTION sigledger._budget_current() RETURNS TABLE(budget_id bigint, leve
            b.fail_policy
       FROM bp b
       LEFT JOIN sigledger.agent_registry a ON a.id = b.agent_id
-      LEFT JOIN sigledger.budget_spend s ON s.budget_id = b.id AND s.period_start = b.ps;
+      -- summed per budget and period: whatever number of rows a period keeps, the budget's figure is their sum
+      LEFT JOIN (SELECT x.budget_id, x.period_start, sum(x.cap_usd) AS cap_usd, sum(x.spent_usd) AS spent_usd,
+                        sum(x.reserved_usd) AS reserved_usd, sum(x.excess_usd) AS excess_usd
+                   FROM sigledger.budget_spend x, starts st
+                  WHERE x.period_start IN (st.none_start, st.day_start, st.week_start, st.month_start)
+                  GROUP BY x.budget_id, x.period_start) s
+        ON s.budget_id = b.id AND s.period_start = b.ps;
 $$;
 
 ALTER FUNCTION sigledger._budget_current() OWNER TO sigledger_owner;
@@ -2474,7 +2480,8 @@ CREATE FUNCTION sigledger.budget_tree() RETURNS TABLE(depth integer, budget_id b
          WHERE t.depth < 3
     )
     SELECT t.depth, t.budget_id, t.parent_id, t.level, t.name, t.agent_id, t.period, t.period_start, t.limit_usd,
-           t.spent_usd, t.reserved_usd, greatest(0, t.cap_usd - t.spent_usd - t.reserved_usd), t.used_ratio,
+           t.spent_usd, t.reserved_usd,
+           CASE WHEN t.cap_usd IS NOT NULL THEN greatest(0, t.cap_usd - t.spent_usd - t.reserved_usd) END, t.used_ratio,
            t.fail_policy
       FROM t
      ORDER BY t.path;
@@ -3375,7 +3382,8 @@ BEGIN
      CROSS JOIN LATERAL (VALUES ('sigledger_budget_limit_usd', x.limit_usd::float8),
                                 ('sigledger_budget_spent_usd', x.spent_usd::float8),
                                 ('sigledger_budget_reserved_usd', x.reserved_usd::float8),
-                                ('sigledger_budget_used_ratio', coalesce(x.used_ratio, 0)::float8)) m(metric, value);
+                                ('sigledger_budget_used_ratio', coalesce(x.used_ratio, 0)::float8)) m(metric, value)
+     WHERE m.value IS NOT NULL;  -- (an agent without a limit of its own has no limit series)
 
     -- every budget counted by level and state (a complete picture at fixed cardinality)
     RETURN QUERY

@@ -35,7 +35,13 @@ AS $$
            b.fail_policy
       FROM bp b
       LEFT JOIN sigledger.agent_registry a ON a.id = b.agent_id
-      LEFT JOIN sigledger.budget_spend s ON s.budget_id = b.id AND s.period_start = b.ps;
+      -- summed per budget and period: whatever number of rows a period keeps, the budget's figure is their sum
+      LEFT JOIN (SELECT x.budget_id, x.period_start, sum(x.cap_usd) AS cap_usd, sum(x.spent_usd) AS spent_usd,
+                        sum(x.reserved_usd) AS reserved_usd, sum(x.excess_usd) AS excess_usd
+                   FROM sigledger.budget_spend x, starts st
+                  WHERE x.period_start IN (st.none_start, st.day_start, st.week_start, st.month_start)
+                  GROUP BY x.budget_id, x.period_start) s
+        ON s.budget_id = b.id AND s.period_start = b.ps;
 $$;
 
 -- budget_tree: org -> team -> agent, depth first, siblings by name.
@@ -58,7 +64,8 @@ AS $$
          WHERE t.depth < 3
     )
     SELECT t.depth, t.budget_id, t.parent_id, t.level, t.name, t.agent_id, t.period, t.period_start, t.limit_usd,
-           t.spent_usd, t.reserved_usd, greatest(0, t.cap_usd - t.spent_usd - t.reserved_usd), t.used_ratio,
+           t.spent_usd, t.reserved_usd,
+           CASE WHEN t.cap_usd IS NOT NULL THEN greatest(0, t.cap_usd - t.spent_usd - t.reserved_usd) END, t.used_ratio,
            t.fail_policy
       FROM t
      ORDER BY t.path;

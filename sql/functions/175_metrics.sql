@@ -35,7 +35,8 @@ BEGIN
      CROSS JOIN LATERAL (VALUES ('sigledger_budget_limit_usd', x.limit_usd::float8),
                                 ('sigledger_budget_spent_usd', x.spent_usd::float8),
                                 ('sigledger_budget_reserved_usd', x.reserved_usd::float8),
-                                ('sigledger_budget_used_ratio', coalesce(x.used_ratio, 0)::float8)) m(metric, value);
+                                ('sigledger_budget_used_ratio', coalesce(x.used_ratio, 0)::float8)) m(metric, value)
+     WHERE m.value IS NOT NULL;  -- (an agent without a limit of its own has no limit series)
 
     -- every budget counted by level and state (a complete picture at fixed cardinality)
     RETURN QUERY

@@ -305,3 +305,14 @@ def test_admin_resubmits_a_fixed_quarantined_row(conn: psycopg.Connection, admin
         "SELECT cost_usd FROM sigledger.llm_cost_log WHERE idempotency_key = 'q-old'"
     ).fetchone()
     assert row == (Decimal("0.2"),)
+
+
+def test_current_period_starts_match_the_budget_functions(conn: psycopg.Connection) -> None:
+    """_budget_current picks the period start without calling _period_start per budget: they must agree."""
+    for period in ("none", "daily", "weekly", "monthly"):
+        conn.execute("SELECT sigledger.create_agent(%s, 5, %s)", (f"ps-{period}", period))
+    rows = conn.execute(
+        "SELECT c.period, c.period_start, sigledger._period_start(c.period, now()) FROM sigledger._budget_current() c"
+    ).fetchall()
+    assert {r[0] for r in rows} == {"none", "daily", "weekly", "monthly"}
+    assert all(r[1] == r[2] for r in rows), rows

@@ -94,7 +94,7 @@ class DatabaseCollector(Collector):
             ).fetchall()
             outbox = conn.execute(_OUTBOX).fetchone()
         assert outbox is not None
-        return [(m, dict(labels), float(v)) for m, labels, v in snapshot], outbox
+        return [(m, dict(labels), float(v)) for m, labels, v in snapshot if v is not None], outbox
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         started = time.monotonic()
