@@ -122,9 +122,11 @@ class Standby:
         return f"host=127.0.0.1 port={self.port} dbname={dbname} user={user}"
 
     def wait_replayed(self, primary_dsn: str, timeout: float = 120) -> None:
-        """Until the standby has replayed everything the primary had written (a wait, not a timing claim)."""
+        """Until the standby has replayed everything the primary had written (a wait, not a timing claim).
+        The insert position, not the write position: the test cluster commits asynchronously
+        (synchronous_commit=off), so recent commits may still sit in the primary's WAL buffers."""
         with psycopg.connect(primary_dsn, autocommit=True) as p:
-            target = p.execute("SELECT pg_current_wal_lsn()").fetchone()[0]  # type: ignore[index]
+            target = p.execute("SELECT pg_current_wal_insert_lsn()").fetchone()[0]  # type: ignore[index]
         deadline = time.monotonic() + timeout
         while True:
             try:
