@@ -6,7 +6,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
 .PHONY: help test lint pytest demo deps system-deps venv neo4j-up neo4j-down bench bench-budget \
-        bench-ingest bench-graph bench-report schema-dump api-docs pgtap isolation clean
+        bench-ingest bench-graph bench-report schema-dump api-docs pgtap isolation clean sync-gen bench-tracker \
+        bench-loop-lag
 
 help:
 	@echo "make test    install what is missing, then lint and run every test suite (what CI runs)"
@@ -30,8 +31,8 @@ $(STAMP): pyproject.toml
 test: deps lint pytest
 
 lint: venv
-	$(VENV)/bin/ruff check harness tests bench
-	$(VENV)/bin/ruff format --check harness tests bench
+	$(VENV)/bin/ruff check harness tests bench tools
+	$(VENV)/bin/ruff format --check harness tests bench tools
 	$(VENV)/bin/mypy
 	$(VENV)/bin/squawk --config .squawk.toml sql/migrations/*.sql
 
@@ -43,6 +44,11 @@ pgtap: deps
 
 isolation: deps
 	$(PY) -m pytest tests/core/test_isolation.py $(PYTEST_ARGS)
+
+# The sync modules (db.py, ledger/client.py, ledger/tracker.py, budget/client.py, budget/guard.py) from their
+# async sources (a*.py); a test fails when they are stale.
+sync-gen: venv
+	$(PY) tools/async_to_sync.py
 
 # Regenerate the committed generated files (net DDL, API reference) from a database built by the migrations.
 schema-dump api-docs: deps
@@ -58,7 +64,7 @@ neo4j-down: deps
 	$(PY) -m sigledger.graph.neo4j_server down
 
 # Every benchmark, then the README performance table from bench/results/*.json.
-bench: bench-budget bench-ingest bench-graph bench-report
+bench: bench-budget bench-ingest bench-graph bench-report bench-tracker bench-loop-lag
 	$(PY) bench/report.py
 
 bench-budget: deps
@@ -66,6 +72,12 @@ bench-budget: deps
 
 bench-ingest: deps
 	$(PY) bench/ingest/run.py
+
+bench-loop-lag: deps
+	$(PY) bench/loop_lag/run.py
+
+bench-tracker: deps
+	$(PY) bench/tracker/run.py
 
 bench-graph: deps
 	$(PY) bench/graph/run.py

@@ -125,6 +125,40 @@ def pytest_configure(config: pytest.Config) -> None:
         config.option.basetemp = str(Path(tempfile.gettempdir()) / f"sigledger-pytest-{digest}")
 
 
+_LEFTOVERS: dict[str, list[str]] = {}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """After every fixture was torn down: no process the run started may still run (tests/leftovers.py)."""
+    from tests import leftovers
+
+    basetemp = str(session.config.option.basetemp)
+    left = leftovers.find_any(leftovers.markers(Path(basetemp)))
+    _LEFTOVERS["root"] = [basetemp]
+    _LEFTOVERS["found"] = [f"{p.pid}: {p.cmdline[:300]}" for p in left]
+    if left:
+        _LEFTOVERS["unstoppable"] = [f"{p.pid}" for p in leftovers.stop(left)]
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if "root" not in _LEFTOVERS:
+        return
+    found = _LEFTOVERS["found"]
+    terminalreporter.section("servers started by this run")
+    if not found:
+        terminalreporter.write_line(f"none left running (processes under {_LEFTOVERS['root'][0]}: 0)")
+        return
+    terminalreporter.write_line(
+        f"{len(found)} process(es) left running after the run, now stopped; run FAILED:", red=True
+    )
+    for line in found:
+        terminalreporter.write_line(f"  {line}")
+    if _LEFTOVERS.get("unstoppable"):
+        terminalreporter.write_line(f"  could not stop: {', '.join(_LEFTOVERS['unstoppable'])}", red=True)
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--regenerate",

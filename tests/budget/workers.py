@@ -3,9 +3,11 @@
 load:    hundreds of reserve -> (maybe fail) -> settle calls on a few agents, with random failures between
          reserve and settle (abandoned holds left to expire, explicit releases) and random retries of reserve
          and settle with the same keys. Prints a JSON summary.
-tracker: records N costs through a CostTracker, appending each acknowledged key to an ack file; SIGTERM takes
-         the graceful path. With --spool-then-wait it flushes (spooling, the database being unreachable), prints
-         SPOOLED and waits to be killed.
+tracker: records N costs through a CostTracker, appending each acknowledged key to an ack file ("-": stdout,
+         "ACK <key>" lines); SIGTERM takes the graceful path. With --spool-then-wait it flushes (spooling, the
+         database being unreachable), prints SPOOLED and waits to be killed. --kill-after N: SIGKILL itself right
+         after the Nth acknowledgement. --fsize BYTES: a file-size limit (RLIMIT_FSIZE, as a full disk: writes
+         fail with EFBIG). A record() that raises prints "REFUSED <i> <error>" and ends the loop.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import argparse
 import json
 import os
 import random
+import resource
+import signal
 import sys
 import time
 from decimal import Decimal
@@ -91,6 +95,9 @@ def load(args: argparse.Namespace) -> None:
 
 
 def tracker(args: argparse.Namespace) -> None:
+    if args.fsize:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of a kill
+        resource.setrlimit(resource.RLIMIT_FSIZE, (args.fsize, args.fsize))
     db = Database(args.dsn, min_size=0, max_size=2, timeout=args.pool_timeout, application_name="tracker")
     db.open(wait=False)
     t = CostTracker(
@@ -100,23 +107,33 @@ def tracker(args: argparse.Namespace) -> None:
         flush_interval=args.interval,
         capacity=args.capacity,
         when_full=args.when_full,
+        **({"durability": args.durability} if args.durability else {}),
     )
     t.install_signal_handlers()
     t.start()
-    ack = open(args.ack, "a", buffering=1)  # noqa: SIM115 - lives as long as the process
+    to_stdout = args.ack == "-"
+    ack = sys.stdout if to_stdout else open(args.ack, "a", buffering=1)  # noqa: SIM115 - process lifetime
     try:
         for i in range(args.n):
             key = f"{args.prefix}-{i}"
-            t.record(
-                CostRecord(
-                    agent_id=args.agent,
-                    model="m",
-                    provider="p",
-                    cost_usd=Decimal("0.0001"),
-                    idempotency_key=key,
+            try:
+                t.record(
+                    CostRecord(
+                        agent_id=args.agent,
+                        model="m",
+                        provider="p",
+                        cost_usd=Decimal("0.0001"),
+                        idempotency_key=key,
+                    )
                 )
-            )
-            ack.write(key + "\n")
+            except Exception as exc:
+                print(f"REFUSED {i} {type(exc).__name__}: {exc}", flush=True)
+                break
+            ack.write(f"ACK {key}\n" if to_stdout else key + "\n")
+            if to_stdout:
+                ack.flush()
+            if args.kill_after and i + 1 >= args.kill_after:
+                os.kill(os.getpid(), signal.SIGKILL)
             if args.rate:
                 time.sleep(1.0 / args.rate)
         if args.spool_then_wait:
@@ -129,7 +146,8 @@ def tracker(args: argparse.Namespace) -> None:
     finally:
         t.close()
         db.close()
-        ack.close()
+        if not to_stdout:
+            ack.close()
 
 
 def main() -> None:
@@ -156,6 +174,9 @@ def main() -> None:
     pt.add_argument("--pool-timeout", type=float, default=2.0)
     pt.add_argument("--spool-then-wait", action="store_true")
     pt.add_argument("--wait", action="store_true")
+    pt.add_argument("--kill-after", type=int, default=0)
+    pt.add_argument("--fsize", type=int, default=0)
+    pt.add_argument("--durability", default="")
     args = p.parse_args()
     {"load": load, "tracker": tracker}[args.mode](args)
 
