@@ -45,8 +45,8 @@ pgtap: deps
 isolation: deps
 	$(PY) -m pytest tests/core/test_isolation.py $(PYTEST_ARGS)
 
-# The sync modules (db.py, ledger/client.py, ledger/tracker.py, budget/client.py, budget/guard.py) from their
-# async sources (a*.py); a test fails when they are stale.
+# The sync modules (db.py, ledger/client.py, ledger/tracker.py, budget/client.py, budget/guard.py,
+# reports/client.py) from their async sources (a*.py); a test fails when they are stale.
 sync-gen: venv
 	$(PY) tools/async_to_sync.py
 

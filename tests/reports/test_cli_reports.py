@@ -1,6 +1,7 @@
 """The read-side commands an operator expects: agent list/status, budget tree/list/create-group, cost report and
-top, reservation list, the quarantine, prices. Money is a fixed-point string in JSON and right-aligned with one
-precision in tables; counts are integers; --json on every read, --csv on reports."""
+top, reservation list, the quarantine, prices. Money is a fixed-point string in JSON, normalised like every amount
+the library returns (sigledger.core.money), and right-aligned with one precision in tables; counts are integers;
+--json on every read, --csv on reports."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from sigledger.cli import main
 
 from tests.reports.helpers import record, run
 
-MONEY = re.compile(r"^-?\d+\.\d+$")
+MONEY = re.compile(r"^-?\d+(\.\d*[1-9])?$")  # fixed-point, normalised: no exponent, no trailing zero
 
 
 def _setup(dsn: str) -> dict[str, str]:
@@ -52,8 +53,8 @@ def test_agent_status_and_list_print_money_with_one_precision(db_dsn: str) -> No
     agent = status[-1]
     assert agent["name"] == "cli-a" and agent["level"] == "agent"
     assert agent["open_reservations"] == 1 and agent["version"] >= 1  # integers, not strings
-    assert agent["excess_usd"] == "0.0000000000"  # never "0E-10"
-    assert agent["spent_usd"] == "1.2979920000" and MONEY.match(agent["remaining_usd"])
+    assert agent["excess_usd"] == "0"  # never "0E-10"
+    assert agent["spent_usd"] == "1.297992" and MONEY.match(agent["remaining_usd"])
 
     table = run(db_dsn, "agent", "status", "cli-a").output.splitlines()
     header, rows = table[0], table[1:]
@@ -66,7 +67,7 @@ def test_agent_status_and_list_print_money_with_one_precision(db_dsn: str) -> No
         ("cli-a", "research", "acme"),
         ("cli-b", None, "acme"),
     ]
-    assert listed[0]["limit_usd"] == "5.000000" and listed[0]["open_reservations"] == 1
+    assert listed[0]["limit_usd"] == "5" and listed[0]["open_reservations"] == 1
 
 
 def test_budget_tree_list_and_create_group(db_dsn: str) -> None:
@@ -77,11 +78,11 @@ def test_budget_tree_list_and_create_group(db_dsn: str) -> None:
     assert tree[4].startswith("    cli-a") and tree[4].rstrip().endswith("90.0%")
     near = json.loads(run(db_dsn, "budget", "list", "--near", "0.4", "--json").output)
     assert [(b["level"], b["name"], b["state"], b["used_ratio"]) for b in near] == [
-        ("agent", "cli-a", "near", "0.900000"),
-        ("team", "research", "near", "0.450000"),
+        ("agent", "cli-a", "near", "0.9"),
+        ("team", "research", "near", "0.45"),
     ]
     as_csv = list(csv.DictReader(io.StringIO(run(db_dsn, "budget", "tree", "--csv").output)))
-    assert as_csv[0]["name"] == "acme" and as_csv[0]["spent_usd"] == "4.5000000000"
+    assert as_csv[0]["name"] == "acme" and as_csv[0]["spent_usd"] == "4.5"
     dup = run(db_dsn, "budget", "create-group", "team", "research", "--limit", "1")
     assert dup.exit_code == 1 and "[23505]" in dup.output
 
@@ -107,16 +108,16 @@ def test_cost_report_and_top_in_every_format(db_dsn: str) -> None:
         "is_total": True,
         "team": None,
         "model": None,
-        "spend_usd": "1.875000",
+        "spend_usd": "1.875",
         "calls": 3,
         "input_tokens": 0,
         "output_tokens": 0,
     }
     groups = {(r["team"], r["model"]): r["spend_usd"] for r in as_json[:-1]}
     assert groups == {
-        ("research", "gpt"): "1.250000",
-        ("research", "claude"): "0.500000",
-        (None, "claude"): "0.125000",
+        ("research", "gpt"): "1.25",
+        ("research", "claude"): "0.5",
+        (None, "claude"): "0.125",
     }
 
     table = run(db_dsn, "cost", "report", "--by", "agent").output.splitlines()
@@ -126,16 +127,16 @@ def test_cost_report_and_top_in_every_format(db_dsn: str) -> None:
 
     as_csv = list(csv.DictReader(io.StringIO(run(db_dsn, "cost", "report", "--by", "model", "--csv").output)))
     assert [(r["is_total"], r["model"], r["spend_usd"], r["calls"]) for r in as_csv] == [
-        ("false", "gpt", "1.250000", "1"),
-        ("false", "claude", "0.625000", "2"),
-        ("true", "", "1.875000", "3"),
+        ("false", "gpt", "1.25", "1"),
+        ("false", "claude", "0.625", "2"),
+        ("true", "", "1.875", "3"),
     ]
     top = json.loads(run(db_dsn, "cost", "top", "--by", "model", "--limit", "1", "--json").output)
     assert top == [
         {
             "rank": 1,
             "model": "gpt",
-            "spend_usd": "1.250000",
+            "spend_usd": "1.25",
             "calls": 1,
             "input_tokens": 0,
             "output_tokens": 0,
@@ -150,12 +151,12 @@ def test_reservations_prices_and_the_quarantine(db_dsn: str) -> None:
     held = json.loads(run(db_dsn, "budget", "reserve", "cli-a", "0.3", "--json").output)
     listed = json.loads(run(db_dsn, "reservation", "list", "--json").output)
     assert [(r["reservation_id"], r["agent"], r["estimate_usd"], r["overdue"]) for r in listed] == [
-        (held["reservation_id"], "cli-a", "0.3000000000", False)
+        (held["reservation_id"], "cli-a", "0.3", False)
     ]
     assert run(db_dsn, "price", "add", "openai", "gpt", "--input", "2.5", "--output", "10").exit_code == 0
     prices = json.loads(run(db_dsn, "price", "list", "--json").output)
     assert [(p["provider"], p["model"], p["input_usd_per_mtok"], p["current"]) for p in prices] == [
-        ("openai", "gpt", "2.500000000", True)
+        ("openai", "gpt", "2.5", True)
     ]
 
     with psycopg.connect(db_dsn, autocommit=True) as c:

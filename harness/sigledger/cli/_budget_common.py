@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
-import uuid
 from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 from typing import Any, TypeVar
 
 import click
 
-from sigledger.budget import BudgetClient
 from sigledger.cli.options import open_database
 from sigledger.core.db import Database
 
@@ -107,11 +105,3 @@ INSTANT = InstantType()
 
 def open_db(dsn: str | None, application_name: str = "sigledger-cli") -> Database:
     return open_database(dsn, application_name)
-
-
-def resolve_agent(client: BudgetClient, agent: str) -> str:
-    """An agent given by id or by name."""
-    try:
-        return str(uuid.UUID(agent))
-    except ValueError:
-        return client.find_agent(agent)

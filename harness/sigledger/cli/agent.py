@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from decimal import Decimal
 
 import click
@@ -13,10 +14,10 @@ from sigledger.cli._budget_common import (
     POLICIES,
     new_budget_options,
     open_db,
-    resolve_agent,
 )
 from sigledger.cli.options import dsn_option
 from sigledger.cli.output import emit, format_options
+from sigledger.ledger.records import is_uuid
 from sigledger.reports import ReportClient
 
 
@@ -85,9 +86,8 @@ def set_budget(
 ) -> None:
     """Create or change the budget of AGENT (id or name); unspecified settings are kept."""
     with open_db(dsn) as db:
-        client = BudgetClient(db)
-        budget_id = client.set_budget(
-            resolve_agent(client, agent),
+        budget_id = BudgetClient(db).set_budget(
+            agent,
             limit_usd,
             period=period,
             grace_ratio=grace_ratio,
@@ -105,14 +105,11 @@ def set_budget(
 def status(agent: str, fmt: str, dsn: str | None) -> None:
     """Current period of each budget level of AGENT (id or name), with its open reservations."""
     with open_db(dsn) as db:
-        client = BudgetClient(db)
-        agent_id = resolve_agent(client, agent)
-        rows = client.status(agent_id)
+        rows = BudgetClient(db).status(agent)
         name = agent
-        if agent == agent_id:  # given by id: its name from the agent list
-            name = next(
-                (a["name"] for a in ReportClient(db).agents() if str(a["agent_id"]) == agent_id), agent
-            )
+        if is_uuid(agent):  # given by id: its name from the agent list
+            agent_id = uuid.UUID(agent)
+            name = next((a["name"] for a in ReportClient(db).agents() if a["agent_id"] == agent_id), agent)
     # the agent level's budget is named agent:<id>: show the agent's name
     rows = [
         {"name": name if r["level"] == "agent" else r["name"], **{k: v for k, v in r.items() if k != "name"}}

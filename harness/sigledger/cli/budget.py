@@ -12,7 +12,7 @@ import click
 
 from sigledger.budget import BudgetClient
 from sigledger.cli import exit_codes
-from sigledger.cli._budget_common import DECIMAL, new_budget_options, open_db, resolve_agent
+from sigledger.cli._budget_common import DECIMAL, new_budget_options, open_db
 from sigledger.cli.options import dsn_option, probe, resolve_dsn
 from sigledger.cli.output import emit, format_options
 from sigledger.core.errors import Retryable
@@ -44,8 +44,7 @@ def group() -> None:
 def reserve(agent: str, estimate: Decimal, ttl: float, key: str | None, fmt: str, dsn: str | None) -> None:
     """Hold ESTIMATE USD on AGENT's budget (id or name). Refused with SLB01 (exit 1) when it does not fit."""
     with open_db(dsn) as db:
-        client = BudgetClient(db)
-        row = client.reserve(resolve_agent(client, agent), estimate, ttl, key or f"cli:{uuid.uuid4()}")
+        row = BudgetClient(db).reserve(agent, estimate, ttl, key or f"cli:{uuid.uuid4()}")
     emit(row, fmt)
 
 
@@ -280,7 +279,7 @@ def create_group(
 ) -> None:
     """Create a team or org budget NAME; prints its id. Agents join with `agent create --parent-budget ID`."""
     with open_db(dsn) as db:
-        budget_id = ReportClient(db).create_group_budget(
+        budget_id = BudgetClient(db).create_group_budget(
             level,
             name,
             limit_usd,

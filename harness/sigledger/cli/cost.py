@@ -12,8 +12,7 @@ from typing import Any
 
 import click
 
-from sigledger.budget import BudgetClient
-from sigledger.cli._budget_common import DECIMAL, INSTANT, open_db, resolve_agent
+from sigledger.cli._budget_common import DECIMAL, INSTANT, open_db
 from sigledger.cli.options import dsn_option
 from sigledger.cli.output import emit, format_options
 from sigledger.core.errors import NotFound
@@ -59,10 +58,9 @@ def record(
 ) -> None:
     """Append one call's cost to the ledger; prints the ledger id (the same key again: the same id)."""
     with open_db(dsn) as db:
-        agent_id = resolve_agent(BudgetClient(db), agent)
         ledger_id = Ledger(db).record_cost(
             CostRecord(
-                agent_id=agent_id,
+                agent_id=agent,
                 model=model,
                 provider=provider,
                 input_tokens=input_tokens,
@@ -138,13 +136,12 @@ def report(
     month by month with progress on stderr."""
     by = by or ("agent",)
     with open_db(dsn, "sigledger-report") as db:
-        agent_id = resolve_agent(BudgetClient(db), agent) if agent else None
         client = ReportClient(db)
         if team or org:
             if budget_id is not None or (team and org):
                 raise click.UsageError("give one of --budget, --team, --org")
             budget_id = _group_budget(client, "team" if team else "org", team or org or "")
-        kwargs: dict[str, Any] = {"agent_id": agent_id, "budget_id": budget_id, "tag_key": tag_key}
+        kwargs: dict[str, Any] = {"agent": agent, "budget_id": budget_id, "tag_key": tag_key}
         if sys.stderr.isatty() and (until - since).days > CHUNK_OVER_DAYS:
             rows = client.spend_report_chunked(_month_chunks(since, until), by, _progress(), **kwargs)
         else:

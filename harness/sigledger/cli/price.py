@@ -7,6 +7,7 @@ from decimal import Decimal
 
 import click
 
+from sigledger.budget import BudgetClient
 from sigledger.cli._budget_common import DECIMAL, INSTANT, open_db
 from sigledger.cli.options import dsn_option
 from sigledger.cli.output import emit, format_options
@@ -38,7 +39,9 @@ def add(
 ) -> None:
     """Add a price for PROVIDER MODEL (sigledger_admin); prices are never edited, a later one supersedes."""
     with open_db(dsn) as db:
-        start = ReportClient(db).add_price(provider, model, input_usd, output_usd, valid_from)
+        start = BudgetClient(db).add_model_price(
+            provider, model, input_usd, output_usd, valid_from=valid_from
+        )
     click.echo(f"{provider}/{model} priced from {start.isoformat()}")
 
 

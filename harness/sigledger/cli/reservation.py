@@ -6,8 +6,7 @@ import datetime as dt
 
 import click
 
-from sigledger.budget import BudgetClient
-from sigledger.cli._budget_common import INSTANT, open_db, resolve_agent
+from sigledger.cli._budget_common import INSTANT, open_db
 from sigledger.cli.options import dsn_option
 from sigledger.cli.output import emit, format_options
 from sigledger.reports import ReportClient
@@ -30,8 +29,7 @@ def group() -> None:
 def list_(agent: str | None, limit: int, fmt: str, dsn: str | None) -> None:
     """Open reservations, soonest expiry first."""
     with open_db(dsn) as db:
-        agent_id = resolve_agent(BudgetClient(db), agent) if agent else None
-        rows = ReportClient(db).open_reservations(agent_id, limit)
+        rows = ReportClient(db).open_reservations(agent, limit)
     emit(
         rows,
         fmt,
@@ -51,6 +49,5 @@ def overruns(
 ) -> None:
     """Reservations settled above their estimate in [--since, --until), largest overrun first."""
     with open_db(dsn) as db:
-        agent_id = resolve_agent(BudgetClient(db), agent) if agent else None
-        rows = ReportClient(db).overruns(since, until, agent_id, limit)
+        rows = ReportClient(db).overruns(since, until, agent, limit)
     emit(rows, fmt, ["reservation_id", "agent", "estimate_usd", "actual_usd", "overrun_usd", "closed_at"])
