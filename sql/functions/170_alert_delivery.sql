@@ -1,6 +1,8 @@
 -- 170: budget alerts as documents, and their delivery to sinks (issue 15; issue 11 item 5).
 -- One shape everywhere: the document built here is what `budget watch` prints, what `--webhook` POSTs and
--- what the read API returns. Money and thresholds are fixed-point strings, times ISO 8601 in UTC.
+-- what the read API returns. Money and thresholds are fixed-point strings without the trailing zeros of the
+-- column's scale (trim_scale: '0.6', '10', '0'; the Python library normalises amounts the same way,
+-- sigledger.core.money), times ISO 8601 in UTC.
 -- The NOTIFY on sigledger_budget_alert carries {"alert_id": id} only; any role can NOTIFY on that channel, so
 -- a watcher reads the alert here by id and ignores ids that do not exist.
 
@@ -22,9 +24,9 @@ AS $$
                'agent_id', b.agent_id,
                'period', b.period,
                'period_start', to_char(a.period_start AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
-               'threshold', a.threshold::text,
-               'limit_usd', a.limit_usd::text,
-               'spent_usd', a.spent_usd::text,
+               'threshold', trim_scale(a.threshold)::text,
+               'limit_usd', trim_scale(a.limit_usd)::text,
+               'spent_usd', trim_scale(a.spent_usd)::text,
                'created_at', to_char(a.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))
       FROM sigledger.budget_alert a
       JOIN sigledger.budget b ON b.id = a.budget_id
@@ -43,7 +45,7 @@ AS $$
 $$;
 COMMENT ON FUNCTION sigledger.budget_alert_document(bigint) IS
 'The alert with this id as a JSON document (alert_id, budget_id, level, name, agent, agent_id, period,
-period_start, threshold, limit_usd, spent_usd, created_at; money as strings), NULL when there is none (a
+period_start, threshold, limit_usd, spent_usd, created_at; money as normalised strings), NULL when there is none (a
 NOTIFY payload naming an unknown id is not an alert). Raises nothing.';
 
 CREATE OR REPLACE FUNCTION sigledger.budget_alert_feed(p_after_id bigint DEFAULT 0, p_limit integer DEFAULT 1000)

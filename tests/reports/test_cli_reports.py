@@ -249,5 +249,19 @@ def test_watch_and_money_documents_are_exact(db_dsn: str) -> None:
     out = run(db_dsn, "budget", "alerts").output.splitlines()
     assert out[1].rstrip().endswith("1.000000   0.900000")
     docs = json.loads(run(db_dsn, "budget", "alerts", "--json").output)
-    assert docs[0]["spent_usd"] == "0.9000000000" and docs[0]["threshold"] == "0.8"
+    assert docs[0]["spent_usd"] == "0.9" and docs[0]["threshold"] == "0.8"
     assert Decimal(docs[0]["limit_usd"]) == 1
+
+
+def test_money_text_is_the_library_normalisation() -> None:
+    """One rule for amounts as text (sigledger.core.money.text), used by every command's JSON and CSV: the
+    normalised amount in fixed-point notation, whatever the column's scale."""
+    from sigledger.cli.output import json_value, to_csv
+    from sigledger.core import money
+
+    cases = {"0E-10": "0", "0.0400000000": "0.04", "1E+1": "10", "1E-7": "0.0000001", "-2.50": "-2.5"}
+    for raw, text in cases.items():
+        assert money.text(Decimal(raw)) == text == json_value("spent_usd", Decimal(raw)), raw
+    assert json_value("used_ratio", Decimal("0.900000")) == "0.9"
+    assert json_value("calls", Decimal("3")) == 3
+    assert to_csv([{"limit_usd": Decimal("5.000000")}]) == "limit_usd\n5"

@@ -2,8 +2,9 @@
 (``--csv`` on reports).
 
 One rule for each kind of value, whatever the command:
-- money (a column ending in ``_usd``): in JSON and CSV an exact fixed-point string (``"0.0000000000"``, never
-  ``"0E-10"`` or a float); in tables right-aligned with one precision (``MONEY_PLACES`` decimals);
+- money (a column ending in ``_usd``): in JSON and CSV the exact amount as a fixed-point string, normalised
+  by ``sigledger.core.money.text`` like every amount the library returns (``"0"``, ``"0.4"``, never ``"0E-10"``
+  or a float); in tables right-aligned with one precision (``MONEY_PLACES`` decimals);
 - counts (calls, tokens, ids, versions): integers in JSON, right-aligned in tables;
 - ratios (``used_ratio``): a decimal string in JSON and CSV, a percentage with one decimal in tables;
 - times: ISO 8601 in UTC (``2026-11-30T13:45:00Z``); a bucket or period start at midnight prints as the date.
@@ -22,6 +23,8 @@ from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any, TypeVar
 
 import click
+
+from sigledger.core import money
 
 MONEY_PLACES = 6
 Row = dict[str, Any]
@@ -63,11 +66,6 @@ def kind_of(key: str) -> str:
     return "text"
 
 
-def fixed(value: Decimal) -> str:
-    """Exact fixed-point text of a Decimal (no exponent)."""
-    return format(value, "f")
-
-
 def iso(value: dt.datetime | dt.date) -> str:
     if isinstance(value, dt.datetime):
         if value.tzinfo is not None:
@@ -84,9 +82,9 @@ def json_value(key: str, value: Any) -> Any:
     if isinstance(value, Decimal):
         if kind == "count" and value == value.to_integral_value():
             return int(value)
-        return fixed(value)
+        return money.text(value)
     if isinstance(value, float):
-        return fixed(Decimal(repr(value)))
+        return money.text(Decimal(repr(value)))
     if isinstance(value, dt.datetime | dt.date):
         return iso(value)
     if isinstance(value, uuid.UUID):
@@ -112,7 +110,7 @@ def _table_cell(key: str, value: Any, places: int) -> str:
             return value
     if kind == "money" and isinstance(value, Decimal | int | float):
         quantum = Decimal(1).scaleb(-places)
-        return fixed(Decimal(str(value)).quantize(quantum, rounding=ROUND_HALF_EVEN))
+        return format(Decimal(str(value)).quantize(quantum, rounding=ROUND_HALF_EVEN), "f")
     if kind == "ratio" and isinstance(value, Decimal | int | float) and key != "threshold":
         return f"{Decimal(str(value)) * 100:.1f}%"
     if isinstance(value, dt.datetime):
@@ -121,7 +119,7 @@ def _table_cell(key: str, value: Any, places: int) -> str:
             return value.date().isoformat()
         return value.strftime("%Y-%m-%d %H:%M:%S")
     if isinstance(value, Decimal):
-        return fixed(value)
+        return money.text(value)
     if isinstance(value, dict | list):
         return json.dumps(value, default=str)
     return str(value)
