@@ -46,6 +46,18 @@ def cli_process(*args: str, timeout: float = 120, **kwargs: Any) -> subprocess.C
     )
 
 
+def cli_popen(*args: str) -> subprocess.Popen[str]:
+    """`python -m sigledger ...` started as a real process, stdout and stderr piped (communicate() them)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "sigledger", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env=env(),
+    )
+
+
 class LineProcess:
     """A process whose stdout and stderr lines are collected by threads, read with a deadline."""
 

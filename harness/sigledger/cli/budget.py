@@ -13,7 +13,7 @@ import click
 from sigledger.budget import BudgetClient
 from sigledger.cli import exit_codes
 from sigledger.cli._budget_common import DECIMAL, new_budget_options, open_db
-from sigledger.cli.options import dsn_option, probe, resolve_dsn
+from sigledger.cli.options import dsn_option, resolve_dsn
 from sigledger.cli.output import emit, format_options
 from sigledger.core.errors import Retryable
 from sigledger.reports import ReportClient
@@ -158,7 +158,6 @@ def watch(
     if after is not None and not replay:
         raise click.UsageError("--after needs --replay")
     resolved = resolve_dsn(dsn)
-    probe(resolved)
 
     def warn(message: str) -> None:
         click.echo(f"warning: {message}", err=True)

@@ -7,7 +7,7 @@ import threading
 
 import click
 
-from sigledger.cli.options import dsn_option, probe, resolve_dsn
+from sigledger.cli.options import dsn_option, resolve_dsn
 from sigledger.core.metrics import DEFAULT_EXPORTER_PORT, MetricsPortInUse
 from sigledger.reports.exporter import Limits, serve_database
 
@@ -49,10 +49,8 @@ def group() -> None:
 def serve(dsn: str | None, port: int, addr: str, max_groups: int, top_agents: int, top_models: int) -> None:
     """Serve /metrics until SIGTERM or Ctrl-C; every gauge is read from the database at scrape time
     (log in as sigledger_readonly, on the primary or a replica)."""
-    resolved = resolve_dsn(dsn)
-    probe(resolved)
     try:
-        server = serve_database(resolved, port, addr, Limits(max_groups, top_agents, top_models))
+        server = serve_database(resolve_dsn(dsn), port, addr, Limits(max_groups, top_agents, top_models))
     except MetricsPortInUse as exc:
         raise click.BadParameter(str(exc), param_hint="--port") from None
     click.echo(f"serving metrics on http://{addr}:{port}/metrics")

@@ -3,7 +3,9 @@ sigledger_readonly), one call of ``metrics_snapshot()`` and one of ``graph_outbo
 
 Cardinality is bounded by the snapshot's arguments (top budgets, top models; the rest aggregated), so a
 deployment with many agents does not explode Prometheus' series count. A scrape that cannot read the database
-reports ``sigledger_database_up 0`` and nothing else (the last values are not repeated as if fresh).
+reports ``sigledger_database_up 0`` and nothing else (the last values are not repeated as if fresh). At start,
+``serve_database`` reads once: an unreachable database is ``Unavailable`` (the CLI's exit 69), not an exporter
+that serves zeros.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from sigledger.core.db import connect
+from sigledger.core.errors import SigledgerError
 from sigledger.core.metrics import DEFAULT_EXPORTER_PORT, start_server
 
 log = logging.getLogger("sigledger.metrics")
@@ -79,12 +83,9 @@ class DatabaseCollector(Collector):
     def describe(self) -> list[Any]:
         return []
 
-    def _read(self) -> tuple[list[tuple[str, dict[str, str], float]], tuple[Any, ...]]:
-        with psycopg.connect(
-            self.dsn,
-            connect_timeout=max(1, int(self.timeout)),
-            application_name="sigledger-metrics",
-            autocommit=True,
+    def read(self) -> tuple[list[tuple[str, dict[str, str], float]], tuple[Any, ...]]:
+        with connect(
+            self.dsn, connect_timeout=self.timeout, application_name="sigledger-metrics", autocommit=True
         ) as conn:
             conn.execute(
                 "SELECT set_config('statement_timeout', %s, false)", (f"{int(self.timeout * 1000)}ms",)
@@ -100,8 +101,8 @@ class DatabaseCollector(Collector):
         started = time.monotonic()
         up = GaugeMetricFamily("sigledger_database_up", "1 when the last scrape could read the database.")
         try:
-            snapshot, outbox = self._read()
-        except psycopg.Error as exc:
+            snapshot, outbox = self.read()
+        except (psycopg.Error, SigledgerError) as exc:
             log.warning("metrics scrape could not read the database: %s", " ".join(str(exc).split()))
             up.add_metric([], 0)
             yield up
@@ -131,6 +132,8 @@ def serve_database(
     dsn: str, port: int = DEFAULT_EXPORTER_PORT, addr: str = "127.0.0.1", limits: Limits | None = None
 ) -> Any:
     """The exporter: a registry of its own holding only the database collector; returns the HTTP server."""
+    collector = DatabaseCollector(dsn, limits=limits)
+    collector.read()  # Unavailable (host, port, cause) or a privilege error now, not at the first scrape
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(DatabaseCollector(dsn, limits=limits))
+    registry.register(collector)
     return start_server(registry, port, addr)
