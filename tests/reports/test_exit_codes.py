@@ -20,6 +20,7 @@ COMMANDS = [
     ("reservation", "list"),
     ("metrics", "serve", "--port", "1"),
     ("migrate", "status"),
+    ("graph", "status"),
 ]
 
 
