@@ -34,29 +34,45 @@ POLICIES = click.Choice(["open", "closed"])
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def new_budget_options(func: F) -> F:
-    """--period, --grace, --fail-policy, --alert of a budget being created (agent or group), with the
-    database's creation defaults."""
-    func = click.option(
-        "--alert",
-        "alerts",
-        type=DECIMAL,
-        multiple=True,
-        help="Alert threshold as a fraction of the limit (repeat).",
-    )(func)
-    func = click.option(
-        "--fail-policy",
-        type=POLICIES,
-        default="closed",
-        show_default=True,
-        help="While the database is down.",
-    )(func)
-    func = click.option(
-        "--grace", "grace_ratio", type=DECIMAL, default=Decimal(0), show_default=True, help="0 = hard limit."
-    )(func)
-    return click.option(
-        "--period", type=PERIODS, default="none", show_default=True, help="Budget period (UTC calendar)."
-    )(func)
+def _thresholds(
+    ctx: click.Context, param: click.Parameter, value: tuple[Decimal, ...]
+) -> list[Decimal] | None:
+    return list(value) or None
+
+
+def budget_options(*, change: bool = False, parent_help: str | None = None) -> Callable[[F], F]:
+    """--period, --grace, --fail-policy, --alert, --parent-budget of a budget, handed to the command under the
+    library's keyword names (period, grace_ratio, fail_policy, alert_thresholds, parent_budget_id) so that it
+    passes them on as they are (``BudgetClient.create_agent(name, limit, **settings)``). A budget being created
+    gets the database's creation defaults; with ``change`` every default is None (keep the current value)."""
+
+    def default(value: Any) -> dict[str, Any]:
+        return {"default": None} if change else {"default": value, "show_default": True}
+
+    def decorate(func: F) -> F:
+        func = click.option("--parent-budget", "parent_budget_id", type=int, default=None, help=parent_help)(
+            func
+        )
+        func = click.option(
+            "--alert",
+            "alert_thresholds",
+            type=DECIMAL,
+            multiple=True,
+            callback=_thresholds,
+            help="Alert threshold as a fraction of the limit (repeat"
+            + ("; replaces the current ones)." if change else ")."),
+        )(func)
+        func = click.option(
+            "--fail-policy", type=POLICIES, help="While the database is down.", **default("closed")
+        )(func)
+        func = click.option(
+            "--grace", "grace_ratio", type=DECIMAL, help="0 = hard limit.", **default(Decimal(0))
+        )(func)
+        return click.option(
+            "--period", type=PERIODS, help="Budget period (UTC calendar).", **default("none")
+        )(func)
+
+    return decorate
 
 
 _UNITS = {"d": "days", "h": "hours", "m": "minutes", "w": "weeks"}

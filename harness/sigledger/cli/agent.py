@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import uuid
 from decimal import Decimal
+from typing import Any
 
 import click
 
 from sigledger.budget import BudgetClient
 from sigledger.cli._budget_common import (
     DECIMAL,
-    PERIODS,
-    POLICIES,
-    new_budget_options,
+    budget_options,
     open_db,
 )
 from sigledger.cli.options import dsn_option
@@ -34,67 +33,24 @@ def group() -> None:
 @click.option(
     "--limit", "limit_usd", type=DECIMAL, default=None, help="Budget limit in USD (no budget if omitted)."
 )
-@new_budget_options
-@click.option(
-    "--parent-budget", type=int, default=None, help="Team or org budget id above this agent (`budget tree`)."
-)
+@budget_options(parent_help="Team or org budget id above this agent (`budget tree`).")
 @dsn_option
-def create(
-    name: str,
-    limit_usd: Decimal | None,
-    period: str,
-    grace_ratio: Decimal,
-    fail_policy: str,
-    alerts: tuple[Decimal, ...],
-    parent_budget: int | None,
-    dsn: str | None,
-) -> None:
+def create(name: str, limit_usd: Decimal | None, dsn: str | None, **settings: Any) -> None:
     """Register agent NAME (and its budget with --limit); prints its id."""
     with open_db(dsn) as db:
-        agent_id = BudgetClient(db).create_agent(
-            name,
-            limit_usd,
-            period=period,
-            grace_ratio=grace_ratio,
-            fail_policy=fail_policy,
-            alert_thresholds=list(alerts) or None,
-            parent_budget_id=parent_budget,
-        )
+        agent_id = BudgetClient(db).create_agent(name, limit_usd, **settings)
     click.echo(agent_id)
 
 
 @group.command("set-budget")
 @click.argument("agent")
 @click.option("--limit", "limit_usd", type=DECIMAL, default=None, help="Budget limit in USD.")
-@click.option("--period", type=PERIODS, default=None)
-@click.option("--grace", "grace_ratio", type=DECIMAL, default=None)
-@click.option("--fail-policy", type=POLICIES, default=None)
-@click.option(
-    "--alert", "alerts", type=DECIMAL, multiple=True, help="Alert thresholds (replace the current ones)."
-)
-@click.option("--parent-budget", type=int, default=None)
+@budget_options(change=True, parent_help="Team or org budget id above this agent (`budget tree`).")
 @dsn_option
-def set_budget(
-    agent: str,
-    limit_usd: Decimal | None,
-    period: str | None,
-    grace_ratio: Decimal | None,
-    fail_policy: str | None,
-    alerts: tuple[Decimal, ...],
-    parent_budget: int | None,
-    dsn: str | None,
-) -> None:
+def set_budget(agent: str, limit_usd: Decimal | None, dsn: str | None, **settings: Any) -> None:
     """Create or change the budget of AGENT (id or name); unspecified settings are kept."""
     with open_db(dsn) as db:
-        budget_id = BudgetClient(db).set_budget(
-            agent,
-            limit_usd,
-            period=period,
-            grace_ratio=grace_ratio,
-            fail_policy=fail_policy,
-            alert_thresholds=list(alerts) or None,
-            parent_budget_id=parent_budget,
-        )
+        budget_id = BudgetClient(db).set_budget(agent, limit_usd, **settings)
     click.echo(f"budget {budget_id}")
 
 

@@ -7,12 +7,13 @@ import sys
 import time
 import uuid
 from decimal import Decimal
+from typing import Any
 
 import click
 
 from sigledger.budget import BudgetClient
 from sigledger.cli import exit_codes
-from sigledger.cli._budget_common import DECIMAL, new_budget_options, open_db
+from sigledger.cli._budget_common import DECIMAL, budget_options, open_db
 from sigledger.cli.options import dsn_option, resolve_dsn
 from sigledger.cli.output import emit, format_options
 from sigledger.core.errors import Retryable
@@ -262,32 +263,12 @@ def sweep(every: float, repair: bool, iterations: int | None, dsn: str | None) -
 @click.argument("level", type=click.Choice(["team", "org"]))
 @click.argument("name")
 @click.option("--limit", "limit_usd", type=DECIMAL, required=True, help="Limit in USD per period.")
-@new_budget_options
-@click.option("--parent-budget", type=int, default=None, help="The org budget above a team.")
+@budget_options(parent_help="The org budget above a team.")
 @dsn_option
-def create_group(
-    level: str,
-    name: str,
-    limit_usd: Decimal,
-    period: str,
-    grace_ratio: Decimal,
-    fail_policy: str,
-    alerts: tuple[Decimal, ...],
-    parent_budget: int | None,
-    dsn: str | None,
-) -> None:
+def create_group(level: str, name: str, limit_usd: Decimal, dsn: str | None, **settings: Any) -> None:
     """Create a team or org budget NAME; prints its id. Agents join with `agent create --parent-budget ID`."""
     with open_db(dsn) as db:
-        budget_id = BudgetClient(db).create_group_budget(
-            level,
-            name,
-            limit_usd,
-            period=period,
-            grace_ratio=grace_ratio,
-            fail_policy=fail_policy,
-            alert_thresholds=list(alerts) or None,
-            parent_budget_id=parent_budget,
-        )
+        budget_id = BudgetClient(db).create_group_budget(level, name, limit_usd, **settings)
     click.echo(budget_id)
 
 
