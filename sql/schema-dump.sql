@@ -51,9 +51,9 @@ CREATE FUNCTION sigledger._alert_document(p_alert_id bigint) RETURNS json
                'agent_id', b.agent_id,
                'period', b.period,
                'period_start', to_char(a.period_start AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
-               'threshold', a.threshold::text,
-               'limit_usd', a.limit_usd::text,
-               'spent_usd', a.spent_usd::text,
+               'threshold', trim_scale(a.threshold)::text,
+               'limit_usd', trim_scale(a.limit_usd)::text,
+               'spent_usd', trim_scale(a.spent_usd)::text,
                'created_at', to_char(a.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))
       FROM sigledger.budget_alert a
       JOIN sigledger.budget b ON b.id = a.budget_id
@@ -2287,7 +2287,7 @@ ALTER FUNCTION sigledger.budget_alert_document(p_alert_id bigint) OWNER TO sigle
 --
 
 COMMENT ON FUNCTION sigledger.budget_alert_document(p_alert_id bigint) IS 'The alert with this id as a JSON document (alert_id, budget_id, level, name, agent, agent_id, period,
-period_start, threshold, limit_usd, spent_usd, created_at; money as strings), NULL when there is none (a
+period_start, threshold, limit_usd, spent_usd, created_at; money as normalised strings), NULL when there is none (a
 NOTIFY payload naming an unknown id is not an alert). Raises nothing.';
 
 --
