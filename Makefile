@@ -6,7 +6,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
 .PHONY: help test lint pytest demo deps system-deps venv neo4j-up neo4j-down bench bench-budget \
-        bench-ingest bench-graph bench-report schema-dump api-docs pgtap isolation clean sync-gen bench-tracker \
+        bench-ingest bench-graph bench-report bench-migrate schema-dump api-docs pgtap isolation clean sync-gen \
+        bench-tracker \
         bench-loop-lag
 
 help:
@@ -64,7 +65,7 @@ neo4j-down: deps
 	$(PY) -m sigledger.graph.neo4j_server down
 
 # Every benchmark, then the README performance table from bench/results/*.json.
-bench: bench-budget bench-ingest bench-graph bench-report bench-tracker bench-loop-lag
+bench: bench-budget bench-ingest bench-graph bench-report bench-tracker bench-loop-lag bench-migrate
 	$(PY) bench/report.py
 
 bench-budget: deps
@@ -86,6 +87,12 @@ bench-graph: deps
 # the loaded cluster for the next run.
 bench-report: deps
 	$(PY) bench/spend/run.py $(BENCH_REPORT_ARGS)
+
+# V3_010 -> head on 1M ledger rows under application writes (this release and the first one, same run);
+# then the README table.
+bench-migrate: deps
+	$(PY) bench/migrate/run.py
+	$(PY) bench/report.py
 
 clean:
 	-$(VENV)/bin/sigledger db down --destroy

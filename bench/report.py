@@ -116,6 +116,42 @@ def report_rows(data: dict[str, Any]) -> list[str]:
     return rows
 
 
+def migrate_rows(data: dict[str, Any]) -> list[str]:
+    ours = data["this_release"]
+    first = data.get("first_release")
+    rows_n = f"{data['settings']['ledger_rows']:,}"
+    during, load = ours["load_during_upgrade"], f"load average {ours['loadavg_1min'][0]}"
+    errors = sum(during["errors"].values())
+
+    def base(key: str, fmt: str) -> str:
+        if not first:
+            return "-"
+        value = first["load_during_upgrade"][key]
+        return f"first release {fmt.format(value)}"
+
+    first_errors = (
+        ", ".join(f"{n} x {code}" for code, n in sorted(first["load_during_upgrade"]["errors"].items()))
+        or "0"
+        if first
+        else "-"
+    )
+    ratio = (
+        f"{first['load_during_upgrade']['worst_lock_wait_s'] / max(during['worst_lock_wait_s'], 0.001):.0f}x less"
+        if first
+        else "-"
+    )
+    target = data["targets"]["worst_lock_wait_s"]
+    return [
+        f"| migrate | V3_010 -> head on {rows_n} ledger rows, 4 writer threads: worst application lock wait ({load}) "
+        f"| {during['worst_lock_wait_s']:.2f} s | {base('worst_lock_wait_s', '{:.2f} s')} | {ratio} "
+        f"| <= {target:g} s: {_verdict(during['worst_lock_wait_s'], target, higher_is_better=False)} |",
+        f"| migrate | application errors during that upgrade ({during['transactions']:,} transactions) | {errors} "
+        f"| first release {first_errors} | - | 0: {_verdict(errors, 0, higher_is_better=False)} |",
+        f"| migrate | upgrade duration (runner retries) | {ours['upgrade_s']:.0f} s ({ours['runner_retries']}) "
+        f"| {'first release ' + format(first['upgrade_s'], '.0f') + ' s' if first else '-'} | - | - |",
+    ]
+
+
 def render() -> str:
     sections: list[str] = []
     machine = f"{platform.system()} {platform.machine()}"
@@ -124,6 +160,7 @@ def render() -> str:
         ("ingest", ingest_rows),
         ("graph", graph_rows),
         ("report", report_rows),
+        ("migrate", migrate_rows),
     ):
         data = _load(name)
         if data is None:

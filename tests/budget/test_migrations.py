@@ -9,7 +9,7 @@ from sigledger.migrate import Migrator
 def test_v4_down_and_up_again(empty_db_dsn: str) -> None:
     migrator = Migrator(empty_db_dsn)
     migrator.up()
-    rolled_back = [label.split("__")[0] for label in migrator.down("3_011")]
+    rolled_back = [label.split("__")[0] for label in migrator.down("3_011", force=True)]
     assert rolled_back[-3:] == ["V4_003", "V4_002", "V4_001"]
     with psycopg.connect(empty_db_dsn) as conn:
         row = conn.execute(
@@ -78,7 +78,7 @@ def test_v4_004_partitions_a_ledger_with_rows(empty_db_dsn: str) -> None:
             "SELECT sigledger.record_cost('new-1', %s, 'm', 'p', 1, 1, 0.5)", (agent,)
         ).fetchone()
         assert new is not None and new[0] > max(old_ids)
-    migrator.down("4_003")
+    migrator.down("4_003", force=True)
     with psycopg.connect(empty_db_dsn, autocommit=True) as conn:
         assert conn.execute(
             "SELECT relkind FROM pg_class WHERE oid = 'sigledger.llm_cost_log'::regclass"

@@ -27,6 +27,7 @@ from sigledger.cli import (
     opportunity,
     price,
     reservation,
+    role,
     signal,
 )
 from sigledger.core.errors import SigledgerError, Unavailable, translate
@@ -34,6 +35,7 @@ from sigledger.core.errors import SigledgerError, Unavailable, translate
 GROUPS = (
     db,
     migrate,
+    role,
     agent,
     cost,
     budget,
@@ -96,3 +98,4 @@ def main(verbose: int) -> None:
 
 for _module in GROUPS:
     main.add_command(_module.group)
+main.add_command(role.group, "roles")  # `sigledger roles sql` reads better; both names work
