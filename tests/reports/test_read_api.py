@@ -13,6 +13,8 @@ import pytest
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from tests.conftest import LOGINS
+
 NOW = dt.datetime.now(dt.UTC)
 #: (agent, model, provider, cost, days ago, tag) - ledger rows put in place as the owner
 ROWS = [
@@ -297,7 +299,7 @@ def test_admin_resubmits_a_fixed_quarantined_row(conn: psycopg.Connection, admin
         ).fetchone()
     assert done is not None and done["inserted"] and not done["replayed"]
     assert again is not None and again["replayed"] and again["ledger_id"] == done["ledger_id"]
-    assert resolved is not None and resolved["resolved_by"] == "sigledger_admin"
+    assert resolved is not None and resolved["resolved_by"] == LOGINS["admin"]  # the login that re-submitted
     assert resolved["resolved_ledger_id"] == done["ledger_id"]
     after = conn.execute(spent).fetchone()
     assert before is not None and after is not None and after[0] - before[0] == Decimal("0.2")

@@ -19,7 +19,7 @@ import pytest
 from pytest_postgresql.executors import PostgreSQLExecutor
 from sigledger.core.localdb import as_server_user, free_port, pg_bindir
 
-from tests.conftest import make_dsn
+from tests.conftest import LOGINS, make_dsn
 from tests.reports.helpers import ROOT, cli_process, env, record, run, sigledger
 from tests.reports.test_read_api import seed
 
@@ -118,7 +118,7 @@ class Standby:
             )
         shutil.rmtree(self.root, ignore_errors=True)
 
-    def dsn(self, dbname: str, user: str = "sigledger_readonly") -> str:
+    def dsn(self, dbname: str, user: str = LOGINS["readonly"]) -> str:
         return f"host=127.0.0.1 port={self.port} dbname={dbname} user={user}"
 
     def wait_replayed(self, primary_dsn: str, timeout: float = 120) -> None:
@@ -171,7 +171,7 @@ def test_reports_on_a_hot_standby(
     assert on_standby == _rows(readonly_dsn)
     assert all(on_standby), "every read returned rows"
 
-    with psycopg.connect(standby.dsn(db_name, "sigledger_app"), autocommit=True) as app:
+    with psycopg.connect(standby.dsn(db_name, LOGINS["app"]), autocommit=True) as app:
         with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
             app.execute(
                 "SELECT sigledger.record_cost('replica-write', sigledger.find_agent('ra'), 'm', 'p', 0, 0, 1)"
