@@ -8,6 +8,7 @@ import re
 
 from sigledger.cli import exit_codes
 from sigledger.core.localdb import free_port
+from sigledger.migrate.preflight import EXIT_BLOCKED
 
 from tests.reports.helpers import ROOT, cli_popen, run
 
@@ -58,5 +59,6 @@ def test_usage_is_2_and_a_refusal_is_1(db_dsn: str) -> None:
 def test_the_exit_codes_are_documented() -> None:
     ops = (ROOT / "docs" / "operations.md").read_text()
     section = ops[ops.index("## Exit codes") :]
+    assert EXIT_BLOCKED == exit_codes.BLOCKED  # the preflight's status is one of the shared ones
     for code, _meaning in exit_codes.TABLE:
         assert f"| {code} |" in section, code

@@ -1,7 +1,8 @@
 """The `sigledger` command. Each command group lives in its own module of this package.
 
 Exit statuses are shared by every command (sigledger.cli.exit_codes): 0 ok, 1 refused by a rule, 2 usage,
-3 a check found something to act on, 4 migrations need repair, 69 database unavailable.
+3 a check found something to act on, 4 migrations need repair, 5 the preflight blocks an upgrade, 69 database
+unavailable.
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ class _Main(click.Group):
 
 @click.group(
     cls=_Main,
-    epilog="Exit status: 0 ok, 1 refused by a rule, 2 usage, 3 attention, 4 repair, "
+    epilog="Exit status: 0 ok, 1 refused by a rule, 2 usage, 3 attention, 4 repair, 5 preflight blocks, "
     "69 database unavailable (docs/operations.md).",
 )
 @click.version_option(__version__, prog_name="sigledger")

@@ -14,6 +14,9 @@ USAGE = 2
 ATTENTION = 3
 #: the schema needs repair before anything else: drifted, partially applied or out-of-order migrations
 REPAIR = 4
+#: the preflight found something that blocks the upgrade (`migrate preflight`/`plan`; each with its fix);
+#: the same number as sigledger.migrate.preflight.EXIT_BLOCKED
+BLOCKED = 5
 #: the database could not be reached (sysexits EX_UNAVAILABLE)
 UNAVAILABLE = 69
 #: interrupted (Ctrl-C)
@@ -25,6 +28,7 @@ TABLE = (
     (USAGE, "usage error (unknown command or option, bad option value)"),
     (ATTENTION, "a check found something to act on (pending migrations, budget drift, graph drift or lag)"),
     (REPAIR, "migrations need repair (drift, partially applied, out of order)"),
+    (BLOCKED, "the preflight found something that blocks the upgrade (each with its fix)"),
     (UNAVAILABLE, "the database is unavailable (one line names host, port and cause)"),
     (INTERRUPTED, "interrupted"),
 )
