@@ -5,10 +5,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: help test lint pytest demo deps system-deps venv neo4j-up neo4j-down bench bench-budget \
-        bench-ingest bench-graph bench-report bench-migrate schema-dump api-docs pgtap isolation clean sync-gen \
-        bench-tracker \
-        bench-loop-lag
+.PHONY: help test lint pytest demo deps system-deps venv neo4j-up neo4j-down bench bench-budget bench-ledger \
+        bench-budget-profile bench-ingest bench-graph bench-report bench-migrate schema-dump api-docs pgtap isolation \
+        clean sync-gen bench-tracker bench-loop-lag
 
 help:
 	@echo "make test    install what is missing, then lint and run every test suite (what CI runs)"
@@ -70,6 +69,14 @@ bench: bench-budget bench-ingest bench-graph bench-report bench-tracker bench-lo
 
 bench-budget: deps
 	$(PY) bench/budget/run.py
+
+# the ledger's batch path alone (record_costs vs the bare statement vs COPY); bench-budget includes it
+bench-ledger: deps
+	$(PY) bench/budget/ledger.py
+
+# where the time of one budget call goes (pg_stat_statements, function self time): bench/results/budget-profile.*
+bench-budget-profile: deps
+	$(PY) bench/budget/profile.py
 
 bench-ingest: deps
 	$(PY) bench/ingest/run.py

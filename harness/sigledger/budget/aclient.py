@@ -186,6 +186,14 @@ class AsyncBudgetClient:
         valid_from_: dt.datetime = row["valid_from"]
         return valid_from_
 
+    async def set_budget_slices(self, budget_id: int, slices: int) -> int:
+        """Split a budget's spend over slices (1..64) for a hot budget (docs/budgets.md, Slices)."""
+        row = await self._one(
+            "SELECT sigledger.set_budget_slices(p_budget_id => %s::bigint, p_slices => %s::integer) AS n",
+            (budget_id, slices),
+        )
+        return int(row["n"])
+
     # spending (sigledger_app) ---------------------------------------------------------------------------------
     async def reserve(
         self, agent: Agent, estimate_usd: Decimal | int, ttl_seconds: float, key: str
@@ -226,6 +234,41 @@ class AsyncBudgetClient:
                 provider,
                 Jsonb(metadata or {}),
             ),
+        )
+
+    async def reserve_many(
+        self, requests: list[dict[str, Any]], ttl_seconds: float = 600, all_or_nothing: bool = False
+    ) -> list[dict[str, Any]]:
+        """Many holds in one call (items {agent_id, estimate_usd, idempotency_key?}): one row per item, in order,
+        with reservation_id or sqlstate and message."""
+        items = [
+            {
+                **r,
+                "estimate_usd": str(money(r["estimate_usd"], "estimate_usd")),
+                "agent_id": str(r["agent_id"]),
+            }
+            for r in requests
+        ]
+        return await self._rows(
+            "SELECT * FROM sigledger.reserve_budgets(p_requests => %s::jsonb,"
+            " p_ttl => make_interval(secs => %s::float8), p_all_or_nothing => %s::boolean)",
+            (Jsonb(items), ttl_seconds, all_or_nothing),
+        )
+
+    async def settle_many(self, settlements: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Many settlements in one call (items {reservation_id, actual_usd?, input_tokens?, ...}): one row per item,
+        in order, with ledger_id or sqlstate and message."""
+        items = [
+            {
+                **x,
+                "actual_usd": None
+                if x.get("actual_usd") is None
+                else str(money(x["actual_usd"], "actual_usd")),
+            }
+            for x in settlements
+        ]
+        return await self._rows(
+            "SELECT * FROM sigledger.settle_budgets(p_settlements => %s::jsonb)", (Jsonb(items),)
         )
 
     async def release(self, reservation_id: int) -> str:
