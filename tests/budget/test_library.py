@@ -124,6 +124,7 @@ def test_privilege_errors_name_the_role(app_dsn: str, readonly_dsn: str) -> None
         BudgetClient(db).create_agent("not-allowed")
     assert exc.value.sqlstate == "42501"
     assert exc.value.hint is not None and "sigledger_admin" in exc.value.hint
+    assert "role create-login <login> --as admin" in exc.value.hint  # groups are NOLOGIN: a member login
     assert "sigledger_admin" in str(exc.value)
     with Database(readonly_dsn) as db, pytest.raises(PermissionDenied) as exc2:
         BudgetClient(db).reserve("00000000-0000-0000-0000-000000000000", Decimal(1), 60, "k")
