@@ -78,7 +78,7 @@ def test_cli_reports_every_bad_line_and_ingests_the_rest(
     path = tmp_path / "bad.jsonl"
     path.write_bytes(b"\n".join(lines) + b"\n")
     result = _run("signal", "ingest", str(path), "--dsn", app_dsn, "--batch-size", "10")
-    assert result.exit_code == 2, result.output
+    assert result.exit_code == 1, result.output  # rejected lines: refused (docs/operations.md, Exit codes)
     assert "lines: 8  created: 2  duplicates: 0  rejected: 6" in result.output
     for n, state in ((2, "22P02"), (3, "22P05"), (4, "22P02"), (5, "22023"), (6, "22023"), (7, "22021")):
         assert f"line {n}: [{state}]" in result.output, (n, result.output)

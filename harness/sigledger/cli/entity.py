@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from sigledger.cli import exit_codes
 from sigledger.cli.options import dsn_option, resolve_dsn
 from sigledger.core.db import Database
 from sigledger.ingest.client import resolve_entity
@@ -46,7 +47,7 @@ def resolve(name: str, dsn: str | None) -> None:
 def conflicts(limit: int, dsn: str | None) -> None:
     """List the aliases that the text-rules migration (V8_021) moved aside because they conflict under the new
     rules (view sigledger.alias_conflicts; docs/text-rules.md says how to resolve them). Exit status 0 when
-    there are none, 2 when there are some."""
+    there are none, 3 (attention) when there are some."""
     with Database(resolve_dsn(dsn), application_name="sigledger-entity", max_size=1) as db:
         rows = db.call(ALIAS_CONFLICTS, (limit,))
     if not rows:
@@ -61,4 +62,4 @@ def conflicts(limit: int, dsn: str | None) -> None:
         click.echo(
             f"{row['alias']!r} of entity {row['entity_id']}: [{row['sqlstate']}] {row['reason']}{holder}"
         )
-    sys.exit(2)
+    sys.exit(exit_codes.ATTENTION)

@@ -13,10 +13,10 @@ from dataclasses import replace
 from typing import Any, TypeVar
 
 import click
-import psycopg
 from psycopg.rows import dict_row
 
 from sigledger.cli.options import dsn_option, resolve_dsn
+from sigledger.core.db import connect as db_connect
 from sigledger.graph import rebuild as rebuild_mod
 from sigledger.graph.driver import Neo4jSettings, connect
 from sigledger.graph.sink import CONSTRAINTS, Neo4jSink
@@ -24,6 +24,8 @@ from sigledger.graph.verify import verify as verify_graph
 from sigledger.graph.worker import BatchResult, WorkerConfig, make_worker
 
 F = TypeVar("F", bound=Callable[..., Any])
+#: application_name of the graph commands' own connections (pg_stat_activity tells them apart)
+APP = "sigledger-graph-cli"
 
 DRIFT_EXIT_CODE = 3
 
@@ -69,7 +71,7 @@ def _sink(settings: Neo4jSettings) -> Iterator[Neo4jSink]:
 
 
 def _status(dsn: str) -> dict[str, Any]:
-    with psycopg.connect(dsn, row_factory=dict_row, application_name="sigledger-graph-cli") as conn:
+    with db_connect(dsn, row_factory=dict_row, application_name=APP) as conn:
         row = conn.execute("SELECT * FROM sigledger.graph_outbox_status()").fetchone()
     assert row is not None
     return dict(row)
@@ -229,7 +231,7 @@ def dead() -> None:
 @click.option("--json", "as_json", is_flag=True)
 def dead_list(dsn: str | None, limit: int, as_json: bool) -> None:
     """Dead rows, oldest first, with their last error."""
-    with psycopg.connect(resolve_dsn(dsn), row_factory=dict_row) as conn:
+    with db_connect(resolve_dsn(dsn), row_factory=dict_row, application_name=APP) as conn:
         rows = conn.execute(
             "SELECT * FROM sigledger._graph_dead_list(p_limit => %s::integer)", (limit,)
         ).fetchall()
@@ -257,7 +259,7 @@ def _ids_or_all(ids: tuple[int, ...], all_rows: bool) -> list[int] | None:
 @click.option("--all", "all_rows", is_flag=True, help="Every dead row.")
 def dead_retry(dsn: str | None, ids: tuple[int, ...], all_rows: bool) -> None:
     """Make dead rows due again (attempts reset). Fix the cause first."""
-    with psycopg.connect(resolve_dsn(dsn)) as conn:
+    with db_connect(resolve_dsn(dsn), application_name=APP) as conn:
         row = conn.execute(
             "SELECT sigledger._graph_dead_retry(p_ids => %s::bigint[])", (_ids_or_all(ids, all_rows),)
         ).fetchone()
@@ -274,7 +276,7 @@ def dead_purge(dsn: str | None, ids: tuple[int, ...], all_rows: bool, yes: bool)
     selection = _ids_or_all(ids, all_rows)
     if not yes:
         click.confirm(f"delete {'every' if selection is None else len(selection)} dead row(s)?", abort=True)
-    with psycopg.connect(resolve_dsn(dsn)) as conn:
+    with db_connect(resolve_dsn(dsn), application_name=APP) as conn:
         row = conn.execute(
             "SELECT sigledger._graph_dead_purge(p_ids => %s::bigint[])", (selection,)
         ).fetchone()
