@@ -687,8 +687,7 @@ BEGIN
         -- failed INSERT that sinks a whole batch
         RAISE EXCEPTION USING ERRCODE = '22003',
             MESSAGE = format('priced cost of %s input + %s output tokens of %s/%s is %s USD, above 100000000',
-                             p_input_tokens, p_output_tokens, sigledger._text_quote(provider),
-                             sigledger._text_quote(model), priced_usd);
+                             p_input_tokens, p_output_tokens, provider, model, priced_usd);
     END IF;
     IF p_cost_usd IS NULL THEN
         IF priced_usd IS NULL THEN
@@ -2186,7 +2185,7 @@ BEGIN
                        WHEN 18 THEN 'agent_id must not be NULL'
                        WHEN 19 THEN format('unknown agent %s', v.agent_id)
                        WHEN 20 THEN format('priced cost of %s input + %s output tokens of %s/%s is %s USD, above 100000000',
-                                           v.tin, v.tout, _text_quote(v.provider), _text_quote(v.model), v.priced)
+                                           v.tin, v.tout, v.provider, v.model, v.priced)
                        WHEN 21 THEN format('cost_usd omitted and no price for provider %s model %s at %s',
                                            _text_quote(v.provider), _text_quote(v.model), v.created_at)
                        WHEN 22 THEN format('%s must be a finite number, got %s',
@@ -3355,6 +3354,7 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = '22023',
             MESSAGE = format('attempts must be between 1 and 1000000, got %s', coalesce(p_attempts::text, 'NULL'));
     END IF;
+    p_sink := _text_canon(p_sink);  -- sink names are stored canonical (alert_sink_open)
     IF NOT EXISTS (SELECT FROM alert_sink s WHERE s.name = p_sink) THEN
         RAISE EXCEPTION USING ERRCODE = 'P0002', MESSAGE = format('unknown alert sink %L', left(p_sink, 200));
     END IF;
@@ -3389,10 +3389,8 @@ CREATE FUNCTION sigledger.alert_sink_open(p_sink text, p_replay boolean DEFAULT 
 DECLARE
     s alert_sink%ROWTYPE;
 BEGIN
-    IF p_sink IS NULL OR length(btrim(p_sink)) = 0 OR length(p_sink) > 500 THEN
-        RAISE EXCEPTION USING ERRCODE = '22023',
-            MESSAGE = format('sink must be 1 to 500 characters, got %L', left(p_sink, 200));
-    END IF;
+    -- the text rules (005_text.sql): trimmed, NFC, not blank, at most 500 characters and 2000 bytes
+    p_sink := _text_arg(p_sink, 'sink', 500, 2000, 'name', '22023');
     -- concurrent openers of a new sink: the primary key orders them, the second finds the first's row
     INSERT INTO alert_sink (name, start_after_id)
     VALUES (p_sink, CASE WHEN coalesce(p_replay, false) THEN 0
@@ -3439,6 +3437,7 @@ DECLARE
     v_start bigint;
 BEGIN
     PERFORM _assert_limit(p_limit, 10000);
+    p_sink := _text_canon(p_sink);  -- sink names are stored canonical (alert_sink_open)
     SELECT s.start_after_id INTO v_start FROM alert_sink s WHERE s.name = p_sink;
     IF NOT FOUND THEN
         RAISE EXCEPTION USING ERRCODE = 'P0002', MESSAGE = format('unknown alert sink %L', left(p_sink, 200));
@@ -4532,7 +4531,9 @@ CREATE FUNCTION sigledger.list_model_prices(p_provider text DEFAULT NULL::text, 
            x.valid_from <= now() AND (x.valid_until IS NULL OR x.valid_until > now())
       FROM (SELECT p.*, lead(p.valid_from) OVER (PARTITION BY p.provider, p.model ORDER BY p.valid_from) AS valid_until
               FROM model_price p
-             WHERE (p_provider IS NULL OR p.provider = p_provider) AND (p_model IS NULL OR p.model = p_model)) x
+             -- names are stored canonical (text rules, 005_text.sql): compare the canonical forms
+             WHERE (p_provider IS NULL OR p.provider = _text_canon(p_provider))
+               AND (p_model IS NULL OR p.model = _text_canon(p_model))) x
      WHERE coalesce(p_history, false)
         OR (x.valid_from <= now() AND (x.valid_until IS NULL OR x.valid_until > now()))
         OR x.valid_from > now()
@@ -6028,7 +6029,7 @@ BEGIN
         IF v_priced > 100000000 THEN
             RAISE EXCEPTION USING ERRCODE = '22003',
                 MESSAGE = format('priced cost of %s input + %s output tokens of %s/%s is %s USD, above 100000000',
-                                 p_input_tokens, p_output_tokens, _text_quote(p_provider), _text_quote(p_model), v_priced);
+                                 p_input_tokens, p_output_tokens, p_provider, p_model, v_priced);
         END IF;
         -- (no price: no cost; only a replay of a settled reservation can succeed then)
         v_cost := CASE WHEN v_priced IS NOT NULL THEN _assert_usd('priced actual_usd', v_priced) END;
@@ -6219,9 +6220,8 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = '22023',
             MESSAGE = format('at most one of day, week, month, got %s', v_by);
     END IF;
-    IF 'tag' = ANY (v_by) THEN
-        PERFORM _assert_text('tag_key', p_tag_key);
-    END IF;
+    -- checked whether or not a tag is grouped by: a bad argument is refused, never ignored (issue 11)
+    PERFORM _assert_text('tag_key', p_tag_key);
     v_agents := _report_agents(p_agent_id, p_budget_id);
 
     v_bucket := (SELECT d FROM unnest(v_by) d WHERE d IN ('day', 'week', 'month'));

@@ -199,8 +199,7 @@ BEGIN
         -- failed INSERT that sinks a whole batch
         RAISE EXCEPTION USING ERRCODE = '22003',
             MESSAGE = format('priced cost of %s input + %s output tokens of %s/%s is %s USD, above 100000000',
-                             p_input_tokens, p_output_tokens, sigledger._text_quote(provider),
-                             sigledger._text_quote(model), priced_usd);
+                             p_input_tokens, p_output_tokens, provider, model, priced_usd);
     END IF;
     IF p_cost_usd IS NULL THEN
         IF priced_usd IS NULL THEN

@@ -155,7 +155,7 @@ BEGIN
                        WHEN 18 THEN 'agent_id must not be NULL'
                        WHEN 19 THEN format('unknown agent %s', v.agent_id)
                        WHEN 20 THEN format('priced cost of %s input + %s output tokens of %s/%s is %s USD, above 100000000',
-                                           v.tin, v.tout, _text_quote(v.provider), _text_quote(v.model), v.priced)
+                                           v.tin, v.tout, v.provider, v.model, v.priced)
                        WHEN 21 THEN format('cost_usd omitted and no price for provider %s model %s at %s',
                                            _text_quote(v.provider), _text_quote(v.model), v.created_at)
                        WHEN 22 THEN format('%s must be a finite number, got %s',

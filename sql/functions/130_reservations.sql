@@ -313,7 +313,7 @@ BEGIN
         IF v_priced > 100000000 THEN
             RAISE EXCEPTION USING ERRCODE = '22003',
                 MESSAGE = format('priced cost of %s input + %s output tokens of %s/%s is %s USD, above 100000000',
-                                 p_input_tokens, p_output_tokens, _text_quote(p_provider), _text_quote(p_model), v_priced);
+                                 p_input_tokens, p_output_tokens, p_provider, p_model, v_priced);
         END IF;
         -- (no price: no cost; only a replay of a settled reservation can succeed then)
         v_cost := CASE WHEN v_priced IS NOT NULL THEN _assert_usd('priced actual_usd', v_priced) END;

@@ -146,9 +146,8 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = '22023',
             MESSAGE = format('at most one of day, week, month, got %s', v_by);
     END IF;
-    IF 'tag' = ANY (v_by) THEN
-        PERFORM _assert_text('tag_key', p_tag_key);
-    END IF;
+    -- checked whether or not a tag is grouped by: a bad argument is refused, never ignored (issue 11)
+    PERFORM _assert_text('tag_key', p_tag_key);
     v_agents := _report_agents(p_agent_id, p_budget_id);
 
     v_bucket := (SELECT d FROM unnest(v_by) d WHERE d IN ('day', 'week', 'month'));

@@ -206,7 +206,9 @@ AS $$
            x.valid_from <= now() AND (x.valid_until IS NULL OR x.valid_until > now())
       FROM (SELECT p.*, lead(p.valid_from) OVER (PARTITION BY p.provider, p.model ORDER BY p.valid_from) AS valid_until
               FROM model_price p
-             WHERE (p_provider IS NULL OR p.provider = p_provider) AND (p_model IS NULL OR p.model = p_model)) x
+             -- names are stored canonical (text rules, 005_text.sql): compare the canonical forms
+             WHERE (p_provider IS NULL OR p.provider = _text_canon(p_provider))
+               AND (p_model IS NULL OR p.model = _text_canon(p_model))) x
      WHERE coalesce(p_history, false)
         OR (x.valid_from <= now() AND (x.valid_until IS NULL OR x.valid_until > now()))
         OR x.valid_from > now()

@@ -79,10 +79,8 @@ AS $$
 DECLARE
     s alert_sink%ROWTYPE;
 BEGIN
-    IF p_sink IS NULL OR length(btrim(p_sink)) = 0 OR length(p_sink) > 500 THEN
-        RAISE EXCEPTION USING ERRCODE = '22023',
-            MESSAGE = format('sink must be 1 to 500 characters, got %L', left(p_sink, 200));
-    END IF;
+    -- the text rules (005_text.sql): trimmed, NFC, not blank, at most 500 characters and 2000 bytes
+    p_sink := _text_arg(p_sink, 'sink', 500, 2000, 'name', '22023');
     -- concurrent openers of a new sink: the primary key orders them, the second finds the first's row
     INSERT INTO alert_sink (name, start_after_id)
     VALUES (p_sink, CASE WHEN coalesce(p_replay, false) THEN 0
@@ -122,6 +120,7 @@ DECLARE
     v_start bigint;
 BEGIN
     PERFORM _assert_limit(p_limit, 10000);
+    p_sink := _text_canon(p_sink);  -- sink names are stored canonical (alert_sink_open)
     SELECT s.start_after_id INTO v_start FROM alert_sink s WHERE s.name = p_sink;
     IF NOT FOUND THEN
         RAISE EXCEPTION USING ERRCODE = 'P0002', MESSAGE = format('unknown alert sink %L', left(p_sink, 200));
@@ -151,6 +150,7 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = '22023',
             MESSAGE = format('attempts must be between 1 and 1000000, got %s', coalesce(p_attempts::text, 'NULL'));
     END IF;
+    p_sink := _text_canon(p_sink);  -- sink names are stored canonical (alert_sink_open)
     IF NOT EXISTS (SELECT FROM alert_sink s WHERE s.name = p_sink) THEN
         RAISE EXCEPTION USING ERRCODE = 'P0002', MESSAGE = format('unknown alert sink %L', left(p_sink, 200));
     END IF;
