@@ -54,6 +54,7 @@ class GraphProjection:
     def _connect(self) -> SyncWorker:
         if self.neo4j_uri is None:
             server = neo4j_server.from_env()
+            neo4j_server.ensure_free_port(server)
             server.start()  # builds the launcher on first use; returns at once when it is up
             settings = dataclasses.replace(
                 Neo4jSettings.from_env(), uri=server.uri, user=server.user, password=server.password

@@ -42,11 +42,11 @@ class Neo4jSettings:
 
     @classmethod
     def from_env(cls) -> Neo4jSettings:
-        """SIGLEDGER_NEO4J_URI / _USER / _PASSWORD / _DATABASE; defaults match ``make neo4j-up``."""
-        port = os.environ.get("SIGLEDGER_NEO4J_PORT", str(neo4j_server.DEFAULT_PORT))
+        """SIGLEDGER_NEO4J_URI / _USER / _PASSWORD / _DATABASE; defaults: the server of ``make neo4j-up``
+        (its port from the state folder)."""
         password = os.environ.get("SIGLEDGER_NEO4J_PASSWORD", neo4j_server.DEFAULT_PASSWORD)
         return cls(
-            uri=os.environ.get("SIGLEDGER_NEO4J_URI", f"bolt://127.0.0.1:{port}"),
+            uri=os.environ.get("SIGLEDGER_NEO4J_URI") or neo4j_server.local_uri(),
             user=os.environ.get("SIGLEDGER_NEO4J_USER", neo4j_server.DEFAULT_USER),
             password=password or None,
             database=os.environ.get("SIGLEDGER_NEO4J_DATABASE", "neo4j"),
