@@ -23,7 +23,7 @@ def test_a_tombstone_refuses_older_snapshots_and_the_fence_lets_it_go(
     changes: Changes, worker_factory: Callable[..., SyncWorker], sink: Neo4jSink
 ) -> None:
     target, source = changes.opportunity("Target"), changes.opportunity("Source")
-    worker = worker_factory(tombstone_ttl=0.0, tombstone_interval=0.0)
+    worker = worker_factory(tombstone_ttl=0.0, tombstone_interval=0.0, tombstone_grace=0.0)
     worker.run(once=True)
     changes.merge_opportunities(target, [source])
     worker.run(once=True)
@@ -36,11 +36,14 @@ def test_a_tombstone_refuses_older_snapshots_and_the_fence_lets_it_go(
     sink.write([stale], stamp)
     assert cypher(sink, "MATCH (o:Opportunity {id: $id}) RETURN count(o) AS n", id=source) == [{"n": 0}]
 
-    # Collection: the fence rises to a version read at least tombstone_ttl ago (0 here), then the tombstones
-    # below it go; a batch read before the fence can no longer commit anything.
+    # Collection: the fence rises to a version read at least tombstone_ttl ago (0 here); once it has stood
+    # for the grace period (0 here), the tombstones at or below it go, and a batch read before the fence can
+    # no longer commit anything.
     worker.collect_tombstones()
     fence = cypher(sink, "MATCH (m:SigledgerGraph) RETURN m.fence AS f")[0]["f"]
     assert fence >= tomb["v"]
+    assert sink.tombstones() == 1  # the fence has only just risen
+    worker.collect_tombstones()
     assert sink.tombstones() == 0
     with pytest.raises(GraphIdentityError, match="older than the graph's fence"):
         sink.write([stale], stamp)

@@ -24,6 +24,14 @@ class WorkerConfig:
     # fence is raised to a version this worker read at least tombstone_ttl seconds ago (docs/graph.md).
     tombstone_ttl: float = 600.0
     tombstone_interval: float = 60.0
+    # The server ends a batch's Neo4j transaction after this long; collection waits twice as long after
+    # raising the fence before it drops the tombstones below it (tombstone_grace; tests shorten it).
+    write_timeout: float = 120.0
+    tombstone_grace: float | None = None
+
+    @property
+    def grace(self) -> float:
+        return 2 * self.write_timeout if self.tombstone_grace is None else self.tombstone_grace
 
 
 @dataclass
@@ -74,6 +82,7 @@ class FenceClock:
         self.interval = interval
         self._samples: deque[tuple[float, int]] = deque()
         self._next_collection = time.monotonic() + interval
+        self._fence: int | None = None
 
     def saw(self, version: int) -> None:
         now = time.monotonic()
@@ -81,12 +90,12 @@ class FenceClock:
             self._samples.append((now, version))
 
     def due(self) -> int | None:
-        """A fence to raise now, or None (not yet time, or no sample old enough)."""
+        """The fence for a collection round now (the newest version read at least ``ttl`` ago; the last one
+        again when nothing newer is old enough), or None (not yet time, or nothing read long enough ago)."""
         now = time.monotonic()
         if now < self._next_collection:
             return None
         self._next_collection = now + self.interval
-        fence = None
         while self._samples and now - self._samples[0][0] >= self.ttl:
-            fence = self._samples.popleft()[1]
-        return fence
+            self._fence = self._samples.popleft()[1]
+        return self._fence

@@ -179,31 +179,33 @@ RETURN count(*) AS done"""
     return q
 
 
-# The meta node: which database and epoch the graph holds, the highest version written, and the fence below
-# which no write is accepted any more. Written last in every batch, under its lock; the worker checks what it
-# returns before the transaction commits. ``$create``: a database that never wrote a graph in this epoch may
-# create it; otherwise a missing meta node means the graph was wiped or replaced, and nothing is returned.
-def meta_query(create: bool) -> str:
-    find = (
-        f"MERGE (m:{META} {{key: 'meta'}})\n"
-        "  ON CREATE SET m.database_id = $database_id, m.epoch = $epoch, m.high_water = 0, m.fence = 0"
-        if create
-        else f"MATCH (m:{META} {{key: 'meta'}})"
-    )
-    return f"""
-{find}
+# The meta node (docs/graph.md, "Epochs"): which database and epoch the graph holds, the highest version
+# written (restore detection), and the fence below which no write is accepted (tombstone collection, and
+# every batch read before a rebuild). Every batch reads it first, inside its write transaction, and stops
+# there when it is not its database's, epoch's or above the fence. It is not locked by batches: the fence
+# protects tombstones for as long as a transaction may run (see COLLECT).
+_META_FIELDS = """m.database_id AS database_id, m.epoch AS epoch, coalesce(m.high_water, 0) AS high_water,
+       coalesce(m.fence, 0) AS fence, m.diverged AS diverged"""
+
+READ_META = f"""
+MATCH (m:{META} {{key: 'meta'}})
+RETURN {_META_FIELDS}"""
+
+# The first write of a database that never wrote a graph in this epoch: the graph becomes its.
+CREATE_META = f"""
+MERGE (m:{META} {{key: 'meta'}})
+  ON CREATE SET m.database_id = $database_id, m.epoch = $epoch, m.high_water = 0, m.fence = 0,
+                m.created_at = datetime()
+RETURN {_META_FIELDS}"""
+
+# After a batch (at most once a second per worker): the highest version written, under the meta lock.
+RECORD_HIGH_WATER = f"""
+MATCH (m:{META} {{key: 'meta'}})
 SET m.sync_lock = true
 WITH m
 SET m.high_water = CASE WHEN coalesce(m.high_water, 0) < $version THEN $version ELSE m.high_water END
 REMOVE m.sync_lock
-RETURN m.database_id AS database_id, m.epoch AS epoch, m.high_water AS high_water, coalesce(m.fence, 0) AS fence,
-       m.diverged AS diverged"""
-
-
-READ_META = f"""
-MATCH (m:{META} {{key: 'meta'}})
-RETURN m.database_id AS database_id, m.epoch AS epoch, coalesce(m.high_water, 0) AS high_water,
-       coalesce(m.fence, 0) AS fence, m.diverged AS diverged"""
+RETURN {_META_FIELDS}"""
 
 # A worker found the graph ahead of this database (restored from a backup): every worker refuses from now on,
 # until graph rebuild starts a new epoch.
@@ -211,25 +213,31 @@ MARK_DIVERGED = f"""
 MATCH (m:{META} {{key: 'meta'}})
 SET m.diverged = $reason"""
 
-# graph rebuild: the graph now holds this database's new epoch; nothing below the floor is accepted.
+# graph rebuild: the graph now holds this database's new epoch; nothing below the floor is accepted. The
+# tombstones stay until collection (every one is below the floor: they refuse nothing any more).
 ADOPT_META = f"""
 MERGE (m:{META} {{key: 'meta'}})
 SET m.sync_lock = true
 WITH m
 SET m.database_id = $database_id, m.epoch = $epoch, m.high_water = $floor, m.fence = $floor,
-    m.adopted_at = datetime()
+    m.fence_raised_at = timestamp(), m.adopted_at = datetime()
 REMOVE m.sync_lock, m.diverged
 RETURN m.epoch AS epoch"""
 
-# Tombstone collection: raise the fence first (under the meta lock, so a batch below it can no longer
-# commit), then the tombstones below it can never matter again.
-RAISE_FENCE = f"""
+# Tombstone collection, one round. A batch checks the fence when its transaction begins, and a transaction
+# lives at most its timeout (enforced by the server): once the fence has stood for longer than that
+# ($grace_ms), no transaction that read an older fence is left, and the tombstones at or below the fence can
+# refuse nothing any more. Then the fence moves up to $fence (a version read long enough ago, see
+# batch.FenceClock) for the next round. Returns the fence whose tombstones may go now (NULL: not yet).
+COLLECT = f"""
 MATCH (m:{META} {{key: 'meta'}})
 SET m.sync_lock = true
-WITH m
-SET m.fence = CASE WHEN coalesce(m.fence, 0) < $fence THEN $fence ELSE m.fence END
+WITH m, coalesce(m.fence, 0) AS fence, timestamp() - coalesce(m.fence_raised_at, 0) AS age
+WITH m, fence, age >= $grace_ms AS stood
+SET m.fence = CASE WHEN stood AND fence < $fence THEN $fence ELSE fence END,
+    m.fence_raised_at = CASE WHEN stood AND fence < $fence THEN timestamp() ELSE m.fence_raised_at END
 REMOVE m.sync_lock
-RETURN m.fence AS fence"""
+RETURN CASE WHEN stood THEN fence END AS droppable"""
 
 DROP_TOMBSTONES = f"""
 MATCH (t:{TOMBSTONE}) WHERE t.sync_version <= $fence

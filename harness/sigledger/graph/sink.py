@@ -1,10 +1,10 @@
 """Writing snapshots into Neo4j (and reading them back for verify and rebuild).
 
 One batch = one managed write transaction of a few UNWIND statements (the Cypher and the reasons behind it are
-in ``cypher.py``): merged losers first (their relationships move to the winner), then plain deletes, then
-upserts of entities, signals, opportunities (so a winner's refresh runs after its loser's relationships moved
-and trims them to what Postgres says), and last the meta node, whose database, epoch and fence are checked
-before the transaction commits.
+in ``cypher.py``): first a read of the meta node (its database, epoch and fence are checked: a mismatch ends
+the transaction before anything is written), then merged losers (their relationships move to the winner),
+plain deletes, and upserts of entities, signals, opportunities (so a winner's refresh runs after its loser's
+relationships moved and trims them to what Postgres says).
 """
 
 from __future__ import annotations
@@ -162,72 +162,75 @@ def _is_conflict(exc: BaseException) -> bool:
 
 
 class Neo4jSink:
-    """Neo4j side of the projection."""
+    """Neo4j side of the projection. ``write_timeout``: the server ends a write transaction after this many
+    seconds (tombstone collection relies on it, see cypher.COLLECT)."""
 
-    def __init__(self, driver: neo4j.Driver, database: str = "neo4j", uri: str = "") -> None:
+    def __init__(
+        self, driver: neo4j.Driver, database: str = "neo4j", uri: str = "", write_timeout: float = 120.0
+    ) -> None:
         self.driver = driver
         self.database = database
         self.uri = uri or "Neo4j"
+        self.write_timeout = write_timeout
 
     def ensure_constraints(self) -> None:
         for stmt in CONSTRAINTS:
             self.driver.execute_query(stmt, database_=self.database)
 
-    def write(self, snapshots: Sequence[Snapshot], stamp: Stamp | None = None) -> GraphMeta | None:
-        """All snapshots in one managed write transaction, the meta node last (checked against ``stamp``
-        before the commit: GraphIdentityError rolls everything back). Returns the meta node as written."""
+    def write(self, snapshots: Sequence[Snapshot], stamp: Stamp | None = None) -> None:
+        """All snapshots in one managed write transaction, which first reads the meta node and stops (rolled
+        back, GraphIdentityError) unless the graph holds ``stamp``'s database and epoch and its fence is not
+        above the snapshots. Without ``stamp`` (tests), no check."""
         plan = WritePlan.of(snapshots)
         statements = plan.statements()
         if not statements:
-            return None
-        meta_out: list[GraphMeta] = []
+            return
 
+        @neo4j.unit_of_work(timeout=self.write_timeout)
         def work(tx: neo4j.ManagedTransaction) -> None:
-            meta_out.clear()
+            if stamp is not None:
+                meta = _meta(tx.run(cypher.READ_META).single())
+                check_identity(stamp, meta, self.uri)
+                if meta is not None and plan.version < meta.fence:
+                    raise GraphIdentityError(
+                        f"this batch's snapshots (version {plan.version}) are older than the graph's fence "
+                        f"({meta.fence}): read before a rebuild or a tombstone collection, they are discarded "
+                        "(their rows stay in the outbox)",
+                        sqlstate="SLG01",
+                    )
             for query, params in statements:
                 record = tx.run(query, params).single()
                 if record is not None and record.get("lost"):
                     raise WriteConflict(
                         f"{len(record['lost'])} node(s) deleted by a concurrent transaction", sqlstate="SLG01"
                     )
-            if stamp is None:
-                return
-            rec = tx.run(
-                cypher.meta_query(create=not stamp.written),
-                database_id=stamp.database_id,
-                epoch=stamp.epoch,
-                version=plan.version,
-            ).single()
-            meta = _meta(rec)
-            check_identity(stamp, meta, self.uri)
-            assert meta is not None
-            if plan.version < meta.fence:
-                raise GraphIdentityError(
-                    f"this batch's snapshots (version {plan.version}) are older than the graph's fence "
-                    f"({meta.fence}): they were read before a rebuild or tombstone collection and are discarded",
-                    sqlstate="SLG01",
-                )
-            meta_out.append(meta)
 
         for attempt in range(CONFLICT_RETRIES + 1):
             try:
                 with self.driver.session(database=self.database) as session:
                     session.execute_write(work)
-                break
+                return
             except Exception as exc:
                 if not _is_conflict(exc) or attempt == CONFLICT_RETRIES:
                     if _is_conflict(exc) and not isinstance(exc, WriteConflict):
                         raise WriteConflict(f"concurrent delete: {exc}", sqlstate="SLG01") from exc
                     raise
-        return meta_out[0] if meta_out else None
 
     # ---- meta, epochs, tombstones -------------------------------------------------------------------------
 
-    def read_meta(self) -> GraphMeta | None:
-        records, _, _ = self.driver.execute_query(
-            cypher.READ_META, database_=self.database, routing_=neo4j.RoutingControl.READ
-        )
+    def _meta_query(self, query: str, **params: Any) -> GraphMeta | None:
+        records, _, _ = self.driver.execute_query(query, params, database_=self.database)
         return _meta(records[0]) if records else None
+
+    def read_meta(self) -> GraphMeta | None:
+        return self._meta_query(cypher.READ_META)
+
+    def create_meta(self, stamp: Stamp) -> GraphMeta | None:
+        """The graph becomes ``stamp``'s (if it has no meta node yet); returns the meta node as it is."""
+        return self._meta_query(cypher.CREATE_META, database_id=stamp.database_id, epoch=stamp.epoch)
+
+    def record_high_water(self, version: int) -> GraphMeta | None:
+        return self._meta_query(cypher.RECORD_HIGH_WATER, version=version)
 
     def mark_diverged(self, reason: str) -> None:
         self.driver.execute_query(cypher.MARK_DIVERGED, reason=reason, database_=self.database)
@@ -243,21 +246,26 @@ class Neo4jSink:
         return int(records[0]["v"] or 0) if records else 0
 
     def adopt(self, database_id: str, epoch: int, floor: int) -> None:
-        """The graph holds this database's projection of ``epoch``; writes below ``floor`` are refused, and
-        every tombstone is below it."""
+        """The graph holds this database's projection of ``epoch``; writes below ``floor`` are refused."""
         self.driver.execute_query(
             cypher.ADOPT_META, database_id=database_id, epoch=epoch, floor=floor, database_=self.database
         )
-        self.drop_tombstones(floor)
 
-    def raise_fence(self, fence: int) -> int:
-        records, _, _ = self.driver.execute_query(cypher.RAISE_FENCE, fence=fence, database_=self.database)
-        return int(records[0]["fence"]) if records else 0
-
-    def drop_tombstones(self, below: int) -> None:
+    def collect_tombstones(self, fence: int, grace: float | None = None) -> int | None:
+        """One round of tombstone collection (cypher.COLLECT): drops the tombstones at or below the current
+        fence once it has stood longer than ``grace`` seconds (default: twice the write timeout), then raises
+        it to ``fence``. Returns the fence whose tombstones went, or None."""
+        grace = 2 * self.write_timeout if grace is None else grace
+        records, _, _ = self.driver.execute_query(
+            cypher.COLLECT, fence=fence, grace_ms=int(1000 * grace), database_=self.database
+        )
+        droppable = records[0]["droppable"] if records else None
+        if droppable is None:
+            return None
         # CALL ... IN TRANSACTIONS needs an auto-commit transaction (session.run), not a managed one.
         with self.driver.session(database=self.database) as session:
-            session.run(cypher.DROP_TOMBSTONES, fence=below).consume()
+            session.run(cypher.DROP_TOMBSTONES, fence=int(droppable)).consume()
+        return int(droppable)
 
     def tombstones(self) -> int:
         records, _, _ = self.driver.execute_query(
@@ -335,7 +343,9 @@ class Neo4jSink:
     def wipe(self) -> None:
         """Delete every node of the projection's labels, tombstones and meta (tests, the demo's scratch graph)."""
         with self.driver.session(database=self.database) as session:
-            for label in (*LABELS.values(), TOMBSTONE, META):
+            # Signals first: an entity can hold thousands of relationships, a signal a few; once the signals
+            # are gone, deleting an entity is small too (the transaction memory stays bounded).
+            for label in ("Opportunity", "Signal", "Entity", TOMBSTONE, META):
                 session.run(
                     f"MATCH (n:{label}) CALL (n) {{ DETACH DELETE n }} IN TRANSACTIONS OF 5000 ROWS"
                 ).consume()

@@ -46,6 +46,8 @@ __all__ = ["BatchResult", "SyncWorker", "WorkerConfig", "make_worker"]
 
 log = logging.getLogger("sigledger.graph.worker")
 
+HIGH_WATER_INTERVAL = 1.0  # seconds between two high-water records of one worker
+
 
 class SyncWorker:
     """One worker: owns one Postgres connection for batches (and one for LISTEN while following)."""
@@ -69,6 +71,7 @@ class SyncWorker:
         # The graph's meta node as this worker last saw it (None: read it again before the next write).
         self._meta: GraphMeta | None = None
         self._meta_known = False
+        self._high_water_at = 0.0  # monotonic time of the last high-water record
         self.fence_clock = FenceClock(self.config.tombstone_ttl, self.config.tombstone_interval)
         # Test seam: called with a batch's snapshots right before they are written to Neo4j (the tests pause
         # a worker there to interleave another one deterministically).
@@ -105,6 +108,7 @@ class SyncWorker:
             # handed out before, so within one epoch the snapshot's version must be above it (_check_graph).
             self._meta, self._meta_known = self.sink.read_meta(), True
         high_water = self._meta.high_water if self._meta is not None else 0
+        written_version = 0
         try:
             with conn.transaction():
                 rows = conn.execute(
@@ -142,14 +146,17 @@ class SyncWorker:
                         units.append(unit)
 
                 if units:
-                    self._check_graph(stamp, max(s.version for s in snaps), high_water)
+                    version = max(s.version for s in snaps)
+                    self._check_graph(stamp, version, high_water)
                     if self.before_write is not None:
                         self.before_write([s for unit in units for s in unit])
                     errors.update(self._write_isolating(units, stamp))
-                    if not stamp.written and len(errors) < len(units):
-                        conn.execute(
-                            "SELECT sigledger._graph_mark_written(p_epoch => %s::bigint)", (stamp.epoch,)
-                        )
+                    if len(errors) < len(units):
+                        written_version = version
+                        if not stamp.written:
+                            conn.execute(
+                                "SELECT sigledger._graph_mark_written(p_epoch => %s::bigint)", (stamp.epoch,)
+                            )
                     self.fence_clock.saw(min(s.version for s in snaps))
                 written_at = time.time()
 
@@ -170,7 +177,21 @@ class SyncWorker:
             # Lost Postgres connection: the server rolled the batch back; reconnect next time.
             self.close()
             raise
+        if written_version and time.monotonic() - self._high_water_at >= HIGH_WATER_INTERVAL:
+            self._record_high_water(written_version)
         return result
+
+    def _record_high_water(self, version: int) -> None:
+        """The graph's high-water mark (restore detection), at most once a second per worker: one small
+        transaction on the meta node, after the batch (batches never wait for each other on it)."""
+        try:
+            meta = self.sink.record_high_water(version)
+        except Exception as exc:  # the next batch records it; the batch itself is done
+            log.warning("could not record the graph's high-water mark: %s", exc)
+            return
+        self._high_water_at = time.monotonic()
+        if meta is not None:
+            self._meta, self._meta_known = meta, True
 
     def _check_graph(self, stamp: Stamp, version: int, high_water: int) -> None:
         """Before writing: the graph holds this database's projection of this epoch, and held no version at
@@ -184,6 +205,11 @@ class SyncWorker:
             self._meta = self.sink.read_meta()
             check_identity(stamp, self._meta, self.settings.uri)
             high_water = 0
+        if self._meta is None:
+            # This database's first write into a graph in this epoch (check_identity let it through only
+            # because none was written yet): the graph becomes its.
+            self._meta = self.sink.create_meta(stamp)
+            check_identity(stamp, self._meta, self.settings.uri)
         if version <= high_water:
             reason = (
                 f"it holds version {high_water}, but this database (id {stamp.database_id}, "
@@ -233,9 +259,7 @@ class SyncWorker:
         if not units:
             return {}
         try:
-            meta = self.sink.write([s for unit in units for s in unit], stamp)
-            if meta is not None:
-                self._meta, self._meta_known = meta, True
+            self.sink.write([s for unit in units for s in unit], stamp)
             return {}
         except GraphIdentityError:
             self._meta_known = False
@@ -251,15 +275,18 @@ class SyncWorker:
             return failed
 
     def collect_tombstones(self) -> None:
-        """Raise the graph's fence to a version read long enough ago, then drop the tombstones below it."""
+        """A round of tombstone collection (Neo4jSink.collect_tombstones), when one is due: the fence moves
+        up to a version this worker read at least tombstone_ttl ago."""
         fence = self.fence_clock.due()
         if fence is None:
             return
         try:
-            self.sink.raise_fence(fence)
-            self.sink.drop_tombstones(fence)
+            dropped = self.sink.collect_tombstones(fence, self.config.grace)
         except Exception as exc:  # collection is housekeeping: the next round tries again
             log.warning("tombstone collection failed: %s", exc)
+            return
+        if dropped is not None:
+            log.info("tombstones at or below version %s collected; the fence is now %s", dropped, fence)
 
     # ---- loop --------------------------------------------------------------------------------------------
 
@@ -331,8 +358,9 @@ def make_worker(
 ) -> SyncWorker:
     """A worker with a verified Neo4j connection and the constraints in place."""
     settings = settings or Neo4jSettings.from_env()
+    config = config or WorkerConfig()
     driver = connect(settings)
-    sink = Neo4jSink(driver, settings.database, settings.uri)
+    sink = Neo4jSink(driver, settings.database, settings.uri, write_timeout=config.write_timeout)
     try:
         sink.ensure_constraints()
     except Exception as exc:
