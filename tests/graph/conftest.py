@@ -12,6 +12,7 @@ import os
 import secrets
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -22,7 +23,7 @@ import pytest
 from sigledger.core.localdb import free_port
 from sigledger.graph.driver import Neo4jSettings, connect
 from sigledger.graph.neo4j_server import Neo4jServer
-from sigledger.graph.sink import Neo4jSink
+from sigledger.graph.sink import Neo4jSink, Snapshot
 from sigledger.graph.worker import SyncWorker, WorkerConfig, make_worker
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -245,3 +246,39 @@ def changes(db_dsn: str) -> Iterator[Changes]:
     c = Changes(db_dsn)
     yield c
     c.close()
+
+
+class Paused:
+    """Runs one batch of ``worker`` in a thread, holding it between its snapshot and its Neo4j write."""
+
+    def __init__(self, worker: SyncWorker) -> None:
+        self.worker = worker
+        self.snapped = threading.Event()
+        self.go = threading.Event()
+        self.snapshots: list[Snapshot] = []
+        self.outcome: list[Any] = []
+
+        def hold(snaps: Sequence[Snapshot]) -> None:
+            self.snapshots = list(snaps)
+            self.snapped.set()
+            assert self.go.wait(60), "the test never released the paused worker"
+
+        worker.before_write = hold
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self.outcome.append(self.worker.run_batch())
+        except Exception as exc:  # reported to the test through outcome
+            self.outcome.append(exc)
+
+    def start(self) -> Paused:
+        self.thread.start()
+        assert self.snapped.wait(60), f"the paused worker never reached its write: {self.outcome}"
+        return self
+
+    def release(self) -> Any:
+        self.go.set()
+        self.thread.join(60)
+        assert not self.thread.is_alive()
+        return self.outcome[0]

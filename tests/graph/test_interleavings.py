@@ -7,52 +7,14 @@ once the outbox is drained Neo4j must equal Postgres.
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable
 
 import psycopg
-from sigledger.graph.sink import Neo4jSink, Snapshot
+from sigledger.graph.sink import Neo4jSink
 from sigledger.graph.verify import verify
 from sigledger.graph.worker import SyncWorker
 
-from .conftest import Changes, cypher, status, wait_until
-
-
-class Paused:
-    """Runs one batch of ``worker`` in a thread, holding it between its snapshot and its Neo4j write."""
-
-    def __init__(self, worker: SyncWorker) -> None:
-        self.worker = worker
-        self.snapped = threading.Event()
-        self.go = threading.Event()
-        self.snapshots: list[Snapshot] = []
-        self.outcome: list[Any] = []
-
-        def hold(snaps: Sequence[Snapshot]) -> None:
-            self.snapshots = list(snaps)
-            self.snapped.set()
-            assert self.go.wait(60), "the test never released the paused worker"
-
-        worker.before_write = hold
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        try:
-            self.outcome.append(self.worker.run_batch())
-        except Exception as exc:  # reported to the test through outcome
-            self.outcome.append(exc)
-
-    def start(self) -> Paused:
-        self.thread.start()
-        assert self.snapped.wait(60), f"the paused worker never reached its write: {self.outcome}"
-        return self
-
-    def release(self) -> Any:
-        self.go.set()
-        self.thread.join(60)
-        assert not self.thread.is_alive()
-        return self.outcome[0]
+from .conftest import Changes, Paused, cypher, status, wait_until
 
 
 def _drain(worker: SyncWorker) -> None:

@@ -11,8 +11,7 @@ from sigledger.graph.sink import Neo4jSink
 from sigledger.graph.verify import verify
 from sigledger.graph.worker import SyncWorker
 
-from .conftest import Changes, cli, cypher
-from .test_interleavings import Paused
+from .conftest import Changes, Paused, cli, cypher
 
 
 def test_consistent_verify_tells_work_in_flight_from_drift(
