@@ -5,8 +5,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: help test lint pytest demo deps system-deps venv neo4j-up neo4j-down bench bench-budget \
-        bench-ingest bench-graph schema-dump api-docs pgtap isolation clean
+.PHONY: help test lint pytest demo deps system-deps venv neo4j-up neo4j-down bench bench-budget bench-ledger \
+        bench-budget-profile bench-ingest bench-graph bench-migrate schema-dump api-docs pgtap isolation clean \
+        sync-gen bench-tracker bench-loop-lag
 
 help:
 	@echo "make test    install what is missing, then lint and run every test suite (what CI runs)"
@@ -30,8 +31,8 @@ $(STAMP): pyproject.toml
 test: deps lint pytest
 
 lint: venv
-	$(VENV)/bin/ruff check harness tests bench
-	$(VENV)/bin/ruff format --check harness tests bench
+	$(VENV)/bin/ruff check harness tests bench tools
+	$(VENV)/bin/ruff format --check harness tests bench tools
 	$(VENV)/bin/mypy
 	$(VENV)/bin/squawk --config .squawk.toml sql/migrations/*.sql
 
@@ -43,6 +44,11 @@ pgtap: deps
 
 isolation: deps
 	$(PY) -m pytest tests/core/test_isolation.py $(PYTEST_ARGS)
+
+# The sync modules (db.py, ledger/client.py, ledger/tracker.py, budget/client.py, budget/guard.py) from their
+# async sources (a*.py); a test fails when they are stale.
+sync-gen: venv
+	$(PY) tools/async_to_sync.py
 
 # Regenerate the committed generated files (net DDL, API reference) from a database built by the migrations.
 schema-dump api-docs: deps
@@ -58,17 +64,37 @@ neo4j-down: deps
 	$(PY) -m sigledger.graph.neo4j_server down
 
 # Every benchmark, then the README performance table from bench/results/*.json.
-bench: bench-budget bench-ingest bench-graph
+bench: bench-budget bench-ingest bench-graph bench-tracker bench-loop-lag bench-migrate
 	$(PY) bench/report.py
 
 bench-budget: deps
 	$(PY) bench/budget/run.py
 
+# the ledger's batch path alone (record_costs vs the bare statement vs COPY); bench-budget includes it
+bench-ledger: deps
+	$(PY) bench/budget/ledger.py
+
+# where the time of one budget call goes (pg_stat_statements, function self time): bench/results/budget-profile.*
+bench-budget-profile: deps
+	$(PY) bench/budget/profile.py
+
 bench-ingest: deps
 	$(PY) bench/ingest/run.py
 
+bench-loop-lag: deps
+	$(PY) bench/loop_lag/run.py
+
+bench-tracker: deps
+	$(PY) bench/tracker/run.py
+
 bench-graph: deps
 	$(PY) bench/graph/run.py
+
+# V3_010 -> head on 1M ledger rows under application writes (this release and the first one, same run);
+# then the README table.
+bench-migrate: deps
+	$(PY) bench/migrate/run.py
+	$(PY) bench/report.py
 
 clean:
 	-$(VENV)/bin/sigledger db down --destroy

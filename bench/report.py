@@ -29,38 +29,42 @@ def _verdict(value: float, target: float, higher_is_better: bool = True) -> str:
     return "met" if ok else "**not met**"
 
 
-def budget_rows(data: dict[str, Any]) -> list[str]:
-    def goodput(workload: str, design: str, clients: int) -> float:
-        for r in data["results"]:
-            if r["workload"] == workload and r["design"] == design and r["clients"] == clients:
-                return float(r["goodput"])
-        raise KeyError((workload, design, clients))
+BUDGET_LABELS = {
+    "a_reserve_settle": "reserve+settle",
+    "a_check_and_record": "check_and_record",
+    "a_reserve_settle_sliced": "reserve+settle, 8 slices",
+    "a_check_and_record_sliced": "check_and_record, 8 slices",
+    "b_bare_reserve_settle": "bare SQL",
+    "b_bare_record": "bare SQL",
+    "b_raw_update": "raw single-row UPDATE",
+    "c_seed": "seed NOWAIT",
+}
 
+
+def budget_rows(data: dict[str, Any]) -> list[str]:
+    """Every budget figure with a target, beside its baseline of the same run (bench/budget/designs.py)."""
     rows = []
-    for workload, label in (("hot", "1 hot agent"), ("spread", f"{data['settings']['agents']} agents")):
-        for clients in (32, 64):
-            for design, name in (
-                ("a_reserve_settle", "reserve+settle"),
-                ("a_check_and_record", "check_and_record"),
-            ):
-                ours = goodput(workload, design, clients)
-                bare_design = "b_bare_reserve_settle" if design == "a_reserve_settle" else "b_bare_record"
-                bare = goodput(workload, bare_design, clients)
-                rows.append(
-                    f"| budget | {name}, {label}, {clients} clients: costs/s | {ours:.0f} | bare SQL {bare:.0f} "
-                    f"| {ours / bare:.2f}x | 0.8x: {_verdict(ours / bare, 0.8)} |"
-                )
-                if workload == "hot":
-                    seed = goodput(workload, "c_seed", clients)
-                    rows.append(
-                        f"| budget | {name}, {label}, {clients} clients: costs/s | {ours:.0f} | seed NOWAIT {seed:.0f} "
-                        f"| {ours / seed:.1f}x | 10x: {_verdict(ours / seed, 10)} |"
-                    )
+    for x in data["ratios"]:
+        if x["target"] is None:
+            continue
+        label = "1 hot agent" if x["workload"] == "hot" else f"{data['settings']['agents']} agents"
+        rows.append(
+            f"| budget | {BUDGET_LABELS[x['design']]}, {label}, {x['clients']} clients: costs/s (load {x['loadavg'][0]}) "
+            f"| {x['goodput']:.0f} | {BUDGET_LABELS[x['baseline']]} {x['baseline_goodput']:.0f} | {x['ratio']:.2f}x "
+            f"| {x['target']}x: {_verdict(x['ratio'], x['target'])} |"
+        )
     ours_over = max(o["overspend_pct"] for o in data["overspend"] if not o["design"].startswith("c_"))
     seed_over = max(o["overspend_pct"] for o in data["overspend"] if o["design"].startswith("c_"))
     rows.append(
         f"| budget | worst overspend of a hard budget, 32/64 clients | {ours_over}% | seed {seed_over}% | - "
         f"| 0%: {_verdict(ours_over, 0, higher_is_better=False)} |"
+    )
+    led = data["ledger"]
+    ratio = led["ratios"]["record_costs_vs_bare"]
+    rows.append(
+        f"| ledger | record_costs rows/s, batches of {led['batch_size']} over {led['agents']} agents (load "
+        f"{led['loadavg']}) | {led['rows_per_s']['record_costs']} | bare statement {led['rows_per_s']['bare']}, "
+        f"COPY {led['rows_per_s']['copy']} | {ratio:.2f}x | 0.7x: {_verdict(ratio, 0.7)} |"
     )
     return rows
 
@@ -119,10 +123,51 @@ def graph_rows(data: dict[str, Any]) -> list[str]:
     return rows
 
 
+def migrate_rows(data: dict[str, Any]) -> list[str]:
+    ours = data["this_release"]
+    first = data.get("first_release")
+    rows_n = f"{data['settings']['ledger_rows']:,}"
+    during, load = ours["load_during_upgrade"], f"load average {ours['loadavg_1min'][0]}"
+    errors = sum(during["errors"].values())
+
+    def base(key: str, fmt: str) -> str:
+        if not first:
+            return "-"
+        value = first["load_during_upgrade"][key]
+        return f"first release {fmt.format(value)}"
+
+    first_errors = (
+        ", ".join(f"{n} x {code}" for code, n in sorted(first["load_during_upgrade"]["errors"].items()))
+        or "0"
+        if first
+        else "-"
+    )
+    ratio = (
+        f"{first['load_during_upgrade']['worst_lock_wait_s'] / max(during['worst_lock_wait_s'], 0.001):.0f}x less"
+        if first
+        else "-"
+    )
+    target = data["targets"]["worst_lock_wait_s"]
+    return [
+        f"| migrate | V3_010 -> head on {rows_n} ledger rows, 4 writer threads: worst application lock wait ({load}) "
+        f"| {during['worst_lock_wait_s']:.2f} s | {base('worst_lock_wait_s', '{:.2f} s')} | {ratio} "
+        f"| <= {target:g} s: {_verdict(during['worst_lock_wait_s'], target, higher_is_better=False)} |",
+        f"| migrate | application errors during that upgrade ({during['transactions']:,} transactions) | {errors} "
+        f"| first release {first_errors} | - | 0: {_verdict(errors, 0, higher_is_better=False)} |",
+        f"| migrate | upgrade duration (runner retries) | {ours['upgrade_s']:.0f} s ({ours['runner_retries']}) "
+        f"| {'first release ' + format(first['upgrade_s'], '.0f') + ' s' if first else '-'} | - | - |",
+    ]
+
+
 def render() -> str:
     sections: list[str] = []
     machine = f"{platform.system()} {platform.machine()}"
-    for name, rows_of in (("budget", budget_rows), ("ingest", ingest_rows), ("graph", graph_rows)):
+    for name, rows_of in (
+        ("budget", budget_rows),
+        ("ingest", ingest_rows),
+        ("graph", graph_rows),
+        ("migrate", migrate_rows),
+    ):
         data = _load(name)
         if data is None:
             sections.append(f"| {name} | no results yet (`make bench-{name}`) | - | - | - | - |")

@@ -15,10 +15,20 @@ import pytest
 from pytest_postgresql import factories
 from pytest_postgresql.executors import PostgreSQLExecutor
 from sigledger.migrate import Migrator
+from sigledger.migrate.roles import create_login
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = "sigledger_template"
 TEST_EXTENSIONS = ("pgtap", "plpgsql_check")
+# Nobody logs in as a sigledger group (they are NOLOGIN): the tests connect as member logins made the way a
+# deployment makes them (`sigledger role create-login NAME --as GROUP`), with the server-side timeouts on the
+# login. Cluster-wide, created once with the template.
+LOGINS = {
+    "app": "sigledger_test_app",
+    "readonly": "sigledger_test_readonly",
+    "admin": "sigledger_test_admin",
+    "graph": "sigledger_test_graph",
+}
 
 # pytest-postgresql starts the server through our root-aware pg_ctl wrapper (tests/bin/pg_ctl).
 pg = factories.postgresql_proc(
@@ -50,6 +60,8 @@ def template_db(pg: PostgreSQLExecutor) -> str:
     with psycopg.connect(dsn, autocommit=True) as conn:
         for ext in TEST_EXTENSIONS:
             conn.execute(f"CREATE EXTENSION IF NOT EXISTS {ext}")
+        for group, login in LOGINS.items():
+            create_login(conn, login, group)
     return TEMPLATE
 
 
@@ -84,19 +96,27 @@ def db_dsn(pg: PostgreSQLExecutor, db_name: str) -> str:
 
 @pytest.fixture
 def app_dsn(pg: PostgreSQLExecutor, db_name: str) -> str:
-    """Connection string of the test's own database, as the application role (sigledger_app)."""
-    return make_dsn(pg, db_name, "sigledger_app")
+    """Connection string of the test's own database, as an application login (member of sigledger_app)."""
+    return make_dsn(pg, db_name, LOGINS["app"])
 
 
 @pytest.fixture
 def admin_dsn(pg: PostgreSQLExecutor, db_name: str) -> str:
-    """Connection string of the test's own database, as sigledger_admin (the API plus budget administration)."""
-    return make_dsn(pg, db_name, "sigledger_admin")
+    """Connection string of the test's own database, as an admin login (member of sigledger_admin: the API
+    plus budget administration)."""
+    return make_dsn(pg, db_name, LOGINS["admin"])
 
 
 @pytest.fixture
 def readonly_dsn(pg: PostgreSQLExecutor, db_name: str) -> str:
-    return make_dsn(pg, db_name, "sigledger_readonly")
+    """Connection string of the test's own database, as a read-only login (member of sigledger_readonly)."""
+    return make_dsn(pg, db_name, LOGINS["readonly"])
+
+
+@pytest.fixture
+def graph_dsn(pg: PostgreSQLExecutor, db_name: str) -> str:
+    """Connection string of the test's own database, as a sync-worker login (member of sigledger_graph)."""
+    return make_dsn(pg, db_name, LOGINS["graph"])
 
 
 @pytest.fixture
@@ -123,6 +143,40 @@ def pytest_configure(config: pytest.Config) -> None:
     if config.option.basetemp is None:
         digest = hashlib.sha256(str(ROOT).encode()).hexdigest()[:10]
         config.option.basetemp = str(Path(tempfile.gettempdir()) / f"sigledger-pytest-{digest}")
+
+
+_LEFTOVERS: dict[str, list[str]] = {}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """After every fixture was torn down: no process the run started may still run (tests/leftovers.py)."""
+    from tests import leftovers
+
+    basetemp = str(session.config.option.basetemp)
+    left = leftovers.find_any(leftovers.markers(Path(basetemp)))
+    _LEFTOVERS["root"] = [basetemp]
+    _LEFTOVERS["found"] = [f"{p.pid}: {p.cmdline[:300]}" for p in left]
+    if left:
+        _LEFTOVERS["unstoppable"] = [f"{p.pid}" for p in leftovers.stop(left)]
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if "root" not in _LEFTOVERS:
+        return
+    found = _LEFTOVERS["found"]
+    terminalreporter.section("servers started by this run")
+    if not found:
+        terminalreporter.write_line(f"none left running (processes under {_LEFTOVERS['root'][0]}: 0)")
+        return
+    terminalreporter.write_line(
+        f"{len(found)} process(es) left running after the run, now stopped; run FAILED:", red=True
+    )
+    for line in found:
+        terminalreporter.write_line(f"  {line}")
+    if _LEFTOVERS.get("unstoppable"):
+        terminalreporter.write_line(f"  could not stop: {', '.join(_LEFTOVERS['unstoppable'])}", red=True)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

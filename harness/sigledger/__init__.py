@@ -9,17 +9,41 @@ The package is arranged by domain: ``core`` (connections, errors, paths, local c
 
 __version__ = "0.1.0"
 
-from sigledger.budget import BudgetClient, BudgetGuard, Reservation
+from sigledger.budget import AsyncBudgetClient, AsyncBudgetGuard, BudgetClient, BudgetGuard, Reservation
+from sigledger.core.adb import AsyncDatabase
 from sigledger.core.db import Database
-from sigledger.ledger import CostRecord, CostTracker, Ledger
+from sigledger.core.errors import (
+    BudgetExceeded,
+    BudgetUnavailable,
+    InvalidInput,
+    JournalError,
+    NotFound,
+    PermissionDenied,
+    SigledgerError,
+    Unavailable,
+)
+from sigledger.ledger import AsyncCostTracker, AsyncLedger, CostRecord, CostTracker, Ledger
 
 __all__ = [
+    "AsyncBudgetClient",
+    "AsyncBudgetGuard",
+    "AsyncCostTracker",
+    "AsyncDatabase",
+    "AsyncLedger",
     "BudgetClient",
+    "BudgetExceeded",
     "BudgetGuard",
+    "BudgetUnavailable",
     "CostRecord",
     "CostTracker",
     "Database",
+    "InvalidInput",
+    "JournalError",
     "Ledger",
+    "NotFound",
+    "PermissionDenied",
     "Reservation",
+    "SigledgerError",
+    "Unavailable",
     "__version__",
 ]

@@ -33,7 +33,7 @@ CREATE OR REPLACE VIEW sigledger.budget_overview AS
 SELECT b.id AS budget_id, b.level, b.name, b.agent_id, b.parent_id, b.period,
        p.period_start, b.limit_usd, b.grace_ratio, b.fail_policy,
        coalesce(s.spent_usd, 0) AS spent_usd, coalesce(s.reserved_usd, 0) AS reserved_usd,
-       coalesce(s.excess_usd, 0) AS excess_usd, coalesce(s.version, 0) AS version
+       coalesce(s.excess_usd, 0) AS excess_usd, coalesce(s.version, 0) AS version, b.slices
   FROM sigledger.budget b
  CROSS JOIN LATERAL (
        SELECT CASE b.period
@@ -42,7 +42,12 @@ SELECT b.id AS budget_id, b.level, b.name, b.agent_id, b.parent_id, b.period,
                   WHEN 'weekly'  THEN date_trunc('week',  now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
                   WHEN 'monthly' THEN date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
               END AS period_start) p
-  LEFT JOIN sigledger.budget_spend s
-    ON s.budget_id = b.id AND s.period_start = p.period_start;
-COMMENT ON VIEW sigledger.budget_overview IS 'Every budget with its current period''s spend and holds.';
+  -- a period's figures are the sums over its slices (V8_080)
+  LEFT JOIN LATERAL (
+       SELECT sum(x.spent_usd) AS spent_usd, sum(x.reserved_usd) AS reserved_usd, sum(x.excess_usd) AS excess_usd,
+              sum(x.version)::bigint AS version
+         FROM sigledger.budget_spend x
+        WHERE x.budget_id = b.id AND x.period_start = p.period_start) s ON true;
+COMMENT ON VIEW sigledger.budget_overview IS
+    'Every budget with its current period''s spend and holds (summed over its slices); limit_usd NULL: an agent without a limit of its own under a team or org budget.';
 

@@ -6,6 +6,8 @@
 -- uniqueness lives in the registry llm_cost_log_key: the key is claimed there first with the id the row will
 -- have (a concurrent caller of the same key waits for this transaction, then sees the key: one winner), and
 -- the ledger row follows with that id (its BEFORE INSERT trigger finds the claim and lets it through).
+-- A key that exists is a replay only if it records the same agent and, when the caller gave one, the same
+-- cost (amounts are exact): anything else is 23505 naming both.
 CREATE OR REPLACE FUNCTION sigledger._cost_insert(
     p_idempotency_key text, p_agent_id uuid, p_model text, p_provider text,
     p_input_tokens bigint, p_output_tokens bigint, p_cost_usd numeric, p_priced_usd numeric, p_cost_source text,
@@ -14,6 +16,8 @@ CREATE OR REPLACE FUNCTION sigledger._cost_insert(
 LANGUAGE plpgsql
 SET search_path = sigledger, pg_temp
 AS $$
+DECLARE
+    o record;
 BEGIN
     INSERT INTO sigledger.llm_cost_log_key AS k (idempotency_key, ledger_id, reservation_id, created_at)
     VALUES (p_idempotency_key, nextval('sigledger.llm_cost_log_id_seq'::regclass), p_reservation_id, p_created_at)
@@ -28,14 +32,52 @@ BEGIN
         VALUES (ledger_id, p_idempotency_key, p_agent_id, p_provider, p_model, p_input_tokens, p_output_tokens,
                 p_cost_usd, p_priced_usd, p_cost_source, p_reservation_id, p_charged_at, p_created_at, p_metadata);
     ELSE
-        -- the key exists (possibly committed by a concurrent caller a moment ago): same answer, nothing changed
-        SELECT k.ledger_id INTO ledger_id FROM sigledger.llm_cost_log_key k WHERE k.idempotency_key = p_idempotency_key;
+        -- the key exists (possibly committed by a concurrent caller a moment ago): a replay if it is the same cost
+        SELECT k.ledger_id AS id, l.agent_id, l.cost_usd, l.cost_source INTO o
+          FROM sigledger.llm_cost_log_key k
+          JOIN sigledger.llm_cost_log l ON l.id = k.ledger_id AND l.created_at = k.created_at
+         WHERE k.idempotency_key = p_idempotency_key;
+        ledger_id := o.id;
+        IF o.agent_id <> p_agent_id OR (p_cost_source = 'client' AND o.cost_usd <> p_cost_usd) THEN
+            RAISE EXCEPTION USING ERRCODE = '23505',
+                MESSAGE = format('idempotency key %L already records %s USD for agent %s (ledger %s), not %s USD for agent %s',
+                                 left(p_idempotency_key, 200), o.cost_usd, o.agent_id, o.id, p_cost_usd, p_agent_id),
+                HINT = 'A replay must carry the same agent and cost; use a new key for a new cost.';
+        END IF;
     END IF;
+END;
+$$;
+
+-- _reserved_key: how an application key relates to the key spaces the database owns: NULL (the
+-- application's own), or the id of the reservation whose settlement key it is (reservation:<id>). Keys of
+-- the other reserved spaces (check:..., reservation:... that names no id) are refused with 22023.
+CREATE OR REPLACE FUNCTION sigledger._reserved_key(p_key text)
+RETURNS bigint
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = sigledger, pg_temp
+AS $$
+BEGIN
+    IF p_key LIKE 'reservation:%' THEN
+        IF p_key ~ '^reservation:[0-9]{1,18}$' THEN
+            RETURN substr(p_key, 13)::bigint;
+        END IF;
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('idempotency key %L is in the key space reservation: that the database reserves for settlements',
+                             left(p_key, 200)),
+            HINT = 'reservation:<id> records the cost of reservation <id>; choose another key for anything else.';
+    ELSIF p_key LIKE 'check:%' THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('idempotency key %L is in the key space check: that the database reserves for check_and_record_budget',
+                             left(p_key, 200)),
+            HINT = 'Choose a key that does not start with check:.';
+    END IF;
+    RETURN NULL;
 END;
 $$;
 
 -- record_cost: appends one LLM call cost to the ledger and charges the agent's budgets (if any) for the
 -- period of created_at. Idempotent: the same key again returns the same id and changes nothing.
+-- A key reservation:<id> records the cost of that reservation (131_reservation_settle.sql).
 CREATE OR REPLACE FUNCTION sigledger.record_cost(
     p_idempotency_key text,
     p_agent_id uuid,
@@ -57,15 +99,25 @@ DECLARE
     v record;
     v_ins record;
     c record;
+    s record;
+    v_reservation bigint;
 BEGIN
     v := _cost_validate(p_idempotency_key, p_agent_id, p_model, p_provider, p_input_tokens, p_output_tokens,
                         p_cost_usd, p_created_at, p_metadata);
+    v_reservation := _reserved_key(p_idempotency_key);
+    IF v_reservation IS NOT NULL THEN
+        v_ins := _reservation_settle(v_reservation, 'record', p_agent_id, v.cost_usd, p_cost_usd, v.priced_usd,
+                                     v.cost_source, p_input_tokens, p_output_tokens, p_model, p_provider, v.metadata,
+                                     v.created_at);
+        RETURN v_ins.ledger_id;
+    END IF;
     v_ins := _cost_insert(p_idempotency_key, p_agent_id, p_model, p_provider, p_input_tokens, p_output_tokens,
                           v.cost_usd, v.priced_usd, v.cost_source, NULL, v.created_at, v.created_at, v.metadata);
     IF v_ins.inserted THEN
-        -- the cost is already spent: charge it (above the cap it becomes recorded excess)
+        -- the cost is already spent: charge it (above the room of a budget it becomes recorded excess)
         FOR c IN SELECT * FROM _budget_chain(p_agent_id, v.created_at) LOOP
-            PERFORM _spend_charge(c.budget_id, c.period_start, c.cap_usd, v.cost_usd, 0, c.limit_usd, c.alert_thresholds);
+            s := _spend_apply(c.budget_id, c.period_start, c.cap_usd, c.slices, NULL, v.cost_usd, 0, false,
+                              c.limit_usd, c.alert_thresholds);
         END LOOP;
     END IF;
     RETURN v_ins.ledger_id;
@@ -73,17 +125,23 @@ END;
 $$;
 COMMENT ON FUNCTION sigledger.record_cost(text, uuid, text, text, bigint, bigint, numeric, timestamptz, jsonb) IS
 'Appends one LLM call cost to the append-only ledger and returns its id; the same idempotency key again returns
-the same id and changes nothing. cost_usd NULL: computed from the dated price table (22023 if the model has no
+the same id and changes nothing (a key that records another agent or cost: 23505). Amounts are exact to
+1e-10 USD (finer: 22003). The key reservation:<id> records the cost of reservation <id> (its agent only, else
+23505; unknown: P0002): an open reservation is settled with it, one whose hold expired or was released is
+charged it; check:... keys are refused (22023). cost_usd NULL: computed from the dated price table (22023 if the model has no
 price). A client cost that disagrees with the price table is charged as given; the priced figure is stored
 beside it (view cost_price_disagreement). The agent''s budgets are charged for the period of created_at,
 which may be at most 7 days old (the spool-replay window; older: 22023); spending above the cap is recorded
 as excess, never refused (the money is already spent).
-SQLSTATE: 22004, 22023, 22003, P0002, 55P03';
+SQLSTATE: 22004, 22023, 22003, 23505, P0002, SLB03, 55P03';
 
 -- record_costs: the harness's flush. p_batch is a JSON array of objects with the record_cost fields
 -- (idempotency_key, agent_id, model, provider, input_tokens, output_tokens, cost_usd, created_at, metadata).
--- Valid rows are inserted, rows whose key exists are counted as duplicates, invalid rows go to
--- cost_quarantine with their SQLSTATE and reason. Budgets are charged once per (budget, period) in lock order.
+-- Valid rows are inserted, replays counted as duplicates, invalid rows go to cost_quarantine with their
+-- SQLSTATE and reason (one bad row never sinks the batch). Validation is set-based (111_record_costs.sql):
+-- one statement validates, quarantines, claims the keys and inserts the rows; only a batch holding a value
+-- that does not even cast (a malformed uuid, number or timestamp) is taken row by row, each cast in a
+-- subtransaction of its own. Budgets are charged once per (budget, period) in lock order.
 CREATE OR REPLACE FUNCTION sigledger.record_costs(p_batch jsonb)
 RETURNS TABLE (inserted integer, duplicates integer, quarantined integer)
 LANGUAGE plpgsql
@@ -92,22 +150,13 @@ SET search_path = sigledger, pg_temp
 SET lock_timeout = '5s'
 AS $$
 DECLARE
-    v_elem jsonb;
-    v record;
-    v_ins record;
-    c record;
-    v_agent uuid;
-    v_in bigint;
-    v_out bigint;
-    v_cost numeric;
-    v_created timestamptz;
+    r record;
+    x record;
+    s record;
+    v_res record;
     v_state text;
     v_msg text;
-    v_agents uuid[] := '{}'::uuid[];
-    v_times timestamptz[] := '{}'::timestamptz[];
-    v_costs numeric[] := '{}'::numeric[];
 BEGIN
-    inserted := 0; duplicates := 0; quarantined := 0;
     IF p_batch IS NULL OR jsonb_typeof(p_batch) <> 'array' THEN
         RAISE EXCEPTION USING ERRCODE = '22023',
             MESSAGE = format('batch must be a JSON array, got %s', coalesce(jsonb_typeof(p_batch), 'NULL'));
@@ -116,64 +165,64 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = '22023',
             MESSAGE = format('batch must hold at most 10000 rows, got %s', jsonb_array_length(p_batch));
     END IF;
-    -- key order: two overlapping batches insert shared keys in the same order (no deadlock on the unique index)
-    FOR v_elem IN SELECT e FROM jsonb_array_elements(p_batch) e ORDER BY e ->> 'idempotency_key' NULLS LAST LOOP
-        v_state := NULL;
-        -- validation writes nothing, so this subtransaction never takes an XID (no subxid overflow on big batches)
-        BEGIN
-            IF jsonb_typeof(v_elem) <> 'object' THEN
-                RAISE EXCEPTION USING ERRCODE = '22023',
-                    MESSAGE = format('batch row must be a JSON object, got %s', jsonb_typeof(v_elem));
-            END IF;
-            v_agent := (v_elem ->> 'agent_id')::uuid;
-            v_in := coalesce((v_elem ->> 'input_tokens')::bigint, 0);
-            v_out := coalesce((v_elem ->> 'output_tokens')::bigint, 0);
-            v_cost := (v_elem ->> 'cost_usd')::numeric;
-            v_created := (v_elem ->> 'created_at')::timestamptz;
-            v := _cost_validate(v_elem ->> 'idempotency_key', v_agent, v_elem ->> 'model', v_elem ->> 'provider',
-                                v_in, v_out, v_cost, v_created, v_elem -> 'metadata');
-        EXCEPTION
-            WHEN data_exception OR integrity_constraint_violation OR no_data_found THEN
-                GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_msg = MESSAGE_TEXT;
-        END;
+    BEGIN
+        -- one subtransaction for the whole batch: a value that does not cast rolls the set-based attempt back
+        r := _record_costs_set(p_batch);
+    EXCEPTION WHEN data_exception THEN
+        r := NULL;
+    END;
+    IF r IS NULL THEN
+        r := _record_costs_rows(p_batch);
+    END IF;
+    inserted := r.inserted; duplicates := r.duplicates; quarantined := r.quarantined;
+    -- costs recorded under a reservation's key: each through the reservation (rare: a settle the harness could
+    -- not run); refused ones are quarantined like any other bad row
+    FOR x IN SELECT * FROM jsonb_to_recordset(coalesce(r.reserved, '[]'::jsonb))
+                       AS j(elem jsonb, reservation_id bigint, agent_id uuid, cost_usd numeric, cost_given numeric,
+                            priced_usd numeric, cost_source text, input_tokens bigint, output_tokens bigint,
+                            model text, provider text, metadata jsonb, created_at timestamptz)
+    LOOP
+        SELECT br.agent_id, br.state, br.actual_usd INTO v_res FROM budget_reservation br WHERE br.id = x.reservation_id;
+        v_state := CASE WHEN NOT FOUND THEN 'P0002'
+                        WHEN v_res.agent_id <> x.agent_id THEN '23505'
+                        WHEN v_res.state = 'settled' AND x.cost_given IS NOT NULL
+                             AND x.cost_given <> v_res.actual_usd THEN 'SLB03' END;
         IF v_state IS NOT NULL THEN
+            v_msg := CASE v_state
+                WHEN 'P0002' THEN format('unknown reservation %s', x.reservation_id)
+                WHEN '23505' THEN format('idempotency key %L belongs to reservation %s of agent %s, not agent %s',
+                                         'reservation:' || x.reservation_id, x.reservation_id, v_res.agent_id, x.agent_id)
+                ELSE format('reservation %s is already settled at %s USD, not %s', x.reservation_id,
+                            v_res.actual_usd, x.cost_given) END;
             INSERT INTO cost_quarantine (idempotency_key, payload, sqlstate, reason)
-            VALUES (left(CASE WHEN jsonb_typeof(v_elem) = 'object' THEN v_elem ->> 'idempotency_key' END, 200),
-                    v_elem, v_state, v_msg);
+            VALUES ('reservation:' || x.reservation_id, x.elem, v_state, v_msg);
             quarantined := quarantined + 1;
             CONTINUE;
         END IF;
-        v_ins := _cost_insert(v_elem ->> 'idempotency_key', v_agent, v_elem ->> 'model', v_elem ->> 'provider',
-                              v_in, v_out, v.cost_usd, v.priced_usd, v.cost_source, NULL, v.created_at,
-                              v.created_at, v.metadata);
-        IF v_ins.inserted THEN
-            inserted := inserted + 1;
-            v_agents := v_agents || v_agent;
-            v_times := v_times || v.created_at;
-            v_costs := v_costs || v.cost_usd;
-        ELSE
+        s := _reservation_settle(x.reservation_id, 'record', x.agent_id, x.cost_usd, x.cost_given, x.priced_usd,
+                                 x.cost_source, x.input_tokens, x.output_tokens, x.model, x.provider, x.metadata,
+                                 x.created_at);
+        IF s.replayed THEN
             duplicates := duplicates + 1;
+        ELSE
+            inserted := inserted + 1;
         END IF;
     END LOOP;
-    -- one charge per (budget, period), rows locked in the global order (level, budget id, period)
-    FOR c IN
-        SELECT ch.budget_id, ch.lock_rank, ch.period_start, ch.cap_usd, ch.limit_usd, ch.alert_thresholds,
-               sum(x.cost) AS amount
-          FROM unnest(v_agents, v_times, v_costs) AS x(agent_id, charged_at, cost)
-          CROSS JOIN LATERAL _budget_chain(x.agent_id, x.charged_at) ch
-         GROUP BY ch.budget_id, ch.lock_rank, ch.period_start, ch.cap_usd, ch.limit_usd, ch.alert_thresholds
-         ORDER BY ch.lock_rank, ch.budget_id, ch.period_start
-    LOOP
-        PERFORM _spend_charge(c.budget_id, c.period_start, c.cap_usd, c.amount, 0, c.limit_usd, c.alert_thresholds);
+    -- one charge per (budget, period), in the global lock order (level, budget id, period)
+    FOR i IN 1 .. coalesce(cardinality(r.charge_budget_ids), 0) LOOP
+        s := _spend_apply(r.charge_budget_ids[i], r.charge_periods[i], r.charge_caps[i], r.charge_slices[i], NULL,
+                          r.charge_amounts[i], 0, false, r.charge_limits[i], r.charge_thresholds[i]::numeric[]);
     END LOOP;
     RETURN NEXT;
 END;
 $$;
 COMMENT ON FUNCTION sigledger.record_costs(jsonb) IS
-'Records a batch (JSON array of record_cost objects) in one transaction: valid rows are inserted, existing
-keys counted as duplicates, invalid rows (created_at more than 7 days old included) quarantined in
-cost_quarantine with SQLSTATE and reason. Returns
-(inserted, duplicates, quarantined). Budgets are charged once per budget and period, in lock order.
+'Records a batch (JSON array of at most 10000 record_cost objects) in one transaction: valid rows are
+inserted, replays (an existing key with the same agent and cost) counted as duplicates, and every invalid row
+(a bad or malformed value, created_at more than 7 days old, a key that records another cost: 23505, a
+reserved key that does not fit its reservation) quarantined in cost_quarantine with its SQLSTATE and reason;
+the others go in. Returns (inserted, duplicates, quarantined). Budgets are charged once per budget and
+period, in lock order.
 SQLSTATE: 22023, 55P03';
 
 -- add_model_price: adds a dated price; prices are never edited, a new valid_from supersedes.
@@ -190,8 +239,8 @@ DECLARE
 BEGIN
     PERFORM _assert_text('provider', p_provider);
     PERFORM _assert_text('model', p_model);
-    PERFORM _assert_usd('input_usd_per_mtok', p_input_usd_per_mtok, 100000);
-    PERFORM _assert_usd('output_usd_per_mtok', p_output_usd_per_mtok, 100000);
+    PERFORM _assert_exact('input_usd_per_mtok', _assert_usd('input_usd_per_mtok', p_input_usd_per_mtok, 100000), 9);
+    PERFORM _assert_exact('output_usd_per_mtok', _assert_usd('output_usd_per_mtok', p_output_usd_per_mtok, 100000), 9);
     IF v_from < timestamptz '2000-01-01 00:00:00+00' OR v_from >= timestamptz '2200-01-01 00:00:00+00' THEN
         RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = format('valid_from must lie in [2000, 2200), got %s', v_from);
     END IF;

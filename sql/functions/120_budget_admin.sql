@@ -14,13 +14,15 @@ DECLARE
     b sigledger.budget%ROWTYPE;
     v_parent_level text;
     v_cap numeric;
+    v_period timestamptz;
+    v_room numeric;
 BEGIN
     SELECT * INTO b FROM sigledger.budget WHERE id = p_budget_id FOR UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION USING ERRCODE = 'P0002', MESSAGE = format('unknown budget %s', p_budget_id);
     END IF;
     IF p_limit_usd IS NOT NULL THEN
-        b.limit_usd := sigledger._assert_usd('limit_usd', p_limit_usd, 1000000000);
+        b.limit_usd := sigledger._assert_exact('limit_usd', sigledger._assert_usd('limit_usd', p_limit_usd, 1000000000), 6);
     END IF;
     IF p_period IS NOT NULL THEN
         IF p_period NOT IN ('none', 'daily', 'weekly', 'monthly') THEN
@@ -30,8 +32,7 @@ BEGIN
         b.period := p_period;
     END IF;
     IF p_grace_ratio IS NOT NULL THEN
-        PERFORM sigledger._assert_usd('grace_ratio', p_grace_ratio, 1);
-        b.grace_ratio := p_grace_ratio;
+        b.grace_ratio := sigledger._assert_exact('grace_ratio', sigledger._assert_usd('grace_ratio', p_grace_ratio, 1), 4);
     END IF;
     IF p_fail_policy IS NOT NULL THEN
         IF p_fail_policy NOT IN ('open', 'closed') THEN
@@ -64,15 +65,23 @@ BEGIN
            alert_thresholds = b.alert_thresholds, parent_id = b.parent_id, parent_level = b.parent_level,
            updated_at = now()
      WHERE id = p_budget_id;
+    IF b.limit_usd IS NULL THEN
+        RETURN;  -- an agent level without a limit of its own has no spend rows
+    END IF;
     v_cap := b.limit_usd * (1 + b.grace_ratio);
-    -- current and future periods take the new cap; past periods keep theirs
-    PERFORM 1 FROM sigledger.budget_spend s
-      WHERE s.budget_id = p_budget_id AND s.period_start >= sigledger._period_start(b.period, now())
-      ORDER BY s.period_start FOR UPDATE;
-    UPDATE sigledger.budget_spend s
-       SET cap_usd = v_cap,
-           excess_usd = greatest(s.excess_usd, s.spent_usd + s.reserved_usd - v_cap)
-     WHERE s.budget_id = p_budget_id AND s.period_start >= sigledger._period_start(b.period, now());
+    -- current and future periods take the new cap, period by period in lock order, split over their slices
+    -- (a cap lowered below the spend turns the difference into recorded excess); past periods keep theirs
+    FOR v_period IN
+        SELECT DISTINCT s.period_start FROM sigledger.budget_spend s
+         WHERE s.budget_id = p_budget_id AND s.period_start >= sigledger._period_start(b.period, now())
+         ORDER BY s.period_start
+    LOOP
+        v_room := sigledger._spend_rebalance(p_budget_id, v_period, b.slices, 0, 0, true, v_cap);
+    END LOOP;
+    -- the alert boundaries follow the new limit and thresholds: recomputed at each period's next charge
+    UPDATE sigledger.budget_spend s SET next_alert_usd = NULL
+     WHERE s.budget_id = p_budget_id AND s.period_start >= sigledger._period_start(b.period, now())
+       AND s.next_alert_usd IS NOT NULL;
 END;
 $$;
 
@@ -95,7 +104,8 @@ DECLARE
 BEGIN
     PERFORM _assert_text('name', p_name);
     INSERT INTO agent_registry (name) VALUES (p_name) RETURNING id INTO v_agent_id;
-    IF p_limit_usd IS NOT NULL THEN
+    -- a limit, or a team/org budget to live under (a budget row without a limit of its own), or neither
+    IF p_limit_usd IS NOT NULL OR p_parent_budget_id IS NOT NULL THEN
         PERFORM set_budget(v_agent_id, p_limit_usd, coalesce(p_period, 'none'), coalesce(p_grace_ratio, 0),
                            coalesce(p_fail_policy, 'closed'), coalesce(p_alert_thresholds, '{0.8,1.0}'),
                            p_parent_budget_id);
@@ -104,7 +114,8 @@ BEGIN
 END;
 $$;
 COMMENT ON FUNCTION sigledger.create_agent(text, numeric, text, numeric, text, numeric[], bigint) IS
-'Registers an agent (name unique) and returns its id; with limit_usd also creates its budget (see set_budget).
+'Registers an agent (name unique) and returns its id; with limit_usd also creates its budget (see set_budget);
+with parent_budget_id and no limit_usd the agent lives under that team or org budget without a limit of its own.
 SQLSTATE: 22004, 22023, 22003, 23505, P0002';
 
 -- set_budget: creates or changes an agent's budget. NULL arguments keep the current value (defaults on creation:
@@ -125,6 +136,7 @@ SET lock_timeout = '5s'
 AS $$
 DECLARE
     v_budget_id bigint;
+    v_parent_level text;
 BEGIN
     PERFORM 1 FROM agent_registry WHERE id = p_agent_id;
     IF NOT FOUND THEN
@@ -132,12 +144,27 @@ BEGIN
     END IF;
     SELECT id INTO v_budget_id FROM budget WHERE agent_id = p_agent_id;
     IF NOT FOUND THEN
-        IF p_limit_usd IS NULL THEN
-            RAISE EXCEPTION USING ERRCODE = '22004', MESSAGE = 'limit_usd must not be NULL when creating a budget';
+        IF p_limit_usd IS NULL AND p_parent_budget_id IS NULL THEN
+            RAISE EXCEPTION USING ERRCODE = '22004', MESSAGE = 'limit_usd must not be NULL when creating a budget',
+                HINT = 'Give a limit, or a parent_budget_id (a team or org budget) for an agent without a limit of its own.';
         END IF;
-        PERFORM _assert_usd('limit_usd', p_limit_usd, 1000000000);
-        INSERT INTO budget (level, name, agent_id, limit_usd)
-        VALUES ('agent', 'agent:' || p_agent_id::text, p_agent_id, p_limit_usd)
+        IF p_limit_usd IS NOT NULL THEN
+            PERFORM _assert_exact('limit_usd', _assert_usd('limit_usd', p_limit_usd, 1000000000), 6);
+        ELSE
+            -- no limit of its own: the row must name its parent from the start (budget_limit_usd_required)
+            SELECT level INTO v_parent_level FROM budget WHERE id = p_parent_budget_id;
+            IF NOT FOUND THEN
+                RAISE EXCEPTION USING ERRCODE = 'P0002', MESSAGE = format('unknown parent budget %s', p_parent_budget_id);
+            END IF;
+            IF v_parent_level NOT IN ('team', 'org') THEN
+                RAISE EXCEPTION USING ERRCODE = '22023',
+                    MESSAGE = format('a agent budget cannot sit under a %s budget (%s)', v_parent_level, p_parent_budget_id);
+            END IF;
+        END IF;
+        INSERT INTO budget (level, name, agent_id, limit_usd, parent_id, parent_level)
+        VALUES ('agent', 'agent:' || p_agent_id::text, p_agent_id, p_limit_usd,
+                CASE WHEN p_limit_usd IS NULL THEN p_parent_budget_id END,
+                CASE WHEN p_limit_usd IS NULL THEN v_parent_level END)
         ON CONFLICT (agent_id) DO NOTHING
         RETURNING id INTO v_budget_id;
         IF v_budget_id IS NULL THEN
@@ -153,8 +180,10 @@ COMMENT ON FUNCTION sigledger.set_budget(uuid, numeric, text, numeric, text, num
 'Creates or changes the budget of an agent and returns the budget id. NULL keeps the current value. period:
 none|daily|weekly|monthly (UTC calendar periods, one spend row each). grace_ratio 0..1 (0 = hard limit).
 fail_policy open|closed (what the harness does while the database is unreachable). alert_thresholds: fractions
-of the limit. parent_budget_id: a team or org budget above it. A limit change applies to the current and
-future periods.
+of the limit. parent_budget_id: a team or org budget above it; created with a parent and no limit, the agent
+has no limit of its own (its spending counts against the parent''s levels only). A limit change applies to the
+current and future periods. Amounts are stored exactly: limit_usd at most 6 decimal places, grace_ratio 4
+(finer: 22003).
 SQLSTATE: 22004, 22023, 22003, P0002, 55P03';
 
 -- create_group_budget: a team or organisation budget; agents (and teams) are attached with p_parent_budget_id.
@@ -179,7 +208,7 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = format('level must be team or org, got %L', p_level);
     END IF;
     PERFORM _assert_text('name', p_name);
-    PERFORM _assert_usd('limit_usd', p_limit_usd, 1000000000);
+    PERFORM _assert_exact('limit_usd', _assert_usd('limit_usd', p_limit_usd, 1000000000), 6);
     INSERT INTO budget (level, name, limit_usd) VALUES (p_level, p_name, p_limit_usd) RETURNING id INTO v_budget_id;
     PERFORM _budget_apply_settings(v_budget_id, p_limit_usd, p_period, p_grace_ratio, p_fail_policy,
                                    p_alert_thresholds, p_parent_budget_id);
@@ -235,3 +264,50 @@ END;
 $$;
 COMMENT ON FUNCTION sigledger.find_agent(text) IS 'The id of the agent named name.
 SQLSTATE: P0002';
+
+-- set_budget_slices: splits a budget's periods over p_slices spend rows (1..64), online. The current and future
+-- periods that have rows are re-split at once (their rows locked in slice order, new slices created); a lowered
+-- count leaves the rows above it draining (no room; their open reservations settle or release there).
+CREATE OR REPLACE FUNCTION sigledger.set_budget_slices(p_budget_id bigint, p_slices integer)
+RETURNS integer
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = sigledger, pg_temp
+SET lock_timeout = '5s'
+AS $$
+DECLARE
+    b budget%ROWTYPE;
+    v_period timestamptz;
+    v_room numeric;
+    v_created integer;
+BEGIN
+    IF p_slices IS NULL OR p_slices < 1 OR p_slices > 64 THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('slices must be between 1 and 64, got %s', coalesce(p_slices::text, 'NULL'));
+    END IF;
+    UPDATE budget SET slices = p_slices, updated_at = now() WHERE id = p_budget_id RETURNING * INTO b;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'P0002', MESSAGE = format('unknown budget %s', p_budget_id);
+    END IF;
+    IF b.limit_usd IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('budget %s has no limit of its own: nothing to split', p_budget_id);
+    END IF;
+    FOR v_period IN
+        SELECT DISTINCT s.period_start FROM budget_spend s
+         WHERE s.budget_id = p_budget_id AND s.period_start >= _period_start(b.period, now())
+         ORDER BY s.period_start
+    LOOP
+        -- the new slices (nobody holds them yet), then every slice of the period in order
+        v_created := _spend_ensure(p_budget_id, v_period, b.limit_usd * (1 + b.grace_ratio), p_slices);
+        v_room := _spend_rebalance(p_budget_id, v_period, p_slices, 0, 0, true);
+    END LOOP;
+    RETURN p_slices;
+END;
+$$;
+COMMENT ON FUNCTION sigledger.set_budget_slices(bigint, integer) IS
+'Splits the budget''s spend over slices (1..64; default 1) and returns the count: a reservation then locks
+one slice''s row, not the budget''s, and headroom is moved between slices so that a caller is refused only when
+the whole budget has no room. For hot budgets (docs/budgets.md, Slices). Changeable online; the current
+period is re-split at once. expected_version of check_and_record_budget cannot be used on a sliced budget.
+SQLSTATE: 22023, P0002, 55P03';

@@ -27,14 +27,19 @@ BEGIN
            (SELECT count(*) FROM budget_reservation r WHERE r.agent_id = p_agent_id AND r.state = 'open')
       FROM _budget_chain(p_agent_id, now()) c
       JOIN budget b ON b.id = c.budget_id
-      LEFT JOIN budget_spend s ON s.budget_id = c.budget_id AND s.period_start = c.period_start
+      -- a period's figures are the sums over its slices (one row unless the budget is sliced)
+      CROSS JOIN LATERAL (
+            SELECT sum(x.cap_usd + coalesce(x.frozen_usd, 0)) AS cap_usd, sum(x.spent_usd) AS spent_usd,
+                   sum(x.reserved_usd) AS reserved_usd, sum(x.excess_usd) AS excess_usd, sum(x.version)::bigint AS version
+              FROM budget_spend x WHERE x.budget_id = c.budget_id AND x.period_start = c.period_start) s
      ORDER BY c.lock_rank, c.budget_id;
 END;
 $$;
 COMMENT ON FUNCTION sigledger.budget_status(uuid) IS
 'The agent''s budgets for the current period, one row per level (org, team, agent): limit, grace, cap, spent,
 reserved, excess (admitted above the cap after the fact), remaining, fail policy, version (the value
-check_and_record_budget''s expected_version compares with at the agent level), open reservations.
+check_and_record_budget''s expected_version compares with at the agent level), open reservations. A sliced
+budget shows the sums over its slices. An agent without a limit of its own shows only the levels above it.
 No rows: the agent has no budget.
 SQLSTATE: 22004, P0002';
 
@@ -65,10 +70,12 @@ BEGIN
 END;
 $$;
 
-CREATE OR REPLACE FUNCTION sigledger.reconcile_budgets(p_repair boolean DEFAULT false)
+DROP FUNCTION IF EXISTS sigledger.reconcile_budgets(boolean);
+CREATE FUNCTION sigledger.reconcile_budgets(p_repair boolean DEFAULT false)
 RETURNS TABLE (budget_id bigint, level text, period_start timestamptz, recorded_spent_usd numeric,
                ledger_spent_usd numeric, recorded_reserved_usd numeric, open_reserved_usd numeric,
-               spent_drift_usd numeric, reserved_drift_usd numeric, repaired boolean)
+               spent_drift_usd numeric, reserved_drift_usd numeric, repaired boolean,
+               kind text, ledger_id bigint, reservation_id bigint, detail text)
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = sigledger, pg_temp
@@ -78,6 +85,10 @@ DECLARE
     x record;
     e record;
     v_cap numeric;
+    v_slices integer;
+    v_room numeric;
+    v_others numeric;
+    v_rows integer;
 BEGIN
     IF p_repair IS NULL THEN
         RAISE EXCEPTION USING ERRCODE = '22004', MESSAGE = 'repair must not be NULL';
@@ -88,9 +99,10 @@ BEGIN
             MESSAGE = format('reconcile_budgets(repair => true) needs READ COMMITTED, not %s',
                              current_setting('transaction_isolation'));
     END IF;
+    kind := 'spend'; ledger_id := NULL; reservation_id := NULL; detail := NULL;
     FOR x IN
         WITH chain AS (
-            SELECT a.agent_id, a.id AS budget_id, a.period FROM budget a WHERE a.level = 'agent'
+            SELECT a.agent_id, a.id AS budget_id, a.period FROM budget a WHERE a.level = 'agent' AND a.limit_usd IS NOT NULL
             UNION ALL
             SELECT a.agent_id, p.id, p.period FROM budget a JOIN budget p ON p.id = a.parent_id WHERE a.level = 'agent'
             UNION ALL
@@ -105,21 +117,25 @@ BEGIN
               FROM budget_reservation r CROSS JOIN LATERAL unnest(r.budget_ids, r.period_starts) AS u(bid, ps)
              WHERE r.state = 'open'
              GROUP BY 1, 2
+        ), rec AS (
+            -- a period's recorded figures: the sums over its slices
+            SELECT s.budget_id, s.period_start AS ps, sum(s.spent_usd) AS spent, sum(s.reserved_usd) AS reserved
+              FROM budget_spend s GROUP BY 1, 2
         ), keys AS (
-            SELECT s.budget_id, s.period_start AS ps FROM budget_spend s
+            SELECT rec.budget_id, rec.ps FROM rec
             UNION SELECT led.budget_id, led.ps FROM led
             UNION SELECT res.budget_id, res.ps FROM res
         )
         SELECT k.budget_id, b.level, k.ps,
-               coalesce(s.spent_usd, 0) AS rec_spent, coalesce(led.amount, 0) AS led_spent,
-               coalesce(s.reserved_usd, 0) AS rec_res, coalesce(res.amount, 0) AS open_res
+               coalesce(rec.spent, 0) AS rec_spent, coalesce(led.amount, 0) AS led_spent,
+               coalesce(rec.reserved, 0) AS rec_res, coalesce(res.amount, 0) AS open_res
           FROM keys k
           JOIN budget b ON b.id = k.budget_id
-          LEFT JOIN budget_spend s ON s.budget_id = k.budget_id AND s.period_start = k.ps
+          LEFT JOIN rec ON rec.budget_id = k.budget_id AND rec.ps = k.ps
           LEFT JOIN led ON led.budget_id = k.budget_id AND led.ps = k.ps
           LEFT JOIN res ON res.budget_id = k.budget_id AND res.ps = k.ps
-         WHERE coalesce(s.spent_usd, 0) <> coalesce(led.amount, 0)
-            OR coalesce(s.reserved_usd, 0) <> coalesce(res.amount, 0)
+         WHERE coalesce(rec.spent, 0) <> coalesce(led.amount, 0)
+            OR coalesce(rec.reserved, 0) <> coalesce(res.amount, 0)
          ORDER BY CASE b.level WHEN 'org' THEN 0 WHEN 'team' THEN 1 ELSE 2 END, k.budget_id, k.ps
     LOOP
         budget_id := x.budget_id;
@@ -131,16 +147,33 @@ BEGIN
         open_reserved_usd := x.open_res;
         repaired := false;
         IF p_repair THEN
-            -- lock the row, then recompute: a call in flight either committed before we got the lock (and is
-            -- in the sums) or waits behind us and applies its own delta afterwards
-            SELECT b.limit_usd * (1 + b.grace_ratio) INTO v_cap FROM budget b WHERE b.id = x.budget_id;
-            PERFORM _spend_ensure(x.budget_id, x.ps, v_cap);
-            PERFORM 1 FROM budget_spend s WHERE s.budget_id = x.budget_id AND s.period_start = x.ps FOR UPDATE;
+            -- lock the period's rows (every slice, in order), then recompute: a call in flight either committed
+            -- before we got the locks (and is in the sums) or waits behind us and applies its own delta afterwards
+            SELECT b.limit_usd * (1 + b.grace_ratio), b.slices INTO v_cap, v_slices FROM budget b WHERE b.id = x.budget_id;
+            PERFORM _spend_ensure(x.budget_id, x.ps, v_cap, 1);
+            PERFORM 1 FROM budget_spend s WHERE s.budget_id = x.budget_id AND s.period_start = x.ps
+              ORDER BY s.slice FOR UPDATE;
             e := _reconcile_expected(x.budget_id, x.ps);
+            -- holds per slice from the open reservations; the spend drift is corrected on slice 0 (or, if that
+            -- would take it below zero, all the spend goes there and none on the other slices); excess grows where
+            -- a row would break its backstop, and a sliced period's caps are then re-split
+            SELECT coalesce(sum(s.spent_usd) FILTER (WHERE s.slice > 0), 0), count(*) INTO v_others, v_rows
+              FROM budget_spend s WHERE s.budget_id = x.budget_id AND s.period_start = x.ps;
             UPDATE budget_spend s
-               SET spent_usd = e.spent_usd, reserved_usd = e.reserved_usd,
-                   excess_usd = greatest(s.excess_usd, e.spent_usd + e.reserved_usd - s.cap_usd)
-             WHERE s.budget_id = x.budget_id AND s.period_start = x.ps;
+               SET reserved_usd = n.reserved, spent_usd = n.spent, next_alert_usd = NULL,
+                   excess_usd = greatest(s.excess_usd, n.spent + n.reserved - s.cap_usd)
+              FROM (SELECT t.slice,
+                           coalesce((SELECT sum(r.estimate_usd) FROM budget_reservation r
+                                      CROSS JOIN LATERAL unnest(r.budget_ids, r.period_starts, r.slices) AS u(bid, ps, sl)
+                                      WHERE r.state = 'open' AND u.bid = t.budget_id AND u.ps = t.period_start
+                                        AND coalesce(u.sl, 0) = t.slice), 0) AS reserved,
+                           CASE WHEN t.slice = 0 THEN e.spent_usd - CASE WHEN v_others <= e.spent_usd THEN v_others ELSE 0 END
+                                WHEN v_others <= e.spent_usd THEN t.spent_usd ELSE 0 END AS spent
+                      FROM budget_spend t WHERE t.budget_id = x.budget_id AND t.period_start = x.ps) n
+             WHERE s.budget_id = x.budget_id AND s.period_start = x.ps AND s.slice = n.slice;
+            IF v_rows > 1 THEN
+                v_room := _spend_rebalance(x.budget_id, x.ps, v_slices, 0, 0, true);
+            END IF;
             recorded_spent_usd := x.rec_spent;
             ledger_spent_usd := e.spent_usd;
             open_reserved_usd := e.reserved_usd;
@@ -150,13 +183,66 @@ BEGIN
         reserved_drift_usd := recorded_reserved_usd - open_reserved_usd;
         RETURN NEXT;
     END LOOP;
+
+    -- ledger rows that disagree with the reservation they settle or whose key space they use (issue 11): not
+    -- repairable (the ledger is append-only), reported for review
+    budget_id := NULL; level := NULL; period_start := NULL; recorded_spent_usd := NULL; ledger_spent_usd := NULL;
+    recorded_reserved_usd := NULL; open_reserved_usd := NULL; spent_drift_usd := NULL; reserved_drift_usd := NULL;
+    repaired := false; kind := 'ledger';
+    FOR x IN
+        WITH l AS (
+            SELECT l.id, l.idempotency_key, l.agent_id, l.cost_usd, l.reservation_id, l.metadata,
+                   CASE WHEN l.idempotency_key ~ '^reservation:[0-9]{1,18}(:settlement)?$'
+                        THEN substring(l.idempotency_key FROM '^reservation:([0-9]+)')::bigint END AS key_reservation
+              FROM llm_cost_log l
+             WHERE l.reservation_id IS NOT NULL OR l.idempotency_key LIKE 'reservation:%'
+                OR l.idempotency_key LIKE 'check:%'
+        )
+        SELECT l.id AS lid, coalesce(l.reservation_id, l.key_reservation) AS rid,
+               CASE
+                   WHEN l.idempotency_key LIKE 'check:%' THEN
+                       CASE WHEN l.metadata ->> 'api' IS DISTINCT FROM 'check_and_record_budget'
+                            THEN format('key %L is in the key space check: but the row was not written by check_and_record_budget',
+                                        l.idempotency_key) END
+                   WHEN coalesce(l.reservation_id, l.key_reservation) IS NULL THEN
+                       format('key %L is in the key space reservation: but names no reservation', l.idempotency_key)
+                   WHEN r.id IS NULL THEN
+                       format('row names reservation %s, which does not exist', coalesce(l.reservation_id, l.key_reservation))
+                   WHEN l.agent_id <> r.agent_id THEN
+                       format('row charges agent %s, reservation %s is agent %s''s', l.agent_id, r.id, r.agent_id)
+                   WHEN r.state = 'settled' AND r.ledger_id = l.id AND l.cost_usd <> r.actual_usd THEN
+                       format('row records %s USD, reservation %s was settled at %s USD', l.cost_usd, r.id, r.actual_usd)
+                   WHEN l.reservation_id IS NULL AND r.ledger_id IS DISTINCT FROM l.id THEN
+                       format('key %L of reservation %s holds a row that is not its settlement', l.idempotency_key, r.id)
+               END AS problem
+          FROM l LEFT JOIN budget_reservation r ON r.id = coalesce(l.reservation_id, l.key_reservation)
+        UNION ALL
+        SELECT r.ledger_id, r.id,
+               CASE WHEN l.id IS NULL THEN format('reservation %s is settled but its ledger row %s is missing', r.id, r.ledger_id)
+                    ELSE format('reservation %s of agent %s settled at %s USD, its ledger row charges agent %s %s USD',
+                                r.id, r.agent_id, r.actual_usd, l.agent_id, l.cost_usd) END
+          FROM budget_reservation r LEFT JOIN llm_cost_log l ON l.id = r.ledger_id
+         WHERE r.state = 'settled'
+           AND (l.id IS NULL OR l.agent_id <> r.agent_id OR (l.cost_usd <> r.actual_usd AND l.reservation_id IS DISTINCT FROM r.id))
+         ORDER BY 1
+    LOOP
+        CONTINUE WHEN x.problem IS NULL;
+        ledger_id := x.lid;
+        reservation_id := x.rid;
+        detail := x.problem;
+        RETURN NEXT;
+    END LOOP;
 END;
 $$;
 COMMENT ON FUNCTION sigledger.reconcile_budgets(boolean) IS
 'Recomputes each budget period''s spend from the ledger and its holds from the open reservations and returns
-the rows that drift (recorded minus recomputed). repair => true also sets the recorded values (row by row, in
-lock order, recomputed under the row lock; needs READ COMMITTED). Costs let through while the harness failed
-open reach the ledger through the spool and are counted like any other cost.
+the rows that drift (kind spend: recorded minus recomputed, summed over a sliced budget''s slices). repair =>
+true also sets the recorded values (period by period, in lock order, recomputed under the rows'' locks; needs
+READ COMMITTED). Also returns, with kind ledger (ledger_id, reservation_id, detail; never repaired: the ledger
+is append-only), every ledger row that disagrees with the reservation it settles or names (agent, amount, a
+missing reservation) and every row in a reserved key space (reservation:..., check:...) not written by its
+owner. Costs let through while the harness failed open reach the ledger through the spool and are counted like
+any other cost.
 SQLSTATE: 22004, 25000, 55P03';
 
 CREATE OR REPLACE FUNCTION sigledger.budget_alerts_after(p_after_id bigint DEFAULT 0)

@@ -7,6 +7,42 @@
 --   readonly  sigledger_readonly: dashboards and reports
 --   admin     sigledger_admin: budgets, limits, prices, reconciliation, sweeps
 --   graph     sigledger_graph: the Neo4j sync worker
+-- The groups are NOLOGIN: applications log in as member logins (sigledger role create-login). The list is a
+-- function (not a temporary table: a deployer may lack TEMP) that `sigledger migrate verify` also reads, to
+-- check that the privileges in place are exactly these.
+CREATE OR REPLACE FUNCTION sigledger._api_audience() RETURNS TABLE (fn name, audience text[])
+LANGUAGE sql IMMUTABLE
+SET search_path = sigledger, pg_temp
+AS $audience$
+    SELECT a.fn::name, a.audience::text[] FROM (VALUES
+        -- ledger and budgets
+        ('record_cost', '{app}'), ('record_costs', '{app}'), ('cost_trends', '{app,readonly}'),
+        ('reserve_budget', '{app}'), ('settle_budget', '{app}'), ('release_budget', '{app}'),
+        ('check_and_record_budget', '{app}'), ('budget_status', '{app,readonly}'),
+        ('budget_alerts_after', '{app,readonly}'), ('find_agent', '{app,readonly}'),
+        ('create_agent', '{admin}'), ('set_budget', '{admin}'), ('update_budget', '{admin}'),
+        ('create_group_budget', '{admin}'), ('add_model_price', '{admin}'), ('reconcile_budgets', '{admin}'),
+        ('expire_reservations', '{admin}'), ('ensure_ledger_partitions', '{admin}'),
+        ('reserve_budgets', '{app}'), ('settle_budgets', '{app}'), ('set_budget_slices', '{admin}'),
+        -- signals, entities, opportunities
+        ('ingest_signal', '{app}'), ('ingest_signals', '{app}'), ('create_entity', '{app}'),
+        ('add_alias', '{app}'), ('resolve_entity', '{app,readonly}'), ('merge_entities', '{app}'),
+        ('create_opportunity', '{app}'), ('link_signals', '{app}'), ('merge_opportunities', '{app}'),
+        ('opportunity_signals_of', '{app,readonly}'), ('entity_signals_of', '{app,readonly}'),
+        -- Neo4j projection
+        ('graph_outbox_status', '{app,readonly,admin,graph}'),
+        ('_graph_claim', '{graph}'), ('_graph_snapshot', '{graph,admin}'), ('_graph_ack', '{graph}'),
+        ('_graph_fail', '{graph}'), ('_graph_live_ids', '{graph,admin}'), ('_graph_live_counts', '{graph,admin}'), ('_graph_dead_list', '{graph,admin}'),
+        ('_graph_dead_retry', '{graph,admin}'), ('_graph_dead_purge', '{graph,admin}'),
+        ('_graph_enqueue', '{graph,admin}'), ('_graph_enqueue_all', '{graph,admin}'),
+        ('_graph_identity', '{graph,admin}'), ('_graph_mark_written', '{graph}'), ('_graph_adopt', '{admin}'),
+        ('_graph_hold', '{graph,admin}')
+    ) AS a (fn, audience);
+$audience$;
+COMMENT ON FUNCTION sigledger._api_audience() IS
+'Which group may execute each function (900_grants.sql applies it; migrate verify checks it). Internal.
+SQLSTATE: none';
+
 REVOKE ALL ON ALL TABLES IN SCHEMA sigledger FROM PUBLIC, sigledger_app, sigledger_readonly, sigledger_admin,
     sigledger_graph;
 REVOKE ALL ON ALL SEQUENCES IN SCHEMA sigledger FROM PUBLIC, sigledger_app, sigledger_readonly, sigledger_admin,
@@ -22,30 +58,6 @@ DECLARE
     v_role text;
     v_view regclass;
 BEGIN
-    CREATE TEMP TABLE _audience (fn name PRIMARY KEY, audience text[] NOT NULL) ON COMMIT DROP;
-    INSERT INTO _audience VALUES
-        -- ledger and budgets
-        ('record_cost', '{app}'), ('record_costs', '{app}'), ('cost_trends', '{app,readonly}'),
-        ('reserve_budget', '{app}'), ('settle_budget', '{app}'), ('release_budget', '{app}'),
-        ('check_and_record_budget', '{app}'), ('budget_status', '{app,readonly}'),
-        ('budget_alerts_after', '{app,readonly}'), ('find_agent', '{app,readonly}'),
-        ('create_agent', '{admin}'), ('set_budget', '{admin}'), ('update_budget', '{admin}'),
-        ('create_group_budget', '{admin}'), ('add_model_price', '{admin}'), ('reconcile_budgets', '{admin}'),
-        ('expire_reservations', '{admin}'), ('ensure_ledger_partitions', '{admin}'),
-        -- signals, entities, opportunities
-        ('ingest_signal', '{app}'), ('ingest_signals', '{app}'), ('create_entity', '{app}'),
-        ('add_alias', '{app}'), ('resolve_entity', '{app,readonly}'), ('merge_entities', '{app}'),
-        ('create_opportunity', '{app}'), ('link_signals', '{app}'), ('merge_opportunities', '{app}'),
-        ('opportunity_signals_of', '{app,readonly}'), ('entity_signals_of', '{app,readonly}'),
-        -- Neo4j projection
-        ('graph_outbox_status', '{app,readonly,admin,graph}'),
-        ('_graph_claim', '{graph}'), ('_graph_snapshot', '{graph,admin}'), ('_graph_ack', '{graph}'),
-        ('_graph_fail', '{graph}'), ('_graph_live_ids', '{graph,admin}'), ('_graph_live_counts', '{graph,admin}'), ('_graph_dead_list', '{graph,admin}'),
-        ('_graph_dead_retry', '{graph,admin}'), ('_graph_dead_purge', '{graph,admin}'),
-        ('_graph_enqueue', '{graph,admin}'), ('_graph_enqueue_all', '{graph,admin}'),
-        ('_graph_identity', '{graph,admin}'), ('_graph_mark_written', '{graph}'), ('_graph_adopt', '{admin}'),
-        ('_graph_hold', '{graph,admin}');
-
     FOR v_fn, v_name IN
         SELECT p.oid::regprocedure, p.proname
           FROM pg_proc p
@@ -53,7 +65,7 @@ BEGIN
            AND p.prorettype <> 'trigger'::regtype
            AND p.prokind IN ('f', 'p')
     LOOP
-        SELECT a.audience INTO v_audience FROM _audience a WHERE a.fn = v_name;
+        SELECT a.audience INTO v_audience FROM sigledger._api_audience() a WHERE a.fn = v_name;
         IF v_audience IS NULL THEN
             IF v_name !~ '^_' THEN
                 RAISE EXCEPTION USING

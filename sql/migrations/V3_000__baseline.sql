@@ -1,31 +1,34 @@
+-- sigledger:supersedes 05731c599daae5d41f1515ed4de2a8aa80e5d9b610def516e7d3d316a698a28e
 -- Baseline: the roles, the schema and the tables the seed's system already had, designed as its DBA should
 -- have: uuid keys, timestamptz, named constraints that reject what the seed's application code only hoped to
 -- catch (negative, NaN and infinite numbers included: 'NaN'::numeric >= 0 is true, so every range check also
 -- says `<> 'NaN'` and stays below 'Infinity').
 
--- Roles are cluster-wide and may already exist (another database, or a DBA who made them first).
+-- Roles are cluster-wide and may already exist (another database, or a DBA who made them first from
+-- `sigledger roles sql`). The runner creates or corrects them before any migration runs (only where they
+-- differ from sigledger/migrate/roles.py); this block makes the file work on its own too (applied with psql
+-- by a login with CREATEROLE). Groups are NOLOGIN and carry no settings: applications log in as member
+-- logins, which carry the server-side timeouts (`sigledger role create-login`). Rewritten since its first
+-- release, which made the groups LOGIN with settings and ran ALTER ROLE unconditionally (a deployer without
+-- CREATEROLE could not run it); the roles are the runner's business now, so a database that ran the first
+-- content is not drifted (header above).
 DO $roles$
 BEGIN
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'sigledger_owner') THEN
         CREATE ROLE sigledger_owner NOLOGIN;
     END IF;
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'sigledger_app') THEN
-        CREATE ROLE sigledger_app LOGIN;
+        CREATE ROLE sigledger_app NOLOGIN;
     END IF;
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'sigledger_readonly') THEN
-        CREATE ROLE sigledger_readonly LOGIN;
+        CREATE ROLE sigledger_readonly NOLOGIN;
+    END IF;
+    -- CREATE SCHEMA ... AUTHORIZATION needs membership; PostgreSQL 15 does not make a role's creator a member
+    IF NOT pg_has_role(current_user, 'sigledger_owner', 'MEMBER') THEN
+        EXECUTE format('GRANT sigledger_owner TO %I', current_user);
     END IF;
 END
 $roles$;
-
--- Server-side safety nets for the seed's leaked transactions (report 1.1.1): a session of the app role that
--- sits idle inside a transaction is ended, and no statement runs unbounded.
-ALTER ROLE sigledger_app SET idle_in_transaction_session_timeout = '60s';
-ALTER ROLE sigledger_app SET statement_timeout = '30s';
-ALTER ROLE sigledger_app SET lock_timeout = '10s';
-ALTER ROLE sigledger_readonly SET idle_in_transaction_session_timeout = '60s';
-ALTER ROLE sigledger_readonly SET statement_timeout = '60s';
-ALTER ROLE sigledger_readonly SET default_transaction_read_only = on;
 
 CREATE SCHEMA sigledger AUTHORIZATION sigledger_owner;
 REVOKE ALL ON SCHEMA sigledger FROM PUBLIC;

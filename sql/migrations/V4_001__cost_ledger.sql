@@ -1,9 +1,24 @@
+-- sigledger:no-transaction
+-- sigledger:supersedes ab7e07204a70c3f4df92c1783e04c7327a9cd682ff18d17100dbbd1f28a4a0ab
 -- V4_001: the append-only LLM cost ledger (baseline llm_cost_log, extended), dated model price table, quarantine for rejected batch rows.
 -- Validation is declarative first: every CHECK is named <table>_<column>_<rule> so that harness.errors and
 -- the tests can pin it. numeric accepts 'NaN' and 'NaN' >= 0 is true; NaN sorts above every number, so
 -- the upper bound (x <= N) is what rejects it, and the explicit x <> 'NaN' keeps that visible to a reader.
 -- The bounded numeric(p,s) types cannot hold +/-Infinity at all (22003 on cast).
 
+-- Online (rewritten since its first release, which set charged_at with one UPDATE of the whole ledger under
+-- the ACCESS EXCLUSIVE lock of ADD COLUMN: 15 s of blocked inserts on a million rows). Now each step below is
+-- its own short transaction touching one existing table (no lock held while waiting for another, so no
+-- deadlock with the application), and the backfill runs in batches outside any table lock:
+--   1. new tables; 2. the new ledger columns, charged_at NULL for existing rows (catalog only);
+--   3. charged_at = created_at in batches of 10,000 rows, each committed; 4. NOT NULL proven by a CHECK added
+--   NOT VALID and validated (a scan under SHARE UPDATE EXCLUSIVE: inserts continue), then SET NOT NULL (no
+--   scan: the validated CHECK proves it) and the CHECK dropped; 5. the append-only triggers (after the
+--   backfill, which is an UPDATE) and the constraints V4_003 validates.
+-- The resulting schema is the first release's (tests/migrate/test_superseded.py compares them), so a database
+-- that ran the first content is not drifted (header above).
+
+BEGIN;
 CREATE TABLE sigledger.model_price (
     provider             text          NOT NULL,
     model                text          NOT NULL,
@@ -23,22 +38,60 @@ CREATE TABLE sigledger.model_price (
 );
 COMMENT ON TABLE sigledger.model_price IS
     'Dated USD prices per million tokens; the price of a call is the row with the latest valid_from <= the call time.';
+REVOKE ALL ON sigledger.model_price FROM PUBLIC;
+COMMIT;
 
 -- The ledger is the baseline's llm_cost_log (the seed's table), extended: the cost the price table gives,
 -- where the charged cost came from, the reservation it settles, the instant whose budget period it charged,
 -- and the constraints the baseline lacked (a future bound on created_at, token upper bounds).
+-- Constant defaults and nullable columns: catalog-only changes, no rewrite.
+BEGIN;
 ALTER TABLE sigledger.llm_cost_log
     ADD COLUMN priced_usd      numeric(14,6),
     ADD COLUMN cost_source     text NOT NULL DEFAULT 'client',
     ADD COLUMN reservation_id  bigint,
     -- the instant whose budget period was charged: the reservation's creation for settled reservations,
-    -- created_at otherwise. reconcile_budgets recomputes per-period spend from it.
-    -- (a constant-per-statement default: no table rewrite; existing rows are then set to their created_at
-    -- before the append-only trigger exists)
-    ADD COLUMN charged_at      timestamptz NOT NULL DEFAULT now(),
+    -- created_at otherwise. reconcile_budgets recomputes per-period spend from it. Existing rows get their
+    -- created_at below; rows inserted meanwhile get now() (their created_at, give or take the statement).
+    ADD COLUMN charged_at      timestamptz,
     ADD COLUMN recorded_at     timestamptz NOT NULL DEFAULT now();
-UPDATE sigledger.llm_cost_log SET charged_at = created_at;
--- NOT VALID here (no scan under this migration's lock; new rows are checked at once), validated by V4_003.
+ALTER TABLE sigledger.llm_cost_log ALTER COLUMN charged_at SET DEFAULT now();
+COMMIT;
+
+-- Batches of 10,000 rows in id order, each committed: row locks on one batch at a time, no table lock beyond
+-- ROW EXCLUSIVE (inserts go on). Idempotent: a re-run (after a failure) continues with the rows still NULL.
+DO $backfill$
+DECLARE
+    v_last bigint := 0;
+    v_next bigint;
+BEGIN
+    LOOP
+        SELECT max(id) INTO v_next
+          FROM (SELECT id FROM sigledger.llm_cost_log WHERE id > v_last ORDER BY id LIMIT 10000) b;
+        EXIT WHEN v_next IS NULL;
+        UPDATE sigledger.llm_cost_log SET charged_at = created_at
+         WHERE id > v_last AND id <= v_next AND charged_at IS NULL;
+        v_last := v_next;
+        COMMIT;
+    END LOOP;
+END
+$backfill$;
+
+-- squawk-ignore adding-not-nullable-field
+ALTER TABLE sigledger.llm_cost_log
+    ADD CONSTRAINT llm_cost_log_charged_at_not_null CHECK (charged_at IS NOT NULL) NOT VALID;
+ALTER TABLE sigledger.llm_cost_log VALIDATE CONSTRAINT llm_cost_log_charged_at_not_null;
+BEGIN;
+-- no scan: the validated CHECK above proves it (PostgreSQL 12+)
+-- squawk-ignore adding-not-nullable-field
+ALTER TABLE sigledger.llm_cost_log ALTER COLUMN charged_at SET NOT NULL;
+-- (its work is done: NOT NULL holds the guarantee now)
+-- squawk-ignore ban-drop-constraint
+ALTER TABLE sigledger.llm_cost_log DROP CONSTRAINT llm_cost_log_charged_at_not_null;
+COMMIT;
+
+-- NOT VALID here (no scan under a lock; new rows are checked at once), validated by V4_003.
+BEGIN;
 ALTER TABLE sigledger.llm_cost_log
     ADD CONSTRAINT llm_cost_log_priced_usd_range
         CHECK (priced_usd IS NULL OR (priced_usd <> 'NaN' AND priced_usd >= 0 AND priced_usd <= 100000000)) NOT VALID,
@@ -75,7 +128,9 @@ CREATE TRIGGER llm_cost_log_append_only_row
 CREATE TRIGGER llm_cost_log_append_only_truncate
     BEFORE TRUNCATE ON sigledger.llm_cost_log
     FOR EACH STATEMENT EXECUTE FUNCTION sigledger._llm_cost_log_append_only();
+COMMIT;
 
+BEGIN;
 CREATE TABLE sigledger.cost_quarantine (
     id               bigint GENERATED ALWAYS AS IDENTITY,
     received_at      timestamptz NOT NULL DEFAULT now(),
@@ -92,5 +147,5 @@ COMMENT ON TABLE sigledger.cost_quarantine IS
 -- a table created in this transaction: a plain CREATE INDEX blocks nobody
 -- squawk-ignore require-concurrent-index-creation
 CREATE INDEX cost_quarantine_received_at_idx ON sigledger.cost_quarantine (received_at);
-
-REVOKE ALL ON sigledger.model_price, sigledger.llm_cost_log, sigledger.cost_quarantine FROM PUBLIC;
+REVOKE ALL ON sigledger.llm_cost_log, sigledger.cost_quarantine FROM PUBLIC;
+COMMIT;

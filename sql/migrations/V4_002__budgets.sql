@@ -1,3 +1,5 @@
+-- sigledger:no-transaction
+-- sigledger:supersedes 9cf238a9e6b35a323db26020c6aec392f3c3d8b86361325fd6443e9917b1d6a8
 -- V4_002: budgets (agent, optional team and organisation levels), one spend row per budget and period,
 -- reservations, alerts.
 --
@@ -7,6 +9,14 @@
 -- org -> team -> agent (then budget id, period). The CHECK budget_spend_within_cap is the backstop that
 -- holds even if a function were wrong.
 
+-- Online (rewritten since its first release, which did all of this in one transaction: it held SHARE ROW
+-- EXCLUSIVE on agent_registry while it waited for llm_cost_log, and an application transaction that inserts a
+-- ledger row and then updates its agent waited for it the other way round: deadlocks, 40P01 for the
+-- application or the runner). Each step below is one transaction that locks at most one table the
+-- application uses, so it never holds a lock while waiting for another. The resulting schema is the first
+-- release's (tests/migrate/test_superseded.py), so a database that ran the first content is not drifted.
+
+BEGIN;
 -- Immutable helpers used by CHECK constraints (so they live in the migration, not in a repeatable file).
 CREATE FUNCTION sigledger._valid_alert_thresholds(p_thresholds numeric[]) RETURNS boolean
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
@@ -34,7 +44,10 @@ BEGIN
            END;
 END;
 $$;
+COMMIT;
 
+-- locks agent_registry (the foreign key), nothing else the application uses
+BEGIN;
 CREATE TABLE sigledger.budget (
     id                bigint GENERATED ALWAYS AS IDENTITY,
     level             text          NOT NULL,
@@ -73,7 +86,9 @@ CREATE TABLE sigledger.budget (
 COMMENT ON TABLE sigledger.budget IS 'Budget settings per agent, team or organisation (private; use the budget API).';
 -- squawk-ignore require-concurrent-index-creation
 CREATE INDEX budget_parent_id_idx ON sigledger.budget (parent_id);
+COMMIT;
 
+BEGIN;
 CREATE TABLE sigledger.budget_spend (
     budget_id     bigint         NOT NULL,
     period_start  timestamptz    NOT NULL,
@@ -111,7 +126,10 @@ $$;
 CREATE TRIGGER budget_spend_bump_version
     BEFORE UPDATE ON sigledger.budget_spend
     FOR EACH ROW EXECUTE FUNCTION sigledger._budget_spend_bump_version();
+COMMIT;
 
+-- locks agent_registry (the foreign key), nothing else the application uses
+BEGIN;
 CREATE TABLE sigledger.budget_reservation (
     id               bigint GENERATED ALWAYS AS IDENTITY,
     idempotency_key  text           NOT NULL,
@@ -130,7 +148,6 @@ CREATE TABLE sigledger.budget_reservation (
     CONSTRAINT budget_reservation_pkey PRIMARY KEY (id),
     CONSTRAINT budget_reservation_idempotency_key_key UNIQUE (idempotency_key),
     CONSTRAINT budget_reservation_agent_id_fkey FOREIGN KEY (agent_id) REFERENCES sigledger.agent_registry (id),
-    CONSTRAINT budget_reservation_ledger_id_fkey FOREIGN KEY (ledger_id) REFERENCES sigledger.llm_cost_log (id),
     CONSTRAINT budget_reservation_idempotency_key_not_empty CHECK (length(btrim(idempotency_key)) BETWEEN 1 AND 200),
     CONSTRAINT budget_reservation_estimate_usd_range
         CHECK (estimate_usd <> 'NaN' AND estimate_usd >= 0 AND estimate_usd <= 1000000),
@@ -149,11 +166,21 @@ COMMENT ON TABLE sigledger.budget_reservation IS 'Money held before an LLM call 
 CREATE INDEX budget_reservation_open_expires_idx ON sigledger.budget_reservation (expires_at) WHERE state = 'open';
 -- squawk-ignore require-concurrent-index-creation
 CREATE INDEX budget_reservation_agent_idx ON sigledger.budget_reservation (agent_id);
+COMMIT;
 
+-- locks llm_cost_log (both foreign keys; budget_reservation is new and unused until the functions exist)
+BEGIN;
+-- a new, empty table: validating this foreign key reads nothing
+ALTER TABLE sigledger.budget_reservation
+    -- squawk-ignore constraint-missing-not-valid, adding-foreign-key-constraint
+    ADD CONSTRAINT budget_reservation_ledger_id_fkey FOREIGN KEY (ledger_id) REFERENCES sigledger.llm_cost_log (id);
 ALTER TABLE sigledger.llm_cost_log
     ADD CONSTRAINT llm_cost_log_reservation_id_fkey
     FOREIGN KEY (reservation_id) REFERENCES sigledger.budget_reservation (id) NOT VALID;  -- validated by V4_003
+COMMIT;
 
+-- reads agent_registry, locks nothing else the application uses
+BEGIN;
 -- The seed kept the limit and the spend on agent_registry. Agents that had a limit get a budget (period
 -- none, hard limit, fail-closed) whose spend row starts from the seed's current_cost; the two columns are
 -- then legacy (no longer read or maintained: the spend lives in budget_spend).
@@ -167,7 +194,9 @@ SELECT b.id, timestamptz '1970-01-01 00:00:00+00', b.limit_usd, a.current_cost_u
   FROM sigledger.budget b JOIN sigledger.agent_registry a ON a.id = b.agent_id;
 COMMENT ON COLUMN sigledger.agent_registry.budget_limit_usd IS 'Legacy (seed); superseded by budget.limit_usd since V4_002.';
 COMMENT ON COLUMN sigledger.agent_registry.current_cost_usd IS 'Legacy (seed); superseded by budget_spend since V4_002.';
+COMMIT;
 
+BEGIN;
 CREATE TABLE sigledger.budget_alert (
     id            bigint GENERATED ALWAYS AS IDENTITY,
     budget_id     bigint         NOT NULL,
@@ -182,5 +211,5 @@ CREATE TABLE sigledger.budget_alert (
     CONSTRAINT budget_alert_once_key UNIQUE (budget_id, period_start, threshold)
 );
 COMMENT ON TABLE sigledger.budget_alert IS 'Threshold crossings, one row per budget/period/threshold; each also NOTIFYs sigledger_budget_alert.';
-
 REVOKE ALL ON sigledger.budget, sigledger.budget_spend, sigledger.budget_reservation, sigledger.budget_alert FROM PUBLIC;
+COMMIT;

@@ -1,3 +1,5 @@
+-- sigledger:no-transaction
+-- sigledger:supersedes 357a5a2694fc5cc7cbc8cf8ffd3956169e516d14d465ad1fedefeb89c80d884e
 -- V4_004: time partitioning of the append-only ledger sigledger.llm_cost_log (DESIGN.md "Scale"; seed report
 -- "Future: consider partitioning large tables").
 --
@@ -27,20 +29,119 @@
 -- the ATTACH lock); each partition has PRIMARY KEY (id) of its own (the legacy one keeps its old one), and ids
 -- are globally unique by the identity sequence and by llm_cost_log_key_ledger_id_key.
 --
--- Locks and scans (a DBA on a busy database): the whole file is one transaction; RENAME takes ACCESS EXCLUSIVE
--- on the ledger until commit, so inserts wait (bounded by the runner's lock_timeout on the way in).
--- - ATTACH does not scan: the CHECK llm_cost_log_legacy_range proves the bound (added NOT VALID, then
---   VALIDATEd - one sequential read of the old table, no sort) and every parent index matches an existing
---   index of the old table (no index build).
--- - The registry backfill reads the old table once (INSERT ... SELECT, sequential) and writes one row per
---   ledger row.
---   On the databases this project ships to (ledger < a few million rows) the lock is held for seconds;
---   schedule it in a quiet window (docs/budgets.md, Partitioning).
--- - Creating a later partition scans the DEFAULT partition (to prove it holds no row of the new range):
---   partitions are created months ahead so that DEFAULT stays empty and that scan is instant; if DEFAULT
---   does hold rows of a month, _ensure_ledger_partitions skips that month with a WARNING instead of failing
---   (move the rows by hand, see docs/budgets.md).
+-- Online (rewritten since its first release, which did all of it in one transaction under the ACCESS
+-- EXCLUSIVE lock of the RENAME, including the registry backfill and the VALIDATE scan: 19 s of blocked
+-- inserts on a million rows). Now the reading and writing happen before the swap, outside any lock that
+-- blocks the application, and the swap itself touches only the catalog:
+--   1. the key registry and the trigger that registers every new row, on the plain table (a short lock);
+--   2. the registry backfilled from the existing rows in batches of 10,000, each committed (inserts go on;
+--      rows inserted meanwhile are registered by the trigger, ON CONFLICT DO NOTHING joins the two);
+--   3. the legacy bound as a CHECK added NOT VALID and validated (a scan under SHARE UPDATE EXCLUSIVE);
+--   4. the swap, one transaction: rename, the partitioned parent, ATTACH without a scan (the validated CHECK
+--      proves the bound, every parent index and foreign key matches one of the old table), budget_reservation's
+--      foreign key moved to the registry NOT VALID; no row is read or written;
+--   5. that foreign key validated (a scan of budget_reservation under SHARE UPDATE EXCLUSIVE).
+-- It locks the ledger first and takes the other tables NOWAIT, so it never waits while holding a lock (no
+-- deadlock with the application; a busy moment is retried by the runner). The resulting schema is the first
+-- release's (tests/migrate/test_superseded.py), so a database that ran the first content is not drifted. No
+-- temporary table (a deployer may lack TEMP).
+-- Creating a later partition scans the DEFAULT partition (to prove it holds no row of the new range):
+-- partitions are created months ahead so that DEFAULT stays empty and that scan is instant; if DEFAULT does
+-- hold rows of a month, _ensure_ledger_partitions skips that month with a WARNING instead of failing (move the
+-- rows by hand, see docs/budgets.md).
 
+-- 1. the key registry; from now on every new ledger row is registered as it is inserted
+BEGIN;
+CREATE TABLE sigledger.llm_cost_log_key (
+    idempotency_key  text        NOT NULL,
+    ledger_id        bigint      NOT NULL,
+    reservation_id   bigint,
+    created_at       timestamptz NOT NULL,
+    CONSTRAINT llm_cost_log_key_pkey PRIMARY KEY (idempotency_key),
+    CONSTRAINT llm_cost_log_key_ledger_id_key UNIQUE (ledger_id)
+);
+COMMENT ON TABLE sigledger.llm_cost_log_key IS
+    'Global uniqueness of the partitioned ledger: one row per ledger row (idempotency key, id, reservation), written in the same transaction.';
+-- a table created in this transaction: a plain CREATE INDEX blocks nobody
+-- squawk-ignore require-concurrent-index-creation
+CREATE UNIQUE INDEX llm_cost_log_key_reservation_id_key ON sigledger.llm_cost_log_key (reservation_id)
+    WHERE reservation_id IS NOT NULL;
+
+-- BEFORE INSERT on every partition: registers the row's key unless _cost_insert already claimed it for this id
+CREATE FUNCTION sigledger._llm_cost_log_register_key() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = sigledger, pg_temp
+AS $$
+-- The backstop of global idempotency-key uniqueness on the partitioned ledger (see V4_004).
+DECLARE
+    v_id bigint;
+BEGIN
+    INSERT INTO sigledger.llm_cost_log_key (idempotency_key, ledger_id, reservation_id, created_at)
+    VALUES (NEW.idempotency_key, NEW.id, NEW.reservation_id, NEW.created_at)
+    ON CONFLICT (idempotency_key) DO NOTHING;
+    IF NOT FOUND THEN
+        SELECT k.ledger_id INTO v_id FROM sigledger.llm_cost_log_key k WHERE k.idempotency_key = NEW.idempotency_key;
+        IF v_id IS DISTINCT FROM NEW.id THEN
+            RAISE EXCEPTION USING
+                ERRCODE = '23505',
+                CONSTRAINT = 'llm_cost_log_key_pkey',
+                TABLE = 'llm_cost_log_key',
+                SCHEMA = 'sigledger',
+                MESSAGE = format('duplicate idempotency key %L in llm_cost_log (ledger id %s)', NEW.idempotency_key, v_id);
+        END IF;
+    END IF;
+    RETURN NEW;
+END;
+$$;
+-- (moves to the partitioned parent at the swap)
+CREATE TRIGGER llm_cost_log_register_key
+    BEFORE INSERT ON sigledger.llm_cost_log
+    FOR EACH ROW EXECUTE FUNCTION sigledger._llm_cost_log_register_key();
+COMMIT;
+
+-- 2. the rows that existed before the trigger, in batches (a re-run skips what is registered)
+DO $backfill$
+DECLARE
+    v_last bigint := 0;
+    v_next bigint;
+BEGIN
+    LOOP
+        SELECT max(id) INTO v_next
+          FROM (SELECT id FROM sigledger.llm_cost_log WHERE id > v_last ORDER BY id LIMIT 10000) b;
+        EXIT WHEN v_next IS NULL;
+        INSERT INTO sigledger.llm_cost_log_key (idempotency_key, ledger_id, reservation_id, created_at)
+        SELECT l.idempotency_key, l.id, l.reservation_id, l.created_at FROM sigledger.llm_cost_log l
+         WHERE l.id > v_last AND l.id <= v_next
+        ON CONFLICT DO NOTHING;
+        v_last := v_next;
+        COMMIT;
+    END LOOP;
+END
+$backfill$;
+
+-- 3. the bound of the legacy partition (every existing row: created_at <= now() + 1 day by
+-- llm_cost_log_created_at_range), proven before ATTACH so that ATTACH does not scan
+DO $$
+DECLARE
+    v_cutoff timestamptz := (date_trunc('month', (now() + interval '1 day') AT TIME ZONE 'UTC') + interval '1 month')
+                            AT TIME ZONE 'UTC';
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_constraint WHERE conname = 'llm_cost_log_legacy_range'
+                      AND conrelid = 'sigledger.llm_cost_log'::regclass) THEN
+        EXECUTE format('ALTER TABLE sigledger.llm_cost_log ADD CONSTRAINT llm_cost_log_legacy_range '
+                       'CHECK (created_at < %L) NOT VALID', v_cutoff);
+    END IF;
+END;
+$$;
+ALTER TABLE sigledger.llm_cost_log VALIDATE CONSTRAINT llm_cost_log_legacy_range;
+
+-- 4. the swap: catalog only, under ACCESS EXCLUSIVE for milliseconds
+BEGIN;
+-- the ledger first (waited for, bounded by the runner's lock_timeout), then the other tables without waiting
+-- (NOWAIT: a busy one makes the runner retry the step rather than hold the ledger while it waits)
+LOCK TABLE sigledger.llm_cost_log IN ACCESS EXCLUSIVE MODE;
+LOCK TABLE sigledger.budget_reservation IN ACCESS EXCLUSIVE MODE NOWAIT;
+LOCK TABLE sigledger.agent_registry IN SHARE ROW EXCLUSIVE MODE NOWAIT;
 -- squawk-ignore renaming-table
 ALTER TABLE sigledger.llm_cost_log RENAME TO llm_cost_log_legacy;
 -- index and PK/UNIQUE constraint names are schema-wide: the parent's indexes take the old names
@@ -56,59 +157,18 @@ ALTER INDEX sigledger.llm_cost_log_created_at_idx RENAME TO llm_cost_log_legacy_
 -- squawk-ignore renaming-object
 ALTER INDEX sigledger.llm_cost_log_agent_charged_at_idx RENAME TO llm_cost_log_legacy_agent_charged_at_idx;
 
--- the key registry, backfilled from the old table
-CREATE TABLE sigledger.llm_cost_log_key (
-    idempotency_key  text        NOT NULL,
-    ledger_id        bigint      NOT NULL,
-    reservation_id   bigint,
-    created_at       timestamptz NOT NULL,
-    CONSTRAINT llm_cost_log_key_pkey PRIMARY KEY (idempotency_key),
-    CONSTRAINT llm_cost_log_key_ledger_id_key UNIQUE (ledger_id)
-);
-COMMENT ON TABLE sigledger.llm_cost_log_key IS
-    'Global uniqueness of the partitioned ledger: one row per ledger row (idempotency key, id, reservation), written in the same transaction.';
--- a table created in this transaction: a plain CREATE INDEX blocks nobody
--- squawk-ignore require-concurrent-index-creation
-CREATE UNIQUE INDEX llm_cost_log_key_reservation_id_key ON sigledger.llm_cost_log_key (reservation_id)
-    WHERE reservation_id IS NOT NULL;
-INSERT INTO sigledger.llm_cost_log_key (idempotency_key, ledger_id, reservation_id, created_at)
-SELECT l.idempotency_key, l.id, l.reservation_id, l.created_at FROM sigledger.llm_cost_log_legacy l
-ON CONFLICT (idempotency_key) DO NOTHING;
-REVOKE ALL ON sigledger.llm_cost_log_key FROM PUBLIC;
-
--- budget_reservation.ledger_id: from the old primary key to the registry (validated below, same transaction)
+-- budget_reservation.ledger_id: from the old primary key to the registry (validated in step 5)
 -- (re-added at once below under the same name; the guarantee moves to the registry)
 -- squawk-ignore ban-drop-constraint
 ALTER TABLE sigledger.budget_reservation DROP CONSTRAINT budget_reservation_ledger_id_fkey;
 ALTER TABLE sigledger.budget_reservation
     ADD CONSTRAINT budget_reservation_ledger_id_fkey
     FOREIGN KEY (ledger_id) REFERENCES sigledger.llm_cost_log_key (ledger_id) NOT VALID;
-ALTER TABLE sigledger.budget_reservation VALIDATE CONSTRAINT budget_reservation_ledger_id_fkey;
 
--- the bound of the legacy partition, proven before ATTACH so that ATTACH does not scan
-DO $$
-DECLARE
-    v_cutoff timestamptz := (date_trunc('month', (now() + interval '1 day') AT TIME ZONE 'UTC') + interval '1 month')
-                            AT TIME ZONE 'UTC';
-BEGIN
-    IF NOT EXISTS (SELECT FROM pg_constraint WHERE conname = 'llm_cost_log_legacy_range'
-                      AND conrelid = 'sigledger.llm_cost_log_legacy'::regclass) THEN
-        EXECUTE format('ALTER TABLE sigledger.llm_cost_log_legacy ADD CONSTRAINT llm_cost_log_legacy_range '
-                       'CHECK (created_at < %L) NOT VALID', v_cutoff);
-    END IF;
-END;
-$$;
-ALTER TABLE sigledger.llm_cost_log_legacy VALIDATE CONSTRAINT llm_cost_log_legacy_range;
-
--- the identity moves to the parent; the old sequence's position is carried over
-CREATE TEMPORARY TABLE llm_cost_log_seq_position ON COMMIT DROP AS
-SELECT last_value, is_called FROM sigledger.llm_cost_log_id_seq;
--- (inserts go through the parent, which takes the identity over at the same position, same transaction)
--- squawk-ignore ban-alter-identity
-ALTER TABLE sigledger.llm_cost_log_legacy ALTER COLUMN id DROP IDENTITY;
--- the legacy table's own append-only triggers give way to the parent's (cloned to every partition)
+-- the legacy table's own triggers give way to the parent's (cloned to every partition)
 DROP TRIGGER llm_cost_log_append_only_row ON sigledger.llm_cost_log_legacy;
 DROP TRIGGER llm_cost_log_append_only_truncate ON sigledger.llm_cost_log_legacy;
+DROP TRIGGER llm_cost_log_register_key ON sigledger.llm_cost_log_legacy;
 
 CREATE TABLE sigledger.llm_cost_log (
     LIKE sigledger.llm_cost_log_legacy INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING COMMENTS
@@ -116,9 +176,18 @@ CREATE TABLE sigledger.llm_cost_log (
 -- (the parent was just created by LIKE, which copied the legacy-only bound)
 -- squawk-ignore ban-drop-constraint
 ALTER TABLE sigledger.llm_cost_log DROP CONSTRAINT llm_cost_log_legacy_range;
--- squawk-ignore ban-alter-identity
-ALTER TABLE sigledger.llm_cost_log ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY;
-SELECT setval('sigledger.llm_cost_log_id_seq', s.last_value, s.is_called) FROM llm_cost_log_seq_position s;
+-- the identity moves to the parent at the old sequence's position (inserts go through the parent)
+DO $identity$
+DECLARE
+    v_last bigint;
+    v_called boolean;
+BEGIN
+    SELECT last_value, is_called INTO v_last, v_called FROM sigledger.llm_cost_log_id_seq;
+    ALTER TABLE sigledger.llm_cost_log_legacy ALTER COLUMN id DROP IDENTITY;
+    ALTER TABLE sigledger.llm_cost_log ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY;
+    PERFORM setval('sigledger.llm_cost_log_id_seq', v_last, v_called);
+END
+$identity$;
 COMMENT ON TABLE sigledger.llm_cost_log IS
     'Append-only ledger of LLM call costs. No UPDATE/DELETE/TRUNCATE: no privilege is granted and a trigger refuses them.';
 -- a partitioned table without partitions yet: these build nothing; ATTACH below adopts the legacy indexes
@@ -154,32 +223,6 @@ BEGIN
 END;
 $$;
 
--- BEFORE INSERT on every partition: registers the row's key unless _cost_insert already claimed it for this id
-CREATE FUNCTION sigledger._llm_cost_log_register_key() RETURNS trigger
-LANGUAGE plpgsql
-SET search_path = sigledger, pg_temp
-AS $$
--- The backstop of global idempotency-key uniqueness on the partitioned ledger (see V4_004).
-DECLARE
-    v_id bigint;
-BEGIN
-    INSERT INTO sigledger.llm_cost_log_key (idempotency_key, ledger_id, reservation_id, created_at)
-    VALUES (NEW.idempotency_key, NEW.id, NEW.reservation_id, NEW.created_at)
-    ON CONFLICT (idempotency_key) DO NOTHING;
-    IF NOT FOUND THEN
-        SELECT k.ledger_id INTO v_id FROM sigledger.llm_cost_log_key k WHERE k.idempotency_key = NEW.idempotency_key;
-        IF v_id IS DISTINCT FROM NEW.id THEN
-            RAISE EXCEPTION USING
-                ERRCODE = '23505',
-                CONSTRAINT = 'llm_cost_log_key_pkey',
-                TABLE = 'llm_cost_log_key',
-                SCHEMA = 'sigledger',
-                MESSAGE = format('duplicate idempotency key %L in llm_cost_log (ledger id %s)', NEW.idempotency_key, v_id);
-        END IF;
-    END IF;
-    RETURN NEW;
-END;
-$$;
 CREATE TRIGGER llm_cost_log_register_key
     BEFORE INSERT ON sigledger.llm_cost_log
     FOR EACH ROW EXECUTE FUNCTION sigledger._llm_cost_log_register_key();
@@ -281,3 +324,7 @@ COMMENT ON TABLE sigledger.llm_cost_log_default IS
 REVOKE ALL ON sigledger.llm_cost_log, sigledger.llm_cost_log_legacy, sigledger.llm_cost_log_default FROM PUBLIC;
 
 SELECT sigledger._ensure_ledger_partitions(3);
+COMMIT;
+
+-- 5. the foreign key added NOT VALID at the swap (SHARE UPDATE EXCLUSIVE: budget_reservation stays writable)
+ALTER TABLE sigledger.budget_reservation VALIDATE CONSTRAINT budget_reservation_ledger_id_fkey;

@@ -134,3 +134,97 @@ def test_load_never_overspends(db_dsn: str) -> None:
             " AND state LIKE 'idle in transaction%%'"
         )
         assert idle is not None and idle["n"] == 0
+
+
+SLICE_PROCESSES = 8
+
+
+def test_slices_refuse_only_when_the_whole_budget_is_full(db_dsn: str) -> None:
+    """A hot $2.00 budget split over 8 slices, drained by 8 processes holding $0.01 at a time (half of them
+    also through reserve_budgets, three holds per call), settling or releasing each. Every refusal must report
+    less than $0.01 left in the whole budget (a slice without room is rebalanced, never a reason to refuse);
+    an observer checks every slice's backstop and that the caps always sum to the budget's cap; afterwards
+    every remaining cent can still be reserved, one by one: the last dollar is reachable."""
+    with Database(db_dsn) as db:
+        agent = BudgetClient(db).create_agent("slices-hot", Decimal("2.00"))
+        row = db.call_one(
+            "SELECT sigledger.set_budget_slices((SELECT id FROM sigledger.budget WHERE agent_id = %s::uuid), 8) AS n",
+            (agent,),
+        )
+        assert row is not None and row["n"] == 8
+
+    violations: list[tuple[object, ...]] = []
+    observations = 0
+    stop = threading.Event()
+
+    def observe() -> None:
+        nonlocal observations
+        with psycopg.connect(db_dsn, autocommit=True) as conn:
+            while not stop.is_set():
+                rows = conn.execute(
+                    "SELECT s.slice, s.spent_usd, s.reserved_usd, s.cap_usd, s.excess_usd, s.frozen_usd"
+                    " FROM sigledger.budget_spend s JOIN sigledger.budget b ON b.id = s.budget_id"
+                    " WHERE b.agent_id = %s::uuid",
+                    (agent,),
+                ).fetchall()
+                total = sum(r[3] + (r[5] or 0) for r in rows)
+                if rows and total != Decimal("2.00"):
+                    violations.append(("caps sum", total))
+                for r in rows:
+                    if r[1] + r[2] > r[3] or r[4] != 0:
+                        violations.append(r)
+                observations += 1
+                time.sleep(0.002)
+
+    observer = threading.Thread(target=observe)
+    observer.start()
+    procs = [
+        popen(
+            "drain",
+            "--dsn",
+            db_dsn,
+            "--agent",
+            agent,
+            "--seed",
+            str(seed),
+            *(["--batch"] if seed % 2 else []),
+        )
+        for seed in range(SLICE_PROCESSES)
+    ]
+    results = []
+    try:
+        for p in procs:
+            out, err = p.communicate(timeout=600)
+            assert p.returncode == 0, err
+            results.append(json.loads(out.strip().splitlines()[-1]))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+        stop.set()
+        observer.join()
+
+    total = {k: sum(r[k] for r in results) for k in results[0]}
+    print(f"slices: {SLICE_PROCESSES} processes, {total}, {observations} observations")
+    assert total["refused"] > 0 and total["batches"] > 0 and total["released"] > 0
+    assert total["refused_with_room"] == 0, "a caller was refused while the budget had room"
+    assert violations == [], violations[:5]
+    with psycopg.connect(db_dsn, autocommit=True) as conn:
+        spent, reserved = conn.execute(
+            "SELECT spent_usd, reserved_usd FROM sigledger.budget_status(%s::uuid)", (agent,)
+        ).fetchone()  # type: ignore[misc]
+        assert reserved == 0 and spent == Decimal("0.01") * total["settled"]
+        room = Decimal("2.00") - spent
+        taken = 0
+        for i in range(int(room / Decimal("0.01")) + 1):
+            try:
+                conn.execute(
+                    "SELECT * FROM sigledger.reserve_budget(%s::uuid, 0.01, interval '1 minute', %s)",
+                    (agent, f"last-{i}"),
+                )
+                taken += 1
+            except psycopg.Error as exc:
+                assert exc.diag.sqlstate == "SLB01", exc
+                break
+        assert Decimal("0.01") * taken == room, "some of the remaining room could not be reserved"
+        assert conn.execute("SELECT count(*) FROM sigledger.reconcile_budgets()").fetchone() == (0,)

@@ -3,6 +3,7 @@ Regenerate with `make api-docs`."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import psycopg
@@ -36,3 +37,15 @@ def test_every_documented_sqlstate_is_in_the_error_table(pg: PostgreSQLExecutor,
     table = ERRORS_DOC.read_text()
     missing = sorted(code for code in codes if f"### `{code}`" not in table)
     assert not missing, f"SQLSTATEs raised by the API but absent from docs/errors.md: {missing}"
+
+
+def test_role_lines_follow_the_grants_list(pg: PostgreSQLExecutor, template_db: str) -> None:
+    # the generator used to print "callable by sigledger_app" for eight admin-only functions (issue 9): each
+    # role line must name exactly the audience that sql/functions/900_grants.sql gives the function
+    from sigledger.core.errors import audiences
+
+    with psycopg.connect(make_dsn(pg, template_db)) as conn:
+        text = render(conn)
+    lines = dict(re.findall(r"### `(\w+)\(.*?\n\*\w+; callable by ([^*]+)\*", text, re.DOTALL))
+    grants = {fn: ", ".join(sorted(roles)) for fn, roles in audiences().items() if not fn.startswith("_")}
+    assert lines and lines == grants

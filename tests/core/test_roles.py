@@ -6,11 +6,12 @@ import psycopg
 import pytest
 from pytest_postgresql.executors import PostgreSQLExecutor
 
-from tests.conftest import make_dsn
+from tests.conftest import LOGINS, make_dsn
 
 
 def _login(pg: PostgreSQLExecutor, db_name: str, role: str) -> psycopg.Connection:
-    return psycopg.connect(make_dsn(pg, db_name, role), autocommit=True)
+    """A real login as a member of the group `role` (sigledger_app -> the app login, ...)."""
+    return psycopg.connect(make_dsn(pg, db_name, LOGINS[role.removeprefix("sigledger_")]), autocommit=True)
 
 
 def test_graph_worker_role_claims_and_acks_but_touches_nothing_else(
@@ -84,3 +85,79 @@ def test_budget_overview_period_start_matches_the_budget_functions(conn: psycopg
     ).fetchall()
     assert {r[0] for r in rows} == {"none", "daily", "weekly", "monthly"}
     assert all(r[1] == r[2] for r in rows), rows
+
+
+GROUPS = ("sigledger_app", "sigledger_readonly", "sigledger_admin", "sigledger_graph")
+
+
+def test_groups_cannot_log_in_and_carry_no_settings(
+    pg: PostgreSQLExecutor, db_name: str, conn: psycopg.Connection
+) -> None:
+    """Settings on a group reach nobody (a role's settings apply at login as that role, and a member may SET
+    ROLE to its group anyway): the groups are NOLOGIN and carry none, so nothing can depend on them."""
+    rows = conn.execute(
+        """SELECT r.rolname, r.rolcanlogin,
+                  (SELECT s.setconfig FROM pg_db_role_setting s WHERE s.setrole = r.oid AND s.setdatabase = 0)
+             FROM pg_roles r WHERE r.rolname = ANY (%s) ORDER BY 1""",
+        (list(GROUPS),),
+    ).fetchall()
+    assert rows == [(g, False, None) for g in sorted(GROUPS)]
+    for group in GROUPS:
+        with pytest.raises(psycopg.OperationalError, match="not permitted to log in"):
+            psycopg.connect(make_dsn(pg, db_name, group)).close()
+
+
+@pytest.mark.parametrize(
+    ("group", "expected"),
+    [
+        (
+            "app",
+            {
+                "statement_timeout": "30s",
+                "lock_timeout": "10s",
+                "idle_in_transaction_session_timeout": "1min",
+            },
+        ),
+        (
+            "readonly",
+            {
+                "statement_timeout": "1min",
+                "idle_in_transaction_session_timeout": "1min",
+                "default_transaction_read_only": "on",
+            },
+        ),
+        (
+            "admin",
+            {
+                "statement_timeout": "5min",
+                "lock_timeout": "10s",
+                "idle_in_transaction_session_timeout": "1min",
+            },
+        ),
+        ("graph", {"statement_timeout": "1min", "idle_in_transaction_session_timeout": "1min"}),
+    ],
+)
+def test_a_login_made_by_create_login_carries_the_timeouts(
+    pg: PostgreSQLExecutor, db_name: str, conn: psycopg.Connection, group: str, expected: dict[str, str]
+) -> None:
+    """`sigledger role create-login NAME --as GROUP` (a real process), then a real login as NAME: the server
+    applies the timeouts of the login itself."""
+    from tests.migrate.helpers import cli_process
+
+    name = f"login_{group}_{db_name}"
+    try:
+        made = cli_process(["role", "create-login", name, "--as", group, "--dsn", make_dsn(pg, db_name)])
+        assert made.returncode == 0, made.stderr
+        with psycopg.connect(make_dsn(pg, db_name, name), autocommit=True) as login:
+            shown = {key: login.execute(f"SHOW {key}").fetchone()[0] for key in expected}  # type: ignore[index]
+            assert shown == expected
+            member = login.execute("SELECT pg_has_role(current_user, %s, 'USAGE')", (f"sigledger_{group}",))
+            assert member.fetchone() == (True,)
+    finally:
+        conn.execute(f'DROP ROLE IF EXISTS "{name}"')
+
+
+def test_every_login_that_calls_the_api_has_a_statement_timeout(pg: PostgreSQLExecutor, db_name: str) -> None:
+    for login in LOGINS.values():
+        with psycopg.connect(make_dsn(pg, db_name, login)) as session:
+            assert session.execute("SHOW statement_timeout").fetchone() != ("0",), login

@@ -10,7 +10,9 @@ from sigledger.migrate import Migrator
 def test_v5_down_and_up_again(empty_db_dsn: str) -> None:
     migrator = Migrator(empty_db_dsn)
     migrator.up()
-    rolled_back = migrator.down("4_099")  # above the ledger/budget range (V4), which has its own down files
+    rolled_back = migrator.down(
+        "4_099", force=True
+    )  # above the ledger/budget range (V4), which has its own down files
     # Later ranges (V6_ graph projection, ...) roll back first; the V5 ones in reverse order.
     versions = [label.split("__")[0] for label in rolled_back]
     assert [v for v in versions if v.startswith("V5_")] == ["V5_003", "V5_002", "V5_001"]

@@ -87,6 +87,8 @@ def test_status_json_shape_and_exit_codes(
         "in_progress": [],
         "repeatables_pending": REPEATABLES,
         "out_of_order": [],
+        "superseded": [],
+        "runner": None,
         "exit_code": EXIT_PENDING,
     }
     assert cli(["migrate", "up", "--dsn", empty_db_dsn], monkeypatch, fx).exit_code == 0
@@ -172,23 +174,32 @@ def test_database_ahead_of_the_code_is_refused(
 def test_baseline_marks_without_running(
     empty_db_dsn: str, fx: FixtureSet, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # An existing database that already has what V1 and V3_9 create.
+    # An existing database that already has part of what V1 and V3_9 create: baseline runs the verify
+    # scripts of what it marks (V3_9's wants its log row) and refuses, naming the failing check.
     with psycopg.connect(empty_db_dsn, autocommit=True) as conn:
         conn.execute(
             "CREATE SCHEMA fx; CREATE TABLE fx.applied_log (what text NOT NULL, "
             "at timestamptz NOT NULL DEFAULT clock_timestamp()); CREATE TABLE fx.t9 (id int PRIMARY KEY)"
         )
     result = cli(["migrate", "baseline", "V3_9", "--dsn", empty_db_dsn], monkeypatch, fx)
+    assert (
+        result.exit_code == 1 and "V3_9__nine.verify.sql:2: returned [('V3_9 not logged',)]" in result.output
+    )
+    assert history(empty_db_dsn) == []
+    # ... and with all of it in place, marks without running anything.
+    with psycopg.connect(empty_db_dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO fx.applied_log (what) VALUES ('V3_9')")
+    result = cli(["migrate", "baseline", "V3_9", "--dsn", empty_db_dsn], monkeypatch, fx)
     assert result.exit_code == 0 and "marked 2 migration(s)" in result.output
     assert [(r[0], r[2], r[3]) for r in history(empty_db_dsn)] == [
         ("1", "baseline", "applied"),
         ("3_9", "baseline", "applied"),
     ]
-    assert applied_log(empty_db_dsn) == []  # nothing ran
+    assert applied_log(empty_db_dsn) == ["V3_9"]  # nothing ran
     code, body = status_json(empty_db_dsn, monkeypatch, fx)
     assert code == EXIT_PENDING and body["current"] == "3_9"
     assert fx.migrator(empty_db_dsn).up()[:2] == ["V3_010__ten", "V10__major"]
-    assert applied_log(empty_db_dsn) == ["V3_010", "V10", "rep:010_first", "rep:020_second"]
+    assert applied_log(empty_db_dsn) == ["V3_9", "V3_010", "V10", "rep:010_first", "rep:020_second"]
     result = cli(["migrate", "baseline", "V99", "--dsn", empty_db_dsn], monkeypatch, fx)
     assert result.exit_code == 1 and "no such migration" in result.output
 

@@ -26,8 +26,9 @@ SELECT throws_ok(format('SELECT * FROM sigledger.reserve_budget(%L, NULL)', :'a'
 -- a zero hold always fits and settle charges the actual in full: N of them would overspend a hard budget
 SELECT throws_ok(format('SELECT * FROM sigledger.reserve_budget(%L, 0)', :'a'), '22023',
     'estimate_usd must be greater than 0, got 0', 'reserve: zero estimate');
-SELECT throws_ok(format('SELECT * FROM sigledger.reserve_budget(%L, %L)', :'a', '0.00000000001'), '22023',
-    'estimate_usd must be greater than 0, got 0.00000000001', 'reserve: estimate that rounds to zero');
+-- an estimate finer than 1e-10 USD is refused, never rounded (to zero or otherwise)
+SELECT throws_ok(format('SELECT * FROM sigledger.reserve_budget(%L, %L)', :'a', '0.00000000001'), '22003',
+    'estimate_usd must have at most 10 decimal places (1e-10 USD), got 0.00000000001', 'reserve: estimate finer than 1e-10');
 SELECT throws_ok(format('SELECT * FROM sigledger.reserve_budget(%L, %L, %L, %L)', :'a', '-0.5', '1 minute', 'tap-neg'), '22023',
     'estimate_usd must not be negative, got -0.5', 'reserve: negative estimate names the value');
 SELECT ok(NOT EXISTS (SELECT 1 FROM sigledger.budget_reservation WHERE agent_id = :'a')
@@ -212,7 +213,7 @@ SET LOCAL ROLE sigledger_app;
 SELECT throws_ok($$UPDATE sigledger.budget_spend SET spent_usd = 0$$, '42501', NULL, 'app: no UPDATE on budget_spend');
 SELECT throws_ok($$UPDATE sigledger.budget_reservation SET state = 'released'$$, '42501', NULL, 'app: no UPDATE on reservations');
 SELECT throws_ok($$UPDATE sigledger.budget SET limit_usd = 1e9$$, '42501', NULL, 'app: no UPDATE on budget');
-SELECT throws_ok($$SELECT sigledger._spend_charge(1, now(), 1, -5, 0, 1, '{}')$$, '42501', NULL, 'app: internal helpers not executable');
+SELECT throws_ok($$SELECT sigledger._spend_apply(1, now(), 1, 1, 0, -5, 0, false, 1, '{}')$$, '42501', NULL, 'app: internal helpers not executable');
 SELECT lives_ok(format('SELECT * FROM sigledger.budget_status(%L)', :'a'), 'app: budget_status through the API');
 RESET ROLE;
 

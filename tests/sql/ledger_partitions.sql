@@ -36,7 +36,7 @@ SELECT is((SELECT ledger_id FROM sigledger.llm_cost_log_key WHERE idempotency_ke
           'the key is registered with the ledger id');
 
 -- idempotency by key, globally
-SELECT is(sigledger.record_cost('part-1', :agent, 'm', 'p', 5, 5, 9.99), :id1::bigint,
+SELECT is(sigledger.record_cost('part-1', :agent, 'm', 'p', 1, 1, 0.10), :id1::bigint,
           'the same key through the API: idempotent replay, same id');
 SELECT is((SELECT count(*) FROM sigledger.llm_cost_log WHERE idempotency_key = 'part-1'), 1::bigint,
           'one ledger row for the key');

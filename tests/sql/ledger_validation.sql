@@ -3,7 +3,7 @@
 -- append-only, injection strings stored verbatim.
 BEGIN;
 SET LOCAL client_min_messages = warning;
-SELECT plan(68);
+SELECT plan(69);
 
 INSERT INTO sigledger.agent_registry (id, name) VALUES ('00000000-0000-0000-0000-00000000c001', 'ledger-agent');
 \set agent '''00000000-0000-0000-0000-00000000c001'''
@@ -69,7 +69,10 @@ SELECT is((SELECT count(*) FROM sigledger.llm_cost_log WHERE idempotency_key LIK
 -- idempotency: the same key returns the same id and changes nothing
 SELECT sigledger.record_cost('idem-1', :agent, 'm', 'p', 10, 20, 0.25) AS first_id \gset
 SELECT is(sigledger.record_cost('idem-1', :agent, 'm', 'p', 10, 20, 0.25), :first_id::bigint, 'same key -> same id');
-SELECT is(sigledger.record_cost('idem-1', :agent, 'other', 'p', 1, 1, 9), :first_id::bigint, 'same key, other payload -> same id');
+-- a replay is compared with what the ledger holds: the same key with another cost is a conflict naming both
+SELECT throws_ok(format($$SELECT sigledger.record_cost('idem-1', %L, 'other', 'p', 1, 1, 9)$$, :agent), '23505',
+    format('idempotency key %L already records 0.25 USD for agent %s (ledger %s), not 9 USD for agent %s',
+           'idem-1', :agent, :first_id, :agent), 'same key, another cost -> 23505 naming both');
 SELECT is((SELECT cost_usd FROM sigledger.llm_cost_log WHERE idempotency_key = 'idem-1'), 0.25::numeric(14,6),
     'the original row is unchanged');
 
@@ -160,7 +163,10 @@ SELECT throws_ok($$TRUNCATE sigledger.llm_cost_log CASCADE$$, '42501', 'llm_cost
 SELECT throws_ok($$INSERT INTO sigledger.llm_cost_log (idempotency_key, agent_id, model, provider, cost_usd)
     VALUES ('d-1', '00000000-0000-0000-0000-00000000c001', 'm', 'p', 'NaN')$$, '23514', NULL, 'NaN refused by llm_cost_log_cost_usd_range');
 SELECT throws_ok($$INSERT INTO sigledger.llm_cost_log (idempotency_key, agent_id, model, provider, cost_usd)
-    VALUES ('d-2', '00000000-0000-0000-0000-00000000c001', 'm', 'p', 'Infinity')$$, '22003', NULL, 'Infinity cannot be stored at all');
+    VALUES ('d-2', '00000000-0000-0000-0000-00000000c001', 'm', 'p', 'Infinity')$$, '23514', NULL, 'Infinity refused by llm_cost_log_cost_usd_range');
+SELECT throws_ok($$INSERT INTO sigledger.llm_cost_log (idempotency_key, agent_id, model, provider, cost_usd)
+    VALUES ('d-3', '00000000-0000-0000-0000-00000000c001', 'm', 'p', 0.00000000001)$$, '23514', NULL,
+    'an amount finer than 1e-10 refused by llm_cost_log_cost_usd_range (the column itself no longer rounds)');
 SELECT throws_ok($$INSERT INTO sigledger.llm_cost_log (idempotency_key, agent_id, model, provider, cost_usd, created_at)
     VALUES ('d-3', '00000000-0000-0000-0000-00000000c001', 'm', 'p', 1, now() + interval '3 days')$$, '23514', NULL,
     'future created_at refused by llm_cost_log_created_at_range');

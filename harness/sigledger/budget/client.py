@@ -1,13 +1,31 @@
-"""``BudgetClient``: one method per SQL function of the budget API, each call in its own transaction."""
+# Generated from sigledger/budget/aclient.py by tools/async_to_sync.py: do not edit, change the async source
+# and run `make sync-gen`.
+"""``BudgetClient``: one method per SQL function of the budget API, each call in its own transaction.
+
+Agents are named by id or by name everywhere (a name is resolved in the same statement). Amounts are Decimal or
+int (a float raises TypeError, sigledger.core.money); every amount returned is normalized (no ``0E-10``).
+tests/core/test_client_contract.py checks that every API function of the database has a method here, in
+``Ledger`` or in a listed exception, so a function added later without one fails that test.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
+import uuid
 from decimal import Decimal
 from typing import Any
 
 from psycopg.types.json import Jsonb
 
 from sigledger.core.db import Database
+from sigledger.core.money import money, normalize_row, optional_money
+from sigledger.ledger.records import agent_sql
+
+Agent = str | uuid.UUID
+
+
+def _ratios(values: list[Any] | None, name: str) -> list[Decimal] | None:
+    return None if values is None else [money(v, name) for v in values]
 
 
 class BudgetClient:
@@ -16,65 +34,185 @@ class BudgetClient:
     def __init__(self, db: Database) -> None:
         self.db = db
 
+    def _one(self, sql: str, params: Any) -> dict[str, Any]:
+        row = self.db.call_one(sql, params)
+        assert row is not None, sql
+        return normalize_row(row)
+
+    def _rows(self, sql: str, params: Any = None) -> list[dict[str, Any]]:
+        return [normalize_row(r) for r in self.db.call(sql, params)]
+
+    # agents and budgets (sigledger_admin) --------------------------------------------------------------------
     def create_agent(
         self,
         name: str,
-        limit_usd: Decimal | None = None,
+        limit_usd: Decimal | int | None = None,
         *,
         period: str = "none",
-        grace_ratio: Decimal = Decimal(0),
+        grace_ratio: Decimal | int = 0,
         fail_policy: str = "closed",
         alert_thresholds: list[Decimal] | None = None,
         parent_budget_id: int | None = None,
     ) -> str:
-        row = self.db.call_one(
+        """Register an agent (and its budget when limit_usd is given); returns its id."""
+        row = self._one(
             "SELECT sigledger.create_agent(p_name => %s::text, p_limit_usd => %s::numeric, p_period => %s::text,"
             " p_grace_ratio => %s::numeric, p_fail_policy => %s::text,"
             " p_alert_thresholds => coalesce(%s::numeric[], '{0.8,1.0}'), p_parent_budget_id => %s::bigint) AS id",
-            (name, limit_usd, period, grace_ratio, fail_policy, alert_thresholds, parent_budget_id),
+            (
+                name,
+                optional_money(limit_usd, "limit_usd"),
+                period,
+                money(grace_ratio, "grace_ratio"),
+                fail_policy,
+                _ratios(alert_thresholds, "alert_thresholds"),
+                parent_budget_id,
+            ),
         )
-        assert row is not None
         return str(row["id"])
 
     def find_agent(self, name: str) -> str:
-        row = self.db.call_one("SELECT sigledger.find_agent(p_name => %s::text) AS id", (name,))
-        assert row is not None
+        """The id of the agent with this name (NotFound when there is none)."""
+        row = self._one("SELECT sigledger.find_agent(p_name => %s::text) AS id", (name,))
         return str(row["id"])
 
     def set_budget(
         self,
-        agent_id: str,
-        limit_usd: Decimal | None = None,
+        agent: Agent,
+        limit_usd: Decimal | int | None = None,
         *,
         period: str | None = None,
-        grace_ratio: Decimal | None = None,
+        grace_ratio: Decimal | int | None = None,
         fail_policy: str | None = None,
         alert_thresholds: list[Decimal] | None = None,
         parent_budget_id: int | None = None,
     ) -> int:
-        row = self.db.call_one(
-            "SELECT sigledger.set_budget(p_agent_id => %s::uuid, p_limit_usd => %s::numeric, p_period => %s::text,"
-            " p_grace_ratio => %s::numeric, p_fail_policy => %s::text, p_alert_thresholds => %s::numeric[],"
-            " p_parent_budget_id => %s::bigint) AS id",
-            (agent_id, limit_usd, period, grace_ratio, fail_policy, alert_thresholds, parent_budget_id),
+        """Create or change an agent's budget (None keeps the current value); returns the budget id."""
+        row = self._one(
+            "SELECT sigledger.set_budget("
+            + agent_sql(agent)
+            + ", p_limit_usd => %s::numeric, p_period => %s::text, p_grace_ratio => %s::numeric,"
+            " p_fail_policy => %s::text, p_alert_thresholds => %s::numeric[], p_parent_budget_id => %s::bigint) AS id",
+            (
+                str(agent),
+                optional_money(limit_usd, "limit_usd"),
+                period,
+                optional_money(grace_ratio, "grace_ratio"),
+                fail_policy,
+                _ratios(alert_thresholds, "alert_thresholds"),
+                parent_budget_id,
+            ),
         )
-        assert row is not None
         return int(row["id"])
 
-    def reserve(self, agent_id: str, estimate_usd: Decimal, ttl_seconds: float, key: str) -> dict[str, Any]:
-        row = self.db.call_one(
-            "SELECT reservation_id, remaining_usd, expires_at, fail_policy, replayed FROM sigledger.reserve_budget("
-            "p_agent_id => %s::uuid, p_estimate_usd => %s::numeric, p_ttl => make_interval(secs => %s::float8),"
-            " p_idempotency_key => %s::text)",
-            (agent_id, estimate_usd, ttl_seconds, key),
+    def create_group_budget(
+        self,
+        level: str,
+        name: str,
+        limit_usd: Decimal | int,
+        *,
+        period: str = "none",
+        grace_ratio: Decimal | int = 0,
+        fail_policy: str = "closed",
+        alert_thresholds: list[Decimal] | None = None,
+        parent_budget_id: int | None = None,
+    ) -> int:
+        """A team or org budget (agents' budgets name it as parent_budget_id); returns its id."""
+        row = self._one(
+            "SELECT sigledger.create_group_budget(p_level => %s::text, p_name => %s::text, p_limit_usd => %s::numeric,"
+            " p_period => %s::text, p_grace_ratio => %s::numeric, p_fail_policy => %s::text,"
+            " p_alert_thresholds => coalesce(%s::numeric[], '{0.8,1.0}'), p_parent_budget_id => %s::bigint) AS id",
+            (
+                level,
+                name,
+                money(limit_usd, "limit_usd"),
+                period,
+                money(grace_ratio, "grace_ratio"),
+                fail_policy,
+                _ratios(alert_thresholds, "alert_thresholds"),
+                parent_budget_id,
+            ),
         )
-        assert row is not None
-        return row
+        return int(row["id"])
+
+    def update_budget(
+        self,
+        budget_id: int,
+        limit_usd: Decimal | int | None = None,
+        *,
+        period: str | None = None,
+        grace_ratio: Decimal | int | None = None,
+        fail_policy: str | None = None,
+        alert_thresholds: list[Decimal] | None = None,
+        parent_budget_id: int | None = None,
+    ) -> None:
+        """Change any budget (agent, team or org) by id; None keeps the current value."""
+        self.db.call(
+            "SELECT sigledger.update_budget(p_budget_id => %s::bigint, p_limit_usd => %s::numeric,"
+            " p_period => %s::text, p_grace_ratio => %s::numeric, p_fail_policy => %s::text,"
+            " p_alert_thresholds => %s::numeric[], p_parent_budget_id => %s::bigint)",
+            (
+                budget_id,
+                optional_money(limit_usd, "limit_usd"),
+                period,
+                optional_money(grace_ratio, "grace_ratio"),
+                fail_policy,
+                _ratios(alert_thresholds, "alert_thresholds"),
+                parent_budget_id,
+            ),
+        )
+
+    def add_model_price(
+        self,
+        provider: str,
+        model: str,
+        input_usd_per_mtok: Decimal | int,
+        output_usd_per_mtok: Decimal | int,
+        *,
+        valid_from: dt.datetime | None = None,
+    ) -> dt.datetime:
+        """A price per million tokens from valid_from (default now); returns valid_from."""
+        row = self._one(
+            "SELECT sigledger.add_model_price(p_provider => %s::text, p_model => %s::text,"
+            " p_input_usd_per_mtok => %s::numeric, p_output_usd_per_mtok => %s::numeric,"
+            " p_valid_from => %s::timestamptz) AS valid_from",
+            (
+                provider,
+                model,
+                money(input_usd_per_mtok, "input_usd_per_mtok"),
+                money(output_usd_per_mtok, "output_usd_per_mtok"),
+                valid_from,
+            ),
+        )
+        valid_from_: dt.datetime = row["valid_from"]
+        return valid_from_
+
+    def set_budget_slices(self, budget_id: int, slices: int) -> int:
+        """Split a budget's spend over slices (1..64) for a hot budget (docs/budgets.md, Slices)."""
+        row = self._one(
+            "SELECT sigledger.set_budget_slices(p_budget_id => %s::bigint, p_slices => %s::integer) AS n",
+            (budget_id, slices),
+        )
+        return int(row["n"])
+
+    # spending (sigledger_app) ---------------------------------------------------------------------------------
+    def reserve(
+        self, agent: Agent, estimate_usd: Decimal | int, ttl_seconds: float, key: str
+    ) -> dict[str, Any]:
+        """Hold estimate_usd (BudgetExceeded when it does not fit): reservation_id, remaining_usd, expires_at,
+        fail_policy, replayed. Idempotent by key."""
+        return self._one(
+            "SELECT reservation_id, remaining_usd, expires_at, fail_policy, replayed FROM sigledger.reserve_budget("
+            + agent_sql(agent)
+            + ", p_estimate_usd => %s::numeric, p_ttl => make_interval(secs => %s::float8),"
+            " p_idempotency_key => %s::text)",
+            (str(agent), money(estimate_usd, "estimate_usd"), ttl_seconds, key),
+        )
 
     def settle(
         self,
         reservation_id: int,
-        actual_usd: Decimal | None,
+        actual_usd: Decimal | int | None,
         *,
         input_tokens: int = 0,
         output_tokens: int = 0,
@@ -82,55 +220,104 @@ class BudgetClient:
         provider: str = "unspecified",
         metadata: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        row = self.db.call_one(
+        """Write the ledger row and release the hold (idempotent): ledger_id, estimate, actual, overrun_usd."""
+        return self._one(
             "SELECT ledger_id, reservation_id, estimate_usd, actual_usd, overrun_usd, replayed"
             " FROM sigledger.settle_budget(p_reservation_id => %s::bigint, p_actual_usd => %s::numeric,"
             " p_input_tokens => %s::bigint, p_output_tokens => %s::bigint, p_model => %s::text,"
             " p_provider => %s::text, p_metadata => %s::jsonb)",
-            (reservation_id, actual_usd, input_tokens, output_tokens, model, provider, Jsonb(metadata or {})),
+            (
+                reservation_id,
+                optional_money(actual_usd, "actual_usd"),
+                input_tokens,
+                output_tokens,
+                model,
+                provider,
+                Jsonb(metadata or {}),
+            ),
         )
-        assert row is not None
-        return row
+
+    def reserve_many(
+        self, requests: list[dict[str, Any]], ttl_seconds: float = 600, all_or_nothing: bool = False
+    ) -> list[dict[str, Any]]:
+        """Many holds in one call (items {agent_id, estimate_usd, idempotency_key?}): one row per item, in order,
+        with reservation_id or sqlstate and message."""
+        items = [
+            {
+                **r,
+                "estimate_usd": str(money(r["estimate_usd"], "estimate_usd")),
+                "agent_id": str(r["agent_id"]),
+            }
+            for r in requests
+        ]
+        return self._rows(
+            "SELECT * FROM sigledger.reserve_budgets(p_requests => %s::jsonb,"
+            " p_ttl => make_interval(secs => %s::float8), p_all_or_nothing => %s::boolean)",
+            (Jsonb(items), ttl_seconds, all_or_nothing),
+        )
+
+    def settle_many(self, settlements: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Many settlements in one call (items {reservation_id, actual_usd?, input_tokens?, ...}): one row per item,
+        in order, with ledger_id or sqlstate and message."""
+        items = [
+            {
+                **x,
+                "actual_usd": None
+                if x.get("actual_usd") is None
+                else str(money(x["actual_usd"], "actual_usd")),
+            }
+            for x in settlements
+        ]
+        return self._rows(
+            "SELECT * FROM sigledger.settle_budgets(p_settlements => %s::jsonb)", (Jsonb(items),)
+        )
 
     def release(self, reservation_id: int) -> str:
-        row = self.db.call_one(
+        """Void a hold; returns the reservation's state."""
+        row = self._one(
             "SELECT sigledger.release_budget(p_reservation_id => %s::bigint) AS state", (reservation_id,)
         )
-        assert row is not None
         return str(row["state"])
 
+    def check_and_record(
+        self,
+        agent: Agent,
+        cost_usd: Decimal | int,
+        expected_version: int | None = None,
+        nowait: bool = False,
+    ) -> dict[str, Any]:
+        """The seed's API, atomic: allowed, remaining_usd, version, ledger_id."""
+        return self._one(
+            "SELECT allowed, remaining_usd, version, ledger_id FROM sigledger.check_and_record_budget("
+            + agent_sql(agent)
+            + ", p_cost_usd => %s::numeric, p_expected_version => %s::bigint, p_nowait => %s::boolean)",
+            (str(agent), money(cost_usd, "cost_usd"), expected_version, nowait),
+        )
+
+    # reads (sigledger_app, sigledger_readonly) ----------------------------------------------------------------
+    def status(self, agent: Agent) -> list[dict[str, Any]]:
+        """The agent's budgets for the current period, one row per level (org, team, agent)."""
+        return self._rows("SELECT * FROM sigledger.budget_status(" + agent_sql(agent) + ")", (str(agent),))
+
+    def alerts_after(self, after_id: int = 0) -> list[dict[str, Any]]:
+        """Budget alerts with an id above after_id, oldest first."""
+        return self._rows(
+            "SELECT * FROM sigledger.budget_alerts_after(p_after_id => %s::bigint)", (after_id,)
+        )
+
+    # maintenance (sigledger_admin) ----------------------------------------------------------------------------
     def expire(self, limit: int = 10000) -> int:
-        row = self.db.call_one("SELECT sigledger.expire_reservations(p_limit => %s::integer) AS n", (limit,))
-        assert row is not None
+        """Release reservations past their TTL (at most limit); returns how many."""
+        row = self._one("SELECT sigledger.expire_reservations(p_limit => %s::integer) AS n", (limit,))
         return int(row["n"])
 
     def ensure_partitions(self, months_ahead: int = 3) -> int:
-        """Creates the missing monthly ledger partitions up to months_ahead months ahead; returns how many."""
-        row = self.db.call_one(
+        """Create the missing monthly ledger partitions up to months_ahead months ahead; returns how many."""
+        row = self._one(
             "SELECT sigledger.ensure_ledger_partitions(p_months_ahead => %s::integer) AS n", (months_ahead,)
         )
-        assert row is not None
         return int(row["n"])
 
     def reconcile(self, repair: bool = False) -> list[dict[str, Any]]:
-        return self.db.call("SELECT * FROM sigledger.reconcile_budgets(p_repair => %s::boolean)", (repair,))
-
-    def status(self, agent_id: str) -> list[dict[str, Any]]:
-        return self.db.call("SELECT * FROM sigledger.budget_status(p_agent_id => %s::uuid)", (agent_id,))
-
-    def check_and_record(
-        self, agent_id: str, cost_usd: Decimal, expected_version: int | None = None, nowait: bool = False
-    ) -> dict[str, Any]:
-        row = self.db.call_one(
-            "SELECT allowed, remaining_usd, version, ledger_id FROM sigledger.check_and_record_budget("
-            "p_agent_id => %s::uuid, p_cost_usd => %s::numeric, p_expected_version => %s::bigint,"
-            " p_nowait => %s::boolean)",
-            (agent_id, cost_usd, expected_version, nowait),
-        )
-        assert row is not None
-        return row
-
-    def alerts_after(self, after_id: int = 0) -> list[dict[str, Any]]:
-        return self.db.call(
-            "SELECT * FROM sigledger.budget_alerts_after(p_after_id => %s::bigint)", (after_id,)
-        )
+        """Budget periods whose recorded spend or holds drift from the ledger (repair: fix them)."""
+        return self._rows("SELECT * FROM sigledger.reconcile_budgets(p_repair => %s::boolean)", (repair,))

@@ -1,34 +1,36 @@
-"""``BudgetGuard``: reserve before an LLM call, settle after it (``BudgetClient`` is in budget/client.py).
+# Generated from sigledger/budget/aguard.py by tools/async_to_sync.py: do not edit, change the async source
+# and run `make sync-gen`.
+"""``BudgetGuard``: reserve before an LLM call, settle after it (``BudgetClient`` is in client.py).
 
-``BudgetGuard.reserve`` is the way to spend::
+``reserve`` is the way to spend::
 
-    with guard.reserve(agent_id, Decimal("0.05")) as r:
-        reply = call_the_llm()
+    async with guard.reserve("support-bot", Decimal("0.05")) as r:
+        reply = await call_the_llm()
         r.set_cost(Decimal("0.043"), input_tokens=812, output_tokens=230, model="gpt-x", provider="openai")
 
 Entering holds the estimate (SLB01 -> ``BudgetExceeded``), leaving settles with the actual cost, an exception
-inside the block releases the hold. Database calls go through a circuit breaker; only 40001, 40P01 and 55P03
-are retried (with backoff and jitter), which is safe because every call carries an idempotency key. When the
-database is unreachable, the budget's fail policy decides: ``closed`` raises ``BudgetUnavailable`` (SLB04),
-``open`` lets the call through and records its cost through the CostTracker (spooled until the database is
-back), so the ledger and reconcile_budgets account for it.
+inside the block releases the hold. Database calls go through a circuit breaker that counts outcomes without
+serialising calls; only 40001, 40P01 and 55P03 are retried (with backoff and jitter), which is safe because every
+call carries an idempotency key. When the database is unreachable, the budget's fail policy decides: ``closed``
+raises ``BudgetUnavailable`` (SLB04), ``open`` lets the call through and records its cost through the
+CostTracker (journaled until the database is back), so the ledger and reconcile_budgets account for it.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from sigledger.budget.breaker import Breaker
-from sigledger.budget.client import BudgetClient
+from sigledger.budget.client import Agent, BudgetClient
+from sigledger.budget.reservation import Reservation
+from sigledger.core import _compat as aio
 from sigledger.core import metrics
 from sigledger.core.db import Database
 from sigledger.core.errors import (
@@ -38,65 +40,17 @@ from sigledger.core.errors import (
     Retryable,
     Unavailable,
 )
-from sigledger.ledger.client import CostRecord, Ledger
+from sigledger.core.money import money
+from sigledger.ledger.client import Ledger
 
 if TYPE_CHECKING:
     from sigledger.ledger.tracker import CostTracker
 
+__all__ = ["BudgetGuard", "Reservation"]
+
 log = logging.getLogger("sigledger.budget")
 
 T = TypeVar("T")
-
-
-@dataclass
-class Reservation:
-    """What ``BudgetGuard.reserve`` yields. Call ``set_cost`` inside the block; the guard settles on exit."""
-
-    agent_id: str
-    estimate_usd: Decimal
-    idempotency_key: str
-    fail_policy: str
-    reservation_id: int | None = None
-    remaining_usd: Decimal | None = None
-    fail_open: bool = False
-    actual_usd: Decimal | None = None
-    input_tokens: int = 0
-    output_tokens: int = 0
-    model: str = "unspecified"
-    provider: str = "unspecified"
-    metadata: dict[str, Any] = field(default_factory=dict)
-    settlement: dict[str, Any] | None = None
-    outcome: str = "open"
-
-    def set_cost(
-        self,
-        actual_usd: Decimal,
-        *,
-        input_tokens: int = 0,
-        output_tokens: int = 0,
-        model: str = "unspecified",
-        provider: str = "unspecified",
-        metadata: dict[str, Any] | None = None,
-    ) -> None:
-        self.actual_usd = Decimal(actual_usd)
-        self.input_tokens = input_tokens
-        self.output_tokens = output_tokens
-        self.model = model
-        self.provider = provider
-        self.metadata = dict(metadata or {})
-
-    def cost_record(self, key: str, **extra_metadata: Any) -> CostRecord:
-        assert self.actual_usd is not None
-        return CostRecord(
-            agent_id=self.agent_id,
-            model=self.model,
-            provider=self.provider,
-            input_tokens=self.input_tokens,
-            output_tokens=self.output_tokens,
-            cost_usd=self.actual_usd,
-            metadata={**self.metadata, **extra_metadata},
-            idempotency_key=key,
-        )
 
 
 class BudgetGuard:
@@ -113,7 +67,7 @@ class BudgetGuard:
         max_attempts: int = 5,
         base_delay: float = 0.02,
         max_delay: float = 1.0,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], Any] = aio.sleep,
     ) -> None:
         if default_fail_policy not in ("open", "closed"):
             raise ValueError(f"default_fail_policy must be open or closed, got {default_fail_policy!r}")
@@ -135,30 +89,42 @@ class BudgetGuard:
         self._policies[agent_id] = policy
 
     def _call(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Through the breaker; 40001/40P01/55P03 (Retryable) retried with exponential backoff and full jitter."""
+        """Through the breaker; 40001/40P01/55P03 (Retryable) retried with exponential backoff and full jitter.
+        The breaker counts the outcome; it holds no lock while the call runs (calls run side by side)."""
         attempt = 1
         while True:
+            self.breaker.before()
             try:
-                return self.breaker.call(func, *args, **kwargs)
-            except Retryable:
+                result = func(*args, **kwargs)
+            except Retryable as exc:
+                self.breaker.record(exc)
                 self.stats["retries"] += 1
                 if attempt >= self.max_attempts:
                     raise
                 delay = min(self.max_delay, self.base_delay * 2 ** (attempt - 1))
                 self._sleep(random.uniform(0, delay))
                 attempt += 1
+                continue
+            except BaseException as exc:
+                self.breaker.record(exc)
+                raise
+            self.breaker.record(None)
+            return result
 
     @contextmanager
     def reserve(
         self,
-        agent_id: str,
-        estimate_usd: Decimal,
+        agent_id: Agent,
+        estimate_usd: Decimal | int,
         *,
         ttl_seconds: float | None = None,
         key: str | None = None,
     ) -> Iterator[Reservation]:
+        """Hold ``estimate_usd`` for the block (BudgetExceeded when it does not fit); call ``set_cost`` inside
+        it; leaving settles, an exception releases. ``agent_id``: the agent's id or name."""
         key = key or f"guard:{uuid.uuid4()}"
-        estimate = Decimal(estimate_usd)
+        estimate = money(estimate_usd, "estimate_usd")
+        agent_id = str(agent_id)
         try:
             row = self._call(self.client.reserve, agent_id, estimate, ttl_seconds or self.ttl_seconds, key)
         except BudgetExceeded:

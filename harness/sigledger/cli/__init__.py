@@ -9,10 +9,23 @@ import click
 import psycopg
 
 from sigledger import __version__
-from sigledger.cli import agent, budget, cost, db, demo, entity, graph, metrics, migrate, opportunity, signal
+from sigledger.cli import (
+    agent,
+    budget,
+    cost,
+    db,
+    demo,
+    entity,
+    graph,
+    metrics,
+    migrate,
+    opportunity,
+    role,
+    signal,
+)
 from sigledger.core.errors import SigledgerError, translate
 
-GROUPS = (db, migrate, agent, cost, budget, signal, entity, opportunity, graph, metrics, demo)
+GROUPS = (db, migrate, role, agent, cost, budget, signal, entity, opportunity, graph, metrics, demo)
 
 
 class _Main(click.Group):
@@ -49,3 +62,4 @@ def main(verbose: int) -> None:
 
 for _module in GROUPS:
     main.add_command(_module.group)
+main.add_command(role.group, "roles")  # `sigledger roles sql` reads better; both names work

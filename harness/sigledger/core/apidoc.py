@@ -1,6 +1,6 @@
 """The SQL API reference, generated from the database's own catalog and COMMENTs (docs/api.md).
 
-Each API function's COMMENT is its documentation; a line `SQLSTATE: 22023, SLB01` in it lists the codes it
+Each API function's COMMENT is its documentation, its role line lists the roles its ACL grants EXECUTE to; a line `SQLSTATE: 22023, SLB01` in it lists the codes it
 raises, which the reference links to docs/errors.md. Regenerate with `make api-docs`; a test fails when the
 committed file is stale.
 """
@@ -19,7 +19,9 @@ SELECT p.proname,
        pg_get_function_result(p.oid) AS result,
        p.provolatile, p.prosecdef, p.prokind,
        coalesce(obj_description(p.oid, 'pg_proc'), '') AS comment,
-       has_function_privilege('sigledger_readonly', p.oid, 'EXECUTE') AS readonly_ok
+       (SELECT string_agg(g.rolname, ', ' ORDER BY g.rolname)
+          FROM aclexplode(p.proacl) a JOIN pg_roles g ON g.oid = a.grantee
+         WHERE a.privilege_type = 'EXECUTE' AND g.rolname <> 'sigledger_owner') AS roles
   FROM pg_proc p
  WHERE p.pronamespace = 'sigledger'::regnamespace
    AND p.proname !~ '^_' AND p.prorettype <> 'trigger'::regtype AND p.prokind IN ('f', 'p')
@@ -63,9 +65,7 @@ def render(conn: psycopg.Connection[Any]) -> str:
         "## Functions",
         "",
     ]
-    for name, identity, args, result, volatile, _secdef, kind, comment, readonly_ok in conn.execute(
-        _FUNCTIONS
-    ):
+    for name, identity, args, result, volatile, _secdef, kind, comment, roles in conn.execute(_FUNCTIONS):
         word = "PROCEDURE" if kind == "p" else "FUNCTION"
         out.append(f"### `{name}({identity})`")
         out.append("")
@@ -73,8 +73,9 @@ def render(conn: psycopg.Connection[Any]) -> str:
         out.append(f"{word} sigledger.{name}({args})" + ("" if kind == "p" else f"\n    RETURNS {result}"))
         out.append("```")
         out.append("")
-        roles = "sigledger_app, sigledger_readonly" if readonly_ok else "sigledger_app"
-        out.append(f"*{_VOLATILITY.get(volatile, volatile)}; callable by {roles}*")
+        # the roles granted EXECUTE (by sql/functions/900_grants.sql), read from the function's ACL
+        who = f"callable by {roles}" if roles else "callable by the owner only"
+        out.append(f"*{_VOLATILITY.get(volatile, volatile)}; {who}*")
         out.append("")
         body = _SQLSTATE_LINE.sub("", comment).strip()
         out.append(body if body else "_(no description)_")

@@ -1,78 +1,99 @@
+# Generated from sigledger/core/adb.py by tools/async_to_sync.py: do not edit, change the async source
+# and run `make sync-gen`.
 """Connection lifecycle: one pool, opened and closed explicitly, and a transaction helper.
 
 The seed leaked connections when code failed after COMMIT (report 1.1.1). Here a connection is only ever
 borrowed through a ``with`` block: it goes back to the pool on every path, commit or rollback, and the pool
 resets (rolls back) anything a caller left open. The roles also carry idle_in_transaction_session_timeout as a
 server-side safety net.
+
+``open()`` waits at most ``connect_timeout`` seconds (default 5) for the first connection and then raises
+``Unavailable`` naming the host, the port and the cause. After an outage the pool retries at most every
+``reconnect_delay`` seconds (psycopg_pool alone backs off to minutes), so the first call after the server is
+back finds a connection.
 """
 
 from __future__ import annotations
 
-import logging
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, NoReturn
+from typing import Any
 
 import psycopg
 from psycopg import Connection
 from psycopg.rows import dict_row
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
-from sigledger.core.errors import translate
+from sigledger.core.dsn import (
+    DEFAULT_APPLICATION_NAME,
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_RECONNECT_DELAY,
+    BoundedAttempt,
+    default_dsn,
+    log_notice,
+    reraise,
+    target,
+)
+from sigledger.core.errors import Unavailable
 
-log = logging.getLogger("sigledger.db")
-
-DEFAULT_APPLICATION_NAME = "sigledger"
-
-
-def default_dsn() -> str:
-    """SIGLEDGER_DSN, else the local cluster started by ``sigledger db up``, else libpq defaults."""
-    dsn = os.environ.get("SIGLEDGER_DSN")
-    if dsn:
-        return dsn
-    from sigledger.core.localdb import LocalCluster
-
-    local = LocalCluster.default()
-    if local.is_running():
-        return local.dsn()
-    return ""
-
-
-def _reraise(exc: psycopg.Error) -> NoReturn:
-    """Raise the sigledger exception for ``exc``; an error without one is re-raised as it is (not chained to
-    itself, as ``raise translate(exc) from exc`` did)."""
-    translated = translate(exc)
-    if translated is exc:
-        raise exc
-    raise translated from exc
-
-
-def _log_notice(diag: psycopg.errors.Diagnostic) -> None:
-    level = {"WARNING": logging.WARNING, "NOTICE": logging.INFO, "INFO": logging.INFO}.get(
-        diag.severity_nonlocalized or "", logging.DEBUG
-    )
-    log.log(level, "server %s: %s", diag.severity, diag.message_primary)
+__all__ = ["DEFAULT_APPLICATION_NAME", "Database", "connect", "default_dsn"]
 
 
 def _configure(conn: Connection[Any]) -> None:
-    conn.add_notice_handler(_log_notice)
+    conn.add_notice_handler(log_notice)
 
 
 def connect(
-    dsn: str, *, application_name: str = DEFAULT_APPLICATION_NAME, autocommit: bool = False, **kwargs: Any
+    dsn: str,
+    *,
+    application_name: str = DEFAULT_APPLICATION_NAME,
+    autocommit: bool = False,
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    **kwargs: Any,
 ) -> Connection[Any]:
     """A single connection (the migration runner and the CLI use these; services use ``Database``)."""
+    kwargs.setdefault("connect_timeout", max(2, round(connect_timeout)))
     try:
-        conn = psycopg.connect(dsn, application_name=application_name, autocommit=autocommit, **kwargs)
+        conn = Connection.connect(dsn, application_name=application_name, autocommit=autocommit, **kwargs)
+    except psycopg.OperationalError as exc:
+        host, port = target(dsn)
+        raise Unavailable(
+            f"cannot connect to PostgreSQL at {host} port {port}: {str(exc).strip()}", host=host, port=port
+        ) from exc
     except psycopg.Error as exc:
-        _reraise(exc)
+        reraise(exc)
     _configure(conn)
     return conn
 
 
+class _Pool(ConnectionPool):
+    """The pool with a bounded reconnection backoff, remembering the last connection error (for open()'s message).
+
+    It overrides psycopg_pool's ``_add_connection`` and ``_connect`` (private, stable across 3.2 and 3.3);
+    tests/core/test_pool.py checks the behaviour, so an upgrade that changes them fails there."""
+
+    def __init__(self, *args: Any, reconnect_delay: float, **kwargs: Any) -> None:
+        self.reconnect_delay = reconnect_delay
+        self.last_error: BaseException | None = None
+        super().__init__(*args, **kwargs)
+
+    def _connect(self, timeout: float | None = None) -> Any:
+        try:
+            conn = super()._connect(timeout)
+        except Exception as exc:
+            self.last_error = exc
+            raise
+        self.last_error = None
+        return conn
+
+    def _add_connection(self, attempt: Any, growing: bool = False) -> None:
+        if attempt is None:
+            attempt = BoundedAttempt(timeout=self.reconnect_timeout, max_delay=self.reconnect_delay)
+        super()._add_connection(attempt, growing=growing)
+
+
 class Database:
-    """Owns a psycopg_pool.ConnectionPool.
+    """Owns a psycopg_pool ConnectionPool.
 
     Created closed; ``open()`` and ``close()`` are explicit (or use it as a context manager). A pool passed in
     by the caller is used as is and never closed by us.
@@ -87,25 +108,50 @@ class Database:
         max_size: int = 10,
         application_name: str = DEFAULT_APPLICATION_NAME,
         timeout: float = 30.0,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        reconnect_delay: float = DEFAULT_RECONNECT_DELAY,
     ) -> None:
         self._owned = pool is None
+        self.connect_timeout = connect_timeout
         if pool is None:
-            pool = ConnectionPool(
-                conninfo=dsn if dsn is not None else default_dsn(),
+            self.dsn = dsn if dsn is not None else default_dsn()
+            pool = _Pool(
+                conninfo=self.dsn,
                 min_size=min_size,
                 max_size=max_size,
-                kwargs={"application_name": application_name},
+                kwargs={
+                    "application_name": application_name,
+                    "connect_timeout": max(2, round(connect_timeout)),  # libpq's minimum is 2 s
+                },
                 configure=_configure,
                 check=ConnectionPool.check_connection,  # dead connections are replaced, not handed out
                 timeout=timeout,
                 open=False,
                 name=application_name,
+                reconnect_delay=reconnect_delay,
             )
+        else:
+            self.dsn = pool.conninfo if isinstance(pool.conninfo, str) else ""
         self.pool = pool
 
-    def open(self, *, wait: bool = True, timeout: float = 30.0) -> Database:
-        if self._owned:
-            self.pool.open(wait=wait, timeout=timeout)
+    def open(self, *, wait: bool = True, timeout: float | None = None) -> Database:
+        """Open the pool; with ``wait`` (the default) fail within ``timeout`` (default: connect_timeout) with
+        ``Unavailable`` naming host, port and cause when the server cannot be reached."""
+        if not self._owned:
+            return self
+        limit = self.connect_timeout if timeout is None else timeout
+        try:
+            self.pool.open(wait=wait, timeout=limit)
+        except PoolTimeout as exc:
+            cause = getattr(self.pool, "last_error", None)
+            self.pool.close(timeout=0)
+            host, port = target(self.dsn)
+            why = str(cause).strip() if cause is not None else "no connection within the timeout"
+            raise Unavailable(
+                f"cannot reach PostgreSQL at {host} port {port} within {limit:g} s: {why}",
+                host=host,
+                port=port,
+            ) from exc
         return self
 
     def close(self, timeout: float = 10.0) -> None:
@@ -129,7 +175,7 @@ class Database:
             with self.pool.connection() as conn:
                 yield conn
         except psycopg.Error as exc:
-            _reraise(exc)
+            reraise(exc)
 
     @contextmanager
     def transaction(self) -> Iterator[Connection[Any]]:
@@ -142,7 +188,7 @@ class Database:
             with self.pool.connection() as conn, conn.transaction():
                 yield conn
         except psycopg.Error as exc:
-            _reraise(exc)
+            reraise(exc)
 
     def call(self, sql: str, params: Any = None) -> list[dict[str, Any]]:
         """Run one statement (a stored function call) in its own transaction; rows as dicts."""
@@ -150,7 +196,7 @@ class Database:
             try:
                 cur.execute(sql.encode(), params)
             except psycopg.Error as exc:
-                _reraise(exc)
+                reraise(exc)
             return cur.fetchall() if cur.description else []
 
     def call_one(self, sql: str, params: Any = None) -> dict[str, Any] | None:

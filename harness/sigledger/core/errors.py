@@ -1,10 +1,19 @@
 """One place that turns database errors into sigledger exceptions, by SQLSTATE (and constraint name).
 
 Callers branch on the exception class (or ``.sqlstate``); the message is the server's, which names the bad
-value. The custom codes are documented in docs/errors.md.
+value. The custom codes are documented in docs/errors.md. A refusal that carries facts has them as fields
+(``BudgetExceeded.remaining_usd``, ``.level``, ``.budget_id``, ``.period_start``), parsed from the DETAIL's
+``key=value`` pairs; a privilege error (42501) becomes ``PermissionDenied`` whose hint names the role that may
+call the function (from the audience list of sql/functions/900_grants.sql).
 """
 
 from __future__ import annotations
+
+import datetime as dt
+import functools
+import re
+from decimal import Decimal, InvalidOperation
+from typing import Any
 
 import psycopg
 
@@ -44,7 +53,25 @@ class Conflict(SigledgerError):
 
 
 class BudgetExceeded(Conflict):
-    """SLB01: the reservation or cost does not fit in the budget; ``detail`` gives what remains."""
+    """SLB01: the reservation or cost does not fit in the budget.
+
+    ``remaining_usd`` (what is left at the refusing level), ``level`` (agent, team, org), ``budget_id`` and
+    ``period_start`` come from the DETAIL; a field the server did not send is None."""
+
+    remaining_usd: Decimal | None = None
+    level: str | None = None
+    budget_id: int | None = None
+    period_start: dt.datetime | None = None
+    version: int | None = None
+
+    def __init__(self, message: str, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        fields = detail_fields(self.detail)
+        self.remaining_usd = _money(fields.get("remaining_usd"))
+        self.level = fields.get("level")
+        self.budget_id = _int(fields.get("budget_id"))
+        self.version = _int(fields.get("version"))
+        self.period_start = _timestamp(fields.get("period_start"))
 
 
 class ReservationExpired(Conflict):
@@ -76,7 +103,29 @@ class Retryable(SigledgerError):
 
 
 class Unavailable(SigledgerError):
-    """The database could not be reached (connection failure, admin shutdown)."""
+    """The database could not be reached (connection failure, admin shutdown). When sigledger tried to connect,
+    ``host`` and ``port`` name where; the message names them and the cause."""
+
+    def __init__(
+        self, message: str, *, host: str | None = None, port: str | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(message, **kwargs)
+        self.host = host
+        self.port = port
+
+
+class PermissionDenied(SigledgerError):
+    """42501: the login lacks a privilege. ``hint`` names the role whose members may call the function (and is
+    part of the message, which is what a log shows)."""
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        return f"{text} (hint: {self.hint})" if self.hint else text
+
+
+class JournalError(SigledgerError):
+    """The CostTracker's local journal cannot be written: the record was not acknowledged (disk full, folder
+    gone, permission). Records acknowledged earlier are kept."""
 
 
 class MigrationError(SigledgerError):
@@ -106,6 +155,7 @@ _BY_SQLSTATE: dict[str, type[SigledgerError]] = {
     "22008": InvalidInput,
     "22001": InvalidInput,
     "22004": InvalidInput,
+    "42501": PermissionDenied,
 }
 _BY_CLASS: dict[str, type[SigledgerError]] = {
     "08": Unavailable,
@@ -137,10 +187,82 @@ def translate(exc: BaseException) -> BaseException:
     if cls is None:
         return exc
     message = diag.message_primary or str(exc).strip()
+    hint = diag.message_hint
+    if cls is PermissionDenied:
+        hint = privilege_hint(message) or hint
     return cls(
         message,
         sqlstate=sqlstate or None,
         detail=diag.message_detail,
-        hint=diag.message_hint,
+        hint=hint,
         constraint=diag.constraint_name,
     )
+
+
+def detail_fields(detail: str | None) -> dict[str, str]:
+    """The ``key=value`` pairs of a DETAIL (``remaining_usd=0.2 budget_id=3 level=team period_start=...``)."""
+    if not detail:
+        return {}
+    pairs = re.findall(r"(\w+)=(.*?)(?=\s+\w+=|$)", detail.strip())
+    return {k: v.strip() for k, v in pairs}
+
+
+def _money(text: str | None) -> Decimal | None:
+    if text is None:
+        return None
+    try:
+        from sigledger.core.money import normalize
+
+        return normalize(Decimal(text))
+    except InvalidOperation:
+        return None
+
+
+def _int(text: str | None) -> int | None:
+    return int(text) if text is not None and text.lstrip("-").isdigit() else None
+
+
+def _timestamp(text: str | None) -> dt.datetime | None:
+    if not text:
+        return None
+    try:
+        return dt.datetime.fromisoformat(text)
+    except ValueError:
+        return None
+
+
+_AUDIENCE_ENTRY = re.compile(r"\('(?P<fn>\w+)',\s*'\{(?P<roles>[\w,]+)\}'\)")
+
+
+@functools.cache
+def audiences() -> dict[str, tuple[str, ...]]:
+    """Function name -> the roles that may execute it, from the audience list of 900_grants.sql."""
+    from sigledger.core.paths import functions_dir
+
+    try:
+        text = (functions_dir() / "900_grants.sql").read_text()
+    except FileNotFoundError:
+        return {}
+    return {
+        m["fn"]: tuple(f"sigledger_{r}" for r in m["roles"].split(","))
+        for m in _AUDIENCE_ENTRY.finditer(text)
+    }
+
+
+def privilege_hint(message: str) -> str | None:
+    """What a 42501 means for sigledger: which role's members may call the function, or that tables are private."""
+    found = re.search(r"permission denied for (function|procedure|table|view|schema|sequence) (\S+)", message)
+    if found is None:
+        return None
+    kind, name = found.group(1), found.group(2).split(".")[-1].strip('"')
+    if kind in ("function", "procedure"):
+        roles = audiences().get(name)
+        if not roles:
+            return f"sigledger.{name} is internal: no application role may call it; use the API (docs/api.md)"
+        return (
+            f"sigledger.{name} may be called by members of {' or '.join(roles)}: log in as such a member "
+            f"(a DBA runs GRANT {roles[0]} TO <login>)"
+        )
+    if kind == "schema":
+        return "the login is not a member of any sigledger role (sigledger_app, sigledger_readonly, ...)"
+    return f"{kind}s are private: call the API functions (docs/api.md) or read the views"

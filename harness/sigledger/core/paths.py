@@ -30,6 +30,11 @@ def functions_dir() -> Path:
     return sql_root() / "functions"
 
 
+def repairs_dir() -> Path:
+    """Data repairs run before the released migrations they guard (sigledger/migrate/repairs.py)."""
+    return sql_root() / "repairs"
+
+
 def state_dir() -> Path:
     """Local state of a checkout or working directory (local cluster, spool files, Neo4j)."""
     return (CHECKOUT_ROOT or Path.cwd()) / ".sigledger"

@@ -23,7 +23,6 @@ import psycopg
 
 from sigledger.graph import neo4j_server
 from sigledger.graph.driver import Neo4jSettings
-from sigledger.graph.rebuild import adopt
 from sigledger.graph.verify import verify
 from sigledger.graph.worker import BatchResult, SyncWorker, WorkerConfig, make_worker
 
@@ -64,10 +63,9 @@ class GraphProjection:
         self.settings = settings
         worker = make_worker(self.dsn, settings, WorkerConfig(batch_size=500), name="sigledger-demo-graph")
         if self.neo4j_uri is None:
-            # The local server is the demo's scratch projection, like its database: emptied, then this
-            # database's (a new epoch: sync refuses a wiped graph of a database that projected before).
+            # The local server is the demo's scratch projection, like its database (recreated every run: a new
+            # identity, never projected): emptied, meta node included; the first write makes it this run's.
             worker.sink.wipe()
-            adopt(self.dsn, worker.sink)
         return worker
 
     def _run(self) -> None:

@@ -42,7 +42,7 @@ def check(
 ) -> None:
     """Fill the report from the database and record every violated invariant in rep.violations."""
     rep.tracker = {k: v for k, v in tracker.stats.items()}
-    spooled = [p for p in tracker._spool_files() if p.stat().st_size > 0]
+    spooled = tracker.journal_files()
     if spooled:
         rep.violations.append(
             f"costs left in the spool (not yet in the ledger): {', '.join(map(str, spooled))}"

@@ -3,6 +3,7 @@ the graph follower, and the report; run.py is the entry point."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import shutil
@@ -150,9 +151,7 @@ class Demo:
         spool_dir = cfg.spool_dir or state_dir() / "demo"
         db = Database(self.dsn, min_size=2, max_size=cfg.workers + 4, application_name="sigledger-demo")
         db.open()
-        tracker = CostTracker(
-            db, spool_dir / f"costs-{self.run_id}.jsonl", batch_size=200, flush_interval=0.5
-        )
+        tracker = CostTracker(db, spool_dir / f"costs-{self.run_id}", batch_size=200, flush_interval=0.5)
         tracker.start()
         if self.graph_mode == "on":
             from sigledger.demo.graph import GraphProjection
@@ -164,7 +163,9 @@ class Demo:
         finally:
             if self.graph is not None and not self.report.graph:
                 self.report.graph = self.graph.finish(interrupted=True)
-            tracker.close()  # flush the rest (or spool it) before anything is checked
+            tracker.close()  # flush the rest (what cannot be written stays in the journal) before any check
+            with contextlib.suppress(OSError):
+                tracker.spool_path.rmdir()  # this run's spool folder, when nothing is left in it
             try:
                 self._tell_stop()
                 self.report.interrupted = self.stop_reason

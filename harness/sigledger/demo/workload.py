@@ -8,6 +8,7 @@ import logging
 import random
 import threading
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -228,7 +229,9 @@ class OutageClient(BudgetClient):
         super().__init__(db)
         self.outage = outage
 
-    def reserve(self, agent_id: str, estimate_usd: Decimal, ttl_seconds: float, key: str) -> dict[str, Any]:
+    def reserve(
+        self, agent_id: str | uuid.UUID, estimate_usd: Decimal | int, ttl_seconds: float, key: str
+    ) -> dict[str, Any]:
         if self.outage.is_set():
             raise Unavailable("simulated outage: the budget database does not answer")
         return super().reserve(agent_id, estimate_usd, ttl_seconds, key)

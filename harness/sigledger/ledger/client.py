@@ -1,77 +1,35 @@
-"""The cost ledger from Python: thin calls of the SQL API (record_cost, record_costs, cost_trends)."""
+# Generated from sigledger/ledger/aclient.py by tools/async_to_sync.py: do not edit, change the async source
+# and run `make sync-gen`.
+"""The cost ledger from Python: thin calls of the SQL API (record_cost, record_costs, cost_trends).
+
+``CostRecord`` and ``BatchResult`` live in records.py (shared by the sync and the async ledger).
+"""
 
 from __future__ import annotations
 
-import datetime as dt
-import json
-import uuid
-from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Any
 
 from psycopg.types.json import Jsonb
 
 from sigledger.core.db import Database
+from sigledger.core.money import normalize_row
+from sigledger.ledger.records import BatchResult, CostRecord, agent_sql, dumps, is_uuid
 
-
-@dataclass(frozen=True)
-class CostRecord:
-    """One LLM call's cost, as record_cost takes it. ``cost_usd`` None: priced by the database."""
-
-    agent_id: str
-    model: str
-    provider: str
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cost_usd: Decimal | None = None
-    created_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
-    metadata: dict[str, Any] = field(default_factory=dict)
-    idempotency_key: str = field(default_factory=lambda: f"cost:{uuid.uuid4()}")
-
-    def to_json(self) -> dict[str, Any]:
-        """The record_costs batch element (and the spool line)."""
-        return {
-            "idempotency_key": self.idempotency_key,
-            "agent_id": self.agent_id,
-            "model": self.model,
-            "provider": self.provider,
-            "input_tokens": self.input_tokens,
-            "output_tokens": self.output_tokens,
-            "cost_usd": None if self.cost_usd is None else str(self.cost_usd),
-            "created_at": self.created_at.isoformat(),
-            "metadata": self.metadata,
-        }
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> CostRecord:
-        return cls(
-            agent_id=data["agent_id"],
-            model=data["model"],
-            provider=data["provider"],
-            input_tokens=int(data.get("input_tokens") or 0),
-            output_tokens=int(data.get("output_tokens") or 0),
-            cost_usd=None if data.get("cost_usd") is None else Decimal(str(data["cost_usd"])),
-            created_at=dt.datetime.fromisoformat(data["created_at"]),
-            metadata=dict(data.get("metadata") or {}),
-            idempotency_key=data["idempotency_key"],
-        )
-
-
-@dataclass(frozen=True)
-class BatchResult:
-    inserted: int
-    duplicates: int
-    quarantined: int
+__all__ = ["BatchResult", "CostRecord", "Ledger"]
 
 
 class Ledger:
     def __init__(self, db: Database) -> None:
         self.db = db
+        # agent name -> id: agents are never renamed or deleted through the API, so a name resolved once stays
+        self._agent_ids: dict[str, str] = {}
 
     def record_cost(self, record: CostRecord) -> int:
+        """Write one cost (idempotent by its key); returns the ledger row's id. An unknown agent name: NotFound."""
         row = self.db.call_one(
-            "SELECT sigledger.record_cost(p_idempotency_key => %s::text, p_agent_id => %s::uuid,"
-            " p_model => %s::text, p_provider => %s::text, p_input_tokens => %s::bigint,"
+            "SELECT sigledger.record_cost(p_idempotency_key => %s::text, "
+            + agent_sql(record.agent_id)
+            + ", p_model => %s::text, p_provider => %s::text, p_input_tokens => %s::bigint,"
             " p_output_tokens => %s::bigint, p_cost_usd => %s::numeric, p_created_at => %s::timestamptz,"
             " p_metadata => %s::jsonb) AS id",
             (
@@ -89,20 +47,34 @@ class Ledger:
         assert row is not None
         return int(row["id"])
 
+    def resolve_agents(self, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The batch with agent names replaced by ids (record_costs takes ids). NotFound names the unknown one."""
+        names = {
+            r["agent_id"] for r in batch if isinstance(r.get("agent_id"), str) and not is_uuid(r["agent_id"])
+        }
+        for name in names - self._agent_ids.keys():
+            row = self.db.call_one("SELECT sigledger.find_agent(p_name => %s::text) AS id", (name,))
+            assert row is not None
+            self._agent_ids[name] = str(row["id"])
+        if not names:
+            return batch
+        return [{**r, "agent_id": self._agent_ids.get(r["agent_id"], r["agent_id"])} for r in batch]
+
     def record_costs(self, batch: list[dict[str, Any]]) -> BatchResult:
+        """Write a batch of records (CostRecord.to_json() each) in one call; rows it cannot take are quarantined
+        by the database. A batch naming an unknown agent raises NotFound (nothing written)."""
+        batch = self.resolve_agents(batch)
         row = self.db.call_one(
             "SELECT inserted, duplicates, quarantined FROM sigledger.record_costs(p_batch => %s::jsonb)",
-            (Jsonb(batch, dumps=_dumps),),
+            (Jsonb(batch, dumps=dumps),),
         )
         assert row is not None
         return BatchResult(int(row["inserted"]), int(row["duplicates"]), int(row["quarantined"]))
 
     def cost_trends(self, days: int) -> list[dict[str, Any]]:
-        return self.db.call(
+        """Spend per day over the last ``days`` days (1..3650)."""
+        rows = self.db.call(
             "SELECT day, total_usd, calls, input_tokens, output_tokens FROM sigledger.cost_trends(p_days => %s::integer)",
             (days,),
         )
-
-
-def _dumps(obj: Any) -> str:
-    return json.dumps(obj, default=str)
+        return [normalize_row(r) for r in rows]

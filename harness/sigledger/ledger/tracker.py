@@ -1,134 +1,65 @@
-"""CostTracker: a bounded in-memory buffer of cost records, flushed in batches through record_costs.
+# Generated from sigledger/ledger/atracker.py by tools/async_to_sync.py: do not edit, change the async source
+# and run `make sync-gen`.
+"""CostTracker: cost records journaled on local disk, then written to the ledger in batches through record_costs.
 
-- ``record()`` validates, then accepts a record (the acknowledgement); when the buffer is full it blocks up to
-  ``block_timeout`` and then spools, or spools at once with ``when_full="spool"``: never drops. A record the
-  database could never store as JSON (a NUL character or lone surrogate in any string, keys included; a NaN or
-  infinite number; a value that is not JSON) is refused at the call with ``InvalidInput`` naming the field, and
-  nothing is buffered.
-- A batch that the database refuses as a whole for a reason other than an outage or a retryable conflict (for
-  instance 22P05, a NUL in a record mutated after it was accepted, or an old spool line) is bisected: the halves
-  are written on their own, and a record that still fails alone is appended, with the error, to the dead-letter
-  file ``<spool>.rejected.jsonl`` (JSON lines, fsync'd). Nothing loops, nothing is dropped. Replay does the same.
-- A timer thread flushes every ``flush_interval`` seconds, and sooner when ``batch_size`` records wait.
-  Flushes are serialised by one lock: one flush at a time.
-- When the database is unreachable the batch (and everything buffered) is appended to a local spool file
-  (JSON lines, fsync'd) and the next successful flush, or the next start, replays it. Replays are safe:
-  every record carries an idempotency key and record_costs skips the keys it already has.
-- ``close()``: stop the timer, wait for the flush in flight, flush the rest (spooling what cannot be written),
-  and only then may the caller close the pool. A pool closed too early is an outage like any other: the rest
-  goes to the spool, and close() does not raise (the seed's "pool after end" error cannot surface). When the
-  final flush fails for any other reason, close() spools whatever is still buffered and logs the error (it does
-  not raise: the records are safe in the spool and the next start replays them); only SystemExit and
-  KeyboardInterrupt are re-raised, after the spooling.
-- SIGTERM (``install_signal_handlers``) raises SystemExit in the main thread; the ``with`` block or the
-  atexit hook then runs close(). A batch interrupted mid-flush is put back, never lost.
+- ``record()`` validates (``InvalidInput`` naming the field, nothing kept), appends the record to the journal
+  (ledger/journal.py) and only then returns: that is the acknowledgement. With ``durability="process"`` (the
+  default) the record survives the death of the process, SIGKILL included; with ``"machine"`` it also waits
+  for an fsync shared with the records written meanwhile (group commit). A journal write that fails raises
+  ``JournalError``: that record is not acknowledged, the earlier ones are kept.
+- A timer flushes every ``flush_interval`` seconds, sooner when ``batch_size`` records wait; one flush at a
+  time. A batch the database refuses as a whole (not an outage, not retryable) is bisected, and a record that
+  fails alone goes to the dead-letter file ``<spool>/rejected.jsonl`` with the error. Nothing loops or drops.
+- While the database is unreachable, the records stay in the journal (memory is freed: they are replayed from
+  the file); each flush then retries. A start replays what dead processes left in the folder (segments whose
+  lock died with them); a corrupt line is dead-lettered with its line number, the rest replays.
+- ``close()``: stop the timer, wait for the flush in flight, flush the rest; what cannot be written stays in
+  the journal for the next start. It raises ``JournalError`` only when it holds acknowledged records that are
+  neither in the database nor on disk (the spool folder was removed while the database was down): it logs them.
+- Signals are opt-in: ``install_signal_handlers()`` chains to a handler installed before it (uvicorn's), and
+  otherwise turns SIGTERM into SystemExit so that the ``with`` block closes the tracker.
 """
 
 from __future__ import annotations
 
 import atexit
 import collections
-import datetime as dt
-import decimal
 import json
 import logging
-import math
 import os
 import signal
-import threading
 import time
-import uuid
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
 
+from sigledger.core import _compat as aio
 from sigledger.core import metrics
 from sigledger.core.db import Database
-from sigledger.core.errors import InvalidInput, Retryable, Unavailable
-from sigledger.ledger.client import BatchResult, CostRecord, Ledger
+from sigledger.core.errors import InvalidInput, JournalError, Retryable, Unavailable
+from sigledger.ledger.client import Ledger
+from sigledger.ledger.journal import Journal, Segment
+from sigledger.ledger.records import BatchResult, CostRecord, validate_record
+from sigledger.ledger.replay import parse_segment, rejection
 
 log = logging.getLogger("sigledger.cost_tracker")
 
 
 class TrackerClosed(RuntimeError):
-    """record() after close()."""
+    """record() after close() (or before start())."""
 
 
-_JSON_SCALARS = (bool, int, decimal.Decimal, dt.datetime, dt.date, dt.time, uuid.UUID)
-
-
-def _check_str(value: str, where: str) -> None:
-    if "\x00" in value:
-        raise InvalidInput(f"{where}: contains a NUL character (\\u0000), which PostgreSQL cannot store")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise InvalidInput(f"{where}: not valid Unicode ({exc.reason})") from None
-
-
-def _check_json(value: Any, where: str, depth: int = 0) -> None:
-    """Raise InvalidInput unless ``value`` is JSON that jsonb accepts (Decimal, datetime and UUID as strings)."""
-    if depth > 100:
-        raise InvalidInput(f"{where}: nested too deeply")
-    if value is None or isinstance(value, _JSON_SCALARS):
-        if isinstance(value, decimal.Decimal) and not value.is_finite():
-            raise InvalidInput(f"{where}: {value} is not a finite number")
-        return
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            raise InvalidInput(f"{where}: {value} is not a finite number")
-        return
-    if isinstance(value, str):
-        _check_str(value, where)
-        return
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if isinstance(key, str):
-                _check_str(key, f"{where}: key {key!r}")
-            elif isinstance(key, float) and not math.isfinite(key):
-                raise InvalidInput(f"{where}: key {key!r} is not a finite number")
-            elif not (key is None or isinstance(key, (int, float))):
-                raise InvalidInput(f"{where}: key {key!r} is not a JSON object key")
-            _check_json(item, f"{where}.{key}", depth + 1)
-        return
-    if isinstance(value, (list, tuple)):
-        for i, item in enumerate(value):
-            _check_json(item, f"{where}[{i}]", depth + 1)
-        return
-    raise InvalidInput(f"{where}: a {type(value).__name__} is not JSON")
-
-
-def validate_record(rec: CostRecord) -> None:
-    """What record() checks: everything the database could never accept as JSON raises InvalidInput here."""
-    if not isinstance(rec, CostRecord):
-        raise InvalidInput(f"record: expected a CostRecord, got a {type(rec).__name__}")
-    for name in ("idempotency_key", "agent_id", "model", "provider"):
-        value = getattr(rec, name)
-        if not isinstance(value, str):
-            raise InvalidInput(f"{name}: expected a string, got a {type(value).__name__}")
-        _check_str(value, name)
-    for name in ("input_tokens", "output_tokens"):
-        value = getattr(rec, name)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise InvalidInput(f"{name}: expected an integer, got a {type(value).__name__}")
-    if rec.cost_usd is not None:
-        if not isinstance(rec.cost_usd, (decimal.Decimal, int)) or isinstance(rec.cost_usd, bool):
-            raise InvalidInput(f"cost_usd: expected a Decimal, got a {type(rec.cost_usd).__name__}")
-        if isinstance(rec.cost_usd, decimal.Decimal) and not rec.cost_usd.is_finite():
-            raise InvalidInput(f"cost_usd: {rec.cost_usd} is not a finite number")
-    if not isinstance(rec.created_at, dt.datetime):
-        raise InvalidInput(f"created_at: expected a datetime, got a {type(rec.created_at).__name__}")
-    if not isinstance(rec.metadata, dict):
-        raise InvalidInput(f"metadata: expected a dict, got a {type(rec.metadata).__name__}")
-    _check_json(rec.metadata, "metadata")
+def _line(rec: dict[str, Any]) -> bytes:
+    return (json.dumps(rec, default=str) + "\n").encode()
 
 
 class CostTracker:
     def __init__(
         self,
         db: Database,
-        spool_path: str | os.PathLike[str],
+        spool: str | os.PathLike[str],
         *,
+        durability: str = "process",
         capacity: int = 10000,
         batch_size: int = 500,
         flush_interval: float = 1.0,
@@ -140,34 +71,37 @@ class CostTracker:
         if capacity < 1 or batch_size < 1:
             raise ValueError("capacity and batch_size must be positive")
         self.ledger = Ledger(db)
-        self.spool_path = Path(spool_path)
-        self.rejected_path = self.spool_path.with_name(self.spool_path.name + ".rejected.jsonl")
+        self.journal = Journal(spool, durability=durability)
+        self.spool_path: Path = self.journal.folder
+        self.rejected_path: Path = self.journal.rejected_path
+        self.durability = durability
         self.capacity = capacity
         self.batch_size = batch_size
         self.flush_interval = flush_interval
         self.when_full = when_full
         self.block_timeout = block_timeout
-        self._buf: collections.deque[CostRecord] = collections.deque()
-        # RLock: a SIGTERM handler may run on the main thread while it is inside record()
-        self._cond = threading.Condition(threading.RLock())
-        self._flush_lock = threading.Lock()
-        self._spool_lock = threading.Lock()
-        self._wake = threading.Event()
-        self._stopping = threading.Event()
-        self._timer: threading.Thread | None = None
+        self._buf: collections.deque[tuple[Segment, dict[str, Any]]] = collections.deque()
+        self._cond = aio.Condition()  # the memory buffer
+        self._flush_lock = aio.Lock()  # one flush (or replay) at a time
+        self._sync_cond = aio.Condition()  # group commit: one fsync at a time, the others wait for it
+        self._syncing = False
+        self._wake = aio.Event()
+        self._stopping = False
+        self._timer: aio.Worker | None = None
         self._closed = False
         self._started = False
         self.stats: collections.Counter[str] = collections.Counter()
 
     # lifecycle ------------------------------------------------------------------------------------------------
     def start(self) -> CostTracker:
-        """Replay what a previous run spooled (if the database answers), then start the flush timer."""
+        """Open the journal (JournalError when the folder is unusable), replay what dead processes left in it
+        (if the database answers), then start the flush timer."""
         if self._started:
             return self
+        self.journal.open()
         self._started = True
         self.replay()
-        self._timer = threading.Thread(target=self._run_timer, name="cost-tracker-flush", daemon=True)
-        self._timer.start()
+        self._timer = aio.spawn(self._run_timer, "cost-tracker-flush")
         return self
 
     def __enter__(self) -> CostTracker:
@@ -179,137 +113,232 @@ class CostTracker:
         self.close()
 
     def close(self) -> None:
-        """Stop the timer, wait for the flush in flight, flush the rest. Idempotent.
-
-        Whatever the final flush cannot write is spooled. An outage is logged as a warning, any other failure
-        with its traceback; neither raises. SystemExit and KeyboardInterrupt are re-raised after the spooling.
-        """
+        """Stop the timer, wait for the flush in flight, flush the rest; idempotent. What the database cannot
+        take now stays in the journal for the next start."""
         with self._cond:
             if self._closed:
                 return
             self._closed = True  # no new records from here on
             self._cond.notify_all()
-        self._stopping.set()
+        self._stopping = True
         self._wake.set()
-        if self._timer is not None and self._timer is not threading.current_thread():
-            self._timer.join()
+        if self._timer is not None and not aio.is_current(self._timer):
+            aio.join(self._timer)
         try:
-            self.flush()  # takes the flush lock: waits for a flush in flight first
-        except BaseException as exc:
-            with self._flush_lock:  # nothing else flushes now; the failed batch is back in the buffer
-                with self._cond:
-                    rest = list(self._buf)
-                    self._buf.clear()
-                    metrics.COST_BUFFERED.set(0)
-                if rest:
-                    self._spool(rest)
-            if not isinstance(exc, Exception):
-                raise
+            self.flush()
+        except Exception:
             log.exception(
-                "cost tracker: final flush failed; %d records spooled for the next start", len(rest)
+                "cost tracker: final flush failed; the records stay in %s for the next start", self.spool_path
             )
+        finally:
+            orphaned = [rec for seg, rec in self._buf if not seg.alive]
+            self.journal.close()
         log.info("cost tracker closed: %s", dict(self.stats))
+        if orphaned:
+            for rec in orphaned:
+                log.error("cost record neither written nor journaled: %s", json.dumps(rec, default=str))
+            raise JournalError(
+                f"{len(orphaned)} acknowledged cost records could be written neither to the database nor to the"
+                f" journal (the spool folder {self.spool_path} was removed); they are in the log above"
+            )
 
     def install_signal_handlers(self) -> None:
-        """SIGTERM -> SystemExit in the main thread, and close() at interpreter exit (the graceful path)."""
+        """Opt-in. SIGTERM: a handler installed before this one (uvicorn's, a framework's) is called and stays in
+        charge of the shutdown (close the tracker in your shutdown hook); without one, SIGTERM raises SystemExit
+        in the main thread so that ``with`` blocks run. Either way nothing acknowledged is lost: the journal
+        holds it."""
+        previous = signal.getsignal(signal.SIGTERM)
 
         def on_term(signum: int, frame: FrameType | None) -> None:
+            if callable(previous):
+                previous(signum, frame)
+                return
             raise SystemExit(128 + signum)
 
         signal.signal(signal.SIGTERM, on_term)
-        atexit.register(self.close)
+        if not aio.ASYNC:
+            atexit.register(self.close)
 
     @property
     def closed(self) -> bool:
         return self._closed
 
+    def journal_files(self) -> list[Path]:
+        """Journal files in the spool folder that still hold records (after close(): what the next start replays)."""
+        return self.journal.files()
+
     def pending(self) -> int:
-        with self._cond:
-            return len(self._buf)
+        """Records in memory waiting for a flush (the journal also holds the ones a replay will send)."""
+        return len(self._buf)
 
     # recording ------------------------------------------------------------------------------------------------
     def record(self, rec: CostRecord) -> None:
-        """Accept one record. Blocks while the buffer is full (then spools after block_timeout); never drops.
+        """Accept one record: validated, journaled, then acknowledged (returns). Never drops.
 
-        Raises InvalidInput, naming the field, for a record the database could never store; nothing is kept.
-        """
+        InvalidInput (naming the field) for a record the database could never store; JournalError when the
+        journal cannot take it; TrackerClosed after close(). In each case the record was not acknowledged."""
         try:
             validate_record(rec)
         except InvalidInput:
             self.stats["invalid"] += 1
             metrics.COST_RECORDS.labels(outcome="invalid").inc()
             raise
+        data = rec.to_json()
         with self._cond:
-            if self._closed:
-                raise TrackerClosed("CostTracker is closed")
+            if self._closed or not self._started:
+                raise TrackerClosed("CostTracker is closed" if self._closed else "CostTracker.start() first")
             if len(self._buf) >= self.capacity:
-                if self.when_full == "block":
-                    self._wake.set()
-                    deadline = time.monotonic() + self.block_timeout
-                    while len(self._buf) >= self.capacity and not self._closed:
-                        left = deadline - time.monotonic()
-                        if left <= 0:
-                            break
-                        self._cond.wait(left)
-                    if self._closed:
-                        raise TrackerClosed("CostTracker closed while waiting for room")
-                if len(self._buf) >= self.capacity:
-                    self.stats["spooled_when_full"] += 1
-                    self._spool([rec])
-                    return
-            self._buf.append(rec)
+                self._make_room()
+            seg, seq = self._append(_line(data))
+            self._buf.append((seg, data))
             self.stats["accepted"] += 1
             metrics.COST_BUFFERED.set(len(self._buf))
             if len(self._buf) >= self.batch_size:
                 self._wake.set()
+        if self.durability == "machine":
+            self._sync_upto(seq)
+
+    def _make_room(self) -> None:  # with self._cond held
+        if self.when_full == "block":
+            self._wake.set()
+            deadline = time.monotonic() + self.block_timeout
+            while len(self._buf) >= self.capacity and not self._closed:
+                left = deadline - time.monotonic()
+                if left <= 0 or not aio.wait_condition(self._cond, left):
+                    break
+            if self._closed:
+                raise TrackerClosed("CostTracker closed while waiting for room")
+        if len(self._buf) >= self.capacity:
+            self._to_disk("buffer full")
+
+    def _to_disk(self, why: str) -> None:  # with self._cond held
+        """Free the memory: every record held is in the journal, which a replay reads from now on."""
+        self.journal.seal_to_disk()
+        n = len(self._buf)
+        self._buf.clear()
+        self._cond.notify_all()
+        metrics.COST_BUFFERED.set(0)
+        self.stats["spooled"] += n
+        metrics.COST_RECORDS.labels(outcome="spooled").inc(n)
+        metrics.COST_SPOOLED.inc(n)
+        log.warning("cost tracker: %s, %d records left to the journal for replay", why, n)
+
+    def _append(self, line: bytes) -> tuple[Segment, int]:  # with self._cond held
+        try:
+            return self.journal.append(line)
+        except JournalError:
+            active = self.journal.active
+            if active is None or active.alive:
+                raise
+        # our segment was unlinked (the folder removed): a new one, with what we hold journaled again
+        self.journal.renew()
+        self._rejournal()
+        return self.journal.append(line)
+
+    def _rejournal(self) -> None:  # with self._cond held
+        for i, (seg, rec) in enumerate(self._buf):
+            if not seg.alive:
+                self._buf[i] = (self.journal.append(_line(rec))[0], rec)
+
+    def _sync_upto(self, seq: int) -> None:
+        """Group commit: wait until an fsync covers record ``seq``; the first waiter runs it for everyone."""
+        while True:
+            with self._sync_cond:
+                if self.journal.synced >= seq:
+                    return
+                if self._syncing:
+                    self._sync_cond.wait()
+                    continue
+                self._syncing = True
+            try:
+                aio.to_thread(self.journal.sync)
+            except OSError as exc:
+                raise JournalError(
+                    f"cannot fsync the journal in {self.spool_path}: {exc.strerror or exc}"
+                ) from exc
+            finally:
+                with self._sync_cond:
+                    self._syncing = False
+                    self._sync_cond.notify_all()
 
     # flushing -------------------------------------------------------------------------------------------------
     def _run_timer(self) -> None:
-        while not self._stopping.is_set():
-            self._wake.wait(self.flush_interval)
+        while not self._stopping:
+            aio.wait_event(self._wake, self.flush_interval)
             self._wake.clear()
-            if self._stopping.is_set():
+            if self._stopping:
                 return
             try:
                 self.flush()
-                if self._spool_files():
-                    self.replay()
-            except Exception:  # the timer must survive anything; the records are still buffered or spooled
+            except Exception:  # the timer must survive anything; the records are in the journal
                 log.exception("cost tracker flush failed")
 
     def flush(self) -> int:
-        """Write everything buffered, batch by batch; on an outage spool the rest. Returns rows inserted."""
+        """Write what memory holds, batch by batch, then replay the journal's disk segments. Returns rows
+        inserted. During an outage the records stay in the journal and memory is freed."""
         inserted = 0
         with self._flush_lock:
             while True:
                 with self._cond:
                     if not self._buf:
-                        return inserted
+                        break
                     batch = [self._buf.popleft() for _ in range(min(self.batch_size, len(self._buf)))]
                     metrics.COST_BUFFERED.set(len(self._buf))
                     self._cond.notify_all()  # room for blocked writers
                 try:
                     started = time.monotonic()
-                    result = self._write([r.to_json() for r in batch])
-                    elapsed = time.monotonic() - started
-                    self.stats["flush_seconds_total_ms"] += int(elapsed * 1000)
-                    metrics.COST_FLUSH_SECONDS.observe(elapsed)
+                    result = self._write([rec for _, rec in batch])
+                    metrics.COST_FLUSH_SECONDS.observe(time.monotonic() - started)
                 except Unavailable as exc:
-                    log.warning("database unavailable (%s): spooling %d+ records", exc, len(batch))
-                    self._spool_everything(batch)
+                    with self._cond:
+                        self._put_back(batch)
+                        try:
+                            self._to_disk(f"database unavailable ({exc})")
+                        except JournalError:
+                            log.exception("cannot start a new journal segment: the records stay in memory")
                     return inserted
                 except BaseException:
-                    # SIGTERM (SystemExit), a retryable conflict, a dead-letter file that cannot be written, or a
-                    # bug mid-flush: put the batch back in front, lose nothing (record_costs is idempotent)
+                    # SIGTERM (SystemExit), a retryable conflict, a dead-letter file that cannot be written, a
+                    # cancellation: the batch goes back in front (record_costs is idempotent)
                     with self._cond:
-                        self._buf.extendleft(reversed(batch))
+                        self._put_back(batch)
                     raise
+                self.journal.committed(collections.Counter(seg for seg, _ in batch))
                 inserted += result.inserted
-                self._count(result.inserted, result.duplicates, result.quarantined)
-                self.stats["flushed"] += result.inserted
-                self.stats["duplicates"] += result.duplicates
-                self.stats["quarantined"] += result.quarantined
-                self.stats["batches"] += 1
+                self._count(result, "flushed")
+            inserted += self._replay_disk()
+        return inserted
+
+    def _put_back(self, batch: list[tuple[Segment, dict[str, Any]]]) -> None:  # with self._cond held
+        self._buf.extendleft(reversed([(seg, rec) for seg, rec in batch if not seg.disk_only]))
+
+    def replay(self) -> int:
+        """Send what the journal holds on disk (ours and dead processes') to the database. Returns inserted."""
+        with self._flush_lock:
+            return self._replay_disk()
+
+    def _replay_disk(self) -> int:  # with the flush lock held
+        inserted = 0
+        for seg in self.journal.disk_segments():
+            try:
+                inserted += self._replay_segment(seg)
+            except (Unavailable, Retryable) as exc:
+                log.warning("replay of %s postponed: %s", seg.path, exc)
+                return inserted
+            self.journal.release(seg)
+        metrics.COST_SPOOLED.set(0)  # everything left to the journal is in the database now
+        return inserted
+
+    def _replay_segment(self, seg: Segment) -> int:
+        records, bad = aio.to_thread(parse_segment, seg)
+        for entry in bad:
+            self._dead_letter(entry)
+        inserted = 0
+        for i in range(0, len(records), self.batch_size):
+            result = self._write(records[i : i + self.batch_size])
+            inserted += result.inserted
+            self._count(result, "replayed")
+        return inserted
 
     def _write(self, batch: list[dict[str, Any]]) -> BatchResult:
         """record_costs; a batch refused as a whole (not an outage, not retryable) is bisected, and a record that
@@ -321,7 +350,7 @@ class CostTracker:
             raise
         except Exception as exc:
             if len(batch) == 1:
-                self._reject(batch[0], exc)
+                self._dead_letter(rejection(batch[0], exc))
                 return BatchResult(0, 0, 0)
             log.warning("record_costs refused a batch of %d (%s): bisecting", len(batch), exc)
             mid = len(batch) // 2
@@ -333,112 +362,21 @@ class CostTracker:
                 left.quarantined + right.quarantined,
             )
 
-    def _reject(self, record: dict[str, Any], exc: Exception) -> None:
-        """Append one record the database refuses on its own to the dead-letter file, with the error; fsync."""
-        entry = {
-            "rejected_at": dt.datetime.now(dt.UTC).isoformat(),
-            "error": type(exc).__name__,
-            "sqlstate": getattr(exc, "sqlstate", None),
-            "message": str(exc),
-            "record": record,
-        }
-        self._append(self.rejected_path, (json.dumps(entry, default=str) + "\n").encode())
+    def _dead_letter(self, entry: dict[str, Any]) -> None:
+        aio.to_thread(self.journal.dead_letter, entry)
         log.error(
-            "cost record %s rejected by the database (%s: %s): moved to %s",
-            record.get("idempotency_key"),
-            type(exc).__name__,
-            exc,
+            "cost record moved to %s: %s",
             self.rejected_path,
+            {k: v for k, v in entry.items() if k != "record"},
         )
         self.stats["rejected"] += 1
         metrics.COST_RECORDS.labels(outcome="rejected").inc()
 
-    def _spool_everything(self, batch: list[CostRecord]) -> None:
-        with self._cond:
-            rest = list(self._buf)
-            self._buf.clear()
-            self._cond.notify_all()
-        self._spool(batch + rest)
-
-    # spool ----------------------------------------------------------------------------------------------------
-    def _spool(self, records: list[CostRecord]) -> None:
-        """Append records as JSON lines and fsync: once this returns they survive a SIGKILL."""
-        data = "".join(json.dumps(r.to_json(), default=str) + "\n" for r in records).encode()
-        self._append(self.spool_path, data)
-        self.stats["spooled"] += len(records)
-        metrics.COST_RECORDS.labels(outcome="spooled").inc(len(records))
-        metrics.COST_SPOOLED.inc(len(records))
-
-    def _append(self, path: Path, data: bytes) -> None:
-        with self._spool_lock:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-
-    def _spool_files(self) -> list[Path]:
-        pattern = self.spool_path.name + ".replay-*"
-        files = sorted(self.spool_path.parent.glob(pattern)) if self.spool_path.parent.exists() else []
-        if self.spool_path.exists() and self.spool_path.stat().st_size > 0:
-            files.append(self.spool_path)
-        return files
-
-    def replay(self) -> int:
-        """Send spooled records to the database; a file is deleted only when all of it is in. Returns inserted."""
-        inserted = 0
-        with self._flush_lock:
-            with self._spool_lock:
-                # new spooling goes to a fresh file while we replay this one
-                if self.spool_path.exists() and self.spool_path.stat().st_size > 0:
-                    self.spool_path.rename(
-                        self.spool_path.with_name(
-                            f"{self.spool_path.name}.replay-{time.time_ns()}-{uuid.uuid4().hex[:6]}"
-                        )
-                    )
-            for path in sorted(self.spool_path.parent.glob(self.spool_path.name + ".replay-*")):
-                records = self._read_spool(path)
-                try:
-                    for i in range(0, len(records), self.batch_size):
-                        result = self._write(records[i : i + self.batch_size])
-                        inserted += result.inserted
-                        metrics.COST_RECORDS.labels(outcome="replayed").inc(result.inserted)
-                        self._count(0, result.duplicates, result.quarantined)
-                        self.stats["replayed"] += result.inserted
-                        self.stats["duplicates"] += result.duplicates
-                        self.stats["quarantined"] += result.quarantined
-                except (Unavailable, Retryable) as exc:
-                    log.warning("replay of %s postponed: %s", path, exc)
-                    return inserted
-                path.unlink()
-            metrics.COST_SPOOLED.set(self._spooled_lines())
-        return inserted
-
-    def _spooled_lines(self) -> int:
-        total = 0
-        for path in self._spool_files():
-            with path.open("rb") as fh:
-                total += sum(1 for _ in fh)
-        return total
-
-    @staticmethod
-    def _count(inserted: int, duplicates: int, quarantined: int) -> None:
-        metrics.COST_RECORDS.labels(outcome="inserted").inc(inserted)
-        metrics.COST_RECORDS.labels(outcome="duplicate").inc(duplicates)
-        metrics.COST_RECORDS.labels(outcome="quarantined").inc(quarantined)
-
-    @staticmethod
-    def _read_spool(path: Path) -> list[dict[str, Any]]:
-        records = []
-        with path.open("rb") as fh:
-            for n, line in enumerate(fh, 1):
-                if not line.endswith(b"\n"):
-                    # a write cut by a crash before its fsync: never acknowledged
-                    log.warning("%s:%d: incomplete last line ignored", path, n)
-                    break
-                records.append(json.loads(line))
-        return records
+    def _count(self, result: BatchResult, what: str) -> None:
+        self.stats[what] += result.inserted
+        self.stats["duplicates"] += result.duplicates
+        self.stats["quarantined"] += result.quarantined
+        self.stats["batches"] += 1
+        metrics.COST_RECORDS.labels(outcome="inserted" if what == "flushed" else what).inc(result.inserted)
+        metrics.COST_RECORDS.labels(outcome="duplicate").inc(result.duplicates)
+        metrics.COST_RECORDS.labels(outcome="quarantined").inc(result.quarantined)

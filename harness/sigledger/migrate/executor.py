@@ -3,8 +3,10 @@ statement-by-statement files with recorded progress, CREATE INDEX CONCURRENTLY r
 
 CREATE INDEX CONCURRENTLY: a valid index of that name is kept, an INVALID one (a failed build; pg_indexes
 still lists it, only pg_index.indisvalid tells) is dropped concurrently and rebuilt, and the result must be
-valid. lock_timeout on DDL with retries and backoff, so a migration never queues in front of a busy table's
-traffic for long.
+valid; an INVALID one that a backend is still building (its runner was killed: the backend goes on until the
+build ends) is waited for, not dropped. lock_timeout on DDL with retries and backoff, so a migration never
+queues in front of a busy table's traffic for long; a deadlock (40P01) is retried the same way: the whole
+transaction was rolled back, so running it again is safe.
 """
 
 from __future__ import annotations
@@ -20,10 +22,13 @@ import psycopg
 from psycopg import sql
 
 from sigledger.core.errors import MigrationError
-from sigledger.migrate import history
-from sigledger.migrate.files import Migration, Repeatable, SqlFile, Statement
+from sigledger.migrate import builds, history
+from sigledger.migrate.files import Migration, Repeatable, SqlFile, Statement, Step
 from sigledger.migrate.history import META_SCHEMA, Applied
 from sigledger.migrate.settings import OWNER_ROLE, Log, Settings
+
+# Errors after which the whole failed transaction (or statement) can simply run again.
+RETRYABLE = (psycopg.errors.LockNotAvailable, psycopg.errors.DeadlockDetected)
 
 
 class Executor:
@@ -68,24 +73,33 @@ class Executor:
         )
 
     def with_lock_retries(self, what: str, action: Callable[[], None]) -> None:
-        """Retry an action that failed on lock_timeout (55P03) with exponential backoff and jitter."""
+        """Retry an action that failed on lock_timeout (55P03) or lost a deadlock (40P01), with exponential
+        backoff and jitter. Either way PostgreSQL rolled the transaction back, so nothing is half done."""
         attempt = 0
         while True:
             try:
                 action()
                 return
-            except psycopg.errors.LockNotAvailable as exc:
+            except RETRYABLE as exc:
                 attempt += 1
+                kind = "deadlock" if isinstance(exc, psycopg.errors.DeadlockDetected) else "lock timeout"
                 if attempt > self.settings.retries:
-                    raise MigrationError(f"{what}: gave up after {attempt} lock timeouts: {exc}") from exc
-                delay = self.settings.retry_base_delay * (2 ** (attempt - 1)) * random.uniform(0.5, 1.5)
-                self.log(f"{what}: lock timeout, retry {attempt}/{self.settings.retries} in {delay:.1f}s")
+                    raise MigrationError(
+                        f"{what}: gave up after {attempt} lock timeouts or deadlocks: {exc.sqlstate}: "
+                        f"{str(exc).strip()}",
+                        sqlstate=exc.sqlstate,
+                    ) from exc
+                delay = min(
+                    self.settings.retry_base_delay * (2 ** (attempt - 1)) * random.uniform(0.5, 1.5),
+                    self.settings.retry_max_delay,
+                )
+                self.log(f"{what}: {kind}, retry {attempt}/{self.settings.retries} in {delay:.1f}s")
                 time.sleep(delay)
 
     def execute(self, stmt: Statement, label: str) -> None:
         try:
             self.conn.execute(stmt.sql.encode("utf-8"))
-        except psycopg.errors.LockNotAvailable:
+        except RETRYABLE:
             raise
         except psycopg.Error as exc:
             raise MigrationError(
@@ -139,14 +153,24 @@ class Executor:
         else:
             row_version = previous.version
             start_at = previous.progress
+            if start_at and not any(step.end == start_at for step in up.steps):
+                raise MigrationError(
+                    f"{migration.label}: recorded progress {start_at} is not a step boundary of the file "
+                    "(was it edited while partially applied?); restore the file that started it"
+                )
             self.log(f"resuming {migration.label} at statement {start_at + 1} of {len(up.statements)}")
         self.log(f"applying {migration.label} (non-transactional)")
-        for index in range(start_at, len(up.statements)):
-            stmt = up.statements[index]
+        for step in up.steps:
+            if step.end <= start_at:
+                continue
+            if self.settings.before_step is not None:
+                self.settings.before_step(f"{migration.label}:{step.start}")
+            where = f"{migration.label}:{step.statements[0].line if step.statements else 0}"
             try:
-                self.with_lock_retries(
-                    f"{migration.label}:{stmt.line}", partial(self.run_one, stmt, migration)
-                )
+                if step.transaction:
+                    self.with_lock_retries(where, partial(self._run_group, step, up, migration, row_version))
+                    continue
+                self.with_lock_retries(where, partial(self.run_one, step.statements[0], migration))
             except MigrationError as exc:
                 with suppress(psycopg.Error):
                     conn.execute("RESET ROLE")
@@ -157,7 +181,7 @@ class Executor:
                 raise
             conn.execute(
                 f"UPDATE {META_SCHEMA}.schema_history SET progress = %s, last_error = NULL WHERE version = %s",
-                (index + 1, row_version),
+                (step.end, row_version),
             )
         conn.execute(
             f"UPDATE {META_SCHEMA}.schema_history SET status = 'applied', duration_ms = %s, "
@@ -165,9 +189,30 @@ class Executor:
             (int((time.monotonic() - started) * 1000), row_version),
         )
 
-    def run_one(self, stmt: Statement, migration: Migration, source: SqlFile | None = None) -> None:
+    def _run_group(self, step: Step, source: SqlFile, migration: Migration, row_version: str) -> None:
+        """A BEGIN ... COMMIT group of a no-transaction file: one transaction, progress recorded inside it."""
+        conn = self.conn
+        with conn.transaction():
+            self._local_settings(as_owner=source.as_owner)
+            for stmt in step.statements:
+                self.execute(stmt, migration.label)
+            conn.execute("RESET ROLE")
+            conn.execute(
+                f"UPDATE {META_SCHEMA}.schema_history SET progress = %s, last_error = NULL WHERE version = %s",
+                (step.end, row_version),
+            )
+
+    def run_one(
+        self,
+        stmt: Statement,
+        migration: Migration | None,
+        source: SqlFile | None = None,
+        label: str | None = None,
+    ) -> None:
         """Run one statement of a non-transactional file (`source`, default the migration's up file)."""
-        source = source or migration.up
+        source = source or (migration.up if migration else None)
+        assert source is not None
+        label = label or (migration.label if migration else source.path.name)
         conn = self.conn
         concurrent = stmt.concurrent_index
         needs_long = stmt.needs_no_transaction
@@ -182,6 +227,7 @@ class Executor:
         try:
             if concurrent is not None:
                 schema, name = concurrent
+                builds.wait_for_orphaned_build(self.conn, schema, name, self.settings.runner_wait, self.log)
                 state = self.index_state(schema, name)
                 if state is True:
                     self.log(f"  index {name} exists and is valid: kept")
@@ -192,39 +238,22 @@ class Executor:
                     )
                     conn.execute(
                         sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(
-                            sql.Identifier(*(p for p in (schema or self._index_schema(name), name) if p))
+                            sql.Identifier(
+                                *(p for p in (schema or builds.index_schema(conn, name), name) if p)
+                            )
                         )
                     )
-            self.execute(stmt, migration.label)
+            self.execute(stmt, label)
             if concurrent is not None and self.index_state(*concurrent) is not True:
-                raise MigrationError(
-                    f"{migration.label}:{stmt.line}: index {concurrent[1]} is not valid after build"
-                )
+                raise MigrationError(f"{label}:{stmt.line}: index {concurrent[1]} is not valid after build")
         finally:
             with suppress(psycopg.Error):
                 conn.execute("RESET ROLE")
                 conn.execute("RESET lock_timeout")
                 conn.execute("RESET statement_timeout")
 
-    def _index_schema(self, name: str) -> str | None:
-        row = self.conn.execute(
-            "SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "WHERE c.relname = %s AND c.relkind = 'i' AND n.nspname = ANY (current_schemas(false))",
-            (name,),
-        ).fetchone()
-        return row[0] if row else None
-
     def index_state(self, schema: str | None, name: str) -> bool | None:
-        """True valid, False INVALID (pg_index.indisvalid), None absent."""
-        row = self.conn.execute(
-            """SELECT i.indisvalid AND i.indisready FROM pg_class c
-                 JOIN pg_index i ON i.indexrelid = c.oid
-                 JOIN pg_namespace n ON n.oid = c.relnamespace
-                WHERE c.relname = %s AND (n.nspname = %s OR (%s::text IS NULL AND n.nspname = ANY (current_schemas(false))))
-                LIMIT 1""",
-            (name, schema, schema),
-        ).fetchone()
-        return None if row is None else bool(row[0])
+        return builds.index_state(self.conn, schema, name)
 
     # ---- repeatables, views, downs ------------------------------------------------------------------------
 
@@ -257,22 +286,38 @@ class Executor:
                 conn.execute(sql.SQL(f"DROP {kind} IF EXISTS {{}} CASCADE").format(sql.SQL(name)))
             conn.execute("RESET ROLE")
 
-    def run_down(self, migration: Migration, down: SqlFile) -> None:
+    def run_file(self, source: SqlFile, label: str, after: Callable[[], None] | None = None) -> None:
+        """Run a whole file (a down or repair file): one transaction, or step by step for a no-transaction
+        file; `after` runs at the end (inside the transaction of a transactional file)."""
         conn = self.conn
-        if down.transactional:
+        if source.transactional:
 
             def run() -> None:
                 with conn.transaction():
-                    self._local_settings(as_owner=down.as_owner)
-                    for stmt in down.statements:
-                        self.execute(stmt, down.path.name)
+                    self._local_settings(as_owner=source.as_owner)
+                    for stmt in source.statements:
+                        self.execute(stmt, label)
                     conn.execute("RESET ROLE")
-                    history.delete_row(conn, migration.version)
+                    if after is not None:
+                        after()
 
-            self.with_lock_retries(down.path.name, run)
+            self.with_lock_retries(label, run)
             return
-        for stmt in down.statements:
-            self.with_lock_retries(
-                f"{down.path.name}:{stmt.line}", partial(self.run_one, stmt, migration, down)
-            )
-        history.delete_row(conn, migration.version)
+        for step in source.steps:
+            where = f"{label}:{step.statements[0].line if step.statements else 0}"
+            if step.transaction:
+
+                def group(step: Step = step) -> None:
+                    with conn.transaction():
+                        self._local_settings(as_owner=source.as_owner)
+                        for stmt in step.statements:
+                            self.execute(stmt, label)
+
+                self.with_lock_retries(where, group)
+            else:
+                self.with_lock_retries(where, partial(self.run_one, step.statements[0], None, source, label))
+        if after is not None:
+            after()
+
+    def run_down(self, migration: Migration, down: SqlFile) -> None:
+        self.run_file(down, down.path.name, after=partial(history.delete_row, self.conn, migration.version))

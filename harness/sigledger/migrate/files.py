@@ -27,6 +27,12 @@ HEADER_ALWAYS = "sigledger:always"
 # Role management (CREATE ROLE, ALTER ROLE, GRANT role) needs the connecting user's own privileges: a file with
 # this header runs without SET ROLE to the owner role.
 HEADER_SESSION_USER = "sigledger:as-session-user"
+# A released file that was rewritten (to make it online, or to stop it needing a privilege) lists the checksums
+# of its earlier released contents: a database that applied one of those is not drifted. The rewrite must
+# reach the same schema (tests/migrate/test_superseded.py builds both and compares them).
+HEADER_SUPERSEDES = "sigledger:supersedes"
+# A repair file (sql/repairs) names the released versions it runs before.
+HEADER_BEFORE = "sigledger:before"
 
 
 _VERSION = re.compile(r"^\d+(?:[._]\d+)*$")
@@ -47,8 +53,9 @@ def checksum(text: str) -> str:
     return hashlib.sha256(normalised.encode("utf-8")).hexdigest()
 
 
-def _headers(text: str) -> set[str]:
-    found: set[str] = set()
+def _headers(text: str) -> dict[str, list[str]]:
+    """The `-- sigledger:<name> [args...]` lines of the leading comment block (args of repeated lines join)."""
+    found: dict[str, list[str]] = {}
     for line in text.splitlines():
         stripped = line.strip()
         if not stripped:
@@ -57,7 +64,8 @@ def _headers(text: str) -> set[str]:
             break
         body = stripped[2:].strip()
         if body.startswith("sigledger:"):
-            found.add(body.split()[0])
+            name, *args = body.split()
+            found.setdefault(name, []).extend(args)
     return found
 
 
@@ -99,6 +107,26 @@ def needs_no_transaction(node: ast.Node) -> bool:
     )
 
 
+@dataclass(frozen=True)
+class Step:
+    """What runs as one unit: statements[start:end] of a file, in one transaction or (a lone statement of a
+    no-transaction file) on its own. In a no-transaction file, `BEGIN; ... COMMIT;` groups statements into one
+    transactional step; the BEGIN and COMMIT themselves are in the range but are not executed."""
+
+    start: int
+    end: int
+    statements: tuple[Statement, ...]
+    transaction: bool
+
+
+def _is_transaction_control(stmt: Statement, *kinds: int) -> bool:
+    return isinstance(stmt.node, ast.TransactionStmt) and (not kinds or stmt.node.kind in kinds)
+
+
+_BEGIN = (0, 1)  # TRANS_STMT_BEGIN, TRANS_STMT_START
+_COMMIT = (2,)  # TRANS_STMT_COMMIT
+
+
 def parse_statements(text: str, origin: str) -> list[Statement]:
     try:
         raws = pglast.parse_sql(text)
@@ -137,8 +165,17 @@ class SqlFile:
         return checksum(self.text)
 
     @cached_property
-    def headers(self) -> set[str]:
+    def header_args(self) -> dict[str, list[str]]:
         return _headers(self.text)
+
+    @property
+    def headers(self) -> set[str]:
+        return set(self.header_args)
+
+    @property
+    def supersedes(self) -> frozenset[str]:
+        """Checksums of earlier released contents of this file (see HEADER_SUPERSEDES)."""
+        return frozenset(self.header_args.get(HEADER_SUPERSEDES, ()))
 
     @property
     def transactional(self) -> bool:
@@ -152,17 +189,55 @@ class SqlFile:
     def statements(self) -> list[Statement]:
         return parse_statements(self.text, self.path.name)
 
+    @cached_property
+    def steps(self) -> list[Step]:
+        """The units the runner executes (check_statements has refused anything malformed)."""
+        stmts = self.statements
+        if self.transactional:
+            body = tuple(s for s in stmts if not _is_transaction_control(s))
+            return [Step(0, len(stmts), body, True)]
+        out: list[Step] = []
+        index = 0
+        while index < len(stmts):
+            if _is_transaction_control(stmts[index], *_BEGIN):
+                end = next(
+                    (j for j in range(index + 1, len(stmts)) if _is_transaction_control(stmts[j], *_COMMIT)),
+                    len(stmts) - 1,
+                )
+                out.append(Step(index, end + 1, tuple(stmts[index + 1 : end]), True))
+                index = end + 1
+            else:
+                out.append(Step(index, index + 1, (stmts[index],), False))
+                index += 1
+        return out
+
     def check_statements(self, *, transactional: bool | None = None) -> None:
         """Parse, and refuse a transactional file holding a statement that cannot run in a transaction.
 
-        ``transactional`` overrides the file's header (repeatable files always run in a transaction).
+        ``transactional`` overrides the file's header (repeatable files always run in a transaction). A
+        no-transaction file may group statements with `BEGIN; ... COMMIT;` (one transaction, one resume step);
+        any other transaction control is refused.
         """
         in_transaction = self.transactional if transactional is None else transactional
+        in_group = False
+        opened = 0
         for stmt in self.statements:
             if isinstance(stmt.node, ast.TransactionStmt):
+                grouping = not in_transaction and (
+                    (not in_group and stmt.node.kind in _BEGIN) or (in_group and stmt.node.kind in _COMMIT)
+                )
+                if not grouping:
+                    raise MigrationError(
+                        f"{self.path.name}:{stmt.line}: transaction control ({stmt.sql.split()[0].upper()}) is "
+                        "not allowed here; the runner owns the transaction (a no-transaction file may group "
+                        "statements with BEGIN; ... COMMIT;)"
+                    )
+                in_group = not in_group
+                opened = stmt.line
+                continue
+            if in_group and stmt.needs_no_transaction:
                 raise MigrationError(
-                    f"{self.path.name}:{stmt.line}: transaction control ({stmt.sql.split()[0].upper()}) is not "
-                    "allowed in a migration; the runner owns the transaction"
+                    f"{self.path.name}:{stmt.line}: '{_first_line(stmt.sql)}' cannot run inside BEGIN ... COMMIT"
                 )
             node = stmt.node
             if isinstance(node, ast.IndexStmt) and node.concurrent and not node.idxname:
@@ -175,6 +250,8 @@ class SqlFile:
                     f"{self.path.name}:{stmt.line}: '{_first_line(stmt.sql)}' cannot run inside a transaction; "
                     f"put it in a file whose first line is '-- {HEADER_NO_TRANSACTION}'"
                 )
+        if in_group:
+            raise MigrationError(f"{self.path.name}:{opened}: transaction control (BEGIN) without a COMMIT")
 
 
 def _first_line(sql: str) -> str:

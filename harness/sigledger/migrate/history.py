@@ -10,7 +10,9 @@ from typing import Any
 
 import psycopg
 
+from sigledger.core.errors import MigrationError
 from sigledger.migrate.files import Migration, Repeatable, version_key
+from sigledger.migrate.settings import OWNER_ROLE
 
 META_SCHEMA = "sigledger_meta"
 
@@ -18,8 +20,10 @@ EXIT_OK = 0
 EXIT_PENDING = 3
 EXIT_DRIFT = 4
 
-META_DDL = f"""
-CREATE SCHEMA IF NOT EXISTS {META_SCHEMA};
+# The runner's tables, created by (and owned by) sigledger_owner so that any member of it can run every command.
+# The schema itself is created by the connecting login (it needs CREATE on the database; the owner role has
+# none) with AUTHORIZATION sigledger_owner (history.ensure_meta).
+META_TABLES = f"""
 CREATE TABLE IF NOT EXISTS {META_SCHEMA}.schema_history (
     version        text PRIMARY KEY,
     version_key    int[] NOT NULL,
@@ -43,9 +47,56 @@ CREATE TABLE IF NOT EXISTS {META_SCHEMA}.repeatable_history (
     client_host text,
     applied_at  timestamptz NOT NULL DEFAULT clock_timestamp()
 );
+-- What each data repair (sql/repairs) did, one row per rule and run.
+CREATE TABLE IF NOT EXISTS {META_SCHEMA}.repair_history (
+    id             bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    repair         text NOT NULL,
+    before_version text NOT NULL,
+    rule           text NOT NULL,
+    action         text NOT NULL CHECK (action IN ('repaired', 'quarantined')),
+    rows           bigint NOT NULL,
+    detail         text,
+    applied_by     text NOT NULL DEFAULT session_user,
+    applied_at     timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+-- Rows a repair moved aside instead of changing them, whole, with the rule and the reason: nothing is dropped.
+CREATE TABLE IF NOT EXISTS {META_SCHEMA}.quarantine (
+    id            bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    source_table  text NOT NULL,
+    rule          text NOT NULL,
+    reason        text NOT NULL,
+    row_data      jsonb NOT NULL,
+    moved_by      text NOT NULL DEFAULT session_user,
+    moved_at      timestamptz NOT NULL DEFAULT clock_timestamp()
+);
 """
 
 Conn = psycopg.Connection[Any]
+
+
+def ensure_meta(conn: Conn) -> None:
+    """Create the runner's schema and tables when missing: the schema by this login (CREATE on the database)
+    with AUTHORIZATION sigledger_owner, the tables as sigledger_owner, so every member of it can use them."""
+    row = conn.execute(
+        "SELECT EXISTS (SELECT FROM pg_roles WHERE rolname = %s) AND pg_has_role(current_user, %s, 'MEMBER'), "
+        "to_regnamespace(%s) IS NULL",
+        (OWNER_ROLE, OWNER_ROLE, META_SCHEMA),
+    ).fetchone()
+    assert row is not None
+    as_owner, missing = bool(row[0]), bool(row[1])
+    if missing:
+        conn.execute(
+            f"CREATE SCHEMA IF NOT EXISTS {META_SCHEMA}"
+            + (f" AUTHORIZATION {OWNER_ROLE}" if as_owner else "")
+        )
+    with conn.transaction():
+        owned = conn.execute(
+            "SELECT nspowner = (SELECT oid FROM pg_roles WHERE rolname = %s) FROM pg_namespace WHERE nspname = %s",
+            (OWNER_ROLE, META_SCHEMA),
+        ).fetchone()
+        if as_owner and owned and owned[0]:
+            conn.execute(f"SET LOCAL ROLE {OWNER_ROLE}")
+        conn.execute(META_TABLES)
 
 
 @dataclass
@@ -72,12 +123,19 @@ class Status:
     repeatables_pending: list[str] = field(default_factory=list)
     # Pending files numbered below the newest applied version (a late merge of an old branch, a renamed file).
     out_of_order: list[str] = field(default_factory=list)
+    # Applied from an earlier released content of a file that was rewritten since (its header lists the
+    # checksum): not drift.
+    superseded: list[str] = field(default_factory=list)
+    # The runner holding the lock right now (pid, application, client, since), if any: a partially applied
+    # file is then being applied, not abandoned.
+    runner: dict[str, Any] | None = None
 
     @property
     def exit_code(self) -> int:
-        if self.drifted or self.unknown or self.in_progress or self.out_of_order:
+        abandoned = self.in_progress if self.runner is None else []
+        if self.drifted or self.unknown or abandoned or self.out_of_order:
             return EXIT_DRIFT
-        if self.pending or self.repeatables_pending:
+        if self.pending or self.repeatables_pending or self.in_progress:
             return EXIT_PENDING
         return EXIT_OK
 
@@ -90,8 +148,30 @@ def status_json(status: Status) -> str:
 
 
 def meta_exists(conn: Conn) -> bool:
-    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{META_SCHEMA}.schema_history",)).fetchone()
-    return bool(row and row[0])
+    # (to_regclass itself needs USAGE on the schema: look the table up in the catalog)
+    row = conn.execute(
+        "SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relname = 'schema_history'",
+        (META_SCHEMA,),
+    ).fetchone()
+    if row is None:
+        return False
+    readable = conn.execute(
+        "SELECT has_schema_privilege(%s, 'USAGE') AND has_table_privilege(%s::oid, 'SELECT')",
+        (META_SCHEMA, row[0]),
+    ).fetchone()
+    if not (readable and readable[0]):
+        # an earlier release left the runner's schema to the login that first ran it
+        from sigledger.migrate.ownership import foreign_objects, refusal
+
+        foreign = foreign_objects(conn, META_SCHEMA)
+        raise MigrationError(
+            f"this login cannot read {META_SCHEMA}: "
+            + (refusal(foreign, META_SCHEMA) if foreign else "it lacks USAGE/SELECT there")
+            + f"\n(or run `sigledger migrate up` once as {', '.join(sorted({o.owner for o in foreign})) or 'its owner'}: "
+            "it hands them to sigledger_owner)"
+        )
+    return True
 
 
 def applied_rows(conn: Conn) -> dict[str, Applied]:
@@ -110,11 +190,16 @@ def repeatable_checksums(conn: Conn) -> dict[str, str]:
     return dict(conn.execute(f"SELECT name, checksum FROM {META_SCHEMA}.repeatable_history").fetchall())
 
 
-def compute_status(conn: Conn, migrations: list[Migration], repeatables: list[Repeatable]) -> Status:
+def compute_status(
+    conn: Conn,
+    migrations: list[Migration],
+    repeatables: list[Repeatable],
+    runner: dict[str, Any] | None = None,
+) -> Status:
     applied = applied_rows(conn)
     known = {m.version: m for m in migrations}
     by_canonical = {version_key(v): v for v in known}
-    status = Status(current=None, head=migrations[-1].version if migrations else None)
+    status = Status(current=None, head=migrations[-1].version if migrations else None, runner=runner)
     for version, row in applied.items():
         local = by_canonical.get(version_key(version))
         if local is None:
@@ -122,7 +207,12 @@ def compute_status(conn: Conn, migrations: list[Migration], repeatables: list[Re
             continue
         migration = known[local]
         if row.kind != "baseline" and row.checksum != migration.up.checksum:
-            status.drifted.append(migration.label)
+            # an earlier release's content is accepted once applied, not while partially applied: the
+            # recorded progress counts statements of that content
+            if row.checksum in migration.up.supersedes and row.status == "applied":
+                status.superseded.append(migration.label)
+            else:
+                status.drifted.append(migration.label)
         if row.status == "in_progress":
             status.in_progress.append(migration.label)
         else:
@@ -174,3 +264,108 @@ def record_repeatable(conn: Conn, rep: Repeatable) -> None:
 
 def delete_row(conn: Conn, version: str) -> None:
     conn.execute(f"DELETE FROM {META_SCHEMA}.schema_history WHERE version = %s", (version,))
+
+
+def listing(conn: Conn, migrations: list[Migration]) -> list[dict[str, Any]]:
+    """Every history row, oldest first: what ran, by whom, when, how long, at which checksum (and whether
+    that checksum is the file's current content, an earlier released one, or neither)."""
+    if not meta_exists(conn):
+        return []
+    files = {version_key(m.version): m for m in migrations}
+    out: list[dict[str, Any]] = []
+    for row in conn.execute(
+        f"SELECT version, name, kind, status, applied_by, applied_at, duration_ms, checksum, client_host, "
+        f"progress, statements, last_error FROM {META_SCHEMA}.schema_history ORDER BY version_key"
+    ).fetchall():
+        version, name, kind, status, by, at, duration, digest, host, progress, statements, error = row
+        file = files.get(version_key(version))
+        if file is None:
+            matches = "unknown to this code"
+        elif digest == file.up.checksum:
+            matches = "current"
+        elif digest in file.up.supersedes:
+            matches = "earlier release"
+        else:
+            matches = "baseline" if kind == "baseline" else "DRIFTED"
+        out.append(
+            {
+                "version": f"V{version}",
+                "name": name,
+                "kind": kind,
+                "status": status if status == "applied" else f"{status} ({progress}/{statements})",
+                "applied_by": by,
+                "client_host": host,
+                "applied_at": at.isoformat(),
+                "duration_ms": duration,
+                "checksum": digest,
+                "file": matches,
+                "last_error": error,
+            }
+        )
+    if conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{META_SCHEMA}.repair_history",)).fetchone() == (
+        True,
+    ):
+        for repair, before, rule, action, rows, by, at in conn.execute(
+            f"SELECT repair, before_version, rule, action, rows, applied_by, applied_at "
+            f"FROM {META_SCHEMA}.repair_history ORDER BY id"
+        ).fetchall():
+            out.append(
+                {
+                    "version": "repair",
+                    "name": repair,
+                    "kind": "repair",
+                    "status": f"{action} {rows}",
+                    "applied_by": by,
+                    "client_host": None,
+                    "applied_at": at.isoformat(),
+                    "duration_ms": None,
+                    "checksum": "",
+                    "file": f"before {before}: {rule}",
+                    "last_error": None,
+                }
+            )
+    for name, digest, by, at in conn.execute(
+        f"SELECT name, checksum, applied_by, applied_at FROM {META_SCHEMA}.repeatable_history ORDER BY name"
+    ).fetchall():
+        out.append(
+            {
+                "version": "repeatable",
+                "name": name,
+                "kind": "repeatable",
+                "status": "applied",
+                "applied_by": by,
+                "client_host": None,
+                "applied_at": at.isoformat(),
+                "duration_ms": None,
+                "checksum": digest,
+                "file": "",
+                "last_error": None,
+            }
+        )
+    return out
+
+
+def refuse_unsafe(status: Status) -> None:
+    if status.unknown:
+        raise MigrationError(
+            "the database is ahead of this code: it has applied "
+            + ", ".join(status.unknown)
+            + " which this release does not know; deploy the newer release instead"
+        )
+    if status.drifted:
+        raise MigrationError(
+            "applied migration files were changed since they ran: "
+            + ", ".join(status.drifted)
+            + "; restore them and put the change in a new migration"
+        )
+
+
+def refuse_out_of_order(status: Status, allowed: bool) -> None:
+    if status.out_of_order and not allowed:
+        raise MigrationError(
+            "pending migrations are numbered below the newest applied version V"
+            + (status.current or "?")
+            + ": "
+            + ", ".join(status.out_of_order)
+            + "; renumber them above it, or run with --allow-out-of-order if applying them late is safe"
+        )

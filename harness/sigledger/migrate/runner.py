@@ -1,16 +1,24 @@
 """The migration runner (no sqitch): versioned files once and in order, repeatable function files on change.
 
 What a DBA gets, and why:
-- content checksums (line endings normalised); an applied file that changed is refused by name;
+- a preflight before anything runs: roles, privileges, ownership, and the data a pending migration would refuse
+  (preflight.py, repairs.py); `up` starts only when nothing is blocked;
+- the cluster-wide roles converged to their specification, a statement only where the cluster differs
+  (roles.py), so a deployer needs CREATEROLE only when a role is missing or wrong;
+- content checksums (line endings normalised); an applied file that changed is refused by name, unless the
+  change is a rewrite of a released file that lists the old checksum (files.HEADER_SUPERSEDES);
 - the history row is written in the migration's own transaction, so a failed migration leaves no row
   (history.py);
-- `-- sigledger:no-transaction` files run statement by statement with their progress recorded, and a re-run
-  resumes at the statement that failed; a statement that cannot run in a transaction inside a normal file is
-  refused before anything runs (files.py, executor.py);
-- CREATE INDEX CONCURRENTLY repaired when a build failed (executor.py);
-- one runner at a time (lock.py);
-- lock_timeout on DDL with retries and backoff (executor.py);
-- refusal when the database holds versions this code does not know (it is ahead of the code).
+- `-- sigledger:no-transaction` files run step by step (a statement, or a BEGIN ... COMMIT group) with their
+  progress recorded, and a re-run resumes at the step that failed (files.py, executor.py);
+- data repairs run right before the released migration they guard (repairs.py);
+- CREATE INDEX CONCURRENTLY repaired when a build failed, waited for when a killed runner's backend is still
+  building it (builds.py);
+- one runner at a time (lock.py), and a running one says what it waits for (watch.py);
+- lock_timeout on DDL with retries and backoff, deadlocks retried the same way (executor.py);
+- refusal when the database holds versions this code does not know (it is ahead of the code);
+- a rollback that would lose rows refused without --force (rollback.py); verify that checks what it claims
+  (verify.py).
 """
 
 from __future__ import annotations
@@ -24,8 +32,8 @@ import psycopg
 
 from sigledger.core.db import connect
 from sigledger.core.errors import MigrationError
-from sigledger.core.paths import functions_dir, migrations_dir
-from sigledger.migrate import history
+from sigledger.core.paths import functions_dir, migrations_dir, repairs_dir
+from sigledger.migrate import history, ownership, plans, preflight, repairs, roles, rollback, verify
 from sigledger.migrate.executor import Executor
 from sigledger.migrate.files import (
     Migration,
@@ -34,17 +42,11 @@ from sigledger.migrate.files import (
     discover_repeatables,
     version_key,
 )
-from sigledger.migrate.history import (
-    EXIT_DRIFT,
-    EXIT_OK,
-    EXIT_PENDING,
-    META_DDL,
-    META_SCHEMA,
-    Status,
-    status_json,
-)
-from sigledger.migrate.lock import ADVISORY_LOCK_KEY, runner_lock
+from sigledger.migrate.history import EXIT_DRIFT, EXIT_OK, EXIT_PENDING, META_SCHEMA, Status, status_json
+from sigledger.migrate.lock import ADVISORY_LOCK_KEY, live_runner, runner_lock
+from sigledger.migrate.repairs import Repair, discover_repairs
 from sigledger.migrate.settings import Log, Settings
+from sigledger.migrate.watch import watching
 
 __all__ = [
     "ADVISORY_LOCK_KEY",
@@ -59,7 +61,7 @@ __all__ = [
 
 
 class Migrator:
-    """The runner's commands (status, plan, up, down, baseline, verify) on one database."""
+    """The runner's commands (status, preflight, plan, up, down, baseline, verify, history) on one database."""
 
     def __init__(
         self,
@@ -67,12 +69,15 @@ class Migrator:
         *,
         migrations: Path | None = None,
         functions: Path | None = None,
+        repairs: Path | None = None,
         settings: Settings | None = None,
         log: Log | None = None,
     ) -> None:
         self.dsn = dsn
         self.migrations_path = migrations or migrations_dir()
         self.functions_path = functions or functions_dir()
+        # a fixture migration set has no repairs unless it names a folder
+        self.repairs_path = repairs if (repairs or migrations) else repairs_dir()
         self.settings = settings or Settings()
         self.log: Log = log or (lambda _msg: None)
 
@@ -84,76 +89,81 @@ class Migrator:
     def repeatables(self) -> list[Repeatable]:
         return discover_repeatables(self.functions_path) if self.functions_path.is_dir() else []
 
+    def repairs(self) -> list[Repair]:
+        return discover_repairs(self.repairs_path)
+
     def _connect(self) -> psycopg.Connection[Any]:
         return connect(self.dsn, application_name=self.settings.application_name, autocommit=True)
 
     @contextmanager
     def _session(self, *, locked: bool) -> Iterator[tuple[psycopg.Connection[Any], Executor]]:
         with self._connect() as conn:
-            if locked:
-                with runner_lock(self._connect, self.settings.runner_wait):
-                    yield conn, Executor(conn, self.settings, self.log)
-            else:
+            if not locked:
+                yield conn, Executor(conn, self.settings, self.log)
+                return
+            with (
+                runner_lock(self._connect, self.settings.runner_wait, self.log),
+                watching(self._connect, conn.info.backend_pid, self.log),
+            ):
                 yield conn, Executor(conn, self.settings, self.log)
 
-    def _status(self, conn: psycopg.Connection[Any]) -> Status:
-        return history.compute_status(conn, self.migrations(), self.repeatables())
+    def _status(self, conn: psycopg.Connection[Any], runner: dict[str, Any] | None = None) -> Status:
+        return history.compute_status(conn, self.migrations(), self.repeatables(), runner)
 
     def status(self) -> Status:
         with self._connect() as conn:
-            return self._status(conn)
+            return self._status(conn, live_runner(conn))
 
-    def plan(self, to: str | None = None) -> list[str]:
-        """What `up` would run, in order; nothing is changed."""
+    def history(self) -> list[dict[str, Any]]:
+        with self._connect() as conn:
+            return history.listing(conn, self.migrations())
+
+    def preflight(self, to: str | None = None) -> preflight.Preflight:
+        with self._connect() as conn:
+            try:
+                pending = self._pending(conn, to)
+            except MigrationError:
+                pending = []  # the history is unreadable: the ownership check below says why and how to fix it
+            return preflight.run(conn, pending, self.repairs(), self.settings)
+
+    def plan(self, to: str | None = None) -> plans.Plan:
+        """What `up` would do, in order, with the preflight's findings; nothing is changed."""
         with self._connect() as conn:
             status = self._status(conn)
             self._refuse_unsafe(status)
             self._refuse_out_of_order(status)
-            steps = []
             pending = self._pending(conn, to)
+            reps = self._repeatables_to_apply(conn, bool(pending)) if self._reaches_head(to) else []
+            self._check_files(pending, reps)
+            report = preflight.run(conn, pending, self.repairs(), self.settings)
             applied = {version_key(v): row for v, row in history.applied_rows(conn).items()}
-            for migration in pending:
-                migration.up.check_statements()
-                mode = "transactional" if migration.up.transactional else "non-transactional"
-                count = len(migration.up.statements)
-                previous = applied.get(migration.key)
-                if previous is not None and previous.status == "in_progress":
-                    steps.append(
-                        f"{migration.label} ({mode}, resumes at statement {previous.progress + 1} of {count})"
-                    )
-                else:
-                    steps.append(f"{migration.label} ({mode}, {count} statements)")
-            if self._reaches_head(to):
-                for rep in self._repeatables_to_apply(conn, bool(pending)):
-                    rep.file.check_statements(transactional=True)
-                    steps.append(f"repeatable {rep.name}")
-            return steps
+            row = conn.execute(
+                "SELECT to_regnamespace('sigledger') IS NOT NULL, to_regnamespace(%s) IS NOT NULL",
+                (META_SCHEMA,),
+            ).fetchone()
+            assert row is not None
+            plan = plans.build(
+                report,
+                pending,
+                applied,
+                self.repairs(),
+                reps,
+                schema_exists=bool(row[0]),
+                meta_exists=bool(row[1]),
+            )
+            plan.lock_timeout, plan.statement_timeout = (
+                self.settings.lock_timeout,
+                self.settings.statement_timeout,
+            )
+            return plan
 
     # ---- up -----------------------------------------------------------------------------------------------
 
     def _refuse_unsafe(self, status: Status) -> None:
-        if status.unknown:
-            raise MigrationError(
-                "the database is ahead of this code: it has applied "
-                + ", ".join(status.unknown)
-                + " which this release does not know; deploy the newer release instead"
-            )
-        if status.drifted:
-            raise MigrationError(
-                "applied migration files were changed since they ran: "
-                + ", ".join(status.drifted)
-                + "; restore them and put the change in a new migration"
-            )
+        history.refuse_unsafe(status)
 
     def _refuse_out_of_order(self, status: Status) -> None:
-        if status.out_of_order and not self.settings.allow_out_of_order:
-            raise MigrationError(
-                "pending migrations are numbered below the newest applied version V"
-                + (status.current or "?")
-                + ": "
-                + ", ".join(status.out_of_order)
-                + "; renumber them above it, or run with --allow-out-of-order if applying them late is safe"
-            )
+        history.refuse_out_of_order(status, self.settings.allow_out_of_order)
 
     def _pending(self, conn: psycopg.Connection[Any], to: str | None) -> list[Migration]:
         applied = history.applied_rows(conn)
@@ -176,6 +186,16 @@ class Migrator:
             return []
         return [r for r in self.repeatables() if r in changed or r.always]
 
+    def _check_files(self, pending: list[Migration], reps: list[Repeatable]) -> None:
+        """Everything is parsed and checked before anything runs: a refused file leaves the database as it was."""
+        for migration in pending:
+            migration.up.check_statements()
+            for repair in self.repairs():
+                if repair.guards(migration):
+                    repair.file.check_statements()
+        for rep in reps:
+            rep.file.check_statements(transactional=True)  # repeatables run in one transaction
+
     def up(self, to: str | None = None) -> list[str]:
         ran: list[str] = []
         with self._session(locked=True) as (conn, ex):
@@ -184,16 +204,19 @@ class Migrator:
             self._refuse_out_of_order(status)
             pending = self._pending(conn, to)
             reps = self._repeatables_to_apply(conn, bool(pending)) if self._reaches_head(to) else []
-            # Everything is checked before anything runs (the history schema included): a refused file
-            # leaves the database exactly as it was, and no earlier pending file is applied either.
-            for migration in pending:
-                migration.up.check_statements()
-            for rep in reps:
-                rep.file.check_statements(transactional=True)  # repeatables run in one transaction
-            conn.execute(META_DDL)
+            self._check_files(pending, reps)
+            report = preflight.run(conn, pending, self.repairs(), self.settings)
+            if report.blocked:
+                raise MigrationError(report.refusal())
+            if report.role_actions:
+                roles.apply_actions(conn, report.role_actions, self.log)
+            if report.take_over:
+                ownership.take_over(conn, report.take_over, self.log)
+            history.ensure_meta(conn)
             # By version key: V3_8 and V3_008 are one version (a renamed file resumes its own row).
             applied = {version_key(v): row for v, row in history.applied_rows(conn).items()}
             for migration in pending:
+                repairs.run_before(conn, ex, self.repairs(), migration, self.log)
                 if migration.up.transactional:
                     ex.apply_transactional(migration)
                 else:
@@ -206,40 +229,33 @@ class Migrator:
 
     # ---- down, baseline, verify ---------------------------------------------------------------------------
 
-    def down(self, to: str) -> list[str]:
-        """Roll back every applied migration above version `to` (use `0` for everything), newest first."""
+    def losses(self, to: str) -> list[rollback.Loss]:
+        with self._connect() as conn:
+            return rollback.losses(conn, self._victims(conn, to))
+
+    def _victims(self, conn: psycopg.Connection[Any], to: str) -> list[Migration]:
         target = version_key(to.lstrip("Vv"))
-        ran: list[str] = []
+        by_version = {m.version: m for m in self.migrations()}
+        victims = [
+            by_version[v] for v in history.applied_rows(conn) if version_key(v) > target and v in by_version
+        ]
+        return sorted(victims, key=lambda m: m.key, reverse=True)
+
+    def down(self, to: str, *, force: bool = False) -> list[str]:
+        """Roll back every applied migration above version `to` (use `0` for everything), newest first.
+        Refused, with what would be lost, when it drops rows (or everything) and `force` is not set."""
         with self._session(locked=True) as (conn, ex):
-            status = self._status(conn)
-            self._refuse_unsafe(status)
-            applied = history.applied_rows(conn)
-            by_version = {m.version: m for m in self.migrations()}
-            victims = [by_version[v] for v in applied if version_key(v) > target]
-            victims.sort(key=lambda m: m.key, reverse=True)
-            missing = [m.label for m in victims if m.down is None]
-            if missing:
-                raise MigrationError("no down file for " + ", ".join(missing) + "; nothing was rolled back")
-            for migration in victims:
-                assert migration.down is not None
-                migration.down.check_statements()
-            if not victims:
-                return ran
-            conn.execute(META_DDL)
-            # Views come from repeatable files and depend on versioned tables: drop them all first (a down
-            # file cannot know which views a later repeatable built on its tables), then rebuild every
-            # repeatable if the rolled-back schema still supports it, else leave that to the next `up`.
-            ex.drop_views()
-            conn.execute(f"DELETE FROM {META_SCHEMA}.repeatable_history")
-            try:
-                for migration in victims:
-                    assert migration.down is not None
-                    self.log(f"rolling back {migration.label}")
-                    ex.run_down(migration, migration.down)
-                    ran.append(migration.label)
-            finally:
-                self._restore_repeatables(ex)
-        return ran
+            self._refuse_unsafe(self._status(conn))
+            victims = self._victims(conn, to)
+            return rollback.roll_back(
+                conn,
+                ex,
+                victims,
+                to=to,
+                force=force,
+                log=self.log,
+                restore=lambda: self._restore_repeatables(ex),
+            )
 
     def _restore_repeatables(self, ex: Executor) -> None:
         reps = self.repeatables()
@@ -252,15 +268,31 @@ class Migrator:
             self.log(f"repeatable files not re-applied ({exc}); the next `up` re-applies them")
 
     def baseline(self, version: str) -> list[str]:
-        """Mark every migration up to `version` as applied without running it (an existing database)."""
+        """Mark every migration up to `version` as applied without running it (an existing database). The
+        objects must belong to sigledger_owner: the runner hands them over when this login owns them, else
+        refuses with the exact statements a DBA runs."""
         limit = version_key(version.lstrip("Vv"))
         marked: list[str] = []
         with self._session(locked=True) as (conn, _ex):
             if limit not in {m.key for m in self.migrations()}:
                 raise MigrationError(f"baseline V{version.lstrip('Vv')}: no such migration")
             self._refuse_unsafe(self._status(conn))  # never mark files over a database ahead of the code
-            conn.execute(META_DDL)
+            report = preflight.run(conn, [], [], self.settings)
+            if report.blocked:
+                raise MigrationError(report.refusal())
+            if report.role_actions:
+                roles.apply_actions(conn, report.role_actions, self.log)
+            if report.take_over:
+                ownership.take_over(conn, report.take_over, self.log)
+            history.ensure_meta(conn)
             applied = {version_key(v) for v in history.applied_rows(conn)}
+            # the verify scripts of what is marked: the database must hold what those migrations make
+            problems = [p for m in self.migrations() if m.key <= limit for p in verify.verify_script(conn, m)]
+            if problems:
+                raise MigrationError(
+                    f"baseline V{version.lstrip('Vv')}: the database does not hold what those migrations make:\n  "
+                    + "\n  ".join(problems)
+                )
             with conn.transaction():
                 for migration in self.migrations():
                     if migration.key > limit or migration.key in applied:
@@ -272,38 +304,7 @@ class Migrator:
         return marked
 
     def verify(self) -> list[str]:
-        """Run each applied migration's verify script (read-only, rolled back) and check index validity.
-
-        Returns the problems found; an empty list means verified.
-        """
-        problems: list[str] = []
+        """Everything verify.py checks; an empty list means verified."""
         with self._connect() as conn:
-            status = self._status(conn)
-            problems += [f"drifted: {label}" for label in status.drifted]
-            problems += [f"unknown to this code: {label}" for label in status.unknown]
-            problems += [f"partially applied: {label}" for label in status.in_progress]
-            applied = {
-                version_key(v) for v, row in history.applied_rows(conn).items() if row.status == "applied"
-            }
-            for migration in self.migrations():
-                if migration.key not in applied or migration.verify is None:
-                    continue
-                try:
-                    with conn.transaction(force_rollback=True):
-                        conn.execute("SET TRANSACTION READ ONLY")
-                        conn.execute("SET LOCAL search_path TO sigledger, public")
-                        for stmt in migration.verify.statements:
-                            cur = conn.execute(stmt.sql.encode("utf-8"))
-                            if cur.description and (rows := cur.fetchall()):
-                                problems.append(
-                                    f"{migration.verify.path.name}:{stmt.line}: returned {rows[:3]}"
-                                )
-                except psycopg.Error as exc:
-                    problems.append(f"{migration.verify.path.name}: {exc.sqlstate}: {str(exc).strip()}")
-            for (name,) in conn.execute(
-                "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
-                "JOIN pg_namespace n ON n.oid = c.relnamespace "
-                "WHERE n.nspname = 'sigledger' AND NOT (i.indisvalid AND i.indisready)"
-            ).fetchall():
-                problems.append(f"INVALID index sigledger.{name}")
-        return problems
+            status = self._status(conn, live_runner(conn))
+            return verify.problems(conn, status, self.migrations(), self.repeatables())

@@ -1,0 +1,30 @@
+"""The designs of the budget benchmark, what each counts as a cost, and the baselines each figure is
+reported against (a ratio measured in the same run)."""
+
+from __future__ import annotations
+
+# design -> (label, what counts as one cost, workloads it runs on)
+DESIGNS: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "a_reserve_settle": ("sigledger reserve+settle", "ledger", ("hot", "spread")),
+    "a_check_and_record": ("sigledger check_and_record_budget", "ledger", ("hot", "spread")),
+    "a_reserve_settle_sliced": ("sigledger reserve+settle, 8 slices", "ledger", ("hot",)),
+    "a_check_and_record_sliced": ("sigledger check_and_record_budget, 8 slices", "ledger", ("hot",)),
+    "b_bare_reserve_settle": ("bare SQL, reserve+settle writes", "ledger", ("hot", "spread")),
+    "b_bare_record": ("bare SQL, record writes", "ledger", ("hot", "spread")),
+    "b_raw_update": ("raw single-row UPDATE", "tx", ("hot",)),
+    "c_seed": ("seed NOWAIT + version", "seed", ("hot", "spread")),
+}
+# each design's baselines of the same run: (baseline design, target ratio or None)
+BASELINES: dict[str, list[tuple[str, float | None]]] = {
+    "a_reserve_settle": [("b_bare_reserve_settle", 0.8), ("c_seed", None)],
+    "a_check_and_record": [("b_bare_record", 0.8), ("c_seed", 1.0)],
+    "a_reserve_settle_sliced": [("b_raw_update", 2.0), ("a_reserve_settle", None)],
+    "a_check_and_record_sliced": [("b_raw_update", 2.0), ("a_check_and_record", None)],
+    "c_seed": [("b_bare_record", None)],
+}
+OVERSPEND: dict[str, str] = {
+    "a_reserve_settle": "os_a_reserve_settle.sql",
+    "a_check_and_record": "os_a_check_and_record.sql",
+    "a_reserve_settle_sliced": "os_a_reserve_settle.sql",
+    "c_seed": "os_c_seed.sql",
+}

@@ -1,0 +1,205 @@
+# async source: the sync twin db.py is generated from this file by tools/async_to_sync.py (make sync-gen).
+"""Connection lifecycle: one pool, opened and closed explicitly, and a transaction helper.
+
+The seed leaked connections when code failed after COMMIT (report 1.1.1). Here a connection is only ever
+borrowed through a ``with`` block: it goes back to the pool on every path, commit or rollback, and the pool
+resets (rolls back) anything a caller left open. The roles also carry idle_in_transaction_session_timeout as a
+server-side safety net.
+
+``open()`` waits at most ``connect_timeout`` seconds (default 5) for the first connection and then raises
+``Unavailable`` naming the host, the port and the cause. After an outage the pool retries at most every
+``reconnect_delay`` seconds (psycopg_pool alone backs off to minutes), so the first call after the server is
+back finds a connection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import psycopg
+from psycopg import AsyncConnection
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from sigledger.core.dsn import (
+    DEFAULT_APPLICATION_NAME,
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_RECONNECT_DELAY,
+    BoundedAttempt,
+    default_dsn,
+    log_notice,
+    reraise,
+    target,
+)
+from sigledger.core.errors import Unavailable
+
+__all__ = ["DEFAULT_APPLICATION_NAME", "AsyncDatabase", "aconnect", "default_dsn"]
+
+
+async def _configure(conn: AsyncConnection[Any]) -> None:
+    conn.add_notice_handler(log_notice)
+
+
+async def aconnect(
+    dsn: str,
+    *,
+    application_name: str = DEFAULT_APPLICATION_NAME,
+    autocommit: bool = False,
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    **kwargs: Any,
+) -> AsyncConnection[Any]:
+    """A single connection (the migration runner and the CLI use these; services use ``AsyncDatabase``)."""
+    kwargs.setdefault("connect_timeout", max(2, round(connect_timeout)))
+    try:
+        conn = await AsyncConnection.connect(
+            dsn, application_name=application_name, autocommit=autocommit, **kwargs
+        )
+    except psycopg.OperationalError as exc:
+        host, port = target(dsn)
+        raise Unavailable(
+            f"cannot connect to PostgreSQL at {host} port {port}: {str(exc).strip()}", host=host, port=port
+        ) from exc
+    except psycopg.Error as exc:
+        reraise(exc)
+    await _configure(conn)
+    return conn
+
+
+class _Pool(AsyncConnectionPool):
+    """The pool with a bounded reconnection backoff, remembering the last connection error (for open()'s message).
+
+    It overrides psycopg_pool's ``_add_connection`` and ``_connect`` (private, stable across 3.2 and 3.3);
+    tests/core/test_pool.py checks the behaviour, so an upgrade that changes them fails there."""
+
+    def __init__(self, *args: Any, reconnect_delay: float, **kwargs: Any) -> None:
+        self.reconnect_delay = reconnect_delay
+        self.last_error: BaseException | None = None
+        super().__init__(*args, **kwargs)
+
+    async def _connect(self, timeout: float | None = None) -> Any:
+        try:
+            conn = await super()._connect(timeout)
+        except Exception as exc:
+            self.last_error = exc
+            raise
+        self.last_error = None
+        return conn
+
+    async def _add_connection(self, attempt: Any, growing: bool = False) -> None:
+        if attempt is None:
+            attempt = BoundedAttempt(timeout=self.reconnect_timeout, max_delay=self.reconnect_delay)
+        await super()._add_connection(attempt, growing=growing)
+
+
+class AsyncDatabase:
+    """Owns a psycopg_pool AsyncConnectionPool.
+
+    Created closed; ``open()`` and ``close()`` are explicit (or use it as a context manager). A pool passed in
+    by the caller is used as is and never closed by us.
+    """
+
+    def __init__(
+        self,
+        dsn: str | None = None,
+        *,
+        pool: AsyncConnectionPool | None = None,
+        min_size: int = 1,
+        max_size: int = 10,
+        application_name: str = DEFAULT_APPLICATION_NAME,
+        timeout: float = 30.0,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        reconnect_delay: float = DEFAULT_RECONNECT_DELAY,
+    ) -> None:
+        self._owned = pool is None
+        self.connect_timeout = connect_timeout
+        if pool is None:
+            self.dsn = dsn if dsn is not None else default_dsn()
+            pool = _Pool(
+                conninfo=self.dsn,
+                min_size=min_size,
+                max_size=max_size,
+                kwargs={
+                    "application_name": application_name,
+                    "connect_timeout": max(2, round(connect_timeout)),  # libpq's minimum is 2 s
+                },
+                configure=_configure,
+                check=AsyncConnectionPool.check_connection,  # dead connections are replaced, not handed out
+                timeout=timeout,
+                open=False,
+                name=application_name,
+                reconnect_delay=reconnect_delay,
+            )
+        else:
+            self.dsn = pool.conninfo if isinstance(pool.conninfo, str) else ""
+        self.pool = pool
+
+    async def open(self, *, wait: bool = True, timeout: float | None = None) -> AsyncDatabase:
+        """Open the pool; with ``wait`` (the default) fail within ``timeout`` (default: connect_timeout) with
+        ``Unavailable`` naming host, port and cause when the server cannot be reached."""
+        if not self._owned:
+            return self
+        limit = self.connect_timeout if timeout is None else timeout
+        try:
+            await self.pool.open(wait=wait, timeout=limit)
+        except PoolTimeout as exc:
+            cause = getattr(self.pool, "last_error", None)
+            await self.pool.close(timeout=0)
+            host, port = target(self.dsn)
+            why = str(cause).strip() if cause is not None else "no connection within the timeout"
+            raise Unavailable(
+                f"cannot reach PostgreSQL at {host} port {port} within {limit:g} s: {why}",
+                host=host,
+                port=port,
+            ) from exc
+        return self
+
+    async def close(self, timeout: float = 10.0) -> None:
+        if self._owned:
+            await self.pool.close(timeout=timeout)
+
+    @property
+    def closed(self) -> bool:
+        return self.pool.closed
+
+    async def __aenter__(self) -> AsyncDatabase:
+        return await self.open()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[AsyncConnection[Any]]:
+        """Borrow a connection; it is returned to the pool on every path."""
+        try:
+            async with self.pool.connection() as conn:
+                yield conn
+        except psycopg.Error as exc:
+            reraise(exc)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncConnection[Any]]:
+        """One transaction: COMMIT when the block ends normally, ROLLBACK when it raises.
+
+        The connection goes back to the pool in every case, including an exception raised after COMMIT
+        (the seed's leak), because the pool's own context manager owns the release.
+        """
+        try:
+            async with self.pool.connection() as conn, conn.transaction():
+                yield conn
+        except psycopg.Error as exc:
+            reraise(exc)
+
+    async def call(self, sql: str, params: Any = None) -> list[dict[str, Any]]:
+        """Run one statement (a stored function call) in its own transaction; rows as dicts."""
+        async with self.transaction() as conn, conn.cursor(row_factory=dict_row) as cur:
+            try:
+                await cur.execute(sql.encode(), params)
+            except psycopg.Error as exc:
+                reraise(exc)
+            return await cur.fetchall() if cur.description else []
+
+    async def call_one(self, sql: str, params: Any = None) -> dict[str, Any] | None:
+        rows = await self.call(sql, params)
+        return rows[0] if rows else None

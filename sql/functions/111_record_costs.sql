@@ -1,0 +1,274 @@
+-- 111: the internals of record_costs (the harness's flush), set-based.
+--
+-- _record_costs_set does a whole batch in one statement: it reads every element, validates it with the
+-- rules of record_cost (the first failed rule of a row gives its SQLSTATE and reason, the same messages as
+-- _cost_validate), quarantines the bad rows, claims the keys of the good ones in key order (two overlapping
+-- batches take shared keys in the same order: no deadlock), inserts the ledger rows, compares replays with
+-- what the ledger holds, and returns what to charge per (budget, period) in lock order. A value that does
+-- not even cast (a malformed uuid, number or timestamp) makes the statement raise a data_exception;
+-- record_costs then rolls it back and calls _record_costs_rows, which casts row by row (each in a
+-- subtransaction: the only per-row exception block), quarantines what fails with the cast's own SQLSTATE,
+-- and hands the rest, in canonical form, to _record_costs_set.
+-- (The text rules below mirror _assert_text; keep them in step.)
+
+CREATE OR REPLACE FUNCTION sigledger._record_costs_set(
+    p_batch jsonb,
+    OUT inserted integer, OUT duplicates integer, OUT quarantined integer,
+    OUT charge_budget_ids bigint[], OUT charge_periods timestamptz[], OUT charge_amounts numeric[],
+    OUT charge_caps numeric[], OUT charge_limits numeric[], OUT charge_thresholds text[], OUT charge_slices integer[],
+    OUT reserved jsonb)
+LANGUAGE plpgsql
+SET search_path = sigledger, pg_temp
+AS $$
+DECLARE
+    c_backdate_window CONSTANT interval := interval '7 days';
+    v_now timestamptz := now();
+BEGIN
+    WITH e AS (
+        SELECT x.ord, x.elem, jsonb_typeof(x.elem) = 'object' AS is_obj
+          FROM jsonb_array_elements(p_batch) WITH ORDINALITY AS x(elem, ord)
+    ), f AS (
+        -- the casts: a value that does not cast raises here (the caller then goes row by row)
+        SELECT e.ord, e.elem, e.is_obj,
+               e.elem ->> 'idempotency_key' AS key,
+               (e.elem ->> 'agent_id')::uuid AS agent_id,
+               e.elem ->> 'model' AS model,
+               e.elem ->> 'provider' AS provider,
+               coalesce((e.elem ->> 'input_tokens')::bigint, 0) AS tin,
+               coalesce((e.elem ->> 'output_tokens')::bigint, 0) AS tout,
+               (e.elem ->> 'cost_usd')::numeric AS cost_given,
+               coalesce((e.elem ->> 'created_at')::timestamptz, v_now) AS created_at,
+               coalesce(e.elem -> 'metadata', '{}'::jsonb) AS metadata
+          FROM e WHERE e.is_obj
+        UNION ALL
+        SELECT e.ord, e.elem, false, NULL, NULL, NULL, NULL, 0, 0, NULL, v_now, '{}'::jsonb FROM e WHERE NOT e.is_obj
+    ), p AS (
+        SELECT f.*,
+               EXISTS (SELECT 1 FROM agent_registry a WHERE a.id = f.agent_id) AS agent_known,
+               (SELECT round((f.tin * mp.input_usd_per_mtok + f.tout * mp.output_usd_per_mtok) / 1000000, 10)
+                  FROM model_price mp
+                 WHERE mp.provider = f.provider AND mp.model = f.model AND mp.valid_from <= f.created_at
+                 ORDER BY mp.valid_from DESC LIMIT 1) AS priced
+          FROM f
+    ), v AS (
+        SELECT p.*, coalesce(p.cost_given, p.priced) AS cost,
+               CASE WHEN p.cost_given IS NULL THEN 'price_table' ELSE 'client' END AS source,
+               p.key LIKE 'reservation:%' AND p.key ~ '^reservation:[0-9]{1,18}$' AS is_reservation,
+               -- the first rule a row breaks, in _cost_validate's order (NULL: valid)
+               CASE WHEN NOT p.is_obj THEN 1
+                    WHEN p.key IS NULL THEN 2 WHEN length(btrim(p.key)) = 0 THEN 3 WHEN length(p.key) > 200 THEN 4
+                    WHEN p.model IS NULL THEN 5 WHEN length(btrim(p.model)) = 0 THEN 6 WHEN length(p.model) > 200 THEN 7
+                    WHEN p.provider IS NULL THEN 8 WHEN length(btrim(p.provider)) = 0 THEN 9
+                    WHEN length(p.provider) > 200 THEN 10
+                    WHEN p.tin < 0 THEN 11 WHEN p.tin > 1000000000000 THEN 12
+                    WHEN p.tout < 0 THEN 13 WHEN p.tout > 1000000000000 THEN 14
+                    WHEN p.created_at <= timestamptz '2020-01-01 00:00:00+00' OR p.created_at > v_now + interval '1 day' THEN 15
+                    WHEN p.created_at < v_now - c_backdate_window THEN 16
+                    WHEN jsonb_typeof(p.metadata) <> 'object' THEN 17
+                    WHEN p.agent_id IS NULL THEN 18 WHEN NOT p.agent_known THEN 19
+                    WHEN p.priced > 100000000 THEN 20
+                    WHEN p.cost_given IS NULL AND p.priced IS NULL THEN 21
+                    WHEN coalesce(p.cost_given, p.priced) IN ('NaN', 'Infinity', '-Infinity') THEN 22
+                    WHEN coalesce(p.cost_given, p.priced) < 0 THEN 23
+                    WHEN coalesce(p.cost_given, p.priced) > 1000000 THEN 24
+                    WHEN coalesce(p.cost_given, p.priced) <> round(coalesce(p.cost_given, p.priced), 10) THEN 25
+                    WHEN p.key LIKE 'check:%' THEN 26
+                    WHEN p.key LIKE 'reservation:%' AND p.key !~ '^reservation:[0-9]{1,18}$' THEN 27
+               END AS rule
+          FROM p
+    ), d AS (
+        -- valid rows of the application's own keys; within the batch the first occurrence of a key is the row
+        -- (it takes a ledger id now), later ones are replays of it
+        SELECT v.*, row_number() OVER w AS rn, first_value(v.agent_id) OVER w AS first_agent,
+               first_value(v.cost) OVER w AS first_cost,
+               CASE WHEN row_number() OVER w = 1 THEN nextval('sigledger.llm_cost_log_id_seq'::regclass) END AS lid
+          FROM v WHERE v.rule IS NULL AND NOT v.is_reservation
+        WINDOW w AS (PARTITION BY v.key ORDER BY v.ord)
+    ), claim AS (
+        INSERT INTO llm_cost_log_key AS k (idempotency_key, ledger_id, reservation_id, created_at)
+        SELECT d.key, d.lid, NULL, d.created_at FROM d WHERE d.rn = 1 ORDER BY d.key
+        ON CONFLICT ON CONSTRAINT llm_cost_log_key_pkey DO NOTHING
+        RETURNING k.ledger_id
+    ), ins AS (
+        INSERT INTO llm_cost_log (id, idempotency_key, agent_id, provider, model, tokens_input, tokens_output,
+                                  cost_usd, priced_usd, cost_source, reservation_id, charged_at, created_at, metadata)
+        OVERRIDING SYSTEM VALUE
+        SELECT d.lid, d.key, d.agent_id, d.provider, d.model, d.tin, d.tout, d.cost, d.priced, d.source,
+               NULL, d.created_at, d.created_at, d.metadata
+          FROM d
+         -- (IS TRUE keeps the IN a hashed subplan: pulled up into a semi join, estimated at one row from the
+         -- validation CASE, it was planned as a nested loop over the claims, quadratic in the batch size)
+         WHERE d.rn = 1 AND (d.lid IN (SELECT claim.ledger_id FROM claim)) IS TRUE
+        RETURNING agent_id, charged_at, cost_usd
+    ), stored AS (
+        -- keys that existed: a replay when the ledger holds the same agent and (given) cost. A key committed by a
+        -- concurrent batch after this statement began is not visible here: counted as a replay.
+        SELECT y.*, (y.s_id IS NULL OR (y.s_agent = y.agent_id AND (y.cost_given IS NULL OR y.s_cost = y.cost_given)))
+                    AS same
+          FROM (SELECT z.*,
+                       (SELECT x.agent_id FROM llm_cost_log x WHERE x.id = z.s_id AND x.created_at = z.s_at) AS s_agent,
+                       (SELECT x.cost_usd FROM llm_cost_log x WHERE x.id = z.s_id AND x.created_at = z.s_at) AS s_cost
+                  FROM (SELECT d.ord, d.elem, d.key, d.agent_id, d.cost_given, k.ledger_id AS s_id, k.created_at AS s_at
+                          FROM d
+                          LEFT JOIN LATERAL (SELECT k.ledger_id, k.created_at FROM llm_cost_log_key k
+                                              WHERE k.idempotency_key = d.key) k ON true
+                         WHERE d.rn = 1 AND d.lid NOT IN (SELECT claim.ledger_id FROM claim)) z) y
+    ), later AS (
+        SELECT d.ord, d.elem, d.key, d.agent_id, d.cost,
+               (d.agent_id = d.first_agent AND d.cost = d.first_cost) AS same, d.first_agent, d.first_cost
+          FROM d WHERE d.rn > 1
+    ), q AS (
+        INSERT INTO cost_quarantine (idempotency_key, payload, sqlstate, reason)
+        SELECT left(x.key, 200), x.elem, x.state, x.reason
+          FROM (
+            SELECT v.ord, v.key, v.elem,
+                   CASE WHEN v.rule IN (2, 5, 8, 18) THEN '22004' WHEN v.rule IN (12, 14, 20, 24, 25) THEN '22003'
+                        WHEN v.rule = 19 THEN 'P0002' ELSE '22023' END AS state,
+                   CASE v.rule
+                       WHEN 1 THEN format('batch row must be a JSON object, got %s', jsonb_typeof(v.elem))
+                       WHEN 2 THEN 'idempotency_key must not be NULL'
+                       WHEN 3 THEN format('idempotency_key must not be empty, got %L', v.key)
+                       WHEN 4 THEN format('idempotency_key must be at most 200 characters, got %s', length(v.key))
+                       WHEN 5 THEN 'model must not be NULL'
+                       WHEN 6 THEN format('model must not be empty, got %L', v.model)
+                       WHEN 7 THEN format('model must be at most 200 characters, got %s', length(v.model))
+                       WHEN 8 THEN 'provider must not be NULL'
+                       WHEN 9 THEN format('provider must not be empty, got %L', v.provider)
+                       WHEN 10 THEN format('provider must be at most 200 characters, got %s', length(v.provider))
+                       WHEN 11 THEN format('input_tokens must not be negative, got %s', v.tin)
+                       WHEN 12 THEN format('input_tokens must be at most 1e12, got %s', v.tin)
+                       WHEN 13 THEN format('output_tokens must not be negative, got %s', v.tout)
+                       WHEN 14 THEN format('output_tokens must be at most 1e12, got %s', v.tout)
+                       WHEN 15 THEN format('created_at must lie after 2020-01-01 and at most 1 day ahead, got %s', v.created_at)
+                       WHEN 16 THEN format('created_at must be at most %s old (the spool-replay window), got %s',
+                                           c_backdate_window, v.created_at)
+                       WHEN 17 THEN format('metadata must be a JSON object, got %s', jsonb_typeof(v.metadata))
+                       WHEN 18 THEN 'agent_id must not be NULL'
+                       WHEN 19 THEN format('unknown agent %s', v.agent_id)
+                       WHEN 20 THEN format('priced cost of %s input + %s output tokens of %s/%s is %s USD, above 100000000',
+                                           v.tin, v.tout, v.provider, v.model, v.priced)
+                       WHEN 21 THEN format('cost_usd omitted and no price for provider %L model %L at %s',
+                                           v.provider, v.model, v.created_at)
+                       WHEN 22 THEN format('%s must be a finite number, got %s',
+                                           CASE WHEN v.cost_given IS NULL THEN 'priced cost_usd' ELSE 'cost_usd' END, v.cost)
+                       WHEN 23 THEN format('cost_usd must not be negative, got %s', v.cost)
+                       WHEN 24 THEN format('%s must be at most 1000000, got %s',
+                                           CASE WHEN v.cost_given IS NULL THEN 'priced cost_usd' ELSE 'cost_usd' END,
+                                           CASE WHEN length(v.cost::text) > 40
+                                                THEN left(v.cost::text, 20) || '... (' || length(v.cost::text) || ' digits)'
+                                                ELSE v.cost::text END)
+                       WHEN 25 THEN format('cost_usd must have at most 10 decimal places (1e-10 USD), got %s',
+                                           CASE WHEN length(v.cost::text) > 60
+                                                THEN left(v.cost::text, 40) || '... (' || length(v.cost::text) || ' characters)'
+                                                ELSE v.cost::text END)
+                       WHEN 26 THEN format('idempotency key %L is in the key space check: that the database reserves for check_and_record_budget', left(v.key, 200))
+                       ELSE format('idempotency key %L is in the key space reservation: that the database reserves for settlements', left(v.key, 200))
+                   END AS reason
+              FROM v WHERE v.rule IS NOT NULL
+            UNION ALL
+            SELECT s.ord, s.key, s.elem, '23505',
+                   format('idempotency key %L already records %s USD for agent %s (ledger %s), not %s USD for agent %s',
+                          left(s.key, 200), s.s_cost, s.s_agent, s.s_id, s.cost_given, s.agent_id)
+              FROM stored s WHERE NOT s.same
+            UNION ALL
+            SELECT l.ord, l.key, l.elem, '23505',
+                   format('idempotency key %L appears twice in the batch with different costs (%s USD for agent %s, then %s USD for agent %s)',
+                          left(l.key, 200), l.first_cost, l.first_agent, l.cost, l.agent_id)
+              FROM later l WHERE NOT l.same
+          ) x
+         ORDER BY x.ord
+        RETURNING 1
+    ), chain AS (
+        -- the budgets each inserted agent's costs count against (agent, team, org; an agent budget without a
+        -- limit of its own is not a level)
+        SELECT a.agent_id, b.id, b.level, b.period, b.limit_usd, b.grace_ratio, b.alert_thresholds, b.slices
+          FROM (SELECT DISTINCT ins.agent_id FROM ins) a
+          JOIN budget ab ON ab.agent_id = a.agent_id
+          JOIN LATERAL (SELECT ab.*
+                        UNION ALL SELECT t.* FROM budget t WHERE t.id = ab.parent_id
+                        UNION ALL SELECT g.* FROM budget t JOIN budget g ON g.id = t.parent_id WHERE t.id = ab.parent_id) b
+            ON b.limit_usd IS NOT NULL
+    ), charges AS (
+        SELECT c.id, CASE c.level WHEN 'org' THEN 0 WHEN 'team' THEN 1 ELSE 2 END AS rank,
+               -- (the period inline: _period_start's CASE, kept in step; a PL/pgSQL call per row cost 15 ms per
+               -- 1,000 rows)
+               CASE c.period WHEN 'none' THEN timestamptz '1970-01-01 00:00:00+00'
+                    WHEN 'daily' THEN date_trunc('day', ins.charged_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
+                    WHEN 'weekly' THEN date_trunc('week', ins.charged_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
+                    ELSE date_trunc('month', ins.charged_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' END AS ps,
+               sum(ins.cost_usd) AS amount,
+               min(c.limit_usd) AS limit_usd, min(c.limit_usd * (1 + c.grace_ratio)) AS cap,
+               min(c.alert_thresholds::text) AS thresholds, min(c.slices) AS slices
+          FROM ins JOIN chain c ON c.agent_id = ins.agent_id
+         GROUP BY 1, 2, 3
+    )
+    SELECT (SELECT count(*) FROM ins),
+           (SELECT count(*) FROM stored WHERE same) + (SELECT count(*) FROM later WHERE same),
+           (SELECT count(*) FROM q),
+           (SELECT array_agg(ch.id ORDER BY ch.rank, ch.id, ch.ps) FROM charges ch),
+           (SELECT array_agg(ch.ps ORDER BY ch.rank, ch.id, ch.ps) FROM charges ch),
+           (SELECT array_agg(ch.amount ORDER BY ch.rank, ch.id, ch.ps) FROM charges ch),
+           (SELECT array_agg(ch.cap ORDER BY ch.rank, ch.id, ch.ps) FROM charges ch),
+           (SELECT array_agg(ch.limit_usd ORDER BY ch.rank, ch.id, ch.ps) FROM charges ch),
+           (SELECT array_agg(ch.thresholds ORDER BY ch.rank, ch.id, ch.ps) FROM charges ch),
+           (SELECT array_agg(ch.slices::integer ORDER BY ch.rank, ch.id, ch.ps) FROM charges ch),
+           (SELECT jsonb_agg(jsonb_build_object(
+                       'elem', v.elem, 'reservation_id', substr(v.key, 13)::bigint, 'agent_id', v.agent_id,
+                       'cost_usd', v.cost, 'cost_given', v.cost_given, 'priced_usd', v.priced, 'cost_source', v.source,
+                       'input_tokens', v.tin, 'output_tokens', v.tout, 'model', v.model, 'provider', v.provider,
+                       'metadata', v.metadata, 'created_at', v.created_at) ORDER BY v.ord)
+              FROM v WHERE v.rule IS NULL AND v.is_reservation)
+      INTO inserted, duplicates, quarantined, charge_budget_ids, charge_periods, charge_amounts, charge_caps,
+           charge_limits, charge_thresholds, charge_slices, reserved;
+END;
+$$;
+
+-- _record_costs_rows: the fallback for a batch holding a value that does not cast. Each row's casts run in a
+-- subtransaction (no write inside, so it takes no XID); a row that fails is quarantined with the cast's
+-- SQLSTATE and message, the others are passed on in canonical form (uuid, integers, text of the numeric and
+-- of the timestamp) to _record_costs_set.
+CREATE OR REPLACE FUNCTION sigledger._record_costs_rows(
+    p_batch jsonb,
+    OUT inserted integer, OUT duplicates integer, OUT quarantined integer,
+    OUT charge_budget_ids bigint[], OUT charge_periods timestamptz[], OUT charge_amounts numeric[],
+    OUT charge_caps numeric[], OUT charge_limits numeric[], OUT charge_thresholds text[], OUT charge_slices integer[],
+    OUT reserved jsonb)
+LANGUAGE plpgsql
+SET search_path = sigledger, pg_temp
+AS $$
+DECLARE
+    v_elem jsonb;
+    v_clean jsonb := '[]'::jsonb;
+    v_row jsonb;
+    v_bad integer := 0;
+    v_state text;
+    v_msg text;
+    r record;
+BEGIN
+    FOR v_elem IN SELECT e FROM jsonb_array_elements(p_batch) e LOOP
+        IF jsonb_typeof(v_elem) <> 'object' THEN
+            v_clean := v_clean || jsonb_build_array(v_elem);  -- quarantined by the set-based rules
+            CONTINUE;
+        END IF;
+        BEGIN
+            v_row := v_elem || jsonb_strip_nulls(jsonb_build_object(
+                'agent_id', (v_elem ->> 'agent_id')::uuid,
+                'input_tokens', (v_elem ->> 'input_tokens')::bigint,
+                'output_tokens', (v_elem ->> 'output_tokens')::bigint,
+                'cost_usd', ((v_elem ->> 'cost_usd')::numeric)::text,
+                'created_at', ((v_elem ->> 'created_at')::timestamptz)::text));
+            v_clean := v_clean || jsonb_build_array(v_row);
+        EXCEPTION WHEN data_exception THEN
+            GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_msg = MESSAGE_TEXT;
+            INSERT INTO sigledger.cost_quarantine (idempotency_key, payload, sqlstate, reason)
+            VALUES (left(v_elem ->> 'idempotency_key', 200), v_elem, v_state, v_msg);
+            v_bad := v_bad + 1;
+        END;
+    END LOOP;
+    r := sigledger._record_costs_set(v_clean);
+    inserted := r.inserted; duplicates := r.duplicates; quarantined := r.quarantined + v_bad;
+    charge_budget_ids := r.charge_budget_ids; charge_periods := r.charge_periods; charge_amounts := r.charge_amounts;
+    charge_caps := r.charge_caps; charge_limits := r.charge_limits; charge_thresholds := r.charge_thresholds;
+    charge_slices := r.charge_slices; reserved := r.reserved;
+END;
+$$;
