@@ -116,7 +116,8 @@ def graph_rows(data: dict[str, Any]) -> list[str]:
     lag = data.get("lag")
     if lag:
         rows.append(
-            f"| graph | sync lag p95 at {lag['achieved_ingest_rate']:.0f} events/s of ingest "
+            f"| graph | sync lag p95 at {lag['achieved_ingest_rate']:.0f} events/s of ingest, 1 worker "
+            f"(load {lag.get('loadavg_1m', 0):.1f}) "
             f"| {lag['p95_s'] * 1000:.0f} ms | - | - "
             f"| < 1 s: {_verdict(lag['p95_s'], targets['lag_p95_s'], higher_is_better=False)} |"
         )
