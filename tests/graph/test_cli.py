@@ -163,3 +163,23 @@ def test_sync_once_shows_progress_on_a_terminal_and_one_summary_line_otherwise(
     text = shown.decode()
     assert "\r" in text and "projecting: " in text and " / 30 rows (" in text and "rows/s" in text
     assert out.decode().startswith("projected 30 rows")
+
+
+def test_the_graph_and_admin_logins_sync_verify_and_rebuild(
+    sink: Neo4jSink, changes: Changes, graph_dsn: str, admin_dsn: str
+) -> None:
+    """As deployed: the worker logs in as a member of sigledger_graph, the operator as one of sigledger_admin."""
+    acme = changes.entity("Acme")
+    changes.signal("n-1", entities=[acme])
+    synced = cli("graph", "sync", "--once", dsn=graph_dsn)
+    assert synced.returncode == 0, synced.stdout + synced.stderr
+    for dsn in (graph_dsn, admin_dsn):
+        run = cli("graph", "verify", "--consistent", dsn=dsn)
+        assert run.returncode == 0, run.stdout + run.stderr
+
+    cypher(sink, "MATCH (e:Entity {id: $id}) SET e.name = 'Edited in Neo4j'", id=acme)
+    rebuilt = cli("graph", "rebuild", dsn=admin_dsn)  # a new epoch and the refreshes; the workers project
+    assert rebuilt.returncode == 0, rebuilt.stdout + rebuilt.stderr
+    assert "the running sync workers will" in rebuilt.stdout
+    assert cli("graph", "sync", "--once", dsn=graph_dsn).returncode == 0
+    assert cli("graph", "verify", dsn=admin_dsn).returncode == 0

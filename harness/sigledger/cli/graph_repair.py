@@ -173,6 +173,14 @@ def rebuild(dsn: str | None, dry_run: bool, no_drain: bool, batch_size: int, **k
     progress = Progress("projecting", int(outbox_status(dsn)["due"]))
     try:
         total = worker.run(once=True, on_batch=lambda res: progress.advance(res.acked + res.failed))
+    except psycopg.errors.InsufficientPrivilege:
+        # An administrator may start the epoch and enqueue; claiming outbox rows is the sync workers' (a
+        # login in sigledger_graph).
+        click.echo(
+            "this login may not project outbox rows: the running sync workers will (or run "
+            "`sigledger graph sync --once` as a member of sigledger_graph)"
+        )
+        return
     finally:
         progress.close()
         worker.close()
