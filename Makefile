@@ -6,13 +6,13 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
 .PHONY: help test lint pytest demo deps system-deps venv neo4j-up neo4j-down bench bench-budget bench-ledger \
-        bench-budget-profile bench-ingest bench-graph bench-migrate schema-dump api-docs pgtap isolation clean \
-        sync-gen bench-tracker bench-loop-lag
+        bench-budget-profile bench-ingest bench-graph bench-report bench-migrate schema-dump api-docs pgtap isolation \
+        clean sync-gen bench-tracker bench-loop-lag
 
 help:
 	@echo "make test    install what is missing, then lint and run every test suite (what CI runs)"
 	@echo "make demo    the main job on a throwaway local cluster"
-	@echo "make lint | pytest | pgtap | isolation | schema-dump | bench | neo4j-up | neo4j-down"
+	@echo "make lint | pytest | pgtap | isolation | schema-dump | bench | bench-report | neo4j-up | neo4j-down"
 
 deps: system-deps venv
 
@@ -45,8 +45,8 @@ pgtap: deps
 isolation: deps
 	$(PY) -m pytest tests/core/test_isolation.py $(PYTEST_ARGS)
 
-# The sync modules (db.py, ledger/client.py, ledger/tracker.py, budget/client.py, budget/guard.py) from their
-# async sources (a*.py); a test fails when they are stale.
+# The sync modules (db.py, ledger/client.py, ledger/tracker.py, budget/client.py, budget/guard.py,
+# reports/client.py) from their async sources (a*.py); a test fails when they are stale.
 sync-gen: venv
 	$(PY) tools/async_to_sync.py
 
@@ -64,7 +64,7 @@ neo4j-down: deps
 	$(PY) -m sigledger.graph.neo4j_server down
 
 # Every benchmark, then the README performance table from bench/results/*.json.
-bench: bench-budget bench-ingest bench-graph bench-tracker bench-loop-lag bench-migrate
+bench: bench-budget bench-ingest bench-graph bench-report bench-tracker bench-loop-lag bench-migrate
 	$(PY) bench/report.py
 
 bench-budget: deps
@@ -89,6 +89,11 @@ bench-tracker: deps
 
 bench-graph: deps
 	$(PY) bench/graph/run.py
+
+# 10M ledger rows over 12 months and 1,000 agents (minutes to load); BENCH_REPORT_ARGS="--data-dir DIR" keeps
+# the loaded cluster for the next run.
+bench-report: deps
+	$(PY) bench/spend/run.py $(BENCH_REPORT_ARGS)
 
 # V3_010 -> head on 1M ledger rows under application writes (this release and the first one, same run);
 # then the README table.

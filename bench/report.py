@@ -124,6 +124,27 @@ def graph_rows(data: dict[str, Any]) -> list[str]:
     return rows
 
 
+def report_rows(data: dict[str, Any]) -> list[str]:
+    s, hp = data["settings"], data["hot_path"]
+    labels = {
+        "a_agent_month_by_day_model": "one agent's month by day and model",
+        "b_all_agents_month": "all agents' month",
+        "c_near_limit": "budgets near their limit",
+    }
+    rows = [
+        f"| report | {labels[name]}, {s['rows']:,} ledger rows, p95 (load {data['load_before'][0]}) "
+        f"| {q['p95_ms']} ms | - | - | {q['target_p95_ms']:.0f} ms: "
+        f"{_verdict(q['p95_ms'], q['target_p95_ms'], higher_is_better=False)} |"
+        for name, q in data["queries"].items()
+    ]
+    rows.append(
+        f"| report | reserve+settle/s with the read side's overrun index | {hp['reserve_settle_per_s']['with_index']:.0f} "
+        f"| without it {hp['reserve_settle_per_s']['without_index']:.0f} | {hp['ratio_with_vs_without']:.2f}x "
+        f"| no slower: {_verdict(hp['ratio_with_vs_without'], 0.95)} |"
+    )
+    return rows
+
+
 def migrate_rows(data: dict[str, Any]) -> list[str]:
     ours = data["this_release"]
     first = data.get("first_release")
@@ -167,6 +188,7 @@ def render() -> str:
         ("budget", budget_rows),
         ("ingest", ingest_rows),
         ("graph", graph_rows),
+        ("report", report_rows),
         ("migrate", migrate_rows),
     ):
         data = _load(name)

@@ -5,6 +5,7 @@ packages=(
   postgresql-15 postgresql-client-15 postgresql-contrib
   postgresql-15-pgtap postgresql-15-plpgsql-check libtap-parser-sourcehandler-pgtap-perl
   openjdk-17-jdk-headless maven
+  prometheus  # promtool: checks and unit-tests the alert rules in ops/prometheus (make test)
 )
 missing=()
 for p in "${packages[@]}"; do

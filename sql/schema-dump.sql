@@ -14,6 +14,56 @@ CREATE SCHEMA sigledger;
 ALTER SCHEMA sigledger OWNER TO sigledger_owner;
 
 --
+-- Name: _agent_hierarchy(); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger._agent_hierarchy() RETURNS TABLE(agent_id uuid, agent text, agent_budget_id bigint, team_budget_id bigint, team text, org_budget_id bigint, org text)
+    LANGUAGE sql STABLE PARALLEL SAFE
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+    SELECT a.id, a.name, ab.id,
+           CASE WHEN p.level = 'team' THEN p.id END,
+           CASE WHEN p.level = 'team' THEN p.name END,
+           CASE WHEN p.level = 'org' THEN p.id WHEN g.level = 'org' THEN g.id END,
+           CASE WHEN p.level = 'org' THEN p.name WHEN g.level = 'org' THEN g.name END
+      FROM sigledger.agent_registry a
+      LEFT JOIN sigledger.budget ab ON ab.agent_id = a.id
+      LEFT JOIN sigledger.budget p ON p.id = ab.parent_id
+      LEFT JOIN sigledger.budget g ON g.id = p.parent_id;
+$$;
+
+ALTER FUNCTION sigledger._agent_hierarchy() OWNER TO sigledger_owner;
+
+--
+-- Name: _alert_document(bigint); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger._alert_document(p_alert_id bigint) RETURNS json
+    LANGUAGE sql STABLE
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+    SELECT json_build_object(
+               'alert_id', a.id,
+               'budget_id', b.id,
+               'level', b.level,
+               'name', coalesce(ag.name, b.name),
+               'agent', ag.name,
+               'agent_id', b.agent_id,
+               'period', b.period,
+               'period_start', to_char(a.period_start AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+               'threshold', trim_scale(a.threshold)::text,
+               'limit_usd', trim_scale(a.limit_usd)::text,
+               'spent_usd', trim_scale(a.spent_usd)::text,
+               'created_at', to_char(a.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'))
+      FROM sigledger.budget_alert a
+      JOIN sigledger.budget b ON b.id = a.budget_id
+      LEFT JOIN sigledger.agent_registry ag ON ag.id = b.agent_id
+     WHERE a.id = p_alert_id;
+$$;
+
+ALTER FUNCTION sigledger._alert_document(p_alert_id bigint) OWNER TO sigledger_owner;
+
+--
 -- Name: _api_audience(); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
 --
 
@@ -31,6 +81,14 @@ CREATE FUNCTION sigledger._api_audience() RETURNS TABLE(fn name, audience text[]
         ('create_group_budget', '{admin}'), ('add_model_price', '{admin}'), ('reconcile_budgets', '{admin}'),
         ('expire_reservations', '{admin}'), ('ensure_ledger_partitions', '{admin}'),
         ('reserve_budgets', '{app}'), ('settle_budgets', '{app}'), ('set_budget_slices', '{admin}'),
+        -- the read side: spend, budgets, reservations, prices, alerts, metrics (readonly: dashboards, replicas)
+        ('spend_report', '{app,readonly}'), ('spend_top', '{app,readonly}'), ('budget_tree', '{app,readonly}'),
+        ('budgets_near_limit', '{app,readonly}'), ('list_agents', '{app,readonly}'),
+        ('open_reservations', '{app,readonly}'), ('overrun_report', '{app,readonly}'),
+        ('list_model_prices', '{app,readonly}'), ('budget_alert_document', '{app,readonly}'),
+        ('budget_alert_feed', '{app,readonly}'), ('alert_sink_status', '{app,readonly}'),
+        ('metrics_snapshot', '{app,readonly}'), ('quarantine_list', '{admin}'), ('quarantine_resubmit', '{admin}'),
+        ('alert_sink_open', '{app}'), ('alert_sink_pending', '{app}'), ('alert_sink_delivered', '{app}'),
         -- signals, entities, opportunities
         ('ingest_signal', '{app}'), ('ingest_signals', '{app}'), ('create_entity', '{app}'),
         ('add_alias', '{app}'), ('resolve_entity', '{app,readonly}'), ('merge_entities', '{app}'),
@@ -75,6 +133,25 @@ END;
 $$;
 
 ALTER FUNCTION sigledger._assert_exact(p_name text, p_value numeric, p_scale integer) OWNER TO sigledger_owner;
+
+--
+-- Name: _assert_limit(integer, integer); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger._assert_limit(p_value integer, p_max integer) RETURNS integer
+    LANGUAGE plpgsql IMMUTABLE
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+BEGIN
+    IF p_value IS NULL OR p_value < 1 OR p_value > p_max THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('limit must be between 1 and %s, got %s', p_max, coalesce(p_value::text, 'NULL'));
+    END IF;
+    RETURN p_value;
+END;
+$$;
+
+ALTER FUNCTION sigledger._assert_limit(p_value integer, p_max integer) OWNER TO sigledger_owner;
 
 --
 -- Name: _assert_text(text, text); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
@@ -342,6 +419,45 @@ END;
 $$;
 
 ALTER FUNCTION sigledger._budget_chain_arrays(p_agent_id uuid, p_at timestamp with time zone, OUT ids bigint[], OUT periods timestamp with time zone[], OUT caps numeric[], OUT limits numeric[], OUT thresholds text[], OUT levels text[], OUT agent_fail_policy text, OUT slices integer[]) OWNER TO sigledger_owner;
+
+--
+-- Name: _budget_current(); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger._budget_current() RETURNS TABLE(budget_id bigint, level text, name text, agent_id uuid, parent_id bigint, period text, period_start timestamp with time zone, limit_usd numeric, cap_usd numeric, spent_usd numeric, reserved_usd numeric, excess_usd numeric, used_ratio numeric, fail_policy text)
+    LANGUAGE sql STABLE PARALLEL SAFE
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+    WITH n AS (SELECT now() AT TIME ZONE 'UTC' AS utc),
+    starts AS (
+        SELECT timestamptz '1970-01-01 00:00:00+00' AS none_start,
+               date_trunc('day', n.utc) AT TIME ZONE 'UTC' AS day_start,
+               date_trunc('week', n.utc) AT TIME ZONE 'UTC' AS week_start,
+               date_trunc('month', n.utc) AT TIME ZONE 'UTC' AS month_start
+          FROM n
+    ), bp AS (
+        SELECT b.*, CASE b.period WHEN 'none' THEN st.none_start WHEN 'daily' THEN st.day_start
+                                  WHEN 'weekly' THEN st.week_start WHEN 'monthly' THEN st.month_start END AS ps
+          FROM sigledger.budget b CROSS JOIN starts st
+    )
+    SELECT b.id, b.level, coalesce(a.name, b.name), b.agent_id, b.parent_id, b.period, b.ps, b.limit_usd,
+           coalesce(s.cap_usd, b.limit_usd * (1 + b.grace_ratio)), coalesce(s.spent_usd, 0),
+           coalesce(s.reserved_usd, 0), coalesce(s.excess_usd, 0),
+           CASE WHEN b.limit_usd > 0
+                THEN round((coalesce(s.spent_usd, 0) + coalesce(s.reserved_usd, 0)) / b.limit_usd, 6) END,
+           b.fail_policy
+      FROM bp b
+      LEFT JOIN sigledger.agent_registry a ON a.id = b.agent_id
+      -- summed per budget and period: whatever number of rows a period keeps, the budget's figure is their sum
+      LEFT JOIN (SELECT x.budget_id, x.period_start, sum(x.cap_usd) AS cap_usd, sum(x.spent_usd) AS spent_usd,
+                        sum(x.reserved_usd) AS reserved_usd, sum(x.excess_usd) AS excess_usd
+                   FROM sigledger.budget_spend x, starts st
+                  WHERE x.period_start IN (st.none_start, st.day_start, st.week_start, st.month_start)
+                  GROUP BY x.budget_id, x.period_start) s
+        ON s.budget_id = b.id AND s.period_start = b.ps;
+$$;
+
+ALTER FUNCTION sigledger._budget_current() OWNER TO sigledger_owner;
 
 --
 -- Name: _budget_refused(uuid, numeric, bigint[], timestamp with time zone[], numeric[], text[], integer, numeric); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
@@ -2197,6 +2313,65 @@ $_$;
 ALTER FUNCTION sigledger._record_costs_set(p_batch jsonb, OUT inserted integer, OUT duplicates integer, OUT quarantined integer, OUT charge_budget_ids bigint[], OUT charge_periods timestamp with time zone[], OUT charge_amounts numeric[], OUT charge_caps numeric[], OUT charge_limits numeric[], OUT charge_thresholds text[], OUT charge_slices integer[], OUT reserved jsonb) OWNER TO sigledger_owner;
 
 --
+-- Name: _report_agents(uuid, bigint); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger._report_agents(p_agent_id uuid, p_budget_id bigint) RETURNS uuid[]
+    LANGUAGE plpgsql STABLE
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+DECLARE
+    v_agents uuid[];
+BEGIN
+    IF p_agent_id IS NOT NULL AND NOT EXISTS (SELECT FROM sigledger.agent_registry a WHERE a.id = p_agent_id) THEN
+        RAISE EXCEPTION USING ERRCODE = 'P0002', MESSAGE = format('unknown agent %s', p_agent_id);
+    END IF;
+    IF p_budget_id IS NULL THEN
+        RETURN CASE WHEN p_agent_id IS NULL THEN NULL ELSE ARRAY[p_agent_id] END;
+    END IF;
+    IF NOT EXISTS (SELECT FROM sigledger.budget b WHERE b.id = p_budget_id) THEN
+        RAISE EXCEPTION USING ERRCODE = 'P0002', MESSAGE = format('unknown budget %s', p_budget_id);
+    END IF;
+    SELECT coalesce(array_agg(h.agent_id), '{}') INTO v_agents
+      FROM sigledger._agent_hierarchy() h
+     WHERE p_budget_id IN (h.agent_budget_id, h.team_budget_id, h.org_budget_id)
+       AND (p_agent_id IS NULL OR h.agent_id = p_agent_id);
+    RETURN v_agents;
+END;
+$$;
+
+ALTER FUNCTION sigledger._report_agents(p_agent_id uuid, p_budget_id bigint) OWNER TO sigledger_owner;
+
+--
+-- Name: _report_range(timestamp with time zone, timestamp with time zone); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger._report_range(p_since timestamp with time zone, p_until timestamp with time zone) RETURNS void
+    LANGUAGE plpgsql IMMUTABLE
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+BEGIN
+    IF p_since IS NULL OR p_until IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '22004', MESSAGE = 'since and until must not be NULL';
+    END IF;
+    IF NOT (p_since > '-infinity' AND p_until < 'infinity') THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('since and until must be finite, got %s .. %s', p_since, p_until);
+    END IF;
+    IF p_until <= p_since THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('until must lie after since, got %s .. %s', p_since, p_until);
+    END IF;
+    IF p_until - p_since > interval '3660 days' THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('a report covers at most 3660 days, got %s .. %s', p_since, p_until);
+    END IF;
+END;
+$$;
+
+ALTER FUNCTION sigledger._report_range(p_since timestamp with time zone, p_until timestamp with time zone) OWNER TO sigledger_owner;
+
+--
 -- Name: _reservation_charge(bigint[], timestamp with time zone[], smallint[], jsonb, numeric, numeric); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
 --
 
@@ -2594,9 +2769,9 @@ BEGIN
             RETURNING id INTO v_id;
             IF v_id IS NOT NULL THEN
                 v_count := v_count + 1;
-                PERFORM pg_notify('sigledger_budget_alert', json_build_object(
-                    'alert_id', v_id, 'budget_id', p_budget_id, 'period_start', p_period_start,
-                    'threshold', v_threshold, 'limit_usd', p_limit, 'spent_usd', p_new_spent)::text);
+                -- the payload is a wake-up, not the alert: any role may NOTIFY on this channel, so watchers
+                -- read the alert through the API by this id (budget_alert_document) and ignore what is not there
+                PERFORM pg_notify('sigledger_budget_alert', json_build_object('alert_id', v_id)::text);
             END IF;
         END IF;
     END LOOP;
@@ -3016,6 +3191,200 @@ made at or after valid_from until a later price.
 SQLSTATE: 22004, 22023, 22003, 23505';
 
 --
+-- Name: alert_sink_delivered(text, bigint, integer); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger.alert_sink_delivered(p_sink text, p_alert_id bigint, p_attempts integer) RETURNS boolean
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+BEGIN
+    IF p_attempts IS NULL OR p_attempts < 1 OR p_attempts > 1000000 THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('attempts must be between 1 and 1000000, got %s', coalesce(p_attempts::text, 'NULL'));
+    END IF;
+    IF NOT EXISTS (SELECT FROM alert_sink s WHERE s.name = p_sink) THEN
+        RAISE EXCEPTION USING ERRCODE = 'P0002', MESSAGE = format('unknown alert sink %L', left(p_sink, 200));
+    END IF;
+    IF NOT EXISTS (SELECT FROM budget_alert a WHERE a.id = p_alert_id) THEN
+        RAISE EXCEPTION USING ERRCODE = 'P0002', MESSAGE = format('unknown alert %s', p_alert_id);
+    END IF;
+    -- two watchers of one sink that both delivered: the primary key keeps the first record
+    INSERT INTO alert_delivery (sink, alert_id, attempts) VALUES (p_sink, p_alert_id, p_attempts)
+    ON CONFLICT ON CONSTRAINT alert_delivery_pkey DO NOTHING;
+    RETURN FOUND;
+END;
+$$;
+
+ALTER FUNCTION sigledger.alert_sink_delivered(p_sink text, p_alert_id bigint, p_attempts integer) OWNER TO sigledger_owner;
+
+--
+-- Name: FUNCTION alert_sink_delivered(p_sink text, p_alert_id bigint, p_attempts integer); Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON FUNCTION sigledger.alert_sink_delivered(p_sink text, p_alert_id bigint, p_attempts integer) IS 'Records that the sink delivered the alert (the receiver acknowledged it) after attempts tries; true when
+this call recorded it, false when it was recorded already.
+SQLSTATE: 22023, P0002';
+
+--
+-- Name: alert_sink_open(text, boolean); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger.alert_sink_open(p_sink text, p_replay boolean DEFAULT false) RETURNS TABLE(sink text, start_after_id bigint, pending bigint, created boolean)
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+DECLARE
+    s alert_sink%ROWTYPE;
+BEGIN
+    IF p_sink IS NULL OR length(btrim(p_sink)) = 0 OR length(p_sink) > 500 THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('sink must be 1 to 500 characters, got %L', left(p_sink, 200));
+    END IF;
+    -- concurrent openers of a new sink: the primary key orders them, the second finds the first's row
+    INSERT INTO alert_sink (name, start_after_id)
+    VALUES (p_sink, CASE WHEN coalesce(p_replay, false) THEN 0
+                         ELSE coalesce((SELECT max(a.id) FROM budget_alert a), 0) END)
+    ON CONFLICT ON CONSTRAINT alert_sink_pkey DO NOTHING
+    RETURNING * INTO s;
+    created := FOUND;
+    IF NOT created THEN
+        IF coalesce(p_replay, false) THEN
+            UPDATE alert_sink x SET start_after_id = 0 WHERE x.name = p_sink RETURNING * INTO s;
+        ELSE
+            SELECT * INTO s FROM alert_sink x WHERE x.name = p_sink;
+        END IF;
+    END IF;
+    sink := s.name;
+    start_after_id := s.start_after_id;
+    pending := (SELECT count(*) FROM budget_alert a
+                 WHERE a.id > s.start_after_id
+                   AND NOT EXISTS (SELECT FROM alert_delivery d WHERE d.sink = s.name AND d.alert_id = a.id));
+    RETURN NEXT;
+END;
+$$;
+
+ALTER FUNCTION sigledger.alert_sink_open(p_sink text, p_replay boolean) OWNER TO sigledger_owner;
+
+--
+-- Name: FUNCTION alert_sink_open(p_sink text, p_replay boolean); Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON FUNCTION sigledger.alert_sink_open(p_sink text, p_replay boolean) IS 'Registers the alert sink named sink (1..500 characters; budget watch --webhook uses the URL without its query)
+or finds it again, and returns how many alerts are pending for it. A new sink starts with the alerts stored
+after now; replay => true makes every stored alert it has not delivered pending.
+SQLSTATE: 22023';
+
+--
+-- Name: alert_sink_pending(text, integer); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger.alert_sink_pending(p_sink text, p_limit integer DEFAULT 100) RETURNS TABLE(alert_id bigint, document json)
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+DECLARE
+    v_start bigint;
+BEGIN
+    PERFORM _assert_limit(p_limit, 10000);
+    SELECT s.start_after_id INTO v_start FROM alert_sink s WHERE s.name = p_sink;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'P0002', MESSAGE = format('unknown alert sink %L', left(p_sink, 200));
+    END IF;
+    -- by id, not by a high-water mark: an alert whose transaction commits after a later one is still pending
+    RETURN QUERY
+    SELECT a.id, _alert_document(a.id)
+      FROM budget_alert a
+     WHERE a.id > v_start
+       AND NOT EXISTS (SELECT FROM alert_delivery d WHERE d.sink = p_sink AND d.alert_id = a.id)
+     ORDER BY a.id
+     LIMIT p_limit;
+END;
+$$;
+
+ALTER FUNCTION sigledger.alert_sink_pending(p_sink text, p_limit integer) OWNER TO sigledger_owner;
+
+--
+-- Name: FUNCTION alert_sink_pending(p_sink text, p_limit integer); Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON FUNCTION sigledger.alert_sink_pending(p_sink text, p_limit integer) IS 'Alerts the sink has not delivered yet, oldest first, as documents, at most limit (1..10000).
+SQLSTATE: 22023, P0002';
+
+--
+-- Name: alert_sink_status(); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger.alert_sink_status() RETURNS TABLE(sink text, start_after_id bigint, delivered bigint, pending bigint, last_delivered_at timestamp with time zone)
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+    SELECT s.name, s.start_after_id,
+           (SELECT count(*) FROM alert_delivery d WHERE d.sink = s.name),
+           (SELECT count(*) FROM budget_alert a
+             WHERE a.id > s.start_after_id
+               AND NOT EXISTS (SELECT FROM alert_delivery d WHERE d.sink = s.name AND d.alert_id = a.id)),
+           (SELECT max(d.delivered_at) FROM alert_delivery d WHERE d.sink = s.name)
+      FROM alert_sink s
+     ORDER BY s.name;
+$$;
+
+ALTER FUNCTION sigledger.alert_sink_status() OWNER TO sigledger_owner;
+
+--
+-- Name: FUNCTION alert_sink_status(); Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON FUNCTION sigledger.alert_sink_status() IS 'Every alert sink: alerts delivered, alerts pending, the last delivery. Raises nothing.';
+
+--
+-- Name: budget_alert_document(bigint); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger.budget_alert_document(p_alert_id bigint) RETURNS json
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+    SELECT _alert_document(p_alert_id);
+$$;
+
+ALTER FUNCTION sigledger.budget_alert_document(p_alert_id bigint) OWNER TO sigledger_owner;
+
+--
+-- Name: FUNCTION budget_alert_document(p_alert_id bigint); Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON FUNCTION sigledger.budget_alert_document(p_alert_id bigint) IS 'The alert with this id as a JSON document (alert_id, budget_id, level, name, agent, agent_id, period,
+period_start, threshold, limit_usd, spent_usd, created_at; money as normalised strings), NULL when there is none (a
+NOTIFY payload naming an unknown id is not an alert). Raises nothing.';
+
+--
+-- Name: budget_alert_feed(bigint, integer); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger.budget_alert_feed(p_after_id bigint DEFAULT 0, p_limit integer DEFAULT 1000) RETURNS TABLE(alert_id bigint, document json)
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+BEGIN
+    PERFORM _assert_limit(p_limit, 100000);
+    RETURN QUERY
+    SELECT a.id, _alert_document(a.id) FROM budget_alert a WHERE a.id > coalesce(p_after_id, 0) ORDER BY a.id
+     LIMIT p_limit;
+END;
+$$;
+
+ALTER FUNCTION sigledger.budget_alert_feed(p_after_id bigint, p_limit integer) OWNER TO sigledger_owner;
+
+--
+-- Name: FUNCTION budget_alert_feed(p_after_id bigint, p_limit integer); Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON FUNCTION sigledger.budget_alert_feed(p_after_id bigint, p_limit integer) IS 'Stored alerts with an id above after_id as documents (see budget_alert_document), oldest first, at most limit
+(1..100000).
+SQLSTATE: 22023';
+
+--
 -- Name: budget; Type: TABLE; Schema: sigledger; Owner: sigledger_owner
 --
 
@@ -3174,6 +3543,82 @@ check_and_record_budget''s expected_version compares with at the agent level), o
 budget shows the sums over its slices. An agent without a limit of its own shows only the levels above it.
 No rows: the agent has no budget.
 SQLSTATE: 22004, P0002';
+
+--
+-- Name: budget_tree(); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger.budget_tree() RETURNS TABLE(depth integer, budget_id bigint, parent_id bigint, level text, name text, agent_id uuid, period text, period_start timestamp with time zone, limit_usd numeric, spent_usd numeric, reserved_usd numeric, remaining_usd numeric, used_ratio numeric, fail_policy text)
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+    WITH RECURSIVE c AS (SELECT * FROM _budget_current()),
+    t AS (
+        SELECT c.*, 0 AS depth, ARRAY[c.name || chr(1) || c.budget_id::text] AS path
+          FROM c WHERE c.parent_id IS NULL
+        UNION ALL
+        SELECT c.*, t.depth + 1, t.path || (c.name || chr(1) || c.budget_id::text)
+          FROM c JOIN t ON c.parent_id = t.budget_id
+         WHERE t.depth < 3
+    )
+    SELECT t.depth, t.budget_id, t.parent_id, t.level, t.name, t.agent_id, t.period, t.period_start, t.limit_usd,
+           t.spent_usd, t.reserved_usd,
+           CASE WHEN t.cap_usd IS NOT NULL THEN greatest(0, t.cap_usd - t.spent_usd - t.reserved_usd) END, t.used_ratio,
+           t.fail_policy
+      FROM t
+     ORDER BY t.path;
+$$;
+
+ALTER FUNCTION sigledger.budget_tree() OWNER TO sigledger_owner;
+
+--
+-- Name: FUNCTION budget_tree(); Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON FUNCTION sigledger.budget_tree() IS 'Every budget, org -> team -> agent (depth first, siblings by name), with its current period: limit, spent,
+reserved, remaining (to the cap, grace included), used_ratio = (spent + reserved) / limit (NULL for a zero
+limit). Agent budgets are named after their agent. Raises nothing.';
+
+--
+-- Name: budgets_near_limit(numeric, text); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger.budgets_near_limit(p_threshold numeric DEFAULT 0.8, p_level text DEFAULT NULL::text) RETURNS TABLE(budget_id bigint, level text, name text, agent_id uuid, parent_id bigint, period text, period_start timestamp with time zone, limit_usd numeric, spent_usd numeric, reserved_usd numeric, used_ratio numeric, state text)
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+BEGIN
+    PERFORM _assert_usd('threshold', p_threshold, 10);
+    IF p_threshold = 0 THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'threshold must be greater than 0, got 0';
+    END IF;
+    IF p_level IS NOT NULL AND p_level NOT IN ('org', 'team', 'agent') THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('level must be org, team or agent, got %L', left(p_level, 200));
+    END IF;
+    RETURN QUERY
+    SELECT c.budget_id, c.level, c.name, c.agent_id, c.parent_id, c.period, c.period_start, c.limit_usd,
+           c.spent_usd, c.reserved_usd, c.used_ratio,
+           CASE WHEN c.spent_usd > c.limit_usd THEN 'over'
+                WHEN c.spent_usd + c.reserved_usd >= c.limit_usd THEN 'at_limit'
+                ELSE 'near' END
+      FROM _budget_current() c
+     WHERE (p_level IS NULL OR c.level = p_level)
+       AND (c.used_ratio >= p_threshold OR (c.limit_usd = 0 AND c.spent_usd + c.reserved_usd > 0))
+     ORDER BY c.used_ratio DESC NULLS FIRST, c.level, c.name;
+END;
+$$;
+
+ALTER FUNCTION sigledger.budgets_near_limit(p_threshold numeric, p_level text) OWNER TO sigledger_owner;
+
+--
+-- Name: FUNCTION budgets_near_limit(p_threshold numeric, p_level text); Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON FUNCTION sigledger.budgets_near_limit(p_threshold numeric, p_level text) IS 'Budgets (every level, or only level org|team|agent) whose current period''s spent + reserved reaches threshold
+(a fraction of the limit in (0, 10], default 0.8), fullest first. state: over (spent above the limit: grace or
+recorded excess), at_limit (spent + reserved at or above it), near.
+SQLSTATE: 22004, 22023, 22003';
 
 --
 -- Name: check_and_record_budget(uuid, numeric, bigint, boolean); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
@@ -3884,6 +4329,61 @@ Errors: P0002 unknown opportunity or signal.
 SQLSTATE: 22023, P0002, 55P03';
 
 --
+-- Name: list_agents(); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger.list_agents() RETURNS TABLE(agent_id uuid, name text, created_at timestamp with time zone, budget_id bigint, team text, org text, period text, limit_usd numeric, spent_usd numeric, reserved_usd numeric, used_ratio numeric, open_reservations bigint)
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+    SELECT a.id, a.name, a.created_at, h.agent_budget_id, h.team, h.org, c.period, c.limit_usd, c.spent_usd,
+           c.reserved_usd, c.used_ratio, coalesce(r.n, 0)
+      FROM agent_registry a
+      JOIN _agent_hierarchy() h ON h.agent_id = a.id
+      LEFT JOIN _budget_current() c ON c.budget_id = h.agent_budget_id
+      LEFT JOIN (SELECT br.agent_id, count(*) AS n FROM budget_reservation br WHERE br.state = 'open'
+                  GROUP BY br.agent_id) r ON r.agent_id = a.id
+     ORDER BY a.name;
+$$;
+
+ALTER FUNCTION sigledger.list_agents() OWNER TO sigledger_owner;
+
+--
+-- Name: FUNCTION list_agents(); Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON FUNCTION sigledger.list_agents() IS 'Every agent by name: its budget (NULL: none), team and org above it, the current period of its own budget
+(limit, spent, reserved, used_ratio) and its open reservations. Raises nothing.';
+
+--
+-- Name: list_model_prices(text, text, boolean); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger.list_model_prices(p_provider text DEFAULT NULL::text, p_model text DEFAULT NULL::text, p_history boolean DEFAULT false) RETURNS TABLE(provider text, model text, valid_from timestamp with time zone, valid_until timestamp with time zone, input_usd_per_mtok numeric, output_usd_per_mtok numeric, current boolean)
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+    SELECT x.provider, x.model, x.valid_from, x.valid_until, x.input_usd_per_mtok, x.output_usd_per_mtok,
+           x.valid_from <= now() AND (x.valid_until IS NULL OR x.valid_until > now())
+      FROM (SELECT p.*, lead(p.valid_from) OVER (PARTITION BY p.provider, p.model ORDER BY p.valid_from) AS valid_until
+              FROM model_price p
+             WHERE (p_provider IS NULL OR p.provider = p_provider) AND (p_model IS NULL OR p.model = p_model)) x
+     WHERE coalesce(p_history, false)
+        OR (x.valid_from <= now() AND (x.valid_until IS NULL OR x.valid_until > now()))
+        OR x.valid_from > now()
+     ORDER BY x.provider, x.model, x.valid_from;
+$$;
+
+ALTER FUNCTION sigledger.list_model_prices(p_provider text, p_model text, p_history boolean) OWNER TO sigledger_owner;
+
+--
+-- Name: FUNCTION list_model_prices(p_provider text, p_model text, p_history boolean); Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON FUNCTION sigledger.list_model_prices(p_provider text, p_model text, p_history boolean) IS 'Prices (USD per million input/output tokens) by provider and model: the current one and any scheduled for
+later, or every price ever with history => true. valid_until is the next price''s valid_from. Raises nothing.';
+
+--
 -- Name: merge_entities(uuid, uuid[]); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
 --
 
@@ -4070,6 +4570,146 @@ Errors: SLM02 NULL target, empty list, NULL or duplicate source, target among so
 SQLSTATE: SLM02, P0002, SLM01, 55P03';
 
 --
+-- Name: metrics_snapshot(integer, integer, integer); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger.metrics_snapshot(p_max_groups integer DEFAULT 100, p_top_agents integer DEFAULT 20, p_top_models integer DEFAULT 20) RETURNS TABLE(metric text, labels jsonb, value double precision)
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $_$
+DECLARE
+    v_today timestamptz := date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC';
+BEGIN
+    IF p_max_groups IS NULL OR p_max_groups < 0 OR p_max_groups > 1000
+       OR p_top_agents IS NULL OR p_top_agents < 0 OR p_top_agents > 1000
+       OR p_top_models IS NULL OR p_top_models < 0 OR p_top_models > 1000 THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('max_groups, top_agents and top_models must be between 0 and 1000, got %s, %s, %s',
+                             p_max_groups, p_top_agents, p_top_models);
+    END IF;
+
+    -- budgets: the fullest org/team budgets (up to max_groups) and agent budgets (up to top_agents)
+    RETURN QUERY
+    WITH c AS (SELECT * FROM _budget_current()),
+    chosen AS (
+        (SELECT * FROM c WHERE c.level <> 'agent' ORDER BY c.used_ratio DESC NULLS LAST, c.budget_id LIMIT p_max_groups)
+        UNION ALL
+        (SELECT * FROM c WHERE c.level = 'agent' ORDER BY c.used_ratio DESC NULLS LAST, c.budget_id LIMIT p_top_agents)
+    )
+    SELECT m.metric, jsonb_build_object('level', x.level, 'budget', x.name, 'period', x.period), m.value
+      FROM chosen x
+     CROSS JOIN LATERAL (VALUES ('sigledger_budget_limit_usd', x.limit_usd::float8),
+                                ('sigledger_budget_spent_usd', x.spent_usd::float8),
+                                ('sigledger_budget_reserved_usd', x.reserved_usd::float8),
+                                ('sigledger_budget_used_ratio', coalesce(x.used_ratio, 0)::float8)) m(metric, value)
+     WHERE m.value IS NOT NULL;  -- (an agent without a limit of its own has no limit series)
+
+    -- every budget counted by level and state (a complete picture at fixed cardinality)
+    RETURN QUERY
+    SELECT 'sigledger_budgets', jsonb_build_object('level', l.level, 'state', s.state),
+           count(c.budget_id)::float8
+      FROM (VALUES ('org'), ('team'), ('agent')) l(level)
+     CROSS JOIN (VALUES ('ok'), ('near'), ('at_limit'), ('over')) s(state)
+      LEFT JOIN (SELECT b.budget_id, b.level,
+                        CASE WHEN b.spent_usd > b.limit_usd THEN 'over'
+                             WHEN b.spent_usd + b.reserved_usd >= b.limit_usd
+                                  AND (b.limit_usd > 0 OR b.spent_usd + b.reserved_usd > 0) THEN 'at_limit'
+                             WHEN b.used_ratio >= 0.8 THEN 'near'
+                             ELSE 'ok' END AS state
+                   FROM _budget_current() b) c ON c.level = l.level AND c.state = s.state
+     GROUP BY l.level, s.state;
+
+    -- the ledger today (UTC), per model: the top_models by spend, the rest summed as provider/model "other"
+    RETURN QUERY
+    WITH d AS (
+        SELECT l.provider, l.model, sum(l.cost_usd) AS usd, count(*) AS calls
+          FROM llm_cost_log l WHERE l.created_at >= v_today
+         GROUP BY l.provider, l.model
+    ), r AS (
+        SELECT d.*, row_number() OVER (ORDER BY d.usd DESC, d.provider, d.model) AS n FROM d
+    ), g AS (
+        SELECT CASE WHEN r.n <= p_top_models THEN r.provider ELSE 'other' END AS provider,
+               CASE WHEN r.n <= p_top_models THEN r.model ELSE 'other' END AS model,
+               sum(r.usd) AS usd, sum(r.calls) AS calls
+          FROM r GROUP BY 1, 2
+    )
+    SELECT m.metric, jsonb_build_object('provider', g.provider, 'model', g.model), m.value
+      FROM g CROSS JOIN LATERAL (VALUES ('sigledger_ledger_usd_today', g.usd::float8),
+                                        ('sigledger_ledger_calls_today', g.calls::float8)) m(metric, value);
+
+    RETURN QUERY
+    SELECT 'sigledger_cost_quarantine_rows', '{}'::jsonb, count(*)::float8
+      FROM cost_quarantine q WHERE q.resolved_at IS NULL;
+
+    RETURN QUERY
+    SELECT m.metric, '{}'::jsonb, m.value
+      FROM (SELECT count(*) AS open, count(*) FILTER (WHERE r.expires_at <= now()) AS overdue
+              FROM budget_reservation r WHERE r.state = 'open') x
+     CROSS JOIN LATERAL (VALUES ('sigledger_reservations_open', x.open::float8),
+                                ('sigledger_reservations_overdue', x.overdue::float8)) m(metric, value);
+
+    RETURN QUERY
+    SELECT 'sigledger_alert_sink_pending', jsonb_build_object('sink', s.sink), s.pending::float8
+      FROM alert_sink_status() s;
+
+    -- partitions: months ahead of the current one (the sweep keeps 3), and rows stuck in DEFAULT (should be 0)
+    RETURN QUERY
+    SELECT 'sigledger_ledger_partition_months_ahead', '{}'::jsonb,
+           count(*) FILTER (WHERE c.relname > 'llm_cost_log_p' || to_char(now() AT TIME ZONE 'UTC', 'YYYYMM'))::float8
+      FROM pg_catalog.pg_inherits i JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid
+     WHERE i.inhparent = 'sigledger.llm_cost_log'::regclass AND c.relname ~ '^llm_cost_log_p[0-9]{6}$';
+    RETURN QUERY
+    SELECT 'sigledger_ledger_default_partition_rows', '{}'::jsonb, count(*)::float8
+      FROM (SELECT 1 FROM llm_cost_log_default LIMIT 100000) x;
+END;
+$_$;
+
+ALTER FUNCTION sigledger.metrics_snapshot(p_max_groups integer, p_top_agents integer, p_top_models integer) OWNER TO sigledger_owner;
+
+--
+-- Name: FUNCTION metrics_snapshot(p_max_groups integer, p_top_agents integer, p_top_models integer); Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON FUNCTION sigledger.metrics_snapshot(p_max_groups integer, p_top_agents integer, p_top_models integer) IS 'Every database gauge of the Prometheus exporter as (metric, labels, value): budget limit/spent/reserved/used
+ratio of the fullest max_groups org/team budgets and top_agents agent budgets (current period), budgets by
+level and state, today''s (UTC) ledger USD and calls of the top_models models (the rest as "other"),
+unresolved quarantine rows, open and overdue reservations, alerts pending per sink, ledger partitions ahead and
+rows in the DEFAULT partition. Arguments 0..1000. Read-only.
+SQLSTATE: 22023';
+
+--
+-- Name: open_reservations(uuid, integer); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger.open_reservations(p_agent_id uuid DEFAULT NULL::uuid, p_limit integer DEFAULT 1000) RETURNS TABLE(reservation_id bigint, agent_id uuid, agent text, idempotency_key text, estimate_usd numeric, created_at timestamp with time zone, expires_at timestamp with time zone, overdue boolean)
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+BEGIN
+    PERFORM _assert_limit(p_limit, 100000);
+    PERFORM _report_agents(p_agent_id, NULL);
+    RETURN QUERY
+    SELECT r.id, r.agent_id, a.name, r.idempotency_key, r.estimate_usd, r.created_at, r.expires_at,
+           r.expires_at <= now()
+      FROM budget_reservation r
+      JOIN agent_registry a ON a.id = r.agent_id
+     WHERE r.state = 'open' AND (p_agent_id IS NULL OR r.agent_id = p_agent_id)
+     ORDER BY r.expires_at, r.id
+     LIMIT p_limit;
+END;
+$$;
+
+ALTER FUNCTION sigledger.open_reservations(p_agent_id uuid, p_limit integer) OWNER TO sigledger_owner;
+
+--
+-- Name: FUNCTION open_reservations(p_agent_id uuid, p_limit integer); Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON FUNCTION sigledger.open_reservations(p_agent_id uuid, p_limit integer) IS 'Open reservations (of one agent, or all), soonest expiry first, at most limit (1..100000). overdue: past its
+expiry, its hold not yet released by the sweep (expire_reservations).
+SQLSTATE: 22023, P0002';
+
+--
 -- Name: opportunity_signals_of(uuid); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
 --
 
@@ -4104,6 +4744,138 @@ ALTER FUNCTION sigledger.opportunity_signals_of(p_opportunity_id uuid) OWNER TO 
 
 COMMENT ON FUNCTION sigledger.opportunity_signals_of(p_opportunity_id uuid) IS 'Signals linked to the opportunity p_opportunity_id stands for (following merged_into to the live target), oldest first.
 SQLSTATE: P0002';
+
+--
+-- Name: overrun_report(timestamp with time zone, timestamp with time zone, uuid, integer); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger.overrun_report(p_since timestamp with time zone, p_until timestamp with time zone, p_agent_id uuid DEFAULT NULL::uuid, p_limit integer DEFAULT 1000) RETURNS TABLE(reservation_id bigint, agent_id uuid, agent text, estimate_usd numeric, actual_usd numeric, overrun_usd numeric, ledger_id bigint, closed_at timestamp with time zone)
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+BEGIN
+    PERFORM _report_range(p_since, p_until);
+    PERFORM _assert_limit(p_limit, 100000);
+    PERFORM _report_agents(p_agent_id, NULL);
+    -- budget_reservation_overrun_closed_idx: only overrun rows, by closed_at
+    RETURN QUERY
+    SELECT r.id, r.agent_id, a.name, r.estimate_usd, r.actual_usd, r.overrun_usd, r.ledger_id, r.closed_at
+      FROM budget_reservation r
+      JOIN agent_registry a ON a.id = r.agent_id
+     WHERE r.overrun_usd > 0 AND r.closed_at >= p_since AND r.closed_at < p_until
+       AND (p_agent_id IS NULL OR r.agent_id = p_agent_id)
+     ORDER BY r.overrun_usd DESC, r.id
+     LIMIT p_limit;
+END;
+$$;
+
+ALTER FUNCTION sigledger.overrun_report(p_since timestamp with time zone, p_until timestamp with time zone, p_agent_id uuid, p_limit integer) OWNER TO sigledger_owner;
+
+--
+-- Name: FUNCTION overrun_report(p_since timestamp with time zone, p_until timestamp with time zone, p_agent_id uuid, p_limit integer); Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON FUNCTION sigledger.overrun_report(p_since timestamp with time zone, p_until timestamp with time zone, p_agent_id uuid, p_limit integer) IS 'Reservations settled in [since, until) whose actual cost exceeded the estimate, largest overrun first, at most
+limit (1..100000).
+SQLSTATE: 22004, 22023, P0002';
+
+--
+-- Name: quarantine_list(boolean, integer); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger.quarantine_list(p_include_resolved boolean DEFAULT false, p_limit integer DEFAULT 100) RETURNS TABLE(quarantine_id bigint, received_at timestamp with time zone, idempotency_key text, sqlstate text, reason text, payload jsonb, resolved_at timestamp with time zone, resolved_by text, resolved_ledger_id bigint)
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+BEGIN
+    PERFORM _assert_limit(p_limit, 100000);
+    RETURN QUERY
+    SELECT q.id, q.received_at, q.idempotency_key, q.sqlstate, q.reason, q.payload, q.resolved_at, q.resolved_by,
+           q.resolved_ledger_id
+      FROM cost_quarantine q
+     WHERE coalesce(p_include_resolved, false) OR q.resolved_at IS NULL
+     ORDER BY q.id
+     LIMIT p_limit;
+END;
+$$;
+
+ALTER FUNCTION sigledger.quarantine_list(p_include_resolved boolean, p_limit integer) OWNER TO sigledger_owner;
+
+--
+-- Name: FUNCTION quarantine_list(p_include_resolved boolean, p_limit integer); Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON FUNCTION sigledger.quarantine_list(p_include_resolved boolean, p_limit integer) IS 'Rows record_costs quarantined, oldest first, at most limit (1..100000): SQLSTATE and reason of the refusal,
+the payload as received, and (include_resolved => true) how each resolved one was re-submitted.
+SQLSTATE: 22023';
+
+--
+-- Name: quarantine_resubmit(bigint, jsonb); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger.quarantine_resubmit(p_quarantine_id bigint, p_changes jsonb DEFAULT '{}'::jsonb) RETURNS TABLE(quarantine_id bigint, ledger_id bigint, inserted boolean, replayed boolean)
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'sigledger', 'pg_temp'
+    SET lock_timeout TO '5s'
+    AS $$
+DECLARE
+    q cost_quarantine%ROWTYPE;
+    v jsonb;
+    v_key text;
+    v_existed boolean;
+    v_ledger_id bigint;
+BEGIN
+    IF p_quarantine_id IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = '22004', MESSAGE = 'quarantine_id must not be NULL';
+    END IF;
+    IF p_changes IS NULL OR jsonb_typeof(p_changes) <> 'object' THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('changes must be a JSON object, got %s', coalesce(jsonb_typeof(p_changes), 'NULL'));
+    END IF;
+    SELECT * INTO q FROM cost_quarantine c WHERE c.id = p_quarantine_id FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'P0002', MESSAGE = format('unknown quarantine row %s', p_quarantine_id);
+    END IF;
+    IF q.resolved_at IS NOT NULL THEN
+        quarantine_id := q.id; ledger_id := q.resolved_ledger_id; inserted := false; replayed := true;
+        RETURN NEXT;
+        RETURN;
+    END IF;
+    -- a payload that was not even an object (a bad batch element) is replaced by the changes as a whole
+    v := CASE WHEN jsonb_typeof(q.payload) = 'object' THEN q.payload || p_changes ELSE p_changes END;
+    v_key := v ->> 'idempotency_key';
+    v_existed := EXISTS (SELECT FROM llm_cost_log_key k WHERE k.idempotency_key = v_key);
+    v_ledger_id := record_cost(
+        p_idempotency_key => v_key,
+        p_agent_id => (v ->> 'agent_id')::uuid,
+        p_model => v ->> 'model',
+        p_provider => v ->> 'provider',
+        p_input_tokens => coalesce((v ->> 'input_tokens')::bigint, 0),
+        p_output_tokens => coalesce((v ->> 'output_tokens')::bigint, 0),
+        p_cost_usd => (v ->> 'cost_usd')::numeric,
+        p_created_at => (v ->> 'created_at')::timestamptz,
+        p_metadata => coalesce(v -> 'metadata', '{}'::jsonb));
+    UPDATE cost_quarantine c
+       SET resolved_at = now(), resolved_by = session_user, resolved_payload = v, resolved_ledger_id = v_ledger_id
+     WHERE c.id = q.id;
+    -- (a concurrent writer of the same new key between the check and record_cost would make this true for a
+    -- row that call did not write; the money is charged once either way)
+    quarantine_id := q.id; ledger_id := v_ledger_id; inserted := NOT v_existed; replayed := false;
+    RETURN NEXT;
+END;
+$$;
+
+ALTER FUNCTION sigledger.quarantine_resubmit(p_quarantine_id bigint, p_changes jsonb) OWNER TO sigledger_owner;
+
+--
+-- Name: FUNCTION quarantine_resubmit(p_quarantine_id bigint, p_changes jsonb); Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON FUNCTION sigledger.quarantine_resubmit(p_quarantine_id bigint, p_changes jsonb) IS 'Re-submits quarantined row quarantine_id with changes (a JSON object merged over its payload; "created_at":
+null means now) through record_cost, and marks it resolved. Returns (quarantine_id, ledger_id, inserted: this
+call wrote the ledger row, replayed: the row was already resolved). Bad input: the SQLSTATE record_cost raises,
+nothing changed.
+SQLSTATE: 22004, 22023, 22003, 22P02, 22007, 22008, P0002, 55P03';
 
 --
 -- Name: reconcile_budgets(boolean); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
@@ -5252,6 +6024,161 @@ order, before changing any.
 SQLSTATE: 22023, 55P03';
 
 --
+-- Name: spend_report(timestamp with time zone, timestamp with time zone, text[], uuid, bigint, text); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger.spend_report(p_since timestamp with time zone, p_until timestamp with time zone, p_by text[] DEFAULT '{agent}'::text[], p_agent_id uuid DEFAULT NULL::uuid, p_budget_id bigint DEFAULT NULL::bigint, p_tag_key text DEFAULT 'tag'::text) RETURNS TABLE(is_total boolean, bucket timestamp with time zone, agent_id uuid, agent text, team text, org text, model text, provider text, tag text, spend_usd numeric, calls bigint, input_tokens numeric, output_tokens numeric)
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $_$
+DECLARE
+    c_dims CONSTANT text[] := '{agent,team,org,model,provider,day,week,month,tag}';
+    v_by text[] := coalesce(p_by, '{}');
+    v_agents uuid[];
+    v_bucket text;
+    v_inner text[] := '{}';   -- grouping columns of the ledger pass
+    v_outer text[] := '{}';   -- grouping columns of the output
+    v_sql text;
+BEGIN
+    PERFORM _report_range(p_since, p_until);
+    IF cardinality(v_by) > 4 THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('at most 4 dimensions, got %s', cardinality(v_by));
+    END IF;
+    IF EXISTS (SELECT FROM unnest(v_by) d WHERE d IS NULL OR NOT d = ANY (c_dims)) THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('dimensions must be among %s, got %s', array_to_string(c_dims, ', '),
+                             left(v_by::text, 200));
+    END IF;
+    IF (SELECT count(DISTINCT d) FROM unnest(v_by) d) <> cardinality(v_by) THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = format('repeated dimension in %s', v_by);
+    END IF;
+    IF (SELECT count(*) FROM unnest(v_by) d WHERE d IN ('day', 'week', 'month')) > 1 THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('at most one of day, week, month, got %s', v_by);
+    END IF;
+    IF 'tag' = ANY (v_by) THEN
+        PERFORM _assert_text('tag_key', p_tag_key);
+    END IF;
+    v_agents := _report_agents(p_agent_id, p_budget_id);
+
+    v_bucket := (SELECT d FROM unnest(v_by) d WHERE d IN ('day', 'week', 'month'));
+    IF v_bucket IS NOT NULL THEN
+        v_inner := v_inner || format('date_trunc(%L, l.created_at AT TIME ZONE ''UTC'') AT TIME ZONE ''UTC''', v_bucket);
+        v_outer := v_outer || 'x.g_bucket'::text;
+    END IF;
+    IF v_by && '{agent,team,org}' THEN
+        v_inner := v_inner || 'l.agent_id'::text;
+    END IF;
+    IF 'agent' = ANY (v_by) THEN
+        v_outer := v_outer || 'x.g_agent'::text || 'h.agent'::text;
+    END IF;
+    IF 'team' = ANY (v_by) THEN
+        v_outer := v_outer || 'h.team'::text;
+    END IF;
+    IF 'org' = ANY (v_by) THEN
+        v_outer := v_outer || 'h.org'::text;
+    END IF;
+    IF 'model' = ANY (v_by) THEN
+        v_inner := v_inner || 'l.model'::text;
+        v_outer := v_outer || 'x.g_model'::text;
+    END IF;
+    IF 'provider' = ANY (v_by) THEN
+        v_inner := v_inner || 'l.provider'::text;
+        v_outer := v_outer || 'x.g_provider'::text;
+    END IF;
+    IF 'tag' = ANY (v_by) THEN
+        v_inner := v_inner || 'l.metadata ->> $4'::text;
+        v_outer := v_outer || 'x.g_tag'::text;
+    END IF;
+
+    -- pass 1 groups the ledger rows of the range (the expensive part) by what pass 2 needs; pass 2 names the
+    -- agents, maps them to teams and orgs, and adds the total row (GROUPING SETS: the empty set always yields
+    -- one row, also over no data)
+    v_sql := format(
+        'WITH x AS (SELECT %s, sum(l.cost_usd) AS spend, count(*) AS calls, sum(l.tokens_input) AS tin,'
+        '                  sum(l.tokens_output) AS tout'
+        '             FROM sigledger.llm_cost_log l'
+        '            WHERE l.created_at >= $1 AND l.created_at < $2'
+        '              AND ($3::uuid[] IS NULL OR l.agent_id = ANY ($3))'
+        '            GROUP BY %s)'
+        ' SELECT %s AS is_total, %s, %s, %s, %s, %s, %s, %s, %s,'
+        '        coalesce(sum(x.spend), 0), coalesce(sum(x.calls), 0)::bigint,'
+        '        coalesce(sum(x.tin), 0), coalesce(sum(x.tout), 0)'
+        '   FROM x %s'
+        '  GROUP BY %s'
+        '  ORDER BY 1, 2, 10 DESC, 4, 5, 6, 7, 8, 9',
+        -- pass 1 select list: each grouping column under a fixed alias
+        CASE WHEN cardinality(v_inner) = 0 THEN '1 AS g_none'
+             ELSE (SELECT string_agg(e || ' AS ' ||
+                         CASE WHEN e LIKE 'date_trunc%' THEN 'g_bucket' WHEN e = 'l.agent_id' THEN 'g_agent'
+                              WHEN e = 'l.model' THEN 'g_model' WHEN e = 'l.provider' THEN 'g_provider'
+                              ELSE 'g_tag' END, ', ' ORDER BY o)
+                     FROM unnest(v_inner) WITH ORDINALITY AS u(e, o)) END,
+        CASE WHEN cardinality(v_inner) = 0 THEN '1'
+             ELSE (SELECT string_agg(o::text, ', ' ORDER BY o) FROM unnest(v_inner) WITH ORDINALITY AS u(e, o)) END,
+        CASE WHEN cardinality(v_outer) = 0 THEN 'true' ELSE 'GROUPING(' || v_outer[1] || ') = 1' END,
+        CASE WHEN v_bucket IS NOT NULL THEN 'x.g_bucket' ELSE 'NULL::timestamptz' END,
+        CASE WHEN 'agent' = ANY (v_by) THEN 'x.g_agent' ELSE 'NULL::uuid' END,
+        CASE WHEN 'agent' = ANY (v_by) THEN 'h.agent' ELSE 'NULL::text' END,
+        CASE WHEN 'team' = ANY (v_by) THEN 'h.team' ELSE 'NULL::text' END,
+        CASE WHEN 'org' = ANY (v_by) THEN 'h.org' ELSE 'NULL::text' END,
+        CASE WHEN 'model' = ANY (v_by) THEN 'x.g_model' ELSE 'NULL::text' END,
+        CASE WHEN 'provider' = ANY (v_by) THEN 'x.g_provider' ELSE 'NULL::text' END,
+        CASE WHEN 'tag' = ANY (v_by) THEN 'x.g_tag' ELSE 'NULL::text' END,
+        CASE WHEN v_by && '{agent,team,org}' THEN 'LEFT JOIN sigledger._agent_hierarchy() h ON h.agent_id = x.g_agent'
+             ELSE '' END,
+        CASE WHEN cardinality(v_outer) = 0 THEN '()'
+             ELSE 'GROUPING SETS ((' || array_to_string(v_outer, ', ') || '), ())' END);
+    RETURN QUERY EXECUTE v_sql USING p_since, p_until, v_agents, p_tag_key;
+END;
+$_$;
+
+ALTER FUNCTION sigledger.spend_report(p_since timestamp with time zone, p_until timestamp with time zone, p_by text[], p_agent_id uuid, p_budget_id bigint, p_tag_key text) OWNER TO sigledger_owner;
+
+--
+-- Name: FUNCTION spend_report(p_since timestamp with time zone, p_until timestamp with time zone, p_by text[], p_agent_id uuid, p_budget_id bigint, p_tag_key text); Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON FUNCTION sigledger.spend_report(p_since timestamp with time zone, p_until timestamp with time zone, p_by text[], p_agent_id uuid, p_budget_id bigint, p_tag_key text) IS 'Spend (USD), calls and tokens of the ledger rows recorded in [since, until), grouped by up to four of: agent,
+team, org (the budget hierarchy as it is now; NULL: none), model, provider, day | week | month (UTC buckets,
+at most one), tag (the metadata value under tag_key, default "tag"). Restrict to one agent (agent_id) and/or to
+the agents under a budget (budget_id). The last row (is_total) holds the totals. Read-only: runs on replicas.
+SQLSTATE: 22004, 22023, P0002';
+
+--
+-- Name: spend_top(timestamp with time zone, timestamp with time zone, text[], integer, text); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger.spend_top(p_since timestamp with time zone, p_until timestamp with time zone, p_by text[] DEFAULT '{agent}'::text[], p_limit integer DEFAULT 10, p_tag_key text DEFAULT 'tag'::text) RETURNS TABLE(rank bigint, bucket timestamp with time zone, agent_id uuid, agent text, team text, org text, model text, provider text, tag text, spend_usd numeric, calls bigint, input_tokens numeric, output_tokens numeric)
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+BEGIN
+    PERFORM _assert_limit(p_limit, 10000);
+    IF cardinality(coalesce(p_by, '{}')) = 0 THEN
+        RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'top needs at least one dimension';
+    END IF;
+    RETURN QUERY
+    SELECT row_number() OVER (ORDER BY r.spend_usd DESC, r.calls DESC), r.bucket, r.agent_id, r.agent, r.team,
+           r.org, r.model, r.provider, r.tag, r.spend_usd, r.calls, r.input_tokens, r.output_tokens
+      FROM spend_report(p_since, p_until, p_by, NULL, NULL, p_tag_key) r
+     WHERE NOT r.is_total
+     ORDER BY r.spend_usd DESC, r.calls DESC
+     LIMIT p_limit;
+END;
+$$;
+
+ALTER FUNCTION sigledger.spend_top(p_since timestamp with time zone, p_until timestamp with time zone, p_by text[], p_limit integer, p_tag_key text) OWNER TO sigledger_owner;
+
+--
+-- Name: FUNCTION spend_top(p_since timestamp with time zone, p_until timestamp with time zone, p_by text[], p_limit integer, p_tag_key text); Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON FUNCTION sigledger.spend_top(p_since timestamp with time zone, p_until timestamp with time zone, p_by text[], p_limit integer, p_tag_key text) IS 'The limit (1..10000) largest groups by spend over [since, until), grouped as spend_report (default: agents).
+SQLSTATE: 22004, 22023';
+
+--
 -- Name: update_budget(bigint, numeric, text, numeric, text, numeric[], bigint); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
 --
 
@@ -5311,6 +6238,46 @@ COMMENT ON COLUMN sigledger.agent_registry.budget_limit_usd IS 'Legacy (seed); s
 --
 
 COMMENT ON COLUMN sigledger.agent_registry.current_cost_usd IS 'Legacy (seed); superseded by budget_spend since V4_002.';
+
+--
+-- Name: alert_delivery; Type: TABLE; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE TABLE sigledger.alert_delivery (
+    sink text NOT NULL,
+    alert_id bigint NOT NULL,
+    delivered_at timestamp with time zone DEFAULT now() NOT NULL,
+    attempts bigint NOT NULL,
+    CONSTRAINT alert_delivery_attempts_range CHECK (((attempts >= 1) AND (attempts <= 1000000)))
+);
+
+ALTER TABLE sigledger.alert_delivery OWNER TO sigledger_owner;
+
+--
+-- Name: TABLE alert_delivery; Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON TABLE sigledger.alert_delivery IS 'Budget alerts delivered (acknowledged by the receiver) per sink.';
+
+--
+-- Name: alert_sink; Type: TABLE; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE TABLE sigledger.alert_sink (
+    name text NOT NULL,
+    start_after_id bigint DEFAULT 0 NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT alert_sink_name_length CHECK (((length(btrim(name)) >= 1) AND (length(btrim(name)) <= 500))),
+    CONSTRAINT alert_sink_start_after_id_range CHECK ((start_after_id >= 0))
+);
+
+ALTER TABLE sigledger.alert_sink OWNER TO sigledger_owner;
+
+--
+-- Name: TABLE alert_sink; Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON TABLE sigledger.alert_sink IS 'Destinations of budget alerts (a webhook watcher each); what each has delivered is in alert_delivery.';
 
 --
 -- Name: budget_alert_id_seq; Type: SEQUENCE; Schema: sigledger; Owner: sigledger_owner
@@ -5600,7 +6567,12 @@ CREATE TABLE sigledger.cost_quarantine (
     payload jsonb NOT NULL,
     sqlstate text NOT NULL,
     reason text NOT NULL,
+    resolved_at timestamp with time zone,
+    resolved_by text,
+    resolved_payload jsonb,
+    resolved_ledger_id bigint,
     CONSTRAINT cost_quarantine_reason_not_empty CHECK ((length(reason) > 0)),
+    CONSTRAINT cost_quarantine_resolved_consistent CHECK ((((resolved_at IS NULL) = (resolved_ledger_id IS NULL)) AND ((resolved_at IS NULL) = (resolved_payload IS NULL)) AND ((resolved_at IS NULL) = (resolved_by IS NULL)))),
     CONSTRAINT cost_quarantine_sqlstate_format CHECK ((sqlstate ~ '^[0-9A-Z]{5}$'::text))
 );
 
@@ -5611,6 +6583,12 @@ ALTER TABLE sigledger.cost_quarantine OWNER TO sigledger_owner;
 --
 
 COMMENT ON TABLE sigledger.cost_quarantine IS 'Rows of record_costs batches that failed validation, with the SQLSTATE and reason; nothing is dropped silently.';
+
+--
+-- Name: COLUMN cost_quarantine.resolved_payload; Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON COLUMN sigledger.cost_quarantine.resolved_payload IS 'The (fixed) row that quarantine_resubmit() recorded; payload keeps what was first received.';
 
 --
 -- Name: cost_quarantine_id_seq; Type: SEQUENCE; Schema: sigledger; Owner: sigledger_owner
@@ -6303,6 +7281,20 @@ ALTER TABLE ONLY sigledger.agent_registry
     ADD CONSTRAINT agent_registry_pkey PRIMARY KEY (id);
 
 --
+-- Name: alert_delivery alert_delivery_pkey; Type: CONSTRAINT; Schema: sigledger; Owner: sigledger_owner
+--
+
+ALTER TABLE ONLY sigledger.alert_delivery
+    ADD CONSTRAINT alert_delivery_pkey PRIMARY KEY (sink, alert_id);
+
+--
+-- Name: alert_sink alert_sink_pkey; Type: CONSTRAINT; Schema: sigledger; Owner: sigledger_owner
+--
+
+ALTER TABLE ONLY sigledger.alert_sink
+    ADD CONSTRAINT alert_sink_pkey PRIMARY KEY (name);
+
+--
 -- Name: budget budget_agent_id_key; Type: CONSTRAINT; Schema: sigledger; Owner: sigledger_owner
 --
 
@@ -6524,10 +7516,22 @@ CREATE INDEX budget_reservation_agent_idx ON sigledger.budget_reservation USING 
 CREATE INDEX budget_reservation_open_expires_idx ON sigledger.budget_reservation USING btree (expires_at) WHERE (state = 'open'::text);
 
 --
+-- Name: budget_reservation_overrun_closed_idx; Type: INDEX; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE INDEX budget_reservation_overrun_closed_idx ON sigledger.budget_reservation USING btree (closed_at) WHERE (overrun_usd > (0)::numeric);
+
+--
 -- Name: cost_quarantine_received_at_idx; Type: INDEX; Schema: sigledger; Owner: sigledger_owner
 --
 
 CREATE INDEX cost_quarantine_received_at_idx ON sigledger.cost_quarantine USING btree (received_at);
+
+--
+-- Name: cost_quarantine_unresolved_idx; Type: INDEX; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE INDEX cost_quarantine_unresolved_idx ON sigledger.cost_quarantine USING btree (id) WHERE (resolved_at IS NULL);
 
 --
 -- Name: entities_merged_into_idx; Type: INDEX; Schema: sigledger; Owner: sigledger_owner
@@ -6770,6 +7774,13 @@ CREATE TRIGGER signal_entities_no_tombstone_upd AFTER UPDATE ON sigledger.signal
 CREATE TRIGGER trg_increment_agent_version BEFORE UPDATE ON sigledger.agent_registry FOR EACH ROW EXECUTE FUNCTION sigledger._increment_agent_version();
 
 --
+-- Name: alert_delivery alert_delivery_sink_fkey; Type: FK CONSTRAINT; Schema: sigledger; Owner: sigledger_owner
+--
+
+ALTER TABLE ONLY sigledger.alert_delivery
+    ADD CONSTRAINT alert_delivery_sink_fkey FOREIGN KEY (sink) REFERENCES sigledger.alert_sink(name) ON DELETE CASCADE;
+
+--
 -- Name: budget budget_agent_id_fkey; Type: FK CONSTRAINT; Schema: sigledger; Owner: sigledger_owner
 --
 
@@ -6905,6 +7916,18 @@ GRANT USAGE ON SCHEMA sigledger TO sigledger_admin;
 GRANT USAGE ON SCHEMA sigledger TO sigledger_graph;
 
 --
+-- Name: FUNCTION _agent_hierarchy(); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger._agent_hierarchy() FROM PUBLIC;
+
+--
+-- Name: FUNCTION _alert_document(p_alert_id bigint); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger._alert_document(p_alert_id bigint) FROM PUBLIC;
+
+--
 -- Name: FUNCTION _api_audience(); Type: ACL; Schema: sigledger; Owner: sigledger_owner
 --
 
@@ -6915,6 +7938,12 @@ REVOKE ALL ON FUNCTION sigledger._api_audience() FROM PUBLIC;
 --
 
 REVOKE ALL ON FUNCTION sigledger._assert_exact(p_name text, p_value numeric, p_scale integer) FROM PUBLIC;
+
+--
+-- Name: FUNCTION _assert_limit(p_value integer, p_max integer); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger._assert_limit(p_value integer, p_max integer) FROM PUBLIC;
 
 --
 -- Name: FUNCTION _assert_text(p_name text, p_value text); Type: ACL; Schema: sigledger; Owner: sigledger_owner
@@ -6957,6 +7986,12 @@ REVOKE ALL ON FUNCTION sigledger._budget_chain(p_agent_id uuid, p_at timestamp w
 --
 
 REVOKE ALL ON FUNCTION sigledger._budget_chain_arrays(p_agent_id uuid, p_at timestamp with time zone, OUT ids bigint[], OUT periods timestamp with time zone[], OUT caps numeric[], OUT limits numeric[], OUT thresholds text[], OUT levels text[], OUT agent_fail_policy text, OUT slices integer[]) FROM PUBLIC;
+
+--
+-- Name: FUNCTION _budget_current(); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger._budget_current() FROM PUBLIC;
 
 --
 -- Name: FUNCTION _budget_refused(p_agent_id uuid, p_asked numeric, p_ids bigint[], p_periods timestamp with time zone[], p_caps numeric[], p_levels text[], p_failed integer, p_held numeric); Type: ACL; Schema: sigledger; Owner: sigledger_owner
@@ -7242,6 +8277,18 @@ REVOKE ALL ON FUNCTION sigledger._record_costs_rows(p_batch jsonb, OUT inserted 
 REVOKE ALL ON FUNCTION sigledger._record_costs_set(p_batch jsonb, OUT inserted integer, OUT duplicates integer, OUT quarantined integer, OUT charge_budget_ids bigint[], OUT charge_periods timestamp with time zone[], OUT charge_amounts numeric[], OUT charge_caps numeric[], OUT charge_limits numeric[], OUT charge_thresholds text[], OUT charge_slices integer[], OUT reserved jsonb) FROM PUBLIC;
 
 --
+-- Name: FUNCTION _report_agents(p_agent_id uuid, p_budget_id bigint); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger._report_agents(p_agent_id uuid, p_budget_id bigint) FROM PUBLIC;
+
+--
+-- Name: FUNCTION _report_range(p_since timestamp with time zone, p_until timestamp with time zone); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger._report_range(p_since timestamp with time zone, p_until timestamp with time zone) FROM PUBLIC;
+
+--
 -- Name: FUNCTION _reservation_charge(p_budget_ids bigint[], p_period_starts timestamp with time zone[], p_slices smallint[], p_levels jsonb, p_spent numeric, p_release numeric); Type: ACL; Schema: sigledger; Owner: sigledger_owner
 --
 
@@ -7340,6 +8387,51 @@ REVOKE ALL ON FUNCTION sigledger.add_model_price(p_provider text, p_model text, 
 GRANT ALL ON FUNCTION sigledger.add_model_price(p_provider text, p_model text, p_input_usd_per_mtok numeric, p_output_usd_per_mtok numeric, p_valid_from timestamp with time zone) TO sigledger_admin;
 
 --
+-- Name: FUNCTION alert_sink_delivered(p_sink text, p_alert_id bigint, p_attempts integer); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger.alert_sink_delivered(p_sink text, p_alert_id bigint, p_attempts integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION sigledger.alert_sink_delivered(p_sink text, p_alert_id bigint, p_attempts integer) TO sigledger_app;
+
+--
+-- Name: FUNCTION alert_sink_open(p_sink text, p_replay boolean); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger.alert_sink_open(p_sink text, p_replay boolean) FROM PUBLIC;
+GRANT ALL ON FUNCTION sigledger.alert_sink_open(p_sink text, p_replay boolean) TO sigledger_app;
+
+--
+-- Name: FUNCTION alert_sink_pending(p_sink text, p_limit integer); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger.alert_sink_pending(p_sink text, p_limit integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION sigledger.alert_sink_pending(p_sink text, p_limit integer) TO sigledger_app;
+
+--
+-- Name: FUNCTION alert_sink_status(); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger.alert_sink_status() FROM PUBLIC;
+GRANT ALL ON FUNCTION sigledger.alert_sink_status() TO sigledger_app;
+GRANT ALL ON FUNCTION sigledger.alert_sink_status() TO sigledger_readonly;
+
+--
+-- Name: FUNCTION budget_alert_document(p_alert_id bigint); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger.budget_alert_document(p_alert_id bigint) FROM PUBLIC;
+GRANT ALL ON FUNCTION sigledger.budget_alert_document(p_alert_id bigint) TO sigledger_app;
+GRANT ALL ON FUNCTION sigledger.budget_alert_document(p_alert_id bigint) TO sigledger_readonly;
+
+--
+-- Name: FUNCTION budget_alert_feed(p_after_id bigint, p_limit integer); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger.budget_alert_feed(p_after_id bigint, p_limit integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION sigledger.budget_alert_feed(p_after_id bigint, p_limit integer) TO sigledger_app;
+GRANT ALL ON FUNCTION sigledger.budget_alert_feed(p_after_id bigint, p_limit integer) TO sigledger_readonly;
+
+--
 -- Name: TABLE budget_alerts; Type: ACL; Schema: sigledger; Owner: sigledger_owner
 --
 
@@ -7361,6 +8453,22 @@ GRANT ALL ON FUNCTION sigledger.budget_alerts_after(p_after_id bigint) TO sigled
 REVOKE ALL ON FUNCTION sigledger.budget_status(p_agent_id uuid) FROM PUBLIC;
 GRANT ALL ON FUNCTION sigledger.budget_status(p_agent_id uuid) TO sigledger_app;
 GRANT ALL ON FUNCTION sigledger.budget_status(p_agent_id uuid) TO sigledger_readonly;
+
+--
+-- Name: FUNCTION budget_tree(); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger.budget_tree() FROM PUBLIC;
+GRANT ALL ON FUNCTION sigledger.budget_tree() TO sigledger_app;
+GRANT ALL ON FUNCTION sigledger.budget_tree() TO sigledger_readonly;
+
+--
+-- Name: FUNCTION budgets_near_limit(p_threshold numeric, p_level text); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger.budgets_near_limit(p_threshold numeric, p_level text) FROM PUBLIC;
+GRANT ALL ON FUNCTION sigledger.budgets_near_limit(p_threshold numeric, p_level text) TO sigledger_app;
+GRANT ALL ON FUNCTION sigledger.budgets_near_limit(p_threshold numeric, p_level text) TO sigledger_readonly;
 
 --
 -- Name: FUNCTION check_and_record_budget(p_agent_id uuid, p_cost_usd numeric, p_expected_version bigint, p_nowait boolean); Type: ACL; Schema: sigledger; Owner: sigledger_owner
@@ -7467,6 +8575,22 @@ REVOKE ALL ON FUNCTION sigledger.link_signals(p_opportunity_id uuid, p_signal_id
 GRANT ALL ON FUNCTION sigledger.link_signals(p_opportunity_id uuid, p_signal_ids uuid[]) TO sigledger_app;
 
 --
+-- Name: FUNCTION list_agents(); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger.list_agents() FROM PUBLIC;
+GRANT ALL ON FUNCTION sigledger.list_agents() TO sigledger_app;
+GRANT ALL ON FUNCTION sigledger.list_agents() TO sigledger_readonly;
+
+--
+-- Name: FUNCTION list_model_prices(p_provider text, p_model text, p_history boolean); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger.list_model_prices(p_provider text, p_model text, p_history boolean) FROM PUBLIC;
+GRANT ALL ON FUNCTION sigledger.list_model_prices(p_provider text, p_model text, p_history boolean) TO sigledger_app;
+GRANT ALL ON FUNCTION sigledger.list_model_prices(p_provider text, p_model text, p_history boolean) TO sigledger_readonly;
+
+--
 -- Name: FUNCTION merge_entities(p_target uuid, p_sources uuid[]); Type: ACL; Schema: sigledger; Owner: sigledger_owner
 --
 
@@ -7481,12 +8605,50 @@ REVOKE ALL ON FUNCTION sigledger.merge_opportunities(p_target uuid, p_sources uu
 GRANT ALL ON FUNCTION sigledger.merge_opportunities(p_target uuid, p_sources uuid[]) TO sigledger_app;
 
 --
+-- Name: FUNCTION metrics_snapshot(p_max_groups integer, p_top_agents integer, p_top_models integer); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger.metrics_snapshot(p_max_groups integer, p_top_agents integer, p_top_models integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION sigledger.metrics_snapshot(p_max_groups integer, p_top_agents integer, p_top_models integer) TO sigledger_app;
+GRANT ALL ON FUNCTION sigledger.metrics_snapshot(p_max_groups integer, p_top_agents integer, p_top_models integer) TO sigledger_readonly;
+
+--
+-- Name: FUNCTION open_reservations(p_agent_id uuid, p_limit integer); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger.open_reservations(p_agent_id uuid, p_limit integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION sigledger.open_reservations(p_agent_id uuid, p_limit integer) TO sigledger_app;
+GRANT ALL ON FUNCTION sigledger.open_reservations(p_agent_id uuid, p_limit integer) TO sigledger_readonly;
+
+--
 -- Name: FUNCTION opportunity_signals_of(p_opportunity_id uuid); Type: ACL; Schema: sigledger; Owner: sigledger_owner
 --
 
 REVOKE ALL ON FUNCTION sigledger.opportunity_signals_of(p_opportunity_id uuid) FROM PUBLIC;
 GRANT ALL ON FUNCTION sigledger.opportunity_signals_of(p_opportunity_id uuid) TO sigledger_app;
 GRANT ALL ON FUNCTION sigledger.opportunity_signals_of(p_opportunity_id uuid) TO sigledger_readonly;
+
+--
+-- Name: FUNCTION overrun_report(p_since timestamp with time zone, p_until timestamp with time zone, p_agent_id uuid, p_limit integer); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger.overrun_report(p_since timestamp with time zone, p_until timestamp with time zone, p_agent_id uuid, p_limit integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION sigledger.overrun_report(p_since timestamp with time zone, p_until timestamp with time zone, p_agent_id uuid, p_limit integer) TO sigledger_app;
+GRANT ALL ON FUNCTION sigledger.overrun_report(p_since timestamp with time zone, p_until timestamp with time zone, p_agent_id uuid, p_limit integer) TO sigledger_readonly;
+
+--
+-- Name: FUNCTION quarantine_list(p_include_resolved boolean, p_limit integer); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger.quarantine_list(p_include_resolved boolean, p_limit integer) FROM PUBLIC;
+GRANT ALL ON FUNCTION sigledger.quarantine_list(p_include_resolved boolean, p_limit integer) TO sigledger_admin;
+
+--
+-- Name: FUNCTION quarantine_resubmit(p_quarantine_id bigint, p_changes jsonb); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger.quarantine_resubmit(p_quarantine_id bigint, p_changes jsonb) FROM PUBLIC;
+GRANT ALL ON FUNCTION sigledger.quarantine_resubmit(p_quarantine_id bigint, p_changes jsonb) TO sigledger_admin;
 
 --
 -- Name: FUNCTION reconcile_budgets(p_repair boolean); Type: ACL; Schema: sigledger; Owner: sigledger_owner
@@ -7565,6 +8727,22 @@ GRANT ALL ON FUNCTION sigledger.settle_budget(p_reservation_id bigint, p_actual_
 
 REVOKE ALL ON FUNCTION sigledger.settle_budgets(p_settlements jsonb) FROM PUBLIC;
 GRANT ALL ON FUNCTION sigledger.settle_budgets(p_settlements jsonb) TO sigledger_app;
+
+--
+-- Name: FUNCTION spend_report(p_since timestamp with time zone, p_until timestamp with time zone, p_by text[], p_agent_id uuid, p_budget_id bigint, p_tag_key text); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger.spend_report(p_since timestamp with time zone, p_until timestamp with time zone, p_by text[], p_agent_id uuid, p_budget_id bigint, p_tag_key text) FROM PUBLIC;
+GRANT ALL ON FUNCTION sigledger.spend_report(p_since timestamp with time zone, p_until timestamp with time zone, p_by text[], p_agent_id uuid, p_budget_id bigint, p_tag_key text) TO sigledger_app;
+GRANT ALL ON FUNCTION sigledger.spend_report(p_since timestamp with time zone, p_until timestamp with time zone, p_by text[], p_agent_id uuid, p_budget_id bigint, p_tag_key text) TO sigledger_readonly;
+
+--
+-- Name: FUNCTION spend_top(p_since timestamp with time zone, p_until timestamp with time zone, p_by text[], p_limit integer, p_tag_key text); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger.spend_top(p_since timestamp with time zone, p_until timestamp with time zone, p_by text[], p_limit integer, p_tag_key text) FROM PUBLIC;
+GRANT ALL ON FUNCTION sigledger.spend_top(p_since timestamp with time zone, p_until timestamp with time zone, p_by text[], p_limit integer, p_tag_key text) TO sigledger_app;
+GRANT ALL ON FUNCTION sigledger.spend_top(p_since timestamp with time zone, p_until timestamp with time zone, p_by text[], p_limit integer, p_tag_key text) TO sigledger_readonly;
 
 --
 -- Name: FUNCTION update_budget(p_budget_id bigint, p_limit_usd numeric, p_period text, p_grace_ratio numeric, p_fail_policy text, p_alert_thresholds numeric[], p_parent_budget_id bigint); Type: ACL; Schema: sigledger; Owner: sigledger_owner

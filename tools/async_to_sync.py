@@ -27,6 +27,7 @@ PAIRS: list[tuple[str, str]] = [
     ("ledger/atracker.py", "ledger/tracker.py"),
     ("budget/aclient.py", "budget/client.py"),
     ("budget/aguard.py", "budget/guard.py"),
+    ("reports/aclient.py", "reports/client.py"),
 ]
 
 NAME_MAP: dict[str, str] = {
@@ -38,6 +39,7 @@ NAME_MAP: dict[str, str] = {
     "AsyncCostTracker": "CostTracker",
     "AsyncBudgetClient": "BudgetClient",
     "AsyncBudgetGuard": "BudgetGuard",
+    "AsyncReportClient": "ReportClient",
     "AsyncIterator": "Iterator",
     "AsyncGenerator": "Generator",
     "asynccontextmanager": "contextmanager",

@@ -168,7 +168,7 @@ END;
 $$;
 
 -- _spend_alerts: one alert row per (budget, period, threshold) reached by a spend increase, plus a NOTIFY
--- on channel sigledger_budget_alert for each row actually inserted. p_old_spent < threshold <= p_new_spent.
+-- on channel sigledger_budget_alert carrying {"alert_id": id} for each row actually inserted. p_old_spent < threshold <= p_new_spent.
 -- (For a sliced period the caller passes the highest threshold already alerted as the old figure: its total
 -- is summed from rows other sessions may be changing, so a crossing is tested as "reached and not yet
 -- alerted" rather than "crossed by this change", which two concurrent changes could both miss.)
@@ -191,9 +191,9 @@ BEGIN
             RETURNING id INTO v_id;
             IF v_id IS NOT NULL THEN
                 v_count := v_count + 1;
-                PERFORM pg_notify('sigledger_budget_alert', json_build_object(
-                    'alert_id', v_id, 'budget_id', p_budget_id, 'period_start', p_period_start,
-                    'threshold', v_threshold, 'limit_usd', p_limit, 'spent_usd', p_new_spent)::text);
+                -- the payload is a wake-up, not the alert: any role may NOTIFY on this channel, so watchers
+                -- read the alert through the API by this id (budget_alert_document) and ignore what is not there
+                PERFORM pg_notify('sigledger_budget_alert', json_build_object('alert_id', v_id)::text);
             END IF;
         END IF;
     END LOOP;

@@ -24,6 +24,14 @@ AS $audience$
         ('create_group_budget', '{admin}'), ('add_model_price', '{admin}'), ('reconcile_budgets', '{admin}'),
         ('expire_reservations', '{admin}'), ('ensure_ledger_partitions', '{admin}'),
         ('reserve_budgets', '{app}'), ('settle_budgets', '{app}'), ('set_budget_slices', '{admin}'),
+        -- the read side: spend, budgets, reservations, prices, alerts, metrics (readonly: dashboards, replicas)
+        ('spend_report', '{app,readonly}'), ('spend_top', '{app,readonly}'), ('budget_tree', '{app,readonly}'),
+        ('budgets_near_limit', '{app,readonly}'), ('list_agents', '{app,readonly}'),
+        ('open_reservations', '{app,readonly}'), ('overrun_report', '{app,readonly}'),
+        ('list_model_prices', '{app,readonly}'), ('budget_alert_document', '{app,readonly}'),
+        ('budget_alert_feed', '{app,readonly}'), ('alert_sink_status', '{app,readonly}'),
+        ('metrics_snapshot', '{app,readonly}'), ('quarantine_list', '{admin}'), ('quarantine_resubmit', '{admin}'),
+        ('alert_sink_open', '{app}'), ('alert_sink_pending', '{app}'), ('alert_sink_delivered', '{app}'),
         -- signals, entities, opportunities
         ('ingest_signal', '{app}'), ('ingest_signals', '{app}'), ('create_entity', '{app}'),
         ('add_alias', '{app}'), ('resolve_entity', '{app,readonly}'), ('merge_entities', '{app}'),

@@ -4,19 +4,12 @@ one-line message with a non-zero exit, never a traceback."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import time
 from decimal import Decimal
 
 import psycopg
 import pytest
 from click.testing import CliRunner, Result
 from sigledger.cli import main
-from sigledger.core.db import Database
-from sigledger.ledger.client import CostRecord, Ledger
-
-from tests.budget.conftest import ROOT, worker_env
 
 
 def run(dsn: str, *args: str) -> Result:
@@ -145,44 +138,3 @@ def test_reconcile_exit_status_reports_drift(db_dsn: str) -> None:
     assert run(db_dsn, "budget", "reconcile").exit_code == 3
     assert run(db_dsn, "budget", "reconcile", "--repair").exit_code == 0
     assert run(db_dsn, "budget", "reconcile").exit_code == 0
-
-
-def test_watch_prints_alerts_as_they_come(db_dsn: str) -> None:
-    assert (
-        run(
-            db_dsn, "agent", "create", "cli-watch", "--limit", "1", "--alert", "0.5", "--alert", "1.0"
-        ).exit_code
-        == 0
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sigledger", "budget", "watch", "--count", "2", "--dsn", db_dsn],
-        cwd=ROOT,
-        env=worker_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        time.sleep(1.0)  # let it LISTEN (alerts stored earlier would be printed from the table anyway)
-        with Database(db_dsn) as db:
-            agent = db.call_one("SELECT sigledger.find_agent('cli-watch') AS id")
-            assert agent is not None
-            ledger = Ledger(db)
-            for i, cost in enumerate(("0.6", "0.1", "0.4")):
-                ledger.record_cost(
-                    CostRecord(
-                        agent_id=str(agent["id"]),
-                        model="m",
-                        provider="p",
-                        cost_usd=Decimal(cost),
-                        idempotency_key=f"watch-{i}",
-                    )
-                )
-        out, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert proc.returncode == 0, err
-    alerts = [json.loads(line) for line in out.strip().splitlines()]
-    assert [Decimal(str(a["threshold"])) for a in alerts] == [Decimal("0.5"), Decimal("1.0")]

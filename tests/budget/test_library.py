@@ -124,6 +124,7 @@ def test_privilege_errors_name_the_role(app_dsn: str, readonly_dsn: str) -> None
         BudgetClient(db).create_agent("not-allowed")
     assert exc.value.sqlstate == "42501"
     assert exc.value.hint is not None and "sigledger_admin" in exc.value.hint
+    assert "role create-login <login> --as admin" in exc.value.hint  # groups are NOLOGIN: a member login
     assert "sigledger_admin" in str(exc.value)
     with Database(readonly_dsn) as db, pytest.raises(PermissionDenied) as exc2:
         BudgetClient(db).reserve("00000000-0000-0000-0000-000000000000", Decimal(1), 60, "k")
@@ -164,3 +165,17 @@ def test_open_against_an_unreachable_server_fails_with_one_clear_error() -> None
             await AsyncDatabase(f"host=127.0.0.1 port={port} dbname=x user=x", connect_timeout=2).open()
 
     asyncio.run(main())
+
+
+def test_the_connect_timeout_follows_libpq_settings_unless_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Database, AsyncDatabase and connect() wait as long as libpq would (the DSN's connect_timeout, else
+    PGCONNECT_TIMEOUT), else 5 s; an explicit connect_timeout wins. The CLI relies on it (exit 69 after it)."""
+    monkeypatch.delenv("PGCONNECT_TIMEOUT", raising=False)
+    base = "host=127.0.0.1 port=1 dbname=x user=x"
+    assert Database(base).connect_timeout == 5
+    assert AsyncDatabase(base + " connect_timeout=3").connect_timeout == 3
+    assert Database(base + " connect_timeout=3", connect_timeout=2).connect_timeout == 2
+    monkeypatch.setenv("PGCONNECT_TIMEOUT", "7")
+    assert Database(base).connect_timeout == 7
+    assert Database(base + " connect_timeout=3").connect_timeout == 3
+    assert Database(base).pool.kwargs["connect_timeout"] == 7  # what libpq is told too

@@ -12,15 +12,25 @@ from sigledger.budget.client import BudgetClient
 from sigledger.ingest import client as ingest_client
 from sigledger.ledger.aclient import AsyncLedger
 from sigledger.ledger.client import Ledger
+from sigledger.reports import alerts, exporter
+from sigledger.reports.aclient import AsyncReportClient
+from sigledger.reports.client import ReportClient
 
 # (sync class, async class): the library's clients of the SQL API
-CLIENTS = [(BudgetClient, AsyncBudgetClient), (Ledger, AsyncLedger)]
+CLIENTS = [(BudgetClient, AsyncBudgetClient), (Ledger, AsyncLedger), (ReportClient, AsyncReportClient)]
 
 # Functions called by a module of another domain rather than by a client class (name -> module).
 ELSEWHERE = {
     "ingest_signals": ingest_client,  # ingest_lines / ingest_file: batches of JSON lines
     "merge_opportunities": ingest_client,
     "resolve_entity": ingest_client,
+    # `budget watch`: one LISTEN connection that reads each notified alert and records webhook deliveries
+    "budget_alert_document": alerts,
+    "alert_sink_open": alerts,
+    "alert_sink_pending": alerts,
+    "alert_sink_delivered": alerts,
+    # `metrics serve`: one call per scrape, mapped to gauges
+    "metrics_snapshot": exporter,
 }
 
 # Functions with no Python method, and why. Keep this list short: a new function belongs in a client.
@@ -72,7 +82,7 @@ def test_every_api_function_has_a_python_method_sync_and_async(conn: psycopg.Con
             if not inspect.iscoroutinefunction(getattr(async_, name, None)):
                 no_twin.append(f"{async_.__name__}.{name}")
     assert not missing, (
-        f"SQL API functions without a Python method: {missing}; add one to BudgetClient/Ledger (in the async"
+        f"SQL API functions without a Python method: {missing}; add one to BudgetClient/Ledger/ReportClient (in the async"
         " source, then `make sync-gen`) or, with a reason, to EXCEPTIONS in this file"
     )
     assert not no_twin, f"methods without an async twin: {no_twin}"

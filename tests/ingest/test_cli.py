@@ -37,7 +37,7 @@ def test_signal_ingest_reports_every_line(conn: psycopg.Connection, app_dsn: str
     path = tmp_path / "signals.jsonl"
     path.write_text("\n".join(lines) + "\n")
     result = run("signal", "ingest", str(path), "--dsn", app_dsn, "--batch-size", "3")
-    assert result.exit_code == 2, result.output
+    assert result.exit_code == 1, result.output  # rejected lines: refused (2 is usage)
     assert "lines: 7  created: 3  duplicates: 1  rejected: 3  entity links: 3" in result.output
     assert "line 4: invalid JSON" in result.output
     assert "line 6: occurred_at is not a valid timestamp: yesterday-ish" in result.output

@@ -80,7 +80,7 @@ def test_verify_reports_invalid_index_and_failing_verify_script(db_dsn: str) -> 
             )
         conn.execute("DROP INDEX CONCURRENTLY sigledger.idx_entity_aliases_alias_name")
     result = cli_process(["migrate", "verify", "--dsn", db_dsn])
-    assert result.returncode == 1
+    assert result.returncode == 4  # exit_codes.REPAIR
     assert "INVALID index sigledger.idx_signals_source_once" in result.stdout
     assert "V3_008__critical_indexes.verify.sql" in result.stdout
     assert "idx_entity_aliases_alias_name" in result.stdout

@@ -61,7 +61,7 @@ def test_up_to_stops_there_and_defers_repeatables(
     assert applied_log(empty_db_dsn) == ["V1", "V3_9"]  # no repeatable before head
     code, body = status_json(empty_db_dsn, monkeypatch, fx)
     assert code == EXIT_PENDING
-    assert body["current"] == "3_9" and body["pending"] == ["V3_010__ten", "V10__major"]
+    assert body["current"] == "V3_9" and body["pending"] == ["V3_010__ten", "V10__major"]
     assert body["repeatables_pending"] == REPEATABLES
     # --to an unknown version is refused before anything runs.
     result = cli(["migrate", "up", "--to", "V7", "--dsn", empty_db_dsn], monkeypatch, fx)
@@ -79,7 +79,7 @@ def test_status_json_shape_and_exit_codes(
     assert code == EXIT_PENDING
     assert body == {
         "current": None,
-        "head": "10",
+        "head": "V10",
         "applied": [],
         "pending": ALL,
         "drifted": [],
@@ -94,7 +94,7 @@ def test_status_json_shape_and_exit_codes(
     assert cli(["migrate", "up", "--dsn", empty_db_dsn], monkeypatch, fx).exit_code == 0
     code, body = status_json(empty_db_dsn, monkeypatch, fx)
     assert code == EXIT_OK and body["exit_code"] == EXIT_OK
-    assert body["applied"] == ALL and body["current"] == "10" and body["pending"] == []
+    assert body["applied"] == ALL and body["current"] == "V10" and body["pending"] == []
     text = cli(["migrate", "status", "--dsn", empty_db_dsn], monkeypatch, fx)
     assert text.exit_code == EXIT_OK and "status: up to date" in text.output
 
@@ -197,7 +197,7 @@ def test_baseline_marks_without_running(
     ]
     assert applied_log(empty_db_dsn) == ["V3_9"]  # nothing ran
     code, body = status_json(empty_db_dsn, monkeypatch, fx)
-    assert code == EXIT_PENDING and body["current"] == "3_9"
+    assert code == EXIT_PENDING and body["current"] == "V3_9"
     assert fx.migrator(empty_db_dsn).up()[:2] == ["V3_010__ten", "V10__major"]
     assert applied_log(empty_db_dsn) == ["V3_9", "V3_010", "V10", "rep:010_first", "rep:020_second"]
     result = cli(["migrate", "baseline", "V99", "--dsn", empty_db_dsn], monkeypatch, fx)
@@ -213,7 +213,7 @@ def test_verify_reports_a_failing_verify_script(
     with psycopg.connect(empty_db_dsn, autocommit=True) as conn:
         conn.execute("DELETE FROM fx.applied_log WHERE what = 'V3_9'")
     result = cli(["migrate", "verify", "--dsn", empty_db_dsn], monkeypatch, fx)
-    assert result.exit_code == 1
+    assert result.exit_code == 4  # exit_codes.REPAIR
     assert "V3_9__nine.verify.sql" in result.output and "V3_9 not logged" in result.output
 
 

@@ -60,12 +60,13 @@ def test_verify_reports_damage_the_history_cannot_see(db_dsn: str, damage: str, 
                 conn.execute("ALTER ROLE sigledger_readonly NOLOGIN")
 
 
-def test_verify_command_exits_1_and_prints_each_problem(db_dsn: str) -> None:
+def test_verify_command_exits_4_and_prints_each_problem(db_dsn: str) -> None:
+    """Exit 4 (the schema needs repair), the shared status of sigledger.cli.exit_codes."""
     clean = cli_process(["migrate", "verify", "--dsn", db_dsn])
     assert clean.returncode == 0 and "verified" in clean.stdout, clean.stdout
     with psycopg.connect(db_dsn, autocommit=True) as conn:
         conn.execute("DELETE FROM sigledger_meta.repeatable_history")
     result = cli_process(["migrate", "verify", "--dsn", db_dsn])
-    assert result.returncode == 1 and "repeatable 900_grants.sql was never applied" in result.stdout, (
+    assert result.returncode == 4 and "repeatable 900_grants.sql was never applied" in result.stdout, (
         result.stdout
     )

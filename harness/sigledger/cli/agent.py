@@ -2,23 +2,29 @@
 
 from __future__ import annotations
 
+import uuid
 from decimal import Decimal
+from typing import Any
 
 import click
 
 from sigledger.budget import BudgetClient
-from sigledger.cli._budget_common import DECIMAL, emit, open_db, resolve_agent
+from sigledger.cli._budget_common import (
+    DECIMAL,
+    budget_options,
+    open_db,
+)
 from sigledger.cli.options import dsn_option
-
-PERIODS = click.Choice(["none", "daily", "weekly", "monthly"])
-POLICIES = click.Choice(["open", "closed"])
+from sigledger.cli.output import emit, format_options
+from sigledger.ledger.records import is_uuid
+from sigledger.reports import ReportClient
 
 
 @click.group("agent")
 def group() -> None:
     """Agents and their budgets.
 
-    Register an agent, create or change its budget, show its current spend.
+    Register an agent, create or change its budget, list agents, show an agent's current spend.
     """
 
 
@@ -27,111 +33,86 @@ def group() -> None:
 @click.option(
     "--limit", "limit_usd", type=DECIMAL, default=None, help="Budget limit in USD (no budget if omitted)."
 )
-@click.option(
-    "--period", type=PERIODS, default="none", show_default=True, help="Budget period (UTC calendar)."
-)
-@click.option(
-    "--grace", "grace_ratio", type=DECIMAL, default=Decimal(0), show_default=True, help="0 = hard limit."
-)
-@click.option(
-    "--fail-policy", type=POLICIES, default="closed", show_default=True, help="While the database is down."
-)
-@click.option(
-    "--alert",
-    "alerts",
-    type=DECIMAL,
-    multiple=True,
-    help="Alert threshold as a fraction of the limit (repeat).",
-)
-@click.option("--parent-budget", type=int, default=None, help="Team or org budget id above this agent.")
+@budget_options(parent_help="Team or org budget id above this agent (`budget tree`).")
 @dsn_option
-def create(
-    name: str,
-    limit_usd: Decimal | None,
-    period: str,
-    grace_ratio: Decimal,
-    fail_policy: str,
-    alerts: tuple[Decimal, ...],
-    parent_budget: int | None,
-    dsn: str | None,
-) -> None:
+def create(name: str, limit_usd: Decimal | None, dsn: str | None, **settings: Any) -> None:
     """Register agent NAME (and its budget with --limit); prints its id."""
     with open_db(dsn) as db:
-        agent_id = BudgetClient(db).create_agent(
-            name,
-            limit_usd,
-            period=period,
-            grace_ratio=grace_ratio,
-            fail_policy=fail_policy,
-            alert_thresholds=list(alerts) or None,
-            parent_budget_id=parent_budget,
-        )
+        agent_id = BudgetClient(db).create_agent(name, limit_usd, **settings)
     click.echo(agent_id)
 
 
 @group.command("set-budget")
 @click.argument("agent")
 @click.option("--limit", "limit_usd", type=DECIMAL, default=None, help="Budget limit in USD.")
-@click.option("--period", type=PERIODS, default=None)
-@click.option("--grace", "grace_ratio", type=DECIMAL, default=None)
-@click.option("--fail-policy", type=POLICIES, default=None)
-@click.option(
-    "--alert", "alerts", type=DECIMAL, multiple=True, help="Alert thresholds (replace the current ones)."
-)
-@click.option("--parent-budget", type=int, default=None)
+@budget_options(change=True, parent_help="Team or org budget id above this agent (`budget tree`).")
 @dsn_option
-def set_budget(
-    agent: str,
-    limit_usd: Decimal | None,
-    period: str | None,
-    grace_ratio: Decimal | None,
-    fail_policy: str | None,
-    alerts: tuple[Decimal, ...],
-    parent_budget: int | None,
-    dsn: str | None,
-) -> None:
+def set_budget(agent: str, limit_usd: Decimal | None, dsn: str | None, **settings: Any) -> None:
     """Create or change the budget of AGENT (id or name); unspecified settings are kept."""
     with open_db(dsn) as db:
-        client = BudgetClient(db)
-        budget_id = client.set_budget(
-            resolve_agent(client, agent),
-            limit_usd,
-            period=period,
-            grace_ratio=grace_ratio,
-            fail_policy=fail_policy,
-            alert_thresholds=list(alerts) or None,
-            parent_budget_id=parent_budget,
-        )
+        budget_id = BudgetClient(db).set_budget(agent, limit_usd, **settings)
     click.echo(f"budget {budget_id}")
 
 
 @group.command("status")
 @click.argument("agent")
-@click.option("--json", "as_json", is_flag=True, help="JSON output.")
+@format_options()
 @dsn_option
-def status(agent: str, as_json: bool, dsn: str | None) -> None:
-    """Current period of each budget level of AGENT (id or name)."""
+def status(agent: str, fmt: str, dsn: str | None) -> None:
+    """Current period of each budget level of AGENT (id or name), with its open reservations."""
     with open_db(dsn) as db:
-        client = BudgetClient(db)
-        rows = client.status(resolve_agent(client, agent))
-    if not as_json:
-        rows = [
-            {
-                k: r[k]
-                for k in (
-                    "level",
-                    "budget_id",
-                    "period",
-                    "period_start",
-                    "limit_usd",
-                    "spent_usd",
-                    "reserved_usd",
-                    "remaining_usd",
-                    "excess_usd",
-                    "fail_policy",
-                    "version",
-                )
-            }
-            for r in rows
-        ]
-    emit(rows, as_json)
+        rows = BudgetClient(db).status(agent)
+        name = agent
+        if is_uuid(agent):  # given by id: its name from the agent list
+            agent_id = uuid.UUID(agent)
+            name = next((a["name"] for a in ReportClient(db).agents() if a["agent_id"] == agent_id), agent)
+    # the agent level's budget is named agent:<id>: show the agent's name
+    rows = [
+        {"name": name if r["level"] == "agent" else r["name"], **{k: v for k, v in r.items() if k != "name"}}
+        for r in rows
+    ]
+    if not rows and fmt == "table":
+        click.echo(f"agent {name} has no budget")
+        return
+    emit(
+        rows,
+        fmt,
+        [
+            "level",
+            "name",
+            "budget_id",
+            "period",
+            "period_start",
+            "limit_usd",
+            "spent_usd",
+            "reserved_usd",
+            "remaining_usd",
+            "excess_usd",
+            "fail_policy",
+            "open_reservations",
+        ],
+    )
+
+
+@group.command("list")
+@format_options(csv_too=True)
+@dsn_option
+def list_(fmt: str, dsn: str | None) -> None:
+    """Every agent: its team and org, its own budget's current period and its open reservations."""
+    with open_db(dsn) as db:
+        rows = ReportClient(db).agents()
+    emit(
+        rows,
+        fmt,
+        [
+            "name",
+            "team",
+            "org",
+            "period",
+            "limit_usd",
+            "spent_usd",
+            "reserved_usd",
+            "used_ratio",
+            "open_reservations",
+        ],
+    )

@@ -16,14 +16,14 @@ from typing import Any
 
 import click
 
-from sigledger.cli import graph_repair
+from sigledger.cli import exit_codes, graph_repair
 from sigledger.cli.graph_common import Progress, neo4j_options, open_sink, outbox_status, settings_of
 from sigledger.cli.options import dsn_option, resolve_dsn
 from sigledger.graph.driver import Neo4jSettings
 from sigledger.graph.sink import CONSTRAINTS
 from sigledger.graph.worker import BatchResult, WorkerConfig, make_worker
 
-NOT_OK_EXIT_CODE = 3
+NOT_OK_EXIT_CODE = exit_codes.ATTENTION
 DEFAULT_MAX_LAG = 60.0  # seconds; SIGLEDGER_GRAPH_MAX_LAG
 
 

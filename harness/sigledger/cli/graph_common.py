@@ -9,13 +9,15 @@ from contextlib import contextmanager
 from typing import IO, Any, TypeVar
 
 import click
-import psycopg
 from psycopg.rows import dict_row
 
+from sigledger.core.db import connect as db_connect
 from sigledger.graph.driver import Neo4jSettings, connect
 from sigledger.graph.sink import Neo4jSink
 
 F = TypeVar("F", bound=Callable[..., Any])
+#: application_name of the graph commands' own connections (pg_stat_activity tells them apart)
+APP = "sigledger-graph-cli"
 
 
 def neo4j_options(func: F) -> F:
@@ -62,7 +64,7 @@ def open_sink(settings: Neo4jSettings) -> Iterator[Neo4jSink]:
 
 
 def outbox_status(dsn: str) -> dict[str, Any]:
-    with psycopg.connect(dsn, row_factory=dict_row, application_name="sigledger-graph-cli") as conn:
+    with db_connect(dsn, row_factory=dict_row, application_name=APP) as conn:
         row = conn.execute("SELECT * FROM sigledger.graph_outbox_status()").fetchone()
     assert row is not None
     return dict(row)

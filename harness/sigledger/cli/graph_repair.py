@@ -12,14 +12,16 @@ import click
 import psycopg
 from psycopg.rows import dict_row
 
-from sigledger.cli.graph_common import Progress, neo4j_options, open_sink, outbox_status, settings_of
+from sigledger.cli import exit_codes
+from sigledger.cli.graph_common import APP, Progress, neo4j_options, open_sink, outbox_status, settings_of
 from sigledger.cli.options import dsn_option, resolve_dsn
+from sigledger.core.db import connect as db_connect
 from sigledger.graph import rebuild as rebuild_mod
 from sigledger.graph.verify import Drift
 from sigledger.graph.verify import verify as verify_graph
 from sigledger.graph.worker import WorkerConfig, make_worker
 
-DRIFT_EXIT_CODE = 3
+DRIFT_EXIT_CODE = exit_codes.ATTENTION
 
 
 @click.group("dead")
@@ -33,7 +35,7 @@ def dead() -> None:
 @click.option("--json", "as_json", is_flag=True)
 def dead_list(dsn: str | None, limit: int, as_json: bool) -> None:
     """Dead rows, oldest first, with their last error."""
-    with psycopg.connect(resolve_dsn(dsn), row_factory=dict_row) as conn:
+    with db_connect(resolve_dsn(dsn), row_factory=dict_row, application_name=APP) as conn:
         rows = conn.execute(
             "SELECT * FROM sigledger._graph_dead_list(p_limit => %s::integer)", (limit,)
         ).fetchall()
@@ -61,7 +63,7 @@ def _ids_or_all(ids: tuple[int, ...], all_rows: bool) -> list[int] | None:
 @click.option("--all", "all_rows", is_flag=True, help="Every dead row.")
 def dead_retry(dsn: str | None, ids: tuple[int, ...], all_rows: bool) -> None:
     """Make dead rows due again (attempts reset). Fix the cause first."""
-    with psycopg.connect(resolve_dsn(dsn)) as conn:
+    with db_connect(resolve_dsn(dsn), application_name=APP) as conn:
         row = conn.execute(
             "SELECT sigledger._graph_dead_retry(p_ids => %s::bigint[])", (_ids_or_all(ids, all_rows),)
         ).fetchone()
@@ -78,7 +80,7 @@ def dead_purge(dsn: str | None, ids: tuple[int, ...], all_rows: bool, yes: bool)
     selection = _ids_or_all(ids, all_rows)
     if not yes:
         click.confirm(f"delete {'every' if selection is None else len(selection)} dead row(s)?", abort=True)
-    with psycopg.connect(resolve_dsn(dsn)) as conn:
+    with db_connect(resolve_dsn(dsn), application_name=APP) as conn:
         row = conn.execute(
             "SELECT sigledger._graph_dead_purge(p_ids => %s::bigint[])", (selection,)
         ).fetchone()

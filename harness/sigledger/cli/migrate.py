@@ -7,6 +7,7 @@ import sys
 
 import click
 
+from sigledger.cli import exit_codes
 from sigledger.cli.options import dsn_option, resolve_dsn
 from sigledger.migrate import Migrator, Settings, Status, status_json
 from sigledger.migrate.preflight import Preflight
@@ -66,6 +67,7 @@ def print_preflight(report: Preflight, *, quiet_ok: bool = False) -> None:
 
 def _migrator(dsn: str | None, ctx: click.Context) -> Migrator:
     settings = Settings(**{k: v for k, v in (ctx.obj or {}).items() if v is not None})
+    # an unreachable database: the runner's connect() raises Unavailable (one line and exit 69)
     return Migrator(resolve_dsn(dsn), settings=settings, log=click.echo)
 
 
@@ -146,7 +148,12 @@ def status(ctx: click.Context, dsn: str | None, as_json: bool) -> None:
     """Show applied, pending and drifted migrations. Exit 0 up to date, 3 pending, 4 drift/unknown/partial/out of order."""
     result = _migrator(dsn, ctx).status()
     if as_json:
-        click.echo(status_json(result))
+        # versions as the text output and the file names spell them (V7_001, not 7_001)
+        body = json.loads(status_json(result))
+        body["current"] = f"V{body['current']}" if body.get("current") else None
+        if body.get("head"):
+            body["head"] = f"V{body['head']}"
+        click.echo(json.dumps(body, indent=2))
     else:
         print_status(result)
     sys.exit(result.exit_code)
@@ -220,12 +227,12 @@ def history(ctx: click.Context, dsn: str | None, as_json: bool) -> None:
 @dsn_option
 @click.pass_context
 def verify(ctx: click.Context, dsn: str | None) -> None:
-    """Run the verify scripts and check index validity. Non-zero exit on any problem."""
+    """Run the verify scripts and check index validity. Exit 4 (repair) on any problem."""
     problems = _migrator(dsn, ctx).verify()
     for problem in problems:
         click.secho(f"  {problem}", fg="red")
     click.echo("verified" if not problems else f"{len(problems)} problem(s)")
-    sys.exit(1 if problems else 0)
+    sys.exit(exit_codes.REPAIR if problems else exit_codes.OK)
 
 
 @group.command("down")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from sigledger.cli import exit_codes
 from sigledger.cli.options import dsn_option, resolve_dsn
 from sigledger.core.db import Database
 from sigledger.ingest.client import MAX_BATCH, ingest_lines
@@ -44,7 +45,7 @@ def ingest(file: Path, batch_size: int, policy: str | None, max_rejected: int, d
     {"source", "external_id", "occurred_at", "payload"?, "content"?, "mentions"?: [name, ...]}.
 
     A bad line never stops the rest; it is reported with its line number. Exit status: 0 when every line was
-    ingested (created or duplicate), 2 when some lines were rejected, 1 on an error."""
+    ingested (created or duplicate), 1 when some lines were rejected (or on an error)."""
     with file.open("rb") as handle:
         total = sum(1 for line in handle if line.strip())
     with (
@@ -62,4 +63,4 @@ def ingest(file: Path, batch_size: int, policy: str | None, max_rejected: int, d
     if len(summary.rejected) > max_rejected:
         click.echo(f"  ... and {len(summary.rejected) - max_rejected} more rejected lines")
     if summary.rejected:
-        sys.exit(2)
+        sys.exit(exit_codes.REFUSED)  # 2 is usage, for every command

@@ -7,10 +7,10 @@ borrowed through a ``with`` block: it goes back to the pool on every path, commi
 resets (rolls back) anything a caller left open. The roles also carry idle_in_transaction_session_timeout as a
 server-side safety net.
 
-``open()`` waits at most ``connect_timeout`` seconds (default 5) for the first connection and then raises
-``Unavailable`` naming the host, the port and the cause. After an outage the pool retries at most every
-``reconnect_delay`` seconds (psycopg_pool alone backs off to minutes), so the first call after the server is
-back finds a connection.
+``open()`` waits at most ``connect_timeout`` seconds (default: the DSN's connect_timeout, else
+PGCONNECT_TIMEOUT, else 5) for the first connection and then raises ``Unavailable`` naming the host, the port
+and the cause. After an outage the pool retries at most every ``reconnect_delay`` seconds (psycopg_pool alone
+backs off to minutes), so the first call after the server is back finds a connection.
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from sigledger.core.dsn import (
     DEFAULT_APPLICATION_NAME,
-    DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_RECONNECT_DELAY,
     BoundedAttempt,
     default_dsn,
+    dsn_connect_timeout,
     log_notice,
     reraise,
     target,
@@ -48,11 +48,15 @@ def connect(
     *,
     application_name: str = DEFAULT_APPLICATION_NAME,
     autocommit: bool = False,
-    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    connect_timeout: float | None = None,
     **kwargs: Any,
 ) -> Connection[Any]:
-    """A single connection (the migration runner and the CLI use these; services use ``Database``)."""
-    kwargs.setdefault("connect_timeout", max(2, round(connect_timeout)))
+    """A single connection (the migration runner and the CLI use these; services use ``Database``);
+    ``Unavailable`` naming host, port and cause when the server cannot be reached within connect_timeout
+    (default: the DSN's, else PGCONNECT_TIMEOUT, else 5 s)."""
+    if connect_timeout is None:
+        connect_timeout = dsn_connect_timeout(dsn)
+    kwargs.setdefault("connect_timeout", max(2, round(connect_timeout)))  # libpq's minimum is 2 s
     try:
         conn = Connection.connect(dsn, application_name=application_name, autocommit=autocommit, **kwargs)
     except psycopg.OperationalError as exc:
@@ -108,20 +112,25 @@ class Database:
         max_size: int = 10,
         application_name: str = DEFAULT_APPLICATION_NAME,
         timeout: float = 30.0,
-        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        connect_timeout: float | None = None,
         reconnect_delay: float = DEFAULT_RECONNECT_DELAY,
     ) -> None:
         self._owned = pool is None
-        self.connect_timeout = connect_timeout
-        if pool is None:
+        if pool is not None:
+            self.dsn = pool.conninfo if isinstance(pool.conninfo, str) else ""
+        else:
             self.dsn = dsn if dsn is not None else default_dsn()
+        self.connect_timeout = (
+            connect_timeout if connect_timeout is not None else dsn_connect_timeout(self.dsn)
+        )
+        if pool is None:
             pool = _Pool(
                 conninfo=self.dsn,
                 min_size=min_size,
                 max_size=max_size,
                 kwargs={
                     "application_name": application_name,
-                    "connect_timeout": max(2, round(connect_timeout)),  # libpq's minimum is 2 s
+                    "connect_timeout": max(2, round(self.connect_timeout)),  # libpq's minimum is 2 s
                 },
                 configure=_configure,
                 check=ConnectionPool.check_connection,  # dead connections are replaced, not handed out
@@ -130,8 +139,6 @@ class Database:
                 name=application_name,
                 reconnect_delay=reconnect_delay,
             )
-        else:
-            self.dsn = pool.conninfo if isinstance(pool.conninfo, str) else ""
         self.pool = pool
 
     def open(self, *, wait: bool = True, timeout: float | None = None) -> Database:

@@ -1,5 +1,6 @@
-"""What the sync and the async Database share: the default DSN, naming the server a DSN points at, error
-translation on the way out, server notices to logging, and a bounded reconnection backoff for the pool."""
+"""What the sync and the async Database share: the default DSN, naming the server a DSN points at and how long
+to wait for it, error translation on the way out, server notices to logging, and a bounded reconnection backoff
+for the pool."""
 
 from __future__ import annotations
 
@@ -42,6 +43,16 @@ def target(dsn: str) -> tuple[str, str]:
     host = str(params.get("host") or params.get("hostaddr") or os.environ.get("PGHOST") or "the local socket")
     port = str(params.get("port") or os.environ.get("PGPORT") or "5432")
     return host, port
+
+
+def dsn_connect_timeout(dsn: str) -> float:
+    """Seconds to wait for the server when the caller names none: libpq's own settings (the DSN's
+    ``connect_timeout``, else ``PGCONNECT_TIMEOUT``), else DEFAULT_CONNECT_TIMEOUT (5)."""
+    try:
+        given = conninfo_to_dict(dsn).get("connect_timeout") or os.environ.get("PGCONNECT_TIMEOUT")
+        return max(1.0, float(given)) if given else DEFAULT_CONNECT_TIMEOUT
+    except (psycopg.Error, ValueError):
+        return DEFAULT_CONNECT_TIMEOUT
 
 
 def reraise(exc: psycopg.Error) -> NoReturn:

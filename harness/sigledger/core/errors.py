@@ -259,10 +259,14 @@ def privilege_hint(message: str) -> str | None:
         roles = audiences().get(name)
         if not roles:
             return f"sigledger.{name} is internal: no application role may call it; use the API (docs/api.md)"
+        group = roles[0].removeprefix("sigledger_")
         return (
             f"sigledger.{name} may be called by members of {' or '.join(roles)}: log in as such a member "
-            f"(a DBA runs GRANT {roles[0]} TO <login>)"
+            f"(`sigledger role create-login <login> --as {group}`, or `sigledger role sql` for a DBA)"
         )
     if kind == "schema":
-        return "the login is not a member of any sigledger role (sigledger_app, sigledger_readonly, ...)"
+        return (
+            "the login is not a member of any sigledger role (sigledger_app, sigledger_readonly, ...): "
+            "`sigledger role create-login <login> --as app|readonly|admin|graph`"
+        )
     return f"{kind}s are private: call the API functions (docs/api.md) or read the views"

@@ -1,20 +1,22 @@
-"""Prometheus metrics for what operators watch: the breaker, budget denials, the cost buffer, the outbox.
+"""Prometheus metrics, in two places (docs/operations.md, Metrics):
 
-Process metrics live in one registry (``REGISTRY``) that an application can mount or serve with
-``sigledger metrics serve``. Database-derived gauges (outbox backlog, lag, dead rows) are read on each scrape
-by ``OutboxCollector``, so every process reports the same truth and none has to keep it in memory.
+- In the application process (``REGISTRY``): the breaker, budget decisions and overruns, the cost buffer, the
+  graph workers of this process. An application serves them in one call, ``start_metrics_server()`` (an HTTP
+  server thread on DEFAULT_APP_PORT) or mounts ``wsgi_app()`` in its own web server.
+- In the database: budgets, the ledger, the quarantine, reservations, alert sinks, the outbox. One exporter,
+  ``sigledger metrics serve`` (sigledger.core.db_metrics), reads them at each scrape through
+  ``metrics_snapshot()`` as sigledger_readonly, so every process reports the same truth.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
-from collections.abc import Iterator
 from typing import Any
 
-import psycopg
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import Collector
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app, start_http_server
+
+from sigledger.core.errors import SigledgerError
 
 log = logging.getLogger("sigledger.metrics")
 
@@ -80,54 +82,37 @@ def breaker_changed(name: str, state: str) -> None:
     BREAKER_TRANSITIONS.labels(breaker=name, state=state).inc()
 
 
-# Through the API function, so the metrics process may run as sigledger_readonly (no table privilege).
-_OUTBOX_QUERY = """
-SELECT pending, coalesce(extract(epoch FROM oldest_pending_age), 0), dead
-  FROM sigledger.graph_outbox_status()
-"""
+#: the application's in-process metrics (start_metrics_server). The Prometheus port allocation range
+#: 9100-9999 is full (9187 is postgres_exporter's); these two sit outside it, next to each other.
+DEFAULT_APP_PORT = 29188
+#: the database exporter (`sigledger metrics serve`)
+DEFAULT_EXPORTER_PORT = 29187
 
 
-class OutboxCollector(Collector):
-    """Outbox backlog, age of the oldest pending event (sync lag) and dead rows, read at scrape time."""
-
-    def __init__(self, dsn: str, *, timeout: float = 5.0) -> None:
-        self.dsn = dsn
-        self.timeout = timeout
-
-    def describe(self) -> list[Any]:
-        return []
-
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        up = GaugeMetricFamily("sigledger_database_up", "1 when the last scrape could read the database.")
-        try:
-            with psycopg.connect(
-                self.dsn,
-                connect_timeout=int(self.timeout),
-                application_name="sigledger-metrics",
-                autocommit=True,
-            ) as conn:
-                conn.execute(
-                    "SELECT set_config('statement_timeout', %s, false)", (f"{int(self.timeout * 1000)}ms",)
-                )
-                row = conn.execute(_OUTBOX_QUERY).fetchone()
-        except psycopg.Error as exc:
-            log.warning("metrics scrape could not read the database: %s", exc)
-            up.add_metric([], 0)
-            yield up
-            return
-        assert row is not None
-        up.add_metric([], 1)
-        yield up
-        yield GaugeMetricFamily("sigledger_outbox_pending", "Outbox events not yet projected.", value=row[0])
-        yield GaugeMetricFamily(
-            "sigledger_outbox_lag_seconds", "Age of the oldest pending outbox event.", value=float(row[1])
-        )
-        yield GaugeMetricFamily("sigledger_outbox_dead", "Outbox events in the dead state.", value=row[2])
+class MetricsPortInUse(SigledgerError):
+    """The metrics port is taken (another exporter, another instance): pick another one."""
 
 
-def serve(port: int, *, addr: str = "127.0.0.1", dsn: str | None = None) -> Any:
-    """Expose REGISTRY (plus the outbox gauges when a dsn is given) over HTTP; returns the server."""
-    if dsn:
-        REGISTRY.register(OutboxCollector(dsn))
-    server, _thread = start_http_server(port, addr=addr, registry=REGISTRY)
+def start_server(registry: CollectorRegistry, port: int, addr: str) -> Any:
+    """start_http_server with a clear error instead of a traceback when the port is taken."""
+    try:
+        server, _thread = start_http_server(port, addr=addr, registry=registry)
+    except OSError as exc:
+        if exc.errno in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
+            raise MetricsPortInUse(
+                f"cannot serve metrics on {addr}:{port}: {exc.strerror}; choose another port "
+                "(--port, or the port argument)"
+            ) from None
+        raise
     return server
+
+
+def start_metrics_server(port: int = DEFAULT_APP_PORT, addr: str = "127.0.0.1") -> Any:
+    """Serve this process's metrics (REGISTRY) at http://addr:port/metrics from a daemon thread; returns the
+    server (``.shutdown()`` stops it). MetricsPortInUse when the port is taken."""
+    return start_server(REGISTRY, port, addr)
+
+
+def wsgi_app() -> Any:
+    """A WSGI app serving REGISTRY, to mount under /metrics in the application's own web server."""
+    return make_wsgi_app(REGISTRY)

@@ -2,7 +2,8 @@
 int is accepted, a float is refused with a TypeError (0.1 has no exact binary form: ``Decimal(0.1)`` is
 0.1000000000000000055511151231257827...), and so is anything else (a str included: write ``Decimal("0.05")``).
 Every amount sigledger returns goes through ``normalize()``: no ``Decimal('0E-10')``, no trailing zeros of the
-column's scale, never an exponent."""
+column's scale, never an exponent; as text (the CLI's JSON and CSV) through ``text()``, the same normalised value
+in fixed-point notation."""
 
 from __future__ import annotations
 
@@ -37,6 +38,11 @@ def normalize(value: Decimal) -> Decimal:
     reduced = value.normalize()
     exponent = reduced.as_tuple().exponent
     return reduced.quantize(Decimal(1)) if isinstance(exponent, int) and exponent > 0 else reduced
+
+
+def text(value: Decimal | int) -> str:
+    """The normalised amount as fixed-point text: '0', '0.04', '10', '0.0000001' (str() would give '1E-7')."""
+    return format(normalize(Decimal(value)), "f")
 
 
 def normalize_row(row: dict[str, Any]) -> dict[str, Any]:

@@ -52,6 +52,9 @@ class DemoConfig:
     batch_size: int = 200
     status_interval: float = 1.0
     spool_dir: Path | None = None
+    # Limits as a fraction of the expected demand's sizing (1: the hot agent, some small agents and the team run
+    # out when most calls go through; smaller: they run out even when an outage refuses many calls).
+    limit_scale: Decimal = Decimal(1)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -116,7 +119,7 @@ class Tally:
 
 def plan_budgets(cfg: DemoConfig, run: str, rng: random.Random) -> tuple[list[Agent], Decimal]:
     """Limits sized from the expected demand so that the hot agent, some small agents and the team run out."""
-    mean_cost = Decimal("0.021")  # mean estimate 0.03 x mean actual/estimate ~0.7
+    mean_cost = Decimal("0.021") * cfg.limit_scale  # mean estimate 0.03 x mean actual/estimate ~0.7
     hot_demand = mean_cost * int(cfg.calls * 0.4)
     small_demand = mean_cost * int(cfg.calls * 0.6) / max(cfg.small_agents, 1)
     agents = [

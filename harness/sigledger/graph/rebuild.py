@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import psycopg
+from sigledger.core.db import connect as db_connect
 
 from .sink import GraphMeta, Neo4jSink
 from .verify import Drift, _is_uuid, verify
@@ -55,7 +55,7 @@ class Adopted:
 
 def plan(dsn: str, sink: Neo4jSink, progress: Callable[[str, int], None] | None = None) -> RebuildPlan:
     drift = verify(dsn, sink, progress=progress)
-    with psycopg.connect(dsn, application_name="sigledger-graph-rebuild") as conn:
+    with db_connect(dsn, application_name="sigledger-graph-rebuild") as conn:
         row = conn.execute("SELECT * FROM sigledger._graph_live_counts()").fetchone()
     assert row is not None
     return RebuildPlan(
@@ -72,7 +72,7 @@ def adopt(dsn: str, sink: Neo4jSink, graph_version: int | None = None) -> Adopte
     the graph. Until the meta node is written, workers refuse (the epochs differ) and wait."""
     if graph_version is None:
         graph_version = sink.max_version()
-    with psycopg.connect(dsn, application_name="sigledger-graph-rebuild") as conn:
+    with db_connect(dsn, application_name="sigledger-graph-rebuild") as conn:
         row = conn.execute(
             "SELECT database_id::text, epoch, floor_version FROM sigledger._graph_adopt(p_graph_version => %s)",
             (graph_version,),
@@ -88,7 +88,7 @@ def enqueue(dsn: str, sink: Neo4jSink, rebuild_plan: RebuildPlan) -> int:
     adopt(dsn, sink, rebuild_plan.graph_version)
     sink.delete_without_id()
     total = 0
-    with psycopg.connect(dsn, application_name="sigledger-graph-rebuild") as conn, conn.transaction():
+    with db_connect(dsn, application_name="sigledger-graph-rebuild") as conn, conn.transaction():
         for _kind, n in conn.execute("SELECT * FROM sigledger._graph_enqueue_all()").fetchall():
             total += int(n)
         for kind, ids in rebuild_plan.extra.items():

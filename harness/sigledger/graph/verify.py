@@ -25,6 +25,8 @@ from typing import Any
 import psycopg
 from psycopg.rows import namedtuple_row
 
+from sigledger.core.db import connect as db_connect
+
 from .batch import snapshot_of
 from .sink import LABELS, Neo4jSink, Snapshot
 
@@ -213,7 +215,7 @@ def verify(
     consistent: bool = False,
 ) -> Drift:
     drift = Drift(consistent=consistent)
-    with psycopg.connect(dsn, application_name="sigledger-graph-verify", row_factory=namedtuple_row) as conn:
+    with db_connect(dsn, application_name="sigledger-graph-verify", row_factory=namedtuple_row) as conn:
         for kind in KINDS:
             # Postgres -> Neo4j: missing and stale.
             after: str | None = None

@@ -10,6 +10,9 @@ from typing import Any
 
 import psycopg
 
+from sigledger.core.db import connect as db_connect
+from sigledger.core.errors import Unavailable
+
 log = logging.getLogger("sigledger.graph.worker")
 
 CHANNEL = "sigledger_outbox"
@@ -25,9 +28,9 @@ class Wakeup:
 
     def listen(self) -> None:
         try:
-            self._conn = psycopg.connect(self.dsn, application_name=f"{self.name}-listen", autocommit=True)
+            self._conn = db_connect(self.dsn, application_name=f"{self.name}-listen", autocommit=True)
             self._conn.execute(f"LISTEN {CHANNEL}")
-        except psycopg.OperationalError as exc:
+        except (psycopg.OperationalError, Unavailable) as exc:
             self._conn = None
             log.warning("LISTEN unavailable (%s); polling every %.1fs", exc, self.poll_interval)
 

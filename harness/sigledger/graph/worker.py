@@ -35,7 +35,8 @@ from typing import Any
 import psycopg
 from psycopg.rows import namedtuple_row
 
-from sigledger.core.errors import GraphError
+from sigledger.core.db import connect as db_connect
+from sigledger.core.errors import GraphError, Unavailable
 
 from .batch import BatchResult, FenceClock, WorkerConfig, snapshot_of, stamp_of
 from .driver import GraphUnavailable, Neo4jSettings, connect, describe, is_outage
@@ -81,7 +82,7 @@ class SyncWorker:
 
     def _connection(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed:
-            self._conn = psycopg.connect(self.dsn, application_name=self.name, row_factory=namedtuple_row)
+            self._conn = db_connect(self.dsn, application_name=self.name, row_factory=namedtuple_row)
             # The batch transaction stays open while Neo4j is written; the server ends it if we hang.
             self._conn.execute("SET idle_in_transaction_session_timeout = '5min'")
             # The identity row is drawn here, outside any batch (its first insert would otherwise be held by a
@@ -325,7 +326,7 @@ class SyncWorker:
                     log.warning("%s; retrying in %.1fs", exc, wait)
                     self.stop_event.wait(wait)
                     continue
-                except psycopg.OperationalError as exc:
+                except (psycopg.OperationalError, Unavailable) as exc:
                     if once:
                         raise
                     log.warning("Postgres unavailable (%s); retrying", exc)

@@ -34,6 +34,11 @@ def agent_sql(agent: str | uuid.UUID, param: str = "p_agent_id") -> str:
     return f"{param} => sigledger.find_agent(p_name => %s::text)"
 
 
+def optional_agent_sql(agent: str | uuid.UUID | None, param: str = "p_agent_id") -> str:
+    """``agent_sql`` for an optional agent (a filter): None passes NULL (pass ``None`` as its parameter)."""
+    return f"{param} => %s::uuid" if agent is None else agent_sql(agent, param)
+
+
 @dataclass(frozen=True)
 class CostRecord:
     """One LLM call's cost, as record_cost takes it. ``agent_id``: the agent's id or its name. ``cost_usd``: a

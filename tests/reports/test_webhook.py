@@ -1,0 +1,178 @@
+"""`budget watch --webhook`: every alert reaches a receiver that fails now and then (HTTP 500/503, dropped
+connections), at least once, with retries and backoff; what was delivered is remembered in the database, so a
+watcher killed mid-way and restarted delivers what is pending and not what it already delivered."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.reports.helpers import LineProcess, record, run, sigledger
+
+
+@dataclass
+class Receiver:
+    """A loopback HTTP server that answers POSTs by a repeating pattern: ok, 500, drop (close the connection
+    without an answer), 503; or fails everything while `down`."""
+
+    pattern: list[str] = field(default_factory=lambda: ["500", "ok", "drop", "503", "ok", "ok"])
+    down: bool = False
+    log: list[tuple[int, str]] = field(default_factory=list)  # (alert id, outcome)
+    bodies: dict[int, dict[str, Any]] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def outcome(self) -> str:
+        with self.lock:
+            if self.down:
+                return "500"
+            return self.pattern[len(self.log) % len(self.pattern)]
+
+    def acked(self) -> dict[int, int]:
+        with self.lock:
+            out: dict[int, int] = {}
+            for alert_id, what in self.log:
+                if what == "ok":
+                    out[alert_id] = out.get(alert_id, 0) + 1
+            return out
+
+    def attempts(self, alert_id: int) -> int:
+        with self.lock:
+            return sum(1 for a, _ in self.log if a == alert_id)
+
+
+@pytest.fixture
+def receiver() -> Iterator[tuple[Receiver, str]]:
+    state = Receiver()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            what = state.outcome()
+            with state.lock:
+                state.log.append((int(body["alert_id"]), what))
+                if what == "ok":
+                    state.bodies[int(body["alert_id"])] = body
+            if what == "drop":
+                self.close_connection = True
+                self.connection.close()
+                return
+            self.send_response(200 if what == "ok" else int(what))
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield state, f"http://127.0.0.1:{server.server_address[1]}/hooks/budget?token=secret"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+def _agents(dsn: str, *names: str) -> None:
+    for name in names:
+        assert (
+            run(dsn, "agent", "create", name, "--limit", "1", "--alert", "0.5", "--alert", "1.0").exit_code
+            == 0
+        )
+
+
+def _watch(dsn: str, url: str, *args: str) -> LineProcess:
+    proc = LineProcess(
+        sigledger(
+            "budget", "watch", "--dsn", dsn, "--webhook", url, "--backoff", "0.02", "--timeout", "5", *args
+        )
+    )
+    proc.wait_err("alert(s) pending", timeout=60)  # the sink is open: alerts from here on are its business
+    return proc
+
+
+def _deliveries(dsn: str) -> dict[int, int]:
+    with psycopg.connect(dsn) as c:
+        return dict(c.execute("SELECT alert_id, attempts FROM sigledger.alert_delivery").fetchall())
+
+
+def _wait(condition: Any, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def test_every_alert_reaches_a_flaky_receiver(db_dsn: str, receiver: tuple[Receiver, str]) -> None:
+    state, url = receiver
+    _agents(db_dsn, "wh-a", "wh-b")
+    watcher = _watch(db_dsn, url, "--count", "4")
+    try:
+        for agent in ("wh-a", "wh-b"):
+            record(db_dsn, agent, "0.6", f"{agent}-1")  # crosses 0.5
+            record(db_dsn, agent, "0.5", f"{agent}-2")  # crosses 1.0
+        printed = [json.loads(watcher.line()) for _ in range(4)]
+        assert watcher.wait(timeout=60) == 0, watcher.drain_err()
+    finally:
+        watcher.stop()
+    with psycopg.connect(db_dsn) as c:
+        ids = [r[0] for r in c.execute("SELECT id FROM sigledger.budget_alert ORDER BY id").fetchall()]
+        documents = {
+            r[0]: r[1]
+            for r in c.execute("SELECT alert_id, document FROM sigledger.budget_alert_feed()").fetchall()
+        }
+    assert len(ids) == 4
+    assert set(state.acked()) == set(ids)  # each acknowledged at least once
+    assert any(what != "ok" for _, what in state.log)  # and the receiver did fail on the way
+    assert set(_deliveries(db_dsn)) == set(ids)
+    assert max(_deliveries(db_dsn).values()) > 1  # some took retries, and that is recorded
+    assert state.bodies == documents  # the webhook body is the API's document
+    assert sorted(p["alert_id"] for p in printed) == ids
+    assert "secret" not in " ".join(watcher.drain_err())  # the sink name leaves the query (a token) out
+
+
+def test_a_killed_watcher_delivers_what_is_pending_after_a_restart(
+    db_dsn: str, receiver: tuple[Receiver, str]
+) -> None:
+    state, url = receiver
+    _agents(db_dsn, "wh-r")
+    state.down = True
+    first = _watch(db_dsn, url, "--retries", "1")
+    try:
+        record(db_dsn, "wh-r", "0.6", "wh-r-1")  # alert 1, while the receiver is down
+        with psycopg.connect(db_dsn) as c:
+            alert_1 = c.execute("SELECT max(id) FROM sigledger.budget_alert").fetchone()[0]  # type: ignore[index]
+        _wait(lambda: state.attempts(alert_1) >= 2, "two failed attempts")
+    finally:
+        first.stop()  # SIGKILL, mid-way through its retries
+    assert _deliveries(db_dsn) == {}
+    record(db_dsn, "wh-r", "0.5", "wh-r-2")  # alert 2, while no watcher runs
+    state.down = False
+    state.pattern = ["ok"]
+    second = _watch(db_dsn, url, "--count", "2")
+    try:
+        assert second.wait(timeout=60) == 0, second.drain_err()
+    finally:
+        second.stop()
+    delivered = _deliveries(db_dsn)
+    assert len(delivered) == 2 and alert_1 in delivered
+    assert set(state.acked()) == set(delivered)
+    # a third start delivers only what is new: the database remembers the first two
+    third = _watch(db_dsn, url, "--count", "1")
+    try:
+        run(db_dsn, "agent", "set-budget", "wh-r", "--alert", "1.15")
+        record(db_dsn, "wh-r", "0.1", "wh-r-3")  # 1.1 -> 1.2 crosses 1.15
+        assert third.wait(timeout=60) == 0, third.drain_err()
+    finally:
+        third.stop()
+    acked = state.acked()
+    assert len(acked) == 3 and all(n == 1 for n in acked.values()), acked
