@@ -100,7 +100,9 @@ CREATE FUNCTION sigledger._api_audience() RETURNS TABLE(fn name, audience text[]
         ('_graph_claim', '{graph}'), ('_graph_snapshot', '{graph,admin}'), ('_graph_ack', '{graph}'),
         ('_graph_fail', '{graph}'), ('_graph_live_ids', '{graph,admin}'), ('_graph_live_counts', '{graph,admin}'), ('_graph_dead_list', '{graph,admin}'),
         ('_graph_dead_retry', '{graph,admin}'), ('_graph_dead_purge', '{graph,admin}'),
-        ('_graph_enqueue', '{graph,admin}'), ('_graph_enqueue_all', '{graph,admin}')
+        ('_graph_enqueue', '{graph,admin}'), ('_graph_enqueue_all', '{graph,admin}'),
+        ('_graph_identity', '{graph,admin}'), ('_graph_mark_written', '{graph}'), ('_graph_adopt', '{admin}'),
+        ('_graph_hold', '{graph,admin}')
     ) AS a (fn, audience);
 $$;
 
@@ -856,6 +858,42 @@ ALTER FUNCTION sigledger._graph_ack(p_ids bigint[]) OWNER TO sigledger_owner;
 COMMENT ON FUNCTION sigledger._graph_ack(p_ids bigint[]) IS 'Internal: removes outbox rows that were projected into Neo4j; returns how many.';
 
 --
+-- Name: _graph_adopt(bigint); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger._graph_adopt(p_graph_version bigint) RETURNS TABLE(database_id uuid, epoch bigint, floor_version bigint)
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+DECLARE
+    v_floor bigint;
+BEGIN
+    IF p_graph_version IS NULL OR p_graph_version < 0 THEN
+        RAISE EXCEPTION USING
+            ERRCODE = '22023',
+            MESSAGE = format('graph version must be a non-negative number, got %s',
+                             coalesce(p_graph_version::text, 'NULL'));
+    END IF;
+    PERFORM _graph_identity();
+    -- The row lock orders concurrent rebuilds: the second one starts the epoch after the first.
+    UPDATE graph_projection g
+       SET epoch = g.epoch + 1, written = true, epoch_started_at = clock_timestamp();
+    v_floor := greatest(nextval('graph_sync_version_seq'), p_graph_version + 1);
+    PERFORM setval('graph_sync_version_seq', v_floor);
+    RETURN QUERY SELECT g.database_id, g.epoch, v_floor FROM graph_projection g;
+END
+$$;
+
+ALTER FUNCTION sigledger._graph_adopt(p_graph_version bigint) OWNER TO sigledger_owner;
+
+--
+-- Name: FUNCTION _graph_adopt(p_graph_version bigint); Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON FUNCTION sigledger._graph_adopt(p_graph_version bigint) IS 'Internal: starts a new projection epoch above graph version p_graph_version (graph rebuild).
+SQLSTATE: 22023';
+
+--
 -- Name: _graph_claim(integer); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
 --
 
@@ -994,8 +1032,6 @@ CREATE FUNCTION sigledger._graph_enqueue(p_aggregate_type text, p_ids uuid[], p_
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'sigledger', 'pg_temp'
     AS $$
-DECLARE
-    v_count integer;
 BEGIN
     IF p_aggregate_type IS NULL OR p_aggregate_type NOT IN ('entity', 'signal', 'opportunity') THEN
         RAISE EXCEPTION USING
@@ -1003,14 +1039,7 @@ BEGIN
             MESSAGE = format('unknown aggregate type %L (expected entity, signal or opportunity)',
                              p_aggregate_type);
     END IF;
-    INSERT INTO outbox (aggregate_type, aggregate_id, event_type)
-    SELECT p_aggregate_type, u.id, p_event_type
-      FROM (SELECT DISTINCT x AS id FROM unnest(p_ids) AS x WHERE x IS NOT NULL) u;
-    GET DIAGNOSTICS v_count = ROW_COUNT;
-    IF v_count > 0 THEN
-        PERFORM pg_notify('sigledger_outbox', '');
-    END IF;
-    RETURN v_count;
+    RETURN _outbox_emit_many(p_aggregate_type, p_ids, p_event_type);
 END
 $$;
 
@@ -1145,6 +1174,77 @@ ALTER FUNCTION sigledger._graph_final_winner(p_aggregate_type text, p_id uuid) O
 COMMENT ON FUNCTION sigledger._graph_final_winner(p_aggregate_type text, p_id uuid) IS 'Internal: the live end of a merge chain (NULL if the chain is broken or loops).';
 
 --
+-- Name: _graph_hold(text[], uuid[]); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger._graph_hold(p_types text[], p_ids uuid[]) RETURNS TABLE(aggregate_type text, aggregate_id uuid, held boolean, pending bigint, dead bigint)
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+BEGIN
+    IF coalesce(array_length(p_types, 1), 0) <> coalesce(array_length(p_ids, 1), 0) THEN
+        RAISE EXCEPTION USING
+            ERRCODE = '22023',
+            MESSAGE = format('p_types has %s elements but p_ids has %s', array_length(p_types, 1),
+                             array_length(p_ids, 1));
+    END IF;
+    RETURN QUERY
+    WITH keys AS MATERIALIZED (
+        -- Locked in a fixed order, once per aggregate (MATERIALIZED: the try-lock runs exactly here).
+        SELECT k.t, k.i, _graph_try_lock(k.t, k.i) AS held
+          FROM (SELECT DISTINCT u.t, u.i FROM unnest(p_types, p_ids) AS u (t, i) ORDER BY 1, 2) k
+    ), counts AS (
+        -- One pass over the outbox for the whole page (it has no index by aggregate: it stays small).
+        SELECT o.aggregate_type AS t, o.aggregate_id AS i,
+               count(*) FILTER (WHERE o.dead_at IS NULL) AS pending,
+               count(*) FILTER (WHERE o.dead_at IS NOT NULL) AS dead
+          FROM outbox o
+         WHERE o.aggregate_id = ANY (p_ids)
+         GROUP BY 1, 2
+    )
+    SELECT k.t, k.i, k.held, coalesce(c.pending, 0), coalesce(c.dead, 0)
+      FROM keys k
+      LEFT JOIN counts c ON c.t = k.t AND c.i = k.i;
+END
+$$;
+
+ALTER FUNCTION sigledger._graph_hold(p_types text[], p_ids uuid[]) OWNER TO sigledger_owner;
+
+--
+-- Name: FUNCTION _graph_hold(p_types text[], p_ids uuid[]); Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON FUNCTION sigledger._graph_hold(p_types text[], p_ids uuid[]) IS 'Internal: holds the projection lock of each aggregate for this transaction (when free) and counts its pending and dead outbox rows (graph verify --consistent).
+SQLSTATE: 22023';
+
+--
+-- Name: _graph_identity(); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger._graph_identity() RETURNS TABLE(database_id uuid, epoch bigint, written boolean)
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+BEGIN
+    RETURN QUERY SELECT g.database_id, g.epoch, g.written FROM graph_projection g;
+    IF NOT FOUND THEN
+        -- First sync of this database. Two first calls at once: one inserts, the other waits for it and
+        -- reads its row.
+        INSERT INTO graph_projection (singleton) VALUES (true) ON CONFLICT (singleton) DO NOTHING;
+        RETURN QUERY SELECT g.database_id, g.epoch, g.written FROM graph_projection g;
+    END IF;
+END
+$$;
+
+ALTER FUNCTION sigledger._graph_identity() OWNER TO sigledger_owner;
+
+--
+-- Name: FUNCTION _graph_identity(); Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON FUNCTION sigledger._graph_identity() IS 'Internal: this database''s Neo4j projection identity (database id, epoch, whether a graph holds it).';
+
+--
 -- Name: _graph_live_counts(); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
 --
 
@@ -1203,6 +1303,25 @@ ALTER FUNCTION sigledger._graph_live_ids(p_aggregate_type text, p_after uuid, p_
 
 COMMENT ON FUNCTION sigledger._graph_live_ids(p_aggregate_type text, p_after uuid, p_limit integer) IS 'Internal: live aggregate ids after p_after, in id order (for graph verify).
 SQLSTATE: 22023';
+
+--
+-- Name: _graph_mark_written(bigint); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger._graph_mark_written(p_epoch bigint) RETURNS boolean
+    LANGUAGE sql SECURITY DEFINER
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+    UPDATE graph_projection g SET written = true WHERE g.epoch = p_epoch AND NOT g.written RETURNING true;
+$$;
+
+ALTER FUNCTION sigledger._graph_mark_written(p_epoch bigint) OWNER TO sigledger_owner;
+
+--
+-- Name: FUNCTION _graph_mark_written(p_epoch bigint); Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON FUNCTION sigledger._graph_mark_written(p_epoch bigint) IS 'Internal: records that a graph holds the projection of epoch p_epoch.';
 
 --
 -- Name: _graph_props(jsonb, text[]); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
@@ -1335,12 +1454,11 @@ BEGIN
       -- Per row through the indexes: linear in the batch, independent of the table's size. (A CTE joined
       -- here was rescanned per row by a nested loop: quadratic in the batch.)
       LEFT JOIN LATERAL (
-          -- A mention of a merged entity is shown on the entity it was merged into.
-          SELECT array_agg(DISTINCT CASE WHEN e.merged_into IS NULL THEN se.entity_id
-                                         ELSE coalesce(_graph_final_winner('entity', se.entity_id), se.entity_id)
-                                    END) AS links
+          -- Links always point at live entities: merge_entities moves them to the target in the transaction
+          -- that makes the sources tombstones, and a backstop trigger (200) refuses a link to a tombstone.
+          -- (It emits an event for every signal it relinks: see docs/graph.md.)
+          SELECT array_agg(se.entity_id ORDER BY se.entity_id) AS links
             FROM signal_entities se
-            JOIN entities e ON e.id = se.entity_id
            WHERE se.signal_id = s.id
       ) sl ON s.id IS NOT NULL
      WHERE f.t = 'signal'
@@ -1918,6 +2036,37 @@ ALTER FUNCTION sigledger._outbox_emit(p_aggregate_type text, p_aggregate_id uuid
 --
 
 COMMENT ON FUNCTION sigledger._outbox_emit(p_aggregate_type text, p_aggregate_id uuid, p_event_type text, p_payload jsonb) IS 'Internal: records a change for the Neo4j projection in the current transaction.';
+
+--
+-- Name: _outbox_emit_many(text, uuid[], text, jsonb); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger._outbox_emit_many(p_aggregate_type text, p_aggregate_ids uuid[], p_event_type text, p_payload jsonb DEFAULT '{}'::jsonb) RETURNS integer
+    LANGUAGE plpgsql
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+DECLARE
+    v_count integer;
+BEGIN
+    INSERT INTO outbox (aggregate_type, aggregate_id, event_type, payload)
+    SELECT p_aggregate_type, u.id, p_event_type, coalesce(p_payload, '{}')
+      FROM (SELECT DISTINCT x AS id FROM unnest(p_aggregate_ids) AS x WHERE x IS NOT NULL) u
+     ORDER BY u.id;
+    GET DIAGNOSTICS v_count = ROW_COUNT;
+    IF v_count > 0 THEN
+        PERFORM pg_notify('sigledger_outbox', '');
+    END IF;
+    RETURN v_count;
+END
+$$;
+
+ALTER FUNCTION sigledger._outbox_emit_many(p_aggregate_type text, p_aggregate_ids uuid[], p_event_type text, p_payload jsonb) OWNER TO sigledger_owner;
+
+--
+-- Name: FUNCTION _outbox_emit_many(p_aggregate_type text, p_aggregate_ids uuid[], p_event_type text, p_payload jsonb); Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON FUNCTION sigledger._outbox_emit_many(p_aggregate_type text, p_aggregate_ids uuid[], p_event_type text, p_payload jsonb) IS 'Internal: records a change of several aggregates of one type for the Neo4j projection (current transaction).';
 
 --
 -- Name: _period_start(text, timestamp with time zone); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
@@ -4567,6 +4716,7 @@ DECLARE
     v_source_links integer;
     v_moved integer;
     v_merge_id bigint;
+    v_relinked uuid[];
 BEGIN
     PERFORM sigledger._check_merge_input('entity', p_target, p_sources);
     -- Lock target and sources in id order: two merges over overlapping ids queue up instead of deadlocking.
@@ -4586,6 +4736,10 @@ BEGIN
             HINT = format('Merge into or from %s instead.', v_dead.merged_into);
     END IF;
 
+    -- The signals linked to a source: their links change below, so each gets an outbox event of its own (a
+    -- sync worker holding an older snapshot of one of them must not have the last word; docs/graph.md).
+    v_relinked := ARRAY(SELECT DISTINCT se.signal_id FROM sigledger.signal_entities se
+                         WHERE se.entity_id = ANY (p_sources) ORDER BY se.signal_id);
     UPDATE sigledger.entity_aliases SET canonical_entity_id = p_target WHERE canonical_entity_id = ANY (p_sources);
     GET DIAGNOSTICS v_aliases = ROW_COUNT;
     PERFORM sigledger._entity_alias_room(p_target);
@@ -4618,6 +4772,8 @@ BEGIN
        FROM unnest(p_sources) AS s;
     PERFORM sigledger._outbox_emit('entity', p_target, 'entity.merge_target',
                                    jsonb_build_object('sources', to_jsonb(p_sources), 'merge_id', v_merge_id));
+    PERFORM sigledger._outbox_emit_many('signal', v_relinked, 'signal.relinked',
+                                        jsonb_build_object('merged_into', p_target, 'merge_id', v_merge_id));
     RETURN QUERY SELECT p_target, v_aliases, v_moved, v_source_links - v_moved, v_merge_id;
 END;
 $$;
@@ -7034,6 +7190,28 @@ ALTER TABLE sigledger.entity_with_aliases OWNER TO sigledger_owner;
 COMMENT ON VIEW sigledger.entity_with_aliases IS 'Entities with their aliases; a tombstone has merged_into set and no aliases (they moved to the winner).';
 
 --
+-- Name: graph_projection; Type: TABLE; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE TABLE sigledger.graph_projection (
+    singleton boolean DEFAULT true NOT NULL,
+    database_id uuid DEFAULT gen_random_uuid() NOT NULL,
+    epoch bigint DEFAULT 1 NOT NULL,
+    written boolean DEFAULT false NOT NULL,
+    epoch_started_at timestamp with time zone DEFAULT clock_timestamp() NOT NULL,
+    CONSTRAINT graph_projection_epoch_positive CHECK ((epoch >= 1)),
+    CONSTRAINT graph_projection_singleton CHECK (singleton)
+);
+
+ALTER TABLE sigledger.graph_projection OWNER TO sigledger_owner;
+
+--
+-- Name: TABLE graph_projection; Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON TABLE sigledger.graph_projection IS 'Identity of this database''s Neo4j projection: database id, epoch (bumped by graph rebuild), written.';
+
+--
 -- Name: graph_sync_version_seq; Type: SEQUENCE; Schema: sigledger; Owner: sigledger_owner
 --
 
@@ -7638,6 +7816,13 @@ ALTER TABLE ONLY sigledger.entity_merges
 
 ALTER TABLE ONLY sigledger.entity_review_queue
     ADD CONSTRAINT entity_review_queue_pkey PRIMARY KEY (id);
+
+--
+-- Name: graph_projection graph_projection_pkey; Type: CONSTRAINT; Schema: sigledger; Owner: sigledger_owner
+--
+
+ALTER TABLE ONLY sigledger.graph_projection
+    ADD CONSTRAINT graph_projection_pkey PRIMARY KEY (singleton);
 
 --
 -- Name: ingest_settings ingest_settings_pkey; Type: CONSTRAINT; Schema: sigledger; Owner: sigledger_owner
@@ -8313,6 +8498,13 @@ REVOKE ALL ON FUNCTION sigledger._graph_ack(p_ids bigint[]) FROM PUBLIC;
 GRANT ALL ON FUNCTION sigledger._graph_ack(p_ids bigint[]) TO sigledger_graph;
 
 --
+-- Name: FUNCTION _graph_adopt(p_graph_version bigint); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger._graph_adopt(p_graph_version bigint) FROM PUBLIC;
+GRANT ALL ON FUNCTION sigledger._graph_adopt(p_graph_version bigint) TO sigledger_admin;
+
+--
 -- Name: FUNCTION _graph_claim(p_limit integer); Type: ACL; Schema: sigledger; Owner: sigledger_owner
 --
 
@@ -8373,6 +8565,22 @@ GRANT ALL ON FUNCTION sigledger._graph_fail(p_ids bigint[], p_error text, p_max_
 REVOKE ALL ON FUNCTION sigledger._graph_final_winner(p_aggregate_type text, p_id uuid) FROM PUBLIC;
 
 --
+-- Name: FUNCTION _graph_hold(p_types text[], p_ids uuid[]); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger._graph_hold(p_types text[], p_ids uuid[]) FROM PUBLIC;
+GRANT ALL ON FUNCTION sigledger._graph_hold(p_types text[], p_ids uuid[]) TO sigledger_graph;
+GRANT ALL ON FUNCTION sigledger._graph_hold(p_types text[], p_ids uuid[]) TO sigledger_admin;
+
+--
+-- Name: FUNCTION _graph_identity(); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger._graph_identity() FROM PUBLIC;
+GRANT ALL ON FUNCTION sigledger._graph_identity() TO sigledger_graph;
+GRANT ALL ON FUNCTION sigledger._graph_identity() TO sigledger_admin;
+
+--
 -- Name: FUNCTION _graph_live_counts(OUT entities bigint, OUT signals bigint, OUT opportunities bigint); Type: ACL; Schema: sigledger; Owner: sigledger_owner
 --
 
@@ -8387,6 +8595,13 @@ GRANT ALL ON FUNCTION sigledger._graph_live_counts(OUT entities bigint, OUT sign
 REVOKE ALL ON FUNCTION sigledger._graph_live_ids(p_aggregate_type text, p_after uuid, p_limit integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION sigledger._graph_live_ids(p_aggregate_type text, p_after uuid, p_limit integer) TO sigledger_graph;
 GRANT ALL ON FUNCTION sigledger._graph_live_ids(p_aggregate_type text, p_after uuid, p_limit integer) TO sigledger_admin;
+
+--
+-- Name: FUNCTION _graph_mark_written(p_epoch bigint); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger._graph_mark_written(p_epoch bigint) FROM PUBLIC;
+GRANT ALL ON FUNCTION sigledger._graph_mark_written(p_epoch bigint) TO sigledger_graph;
 
 --
 -- Name: FUNCTION _graph_props(p_row jsonb, p_drop text[]); Type: ACL; Schema: sigledger; Owner: sigledger_owner
@@ -8473,6 +8688,12 @@ REVOKE ALL ON FUNCTION sigledger._opportunity_signals_no_tombstone() FROM PUBLIC
 --
 
 REVOKE ALL ON FUNCTION sigledger._outbox_emit(p_aggregate_type text, p_aggregate_id uuid, p_event_type text, p_payload jsonb) FROM PUBLIC;
+
+--
+-- Name: FUNCTION _outbox_emit_many(p_aggregate_type text, p_aggregate_ids uuid[], p_event_type text, p_payload jsonb); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger._outbox_emit_many(p_aggregate_type text, p_aggregate_ids uuid[], p_event_type text, p_payload jsonb) FROM PUBLIC;
 
 --
 -- Name: FUNCTION _period_start(p_period text, p_at timestamp with time zone); Type: ACL; Schema: sigledger; Owner: sigledger_owner

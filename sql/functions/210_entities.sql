@@ -175,6 +175,7 @@ DECLARE
     v_source_links integer;
     v_moved integer;
     v_merge_id bigint;
+    v_relinked uuid[];
 BEGIN
     PERFORM sigledger._check_merge_input('entity', p_target, p_sources);
     -- Lock target and sources in id order: two merges over overlapping ids queue up instead of deadlocking.
@@ -194,6 +195,10 @@ BEGIN
             HINT = format('Merge into or from %s instead.', v_dead.merged_into);
     END IF;
 
+    -- The signals linked to a source: their links change below, so each gets an outbox event of its own (a
+    -- sync worker holding an older snapshot of one of them must not have the last word; docs/graph.md).
+    v_relinked := ARRAY(SELECT DISTINCT se.signal_id FROM sigledger.signal_entities se
+                         WHERE se.entity_id = ANY (p_sources) ORDER BY se.signal_id);
     UPDATE sigledger.entity_aliases SET canonical_entity_id = p_target WHERE canonical_entity_id = ANY (p_sources);
     GET DIAGNOSTICS v_aliases = ROW_COUNT;
     PERFORM sigledger._entity_alias_room(p_target);
@@ -226,6 +231,8 @@ BEGIN
        FROM unnest(p_sources) AS s;
     PERFORM sigledger._outbox_emit('entity', p_target, 'entity.merge_target',
                                    jsonb_build_object('sources', to_jsonb(p_sources), 'merge_id', v_merge_id));
+    PERFORM sigledger._outbox_emit_many('signal', v_relinked, 'signal.relinked',
+                                        jsonb_build_object('merged_into', p_target, 'merge_id', v_merge_id));
     RETURN QUERY SELECT p_target, v_aliases, v_moved, v_source_links - v_moved, v_merge_id;
 END;
 $$;

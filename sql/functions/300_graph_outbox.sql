@@ -228,8 +228,6 @@ LANGUAGE plpgsql
 VOLATILE
 SET search_path = sigledger, pg_temp
 AS $$
-DECLARE
-    v_count integer;
 BEGIN
     IF p_aggregate_type IS NULL OR p_aggregate_type NOT IN ('entity', 'signal', 'opportunity') THEN
         RAISE EXCEPTION USING
@@ -237,14 +235,7 @@ BEGIN
             MESSAGE = format('unknown aggregate type %L (expected entity, signal or opportunity)',
                              p_aggregate_type);
     END IF;
-    INSERT INTO outbox (aggregate_type, aggregate_id, event_type)
-    SELECT p_aggregate_type, u.id, p_event_type
-      FROM (SELECT DISTINCT x AS id FROM unnest(p_ids) AS x WHERE x IS NOT NULL) u;
-    GET DIAGNOSTICS v_count = ROW_COUNT;
-    IF v_count > 0 THEN
-        PERFORM pg_notify('sigledger_outbox', '');
-    END IF;
-    RETURN v_count;
+    RETURN _outbox_emit_many(p_aggregate_type, p_ids, p_event_type);
 END
 $$;
 COMMENT ON FUNCTION sigledger._graph_enqueue(text, uuid[], text) IS

@@ -177,12 +177,11 @@ BEGIN
       -- Per row through the indexes: linear in the batch, independent of the table's size. (A CTE joined
       -- here was rescanned per row by a nested loop: quadratic in the batch.)
       LEFT JOIN LATERAL (
-          -- A mention of a merged entity is shown on the entity it was merged into.
-          SELECT array_agg(DISTINCT CASE WHEN e.merged_into IS NULL THEN se.entity_id
-                                         ELSE coalesce(_graph_final_winner('entity', se.entity_id), se.entity_id)
-                                    END) AS links
+          -- Links always point at live entities: merge_entities moves them to the target in the transaction
+          -- that makes the sources tombstones, and a backstop trigger (200) refuses a link to a tombstone.
+          -- (It emits an event for every signal it relinks: see docs/graph.md.)
+          SELECT array_agg(se.entity_id ORDER BY se.entity_id) AS links
             FROM signal_entities se
-            JOIN entities e ON e.id = se.entity_id
            WHERE se.signal_id = s.id
       ) sl ON s.id IS NOT NULL
      WHERE f.t = 'signal'

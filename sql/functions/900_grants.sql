@@ -43,7 +43,9 @@ AS $audience$
         ('_graph_claim', '{graph}'), ('_graph_snapshot', '{graph,admin}'), ('_graph_ack', '{graph}'),
         ('_graph_fail', '{graph}'), ('_graph_live_ids', '{graph,admin}'), ('_graph_live_counts', '{graph,admin}'), ('_graph_dead_list', '{graph,admin}'),
         ('_graph_dead_retry', '{graph,admin}'), ('_graph_dead_purge', '{graph,admin}'),
-        ('_graph_enqueue', '{graph,admin}'), ('_graph_enqueue_all', '{graph,admin}')
+        ('_graph_enqueue', '{graph,admin}'), ('_graph_enqueue_all', '{graph,admin}'),
+        ('_graph_identity', '{graph,admin}'), ('_graph_mark_written', '{graph}'), ('_graph_adopt', '{admin}'),
+        ('_graph_hold', '{graph,admin}')
     ) AS a (fn, audience);
 $audience$;
 COMMENT ON FUNCTION sigledger._api_audience() IS

@@ -12,6 +12,7 @@ import os
 import secrets
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -22,7 +23,7 @@ import pytest
 from sigledger.core.localdb import free_port
 from sigledger.graph.driver import Neo4jSettings, connect
 from sigledger.graph.neo4j_server import Neo4jServer
-from sigledger.graph.sink import Neo4jSink
+from sigledger.graph.sink import Neo4jSink, Snapshot
 from sigledger.graph.worker import SyncWorker, WorkerConfig, make_worker
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -72,7 +73,9 @@ def worker_factory(db_dsn: str, neo4j_settings: Neo4jSettings, sink: Neo4jSink) 
     made: list[SyncWorker] = []
 
     def make(**config: Any) -> SyncWorker:
-        w = make_worker(db_dsn, neo4j_settings, WorkerConfig(**config))
+        # A name of its own: tests find (and terminate) one worker's backend by application_name.
+        name = f"graph-test-worker-{len(made)}"
+        w = make_worker(db_dsn, neo4j_settings, WorkerConfig(**config), name=name)
         made.append(w)
         return w
 
@@ -89,7 +92,12 @@ def cypher(sink: Neo4jSink, query: str, **params: Any) -> list[dict[str, Any]]:
 
 def graph_state(sink: Neo4jSink) -> tuple[list[Any], list[Any]]:
     """Every node (labels, properties without sync_version) and relationship, sorted: for equality checks."""
-    nodes = cypher(sink, "MATCH (n) RETURN labels(n) AS labels, properties(n) AS props")
+    # The meta node and the tombstones are the projection's bookkeeping, not part of what the graph shows.
+    nodes = cypher(
+        sink,
+        "MATCH (n) WHERE NOT n:SigledgerGraph AND NOT n:SigledgerTombstone "
+        "RETURN labels(n) AS labels, properties(n) AS props",
+    )
     rels = cypher(sink, "MATCH (a)-[r]->(b) RETURN a.id AS a, type(r) AS t, b.id AS b")
     norm_nodes = sorted(
         (sorted(n["labels"]), sorted((k, repr(v)) for k, v in n["props"].items() if k != "sync_version"))
@@ -238,3 +246,39 @@ def changes(db_dsn: str) -> Iterator[Changes]:
     c = Changes(db_dsn)
     yield c
     c.close()
+
+
+class Paused:
+    """Runs one batch of ``worker`` in a thread, holding it between its snapshot and its Neo4j write."""
+
+    def __init__(self, worker: SyncWorker) -> None:
+        self.worker = worker
+        self.snapped = threading.Event()
+        self.go = threading.Event()
+        self.snapshots: list[Snapshot] = []
+        self.outcome: list[Any] = []
+
+        def hold(snaps: Sequence[Snapshot]) -> None:
+            self.snapshots = list(snaps)
+            self.snapped.set()
+            assert self.go.wait(60), "the test never released the paused worker"
+
+        worker.before_write = hold
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self.outcome.append(self.worker.run_batch())
+        except Exception as exc:  # reported to the test through outcome
+            self.outcome.append(exc)
+
+    def start(self) -> Paused:
+        self.thread.start()
+        assert self.snapped.wait(60), f"the paused worker never reached its write: {self.outcome}"
+        return self
+
+    def release(self) -> Any:
+        self.go.set()
+        self.thread.join(60)
+        assert not self.thread.is_alive()
+        return self.outcome[0]

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import pty
+import re
+import subprocess
+import sys
 
 import psycopg
 from sigledger.graph.neo4j_server import Neo4jServer
@@ -90,3 +95,91 @@ def test_sync_with_bad_password_fails_with_a_clear_message(sink: Neo4jSink, db_d
     run = cli("graph", "sync", "--once", "--neo4j-password", "wrong", dsn=db_dsn)
     assert run.returncode == 1
     assert "rejected the credentials" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_status_exits_3_past_the_lag_threshold_and_never_prints_a_dash(changes: Changes, db_dsn: str) -> None:
+    idle = cli("graph", "status", dsn=db_dsn)
+    assert idle.returncode == 0, idle.stdout + idle.stderr
+    assert "oldest pending: none (nothing pending)" in idle.stdout and "- s" not in idle.stdout
+
+    changes.entity("Waiting")
+    with psycopg.connect(db_dsn, autocommit=True) as c:  # a row that has waited for two hours
+        c.execute("UPDATE sigledger.outbox SET created_at = created_at - interval '2 hours'")
+    late = cli("graph", "status", dsn=db_dsn)
+    assert late.returncode == 3, late.stdout + late.stderr
+    assert re.search(r"^oldest pending age: 7,2\d\d\.\d s$", late.stdout, re.M), late.stdout
+    assert "NOT OK: oldest pending row is" in late.stdout
+    report = json.loads(cli("graph", "status", "--json", dsn=db_dsn).stdout)
+    assert report["ok"] is False and report["oldest_pending_age_s"] >= 7200 and report["max_lag_s"] == 60
+    assert cli("graph", "status", "--max-lag", "86400", dsn=db_dsn).returncode == 0
+    relaxed = subprocess.run(
+        [sys.executable, "-m", "sigledger", "graph", "status"],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, SIGLEDGER_DSN=db_dsn, SIGLEDGER_GRAPH_MAX_LAG="86400"),
+        timeout=120,
+    )
+    assert relaxed.returncode == 0, relaxed.stdout + relaxed.stderr
+    assert cli("graph", "status", "--max-lag", "-1", dsn=db_dsn).returncode == 2
+
+
+def test_sync_once_shows_progress_on_a_terminal_and_one_summary_line_otherwise(
+    sink: Neo4jSink, changes: Changes, db_dsn: str
+) -> None:
+    for i in range(30):
+        changes.entity(f"E{i}")
+    quiet = cli("graph", "sync", "--once", "--batch-size", "5", dsn=db_dsn)
+    assert quiet.returncode == 0, quiet.stderr
+    assert quiet.stderr == ""  # not a terminal: no progress, no bar
+    [line] = quiet.stdout.splitlines()
+    assert (
+        line.startswith("projected 30 rows, 0 failed attempts, 0 now dead (30 rows in ") and "rows/s)" in line
+    )
+
+    for i in range(30):
+        changes.entity(f"F{i}")
+    main_fd, tty_fd = pty.openpty()  # stderr on a terminal: the progress line, redrawn with a rate
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sigledger", "graph", "sync", "--once", "--batch-size", "5"],
+            stdout=subprocess.PIPE,
+            stderr=tty_fd,
+            env=dict(os.environ, SIGLEDGER_DSN=db_dsn),
+        )
+        os.close(tty_fd)
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(main_fd, 4096)
+            except OSError:  # the terminal closed with the process
+                break
+            if not chunk:
+                break
+            shown += chunk
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        os.close(main_fd)
+    assert proc.returncode == 0, shown
+    text = shown.decode()
+    assert "\r" in text and "projecting: " in text and " / 30 rows (" in text and "rows/s" in text
+    assert out.decode().startswith("projected 30 rows")
+
+
+def test_the_graph_and_admin_logins_sync_verify_and_rebuild(
+    sink: Neo4jSink, changes: Changes, graph_dsn: str, admin_dsn: str
+) -> None:
+    """As deployed: the worker logs in as a member of sigledger_graph, the operator as one of sigledger_admin."""
+    acme = changes.entity("Acme")
+    changes.signal("n-1", entities=[acme])
+    synced = cli("graph", "sync", "--once", dsn=graph_dsn)
+    assert synced.returncode == 0, synced.stdout + synced.stderr
+    for dsn in (graph_dsn, admin_dsn):
+        run = cli("graph", "verify", "--consistent", dsn=dsn)
+        assert run.returncode == 0, run.stdout + run.stderr
+
+    cypher(sink, "MATCH (e:Entity {id: $id}) SET e.name = 'Edited in Neo4j'", id=acme)
+    rebuilt = cli("graph", "rebuild", dsn=admin_dsn)  # a new epoch and the refreshes; the workers project
+    assert rebuilt.returncode == 0, rebuilt.stdout + rebuilt.stderr
+    assert "the running sync workers will" in rebuilt.stdout
+    assert cli("graph", "sync", "--once", dsn=graph_dsn).returncode == 0
+    assert cli("graph", "verify", dsn=admin_dsn).returncode == 0

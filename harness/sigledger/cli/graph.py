@@ -1,4 +1,8 @@
-"""`sigledger graph`: the Neo4j projection (outbox sync, status, dead rows, verify, rebuild)."""
+"""`sigledger graph`: the Neo4j projection (outbox sync, status; dead rows, verify and rebuild in graph_repair).
+
+Exit codes: 0 ok; 1 an error (Neo4j unreachable, credentials, a graph of another database or epoch); 2 bad
+usage; 3 the state is not what it should be (`status` past its lag or dead threshold, `verify` found drift).
+"""
 
 from __future__ import annotations
 
@@ -7,74 +11,20 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import replace
-from typing import Any, TypeVar
+import time
+from typing import Any
 
 import click
-from psycopg.rows import dict_row
 
+from sigledger.cli import exit_codes, graph_repair
+from sigledger.cli.graph_common import Progress, neo4j_options, open_sink, outbox_status, settings_of
 from sigledger.cli.options import dsn_option, resolve_dsn
-from sigledger.core.db import connect as db_connect
-from sigledger.graph import rebuild as rebuild_mod
-from sigledger.graph.driver import Neo4jSettings, connect
-from sigledger.graph.sink import CONSTRAINTS, Neo4jSink
-from sigledger.graph.verify import verify as verify_graph
+from sigledger.graph.driver import Neo4jSettings
+from sigledger.graph.sink import CONSTRAINTS
 from sigledger.graph.worker import BatchResult, WorkerConfig, make_worker
 
-F = TypeVar("F", bound=Callable[..., Any])
-#: application_name of the graph commands' own connections (pg_stat_activity tells them apart)
-APP = "sigledger-graph-cli"
-
-DRIFT_EXIT_CODE = 3
-
-
-def neo4j_options(func: F) -> F:
-    defaults = Neo4jSettings.from_env()
-    func = click.option(
-        "--neo4j-uri", default=defaults.uri, show_default=True, help="Bolt URI [env SIGLEDGER_NEO4J_URI]."
-    )(func)
-    func = click.option(
-        "--neo4j-user", default=defaults.user, show_default=True, help="[env SIGLEDGER_NEO4J_USER]"
-    )(func)
-    func = click.option(
-        "--neo4j-password",
-        default=defaults.password,
-        help="[env SIGLEDGER_NEO4J_PASSWORD; default: the local test server's]",
-    )(func)
-    func = click.option(
-        "--neo4j-database",
-        default=defaults.database,
-        show_default=True,
-        help="[env SIGLEDGER_NEO4J_DATABASE]",
-    )(func)
-    return func
-
-
-def _settings(kw: dict[str, Any]) -> Neo4jSettings:
-    return Neo4jSettings(
-        uri=kw.pop("neo4j_uri"),
-        user=kw.pop("neo4j_user"),
-        password=kw.pop("neo4j_password"),
-        database=kw.pop("neo4j_database"),
-    )
-
-
-@contextmanager
-def _sink(settings: Neo4jSettings) -> Iterator[Neo4jSink]:
-    driver = connect(settings)
-    try:
-        yield Neo4jSink(driver, settings.database)
-    finally:
-        driver.close()
-
-
-def _status(dsn: str) -> dict[str, Any]:
-    with db_connect(dsn, row_factory=dict_row, application_name=APP) as conn:
-        row = conn.execute("SELECT * FROM sigledger.graph_outbox_status()").fetchone()
-    assert row is not None
-    return dict(row)
+NOT_OK_EXIT_CODE = exit_codes.ATTENTION
+DEFAULT_MAX_LAG = 60.0  # seconds; SIGLEDGER_GRAPH_MAX_LAG
 
 
 def _seconds(value: Any) -> float | None:
@@ -90,8 +40,8 @@ def group() -> None:
 @neo4j_options
 def init(**kw: Any) -> None:
     """Create the Neo4j uniqueness constraints (idempotent)."""
-    settings = _settings(kw)
-    with _sink(settings) as sink:
+    settings = settings_of(kw)
+    with open_sink(settings) as sink:
         sink.ensure_constraints()
     for stmt in CONSTRAINTS:
         click.echo(stmt)
@@ -127,9 +77,9 @@ def init(**kw: Any) -> None:
     help="Failed attempts before a row is dead.",
 )
 def sync(dsn: str | None, mode: str, workers: int, batch_size: int, max_attempts: int, **kw: Any) -> None:
-    """Project outbox rows into Neo4j."""
+    """Project outbox rows into Neo4j. With --once: progress and a rate on a terminal, a summary line always."""
     dsn = resolve_dsn(dsn)
-    settings = _settings(kw)
+    settings = settings_of(kw)
     once = mode == "once"
     if workers > 1:
         sys.exit(_run_processes(dsn, settings, workers, once, batch_size, max_attempts))
@@ -138,22 +88,23 @@ def sync(dsn: str | None, mode: str, workers: int, batch_size: int, max_attempts
     # SIGTERM / Ctrl-C: finish the batch in flight (its COMMIT), then leave.
     signal.signal(signal.SIGTERM, lambda *_: worker.stop_event.set())
     signal.signal(signal.SIGINT, lambda *_: worker.stop_event.set())
+    progress = Progress("projecting", int(outbox_status(dsn)["due"]) if once else None)
     try:
-        if once:
-            pending = int(_status(dsn)["pending"])
-            with click.progressbar(length=max(pending, 1), label="projecting", file=sys.stderr) as bar:
-
-                def advance(res: BatchResult) -> None:
-                    bar.update(res.acked + res.failed)
-
-                total = worker.run(once=True, on_batch=advance)
-        else:
+        if not once:
             click.echo(f"following the outbox into {settings.uri} (Ctrl-C to stop)", err=True)
-            total = worker.run(once=False)
+
+        def advance(res: BatchResult) -> None:
+            progress.advance(res.acked + res.failed)
+
+        total = worker.run(once=once, on_batch=advance if once else None)
     finally:
+        progress.close()
         worker.close()
         worker.sink.driver.close()
-    click.echo(f"projected {total.acked} rows, {total.failed} failed attempts, {total.dead} now dead")
+    click.echo(
+        f"projected {total.acked:,} rows, {total.failed} failed attempts, {total.dead} now dead"
+        + (f" ({progress.summary()})" if once else "")
+    )
 
 
 def _run_processes(
@@ -178,6 +129,7 @@ def _run_processes(
         "--max-attempts",
         str(max_attempts),
     ]
+    before = int(outbox_status(dsn)["pending"])
     procs = [
         subprocess.Popen([*cmd, "--name", f"sigledger-graph-sync-{os.getpid()}-{i}"], env=env)
         for i in range(n)
@@ -190,175 +142,82 @@ def _run_processes(
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    # The workers report nothing to this process: on a terminal, progress is read from the outbox itself.
+    progress = Progress(f"projecting ({n} workers)", before if once else None)
+    try:
+        while any(p.poll() is None for p in procs):
+            time.sleep(0.5)
+            if once and progress.live:
+                progress.advance(max(0, before - int(outbox_status(dsn)["pending"])) - progress.done)
+    finally:
+        progress.close()
     codes = [p.wait() for p in procs]
     failed = [c for c in codes if c != 0]
-    click.echo(f"{n} workers finished" + (f", {len(failed)} with errors" if failed else ""), err=True)
+    if once:
+        progress.advance(max(0, before - int(outbox_status(dsn)["pending"])) - progress.done)
+    summary = f", outbox down by {progress.summary()}" if once else ""
+    click.echo(
+        f"{n} workers finished" + (f", {len(failed)} with errors" if failed else "") + summary, err=True
+    )
     return 1 if failed else 0
 
 
 @group.command("status")
 @dsn_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def status(dsn: str | None, as_json: bool) -> None:
-    """Backlog: pending rows (due now / retrying), dead rows, oldest pending age."""
-    st = _status(resolve_dsn(dsn))
+@click.option(
+    "--max-lag",
+    type=click.FloatRange(min=0),
+    envvar="SIGLEDGER_GRAPH_MAX_LAG",
+    default=DEFAULT_MAX_LAG,
+    show_default=True,
+    show_envvar=True,
+    help="Exit 3 when the oldest pending row is older than this many seconds.",
+)
+@click.option(
+    "--max-dead",
+    type=click.IntRange(min=0),
+    envvar="SIGLEDGER_GRAPH_MAX_DEAD",
+    default=None,
+    show_envvar=True,
+    help="Exit 3 when more rows than this are dead. [default: not checked]",
+)
+def status(dsn: str | None, as_json: bool, max_lag: float, max_dead: int | None) -> None:
+    """Backlog: pending rows (due now / retrying), oldest pending age, dead rows. Exit 3 past a threshold."""
+    st = outbox_status(resolve_dsn(dsn))
+    age = _seconds(st["oldest_pending_age"]) if st["pending"] else None
+    problems = []
+    if age is not None and age > max_lag:
+        problems.append(f"oldest pending row is {age:,.1f} s old (threshold {max_lag:g} s)")
+    if max_dead is not None and st["dead"] > max_dead:
+        problems.append(f"{st['dead']} dead rows (threshold {max_dead})")
     out = {
         "pending": st["pending"],
         "due": st["due"],
         "retrying": st["retrying"],
         "dead": st["dead"],
-        "oldest_pending_age_s": _seconds(st["oldest_pending_age"]),
+        "oldest_pending_age_s": age,
         "oldest_dead_age_s": _seconds(st["oldest_dead_age"]),
+        "max_lag_s": max_lag,
+        "max_dead": max_dead,
+        "ok": not problems,
+        "problems": problems,
     }
     if as_json:
         click.echo(json.dumps(out))
-        return
-    click.echo(
-        f"pending: {out['pending']} ({out['due']} due now, {out['retrying']} retrying after a failure)"
-    )
-    click.echo(f"oldest pending age: {out['oldest_pending_age_s'] if out['pending'] else '-'} s")
-    click.echo(f"dead: {out['dead']}" + (" (see `sigledger graph dead list`)" if out["dead"] else ""))
-
-
-@group.group("dead")
-def dead() -> None:
-    """Rows that failed max-attempts times: list, retry (after a fix), purge."""
-
-
-@dead.command("list")
-@dsn_option
-@click.option("--limit", type=click.IntRange(1, 100000), default=100, show_default=True)
-@click.option("--json", "as_json", is_flag=True)
-def dead_list(dsn: str | None, limit: int, as_json: bool) -> None:
-    """Dead rows, oldest first, with their last error."""
-    with db_connect(resolve_dsn(dsn), row_factory=dict_row, application_name=APP) as conn:
-        rows = conn.execute(
-            "SELECT * FROM sigledger._graph_dead_list(p_limit => %s::integer)", (limit,)
-        ).fetchall()
-    if as_json:
-        click.echo(json.dumps(rows, default=str))
-        return
-    if not rows:
-        click.echo("no dead rows")
-    for r in rows:
+    else:
         click.echo(
-            f"{r['id']}\t{r['aggregate_type']} {r['aggregate_id']}\t{r['event_type']}\t"
-            f"attempts={r['attempts']}\tdead_at={r['dead_at']:%Y-%m-%d %H:%M:%S%z}\n    {r['last_error']}"
+            f"pending: {out['pending']} ({out['due']} due now, {out['retrying']} retrying after a failure)"
         )
-
-
-def _ids_or_all(ids: tuple[int, ...], all_rows: bool) -> list[int] | None:
-    if bool(ids) == all_rows:
-        raise click.UsageError("give outbox ids, or --all (not both)")
-    return None if all_rows else list(ids)
-
-
-@dead.command("retry")
-@dsn_option
-@click.argument("ids", nargs=-1, type=int)
-@click.option("--all", "all_rows", is_flag=True, help="Every dead row.")
-def dead_retry(dsn: str | None, ids: tuple[int, ...], all_rows: bool) -> None:
-    """Make dead rows due again (attempts reset). Fix the cause first."""
-    with db_connect(resolve_dsn(dsn), application_name=APP) as conn:
-        row = conn.execute(
-            "SELECT sigledger._graph_dead_retry(p_ids => %s::bigint[])", (_ids_or_all(ids, all_rows),)
-        ).fetchone()
-    click.echo(f"{row[0] if row else 0} dead rows are due again")
-
-
-@dead.command("purge")
-@dsn_option
-@click.argument("ids", nargs=-1, type=int)
-@click.option("--all", "all_rows", is_flag=True, help="Every dead row.")
-@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-def dead_purge(dsn: str | None, ids: tuple[int, ...], all_rows: bool, yes: bool) -> None:
-    """Delete dead rows. Their aggregates stay as Neo4j last saw them (`graph verify` shows it)."""
-    selection = _ids_or_all(ids, all_rows)
-    if not yes:
-        click.confirm(f"delete {'every' if selection is None else len(selection)} dead row(s)?", abort=True)
-    with db_connect(resolve_dsn(dsn), application_name=APP) as conn:
-        row = conn.execute(
-            "SELECT sigledger._graph_dead_purge(p_ids => %s::bigint[])", (selection,)
-        ).fetchone()
-    click.echo(f"{row[0] if row else 0} dead rows deleted")
-
-
-def _print_drift(drift: Any, as_json: bool) -> None:
-    if as_json:
-        click.echo(json.dumps(drift.as_dict()))
-        return
-    checked = ", ".join(f"{n} {k}" for k, n in drift.checked.items())
-    if drift.clean:
-        click.echo(f"clean: Neo4j matches Postgres ({checked})")
-        return
-    t = drift.totals()
-    click.echo(f"DRIFT: {t['missing']} missing, {t['extra']} extra, {t['stale']} stale ({checked} checked)")
-    for what in ("missing", "extra", "stale"):
-        for kind, ids in getattr(drift, what).items():
-            for i in ids[:20]:
-                why = drift.details.get(f"{kind} {i}")
-                click.echo(f"  {what}\t{kind} {i}" + (f"\t{why}" if why else ""))
-            if len(ids) > 20:
-                click.echo(f"  {what}\t{kind}: {len(ids) - 20} more")
-
-
-@group.command("verify")
-@dsn_option
-@neo4j_options
-@click.option("--json", "as_json", is_flag=True)
-def verify(dsn: str | None, as_json: bool, **kw: Any) -> None:
-    """Diff Postgres against Neo4j: missing, extra, stale. Exit 3 on drift."""
-    dsn = resolve_dsn(dsn)
-    pending = int(_status(dsn)["pending"])
-    with _sink(_settings(kw)) as sink:
-        drift = verify_graph(dsn, sink)
-    _print_drift(drift, as_json)
-    if not as_json and pending:
-        click.echo(f"note: {pending} outbox rows are still pending; drift may be work in flight", err=True)
-    if not drift.clean:
-        sys.exit(DRIFT_EXIT_CODE)
-
-
-@group.command("rebuild")
-@dsn_option
-@neo4j_options
-@click.option("--dry-run", is_flag=True, help="Only show what would be refreshed and deleted.")
-@click.option("--no-drain", is_flag=True, help="Only enqueue; leave the projection to the running workers.")
-@click.option(
-    "--batch-size", type=click.IntRange(1, 10000), default=WorkerConfig.batch_size, show_default=True
-)
-def rebuild(dsn: str | None, dry_run: bool, no_drain: bool, batch_size: int, **kw: Any) -> None:
-    """Re-project every aggregate through the outbox and delete nodes Postgres does not have."""
-    dsn = resolve_dsn(dsn)
-    settings = _settings(kw)
-    with _sink(settings) as sink:
-        with click.progressbar(length=3, label="comparing", file=sys.stderr) as bar:
-            seen: set[str] = set()
-
-            def kind_done(kind: str, _n: int) -> None:
-                if kind not in seen:
-                    seen.add(kind)
-                    bar.update(1)
-
-            the_plan = rebuild_mod.plan(dsn, sink, progress=kind_done)
-        summary = the_plan.as_dict()
         click.echo(
-            f"refresh: {summary['refresh']}  delete: {summary['delete']}  "
-            f"drift before: {summary['drift_before']}"
+            "oldest pending: none (nothing pending)" if age is None else f"oldest pending age: {age:,.1f} s"
         )
-        if dry_run:
-            click.echo("dry run: nothing enqueued")
-            return
-        enqueued = rebuild_mod.enqueue(dsn, sink, the_plan)
-        click.echo(f"enqueued {enqueued} refresh rows")
-    if no_drain:
-        return
-    worker = make_worker(dsn, settings, replace(WorkerConfig(), batch_size=batch_size))
-    try:
-        pending = int(_status(dsn)["pending"])
-        with click.progressbar(length=max(pending, 1), label="projecting", file=sys.stderr) as bar:
-            total = worker.run(once=True, on_batch=lambda res: bar.update(res.acked + res.failed))
-    finally:
-        worker.close()
-        worker.sink.driver.close()
-    click.echo(f"projected {total.acked} rows, {total.failed} failed attempts, {total.dead} dead")
+        click.echo(f"dead: {out['dead']}" + (" (see `sigledger graph dead list`)" if out["dead"] else ""))
+        for problem in problems:
+            click.echo(f"NOT OK: {problem}")
+    if problems:
+        sys.exit(NOT_OK_EXIT_CODE)
+
+
+for _command in graph_repair.COMMANDS:
+    group.add_command(_command)

@@ -53,6 +53,7 @@ class GraphProjection:
     def _connect(self) -> SyncWorker:
         if self.neo4j_uri is None:
             server = neo4j_server.from_env()
+            neo4j_server.ensure_free_port(server)
             server.start()  # builds the launcher on first use; returns at once when it is up
             settings = dataclasses.replace(
                 Neo4jSettings.from_env(), uri=server.uri, user=server.user, password=server.password
@@ -62,7 +63,9 @@ class GraphProjection:
         self.settings = settings
         worker = make_worker(self.dsn, settings, WorkerConfig(batch_size=500), name="sigledger-demo-graph")
         if self.neo4j_uri is None:
-            worker.sink.wipe()  # the local server is the demo's scratch projection, like its database
+            # The local server is the demo's scratch projection, like its database (recreated every run: a new
+            # identity, never projected): emptied, meta node included; the first write makes it this run's.
+            worker.sink.wipe()
         return worker
 
     def _run(self) -> None:

@@ -22,6 +22,11 @@ class GraphUnavailable(GraphError):
     """SLG01: Neo4j cannot be reached right now (down, restarting, network). Not the rows' fault."""
 
 
+class WriteConflict(GraphUnavailable):
+    """SLG01: a concurrent transaction deleted a node this write needed, again and again (the sink retries a
+    few times first). Transient, like an outage: the batch is rolled back and tried again later."""
+
+
 class GraphAuthError(GraphError):
     """SLG01: Neo4j refused the credentials."""
 
@@ -37,11 +42,11 @@ class Neo4jSettings:
 
     @classmethod
     def from_env(cls) -> Neo4jSettings:
-        """SIGLEDGER_NEO4J_URI / _USER / _PASSWORD / _DATABASE; defaults match ``make neo4j-up``."""
-        port = os.environ.get("SIGLEDGER_NEO4J_PORT", str(neo4j_server.DEFAULT_PORT))
+        """SIGLEDGER_NEO4J_URI / _USER / _PASSWORD / _DATABASE; defaults: the server of ``make neo4j-up``
+        (its port from the state folder)."""
         password = os.environ.get("SIGLEDGER_NEO4J_PASSWORD", neo4j_server.DEFAULT_PASSWORD)
         return cls(
-            uri=os.environ.get("SIGLEDGER_NEO4J_URI", f"bolt://127.0.0.1:{port}"),
+            uri=os.environ.get("SIGLEDGER_NEO4J_URI") or neo4j_server.local_uri(),
             user=os.environ.get("SIGLEDGER_NEO4J_USER", neo4j_server.DEFAULT_USER),
             password=password or None,
             database=os.environ.get("SIGLEDGER_NEO4J_DATABASE", "neo4j"),
@@ -96,6 +101,9 @@ def connect(settings: Neo4jSettings, *, verify: bool = True) -> neo4j.Driver:
         connection_timeout=settings.connection_timeout,
         connection_acquisition_timeout=settings.connection_timeout * 2,
         max_connection_pool_size=8,
+        # Server notifications (e.g. "property key does not exist" for the meta node's rarely set keys) are
+        # advice for people writing queries by hand, not for the worker's log.
+        notifications_min_severity="OFF",
     )
     if verify:
         try:

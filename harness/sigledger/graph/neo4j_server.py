@@ -5,10 +5,13 @@ which fetches the Neo4j jars from Maven Central into ``~/.m2`` on first use and 
 to ``tools/neo4j/target/classpath.txt``; later builds reuse both.
 
 Command line: ``python -m sigledger.graph.neo4j_server up|down|status`` (``make neo4j-up`` / ``make neo4j-down``).
-State lives in ``.sigledger/neo4j/`` of the checkout: ``neo4j.pid``, ``neo4j.log``, ``server.json``, ``data/``.
+State lives in ``.sigledger/neo4j/`` of the checkout (``SIGLEDGER_NEO4J_STATE_DIR``): ``port``, ``neo4j.pid``,
+``neo4j.log``, ``server.json``, ``data/``.
 
-Defaults (environment overrides): port ``SIGLEDGER_NEO4J_PORT`` (7687), password
-``SIGLEDGER_NEO4J_PASSWORD`` (``sigledger-test``; user ``neo4j``), heap ``SIGLEDGER_NEO4J_HEAP`` (512m).
+The Bolt port is chosen like the local PostgreSQL's (sigledger.core.localdb): a free loopback port, drawn once
+and written to the state folder's ``port`` file, so two checkouts (or test runs) never collide, and the graph
+commands and the demo find the server there (``local_uri``). ``SIGLEDGER_NEO4J_PORT`` pins it instead.
+Password ``SIGLEDGER_NEO4J_PASSWORD`` (``sigledger-test``; user ``neo4j``), heap ``SIGLEDGER_NEO4J_HEAP`` (512m).
 """
 
 from __future__ import annotations
@@ -24,12 +27,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sigledger.core.localdb import free_port
 from sigledger.core.paths import CHECKOUT_ROOT, state_dir
 
 # The launcher's sources live in the checkout (tools/neo4j); an installed package has none.
 LAUNCHER_DIR = (CHECKOUT_ROOT or Path.cwd()) / "tools" / "neo4j"
 DEFAULT_STATE_DIR = state_dir() / "neo4j"
-DEFAULT_PORT = 7687
+DEFAULT_PORT = 7687  # an external server's usual port: the URI when no local server was ever set up
 DEFAULT_USER = "neo4j"
 DEFAULT_PASSWORD = "sigledger-test"
 MAIN_CLASS = "sigledger.neo4j.Launcher"
@@ -272,14 +276,53 @@ class Neo4jServer:
         }
 
 
+def local_state_dir() -> Path:
+    return Path(os.environ.get("SIGLEDGER_NEO4J_STATE_DIR", str(DEFAULT_STATE_DIR)))
+
+
+def local_port(directory: Path | None = None, *, choose: bool = False) -> int | None:
+    """The local server's Bolt port: SIGLEDGER_NEO4J_PORT, else the state folder's ``port`` file; with
+    ``choose``, a free port is drawn and written there when there is none yet."""
+    pinned = os.environ.get("SIGLEDGER_NEO4J_PORT")
+    if pinned:
+        return int(pinned)
+    port_file = (directory or local_state_dir()) / "port"
+    try:
+        return int(port_file.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        if not choose:
+            return None
+    port_file.parent.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    port_file.write_text(f"{port}\n")
+    return port
+
+
+def local_uri() -> str:
+    """Where the local server of ``make neo4j-up`` listens (the default Bolt URI of every graph command)."""
+    return f"bolt://127.0.0.1:{local_port() or DEFAULT_PORT}"
+
+
 def from_env() -> Neo4jServer:
     password = os.environ.get("SIGLEDGER_NEO4J_PASSWORD", DEFAULT_PASSWORD)
+    directory = local_state_dir()
+    port = local_port(directory, choose=True)
+    assert port is not None
     return Neo4jServer(
-        state_dir=Path(os.environ.get("SIGLEDGER_NEO4J_STATE_DIR", str(DEFAULT_STATE_DIR))),
-        port=int(os.environ.get("SIGLEDGER_NEO4J_PORT", str(DEFAULT_PORT))),
+        state_dir=directory,
+        port=port,
         password=password or None,
         heap=os.environ.get("SIGLEDGER_NEO4J_HEAP", "512m"),
     )
+
+
+def ensure_free_port(server: Neo4jServer) -> None:
+    """The state folder's port is taken by another process and no server of ours runs: draw a new one
+    (never when SIGLEDGER_NEO4J_PORT pins it)."""
+    if os.environ.get("SIGLEDGER_NEO4J_PORT") or server.pid() is not None or not server.bolt_answers():
+        return
+    server.port = free_port()
+    (server.state_dir / "port").write_text(f"{server.port}\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -293,8 +336,12 @@ def main(argv: list[str] | None = None) -> int:
             build(quiet=False)
             print("launcher built")
         elif args[0] == "up":
+            ensure_free_port(server)
             server.start()
-            print(f"Neo4j up at {server.uri} (user {server.user}, pid {server.pid()}, log {server.log_file})")
+            print(
+                f"Neo4j up at {server.uri} (user {server.user}, pid {server.pid()}, log {server.log_file}); "
+                f"the graph commands find it through {server.state_dir / 'port'}"
+            )
         elif args[0] == "down":
             print("Neo4j stopped" if server.stop() else "Neo4j was not running")
         else:

@@ -1,9 +1,16 @@
-"""`graph rebuild`: re-project everything through the outbox.
+"""`graph rebuild`: make the graph this database's projection again, from any state.
 
-A refresh row is enqueued for every live aggregate and for every Neo4j node that Postgres no longer has (those
-become deletes); the workers (or this process, with ``drain``) then project them exactly like ordinary
-changes: same locks, same versions, same retries. Nothing is wiped first, so the graph stays readable while
-it is rebuilt; a node of an id that is not a UUID cannot be an aggregate and is deleted directly.
+1. Plan: verify (what is missing, extra, stale) and the highest version anything in the graph carries,
+   whatever database, epoch or backup wrote it.
+2. A new epoch (sigledger._graph_adopt): the version sequence moves above that highest version, so every
+   snapshot from now on wins over anything in the graph; the graph's meta node takes the new epoch and a
+   fence at its floor (a batch read before the rebuild can no longer commit), and tombstones go (every one
+   is below the fence).
+3. A refresh row for every live aggregate, and one for every extra node with a UUID id (it becomes a delete);
+   nodes that cannot be an aggregate at all (no id, or an id that is not a UUID) are deleted directly.
+4. The workers (or this process, with drain) project them like ordinary changes: same locks, versions,
+   retries; the graph stays readable meanwhile. Upserts rewrite every property and trim relationships to
+   exactly one per link Postgres has (duplicates, foreign types and targets go).
 """
 
 from __future__ import annotations
@@ -12,9 +19,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import psycopg
+from sigledger.core.db import connect as db_connect
 
-from .sink import Neo4jSink
+from .sink import GraphMeta, Neo4jSink
 from .verify import Drift, _is_uuid, verify
 
 
@@ -23,31 +30,65 @@ class RebuildPlan:
     live: dict[str, int] = field(default_factory=dict)  # refreshes to enqueue, per kind
     extra: dict[str, list[str]] = field(default_factory=dict)  # Neo4j nodes Postgres does not have
     drift: Drift | None = None
+    graph_version: int = 0  # the highest version anything in the graph carries
+    meta: GraphMeta | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "refresh": self.live,
             "delete": {k: len(v) for k, v in self.extra.items()},
             "drift_before": self.drift.totals() if self.drift else None,
+            "graph": {
+                "database_id": self.meta.database_id if self.meta else None,
+                "epoch": self.meta.epoch if self.meta else None,
+                "highest_version": self.graph_version,
+            },
         }
+
+
+@dataclass(frozen=True)
+class Adopted:
+    database_id: str
+    epoch: int
+    floor: int
 
 
 def plan(dsn: str, sink: Neo4jSink, progress: Callable[[str, int], None] | None = None) -> RebuildPlan:
     drift = verify(dsn, sink, progress=progress)
-    with psycopg.connect(dsn, application_name="sigledger-graph-rebuild") as conn:
+    with db_connect(dsn, application_name="sigledger-graph-rebuild") as conn:
         row = conn.execute("SELECT * FROM sigledger._graph_live_counts()").fetchone()
     assert row is not None
     return RebuildPlan(
         live={"entity": int(row[0]), "signal": int(row[1]), "opportunity": int(row[2])},
         extra={k: list(v) for k, v in drift.extra.items()},
         drift=drift,
+        graph_version=sink.max_version(),
+        meta=sink.read_meta(),
     )
 
 
+def adopt(dsn: str, sink: Neo4jSink, graph_version: int | None = None) -> Adopted:
+    """Start a new epoch above ``graph_version`` (default: the graph's highest version) and write it into
+    the graph. Until the meta node is written, workers refuse (the epochs differ) and wait."""
+    if graph_version is None:
+        graph_version = sink.max_version()
+    with db_connect(dsn, application_name="sigledger-graph-rebuild") as conn:
+        row = conn.execute(
+            "SELECT database_id::text, epoch, floor_version FROM sigledger._graph_adopt(p_graph_version => %s)",
+            (graph_version,),
+        ).fetchone()
+    assert row is not None
+    adopted = Adopted(database_id=row[0], epoch=int(row[1]), floor=int(row[2]))
+    sink.adopt(adopted.database_id, adopted.epoch, adopted.floor)
+    return adopted
+
+
 def enqueue(dsn: str, sink: Neo4jSink, rebuild_plan: RebuildPlan) -> int:
-    """Enqueue the plan; returns the number of outbox rows written."""
+    """A new epoch, then the plan's refreshes and deletes; returns the number of outbox rows written."""
+    adopt(dsn, sink, rebuild_plan.graph_version)
+    sink.delete_without_id()
     total = 0
-    with psycopg.connect(dsn, application_name="sigledger-graph-rebuild") as conn, conn.transaction():
+    with db_connect(dsn, application_name="sigledger-graph-rebuild") as conn, conn.transaction():
         for _kind, n in conn.execute("SELECT * FROM sigledger._graph_enqueue_all()").fetchall():
             total += int(n)
         for kind, ids in rebuild_plan.extra.items():
