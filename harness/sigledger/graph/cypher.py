@@ -74,12 +74,13 @@ CALL (gone, newer) {{
   WITH gone WHERE NOT newer AND gone.sync_version = -1
   DELETE gone
 }}"""
-    # Refused: release the lock; a node this statement created only to lock it goes again.
+    # Refused: release the lock; a node this statement created only to lock it goes again, and so does a
+    # stub no relationship uses any more (left by an older writer; nothing else would remove it).
     q += """
 CALL (n, newer) {
   WITH n WHERE NOT newer
   REMOVE n.sync_lock
-  WITH n WHERE n.sync_version = -1
+  WITH n WHERE n.sync_version = -1 OR (n.sync_version IS NULL AND NOT EXISTS { (n)--() })
   DELETE n
 }"""
     return q
@@ -149,19 +150,29 @@ RETURN count(*) AS done"""
 
 def merge_query(kind: str) -> str:
     """Loser -> winner: tombstone the loser, move its relationships onto the winner, delete it. The winner is
-    upserted later in the same transaction (same batch unit), which trims what moved to what Postgres says."""
+    upserted later in the same transaction (same batch unit), which trims what moved to what Postgres says.
+
+    The winner is decided under its own lock like any written node: when its tombstone is newer than the row
+    (it was merged away or deleted since this snapshot was read), nothing moves onto it, and a winner node
+    this statement created only to lock it goes again (a stub no relationship uses: the winner's refused
+    upsert would not remove it). The loser's links are then the concern of their own aggregates' events (the
+    merge emitted one for each, docs/graph.md), and stubs only the loser used go with it."""
     label = LABELS[kind]
     q = _lock_and_compare(kind, tombstone="merge")
     q += f"""
 WITH n, gone, row WHERE newer
 SET gone.sync_version = row.version, gone.merged_into = row.winner
 MERGE (w:{label} {{id: row.winner}})
-WITH n, w"""
+SET w.sync_lock = true
+WITH n, w, row
+OPTIONAL MATCH (wgone:{TOMBSTONE} {{key: '{kind}:' + row.winner}})
+WITH n, w, wgone IS NULL OR wgone.sync_version < row.version AS allowed"""
     out_link = LINKS[kind]
     if out_link is not None:
         rel, target = out_link
         q += f"""
-CALL (n, w) {{
+CALL (n, w, allowed) {{
+  WITH n, w WHERE allowed
   MATCH (n)-[:{rel}]->(t:{target})
   MERGE (w)-[:{rel}]->(t)
 }}"""
@@ -169,12 +180,19 @@ CALL (n, w) {{
     if in_link is not None:
         rel, source = in_link
         q += f"""
-CALL (n, w) {{
+CALL (n, w, allowed) {{
+  WITH n, w WHERE allowed
   MATCH (s:{source})-[:{rel}]->(n)
   MERGE (s)-[:{rel}]->(w)
 }}"""
-    q += """
+    # Aggregated (eager): every row's moves are done before any orphan check (two losers, one winner).
+    q += f"""
+REMOVE w.sync_lock
+WITH n, w, [(n)-[:{REL_TYPES}]->(t) WHERE t.sync_version IS NULL | t] AS stubs
 DETACH DELETE n
+WITH collect(DISTINCT w) AS winners, collect(stubs) AS stubs
+UNWIND winners + reduce(acc = [], l IN stubs | acc + l) AS c
+WITH DISTINCT c{_drop_orphan_stubs("c")}
 RETURN count(*) AS done"""
     return q
 

@@ -117,8 +117,14 @@ class WritePlan:
 
     @classmethod
     def of(cls, snapshots: Iterable[Snapshot]) -> WritePlan:
+        """One row per aggregate: a winner both claimed and pulled in by its loser's merge is written once
+        (one statement never holds one id twice)."""
         plan = cls()
+        seen: set[tuple[str, str]] = set()
         for s in snapshots:
+            if s.key in seen:
+                continue
+            seen.add(s.key)
             plan.version = max(plan.version, s.version)
             if s.state == "present":
                 plan.upserts.setdefault(s.aggregate_type, []).append(

@@ -150,7 +150,8 @@ class SyncWorker:
                     version = max(s.version for s in snaps)
                     self._check_graph(stamp, version, high_water)
                     if self.before_write is not None:
-                        self.before_write([s for unit in units for s in unit])
+                        # Each aggregate once (a winner can be both claimed and pulled in by its loser).
+                        self.before_write(list({s.key: s for unit in units for s in unit}.values()))
                     errors.update(self._write_isolating(units, stamp))
                     if len(errors) < len(units):
                         written_version = version
