@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 from sigledger.graph import rebuild
-from sigledger.graph.sink import Neo4jSink
+from sigledger.graph.sink import GraphIdentityError, Neo4jSink
 from sigledger.graph.verify import verify
 from sigledger.graph.worker import SyncWorker
 
-from .conftest import Changes, cypher, graph_state
+from .conftest import Changes, cypher, graph_state, status
 
 HUGE = 10**12  # a version this database will not hand out for a long time (another database's, say)
 
@@ -94,6 +94,55 @@ def test_rebuild_converges(
     total: Any = worker.run(once=True)
     assert total.failed == 0
 
+    after = verify(db_dsn, sink)
+    assert after.clean, after.as_dict()
+    assert graph_state(sink) == before
+
+
+class _Died(Exception):
+    """Stands in for a rebuild process that dies at this point."""
+
+
+@pytest.mark.parametrize("dies", ["when writing the graph's meta node", "right after the meta node"])
+def test_a_rebuild_that_dies_midway_leaves_its_refreshes_for_the_workers_or_a_rerun(
+    dies: str,
+    changes: Changes,
+    worker_factory: Callable[..., SyncWorker],
+    sink: Neo4jSink,
+    db_dsn: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The new epoch and its refreshes commit together in Postgres, before the graph is told: a rebuild dying
+    after the meta node was written leaves the refreshes to the workers; one dying when writing it leaves a
+    graph the workers refuse (the epochs differ) with the refreshes waiting, and a rerun converges."""
+    acme = changes.entity("Acme")
+    s1 = changes.signal("n-1", entities=[acme])
+    deal = changes.opportunity("Deal", signals=[s1])
+    worker = worker_factory()
+    worker.run(once=True)
+    before = graph_state(sink)
+    _wrong_properties(sink, {"acme": acme, "s1": s1, "deal": deal})
+
+    def die(*_args: Any, **_kw: Any) -> None:
+        raise _Died(dies)
+
+    monkeypatch.setattr(
+        sink, "adopt" if dies == "when writing the graph's meta node" else "delete_without_id", die
+    )
+    with pytest.raises(_Died):
+        rebuild.enqueue(db_dsn, sink, rebuild.plan(db_dsn, sink))
+    monkeypatch.undo()
+    assert status(db_dsn)["pending"] == 3  # the refreshes wait in the outbox, whatever the graph says
+
+    if dies == "when writing the graph's meta node":
+        with pytest.raises(GraphIdentityError):  # the graph still holds the old epoch: nothing is written
+            worker.run(once=True)
+        assert status(db_dsn)["pending"] == 3
+        rebuild.enqueue(db_dsn, sink, rebuild.plan(db_dsn, sink))
+    total: Any = worker.run(once=True)
+    assert total.failed == 0
+
+    assert status(db_dsn)["pending"] == 0
     after = verify(db_dsn, sink)
     assert after.clean, after.as_dict()
     assert graph_state(sink) == before
