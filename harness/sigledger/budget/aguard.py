@@ -12,7 +12,9 @@ inside the block releases the hold. Database calls go through a circuit breaker 
 serialising calls; only 40001, 40P01 and 55P03 are retried (with backoff and jitter), which is safe because every
 call carries an idempotency key. When the database is unreachable, the budget's fail policy decides: ``closed``
 raises ``BudgetUnavailable`` (SLB04), ``open`` lets the call through and records its cost through the
-CostTracker (journaled until the database is back), so the ledger and reconcile_budgets account for it.
+CostTracker (journaled until the database is back), so the ledger and reconcile_budgets account for it. A settle
+that meets an outage, a read-only server (25006), disk full or any error that is not about its data or state
+sends the cost through the tracker too (``settle-deferred``); a raw psycopg error never leaves it.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from contextlib import asynccontextmanager
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import psycopg
+
 from sigledger.budget.aclient import Agent, AsyncBudgetClient
 from sigledger.budget.breaker import Breaker
 from sigledger.budget.reservation import Reservation
@@ -33,11 +37,15 @@ from sigledger.core import _acompat as aio
 from sigledger.core import metrics
 from sigledger.core.adb import AsyncDatabase
 from sigledger.core.errors import (
+    DATA_ERRORS,
     BudgetExceeded,
     BudgetUnavailable,
+    Conflict,
     ReservationExpired,
     Retryable,
+    SigledgerError,
     Unavailable,
+    primary_message,
 )
 from sigledger.core.money import money
 from sigledger.ledger.aclient import AsyncLedger
@@ -50,6 +58,13 @@ __all__ = ["AsyncBudgetGuard", "Reservation"]
 log = logging.getLogger("sigledger.budget")
 
 T = TypeVar("T")
+
+
+def _deferrable(exc: BaseException) -> bool:
+    """A database error that says nothing about this reservation's values or state (an outage, a read-only server
+    after a failover, disk full, retries exhausted, an unmapped SQLSTATE): the money is spent, so the cost goes
+    through the tracker. A data error (DATA_ERRORS) or a conflict (SLB03: settled differently) is the caller's."""
+    return isinstance(exc, (SigledgerError, psycopg.Error)) and not isinstance(exc, (*DATA_ERRORS, Conflict))
 
 
 class AsyncBudgetGuard:
@@ -204,11 +219,15 @@ class AsyncBudgetGuard:
             await self._call(self.client.release, res.reservation_id)
             res.outcome = "released"
             self.stats["released"] += 1
-        except Unavailable as exc:
+        except Exception as exc:
+            if not _deferrable(exc):
+                raise
             res.outcome = "release-failed"  # the hold expires at its TTL
             self.stats["release_failed"] += 1
             log.warning(
-                "could not release reservation %s (%s); it expires at its TTL", res.reservation_id, exc
+                "could not release reservation %s (%s); it expires at its TTL",
+                res.reservation_id,
+                primary_message(exc),
             )
 
     async def _finish(self, res: Reservation) -> None:
@@ -248,15 +267,22 @@ class AsyncBudgetGuard:
             key = f"reservation:{res.reservation_id}"
             try:
                 await self._call(self.ledger.record_cost, res.cost_record(key, expired=True))
-            except Unavailable:
-                # the database went away in between: through the tracker like a deferred settle, same key
+            except Exception as exc:
+                if not _deferrable(exc):
+                    raise
+                # the database went away (or turned read-only) in between: through the tracker like a deferred settle, same key
                 await self._record_later(res, key, expired=True)
                 res.outcome = "record-deferred-after-expiry"
                 self.stats["record_deferred_after_expiry"] += 1
             else:
                 res.outcome = "recorded-after-expiry"
                 self.stats["recorded_after_expiry"] += 1
-        except Unavailable:
+        except Exception as exc:
+            if not _deferrable(exc):
+                raise
+            # the settle met an outage, a read-only server, disk full...: the hold expires at its TTL and the cost
+            # goes through the tracker under the settle's key (journaled, written once the database can write)
+            log.warning("settle of reservation %s deferred: %s", res.reservation_id, primary_message(exc))
             await self._record_later(res, f"reservation:{res.reservation_id}", settle_deferred=True)
             res.outcome = "settle-deferred"
             self.stats["settle_deferred"] += 1

@@ -9,7 +9,8 @@ server-side safety net.
 ``open()`` waits at most ``connect_timeout`` seconds (default: the DSN's connect_timeout, else
 PGCONNECT_TIMEOUT, else 5) for the first connection and then raises ``Unavailable`` naming the host, the port
 and the cause. After an outage the pool retries at most every ``reconnect_delay`` seconds (psycopg_pool alone
-backs off to minutes), so the first call after the server is back finds a connection.
+backs off to minutes), so the first call after the server is back finds a connection. A session that answered
+25006 (read-only: it started on an old primary, a standby, a database set read-only) is closed, not returned.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from sigledger.core.dsn import (
     reraise,
     target,
 )
-from sigledger.core.errors import Unavailable
+from sigledger.core.errors import RECONNECT_SQLSTATES, Unavailable
 
 __all__ = ["DEFAULT_APPLICATION_NAME", "AsyncDatabase", "aconnect", "default_dsn"]
 
@@ -193,8 +194,16 @@ class AsyncDatabase:
         (the seed's leak), because the pool's own context manager owns the release.
         """
         try:
-            async with self.pool.connection() as conn, conn.transaction():
-                yield conn
+            async with self.pool.connection() as conn:
+                try:
+                    async with conn.transaction():
+                        yield conn
+                except Exception as exc:
+                    if getattr(exc, "sqlstate", None) in RECONNECT_SQLSTATES:
+                        # a session that started read-only stays so: closed, the pool replaces it, and the next
+                        # call gets a new session (on the new primary, or once the database is writable again)
+                        await conn.close()
+                    raise
         except psycopg.Error as exc:
             reraise(exc)
 

@@ -103,7 +103,9 @@ class Retryable(SigledgerError):
 
 
 class Unavailable(SigledgerError):
-    """The database could not be reached (connection failure, admin shutdown). When sigledger tried to connect,
+    """The database could not be reached or cannot take the call now: connection failure, admin shutdown, a
+    read-only server (25006), disk full, out of memory, too many connections (53xxx), I/O error (58xxx), internal
+    error (XX000). Nothing about the data: the same call can succeed later. When sigledger tried to connect,
     ``host`` and ``port`` name where; the message names them and the cause."""
 
     def __init__(
@@ -133,6 +135,8 @@ class MigrationError(SigledgerError):
 
 
 RETRYABLE_SQLSTATES: frozenset[str] = frozenset({"40001", "40P01", "55P03"})
+# errors after which the session itself is the problem: the pool closes it rather than hand it out again
+RECONNECT_SQLSTATES: frozenset[str] = frozenset({"25006"})
 
 _BY_SQLSTATE: dict[str, type[SigledgerError]] = {
     "SLB01": BudgetExceeded,
@@ -156,10 +160,19 @@ _BY_SQLSTATE: dict[str, type[SigledgerError]] = {
     "22001": InvalidInput,
     "22004": InvalidInput,
     "42501": PermissionDenied,
+    # a server in trouble, not bad data: what was sent is kept and sent again later (docs/errors.md)
+    "25006": Unavailable,  # read-only transaction: an old primary after a failover, a standby, a read-only db
+    "25P03": Unavailable,  # idle-in-transaction timeout: the server ended the session
+    "25P04": Unavailable,  # transaction timeout (PostgreSQL 17): the server ended the session
+    "40003": Unavailable,  # statement completion unknown: the connection was lost during COMMIT
 }
 _BY_CLASS: dict[str, type[SigledgerError]] = {
     "08": Unavailable,
     "57": Unavailable,  # admin shutdown, cannot connect now
+    "53": Unavailable,  # insufficient resources: disk full, out of memory, too many connections
+    "58": Unavailable,  # system error: I/O error, undefined file
+    "F0": Unavailable,  # configuration file error
+    "XX": Unavailable,  # internal error, data or index corrupted
     "22": InvalidInput,
     "54": InvalidInput,  # program limit exceeded: a value too large or nested too deeply
 }
@@ -168,6 +181,23 @@ _BY_CLASS: dict[str, type[SigledgerError]] = {
 def register(sqlstate: str, cls: type[SigledgerError]) -> None:
     """Map a further SQLSTATE (a module that defines its own codes calls this at import)."""
     _BY_SQLSTATE[sqlstate] = cls
+
+
+# What a writer may drop into a dead-letter file: the database refused these values, and would refuse them again.
+# Everything else (Unavailable, Retryable, PermissionDenied, an unmapped psycopg error) is about the server or the
+# login, not the record: keep the record and send it again later.
+DATA_ERRORS: tuple[type[SigledgerError], ...] = (InvalidInput, NotFound)
+
+
+def primary_message(exc: BaseException) -> str:
+    """The error's own message without the CONTEXT lines of every SQL statement it went through (a raw psycopg
+    error's ``str()`` has them: kilobytes of function source)."""
+    diag = getattr(exc, "diag", None)
+    message = getattr(diag, "message_primary", None) if diag is not None else None
+    if not message:
+        message = exc.args[0] if exc.args and isinstance(exc.args[0], str) else str(exc)
+        message = message.split("\nCONTEXT:", 1)[0]
+    return message.strip()
 
 
 def translate(exc: BaseException) -> BaseException:

@@ -7,9 +7,11 @@
   for an fsync shared with the records written meanwhile (group commit). A journal write that fails raises
   ``JournalError``: that record is not acknowledged, the earlier ones are kept.
 - A timer flushes every ``flush_interval`` seconds, sooner when ``batch_size`` records wait; one flush at a
-  time. A batch the database refuses as a whole (not an outage, not retryable) is bisected, and a record that
-  fails alone goes to the dead-letter file ``<spool>/rejected.jsonl`` with the error. Nothing loops or drops.
-- While the database is unreachable, the records stay in the journal (memory is freed: they are replayed from
+  time. A batch the database refuses as a whole for its data (InvalidInput, NotFound) is bisected, and a record
+  that fails alone goes to the dead-letter file ``<spool>/rejected.jsonl`` with the SQLSTATE and the primary
+  message. Any other error (an outage, a read-only server after a failover, disk full, an unmapped SQLSTATE) is
+  not the records' fault: they are never dead-lettered for it. Nothing loops or drops.
+- While the database is unreachable or cannot write, the records stay in the journal (memory is freed: they are replayed from
   the file); each flush then retries. A start replays what dead processes left in the folder (segments whose
   lock died with them); a corrupt line is dead-lettered with its line number, the rest replays.
 - ``close()``: stop the timer, wait for the flush in flight, flush the rest; what cannot be written stays in
@@ -35,11 +37,11 @@ from typing import Any
 from sigledger.core import _acompat as aio
 from sigledger.core import metrics
 from sigledger.core.adb import AsyncDatabase
-from sigledger.core.errors import InvalidInput, JournalError, Retryable, Unavailable
+from sigledger.core.errors import DATA_ERRORS, InvalidInput, JournalError, primary_message
 from sigledger.ledger.aclient import AsyncLedger
 from sigledger.ledger.journal import Journal, Segment
 from sigledger.ledger.records import BatchResult, CostRecord, validate_record
-from sigledger.ledger.replay import parse_segment, rejection
+from sigledger.ledger.replay import parse_segment, rejection, server_trouble
 
 log = logging.getLogger("sigledger.cost_tracker")
 
@@ -288,17 +290,21 @@ class AsyncCostTracker:
                     started = time.monotonic()
                     result = await self._write([rec for _, rec in batch])
                     metrics.COST_FLUSH_SECONDS.observe(time.monotonic() - started)
-                except Unavailable as exc:
+                except Exception as exc:
                     async with self._cond:
                         self._put_back(batch)
+                        if not server_trouble(exc):
+                            raise  # a dead-letter file that cannot be written: the batch is back in front
+                        # an outage, a read-only server (25006), disk full (53100), any error that is not about
+                        # the records: they stay in the journal and memory is freed; later flushes replay them
                         try:
-                            self._to_disk(f"database unavailable ({exc})")
+                            self._to_disk(f"the database cannot take the batch now ({primary_message(exc)})")
                         except JournalError:
                             log.exception("cannot start a new journal segment: the records stay in memory")
                     return inserted
                 except BaseException:
-                    # SIGTERM (SystemExit), a retryable conflict, a dead-letter file that cannot be written, a
-                    # cancellation: the batch goes back in front (record_costs is idempotent)
+                    # SIGTERM (SystemExit), a cancellation: the batch goes back in front (record_costs is
+                    # idempotent)
                     async with self._cond:
                         self._put_back(batch)
                     raise
@@ -321,8 +327,10 @@ class AsyncCostTracker:
         for seg in self.journal.disk_segments():
             try:
                 inserted += await self._replay_segment(seg)
-            except (Unavailable, Retryable) as exc:
-                log.warning("replay of %s postponed: %s", seg.path, exc)
+            except Exception as exc:
+                if not server_trouble(exc):
+                    raise
+                log.warning("replay of %s postponed: %s", seg.path, primary_message(exc))
                 return inserted
             self.journal.release(seg)
         metrics.COST_SPOOLED.set(0)  # everything left to the journal is in the database now
@@ -340,14 +348,13 @@ class AsyncCostTracker:
         return inserted
 
     async def _write(self, batch: list[dict[str, Any]]) -> BatchResult:
-        """record_costs; a batch refused as a whole (not an outage, not retryable) is bisected, and a record that
-        fails alone goes to the dead-letter file. At most 2n-1 calls; Unavailable and Retryable propagate (what
-        was written before them is skipped by its idempotency key when the batch is sent again)."""
+        """record_costs; a batch refused as a whole for its data (InvalidInput, NotFound: DATA_ERRORS) is bisected,
+        and a record that fails alone goes to the dead-letter file. At most 2n-1 calls. Anything else (an outage, a
+        read-only server, a retryable conflict, an unmapped error) propagates: the records are not the cause, so
+        they stay in the journal (what was written before is skipped by its idempotency key when sent again)."""
         try:
             return await self.ledger.record_costs(batch)
-        except (Unavailable, Retryable):
-            raise
-        except Exception as exc:
+        except DATA_ERRORS as exc:
             if len(batch) == 1:
                 await self._dead_letter(rejection(batch[0], exc))
                 return BatchResult(0, 0, 0)

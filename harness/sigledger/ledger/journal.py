@@ -12,7 +12,10 @@ Durability (the caller's choice, docs/cost-tracker.md):
 - ``process`` (default): the line is written to the file (the OS page cache) before ``record()`` returns; it
   survives the death of the process (SIGKILL included), not a power loss.
 - ``machine``: ``record()`` also waits for an fsync covering its line; concurrent records share one fsync
-  (group commit, driven by the tracker: ``sync()`` fsyncs everything written so far).
+  (group commit, driven by the tracker: ``sync()`` fsyncs everything written so far). Only ``sync()`` and the
+  dead-letter file fsync, and the async tracker runs both in a thread: a rotation (in ``append()``, on the
+  caller's thread) leaves the old segment and the folder to the next ``sync()``, which fsyncs them before it
+  counts the records as synced.
 
 Records leave the journal only after the database committed them: a segment's ``pending`` count falls as its
 records are written; a sealed segment at zero is deleted, the active one truncated. A crash between the commit
@@ -91,6 +94,11 @@ class Journal:
         self.sealed: list[Segment] = []  # ours, waiting for their records to be committed
         self.written = 0  # records appended (group commit: the sequence number of the last one)
         self.synced = 0  # records covered by an fsync
+        # durability="machine": what the next sync() must fsync besides the active segment. A rotation never
+        # fsyncs itself (append() runs on the caller's thread, the event loop's for the async tracker): the old
+        # segment and the folder entry of the new one wait here for the group commit's thread
+        self._unsynced: list[Segment] = []
+        self._folder_changes = 0  # segments created (renamed into the folder) since the folder's last fsync
 
     # segments -------------------------------------------------------------------------------------------------
     def open(self) -> None:
@@ -120,14 +128,13 @@ class Journal:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # ours while we live
             os.rename(tmp, path)  # only a locked file carries the name orphan scans look for
-            if self.durability == "machine":
-                self._sync_folder()
         except OSError as exc:
             os.close(fd)
             tmp.unlink(missing_ok=True)
             raise JournalError(
                 f"cannot create a journal segment in {self.folder}: {exc.strerror or exc}"
             ) from exc
+        self._folder_changes += 1  # fsynced by the next sync() (durability="machine"), before it counts
         return Segment(path, fd)
 
     def _sync_folder(self) -> None:
@@ -142,8 +149,10 @@ class Journal:
         old = self.active
         new = self._new_segment()
         if old is not None:
-            if self.durability == "machine":
-                os.fsync(old.fd)  # its records are covered before a later fsync of the new one counts
+            if self.durability == "machine" and old.size > 0:
+                # its records are fsynced by the next sync() before that counts (not here: no fsync on the
+                # caller's thread); a segment dropped meanwhile had all its records committed
+                self._unsynced.append(old)
             old.sealed, old.disk_only = True, old.disk_only or disk_only
             if old.size == 0 or (old.pending == 0 and not old.disk_only):
                 self._drop(old)
@@ -213,18 +222,28 @@ class Journal:
             return seg, seq
 
     def sync(self) -> None:
-        """fsync what was written so far (the group commit's leader calls it, in a thread for async callers)."""
+        """fsync what was written so far (the group commit's leader calls it, in a thread for async callers):
+        segments sealed since the last sync (still ours), the folder (the names of new segments), then the active
+        segment. Only then does ``synced`` cover the records written up to the call."""
         with self._lock:
             target = self.written
             if self.active is None or target <= self.synced:
                 return
-            fd = os.dup(self.active.fd)  # rotation may close the segment's own fd meanwhile
+            segs, changes = list(self._unsynced), self._folder_changes
+            # our own descriptors: rotation or a commit may close a segment's fd meanwhile
+            fds = [os.dup(s.fd) for s in segs if s in self.sealed] + [os.dup(self.active.fd)]
         try:
-            os.fsync(fd)
+            for fd in fds:
+                os.fsync(fd)
+            if changes:
+                self._sync_folder()
         finally:
-            os.close(fd)
+            for fd in fds:
+                os.close(fd)
         with self._lock:
             self.synced = max(self.synced, target)
+            self._unsynced = [s for s in self._unsynced if s not in segs]
+            self._folder_changes -= changes
 
     def committed(self, counts: dict[Segment, int]) -> None:
         """The database committed these records: segments at zero pending leave the journal."""

@@ -6,18 +6,31 @@ from __future__ import annotations
 
 from typing import Any
 
+import psycopg
+
+from sigledger.core.errors import DATA_ERRORS, JournalError, SigledgerError, primary_message
 from sigledger.ledger.journal import Journal, Segment
 from sigledger.ledger.records import CostRecord
 
 RAW_LIMIT = 1000  # characters of a bad line kept in its dead-letter entry
 
 
+def server_trouble(exc: BaseException) -> bool:
+    """A database error that is not about the records sent (an outage, a read-only server, disk full, retries
+    exhausted, an unmapped SQLSTATE): the tracker keeps them in the journal for a later flush, never dead-letters
+    them. Only DATA_ERRORS (InvalidInput, NotFound) dead-letter a record."""
+    return isinstance(exc, (SigledgerError, psycopg.Error)) and not isinstance(
+        exc, (*DATA_ERRORS, JournalError)
+    )
+
+
 def rejection(record: dict[str, Any], exc: BaseException) -> dict[str, Any]:
-    """The dead-letter entry of a record the database refused on its own."""
+    """The dead-letter entry of a record the database refused on its own: the primary message (which names the
+    bad value) and the SQLSTATE, not the CONTEXT of every SQL statement the error went through."""
     return {
         "error": type(exc).__name__,
         "sqlstate": getattr(exc, "sqlstate", None),
-        "message": str(exc),
+        "message": primary_message(exc)[:RAW_LIMIT],
         "record": record,
     }
 
