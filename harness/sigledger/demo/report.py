@@ -138,15 +138,17 @@ def check(
     )
     rep.alerts = {f"{Decimal(a['threshold']) * 100:.0f}%": int(a["n"]) for a in alerts}
     over = db.call_one(
-        "SELECT count(*) AS n, coalesce(sum(overrun_usd), 0) AS usd FROM sigledger.budget_overruns"
-        " WHERE agent_id = ANY(%s::uuid[])",
-        (ids,),
+        "SELECT count(*) FILTER (WHERE reservation_id <> ALL(%s::bigint[])) AS n, count(*) AS total,"
+        " coalesce(sum(overrun_usd), 0) AS usd FROM sigledger.budget_overruns WHERE agent_id = ANY(%s::uuid[])",
+        (tally.deferred_settles, ids),
     )
     assert over is not None
-    rep.overruns = {"count": int(over["n"]), "usd": str(usd(over["usd"]))}
+    rep.overruns = {"count": int(over["total"]), "usd": str(usd(over["usd"]))}
+    # the guard reports the overruns of the settles it made; a deferred settle's overrun is the tracker's row's
     if int(over["n"]) != tally.total("overruns"):
         rep.violations.append(
-            f"budget_overruns lists {over['n']} overruns, the guard reported {tally.total('overruns')}"
+            f"budget_overruns lists {over['n']} overruns of settles the guard made, the guard reported"
+            f" {tally.total('overruns')}"
         )
     errors = tally.total("errors")
     if errors:

@@ -96,12 +96,20 @@ class Tally:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.agents: dict[str, AgentTally] = defaultdict(AgentTally)
-        self.leftover_holds: list[int] = []  # reservations whose settle/release was deferred by an outage
+        self.leftover_holds: list[int] = []  # reservations whose release was deferred by an outage
+        # reservations whose settle went to the tracker: its ledger row (key reservation:<id>) settles the hold
+        # when it lands, with the overrun of an actual above the estimate
+        self.deferred_settles: list[int] = []
 
     def leftover(self, reservation_id: int | None) -> None:
         if reservation_id is not None:
             with self._lock:
                 self.leftover_holds.append(reservation_id)
+
+    def deferred_settle(self, reservation_id: int | None) -> None:
+        if reservation_id is not None:
+            with self._lock:
+                self.deferred_settles.append(reservation_id)
 
     def bump(self, agent: str, **changes: Any) -> None:
         with self._lock:
@@ -309,7 +317,7 @@ def make_call(guard: BudgetGuard, agent: Agent, plan: CallPlan, run: str, tally:
         tally.bump(
             agent.name, deferred=1, records=1, deferred_usd=res.actual_usd, acknowledged_usd=res.actual_usd
         )
-        tally.leftover(res.reservation_id)
+        tally.deferred_settle(res.reservation_id)
     elif res.outcome == "release-failed":
         tally.bump(agent.name, released=1)
         tally.leftover(res.reservation_id)
