@@ -285,15 +285,15 @@ def specs(w: World) -> dict[str, tuple[str, list[Arg]]]:
             Arg("p_top_agents", "integer", st.just("10"), st.sampled_from(["-1", "1001"]) | st.none()),
             Arg("p_top_models", "integer", st.just("10"), st.sampled_from(["-1", "1001"]) | st.none()),
         ]),
-        "alert_sink_open": ("app", [
+        "alert_sink_open": ("admin", [
             Arg("p_sink", "text", st.just("hook"), bad_name(500, 2000)),
             Arg("p_replay", "boolean", st.just("false"), st.just("perhaps")),
         ]),
-        "alert_sink_pending": ("app", [
+        "alert_sink_pending": ("admin", [
             Arg("p_sink", "text", st.just("hostile-sink"), uuid_ | blank()),
             Arg("p_limit", "integer", st.just("10"), st.sampled_from(["0", "10001"]) | st.none()),
         ]),
-        "alert_sink_delivered": ("app", [
+        "alert_sink_delivered": ("admin", [
             Arg("p_sink", "text", st.just("hostile-sink"), uuid_ | blank()),
             Arg("p_alert_id", "bigint", bigid, None),
             Arg("p_attempts", "integer", st.just("1"), st.sampled_from(["0", "1000001"]) | st.none()),
