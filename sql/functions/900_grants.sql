@@ -29,7 +29,7 @@ AS $audience$
         ('budgets_near_limit', '{app,readonly}'), ('list_agents', '{app,readonly}'),
         ('open_reservations', '{app,readonly}'), ('overrun_report', '{app,readonly}'),
         ('list_model_prices', '{app,readonly}'), ('budget_alert_document', '{app,readonly}'),
-        ('budget_alert_feed', '{app,readonly}'), ('alert_sink_status', '{app,readonly}'),
+        ('budget_alert_feed', '{app,readonly}'), ('budget_alert_last_id', '{app,readonly}'), ('alert_sink_status', '{app,readonly}'),
         ('metrics_snapshot', '{app,readonly}'), ('quarantine_list', '{admin}'), ('quarantine_resubmit', '{admin}'),
         -- the alert sinks are the operators' (issue 15): their watcher logs in as an admin member, and an
         -- application login must not mark its own overspend alerts delivered

@@ -342,6 +342,7 @@ BATCHES_ONE_BY_ONE = [
 NO_HOSTILE_ARGUMENT = {
     "graph_outbox_status": "no arguments",
     "alert_sink_status": "no arguments",
+    "budget_alert_last_id": "no arguments",
     "budget_tree": "no arguments",
     "list_agents": "no arguments",
     "text_key": "a pure function of any text (NULL for NULL)",

@@ -330,7 +330,9 @@ def test_an_application_login_cannot_mark_the_operators_alerts_delivered(
 
     with psycopg.connect(admin_dsn, autocommit=True) as c:
         c.execute("SELECT * FROM sigledger.alert_sink_open('ops-hook')")
-    agent = conn.execute("SELECT sigledger.create_agent('sink-victim', 1, p_alert_thresholds => '{0.5}')").fetchone()
+    agent = conn.execute(
+        "SELECT sigledger.create_agent('sink-victim', 1, p_alert_thresholds => '{0.5}')"
+    ).fetchone()
     assert agent is not None
     conn.execute("SELECT sigledger.record_cost('sink-1', %s, 'm', 'p', 0, 0, 0.6)", (agent[0],))
     conn.commit()
@@ -356,4 +358,6 @@ def test_an_application_login_cannot_mark_the_operators_alerts_delivered(
     conn.commit()
     assert state() == before
     with psycopg.connect(admin_dsn, autocommit=True) as c:  # the operators' watcher
-        assert c.execute("SELECT sigledger.alert_sink_delivered('ops-hook', %s, 1)", (alert,)).fetchone() == (True,)
+        assert c.execute("SELECT sigledger.alert_sink_delivered('ops-hook', %s, 1)", (alert,)).fetchone() == (
+            True,
+        )
