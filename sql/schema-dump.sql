@@ -86,9 +86,11 @@ CREATE FUNCTION sigledger._api_audience() RETURNS TABLE(fn name, audience text[]
         ('budgets_near_limit', '{app,readonly}'), ('list_agents', '{app,readonly}'),
         ('open_reservations', '{app,readonly}'), ('overrun_report', '{app,readonly}'),
         ('list_model_prices', '{app,readonly}'), ('budget_alert_document', '{app,readonly}'),
-        ('budget_alert_feed', '{app,readonly}'), ('alert_sink_status', '{app,readonly}'),
+        ('budget_alert_feed', '{app,readonly}'), ('budget_alert_last_id', '{app,readonly}'), ('alert_sink_status', '{app,readonly}'),
         ('metrics_snapshot', '{app,readonly}'), ('quarantine_list', '{admin}'), ('quarantine_resubmit', '{admin}'),
-        ('alert_sink_open', '{app}'), ('alert_sink_pending', '{app}'), ('alert_sink_delivered', '{app}'),
+        -- the alert sinks are the operators' (issue 15): their watcher logs in as an admin member, and an
+        -- application login must not mark its own overspend alerts delivered
+        ('alert_sink_open', '{admin}'), ('alert_sink_pending', '{admin}'), ('alert_sink_delivered', '{admin}'),
         -- signals, entities, opportunities
         ('ingest_signal', '{app}'), ('ingest_signals', '{app}'), ('create_entity', '{app}'),
         ('add_alias', '{app}'), ('resolve_entity', '{app,readonly}'), ('merge_entities', '{app}'),
@@ -2557,7 +2559,7 @@ BEGIN
                                    ORDER BY mp.valid_from DESC LIMIT 1) END AS priced
             ), fr AS (
                 -- the ledger row's key is registered by the ledger's own trigger (as for any insert); a key
-                -- already taken (only by a row from before V8_081 reserved the space: every writer of
+                -- already taken (only by a row written before this release reserved the space: every writer of
                 -- reservation:<id> holds this reservation's row lock) leaves it to the steps below
                 UPDATE sigledger.budget_reservation br
                    SET state = 'settled', closed_at = v_now, actual_usd = p_cost,
@@ -2736,10 +2738,18 @@ BEGIN
             ledger_id := v_ledger; actual_usd := p_cost; overrun_usd := v_overrun;
             RETURN;
         END IF;
-        -- open, and its key is taken by a row written before V8_081 reserved the key space
+        -- open, and its key is taken by a row written before this release reserved the key space
         IF o.agent_id = r.agent_id AND o.reservation_id IS NULL THEN
             -- the agent's own cost recorded under the key while its settle could not run (how earlier builds
-            -- recorded it): already charged, so settling releases the hold and reports that cost
+            -- recorded it): already charged, so settling releases the hold and reports that cost. Only when the
+            -- caller gives no actual or the same one: another actual would be recorded nowhere (issue 11.1), so
+            -- it is refused and nothing changes (reconcile_budgets lists the row for review)
+            IF p_given IS NOT NULL AND p_given <> o.cost_usd THEN
+                RAISE EXCEPTION USING ERRCODE = '23505',
+                    MESSAGE = format('reservation %s: its ledger key %L holds row %s of agent %s at %s USD, written before the key space was reserved, not %s USD',
+                                     r.id, v_key, o.id, o.agent_id, o.cost_usd, p_given),
+                    HINT = 'Settle with that amount (or none) to adopt the row, or release the reservation; reconcile_budgets() lists the row.';
+            END IF;
             v_overrun := greatest(0, o.cost_usd - r.estimate_usd);
             UPDATE sigledger.budget_reservation br
                SET state = 'settled', closed_at = v_now, actual_usd = o.cost_usd, overrun_usd = v_overrun,
@@ -3683,6 +3693,25 @@ ALTER FUNCTION sigledger.budget_alert_feed(p_after_id bigint, p_limit integer) O
 COMMENT ON FUNCTION sigledger.budget_alert_feed(p_after_id bigint, p_limit integer) IS 'Stored alerts with an id above after_id as documents (see budget_alert_document), oldest first, at most limit
 (1..100000).
 SQLSTATE: 22023';
+
+--
+-- Name: budget_alert_last_id(); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger.budget_alert_last_id() RETURNS bigint
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+    SELECT coalesce(max(a.id), 0) FROM budget_alert a;
+$$;
+
+ALTER FUNCTION sigledger.budget_alert_last_id() OWNER TO sigledger_owner;
+
+--
+-- Name: FUNCTION budget_alert_last_id(); Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON FUNCTION sigledger.budget_alert_last_id() IS 'The id of the newest stored alert (0 when none): a watcher''s starting point. Raises nothing.';
 
 --
 -- Name: budget; Type: TABLE; Schema: sigledger; Owner: sigledger_owner
@@ -5335,6 +5364,10 @@ BEGIN
                        format('row records %s USD, reservation %s was settled at %s USD', l.cost_usd, r.id, r.actual_usd)
                    WHEN l.reservation_id IS NULL AND r.ledger_id IS DISTINCT FROM l.id THEN
                        format('key %L of reservation %s holds a row that is not its settlement', l.idempotency_key, r.id)
+                   WHEN l.reservation_id IS NULL THEN
+                       -- every writer of this release sets reservation_id on the rows it keys reservation:<id>
+                       format('key %L holds row %s of %s USD written before the key space was reserved; reservation %s adopted it as its settlement',
+                              l.idempotency_key, l.id, l.cost_usd, r.id)
                END AS problem
           FROM l LEFT JOIN budget_reservation r ON r.id = coalesce(l.reservation_id, l.key_reservation)
         UNION ALL
@@ -6213,7 +6246,9 @@ COMMENT ON FUNCTION sigledger.settle_budget(p_reservation_id bigint, p_actual_us
 reservation_id, estimate_usd, actual_usd, overrun_usd, replayed). Idempotent: settling again returns the same
 row (a different actual: SLB03). An actual above the estimate is charged in full, reported as overrun_usd and
 listed in view budget_overruns. Expired reservation: SLB02 (record the cost with record_cost); released: SLB03.
-SQLSTATE: 22004, 22023, 22003, P0002, SLB02, SLB03, 55P03';
+Its ledger key held by a row of the same agent written before the key space was reserved: adopted when the
+actual is omitted or equal to that row''s cost, else 23505 naming both amounts (nothing changes).
+SQLSTATE: 22004, 22023, 22003, 23505, P0002, SLB02, SLB03, 55P03';
 
 --
 -- Name: settle_budgets(jsonb); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
@@ -8876,21 +8911,21 @@ GRANT ALL ON FUNCTION sigledger.add_model_price(p_provider text, p_model text, p
 --
 
 REVOKE ALL ON FUNCTION sigledger.alert_sink_delivered(p_sink text, p_alert_id bigint, p_attempts integer) FROM PUBLIC;
-GRANT ALL ON FUNCTION sigledger.alert_sink_delivered(p_sink text, p_alert_id bigint, p_attempts integer) TO sigledger_app;
+GRANT ALL ON FUNCTION sigledger.alert_sink_delivered(p_sink text, p_alert_id bigint, p_attempts integer) TO sigledger_admin;
 
 --
 -- Name: FUNCTION alert_sink_open(p_sink text, p_replay boolean); Type: ACL; Schema: sigledger; Owner: sigledger_owner
 --
 
 REVOKE ALL ON FUNCTION sigledger.alert_sink_open(p_sink text, p_replay boolean) FROM PUBLIC;
-GRANT ALL ON FUNCTION sigledger.alert_sink_open(p_sink text, p_replay boolean) TO sigledger_app;
+GRANT ALL ON FUNCTION sigledger.alert_sink_open(p_sink text, p_replay boolean) TO sigledger_admin;
 
 --
 -- Name: FUNCTION alert_sink_pending(p_sink text, p_limit integer); Type: ACL; Schema: sigledger; Owner: sigledger_owner
 --
 
 REVOKE ALL ON FUNCTION sigledger.alert_sink_pending(p_sink text, p_limit integer) FROM PUBLIC;
-GRANT ALL ON FUNCTION sigledger.alert_sink_pending(p_sink text, p_limit integer) TO sigledger_app;
+GRANT ALL ON FUNCTION sigledger.alert_sink_pending(p_sink text, p_limit integer) TO sigledger_admin;
 
 --
 -- Name: FUNCTION alert_sink_status(); Type: ACL; Schema: sigledger; Owner: sigledger_owner
@@ -8915,6 +8950,14 @@ GRANT ALL ON FUNCTION sigledger.budget_alert_document(p_alert_id bigint) TO sigl
 REVOKE ALL ON FUNCTION sigledger.budget_alert_feed(p_after_id bigint, p_limit integer) FROM PUBLIC;
 GRANT ALL ON FUNCTION sigledger.budget_alert_feed(p_after_id bigint, p_limit integer) TO sigledger_app;
 GRANT ALL ON FUNCTION sigledger.budget_alert_feed(p_after_id bigint, p_limit integer) TO sigledger_readonly;
+
+--
+-- Name: FUNCTION budget_alert_last_id(); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger.budget_alert_last_id() FROM PUBLIC;
+GRANT ALL ON FUNCTION sigledger.budget_alert_last_id() TO sigledger_app;
+GRANT ALL ON FUNCTION sigledger.budget_alert_last_id() TO sigledger_readonly;
 
 --
 -- Name: TABLE budget_alerts; Type: ACL; Schema: sigledger; Owner: sigledger_owner

@@ -1,4 +1,4 @@
--- 101: the spend rows of a budget period, split over slices (V8_080; docs/budgets.md, Slices).
+-- 101: the spend rows of a budget period, split over slices (V8_081; docs/budgets.md, Slices).
 --
 -- A budget period is one budget_spend row per slice (budget.slices, 1 by default). The caps of a period's
 -- slices always sum to its total T = sum(cap_usd + coalesce(frozen_usd, 0)), the budget's cap when the period
@@ -6,7 +6,7 @@
 -- fits in its slice, or a decrease, which always fits. When an increase does not fit in its slice, the
 -- rebalance locks every slice of the period in slice order and re-splits the room of the whole period,
 -- R = T - sum(spent + reserved): the increase is refused (a hold) or becomes excess (a cost already spent)
--- only when R itself is short. So a one-slice budget behaves exactly as before V8_080, and an N-slice budget
+-- only when R itself is short. So a one-slice budget behaves exactly as before V8_081, and an N-slice budget
 -- refuses a caller only when the whole budget has no room.
 --
 -- Lock order (every path): budget levels org -> team -> agent, then budget id, period, slice ascending.

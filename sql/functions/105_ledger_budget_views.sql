@@ -46,7 +46,7 @@ SELECT b.id AS budget_id, b.level, b.name, b.agent_id, b.parent_id, b.period,
                   WHEN 'weekly'  THEN date_trunc('week',  now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
                   WHEN 'monthly' THEN date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
               END AS period_start) p
-  -- a period's figures are the sums over its slices (V8_080)
+  -- a period's figures are the sums over its slices (V8_081)
   LEFT JOIN LATERAL (
        SELECT sum(x.spent_usd) AS spent_usd, sum(x.reserved_usd) AS reserved_usd, sum(x.excess_usd) AS excess_usd,
               sum(x.version)::bigint AS version

@@ -335,7 +335,9 @@ COMMENT ON FUNCTION sigledger.settle_budget(bigint, numeric, bigint, bigint, tex
 reservation_id, estimate_usd, actual_usd, overrun_usd, replayed). Idempotent: settling again returns the same
 row (a different actual: SLB03). An actual above the estimate is charged in full, reported as overrun_usd and
 listed in view budget_overruns. Expired reservation: SLB02 (record the cost with record_cost); released: SLB03.
-SQLSTATE: 22004, 22023, 22003, P0002, SLB02, SLB03, 55P03';
+Its ledger key held by a row of the same agent written before the key space was reserved: adopted when the
+actual is omitted or equal to that row''s cost, else 23505 naming both amounts (nothing changes).
+SQLSTATE: 22004, 22023, 22003, 23505, P0002, SLB02, SLB03, 55P03';
 
 -- release_budget: voids an open reservation (the call did not happen). Idempotent.
 CREATE OR REPLACE FUNCTION sigledger.release_budget(p_reservation_id bigint)

@@ -113,7 +113,7 @@ BEGIN
                                    ORDER BY mp.valid_from DESC LIMIT 1) END AS priced
             ), fr AS (
                 -- the ledger row's key is registered by the ledger's own trigger (as for any insert); a key
-                -- already taken (only by a row from before V8_081 reserved the space: every writer of
+                -- already taken (only by a row written before this release reserved the space: every writer of
                 -- reservation:<id> holds this reservation's row lock) leaves it to the steps below
                 UPDATE sigledger.budget_reservation br
                    SET state = 'settled', closed_at = v_now, actual_usd = p_cost,
@@ -292,10 +292,18 @@ BEGIN
             ledger_id := v_ledger; actual_usd := p_cost; overrun_usd := v_overrun;
             RETURN;
         END IF;
-        -- open, and its key is taken by a row written before V8_081 reserved the key space
+        -- open, and its key is taken by a row written before this release reserved the key space
         IF o.agent_id = r.agent_id AND o.reservation_id IS NULL THEN
             -- the agent's own cost recorded under the key while its settle could not run (how earlier builds
-            -- recorded it): already charged, so settling releases the hold and reports that cost
+            -- recorded it): already charged, so settling releases the hold and reports that cost. Only when the
+            -- caller gives no actual or the same one: another actual would be recorded nowhere (issue 11.1), so
+            -- it is refused and nothing changes (reconcile_budgets lists the row for review)
+            IF p_given IS NOT NULL AND p_given <> o.cost_usd THEN
+                RAISE EXCEPTION USING ERRCODE = '23505',
+                    MESSAGE = format('reservation %s: its ledger key %L holds row %s of agent %s at %s USD, written before the key space was reserved, not %s USD',
+                                     r.id, v_key, o.id, o.agent_id, o.cost_usd, p_given),
+                    HINT = 'Settle with that amount (or none) to adopt the row, or release the reservation; reconcile_budgets() lists the row.';
+            END IF;
             v_overrun := greatest(0, o.cost_usd - r.estimate_usd);
             UPDATE sigledger.budget_reservation br
                SET state = 'settled', closed_at = v_now, actual_usd = o.cost_usd, overrun_usd = v_overrun,

@@ -214,6 +214,10 @@ BEGIN
                        format('row records %s USD, reservation %s was settled at %s USD', l.cost_usd, r.id, r.actual_usd)
                    WHEN l.reservation_id IS NULL AND r.ledger_id IS DISTINCT FROM l.id THEN
                        format('key %L of reservation %s holds a row that is not its settlement', l.idempotency_key, r.id)
+                   WHEN l.reservation_id IS NULL THEN
+                       -- every writer of this release sets reservation_id on the rows it keys reservation:<id>
+                       format('key %L holds row %s of %s USD written before the key space was reserved; reservation %s adopted it as its settlement',
+                              l.idempotency_key, l.id, l.cost_usd, r.id)
                END AS problem
           FROM l LEFT JOIN budget_reservation r ON r.id = coalesce(l.reservation_id, l.key_reservation)
         UNION ALL

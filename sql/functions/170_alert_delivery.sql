@@ -67,6 +67,20 @@ COMMENT ON FUNCTION sigledger.budget_alert_feed(bigint, integer) IS
 (1..100000).
 SQLSTATE: 22023';
 
+-- budget_alert_last_id: the newest stored alert's id, 0 when none. `budget watch` reads it at start and prints
+-- only alerts above it (a forged NOTIFY naming an older alert is not printed as new: issue 11.5).
+CREATE OR REPLACE FUNCTION sigledger.budget_alert_last_id()
+RETURNS bigint
+LANGUAGE sql
+STABLE
+SECURITY DEFINER
+SET search_path = sigledger, pg_temp
+AS $$
+    SELECT coalesce(max(a.id), 0) FROM budget_alert a;
+$$;
+COMMENT ON FUNCTION sigledger.budget_alert_last_id() IS
+'The id of the newest stored alert (0 when none): a watcher''s starting point. Raises nothing.';
+
 -- alert_sink_open: registers a sink (a webhook) or finds it again. A new sink starts from now (alerts stored
 -- before it are not its business) unless p_replay; p_replay on an existing sink makes every stored alert it
 -- has not delivered pending again.

@@ -29,9 +29,11 @@ AS $audience$
         ('budgets_near_limit', '{app,readonly}'), ('list_agents', '{app,readonly}'),
         ('open_reservations', '{app,readonly}'), ('overrun_report', '{app,readonly}'),
         ('list_model_prices', '{app,readonly}'), ('budget_alert_document', '{app,readonly}'),
-        ('budget_alert_feed', '{app,readonly}'), ('alert_sink_status', '{app,readonly}'),
+        ('budget_alert_feed', '{app,readonly}'), ('budget_alert_last_id', '{app,readonly}'), ('alert_sink_status', '{app,readonly}'),
         ('metrics_snapshot', '{app,readonly}'), ('quarantine_list', '{admin}'), ('quarantine_resubmit', '{admin}'),
-        ('alert_sink_open', '{app}'), ('alert_sink_pending', '{app}'), ('alert_sink_delivered', '{app}'),
+        -- the alert sinks are the operators' (issue 15): their watcher logs in as an admin member, and an
+        -- application login must not mark its own overspend alerts delivered
+        ('alert_sink_open', '{admin}'), ('alert_sink_pending', '{admin}'), ('alert_sink_delivered', '{admin}'),
         -- signals, entities, opportunities
         ('ingest_signal', '{app}'), ('ingest_signals', '{app}'), ('create_entity', '{app}'),
         ('add_alias', '{app}'), ('resolve_entity', '{app,readonly}'), ('merge_entities', '{app}'),

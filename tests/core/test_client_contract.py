@@ -26,6 +26,7 @@ ELSEWHERE = {
     "resolve_entity": ingest_client,
     # `budget watch`: one LISTEN connection that reads each notified alert and records webhook deliveries
     "budget_alert_document": alerts,
+    "budget_alert_last_id": alerts,  # the print mode's high-water at start
     "alert_sink_open": alerts,
     "alert_sink_pending": alerts,
     "alert_sink_delivered": alerts,

@@ -285,15 +285,15 @@ def specs(w: World) -> dict[str, tuple[str, list[Arg]]]:
             Arg("p_top_agents", "integer", st.just("10"), st.sampled_from(["-1", "1001"]) | st.none()),
             Arg("p_top_models", "integer", st.just("10"), st.sampled_from(["-1", "1001"]) | st.none()),
         ]),
-        "alert_sink_open": ("app", [
+        "alert_sink_open": ("admin", [
             Arg("p_sink", "text", st.just("hook"), bad_name(500, 2000)),
             Arg("p_replay", "boolean", st.just("false"), st.just("perhaps")),
         ]),
-        "alert_sink_pending": ("app", [
+        "alert_sink_pending": ("admin", [
             Arg("p_sink", "text", st.just("hostile-sink"), uuid_ | blank()),
             Arg("p_limit", "integer", st.just("10"), st.sampled_from(["0", "10001"]) | st.none()),
         ]),
-        "alert_sink_delivered": ("app", [
+        "alert_sink_delivered": ("admin", [
             Arg("p_sink", "text", st.just("hostile-sink"), uuid_ | blank()),
             Arg("p_alert_id", "bigint", bigid, None),
             Arg("p_attempts", "integer", st.just("1"), st.sampled_from(["0", "1000001"]) | st.none()),
@@ -342,6 +342,7 @@ BATCHES_ONE_BY_ONE = [
 NO_HOSTILE_ARGUMENT = {
     "graph_outbox_status": "no arguments",
     "alert_sink_status": "no arguments",
+    "budget_alert_last_id": "no arguments",
     "budget_tree": "no arguments",
     "list_agents": "no arguments",
     "text_key": "a pure function of any text (NULL for NULL)",

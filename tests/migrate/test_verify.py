@@ -70,3 +70,31 @@ def test_verify_command_exits_4_and_prints_each_problem(db_dsn: str) -> None:
     assert result.returncode == 4 and "repeatable 900_grants.sql was never applied" in result.stdout, (
         result.stdout
     )
+
+
+def test_verify_reports_a_login_that_changed_its_own_settings(db_dsn: str) -> None:
+    """A member login may `ALTER ROLE <itself> SET statement_timeout = 0`, and that persists for every later
+    session of the login (docs/deploying.md, Roles and logins): verify names each login of a sigledger group
+    whose settings differ from what `role create-login` sets."""
+    from psycopg.conninfo import make_conninfo
+    from sigledger.migrate import roles
+
+    with psycopg.connect(db_dsn, autocommit=True) as conn:
+        roles.create_login(conn, "vl_web", "app")
+    try:
+        assert not [p for p in Migrator(db_dsn).verify() if "vl_web" in p]
+        with psycopg.connect(make_conninfo(db_dsn, user="vl_web"), autocommit=True) as web:
+            web.execute("ALTER ROLE CURRENT_USER SET statement_timeout = 0")
+            web.execute("ALTER ROLE CURRENT_USER RESET lock_timeout")
+        with psycopg.connect(make_conninfo(db_dsn, user="vl_web"), autocommit=True) as web:
+            assert web.execute("SHOW statement_timeout").fetchone() == ("0",)  # it persisted
+        found = [p for p in Migrator(db_dsn).verify() if "vl_web" in p]
+        assert found == [
+            "login vl_web (sigledger_app): lock_timeout is not set, role create-login sets 10s "
+            "(fix: sigledger role create-login vl_web --as app)",
+            "login vl_web (sigledger_app): statement_timeout is 0, role create-login sets 30s "
+            "(fix: sigledger role create-login vl_web --as app)",
+        ], found
+    finally:
+        with psycopg.connect(db_dsn, autocommit=True) as conn:
+            conn.execute("DROP ROLE vl_web")

@@ -318,3 +318,46 @@ def test_current_period_starts_match_the_budget_functions(conn: psycopg.Connecti
     ).fetchall()
     assert {r[0] for r in rows} == {"none", "daily", "weekly", "monthly"}
     assert all(r[1] == r[2] for r in rows), rows
+
+
+def test_an_application_login_cannot_mark_the_operators_alerts_delivered(
+    conn: psycopg.Connection, app_dsn: str, admin_dsn: str
+) -> None:
+    """Issue 15: the alert sinks are the operators' (their watcher logs in as an admin member). An application
+    login may not open, read or mark delivered a sink: 42501 (PermissionDenied), and nothing changes, so an
+    application cannot hide its own overspend alerts from the operators' webhook."""
+    from sigledger.core.errors import PermissionDenied, translate
+
+    with psycopg.connect(admin_dsn, autocommit=True) as c:
+        c.execute("SELECT * FROM sigledger.alert_sink_open('ops-hook')")
+    agent = conn.execute(
+        "SELECT sigledger.create_agent('sink-victim', 1, p_alert_thresholds => '{0.5}')"
+    ).fetchone()
+    assert agent is not None
+    conn.execute("SELECT sigledger.record_cost('sink-1', %s, 'm', 'p', 0, 0, 0.6)", (agent[0],))
+    conn.commit()
+    (alert,) = conn.execute("SELECT max(id) FROM sigledger.budget_alert").fetchone()  # type: ignore[misc]
+
+    def state() -> tuple:
+        return conn.execute(
+            "SELECT (SELECT count(*) FROM sigledger.alert_delivery), "
+            "(SELECT pending FROM sigledger.alert_sink_status() WHERE sink = 'ops-hook')"
+        ).fetchone()  # type: ignore[return-value]
+
+    before = state()
+    assert before == (0, 1)
+    with psycopg.connect(app_dsn, autocommit=True) as c:
+        for sql, args in (
+            ("SELECT sigledger.alert_sink_delivered('ops-hook', %s, 1)", (alert,)),
+            ("SELECT * FROM sigledger.alert_sink_pending('ops-hook')", ()),
+            ("SELECT * FROM sigledger.alert_sink_open('app-hook')", ()),
+        ):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege) as caught:
+                c.execute(sql, args)
+            assert isinstance(translate(caught.value), PermissionDenied)
+    conn.commit()
+    assert state() == before
+    with psycopg.connect(admin_dsn, autocommit=True) as c:  # the operators' watcher
+        assert c.execute("SELECT sigledger.alert_sink_delivered('ops-hook', %s, 1)", (alert,)).fetchone() == (
+            True,
+        )

@@ -104,3 +104,30 @@ def test_alert_shape_is_the_same_in_watch_output_and_the_read_api(db_dsn: str, r
     for key in MONEY_KEYS:
         assert isinstance(printed[key], str), (key, printed[key])
     assert printed["limit_usd"] == "1" and printed["spent_usd"] == "0.7"
+
+
+def test_watch_survives_an_out_of_range_id_and_does_not_print_an_old_alert_as_new(
+    db_dsn: str, app_dsn: str
+) -> None:
+    """Issue 11.5: an alert_id beyond bigint (22003 in the database) killed the watcher (exit 1); a forged
+    payload naming an alert stored before the watcher started printed that old alert as new. Now the id must
+    be 1 .. 2**63-1, an error reading one notification is a warning, and the watcher prints only alerts above
+    the newest one stored when it started (its high-water)."""
+    _agent(db_dsn, "w-range")
+    record(app_dsn, "w-range", "0.6", "w-range-1")  # an old alert, stored before the watcher starts
+    old = conn_scalar(db_dsn, "SELECT max(id) FROM sigledger.budget_alert")
+    watcher = _watch(db_dsn, "--count", "1")
+    try:
+        with psycopg.connect(app_dsn, autocommit=True) as app:
+            app.execute(
+                """SELECT pg_notify('sigledger_budget_alert', '{"alert_id": 99999999999999999999999}')"""
+            )
+            app.execute("SELECT pg_notify('sigledger_budget_alert', %s)", (json.dumps({"alert_id": old}),))
+        record(app_dsn, "w-range", "0.5", "w-range-2")  # the real one: crosses 1.0
+        alert = json.loads(watcher.line())
+        assert watcher.wait(timeout=60) == 0, watcher.drain_err()
+    finally:
+        watcher.stop()
+    assert alert["alert_id"] != old and alert["threshold"] == "1", alert
+    warnings = " ".join(watcher.drain_err())
+    assert "99999999999999999999999" in warnings and "Traceback" not in warnings, warnings

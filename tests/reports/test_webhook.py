@@ -176,3 +176,22 @@ def test_a_killed_watcher_delivers_what_is_pending_after_a_restart(
         third.stop()
     acked = state.acked()
     assert len(acked) == 3 and all(n == 1 for n in acked.values()), acked
+
+
+def test_a_forged_out_of_range_id_does_not_stop_delivery(db_dsn: str, receiver: tuple[Receiver, str]) -> None:
+    """Issue 11.5: `{"alert_id": 99999999999999999999999}` made the webhook watcher exit 1 with 22003."""
+    state, url = receiver
+    _agents(db_dsn, "wh-forged")
+    watcher = _watch(db_dsn, url, "--count", "1")
+    try:
+        with psycopg.connect(db_dsn, autocommit=True) as c:
+            c.execute(
+                """SELECT pg_notify('sigledger_budget_alert', '{"alert_id": 99999999999999999999999}')"""
+            )
+        record(db_dsn, "wh-forged", "0.6", "wh-forged-1")
+        printed = json.loads(watcher.line())
+        assert watcher.wait(timeout=60) == 0, watcher.drain_err()
+    finally:
+        watcher.stop()
+    assert set(_deliveries(db_dsn)) == {printed["alert_id"]} and printed["alert_id"] in state.acked()
+    assert "Traceback" not in " ".join(watcher.drain_err())

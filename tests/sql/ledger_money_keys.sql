@@ -6,7 +6,7 @@
 -- may live under a team budget without a limit of its own; SLB01 names the tightest level.
 BEGIN;
 SET LOCAL client_min_messages = warning;
-SELECT plan(35);
+SELECT plan(40);
 
 SELECT sigledger.create_agent('mk-a', 10) AS a \gset
 SELECT sigledger.create_agent('mk-b', 10) AS b \gset
@@ -52,6 +52,24 @@ SELECT is((SELECT spent_usd FROM sigledger.budget_status(:'b')), 9::numeric, 'ag
 SELECT ok(EXISTS (SELECT 1 FROM sigledger.reconcile_budgets() r
                    WHERE r.kind = 'ledger' AND r.reservation_id = :m AND r.detail LIKE '%reservation ' || :m || '%'),
     'reconcile_budgets reports the foreign row in the reservation''s key space');
+-- the same agent's row under the key, written before the key space was reserved, with another amount
+-- (issue 11.1): a settle with a different actual is refused naming both amounts and changes nothing (the
+-- actual was recorded nowhere before); without an actual, or with that amount, the settle adopts the row
+SELECT nextval(pg_get_serial_sequence('sigledger.budget_reservation', 'id')) + 1 AS m2 \gset
+INSERT INTO sigledger.llm_cost_log (idempotency_key, agent_id, model, provider, cost_usd)
+VALUES ('reservation:' || :m2, :'b', 'm', 'p', 0.25) RETURNING id AS old2 \gset
+SELECT is((SELECT reservation_id FROM sigledger.reserve_budget(:'b', 0.4)), :m2::bigint, 'a reservation with that id');
+SELECT throws_ok(format('SELECT * FROM sigledger.settle_budget(%s, 0.3)', :m2), '23505',
+    format('reservation %s: its ledger key %L holds row %s of agent %s at 0.25 USD, written before the key space was reserved, not 0.3 USD',
+           :m2, 'reservation:' || :m2, :old2, :'b'),
+    'settle with another actual than the old row of the same agent: refused, naming both amounts');
+SELECT results_eq(format('SELECT state, actual_usd FROM sigledger.budget_reservation WHERE id = %s', :m2),
+    $$VALUES ('open'::text, NULL::numeric)$$, 'and nothing changed: the reservation is open');
+SELECT results_eq(format('SELECT actual_usd, ledger_id FROM sigledger.settle_budget(%s, 0.25)', :m2),
+    format('VALUES (0.25::numeric, %s::bigint)', :old2), 'with the old row''s amount it adopts the row');
+SELECT ok(EXISTS (SELECT 1 FROM sigledger.reconcile_budgets() r
+                   WHERE r.kind = 'ledger' AND r.ledger_id = :old2 AND r.detail LIKE '%written before%'),
+    'reconcile_budgets lists the seed-era row in the reserved key space');
 -- a ledger row that names a reservation of another agent (written by hand): reported
 SELECT reservation_id AS r3 FROM sigledger.reserve_budget(:'b', 0.5) \gset
 INSERT INTO sigledger.llm_cost_log (idempotency_key, agent_id, model, provider, cost_usd, reservation_id)

@@ -17,7 +17,7 @@ SELECT is(
       WHERE p.pronamespace = 'sigledger'::regnamespace AND p.provolatile <> 's'
         AND p.proname IN ('spend_report', 'spend_top', 'budget_tree', 'budgets_near_limit', 'list_agents',
                           'open_reservations', 'overrun_report', 'list_model_prices', 'budget_alert_document',
-                          'budget_alert_feed', 'alert_sink_status', 'metrics_snapshot', 'quarantine_list',
+                          'budget_alert_feed', 'budget_alert_last_id', 'alert_sink_status', 'metrics_snapshot', 'quarantine_list',
                           'alert_sink_open', 'alert_sink_pending', 'alert_sink_delivered', 'quarantine_resubmit')),
     ARRAY['alert_sink_delivered', 'alert_sink_open', 'quarantine_resubmit'],
     'only the sink bookkeeping and the resubmission write');

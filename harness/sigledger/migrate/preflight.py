@@ -10,7 +10,10 @@ What it checks:
   deployment (the schemas sigledger and sigledger_meta); nothing else (no TEMP, no superuser);
 - ownership: every object of sigledger and sigledger_meta belongs to sigledger_owner, or this login can hand
   it over (the runner then does), else the exact ALTER ... OWNER statements;
-- data: each repair rule guarding a pending migration, with counts and examples (repairs.py).
+- data: each repair rule guarding a pending migration, with counts and examples (repairs.py);
+- ledger views: while V8_080 (exact money) is pending, every view on llm_cost_log's money columns that it must
+  drop and re-create as sigledger_owner and could not (another owner that sigledger_owner is not a member of,
+  no USAGE or CREATE on the view's schema), and every materialized view on them (which it refuses).
 """
 
 from __future__ import annotations
@@ -49,6 +52,9 @@ class Preflight:
     @property
     def blocked(self) -> list[Check]:
         return [c for c in self.checks if c.status == BLOCKED]
+
+    def blocked_by(self, name: str) -> list[Check]:
+        return [c for c in self.blocked if c.name == name]
 
     @property
     def exit_code(self) -> int:
@@ -99,6 +105,8 @@ def run(
     _roles(conn, report, user, superuser, createrole, version, settings)
     _deployer(conn, report, user, superuser, pending)
     _ownership(conn, report)
+    if any(m.label.endswith("__ledger_exact_money") for m in pending):
+        _ledger_views(conn, report)
     for finding in repairs.run_checks(conn, repair_rules, pending):
         report.checks.append(
             Check(
@@ -251,3 +259,82 @@ def _ownership(conn: psycopg.Connection[Any], report: Preflight) -> None:
                     fix="\n".join(o.fix for o in foreign if not o.fixable),
                 )
             )
+
+
+# the views (and views on those) that read llm_cost_log.cost_usd/priced_usd: V8_080's own query, with what the
+# role its statements run as (sigledger_owner when it exists) may do with each
+_LEDGER_VIEWS = """
+WITH RECURSIVE deps (oid, depth) AS (
+    SELECT DISTINCT r.ev_class, 1
+      FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid
+     WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass
+       AND d.refobjid = 'sigledger.llm_cost_log'::regclass
+       AND d.refobjsubid IN (SELECT attnum FROM pg_attribute WHERE attrelid = 'sigledger.llm_cost_log'::regclass
+                                AND attname IN ('cost_usd', 'priced_usd'))
+    UNION
+    SELECT r.ev_class, deps.depth + 1
+      FROM deps JOIN pg_depend d ON d.refobjid = deps.oid AND d.refclassid = 'pg_class'::regclass
+      JOIN pg_rewrite r ON r.oid = d.objid AND d.classid = 'pg_rewrite'::regclass
+     WHERE r.ev_class <> deps.oid AND deps.depth < 20
+), runner AS (
+    SELECT CASE WHEN EXISTS (SELECT FROM pg_roles WHERE rolname = %(owner)s) THEN %(owner)s ELSE current_user END
+           AS role
+)
+SELECT DISTINCT format('%%I.%%I', n.nspname, c.relname), c.relkind::text, pg_get_userbyid(c.relowner), n.nspname,
+       runner.role,
+       pg_has_role(runner.role, c.relowner, 'MEMBER'),
+       has_schema_privilege(runner.role, n.oid, 'USAGE'), has_schema_privilege(runner.role, n.oid, 'CREATE')
+  FROM deps JOIN pg_class c ON c.oid = deps.oid JOIN pg_namespace n ON n.oid = c.relnamespace, runner
+ ORDER BY 1
+"""
+
+
+def _ledger_views(conn: psycopg.Connection[Any], report: Preflight) -> None:
+    if conn.execute("SELECT to_regclass('sigledger.llm_cost_log') IS NULL").fetchone()[0]:  # type: ignore[index]
+        return
+    rows = conn.execute(_LEDGER_VIEWS, {"owner": OWNER_ROLE}).fetchall()
+    for name, relkind, owner, schema, runner, member, usage, create in rows:
+        keep = f"or save its definition (SELECT pg_get_viewdef('{name}'::regclass)), drop it, and re-create it after"
+        if relkind != "v":
+            report.checks.append(
+                Check(
+                    "ledger-views",
+                    BLOCKED,
+                    f"{name} (relkind {relkind}, owner {owner}) reads llm_cost_log.cost_usd/priced_usd: V8_080 "
+                    "changes their type and refuses anything but a plain view on them",
+                    fix=f"as its owner: DROP MATERIALIZED VIEW {name}; re-create it after the upgrade",
+                )
+            )
+            continue
+        missing = [
+            what
+            for what, ok in (
+                (f"is not a member of its owner {owner}", member),
+                (f"has no USAGE on schema {schema}", usage),
+                (f"has no CREATE on schema {schema}", create),
+            )
+            if not ok
+        ]
+        if missing:
+            grants = []
+            if not member:
+                grants.append(f'GRANT "{owner}" TO "{runner}";')
+            if not usage or not create:
+                grants.append(f'GRANT USAGE, CREATE ON SCHEMA "{schema}" TO "{runner}";')
+            report.checks.append(
+                Check(
+                    "ledger-views",
+                    BLOCKED,
+                    f"view {name} reads llm_cost_log.cost_usd/priced_usd, which V8_080 drops and re-creates as "
+                    f"{runner}; {runner} {', '.join(missing)}",
+                    fix=f"as a DBA, for the upgrade: {' '.join(grants)}\n{keep} the upgrade",
+                )
+            )
+    if rows and not report.blocked_by("ledger-views"):
+        report.checks.append(
+            Check(
+                "ledger-views",
+                OK,
+                f"{len(rows)} view(s) on the ledger's money columns: V8_080 re-creates them",
+            )
+        )

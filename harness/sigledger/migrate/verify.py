@@ -8,6 +8,8 @@
 - privileges: no table or sequence privilege for PUBLIC or the groups, views readable by app and readonly,
   EXECUTE exactly as the audience list of 900_grants.sql says (sigledger._api_audience());
 - roles: as specified (NOLOGIN groups without settings, memberships);
+- logins: each login that is a direct member of a sigledger group has the settings `role create-login` gives it
+  (a member login may `ALTER ROLE <itself> SET statement_timeout = 0`, which persists for its later sessions);
 - every index valid and every constraint validated.
 """
 
@@ -45,6 +47,42 @@ def problems(
         found += _privileges(conn)
         found += _catalog(conn)
     found += [f"roles: {a.why} (fix: {a.sql})" for a in roles.role_actions(roles.read_roles(conn))]
+    found += _login_settings(conn)
+    return found
+
+
+def _login_settings(conn: Conn) -> list[str]:
+    """Logins of the sigledger groups whose settings at login in this database (role-wide, overridden by
+    role-in-database) differ from the group's LOGIN_SETTINGS; a login in several groups is held to the first
+    in roles.GROUPS order. Settings the specification does not name are not checked."""
+    rows = conn.execute(
+        """SELECT m.rolname, g.rolname,
+                  coalesce((SELECT array_agg(c ORDER BY s.setdatabase) FROM pg_db_role_setting s, unnest(s.setconfig) c
+                             WHERE s.setrole = m.oid
+                               AND s.setdatabase IN (0, (SELECT oid FROM pg_database
+                                                          WHERE datname = current_database()))), '{}')
+             FROM pg_auth_members a JOIN pg_roles g ON g.oid = a.roleid JOIN pg_roles m ON m.oid = a.member
+            WHERE g.rolname = ANY (%s) AND m.rolcanlogin AND m.rolname <> ALL (%s)
+            ORDER BY m.rolname""",
+        (list(GROUP_ROLES), list(roles.ALL_ROLES)),
+    ).fetchall()
+    group_of: dict[str, tuple[str, list[str]]] = {}
+    order = list(roles.GROUPS.values())
+    for login, group, config in rows:
+        if login not in group_of or order.index(group) < order.index(group_of[login][0]):
+            group_of[login] = (group, list(config))
+    found = []
+    for login, (group_role, config) in sorted(group_of.items()):
+        group = next(k for k, v in roles.GROUPS.items() if v == group_role)
+        actual = dict(c.split("=", 1) for c in config)  # role-wide first, then this database's: it wins
+        for key, want in sorted(roles.LOGIN_SETTINGS[group].items()):
+            have = actual.get(key)
+            if have != want:
+                what = "is not set" if have is None else f"is {have}"
+                found.append(
+                    f"login {login} ({group_role}): {key} {what}, role create-login sets {want} "
+                    f"(fix: sigledger role create-login {login} --as {group})"
+                )
     return found
 
 

@@ -22,9 +22,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import psycopg
+
 from sigledger.core.db import connect
 
 CHANNEL = "sigledger_budget_alert"
+MAX_ALERT_ID = 2**63 - 1
 Document = dict[str, Any]
 Warn = Callable[[str], None]
 
@@ -38,8 +41,11 @@ def parse_payload(payload: str, warn: Warn) -> int | None:
         warn(f"ignored a notification that is not json: {shown!r}")
         return None
     alert_id = data.get("alert_id") if isinstance(data, dict) else None
-    if isinstance(alert_id, bool) or not isinstance(alert_id, int) or alert_id <= 0:
+    if isinstance(alert_id, bool) or not isinstance(alert_id, int):
         warn(f"ignored a notification without an integer alert_id: {shown!r}")
+        return None
+    if not 1 <= alert_id <= MAX_ALERT_ID:  # ids are bigint: beyond, the database would raise 22003
+        warn(f"ignored a notification whose alert_id is not in 1..{MAX_ALERT_ID}: {shown!r}")
         return None
     return alert_id
 
@@ -121,6 +127,20 @@ class Watcher:
         rows = self._rows("SELECT sigledger.budget_alert_document(p_alert_id => %s::bigint)", (alert_id,))
         return rows[0][0] if rows and rows[0][0] is not None else None
 
+    def notified(self, alert_id: int) -> Document | None:
+        """The document of a notified alert, or None with a warning (it does not exist, or reading it failed:
+        one bad notification never stops the watcher; a lost connection still does)."""
+        try:
+            document = self.document(alert_id)
+        except (psycopg.OperationalError, psycopg.InterfaceError):
+            raise
+        except psycopg.DatabaseError as exc:
+            self.warn(f"ignored a notification naming alert {alert_id}: [{exc.sqlstate}] {exc}")
+            return None
+        if document is None:
+            self.warn(f"ignored a notification naming alert {alert_id}, which does not exist")
+        return document
+
     def wait(self, timeout: float) -> list[int]:
         """Alert ids notified within timeout seconds (forged and malformed payloads warned about, dropped)."""
         ids = []
@@ -136,6 +156,11 @@ class Watcher:
         """Emit stored alerts after replay_after (None: none), then each alert as it is notified, until count."""
         seen: set[int] = set()
         emitted = 0
+        # the high-water: a notification naming an alert stored before now is not news (it is forged, or a
+        # replay's business), so only ids above it are printed. An alert whose id was drawn before a newer one
+        # committed but which itself commits after this read is below it and not printed: print mode is "from
+        # now" at best effort; the webhook mode (pending read by id from the database) is the at-least-once path
+        high_water = int(self._rows("SELECT sigledger.budget_alert_last_id()", ())[0][0])
         if replay_after is not None:
             after = replay_after
             while True:
@@ -157,9 +182,13 @@ class Watcher:
             for alert_id in self.wait(1.0):
                 if alert_id in seen:
                     continue
-                document = self.document(alert_id)
+                if alert_id <= high_water:
+                    self.warn(
+                        f"ignored a notification naming alert {alert_id}, stored before the watcher started"
+                    )
+                    continue
+                document = self.notified(alert_id)
                 if document is None:
-                    self.warn(f"ignored a notification naming alert {alert_id}, which does not exist")
                     continue
                 seen.add(alert_id)
                 if len(seen) > 100_000:  # bounded memory on a long run: forget the oldest ids
@@ -220,6 +249,5 @@ class Watcher:
             pause = 0.0
             if len(pending) < 100:
                 for alert_id in self.wait(poll):  # a wake-up; pending is read from the database anyway
-                    if self.document(alert_id) is None:
-                        self.warn(f"ignored a notification naming alert {alert_id}, which does not exist")
+                    self.notified(alert_id)
         return delivered

@@ -1,4 +1,4 @@
--- Returns a row for each part of V8_080 that is missing or not validated, and each period whose slices break
+-- Returns a row for each part of V8_081 that is missing or not validated, and each period whose slices break
 -- the backstop.
 SELECT 'budget_spend_pkey without slice' AS problem
  WHERE NOT EXISTS (SELECT FROM pg_constraint c

@@ -1,5 +1,5 @@
 -- sigledger:no-transaction
--- V8_080: budget slices (escrow) for hot budgets, and agents that live under a team or org budget without a
+-- V8_081: budget slices (escrow) for hot budgets, and agents that live under a team or org budget without a
 -- limit of their own (docs/budgets.md, Slices; docs/scaling.md).
 --
 -- - budget.slices (1..64, default 1): how many spend rows a budget period is split over. A reservation takes
@@ -23,9 +23,13 @@
 -- and DROP NOT NULL change the catalog only; the CHECKs are added NOT VALID and validated separately
 -- (SHARE UPDATE EXCLUSIVE); the new primary key index is built CONCURRENTLY and then swapped in by one
 -- ALTER TABLE (ACCESS EXCLUSIVE for the catalog change only; budget_spend holds one row per budget and
--- period). Until the repeatable functions of this release are applied (right after the migrations, same
--- `migrate up`), the previous release's _spend_ensure cannot infer its ON CONFLICT (budget_id, period_start)
--- arbiter: the first reservation of a new period in those seconds fails with 42P10 and succeeds on retry.
+-- period). Until the repeatable functions of this release are applied (the runner applies them after the last
+-- versioned migration, same `migrate up`), the previous release's _spend_ensure cannot infer its ON CONFLICT
+-- (budget_id, period_start) arbiter: the first reservation of a new budget period fails with 42P10. So this is
+-- the last versioned migration of the release (numbered after V8_080's ledger scans, issue 10/13): the window is
+-- only the time the repeatable files take to apply, and a failure of an earlier step (V8_080 refusing a view,
+-- say) leaves the key as the previous release's functions expect it. A failure of the repeatable files
+-- themselves leaves the window open until `migrate up` is run again (tests/migrate/test_upgrade_window.py).
 -- (slice counts and numbers are 0..64: smallint is the right size)
 -- squawk-ignore prefer-bigint-over-smallint
 ALTER TABLE sigledger.budget ADD COLUMN slices smallint NOT NULL DEFAULT 1;

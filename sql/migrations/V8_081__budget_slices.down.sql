@@ -1,4 +1,4 @@
--- Rolls back V8_080: each budget period's slices are merged into slice 0 (caps, frozen room, spend, holds,
+-- Rolls back V8_081: each budget period's slices are merged into slice 0 (caps, frozen room, spend, holds,
 -- excess and versions summed: the backstop holds on the sum because it held on every slice), the key goes
 -- back to (budget_id, period_start) and the columns are dropped. Refused while an agent budget has no limit
 -- of its own (the previous schema cannot hold it): give it one with set_budget first.
@@ -6,7 +6,7 @@ DO $$
 BEGIN
     IF EXISTS (SELECT FROM sigledger.budget WHERE limit_usd IS NULL) THEN
         RAISE EXCEPTION USING ERRCODE = '55000',
-            MESSAGE = format('cannot roll back V8_080: %s agent budget(s) have no limit of their own',
+            MESSAGE = format('cannot roll back V8_081: %s agent budget(s) have no limit of their own',
                              (SELECT count(*) FROM sigledger.budget WHERE limit_usd IS NULL)),
             HINT = 'Give each one a limit with set_budget(agent_id, limit_usd), then roll back.';
     END IF;

@@ -1,12 +1,12 @@
--- Rolls back V8_081: the ledger's money columns back to numeric(14,6) (a rewrite of the ledger; the runner has
+-- Rolls back V8_080: the ledger's money columns back to numeric(14,6) (a rewrite of the ledger; the runner has
 -- dropped every view first). Refused while a row holds more than 6 decimal places: it would be rounded.
 DO $$
 BEGIN
     IF EXISTS (SELECT FROM sigledger.llm_cost_log
                 WHERE cost_usd <> round(cost_usd, 6) OR priced_usd <> round(priced_usd, 6)) THEN
         RAISE EXCEPTION USING ERRCODE = '55000',
-            MESSAGE = 'cannot roll back V8_081: ledger rows hold amounts with more than 6 decimal places',
-            HINT = 'numeric(14,6) would round them; keep V8_081.';
+            MESSAGE = 'cannot roll back V8_080: ledger rows hold amounts with more than 6 decimal places',
+            HINT = 'numeric(14,6) would round them; keep V8_080.';
     END IF;
 END;
 $$;

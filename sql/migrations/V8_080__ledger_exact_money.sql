@@ -1,5 +1,5 @@
 -- sigledger:no-transaction
--- V8_081: money in the ledger exact to 1e-10 USD (issue 11: numeric(14,6) rounded 0.0000001234 to 0).
+-- V8_080: money in the ledger exact to 1e-10 USD (issue 11: numeric(14,6) rounded 0.0000001234 to 0).
 -- llm_cost_log.cost_usd and priced_usd become unconstrained numeric, bounded by CHECKs that now also require
 -- at most 10 decimal places (the API refuses more with 22003 rather than rounding).
 --
@@ -10,7 +10,9 @@
 -- re-added NOT VALID (new rows are checked at once); then each is VALIDATEd in its own statement under
 -- SHARE UPDATE EXCLUSIVE, which lets inserts through. Views that read the two columns (ALTER TYPE refuses to
 -- run under them) are dropped and re-created inside the same transaction with their definition, options,
--- owner, comments and privileges, whichever repeatable file made them.
+-- owner, comments and privileges (table- and column-level), whichever repeatable file made them; the preflight
+-- names views the deployer could not drop or re-create (another owner, no USAGE/CREATE on their schema) and
+-- materialized views on the columns, before anything runs. Ends with ANALYZE of the two columns.
 DO $$
 DECLARE
     v record;
@@ -42,14 +44,20 @@ BEGIN
                (SELECT jsonb_agg(jsonb_build_array(x.privilege_type,
                                    CASE WHEN x.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(x.grantee)) END,
                                    x.is_grantable))
-                  FROM aclexplode(c.relacl) x WHERE x.grantee <> c.relowner) AS grants
+                  FROM aclexplode(c.relacl) x WHERE x.grantee <> c.relowner) AS grants,
+               (SELECT jsonb_agg(jsonb_build_array(x.privilege_type,
+                                   CASE WHEN x.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(x.grantee)) END,
+                                   x.is_grantable, a.attname))
+                  FROM pg_attribute a, aclexplode(a.attacl) x
+                 WHERE a.attrelid = c.oid AND a.attnum > 0 AND a.attacl IS NOT NULL
+                   AND x.grantee <> c.relowner) AS col_grants
           FROM deps JOIN pg_class c ON c.oid = deps.oid JOIN pg_namespace n ON n.oid = c.relnamespace
          GROUP BY c.oid, n.nspname
          ORDER BY max(deps.depth) DESC
     LOOP
         IF v.relkind <> 'v' THEN
             RAISE EXCEPTION USING ERRCODE = '55000',
-                MESSAGE = format('V8_081: %s (relkind %s) reads llm_cost_log money columns; drop it first', v.name, v.relkind);
+                MESSAGE = format('V8_080: %s (relkind %s) reads llm_cost_log money columns; drop it first', v.name, v.relkind);
         END IF;
         v_saved := jsonb_build_array(to_jsonb(v)) || v_saved;  -- re-created shallowest first
         EXECUTE format('DROP VIEW %s', v.name);
@@ -79,7 +87,8 @@ BEGIN
             NOT VALID;
 
     FOR v IN SELECT * FROM jsonb_to_recordset(v_saved) AS x (name text, def text, reloptions text[], owner text,
-                                                            comment text, col_comments jsonb, grants jsonb)
+                                                            comment text, col_comments jsonb, grants jsonb,
+                                                            col_grants jsonb)
     LOOP
         EXECUTE format('CREATE VIEW %s%s AS %s', v.name,
                        CASE WHEN v.reloptions IS NULL THEN '' ELSE format(' WITH (%s)', array_to_string(v.reloptions, ', ')) END,
@@ -98,6 +107,12 @@ BEGIN
             EXECUTE format('GRANT %s ON %s TO %s%s', w.priv, v.name, w.grantee,
                            CASE WHEN w.grantable THEN ' WITH GRANT OPTION' ELSE '' END);
         END LOOP;
+        -- column-level grants (GRANT SELECT (col) ON view): kept as well
+        FOR w IN SELECT e ->> 0 AS priv, e ->> 1 AS grantee, (e ->> 2)::boolean AS grantable, e ->> 3 AS col
+                   FROM jsonb_array_elements(coalesce(v.col_grants, '[]')) e LOOP
+            EXECUTE format('GRANT %s (%I) ON %s TO %s%s', w.priv, w.col, v.name, w.grantee,
+                           CASE WHEN w.grantable THEN ' WITH GRANT OPTION' ELSE '' END);
+        END LOOP;
     END LOOP;
 END;
 $$;
@@ -106,3 +121,6 @@ ALTER TABLE sigledger.llm_cost_log VALIDATE CONSTRAINT llm_cost_log_priced_usd_r
 COMMENT ON COLUMN sigledger.llm_cost_log.cost_usd IS 'USD charged, exact to 1e-10 (at most 10 decimal places).';
 COMMENT ON COLUMN sigledger.llm_cost_log.priced_usd IS
     'Cost computed from model_price at created_at, rounded to 10 decimal places (NULL: no price); see view cost_price_disagreement.';
+-- ALTER COLUMN TYPE dropped the two columns' statistics: the planner's estimates for spend reports come back
+-- now rather than at the next autovacuum (a sample, under SHARE UPDATE EXCLUSIVE: inserts go through)
+ANALYZE sigledger.llm_cost_log (cost_usd, priced_usd);
