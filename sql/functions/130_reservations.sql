@@ -86,7 +86,7 @@ BEGIN
     IF p_idempotency_key IS NOT NULL THEN
         v_key := p_idempotency_key;
         -- printable ASCII without surrounding spaces, at most 200 characters, passes the key rules as it is
-        IF p_idempotency_key !~ '^[!-~]([ -~]{0,198}[!-~])?$' THEN
+        IF NOT (p_idempotency_key ~ '^[!-~]([ -~]*[!-~])?$' AND length(p_idempotency_key) <= 200) THEN
             v_key := _text_arg(p_idempotency_key, 'idempotency_key', 200, 800, 'key');
         END IF;
         IF v_key LIKE 'auto:%' THEN
@@ -297,10 +297,10 @@ BEGIN
     END IF;
     -- printable ASCII without surrounding spaces (at most 200 characters) is canonical as it is; anything else
     -- goes through the text rules, and their canonical form is what the ledger stores (005_text.sql)
-    IF p_model IS NULL OR p_model !~ '^[!-~]([ -~]{0,198}[!-~])?$' THEN
+    IF p_model IS NULL OR NOT (p_model ~ '^[!-~]([ -~]*[!-~])?$' AND length(p_model) <= 200) THEN
         p_model := _assert_text('model', p_model);
     END IF;
-    IF p_provider IS NULL OR p_provider !~ '^[!-~]([ -~]{0,198}[!-~])?$' THEN
+    IF p_provider IS NULL OR NOT (p_provider ~ '^[!-~]([ -~]*[!-~])?$' AND length(p_provider) <= 200) THEN
         p_provider := _assert_text('provider', p_provider);
     END IF;
     IF p_metadata IS NOT NULL AND jsonb_typeof(p_metadata) <> 'object' THEN
