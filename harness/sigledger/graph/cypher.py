@@ -120,11 +120,20 @@ CALL (n, row) {{
 }}"""
     if link is not None:
         rel, target = link
+        # The missing links are CREATEd, not MERGEd: n's lock (taken above) orders every writer of n's outgoing
+        # relationships (other upserts of n, and a merge moving them, whose MERGE locks n), so what is read
+        # here under that lock stays true until commit and no duplicate can appear. A relationship MERGE
+        # would also take an exclusive lock on the target: every batch of signals would then queue on the
+        # entities it mentions, and two workers would write one after the other. CREATE takes a shared lock
+        # on the target, which still conflicts with a concurrent delete of it (DeadlockDetected, retried;
+        # or EntityNotFound after the delete committed, retried).
         q += f"""
 CALL (n, row) {{
-  UNWIND row.links AS tid
+  OPTIONAL MATCH (n)-[:{rel}]->(linked:{target})
+  WITH n, row, collect(linked.id) AS linked
+  UNWIND [tid IN row.links WHERE NOT tid IN linked] AS tid
   MERGE (t:{target} {{id: tid}})
-  MERGE (n)-[:{rel}]->(t)
+  CREATE (n)-[:{rel}]->(t)
 }}"""
     # A node deleted by a concurrent transaction while this one waited for its lock: the SET above did
     # nothing; report the row so that the write is retried.
