@@ -132,7 +132,8 @@ class WritePlan:
                         "id": s.aggregate_id,
                         "version": s.version,
                         "props": s.props or {},
-                        "links": list(s.links),
+                        # Distinct (the upsert CREATEs each missing link; Postgres's keys make them so).
+                        "links": list(dict.fromkeys(s.links)),
                     }
                 )
             elif s.state == "absent" and s.winner_id is not None:
