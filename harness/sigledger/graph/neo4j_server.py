@@ -170,12 +170,8 @@ class Neo4jServer:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         cmd = [
             _java(),
-            # The whole heap from the start, half of it young: a batch's transaction state dies young, and a
-            # heap that grows from a small start pays full collections on the way (make bench-graph: GC went
-            # from ~30 to ~8 us of Neo4j CPU per projected event).
             f"-Xmx{self.heap}",
-            f"-Xms{self.heap}",
-            "-XX:NewRatio=1",
+            "-Xms64m",
             "-XX:+UseSerialGC",
             "-XX:ActiveProcessorCount=2",
             "-cp",
