@@ -128,23 +128,25 @@ BEGIN
         END IF;
     END IF;
     IF b_id IS NOT NULL THEN
-        -- one level split over slices: the guarded spend on one slice, the ledger row and the period's sums in
-        -- one statement, in a subtransaction: a refusal (the slice is short, or its rows are missing) rolls it
-        -- back, keeping no lock on the slice (see 101_budget_spend.sql), and the general path below rebalances
+        -- one level split over slices: the ledger row, then the guarded spend on one slice and the period's sums,
+        -- in one statement, in a subtransaction: a refusal (the slice is short, or its rows are missing) rolls it
+        -- all back, the ledger row included, keeping no lock on the slice (see 101_budget_spend.sql), and the
+        -- general path below rebalances. The ledger row is written first so that the slice's row lock, which
+        -- orders the costs charged to that slice, is held only from the spend update to commit.
         v_slice := floor(random() * b_slices)::integer;
         BEGIN
-            WITH s AS (
-                UPDATE budget_spend s SET spent_usd = s.spent_usd + v_cost
-                 WHERE s.budget_id = b_id AND s.period_start = b_period AND s.slice = v_slice
-                   AND s.spent_usd + s.reserved_usd + v_cost <= s.cap_usd
-                RETURNING s.budget_id
-            ), l AS (
+            WITH l AS (
                 INSERT INTO llm_cost_log (idempotency_key, agent_id, provider, model, cost_usd, cost_source, charged_at,
                                           metadata)
-                SELECT 'check:' || gen_random_uuid()::text, p_agent_id, 'unspecified', 'unspecified', v_cost, 'client',
-                       now(), '{"api": "check_and_record_budget"}'::jsonb
-                  FROM s
+                VALUES ('check:' || gen_random_uuid()::text, p_agent_id, 'unspecified', 'unspecified', v_cost, 'client',
+                        now(), '{"api": "check_and_record_budget"}'::jsonb)
                 RETURNING id
+            ), s AS (
+                -- ((SELECT l.id FROM l) IS NOT NULL: the ledger insert runs first, as an InitPlan)
+                UPDATE budget_spend s SET spent_usd = s.spent_usd + v_cost
+                 WHERE s.budget_id = b_id AND s.period_start = b_period AND s.slice = v_slice
+                   AND s.spent_usd + s.reserved_usd + v_cost <= s.cap_usd AND (SELECT l.id FROM l) IS NOT NULL
+                RETURNING s.budget_id
             ), t AS (
                 -- the period's sums as of this statement (this change not in them yet: added below)
                 SELECT sum(x.cap_usd + coalesce(x.frozen_usd, 0)) - sum(x.spent_usd + x.reserved_usd) AS room,
