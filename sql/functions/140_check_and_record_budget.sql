@@ -109,12 +109,7 @@ BEGIN
         END IF;
         -- an agent whose only level is its own budget split over slices: its budget row by a plain query (the
         -- chain function below costs a call, a GUC switch and a statement per level)
-        SELECT x.id, x.slices,
-               CASE x.period WHEN 'none' THEN timestamptz '1970-01-01 00:00:00+00'
-                    WHEN 'daily' THEN date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
-                    WHEN 'weekly' THEN date_trunc('week', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
-                    ELSE date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' END,
-               x.limit_usd, x.alert_thresholds
+        SELECT x.id, x.slices, _period_start(x.period, now()), x.limit_usd, x.alert_thresholds
           INTO b_id, b_slices, b_period, b_limit, b_thresholds
           FROM budget x
          WHERE x.agent_id = p_agent_id AND x.parent_id IS NULL AND x.limit_usd IS NOT NULL AND x.slices > 1;
@@ -146,17 +141,21 @@ BEGIN
                 UPDATE budget_spend s SET spent_usd = s.spent_usd + v_cost
                  WHERE s.budget_id = b_id AND s.period_start = b_period AND s.slice = v_slice
                    AND s.spent_usd + s.reserved_usd + v_cost <= s.cap_usd AND (SELECT l.id FROM l) IS NOT NULL
-                RETURNING s.budget_id
+                -- the slice as it is after this change: when this UPDATE waited for another session's charge to
+                -- the same slice, the row it re-checked and changed includes that charge, which the statement's
+                -- snapshot (t below) does not
+                RETURNING s.cap_usd + coalesce(s.frozen_usd, 0) - s.spent_usd - s.reserved_usd AS room, s.spent_usd,
+                          s.version
             ), t AS (
-                -- the period's sums as of this statement (this change not in them yet: added below)
+                -- the other slices of the period as of this statement
                 SELECT sum(x.cap_usd + coalesce(x.frozen_usd, 0)) - sum(x.spent_usd + x.reserved_usd) AS room,
                        sum(x.spent_usd) AS spent, sum(x.version) AS version,
                        (SELECT max(a.threshold) FROM budget_alert a
                          WHERE a.budget_id = b_id AND a.period_start = b_period) AS alerted
-                  FROM budget_spend x WHERE x.budget_id = b_id AND x.period_start = b_period
+                  FROM budget_spend x WHERE x.budget_id = b_id AND x.period_start = b_period AND x.slice <> v_slice
             )
-            SELECT (SELECT l.id FROM l) AS ledger_id, t.room - v_cost AS remaining, t.spent + v_cost AS spent,
-                   t.version + 1 AS version, t.alerted
+            SELECT (SELECT l.id FROM l) AS ledger_id, coalesce(t.room, 0) + s.room AS remaining,
+                   coalesce(t.spent, 0) + s.spent_usd AS spent, coalesce(t.version, 0) + s.version AS version, t.alerted
               INTO v FROM s, t;
             IF NOT FOUND THEN
                 RAISE EXCEPTION USING ERRCODE = 'SLZ00', MESSAGE = 'slice has no room (internal, never raised to callers)';
