@@ -33,5 +33,6 @@ OVERSPEND: dict[str, str] = {
     "a_reserve_settle": "os_a_reserve_settle.sql",
     "a_check_and_record": "os_a_check_and_record.sql",
     "a_reserve_settle_sliced": "os_a_reserve_settle.sql",
+    "a_check_and_record_sliced": "os_a_check_and_record.sql",
     "c_seed": "os_c_seed.sql",
 }
