@@ -2,13 +2,15 @@
 --
 -- _record_costs_set does a whole batch in one statement: it reads every element, validates it with the
 -- rules of record_cost (the first failed rule of a row gives its SQLSTATE and reason, the same messages as
--- _cost_validate), quarantines the bad rows, claims the keys of the good ones in key order (two overlapping
--- batches take shared keys in the same order: no deadlock), inserts the ledger rows, compares replays with
--- what the ledger holds, and returns what to charge per (budget, period) in lock order. A value that does
--- not even cast (a malformed uuid, number or timestamp) makes the statement raise a data_exception;
--- record_costs then rolls it back and calls _record_costs_rows, which casts row by row (each in a
--- subtransaction: the only per-row exception block), quarantines what fails with the cast's own SQLSTATE,
--- and hands the rest, in canonical form, to _record_costs_set.
+-- _cost_validate), quarantines the bad rows, looks the keys of the good ones up in the key registry, inserts
+-- the new ones in key order (the ledger's trigger registers each key, as for every writer: two overlapping
+-- batches take shared keys in the same order, no deadlock), compares replays with what the ledger holds, and
+-- returns what to charge per (budget, period) in lock order. A value that does not even cast (a malformed
+-- uuid, number or timestamp) makes the statement raise a data_exception; record_costs then rolls it back,
+-- has _record_costs_cast cast row by row (each in a subtransaction: the only per-row exception block; what
+-- fails is quarantined with the cast's own SQLSTATE) and runs the statement again on the rest, in canonical
+-- form. A key that a concurrent batch commits after the statement's snapshot was taken raises 23505 from the
+-- trigger (after waiting for that batch); record_costs runs the statement again with a new snapshot.
 -- Text: key, model and provider pass the text rules (_text_norm, 005_text.sql) unless they are printable ASCII
 -- without surrounding spaces and at most 200 characters, which the rules accept as they are (the common case:
 -- no function call per row). model and provider are stored in their canonical form, the key as given.
@@ -46,7 +48,7 @@ BEGIN
           FROM e WHERE e.is_obj
         UNION ALL
         SELECT e.ord, e.elem, false, NULL, NULL, NULL, NULL, 0, 0, NULL, v_now, '{}'::jsonb FROM e WHERE NOT e.is_obj
-    ), g AS (
+    ), g AS MATERIALIZED (
         -- plain values pass as they are; the rules (_text_norm) run only for the others, in CASE branches (a
         -- LATERAL join per column cost a third of the throughput even when it was filtered out)
         SELECT f.ord, f.elem, f.is_obj, f.key, f.agent_id, f.tin, f.tout, f.cost_given, f.created_at, f.metadata,
@@ -70,7 +72,7 @@ BEGIN
                CASE WHEN g.provider_plain IS NOT FALSE THEN NULL
                     ELSE (sigledger._text_norm(g.provider_given, 'provider', 200, 800)).error END AS provider_error
           FROM g
-    ), p AS (
+    ), p AS MATERIALIZED (
         SELECT h.*,
                EXISTS (SELECT 1 FROM agent_registry a WHERE a.id = h.agent_id) AS agent_known,
                (SELECT round((h.tin * mp.input_usd_per_mtok + h.tout * mp.output_usd_per_mtok) / 1000000, 10)
@@ -104,42 +106,37 @@ BEGIN
                END AS rule
           FROM p
     ), d AS (
-        -- valid rows of the application's own keys; within the batch the first occurrence of a key is the row
-        -- (it takes a ledger id now), later ones are replays of it
+        -- valid rows of the application's own keys; within the batch the first occurrence of a key is the row,
+        -- later ones are replays of it
         SELECT v.*, row_number() OVER w AS rn, first_value(v.agent_id) OVER w AS first_agent,
-               first_value(v.cost) OVER w AS first_cost,
-               CASE WHEN row_number() OVER w = 1 THEN nextval('sigledger.llm_cost_log_id_seq'::regclass) END AS lid
+               first_value(v.cost) OVER w AS first_cost
           FROM v WHERE v.rule IS NULL AND NOT v.is_reservation
         WINDOW w AS (PARTITION BY v.key ORDER BY v.ord)
-    ), claim AS (
-        INSERT INTO llm_cost_log_key AS k (idempotency_key, ledger_id, reservation_id, created_at)
-        SELECT d.key, d.lid, NULL, d.created_at FROM d WHERE d.rn = 1 ORDER BY d.key
-        ON CONFLICT ON CONSTRAINT llm_cost_log_key_pkey DO NOTHING
-        RETURNING k.ledger_id
+    ), n AS (
+        -- the first row of each key, with the registry's entry for the key when this statement sees one
+        SELECT d.ord, d.elem, d.key, d.agent_id, d.provider, d.model, d.tin, d.tout, d.cost, d.cost_given, d.priced,
+               d.source, d.created_at, d.metadata, k.ledger_id AS s_id, k.created_at AS s_at
+          FROM d LEFT JOIN llm_cost_log_key k ON k.idempotency_key = d.key
+         WHERE d.rn = 1
     ), ins AS (
-        INSERT INTO llm_cost_log (id, idempotency_key, agent_id, provider, model, tokens_input, tokens_output,
+        -- the new keys, in key order: the ledger's trigger registers each key as it does for every writer. A key
+        -- that a concurrent transaction registered makes it wait for that one (two batches sharing keys take
+        -- them in the same order: no deadlock); if that one committed, the trigger raises 23505 and record_costs
+        -- runs this statement again, with a snapshot that sees the key
+        INSERT INTO llm_cost_log (idempotency_key, agent_id, provider, model, tokens_input, tokens_output,
                                   cost_usd, priced_usd, cost_source, reservation_id, charged_at, created_at, metadata)
-        OVERRIDING SYSTEM VALUE
-        SELECT d.lid, d.key, d.agent_id, d.provider, d.model, d.tin, d.tout, d.cost, d.priced, d.source,
-               NULL, d.created_at, d.created_at, d.metadata
-          FROM d
-         -- (IS TRUE keeps the IN a hashed subplan: pulled up into a semi join, estimated at one row from the
-         -- validation CASE, it was planned as a nested loop over the claims, quadratic in the batch size)
-         WHERE d.rn = 1 AND (d.lid IN (SELECT claim.ledger_id FROM claim)) IS TRUE
+        SELECT n.key, n.agent_id, n.provider, n.model, n.tin, n.tout, n.cost, n.priced, n.source,
+               NULL, n.created_at, n.created_at, n.metadata
+          FROM n WHERE n.s_id IS NULL
+         ORDER BY n.key
         RETURNING agent_id, charged_at, cost_usd
     ), stored AS (
-        -- keys that existed: a replay when the ledger holds the same agent and (given) cost. A key committed by a
-        -- concurrent batch after this statement began is not visible here: counted as a replay.
-        SELECT y.*, (y.s_id IS NULL OR (y.s_agent = y.agent_id AND (y.cost_given IS NULL OR y.s_cost = y.cost_given)))
-                    AS same
-          FROM (SELECT z.*,
-                       (SELECT x.agent_id FROM llm_cost_log x WHERE x.id = z.s_id AND x.created_at = z.s_at) AS s_agent,
-                       (SELECT x.cost_usd FROM llm_cost_log x WHERE x.id = z.s_id AND x.created_at = z.s_at) AS s_cost
-                  FROM (SELECT d.ord, d.elem, d.key, d.agent_id, d.cost_given, k.ledger_id AS s_id, k.created_at AS s_at
-                          FROM d
-                          LEFT JOIN LATERAL (SELECT k.ledger_id, k.created_at FROM llm_cost_log_key k
-                                              WHERE k.idempotency_key = d.key) k ON true
-                         WHERE d.rn = 1 AND d.lid NOT IN (SELECT claim.ledger_id FROM claim)) z) y
+        -- keys the ledger holds: a replay when it holds the same agent and (given) cost
+        SELECT y.*, (y.s_agent = y.agent_id AND (y.cost_given IS NULL OR y.s_cost = y.cost_given)) AS same
+          FROM (SELECT n.ord, n.elem, n.key, n.agent_id, n.cost_given, n.s_id,
+                       (SELECT x.agent_id FROM llm_cost_log x WHERE x.id = n.s_id AND x.created_at = n.s_at) AS s_agent,
+                       (SELECT x.cost_usd FROM llm_cost_log x WHERE x.id = n.s_id AND x.created_at = n.s_at) AS s_cost
+                  FROM n WHERE n.s_id IS NOT NULL) y
     ), later AS (
         SELECT d.ord, d.elem, d.key, d.agent_id, d.cost,
                (d.agent_id = d.first_agent AND d.cost = d.first_cost) AS same, d.first_agent, d.first_cost
@@ -202,11 +199,16 @@ BEGIN
           ) x
          ORDER BY x.ord
         RETURNING 1
+    ), spent AS MATERIALIZED (
+        -- the inserted costs per agent and UTC day (no budget period is shorter than a day): the budget chains
+        -- are then joined per agent and day, not per row
+        SELECT ins.agent_id, date_trunc('day', ins.charged_at AT TIME ZONE 'UTC') AS day, sum(ins.cost_usd) AS amount
+          FROM ins GROUP BY 1, 2
     ), chain AS (
         -- the budgets each inserted agent's costs count against (agent, team, org; an agent budget without a
         -- limit of its own is not a level)
         SELECT a.agent_id, b.id, b.level, b.period, b.limit_usd, b.grace_ratio, b.alert_thresholds, b.slices
-          FROM (SELECT DISTINCT ins.agent_id FROM ins) a
+          FROM (SELECT DISTINCT spent.agent_id FROM spent) a
           JOIN budget ab ON ab.agent_id = a.agent_id
           JOIN LATERAL (SELECT ab.*
                         UNION ALL SELECT t.* FROM budget t WHERE t.id = ab.parent_id
@@ -214,16 +216,16 @@ BEGIN
             ON b.limit_usd IS NOT NULL
     ), charges AS (
         SELECT c.id, CASE c.level WHEN 'org' THEN 0 WHEN 'team' THEN 1 ELSE 2 END AS rank,
-               -- (the period inline: _period_start's CASE, kept in step; a PL/pgSQL call per row cost 15 ms per
-               -- 1,000 rows)
+               -- (the period inline: _period_start's CASE, kept in step, on the UTC day of charged_at; a PL/pgSQL
+               -- call per row cost 15 ms per 1,000 rows)
                CASE c.period WHEN 'none' THEN timestamptz '1970-01-01 00:00:00+00'
-                    WHEN 'daily' THEN date_trunc('day', ins.charged_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
-                    WHEN 'weekly' THEN date_trunc('week', ins.charged_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
-                    ELSE date_trunc('month', ins.charged_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' END AS ps,
-               sum(ins.cost_usd) AS amount,
+                    WHEN 'daily' THEN sp.day AT TIME ZONE 'UTC'
+                    WHEN 'weekly' THEN date_trunc('week', sp.day) AT TIME ZONE 'UTC'
+                    ELSE date_trunc('month', sp.day) AT TIME ZONE 'UTC' END AS ps,
+               sum(sp.amount) AS amount,
                min(c.limit_usd) AS limit_usd, min(c.limit_usd * (1 + c.grace_ratio)) AS cap,
                min(c.alert_thresholds::text) AS thresholds, min(c.slices) AS slices
-          FROM ins JOIN chain c ON c.agent_id = ins.agent_id
+          FROM spent sp JOIN chain c ON c.agent_id = sp.agent_id
          GROUP BY 1, 2, 3
     )
     SELECT (SELECT count(*) FROM ins),
@@ -247,31 +249,26 @@ BEGIN
 END;
 $$;
 
--- _record_costs_rows: the fallback for a batch holding a value that does not cast. Each row's casts run in a
+-- _record_costs_cast: the fallback for a batch holding a value that does not cast. Each row's casts run in a
 -- subtransaction (no write inside, so it takes no XID); a row that fails is quarantined with the cast's
--- SQLSTATE and message, the others are passed on in canonical form (uuid, integers, text of the numeric and
--- of the timestamp) to _record_costs_set.
-CREATE OR REPLACE FUNCTION sigledger._record_costs_rows(
-    p_batch jsonb,
-    OUT inserted integer, OUT duplicates integer, OUT quarantined integer,
-    OUT charge_budget_ids bigint[], OUT charge_periods timestamptz[], OUT charge_amounts numeric[],
-    OUT charge_caps numeric[], OUT charge_limits numeric[], OUT charge_thresholds text[], OUT charge_slices integer[],
-    OUT reserved jsonb)
+-- SQLSTATE and message, the others come back in canonical form (uuid, integers, text of the numeric and of
+-- the timestamp) for _record_costs_set; bad counts the quarantined rows.
+DROP FUNCTION IF EXISTS sigledger._record_costs_rows(jsonb);
+CREATE OR REPLACE FUNCTION sigledger._record_costs_cast(p_batch jsonb, OUT clean jsonb, OUT bad integer)
 LANGUAGE plpgsql
 SET search_path = sigledger, pg_temp
 AS $$
 DECLARE
     v_elem jsonb;
-    v_clean jsonb := '[]'::jsonb;
     v_row jsonb;
-    v_bad integer := 0;
     v_state text;
     v_msg text;
-    r record;
 BEGIN
+    clean := '[]'::jsonb;
+    bad := 0;
     FOR v_elem IN SELECT e FROM jsonb_array_elements(p_batch) e LOOP
         IF jsonb_typeof(v_elem) <> 'object' THEN
-            v_clean := v_clean || jsonb_build_array(v_elem);  -- quarantined by the set-based rules
+            clean := clean || jsonb_build_array(v_elem);  -- quarantined by the set-based rules
             CONTINUE;
         END IF;
         BEGIN
@@ -281,18 +278,13 @@ BEGIN
                 'output_tokens', (v_elem ->> 'output_tokens')::bigint,
                 'cost_usd', ((v_elem ->> 'cost_usd')::numeric)::text,
                 'created_at', ((v_elem ->> 'created_at')::timestamptz)::text));
-            v_clean := v_clean || jsonb_build_array(v_row);
+            clean := clean || jsonb_build_array(v_row);
         EXCEPTION WHEN data_exception THEN
             GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_msg = MESSAGE_TEXT;
             INSERT INTO sigledger.cost_quarantine (idempotency_key, payload, sqlstate, reason)
             VALUES (left(v_elem ->> 'idempotency_key', 200), v_elem, v_state, v_msg);
-            v_bad := v_bad + 1;
+            bad := bad + 1;
         END;
     END LOOP;
-    r := sigledger._record_costs_set(v_clean);
-    inserted := r.inserted; duplicates := r.duplicates; quarantined := r.quarantined + v_bad;
-    charge_budget_ids := r.charge_budget_ids; charge_periods := r.charge_periods; charge_amounts := r.charge_amounts;
-    charge_caps := r.charge_caps; charge_limits := r.charge_limits; charge_thresholds := r.charge_thresholds;
-    charge_slices := r.charge_slices; reserved := r.reserved;
 END;
 $$;
