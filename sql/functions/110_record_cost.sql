@@ -231,10 +231,8 @@ BEGIN
         END IF;
     END LOOP;
     -- one charge per (budget, period), in the global lock order (level, budget id, period)
-    FOR i IN 1 .. coalesce(cardinality(r.charge_budget_ids), 0) LOOP
-        s := _spend_apply(r.charge_budget_ids[i], r.charge_periods[i], r.charge_caps[i], r.charge_slices[i], NULL,
-                          r.charge_amounts[i], 0, false, r.charge_limits[i], r.charge_thresholds[i]::numeric[]);
-    END LOOP;
+    PERFORM _record_costs_charge(r.charge_budget_ids, r.charge_periods, r.charge_amounts, r.charge_caps,
+                                 r.charge_limits, r.charge_thresholds, r.charge_slices);
     RETURN NEXT;
 END;
 $$;

@@ -288,3 +288,79 @@ BEGIN
     END LOOP;
 END;
 $$;
+
+-- _record_costs_charge: the charges of a batch, one per (budget, period), given in the global lock order
+-- (level, budget id, period). When every budget has one slice and every period's row exists and has room for
+-- its charge, two statements do them all: the rows are locked in the given order (FOR UPDATE under ORDER BY:
+-- each row is locked as the sort returns it), then one UPDATE adds every charge. Otherwise (a sliced budget, a
+-- period's first charge, a charge beyond the room: excess) each charge goes through _spend_apply in the same
+-- order, as one call per charge did before. The set-based attempt runs in a subtransaction whose rollback
+-- releases the row locks it took, so the per-charge path starts holding none of them: it never locks a row
+-- while holding one later in the order. Alerts: a charge that reached its row's next_alert_usd goes through
+-- _spend_crossed, as in _spend_apply.
+CREATE OR REPLACE FUNCTION sigledger._record_costs_charge(
+    p_ids bigint[], p_periods timestamptz[], p_amounts numeric[], p_caps numeric[], p_limits numeric[],
+    p_thresholds text[], p_slices integer[])
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = sigledger, pg_temp
+AS $$
+DECLARE
+    v_n integer := coalesce(cardinality(p_ids), 0);
+    v_done boolean := false;
+    v_ready integer;
+    v_crossed integer[];
+    v_spent numeric[];
+    v_count integer;
+    s record;
+BEGIN
+    IF v_n = 0 THEN
+        RETURN;
+    END IF;
+    IF 1 = ALL (p_slices) THEN
+        BEGIN
+            SELECT count(*) FILTER (WHERE x.fits) INTO v_ready
+              FROM (SELECT c.amount <= 0 OR sp.spent_usd + sp.reserved_usd + c.amount <= sp.cap_usd AS fits
+                      FROM unnest(p_ids, p_periods, p_amounts) WITH ORDINALITY AS c(id, ps, amount, i)
+                      JOIN budget_spend sp ON sp.budget_id = c.id AND sp.period_start = c.ps AND sp.slice = 0
+                     ORDER BY c.i
+                       FOR UPDATE OF sp) x;
+            IF v_ready < v_n THEN
+                RAISE EXCEPTION USING ERRCODE = 'SLZ00', MESSAGE = 'a charge needs _spend_apply (internal, never raised to callers)';
+            END IF;
+            WITH c AS (
+                SELECT * FROM unnest(p_ids, p_periods, p_amounts, p_thresholds) WITH ORDINALITY AS c(id, ps, amount, thresholds, i)
+            ), u AS (
+                UPDATE budget_spend sp SET spent_usd = sp.spent_usd + c.amount
+                  FROM c
+                 WHERE sp.budget_id = c.id AND sp.period_start = c.ps AND sp.slice = 0
+                RETURNING c.i, sp.spent_usd, c.thresholds,
+                          sp.next_alert_usd IS NULL OR sp.spent_usd >= sp.next_alert_usd AS crossed
+            )
+            SELECT count(*), array_agg(u.i ORDER BY u.i) FILTER (WHERE u.alert),
+                   array_agg(u.spent_usd ORDER BY u.i) FILTER (WHERE u.alert)
+              INTO v_count, v_crossed, v_spent
+              FROM (SELECT u.*, u.crossed AND p_amounts[u.i] > 0 AND cardinality(u.thresholds::numeric[]) > 0 AS alert
+                      FROM u) u;
+            IF v_count <> v_n THEN
+                RAISE EXCEPTION USING ERRCODE = 'XX000',
+                    MESSAGE = format('record_costs charged %s of %s locked budget periods', v_count, v_n);
+            END IF;
+            v_done := true;
+        EXCEPTION WHEN SQLSTATE 'SLZ00' THEN
+            v_done := false;
+        END;
+    END IF;
+    IF v_done THEN
+        FOR i IN 1 .. coalesce(cardinality(v_crossed), 0) LOOP
+            v_count := _spend_crossed(p_ids[v_crossed[i]], p_periods[v_crossed[i]],
+                                      v_spent[i] - p_amounts[v_crossed[i]], v_spent[i]);
+        END LOOP;
+        RETURN;
+    END IF;
+    FOR i IN 1 .. v_n LOOP
+        s := _spend_apply(p_ids[i], p_periods[i], p_caps[i], p_slices[i], NULL, p_amounts[i], 0, false, p_limits[i],
+                          p_thresholds[i]::numeric[]);
+    END LOOP;
+END;
+$$;
