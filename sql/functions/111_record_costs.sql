@@ -30,35 +30,32 @@ DECLARE
     c_backdate_window CONSTANT interval := interval '7 days';
     v_now timestamptz := now();
 BEGIN
-    WITH e AS (
-        SELECT x.ord, x.elem, jsonb_typeof(x.elem) = 'object' AS is_obj
+    WITH f AS (
+        -- the casts: a value that does not cast raises here (the caller then casts row by row). The element
+        -- itself is not carried on (a quarantined row's payload is read back by its position): every CTE below
+        -- that is materialized stores only the columns. (->> on an element that is not an object is NULL.)
+        SELECT x.ord, jsonb_typeof(x.elem) AS typ, jsonb_typeof(x.elem) = 'object' AS is_obj,
+               x.elem ->> 'idempotency_key' AS key,
+               (x.elem ->> 'agent_id')::uuid AS agent_id,
+               x.elem ->> 'model' AS model,
+               x.elem ->> 'provider' AS provider,
+               coalesce((x.elem ->> 'input_tokens')::bigint, 0) AS tin,
+               coalesce((x.elem ->> 'output_tokens')::bigint, 0) AS tout,
+               (x.elem ->> 'cost_usd')::numeric AS cost_given,
+               coalesce((x.elem ->> 'created_at')::timestamptz, v_now) AS created_at,
+               coalesce(x.elem -> 'metadata', '{}'::jsonb) AS metadata
           FROM jsonb_array_elements(p_batch) WITH ORDINALITY AS x(elem, ord)
-    ), f AS (
-        -- the casts: a value that does not cast raises here (the caller then goes row by row)
-        SELECT e.ord, e.elem, e.is_obj,
-               e.elem ->> 'idempotency_key' AS key,
-               (e.elem ->> 'agent_id')::uuid AS agent_id,
-               e.elem ->> 'model' AS model,
-               e.elem ->> 'provider' AS provider,
-               coalesce((e.elem ->> 'input_tokens')::bigint, 0) AS tin,
-               coalesce((e.elem ->> 'output_tokens')::bigint, 0) AS tout,
-               (e.elem ->> 'cost_usd')::numeric AS cost_given,
-               coalesce((e.elem ->> 'created_at')::timestamptz, v_now) AS created_at,
-               coalesce(e.elem -> 'metadata', '{}'::jsonb) AS metadata
-          FROM e WHERE e.is_obj
-        UNION ALL
-        SELECT e.ord, e.elem, false, NULL, NULL, NULL, NULL, 0, 0, NULL, v_now, '{}'::jsonb FROM e WHERE NOT e.is_obj
     ), g AS MATERIALIZED (
         -- plain values pass as they are; the rules (_text_norm) run only for the others, in CASE branches (a
         -- LATERAL join per column cost a third of the throughput even when it was filtered out)
-        SELECT f.ord, f.elem, f.is_obj, f.key, f.agent_id, f.tin, f.tout, f.cost_given, f.created_at, f.metadata,
+        SELECT f.ord, f.typ, f.is_obj, f.key, f.agent_id, f.tin, f.tout, f.cost_given, f.created_at, f.metadata,
                f.key ~ '^[!-~]([ -~]*[!-~])?$' AND length(f.key) <= 200 AS key_plain,
                f.model ~ '^[!-~]([ -~]*[!-~])?$' AND length(f.model) <= 200 AS model_plain,
                f.provider ~ '^[!-~]([ -~]*[!-~])?$' AND length(f.provider) <= 200 AS provider_plain,
                f.model AS model_given, f.provider AS provider_given
           FROM f
     ), h AS (
-        SELECT g.ord, g.elem, g.is_obj, g.key, g.agent_id,
+        SELECT g.ord, g.typ, g.is_obj, g.key, g.agent_id,
                CASE WHEN g.model_plain IS NOT FALSE THEN g.model_given
                     ELSE coalesce((sigledger._text_norm(g.model_given, 'model', 200, 800)).value, g.model_given) END AS model,
                CASE WHEN g.provider_plain IS NOT FALSE THEN g.provider_given
@@ -114,7 +111,7 @@ BEGIN
         WINDOW w AS (PARTITION BY v.key ORDER BY v.ord)
     ), n AS (
         -- the first row of each key, with the registry's entry for the key when this statement sees one
-        SELECT d.ord, d.elem, d.key, d.agent_id, d.provider, d.model, d.tin, d.tout, d.cost, d.cost_given, d.priced,
+        SELECT d.ord, d.key, d.agent_id, d.provider, d.model, d.tin, d.tout, d.cost, d.cost_given, d.priced,
                d.source, d.created_at, d.metadata, k.ledger_id AS s_id, k.created_at AS s_at
           FROM d LEFT JOIN llm_cost_log_key k ON k.idempotency_key = d.key
          WHERE d.rn = 1
@@ -133,23 +130,23 @@ BEGIN
     ), stored AS (
         -- keys the ledger holds: a replay when it holds the same agent and (given) cost
         SELECT y.*, (y.s_agent = y.agent_id AND (y.cost_given IS NULL OR y.s_cost = y.cost_given)) AS same
-          FROM (SELECT n.ord, n.elem, n.key, n.agent_id, n.cost_given, n.s_id,
+          FROM (SELECT n.ord, n.key, n.agent_id, n.cost_given, n.s_id,
                        (SELECT x.agent_id FROM llm_cost_log x WHERE x.id = n.s_id AND x.created_at = n.s_at) AS s_agent,
                        (SELECT x.cost_usd FROM llm_cost_log x WHERE x.id = n.s_id AND x.created_at = n.s_at) AS s_cost
                   FROM n WHERE n.s_id IS NOT NULL) y
     ), later AS (
-        SELECT d.ord, d.elem, d.key, d.agent_id, d.cost,
+        SELECT d.ord, d.key, d.agent_id, d.cost,
                (d.agent_id = d.first_agent AND d.cost = d.first_cost) AS same, d.first_agent, d.first_cost
           FROM d WHERE d.rn > 1
     ), q AS (
         INSERT INTO cost_quarantine (idempotency_key, payload, sqlstate, reason)
-        SELECT left(x.key, 200), x.elem, x.state, x.reason
+        SELECT left(x.key, 200), p_batch -> (x.ord::integer - 1), x.state, x.reason
           FROM (
-            SELECT v.ord, v.key, v.elem,
+            SELECT v.ord, v.key,
                    CASE WHEN v.rule IN (2, 5, 8, 18) THEN '22004' WHEN v.rule IN (12, 14, 20, 24, 25) THEN '22003'
                         WHEN v.rule = 19 THEN 'P0002' ELSE '22023' END AS state,
                    CASE v.rule
-                       WHEN 1 THEN format('batch row must be a JSON object, got %s', jsonb_typeof(v.elem))
+                       WHEN 1 THEN format('batch row must be a JSON object, got %s', v.typ)
                        WHEN 2 THEN 'idempotency_key must not be NULL'
                        WHEN 3 THEN v.key_error
                        WHEN 5 THEN 'model must not be NULL'
@@ -187,12 +184,12 @@ BEGIN
                    END AS reason
               FROM v WHERE v.rule IS NOT NULL
             UNION ALL
-            SELECT s.ord, s.key, s.elem, '23505',
+            SELECT s.ord, s.key, '23505',
                    format('idempotency key %L already records %s USD for agent %s (ledger %s), not %s USD for agent %s',
                           left(s.key, 200), s.s_cost, s.s_agent, s.s_id, s.cost_given, s.agent_id)
               FROM stored s WHERE NOT s.same
             UNION ALL
-            SELECT l.ord, l.key, l.elem, '23505',
+            SELECT l.ord, l.key, '23505',
                    format('idempotency key %L appears twice in the batch with different costs (%s USD for agent %s, then %s USD for agent %s)',
                           left(l.key, 200), l.first_cost, l.first_agent, l.cost, l.agent_id)
               FROM later l WHERE NOT l.same
@@ -239,7 +236,7 @@ BEGIN
            (SELECT array_agg(ch.thresholds ORDER BY ch.rank, ch.id, ch.ps) FROM charges ch),
            (SELECT array_agg(ch.slices::integer ORDER BY ch.rank, ch.id, ch.ps) FROM charges ch),
            (SELECT jsonb_agg(jsonb_build_object(
-                       'elem', v.elem, 'reservation_id', substr(v.key, 13)::bigint, 'agent_id', v.agent_id,
+                       'elem', p_batch -> (v.ord::integer - 1), 'reservation_id', substr(v.key, 13)::bigint, 'agent_id', v.agent_id,
                        'cost_usd', v.cost, 'cost_given', v.cost_given, 'priced_usd', v.priced, 'cost_source', v.source,
                        'input_tokens', v.tin, 'output_tokens', v.tout, 'model', v.model, 'provider', v.provider,
                        'metadata', v.metadata, 'created_at', v.created_at) ORDER BY v.ord)
