@@ -69,52 +69,51 @@ BEGIN
                CASE WHEN g.provider_plain IS NOT FALSE THEN NULL
                     ELSE (sigledger._text_norm(g.provider_given, 'provider', 200, 800)).error END AS provider_error
           FROM g
-    ), p AS MATERIALIZED (
-        SELECT h.*,
-               EXISTS (SELECT 1 FROM agent_registry a WHERE a.id = h.agent_id) AS agent_known,
-               (SELECT round((h.tin * mp.input_usd_per_mtok + h.tout * mp.output_usd_per_mtok) / 1000000, 10)
-                  FROM model_price mp
-                 WHERE mp.provider = h.provider AND mp.model = h.model AND mp.valid_from <= h.created_at
-                 ORDER BY mp.valid_from DESC LIMIT 1) AS priced
-          FROM h
     ), v AS (
-        SELECT p.*, coalesce(p.cost_given, p.priced) AS cost,
-               CASE WHEN p.cost_given IS NULL THEN 'price_table' ELSE 'client' END AS source,
-               p.key LIKE 'reservation:%' AND p.key ~ '^reservation:[0-9]{1,18}$' AS is_reservation,
+        -- the price, the agent and the first rule a row breaks, in one pass (the price as a lateral join, so that
+        -- the rules read it once)
+        SELECT h.*, pr.priced, coalesce(h.cost_given, pr.priced) AS cost,
+               CASE WHEN h.cost_given IS NULL THEN 'price_table' ELSE 'client' END AS source,
+               h.key LIKE 'reservation:%' AND h.key ~ '^reservation:[0-9]{1,18}$' AS is_reservation,
                -- the first rule a row breaks, in _cost_validate's order (NULL: valid)
-               CASE WHEN NOT p.is_obj THEN 1
-                    WHEN p.key IS NULL THEN 2 WHEN p.key_error IS NOT NULL THEN 3
-                    WHEN p.model IS NULL THEN 5 WHEN p.model_error IS NOT NULL THEN 6
-                    WHEN p.provider IS NULL THEN 8 WHEN p.provider_error IS NOT NULL THEN 9
-                    WHEN p.tin < 0 THEN 11 WHEN p.tin > 1000000000000 THEN 12
-                    WHEN p.tout < 0 THEN 13 WHEN p.tout > 1000000000000 THEN 14
-                    WHEN p.created_at <= timestamptz '2020-01-01 00:00:00+00' OR p.created_at > v_now + interval '1 day' THEN 15
-                    WHEN p.created_at < v_now - c_backdate_window THEN 16
-                    WHEN jsonb_typeof(p.metadata) <> 'object' THEN 17
-                    WHEN p.agent_id IS NULL THEN 18 WHEN NOT p.agent_known THEN 19
-                    WHEN p.priced > 100000000 THEN 20
-                    WHEN p.cost_given IS NULL AND p.priced IS NULL THEN 21
-                    WHEN coalesce(p.cost_given, p.priced) IN ('NaN', 'Infinity', '-Infinity') THEN 22
-                    WHEN coalesce(p.cost_given, p.priced) < 0 THEN 23
-                    WHEN coalesce(p.cost_given, p.priced) > 1000000 THEN 24
-                    WHEN coalesce(p.cost_given, p.priced) <> round(coalesce(p.cost_given, p.priced), 10) THEN 25
-                    WHEN p.key LIKE 'check:%' THEN 26
-                    WHEN p.key LIKE 'reservation:%' AND p.key !~ '^reservation:[0-9]{1,18}$' THEN 27
+               CASE WHEN NOT h.is_obj THEN 1
+                    WHEN h.key IS NULL THEN 2 WHEN h.key_error IS NOT NULL THEN 3
+                    WHEN h.model IS NULL THEN 5 WHEN h.model_error IS NOT NULL THEN 6
+                    WHEN h.provider IS NULL THEN 8 WHEN h.provider_error IS NOT NULL THEN 9
+                    WHEN h.tin < 0 THEN 11 WHEN h.tin > 1000000000000 THEN 12
+                    WHEN h.tout < 0 THEN 13 WHEN h.tout > 1000000000000 THEN 14
+                    WHEN h.created_at <= timestamptz '2020-01-01 00:00:00+00' OR h.created_at > v_now + interval '1 day' THEN 15
+                    WHEN h.created_at < v_now - c_backdate_window THEN 16
+                    WHEN jsonb_typeof(h.metadata) <> 'object' THEN 17
+                    WHEN h.agent_id IS NULL THEN 18 WHEN a.id IS NULL THEN 19
+                    WHEN pr.priced > 100000000 THEN 20
+                    WHEN h.cost_given IS NULL AND pr.priced IS NULL THEN 21
+                    WHEN coalesce(h.cost_given, pr.priced) IN ('NaN', 'Infinity', '-Infinity') THEN 22
+                    WHEN coalesce(h.cost_given, pr.priced) < 0 THEN 23
+                    WHEN coalesce(h.cost_given, pr.priced) > 1000000 THEN 24
+                    WHEN coalesce(h.cost_given, pr.priced) <> round(coalesce(h.cost_given, pr.priced), 10) THEN 25
+                    WHEN h.key LIKE 'check:%' THEN 26
+                    WHEN h.key LIKE 'reservation:%' AND h.key !~ '^reservation:[0-9]{1,18}$' THEN 27
                END AS rule
-          FROM p
-    ), d AS (
-        -- valid rows of the application's own keys; within the batch the first occurrence of a key is the row,
-        -- later ones are replays of it
-        SELECT v.*, row_number() OVER w AS rn, first_value(v.agent_id) OVER w AS first_agent,
-               first_value(v.cost) OVER w AS first_cost
-          FROM v WHERE v.rule IS NULL AND NOT v.is_reservation
-        WINDOW w AS (PARTITION BY v.key ORDER BY v.ord)
+          FROM h
+          LEFT JOIN agent_registry a ON a.id = h.agent_id
+          LEFT JOIN LATERAL (SELECT round((h.tin * mp.input_usd_per_mtok + h.tout * mp.output_usd_per_mtok) / 1000000, 10)
+                                    AS priced
+                               FROM model_price mp
+                              WHERE mp.provider = h.provider AND mp.model = h.model AND mp.valid_from <= h.created_at
+                              ORDER BY mp.valid_from DESC LIMIT 1) pr ON true
     ), n AS (
-        -- the first row of each key, with the registry's entry for the key when this statement sees one
-        SELECT d.ord, d.key, d.agent_id, d.provider, d.model, d.tin, d.tout, d.cost, d.cost_given, d.priced,
-               d.source, d.created_at, d.metadata, k.ledger_id AS s_id, k.created_at AS s_at
-          FROM d LEFT JOIN llm_cost_log_key k ON k.idempotency_key = d.key
-         WHERE d.rn = 1
+        -- the valid rows of the application's own keys. Within the batch the first occurrence of a key is the
+        -- row, later ones are replays of it (the keys compared as bytes: "C" sorts without the locale); the
+        -- first carries the registry's entry for its key when this statement sees one
+        SELECT d.*, k.ledger_id AS s_id, k.created_at AS s_at
+          FROM (SELECT v.ord, v.key, v.agent_id, v.provider, v.model, v.tin, v.tout, v.cost, v.cost_given, v.priced,
+                       v.source, v.created_at, v.metadata,
+                       row_number() OVER w AS rn, first_value(v.agent_id) OVER w AS first_agent,
+                       first_value(v.cost) OVER w AS first_cost
+                  FROM v WHERE v.rule IS NULL AND NOT v.is_reservation
+                WINDOW w AS (PARTITION BY v.key COLLATE "C" ORDER BY v.ord)) d
+          LEFT JOIN llm_cost_log_key k ON d.rn = 1 AND k.idempotency_key = d.key
     ), ins AS (
         -- the new keys, in key order: the ledger's trigger registers each key as it does for every writer. A key
         -- that a concurrent transaction registered makes it wait for that one (two batches sharing keys take
@@ -124,8 +123,8 @@ BEGIN
                                   cost_usd, priced_usd, cost_source, reservation_id, charged_at, created_at, metadata)
         SELECT n.key, n.agent_id, n.provider, n.model, n.tin, n.tout, n.cost, n.priced, n.source,
                NULL, n.created_at, n.created_at, n.metadata
-          FROM n WHERE n.s_id IS NULL
-         ORDER BY n.key
+          FROM n WHERE n.rn = 1 AND n.s_id IS NULL
+         ORDER BY n.key COLLATE "C"
         RETURNING agent_id, charged_at, cost_usd
     ), stored AS (
         -- keys the ledger holds: a replay when it holds the same agent and (given) cost
@@ -133,11 +132,11 @@ BEGIN
           FROM (SELECT n.ord, n.key, n.agent_id, n.cost_given, n.s_id,
                        (SELECT x.agent_id FROM llm_cost_log x WHERE x.id = n.s_id AND x.created_at = n.s_at) AS s_agent,
                        (SELECT x.cost_usd FROM llm_cost_log x WHERE x.id = n.s_id AND x.created_at = n.s_at) AS s_cost
-                  FROM n WHERE n.s_id IS NOT NULL) y
+                  FROM n WHERE n.rn = 1 AND n.s_id IS NOT NULL) y
     ), later AS (
-        SELECT d.ord, d.key, d.agent_id, d.cost,
-               (d.agent_id = d.first_agent AND d.cost = d.first_cost) AS same, d.first_agent, d.first_cost
-          FROM d WHERE d.rn > 1
+        SELECT n.ord, n.key, n.agent_id, n.cost,
+               (n.agent_id = n.first_agent AND n.cost = n.first_cost) AS same, n.first_agent, n.first_cost
+          FROM n WHERE n.rn > 1
     ), q AS (
         INSERT INTO cost_quarantine (idempotency_key, payload, sqlstate, reason)
         SELECT left(x.key, 200), p_batch -> (x.ord::integer - 1), x.state, x.reason
