@@ -242,8 +242,10 @@ inserted, replays (an existing key with the same agent and cost) counted as dupl
 (a bad or malformed value, created_at more than 7 days old, a key that records another cost: 23505, a
 reserved key that does not fit its reservation) quarantined in cost_quarantine with its SQLSTATE and reason;
 the others go in. Returns (inserted, duplicates, quarantined). Budgets are charged once per budget and
-period, in lock order.
-SQLSTATE: 22023, 55P03';
+period, in lock order. A batch sharing keys with a concurrent one waits for it at the first shared key, then
+compares with what it committed; 40001 (nothing written) when its keys keep being recorded by concurrent
+batches.
+SQLSTATE: 22023, 55P03, 40001';
 
 -- add_model_price: adds a dated price; prices are never edited, a new valid_from supersedes.
 CREATE OR REPLACE FUNCTION sigledger.add_model_price(

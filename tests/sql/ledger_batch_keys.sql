@@ -7,7 +7,7 @@
 -- took the batch.
 BEGIN;
 SET LOCAL client_min_messages = warning;
-SELECT plan(21);
+SELECT plan(23);
 
 SELECT sigledger.create_agent('bk-a', 1000) AS a \gset
 SELECT sigledger.create_agent('bk-b', 1000) AS b \gset
@@ -93,6 +93,23 @@ SELECT ok((SELECT bool_and(k.ledger_id = l.id) AND count(*) = 9
              FROM sigledger.llm_cost_log l JOIN sigledger.llm_cost_log_key k USING (idempotency_key)
             WHERE l.idempotency_key LIKE 'bk-%'), 'every ledger row registered under its id');
 SELECT is((SELECT spent_usd FROM sigledger.budget_status(:'a')), 3.702::numeric, 'charged for the two new rows');
+
+-- 5. a batch whose keys keep being taken by concurrent batches (here: a trigger that says so on every insert)
+--    is tried again with a new snapshot a bounded number of times, then refused whole with 40001 (retryable)
+CREATE FUNCTION public.bk_always_taken() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION USING ERRCODE = '23505', MESSAGE = 'taken by a concurrent batch (test)';
+END;
+$$;
+CREATE TRIGGER bk_always_taken BEFORE INSERT ON sigledger.llm_cost_log
+    FOR EACH ROW EXECUTE FUNCTION public.bk_always_taken();
+SET LOCAL ROLE sigledger_app;
+SELECT throws_ok(format($$SELECT * FROM sigledger.record_costs(%L)$$, pg_temp.batch(('bk-10', :'a', 1)::row_of)),
+    '40001', 'record_costs gave up after 5 attempts: keys of the batch kept being recorded by concurrent batches',
+    'keys that keep being taken: 40001 after 5 attempts');
+RESET ROLE;
+DROP TRIGGER bk_always_taken ON sigledger.llm_cost_log;
+SELECT is((SELECT count(*) FROM sigledger.llm_cost_log WHERE idempotency_key = 'bk-10'), 0::bigint, 'nothing recorded');
 
 SELECT * FROM finish();
 ROLLBACK;
