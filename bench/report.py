@@ -36,6 +36,7 @@ BUDGET_LABELS = {
     "a_check_and_record_sliced": "check_and_record, 8 slices",
     "b_bare_reserve_settle": "bare SQL",
     "b_bare_record": "bare SQL",
+    "b_bare_record_sliced": "bare SQL on a random slice",
     "b_raw_update": "raw single-row UPDATE",
     "c_seed": "seed NOWAIT",
 }

@@ -2149,25 +2149,24 @@ $$;
 ALTER FUNCTION sigledger._reconcile_expected(p_budget_id bigint, p_period_start timestamp with time zone, OUT spent_usd numeric, OUT reserved_usd numeric) OWNER TO sigledger_owner;
 
 --
--- Name: _record_costs_rows(jsonb); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+-- Name: _record_costs_cast(jsonb); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
 --
 
-CREATE FUNCTION sigledger._record_costs_rows(p_batch jsonb, OUT inserted integer, OUT duplicates integer, OUT quarantined integer, OUT charge_budget_ids bigint[], OUT charge_periods timestamp with time zone[], OUT charge_amounts numeric[], OUT charge_caps numeric[], OUT charge_limits numeric[], OUT charge_thresholds text[], OUT charge_slices integer[], OUT reserved jsonb) RETURNS record
+CREATE FUNCTION sigledger._record_costs_cast(p_batch jsonb, OUT clean jsonb, OUT bad integer) RETURNS record
     LANGUAGE plpgsql
     SET search_path TO 'sigledger', 'pg_temp'
     AS $$
 DECLARE
     v_elem jsonb;
-    v_clean jsonb := '[]'::jsonb;
     v_row jsonb;
-    v_bad integer := 0;
     v_state text;
     v_msg text;
-    r record;
 BEGIN
+    clean := '[]'::jsonb;
+    bad := 0;
     FOR v_elem IN SELECT e FROM jsonb_array_elements(p_batch) e LOOP
         IF jsonb_typeof(v_elem) <> 'object' THEN
-            v_clean := v_clean || jsonb_build_array(v_elem);  -- quarantined by the set-based rules
+            clean := clean || jsonb_build_array(v_elem);  -- quarantined by the set-based rules
             CONTINUE;
         END IF;
         BEGIN
@@ -2177,23 +2176,88 @@ BEGIN
                 'output_tokens', (v_elem ->> 'output_tokens')::bigint,
                 'cost_usd', ((v_elem ->> 'cost_usd')::numeric)::text,
                 'created_at', ((v_elem ->> 'created_at')::timestamptz)::text));
-            v_clean := v_clean || jsonb_build_array(v_row);
+            clean := clean || jsonb_build_array(v_row);
         EXCEPTION WHEN data_exception THEN
             GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_msg = MESSAGE_TEXT;
             INSERT INTO sigledger.cost_quarantine (idempotency_key, payload, sqlstate, reason)
             VALUES (left(v_elem ->> 'idempotency_key', 200), v_elem, v_state, v_msg);
-            v_bad := v_bad + 1;
+            bad := bad + 1;
         END;
     END LOOP;
-    r := sigledger._record_costs_set(v_clean);
-    inserted := r.inserted; duplicates := r.duplicates; quarantined := r.quarantined + v_bad;
-    charge_budget_ids := r.charge_budget_ids; charge_periods := r.charge_periods; charge_amounts := r.charge_amounts;
-    charge_caps := r.charge_caps; charge_limits := r.charge_limits; charge_thresholds := r.charge_thresholds;
-    charge_slices := r.charge_slices; reserved := r.reserved;
 END;
 $$;
 
-ALTER FUNCTION sigledger._record_costs_rows(p_batch jsonb, OUT inserted integer, OUT duplicates integer, OUT quarantined integer, OUT charge_budget_ids bigint[], OUT charge_periods timestamp with time zone[], OUT charge_amounts numeric[], OUT charge_caps numeric[], OUT charge_limits numeric[], OUT charge_thresholds text[], OUT charge_slices integer[], OUT reserved jsonb) OWNER TO sigledger_owner;
+ALTER FUNCTION sigledger._record_costs_cast(p_batch jsonb, OUT clean jsonb, OUT bad integer) OWNER TO sigledger_owner;
+
+--
+-- Name: _record_costs_charge(bigint[], timestamp with time zone[], numeric[], numeric[], numeric[], text[], integer[]); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger._record_costs_charge(p_ids bigint[], p_periods timestamp with time zone[], p_amounts numeric[], p_caps numeric[], p_limits numeric[], p_thresholds text[], p_slices integer[]) RETURNS void
+    LANGUAGE plpgsql
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+DECLARE
+    v_n integer := coalesce(cardinality(p_ids), 0);
+    v_done boolean := false;
+    v_ready integer;
+    v_crossed integer[];
+    v_spent numeric[];
+    v_count integer;
+    s record;
+BEGIN
+    IF v_n = 0 THEN
+        RETURN;
+    END IF;
+    IF 1 = ALL (p_slices) THEN
+        BEGIN
+            SELECT count(*) FILTER (WHERE x.fits) INTO v_ready
+              FROM (SELECT c.amount <= 0 OR sp.spent_usd + sp.reserved_usd + c.amount <= sp.cap_usd AS fits
+                      FROM unnest(p_ids, p_periods, p_amounts) WITH ORDINALITY AS c(id, ps, amount, i)
+                      JOIN budget_spend sp ON sp.budget_id = c.id AND sp.period_start = c.ps AND sp.slice = 0
+                     ORDER BY c.i
+                       FOR UPDATE OF sp) x;
+            IF v_ready < v_n THEN
+                RAISE EXCEPTION USING ERRCODE = 'SLZ00', MESSAGE = 'a charge needs _spend_apply (internal, never raised to callers)';
+            END IF;
+            WITH c AS (
+                SELECT * FROM unnest(p_ids, p_periods, p_amounts, p_thresholds) WITH ORDINALITY AS c(id, ps, amount, thresholds, i)
+            ), u AS (
+                UPDATE budget_spend sp SET spent_usd = sp.spent_usd + c.amount
+                  FROM c
+                 WHERE sp.budget_id = c.id AND sp.period_start = c.ps AND sp.slice = 0
+                RETURNING c.i, sp.spent_usd, c.thresholds,
+                          sp.next_alert_usd IS NULL OR sp.spent_usd >= sp.next_alert_usd AS crossed
+            )
+            SELECT count(*), array_agg(u.i ORDER BY u.i) FILTER (WHERE u.alert),
+                   array_agg(u.spent_usd ORDER BY u.i) FILTER (WHERE u.alert)
+              INTO v_count, v_crossed, v_spent
+              FROM (SELECT u.*, u.crossed AND p_amounts[u.i] > 0 AND cardinality(u.thresholds::numeric[]) > 0 AS alert
+                      FROM u) u;
+            IF v_count <> v_n THEN
+                RAISE EXCEPTION USING ERRCODE = 'XX000',
+                    MESSAGE = format('record_costs charged %s of %s locked budget periods', v_count, v_n);
+            END IF;
+            v_done := true;
+        EXCEPTION WHEN SQLSTATE 'SLZ00' THEN
+            v_done := false;
+        END;
+    END IF;
+    IF v_done THEN
+        FOR i IN 1 .. coalesce(cardinality(v_crossed), 0) LOOP
+            v_count := _spend_crossed(p_ids[v_crossed[i]], p_periods[v_crossed[i]],
+                                      v_spent[i] - p_amounts[v_crossed[i]], v_spent[i]);
+        END LOOP;
+        RETURN;
+    END IF;
+    FOR i IN 1 .. v_n LOOP
+        s := _spend_apply(p_ids[i], p_periods[i], p_caps[i], p_slices[i], NULL, p_amounts[i], 0, false, p_limits[i],
+                          p_thresholds[i]::numeric[]);
+    END LOOP;
+END;
+$$;
+
+ALTER FUNCTION sigledger._record_costs_charge(p_ids bigint[], p_periods timestamp with time zone[], p_amounts numeric[], p_caps numeric[], p_limits numeric[], p_thresholds text[], p_slices integer[]) OWNER TO sigledger_owner;
 
 --
 -- Name: _record_costs_set(jsonb); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
@@ -2207,35 +2271,32 @@ DECLARE
     c_backdate_window CONSTANT interval := interval '7 days';
     v_now timestamptz := now();
 BEGIN
-    WITH e AS (
-        SELECT x.ord, x.elem, jsonb_typeof(x.elem) = 'object' AS is_obj
+    WITH f AS (
+        -- the casts: a value that does not cast raises here (the caller then casts row by row). The element
+        -- itself is not carried on (a quarantined row's payload is read back by its position): every CTE below
+        -- that is materialized stores only the columns. (->> on an element that is not an object is NULL.)
+        SELECT x.ord, jsonb_typeof(x.elem) AS typ, jsonb_typeof(x.elem) = 'object' AS is_obj,
+               x.elem ->> 'idempotency_key' AS key,
+               (x.elem ->> 'agent_id')::uuid AS agent_id,
+               x.elem ->> 'model' AS model,
+               x.elem ->> 'provider' AS provider,
+               coalesce((x.elem ->> 'input_tokens')::bigint, 0) AS tin,
+               coalesce((x.elem ->> 'output_tokens')::bigint, 0) AS tout,
+               (x.elem ->> 'cost_usd')::numeric AS cost_given,
+               coalesce((x.elem ->> 'created_at')::timestamptz, v_now) AS created_at,
+               coalesce(x.elem -> 'metadata', '{}'::jsonb) AS metadata
           FROM jsonb_array_elements(p_batch) WITH ORDINALITY AS x(elem, ord)
-    ), f AS (
-        -- the casts: a value that does not cast raises here (the caller then goes row by row)
-        SELECT e.ord, e.elem, e.is_obj,
-               e.elem ->> 'idempotency_key' AS key,
-               (e.elem ->> 'agent_id')::uuid AS agent_id,
-               e.elem ->> 'model' AS model,
-               e.elem ->> 'provider' AS provider,
-               coalesce((e.elem ->> 'input_tokens')::bigint, 0) AS tin,
-               coalesce((e.elem ->> 'output_tokens')::bigint, 0) AS tout,
-               (e.elem ->> 'cost_usd')::numeric AS cost_given,
-               coalesce((e.elem ->> 'created_at')::timestamptz, v_now) AS created_at,
-               coalesce(e.elem -> 'metadata', '{}'::jsonb) AS metadata
-          FROM e WHERE e.is_obj
-        UNION ALL
-        SELECT e.ord, e.elem, false, NULL, NULL, NULL, NULL, 0, 0, NULL, v_now, '{}'::jsonb FROM e WHERE NOT e.is_obj
-    ), g AS (
+    ), g AS MATERIALIZED (
         -- plain values pass as they are; the rules (_text_norm) run only for the others, in CASE branches (a
         -- LATERAL join per column cost a third of the throughput even when it was filtered out)
-        SELECT f.ord, f.elem, f.is_obj, f.key, f.agent_id, f.tin, f.tout, f.cost_given, f.created_at, f.metadata,
+        SELECT f.ord, f.typ, f.is_obj, f.key, f.agent_id, f.tin, f.tout, f.cost_given, f.created_at, f.metadata,
                f.key ~ '^[!-~]([ -~]*[!-~])?$' AND length(f.key) <= 200 AS key_plain,
                f.model ~ '^[!-~]([ -~]*[!-~])?$' AND length(f.model) <= 200 AS model_plain,
                f.provider ~ '^[!-~]([ -~]*[!-~])?$' AND length(f.provider) <= 200 AS provider_plain,
                f.model AS model_given, f.provider AS provider_given
           FROM f
     ), h AS (
-        SELECT g.ord, g.elem, g.is_obj, g.key, g.agent_id,
+        SELECT g.ord, g.typ, g.is_obj, g.key, g.agent_id,
                CASE WHEN g.model_plain IS NOT FALSE THEN g.model_given
                     ELSE coalesce((sigledger._text_norm(g.model_given, 'model', 200, 800)).value, g.model_given) END AS model,
                CASE WHEN g.provider_plain IS NOT FALSE THEN g.provider_given
@@ -2249,89 +2310,83 @@ BEGIN
                CASE WHEN g.provider_plain IS NOT FALSE THEN NULL
                     ELSE (sigledger._text_norm(g.provider_given, 'provider', 200, 800)).error END AS provider_error
           FROM g
-    ), p AS (
-        SELECT h.*,
-               EXISTS (SELECT 1 FROM agent_registry a WHERE a.id = h.agent_id) AS agent_known,
-               (SELECT round((h.tin * mp.input_usd_per_mtok + h.tout * mp.output_usd_per_mtok) / 1000000, 10)
-                  FROM model_price mp
-                 WHERE mp.provider = h.provider AND mp.model = h.model AND mp.valid_from <= h.created_at
-                 ORDER BY mp.valid_from DESC LIMIT 1) AS priced
-          FROM h
     ), v AS (
-        SELECT p.*, coalesce(p.cost_given, p.priced) AS cost,
-               CASE WHEN p.cost_given IS NULL THEN 'price_table' ELSE 'client' END AS source,
-               p.key LIKE 'reservation:%' AND p.key ~ '^reservation:[0-9]{1,18}$' AS is_reservation,
+        -- the price, the agent and the first rule a row breaks, in one pass (the price as a lateral join, so that
+        -- the rules read it once)
+        SELECT h.*, pr.priced, coalesce(h.cost_given, pr.priced) AS cost,
+               CASE WHEN h.cost_given IS NULL THEN 'price_table' ELSE 'client' END AS source,
+               h.key LIKE 'reservation:%' AND h.key ~ '^reservation:[0-9]{1,18}$' AS is_reservation,
                -- the first rule a row breaks, in _cost_validate's order (NULL: valid)
-               CASE WHEN NOT p.is_obj THEN 1
-                    WHEN p.key IS NULL THEN 2 WHEN p.key_error IS NOT NULL THEN 3
-                    WHEN p.model IS NULL THEN 5 WHEN p.model_error IS NOT NULL THEN 6
-                    WHEN p.provider IS NULL THEN 8 WHEN p.provider_error IS NOT NULL THEN 9
-                    WHEN p.tin < 0 THEN 11 WHEN p.tin > 1000000000000 THEN 12
-                    WHEN p.tout < 0 THEN 13 WHEN p.tout > 1000000000000 THEN 14
-                    WHEN p.created_at <= timestamptz '2020-01-01 00:00:00+00' OR p.created_at > v_now + interval '1 day' THEN 15
-                    WHEN p.created_at < v_now - c_backdate_window THEN 16
-                    WHEN jsonb_typeof(p.metadata) <> 'object' THEN 17
-                    WHEN p.agent_id IS NULL THEN 18 WHEN NOT p.agent_known THEN 19
-                    WHEN p.priced > 100000000 THEN 20
-                    WHEN p.cost_given IS NULL AND p.priced IS NULL THEN 21
-                    WHEN coalesce(p.cost_given, p.priced) IN ('NaN', 'Infinity', '-Infinity') THEN 22
-                    WHEN coalesce(p.cost_given, p.priced) < 0 THEN 23
-                    WHEN coalesce(p.cost_given, p.priced) > 1000000 THEN 24
-                    WHEN coalesce(p.cost_given, p.priced) <> round(coalesce(p.cost_given, p.priced), 10) THEN 25
-                    WHEN p.key LIKE 'check:%' THEN 26
-                    WHEN p.key LIKE 'reservation:%' AND p.key !~ '^reservation:[0-9]{1,18}$' THEN 27
+               CASE WHEN NOT h.is_obj THEN 1
+                    WHEN h.key IS NULL THEN 2 WHEN h.key_error IS NOT NULL THEN 3
+                    WHEN h.model IS NULL THEN 5 WHEN h.model_error IS NOT NULL THEN 6
+                    WHEN h.provider IS NULL THEN 8 WHEN h.provider_error IS NOT NULL THEN 9
+                    WHEN h.tin < 0 THEN 11 WHEN h.tin > 1000000000000 THEN 12
+                    WHEN h.tout < 0 THEN 13 WHEN h.tout > 1000000000000 THEN 14
+                    WHEN h.created_at <= timestamptz '2020-01-01 00:00:00+00' OR h.created_at > v_now + interval '1 day' THEN 15
+                    WHEN h.created_at < v_now - c_backdate_window THEN 16
+                    WHEN jsonb_typeof(h.metadata) <> 'object' THEN 17
+                    WHEN h.agent_id IS NULL THEN 18 WHEN a.id IS NULL THEN 19
+                    WHEN pr.priced > 100000000 THEN 20
+                    WHEN h.cost_given IS NULL AND pr.priced IS NULL THEN 21
+                    WHEN coalesce(h.cost_given, pr.priced) IN ('NaN', 'Infinity', '-Infinity') THEN 22
+                    WHEN coalesce(h.cost_given, pr.priced) < 0 THEN 23
+                    WHEN coalesce(h.cost_given, pr.priced) > 1000000 THEN 24
+                    WHEN coalesce(h.cost_given, pr.priced) <> round(coalesce(h.cost_given, pr.priced), 10) THEN 25
+                    WHEN h.key LIKE 'check:%' THEN 26
+                    WHEN h.key LIKE 'reservation:%' AND h.key !~ '^reservation:[0-9]{1,18}$' THEN 27
                END AS rule
-          FROM p
-    ), d AS (
-        -- valid rows of the application's own keys; within the batch the first occurrence of a key is the row
-        -- (it takes a ledger id now), later ones are replays of it
-        SELECT v.*, row_number() OVER w AS rn, first_value(v.agent_id) OVER w AS first_agent,
-               first_value(v.cost) OVER w AS first_cost,
-               CASE WHEN row_number() OVER w = 1 THEN nextval('sigledger.llm_cost_log_id_seq'::regclass) END AS lid
-          FROM v WHERE v.rule IS NULL AND NOT v.is_reservation
-        WINDOW w AS (PARTITION BY v.key ORDER BY v.ord)
-    ), claim AS (
-        INSERT INTO llm_cost_log_key AS k (idempotency_key, ledger_id, reservation_id, created_at)
-        SELECT d.key, d.lid, NULL, d.created_at FROM d WHERE d.rn = 1 ORDER BY d.key
-        ON CONFLICT ON CONSTRAINT llm_cost_log_key_pkey DO NOTHING
-        RETURNING k.ledger_id
+          FROM h
+          LEFT JOIN agent_registry a ON a.id = h.agent_id
+          LEFT JOIN LATERAL (SELECT round((h.tin * mp.input_usd_per_mtok + h.tout * mp.output_usd_per_mtok) / 1000000, 10)
+                                    AS priced
+                               FROM model_price mp
+                              WHERE mp.provider = h.provider AND mp.model = h.model AND mp.valid_from <= h.created_at
+                              ORDER BY mp.valid_from DESC LIMIT 1) pr ON true
+    ), n AS (
+        -- the valid rows of the application's own keys. Within the batch the first occurrence of a key is the
+        -- row, later ones are replays of it (the keys compared as bytes: "C" sorts without the locale); the
+        -- first carries the registry's entry for its key when this statement sees one
+        SELECT d.*, k.ledger_id AS s_id, k.created_at AS s_at
+          FROM (SELECT v.ord, v.key, v.agent_id, v.provider, v.model, v.tin, v.tout, v.cost, v.cost_given, v.priced,
+                       v.source, v.created_at, v.metadata,
+                       row_number() OVER w AS rn, first_value(v.agent_id) OVER w AS first_agent,
+                       first_value(v.cost) OVER w AS first_cost
+                  FROM v WHERE v.rule IS NULL AND NOT v.is_reservation
+                WINDOW w AS (PARTITION BY v.key COLLATE "C" ORDER BY v.ord)) d
+          LEFT JOIN llm_cost_log_key k ON d.rn = 1 AND k.idempotency_key = d.key
     ), ins AS (
-        INSERT INTO llm_cost_log (id, idempotency_key, agent_id, provider, model, tokens_input, tokens_output,
+        -- the new keys, in key order: the ledger's trigger registers each key as it does for every writer. A key
+        -- that a concurrent transaction registered makes it wait for that one (two batches sharing keys take
+        -- them in the same order: no deadlock); if that one committed, the trigger raises 23505 and record_costs
+        -- runs this statement again, with a snapshot that sees the key
+        INSERT INTO llm_cost_log (idempotency_key, agent_id, provider, model, tokens_input, tokens_output,
                                   cost_usd, priced_usd, cost_source, reservation_id, charged_at, created_at, metadata)
-        OVERRIDING SYSTEM VALUE
-        SELECT d.lid, d.key, d.agent_id, d.provider, d.model, d.tin, d.tout, d.cost, d.priced, d.source,
-               NULL, d.created_at, d.created_at, d.metadata
-          FROM d
-         -- (IS TRUE keeps the IN a hashed subplan: pulled up into a semi join, estimated at one row from the
-         -- validation CASE, it was planned as a nested loop over the claims, quadratic in the batch size)
-         WHERE d.rn = 1 AND (d.lid IN (SELECT claim.ledger_id FROM claim)) IS TRUE
+        SELECT n.key, n.agent_id, n.provider, n.model, n.tin, n.tout, n.cost, n.priced, n.source,
+               NULL, n.created_at, n.created_at, n.metadata
+          FROM n WHERE n.rn = 1 AND n.s_id IS NULL
+         ORDER BY n.key COLLATE "C"
         RETURNING agent_id, charged_at, cost_usd
     ), stored AS (
-        -- keys that existed: a replay when the ledger holds the same agent and (given) cost. A key committed by a
-        -- concurrent batch after this statement began is not visible here: counted as a replay.
-        SELECT y.*, (y.s_id IS NULL OR (y.s_agent = y.agent_id AND (y.cost_given IS NULL OR y.s_cost = y.cost_given)))
-                    AS same
-          FROM (SELECT z.*,
-                       (SELECT x.agent_id FROM llm_cost_log x WHERE x.id = z.s_id AND x.created_at = z.s_at) AS s_agent,
-                       (SELECT x.cost_usd FROM llm_cost_log x WHERE x.id = z.s_id AND x.created_at = z.s_at) AS s_cost
-                  FROM (SELECT d.ord, d.elem, d.key, d.agent_id, d.cost_given, k.ledger_id AS s_id, k.created_at AS s_at
-                          FROM d
-                          LEFT JOIN LATERAL (SELECT k.ledger_id, k.created_at FROM llm_cost_log_key k
-                                              WHERE k.idempotency_key = d.key) k ON true
-                         WHERE d.rn = 1 AND d.lid NOT IN (SELECT claim.ledger_id FROM claim)) z) y
+        -- keys the ledger holds: a replay when it holds the same agent and (given) cost
+        SELECT y.*, (y.s_agent = y.agent_id AND (y.cost_given IS NULL OR y.s_cost = y.cost_given)) AS same
+          FROM (SELECT n.ord, n.key, n.agent_id, n.cost_given, n.s_id,
+                       (SELECT x.agent_id FROM llm_cost_log x WHERE x.id = n.s_id AND x.created_at = n.s_at) AS s_agent,
+                       (SELECT x.cost_usd FROM llm_cost_log x WHERE x.id = n.s_id AND x.created_at = n.s_at) AS s_cost
+                  FROM n WHERE n.rn = 1 AND n.s_id IS NOT NULL) y
     ), later AS (
-        SELECT d.ord, d.elem, d.key, d.agent_id, d.cost,
-               (d.agent_id = d.first_agent AND d.cost = d.first_cost) AS same, d.first_agent, d.first_cost
-          FROM d WHERE d.rn > 1
+        SELECT n.ord, n.key, n.agent_id, n.cost,
+               (n.agent_id = n.first_agent AND n.cost = n.first_cost) AS same, n.first_agent, n.first_cost
+          FROM n WHERE n.rn > 1
     ), q AS (
         INSERT INTO cost_quarantine (idempotency_key, payload, sqlstate, reason)
-        SELECT left(x.key, 200), x.elem, x.state, x.reason
+        SELECT left(x.key, 200), p_batch -> (x.ord::integer - 1), x.state, x.reason
           FROM (
-            SELECT v.ord, v.key, v.elem,
+            SELECT v.ord, v.key,
                    CASE WHEN v.rule IN (2, 5, 8, 18) THEN '22004' WHEN v.rule IN (12, 14, 20, 24, 25) THEN '22003'
                         WHEN v.rule = 19 THEN 'P0002' ELSE '22023' END AS state,
                    CASE v.rule
-                       WHEN 1 THEN format('batch row must be a JSON object, got %s', jsonb_typeof(v.elem))
+                       WHEN 1 THEN format('batch row must be a JSON object, got %s', v.typ)
                        WHEN 2 THEN 'idempotency_key must not be NULL'
                        WHEN 3 THEN v.key_error
                        WHEN 5 THEN 'model must not be NULL'
@@ -2369,23 +2424,28 @@ BEGIN
                    END AS reason
               FROM v WHERE v.rule IS NOT NULL
             UNION ALL
-            SELECT s.ord, s.key, s.elem, '23505',
+            SELECT s.ord, s.key, '23505',
                    format('idempotency key %L already records %s USD for agent %s (ledger %s), not %s USD for agent %s',
                           left(s.key, 200), s.s_cost, s.s_agent, s.s_id, s.cost_given, s.agent_id)
               FROM stored s WHERE NOT s.same
             UNION ALL
-            SELECT l.ord, l.key, l.elem, '23505',
+            SELECT l.ord, l.key, '23505',
                    format('idempotency key %L appears twice in the batch with different costs (%s USD for agent %s, then %s USD for agent %s)',
                           left(l.key, 200), l.first_cost, l.first_agent, l.cost, l.agent_id)
               FROM later l WHERE NOT l.same
           ) x
          ORDER BY x.ord
         RETURNING 1
+    ), spent AS MATERIALIZED (
+        -- the inserted costs per agent and UTC day (no budget period is shorter than a day): the budget chains
+        -- are then joined per agent and day, not per row
+        SELECT ins.agent_id, date_trunc('day', ins.charged_at AT TIME ZONE 'UTC') AS day, sum(ins.cost_usd) AS amount
+          FROM ins GROUP BY 1, 2
     ), chain AS (
         -- the budgets each inserted agent's costs count against (agent, team, org; an agent budget without a
         -- limit of its own is not a level)
         SELECT a.agent_id, b.id, b.level, b.period, b.limit_usd, b.grace_ratio, b.alert_thresholds, b.slices
-          FROM (SELECT DISTINCT ins.agent_id FROM ins) a
+          FROM (SELECT DISTINCT spent.agent_id FROM spent) a
           JOIN budget ab ON ab.agent_id = a.agent_id
           JOIN LATERAL (SELECT ab.*
                         UNION ALL SELECT t.* FROM budget t WHERE t.id = ab.parent_id
@@ -2393,16 +2453,16 @@ BEGIN
             ON b.limit_usd IS NOT NULL
     ), charges AS (
         SELECT c.id, CASE c.level WHEN 'org' THEN 0 WHEN 'team' THEN 1 ELSE 2 END AS rank,
-               -- (the period inline: _period_start's CASE, kept in step; a PL/pgSQL call per row cost 15 ms per
-               -- 1,000 rows)
+               -- (the period inline: _period_start's CASE, kept in step, on the UTC day of charged_at; a PL/pgSQL
+               -- call per row cost 15 ms per 1,000 rows)
                CASE c.period WHEN 'none' THEN timestamptz '1970-01-01 00:00:00+00'
-                    WHEN 'daily' THEN date_trunc('day', ins.charged_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
-                    WHEN 'weekly' THEN date_trunc('week', ins.charged_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
-                    ELSE date_trunc('month', ins.charged_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' END AS ps,
-               sum(ins.cost_usd) AS amount,
+                    WHEN 'daily' THEN sp.day AT TIME ZONE 'UTC'
+                    WHEN 'weekly' THEN date_trunc('week', sp.day) AT TIME ZONE 'UTC'
+                    ELSE date_trunc('month', sp.day) AT TIME ZONE 'UTC' END AS ps,
+               sum(sp.amount) AS amount,
                min(c.limit_usd) AS limit_usd, min(c.limit_usd * (1 + c.grace_ratio)) AS cap,
                min(c.alert_thresholds::text) AS thresholds, min(c.slices) AS slices
-          FROM ins JOIN chain c ON c.agent_id = ins.agent_id
+          FROM spent sp JOIN chain c ON c.agent_id = sp.agent_id
          GROUP BY 1, 2, 3
     )
     SELECT (SELECT count(*) FROM ins),
@@ -2416,7 +2476,7 @@ BEGIN
            (SELECT array_agg(ch.thresholds ORDER BY ch.rank, ch.id, ch.ps) FROM charges ch),
            (SELECT array_agg(ch.slices::integer ORDER BY ch.rank, ch.id, ch.ps) FROM charges ch),
            (SELECT jsonb_agg(jsonb_build_object(
-                       'elem', v.elem, 'reservation_id', substr(v.key, 13)::bigint, 'agent_id', v.agent_id,
+                       'elem', p_batch -> (v.ord::integer - 1), 'reservation_id', substr(v.key, 13)::bigint, 'agent_id', v.agent_id,
                        'cost_usd', v.cost, 'cost_given', v.cost_given, 'priced_usd', v.priced, 'cost_source', v.source,
                        'input_tokens', v.tin, 'output_tokens', v.tout, 'model', v.model, 'provider', v.provider,
                        'metadata', v.metadata, 'created_at', v.created_at) ORDER BY v.ord)
@@ -2608,16 +2668,19 @@ BEGIN
                    -- (an increase beyond the estimate on a slice other than 0 goes through _spend_apply: a refusal
                    -- there must keep no lock before a rebalance)
                    AND (p_cost <= fr.estimate_usd OR coalesce(fr.slices[1], 0) = 0)
-                RETURNING s.budget_id, s.period_start, s.spent_usd,
+                RETURNING s.budget_id, s.period_start, s.slice, s.spent_usd,
                           fr.slices IS NULL AND (s.next_alert_usd IS NULL OR s.spent_usd >= s.next_alert_usd) AS crossed
             )
             SELECT fr.ledger_id, fr.agent_id, fr.estimate_usd, fr.budget_ids, fr.period_starts, fr.slices,
                    (SELECT count(*) FROM fl) AS written, fs.budget_id AS charged, fs.period_start, fs.spent_usd,
                    fs.crossed,
-                   -- a sliced period: its spend summed (as of this statement, plus this charge) for its alerts
+                   -- a sliced period: its spend summed for its alerts, the charged slice as the UPDATE left it
+                   -- (when it waited for another session's charge to that slice, the row it re-checked includes
+                   -- that charge, which the statement's snapshot does not), the other slices as of this statement
                    CASE WHEN fr.slices IS NOT NULL AND fs.budget_id IS NOT NULL
-                        THEN (SELECT sum(x.spent_usd) FROM sigledger.budget_spend x
-                               WHERE x.budget_id = fs.budget_id AND x.period_start = fs.period_start) + p_cost
+                        THEN (SELECT coalesce(sum(x.spent_usd), 0) FROM sigledger.budget_spend x
+                               WHERE x.budget_id = fs.budget_id AND x.period_start = fs.period_start
+                                 AND x.slice <> fs.slice) + fs.spent_usd
                    END AS sliced_spent
               INTO r
               FROM (SELECT 1) one LEFT JOIN fr ON true LEFT JOIN fs ON true;
@@ -3981,6 +4044,11 @@ DECLARE
     v_alerts integer;
     v_done boolean := false;
     v_refused boolean := false;
+    b_id bigint;
+    b_period timestamptz;
+    b_slices integer;
+    b_limit numeric;
+    b_thresholds numeric[];
 BEGIN
     IF p_agent_id IS NULL THEN
         RAISE EXCEPTION USING ERRCODE = '22004', MESSAGE = 'agent_id must not be NULL';
@@ -4032,43 +4100,55 @@ BEGIN
             RETURN NEXT;
             RETURN;
         END IF;
+        -- an agent whose only level is its own budget split over slices: its budget row by a plain query (the
+        -- chain function below costs a call, a GUC switch and a statement per level)
+        SELECT x.id, x.slices, _period_start(x.period, now()), x.limit_usd, x.alert_thresholds
+          INTO b_id, b_slices, b_period, b_limit, b_thresholds
+          FROM budget x
+         WHERE x.agent_id = p_agent_id AND x.parent_id IS NULL AND x.limit_usd IS NOT NULL AND x.slices > 1;
     END IF;
-    ch := _budget_chain_arrays(p_agent_id, now());
-    IF ch.ids IS NULL THEN
-        PERFORM 1 FROM agent_registry a WHERE a.id = p_agent_id;
-        RAISE EXCEPTION USING ERRCODE = 'P0002',
-            MESSAGE = CASE WHEN FOUND THEN format('agent %s has no budget', p_agent_id)
-                           ELSE format('unknown agent %s', p_agent_id) END;
+    IF b_id IS NULL THEN
+        ch := _budget_chain_arrays(p_agent_id, now());
+        n := coalesce(cardinality(ch.ids), 0);
+        IF n = 1 AND ch.slices[1] > 1 AND p_expected_version IS NULL AND NOT p_nowait THEN
+            b_id := ch.ids[1]; b_period := ch.periods[1]; b_slices := ch.slices[1]; b_limit := ch.limits[1];
+            b_thresholds := ch.thresholds[1]::numeric[];
+        END IF;
     END IF;
-    n := cardinality(ch.ids);
-    IF n = 1 AND ch.slices[1] > 1 AND p_expected_version IS NULL AND NOT p_nowait THEN
-        -- one level split over slices: the guarded spend on one slice, the ledger row and the period's sums in
-        -- one statement, in a subtransaction: a refusal (the slice is short, or its rows are missing) rolls it
-        -- back, keeping no lock on the slice (see 101_budget_spend.sql), and the general path below rebalances
-        v_slice := floor(random() * ch.slices[1])::integer;
+    IF b_id IS NOT NULL THEN
+        -- one level split over slices: the ledger row, then the guarded spend on one slice and the period's sums,
+        -- in one statement, in a subtransaction: a refusal (the slice is short, or its rows are missing) rolls it
+        -- all back, the ledger row included, keeping no lock on the slice (see 101_budget_spend.sql), and the
+        -- general path below rebalances. The ledger row is written first so that the slice's row lock, which
+        -- orders the costs charged to that slice, is held only from the spend update to commit.
+        v_slice := floor(random() * b_slices)::integer;
         BEGIN
-            WITH s AS (
-                UPDATE budget_spend s SET spent_usd = s.spent_usd + v_cost
-                 WHERE s.budget_id = ch.ids[1] AND s.period_start = ch.periods[1] AND s.slice = v_slice
-                   AND s.spent_usd + s.reserved_usd + v_cost <= s.cap_usd
-                RETURNING s.budget_id
-            ), l AS (
+            WITH l AS (
                 INSERT INTO llm_cost_log (idempotency_key, agent_id, provider, model, cost_usd, cost_source, charged_at,
                                           metadata)
-                SELECT 'check:' || gen_random_uuid()::text, p_agent_id, 'unspecified', 'unspecified', v_cost, 'client',
-                       now(), '{"api": "check_and_record_budget"}'::jsonb
-                  FROM s
+                VALUES ('check:' || gen_random_uuid()::text, p_agent_id, 'unspecified', 'unspecified', v_cost, 'client',
+                        now(), '{"api": "check_and_record_budget"}'::jsonb)
                 RETURNING id
+            ), s AS (
+                -- ((SELECT l.id FROM l) IS NOT NULL: the ledger insert runs first, as an InitPlan)
+                UPDATE budget_spend s SET spent_usd = s.spent_usd + v_cost
+                 WHERE s.budget_id = b_id AND s.period_start = b_period AND s.slice = v_slice
+                   AND s.spent_usd + s.reserved_usd + v_cost <= s.cap_usd AND (SELECT l.id FROM l) IS NOT NULL
+                -- the slice as it is after this change: when this UPDATE waited for another session's charge to
+                -- the same slice, the row it re-checked and changed includes that charge, which the statement's
+                -- snapshot (t below) does not
+                RETURNING s.cap_usd + coalesce(s.frozen_usd, 0) - s.spent_usd - s.reserved_usd AS room, s.spent_usd,
+                          s.version
             ), t AS (
-                -- the period's sums as of this statement (this change not in them yet: added below)
+                -- the other slices of the period as of this statement
                 SELECT sum(x.cap_usd + coalesce(x.frozen_usd, 0)) - sum(x.spent_usd + x.reserved_usd) AS room,
                        sum(x.spent_usd) AS spent, sum(x.version) AS version,
                        (SELECT max(a.threshold) FROM budget_alert a
-                         WHERE a.budget_id = ch.ids[1] AND a.period_start = ch.periods[1]) AS alerted
-                  FROM budget_spend x WHERE x.budget_id = ch.ids[1] AND x.period_start = ch.periods[1]
+                         WHERE a.budget_id = b_id AND a.period_start = b_period) AS alerted
+                  FROM budget_spend x WHERE x.budget_id = b_id AND x.period_start = b_period AND x.slice <> v_slice
             )
-            SELECT (SELECT l.id FROM l) AS ledger_id, t.room - v_cost AS remaining, t.spent + v_cost AS spent,
-                   t.version + 1 AS version, t.alerted
+            SELECT (SELECT l.id FROM l) AS ledger_id, coalesce(t.room, 0) + s.room AS remaining,
+                   coalesce(t.spent, 0) + s.spent_usd AS spent, coalesce(t.version, 0) + s.version AS version, t.alerted
               INTO v FROM s, t;
             IF NOT FOUND THEN
                 RAISE EXCEPTION USING ERRCODE = 'SLZ00', MESSAGE = 'slice has no room (internal, never raised to callers)';
@@ -4080,12 +4160,22 @@ BEGIN
         IF v_done THEN
             -- a sliced period's alerts test its sum ("reached and not yet alerted", 101_budget_spend.sql); no
             -- statement runs unless a threshold is reached
-            v_alerts := _spend_alerts(ch.ids[1], ch.periods[1], ch.limits[1], ch.thresholds[1]::numeric[],
-                                      coalesce(v.alerted, 0) * ch.limits[1], v.spent);
+            v_alerts := _spend_alerts(b_id, b_period, b_limit, b_thresholds, coalesce(v.alerted, 0) * b_limit, v.spent);
             allowed := true; remaining_usd := greatest(0, v.remaining); version := v.version; ledger_id := v.ledger_id;
             RETURN NEXT;
             RETURN;
         END IF;
+        IF n IS NULL THEN
+            -- (the budget row came from the fast path: the general path needs the whole chain)
+            ch := _budget_chain_arrays(p_agent_id, now());
+            n := coalesce(cardinality(ch.ids), 0);
+        END IF;
+    END IF;
+    IF n = 0 THEN
+        PERFORM 1 FROM agent_registry a WHERE a.id = p_agent_id;
+        RAISE EXCEPTION USING ERRCODE = 'P0002',
+            MESSAGE = CASE WHEN FOUND THEN format('agent %s has no budget', p_agent_id)
+                           ELSE format('unknown agent %s', p_agent_id) END;
     END IF;
     IF p_expected_version IS NOT NULL AND ch.slices[n] > 1 THEN
         RAISE EXCEPTION USING ERRCODE = '22023',
@@ -5487,8 +5577,12 @@ DECLARE
     x record;
     s record;
     v_res record;
+    c record;
     v_state text;
     v_msg text;
+    v_batch jsonb := p_batch;
+    v_bad integer;
+    v_races integer := 0;
 BEGIN
     IF p_batch IS NULL OR jsonb_typeof(p_batch) <> 'array' THEN
         RAISE EXCEPTION USING ERRCODE = '22023',
@@ -5498,16 +5592,33 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = '22023',
             MESSAGE = format('batch must hold at most 10000 rows, got %s', jsonb_array_length(p_batch));
     END IF;
-    BEGIN
-        -- one subtransaction for the whole batch: a value that does not cast rolls the set-based attempt back
-        r := _record_costs_set(p_batch);
-    EXCEPTION WHEN data_exception THEN
-        r := NULL;
-    END;
-    IF r IS NULL THEN
-        r := _record_costs_rows(p_batch);
-    END IF;
-    inserted := r.inserted; duplicates := r.duplicates; quarantined := r.quarantined;
+    -- one subtransaction per attempt. A value that does not cast rolls it back: the rows are cast one by one
+    -- (the malformed ones quarantined) and the rest tried again. A key that a concurrent batch committed after
+    -- the attempt's snapshot was taken rolls it back too (23505 from the ledger's key registry, after waiting
+    -- for that batch): the next attempt's snapshot sees the key, a replay or a conflict like any stored key.
+    -- Only a key committed during each of 5 attempts gives up (40001, nothing written).
+    LOOP
+        BEGIN
+            r := _record_costs_set(v_batch);
+            EXIT;
+        EXCEPTION
+            WHEN data_exception THEN
+                IF v_bad IS NOT NULL THEN
+                    RAISE;  -- (the cast rows always cast)
+                END IF;
+                c := _record_costs_cast(p_batch);
+                v_batch := c.clean;
+                v_bad := c.bad;
+            WHEN unique_violation THEN
+                v_races := v_races + 1;
+                IF v_races >= 5 THEN
+                    RAISE EXCEPTION USING ERRCODE = '40001',
+                        MESSAGE = format('record_costs gave up after %s attempts: keys of the batch kept being recorded by concurrent batches', v_races),
+                        HINT = 'Retry the transaction.';
+                END IF;
+        END;
+    END LOOP;
+    inserted := r.inserted; duplicates := r.duplicates; quarantined := r.quarantined + coalesce(v_bad, 0);
     -- costs recorded under a reservation's key: each through the reservation (rare: a settle the harness could
     -- not run); refused ones are quarantined like any other bad row
     FOR x IN SELECT * FROM jsonb_to_recordset(coalesce(r.reserved, '[]'::jsonb))
@@ -5542,10 +5653,8 @@ BEGIN
         END IF;
     END LOOP;
     -- one charge per (budget, period), in the global lock order (level, budget id, period)
-    FOR i IN 1 .. coalesce(cardinality(r.charge_budget_ids), 0) LOOP
-        s := _spend_apply(r.charge_budget_ids[i], r.charge_periods[i], r.charge_caps[i], r.charge_slices[i], NULL,
-                          r.charge_amounts[i], 0, false, r.charge_limits[i], r.charge_thresholds[i]::numeric[]);
-    END LOOP;
+    PERFORM _record_costs_charge(r.charge_budget_ids, r.charge_periods, r.charge_amounts, r.charge_caps,
+                                 r.charge_limits, r.charge_thresholds, r.charge_slices);
     RETURN NEXT;
 END;
 $$;
@@ -5561,8 +5670,10 @@ inserted, replays (an existing key with the same agent and cost) counted as dupl
 (a bad or malformed value, created_at more than 7 days old, a key that records another cost: 23505, a
 reserved key that does not fit its reservation) quarantined in cost_quarantine with its SQLSTATE and reason;
 the others go in. Returns (inserted, duplicates, quarantined). Budgets are charged once per budget and
-period, in lock order.
-SQLSTATE: 22023, 55P03';
+period, in lock order. A batch sharing keys with a concurrent one waits for it at the first shared key, then
+compares with what it committed; 40001 (nothing written) when its keys keep being recorded by concurrent
+batches.
+SQLSTATE: 22023, 55P03, 40001';
 
 --
 -- Name: release_budget(bigint); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
@@ -5741,13 +5852,16 @@ BEGIN
                   FROM fr
                  WHERE s.budget_id = ch.ids[1] AND s.period_start = ch.periods[1] AND s.slice = v_slices[1]
                    AND s.spent_usd + s.reserved_usd + v_estimate <= s.cap_usd
-                RETURNING s.budget_id
+                RETURNING s.cap_usd + coalesce(s.frozen_usd, 0) - s.spent_usd - s.reserved_usd AS room
             )
             SELECT fr.id,
-                   -- the period's room as of this statement, this hold taken off
-                   (SELECT sum(x.cap_usd + coalesce(x.frozen_usd, 0)) - sum(x.spent_usd + x.reserved_usd)
-                      FROM budget_spend x WHERE x.budget_id = ch.ids[1] AND x.period_start = ch.periods[1])
-                   - v_estimate AS remaining
+                   -- the period's room: the held slice as the UPDATE left it (when it waited for another
+                   -- session's change to that slice, the row it re-checked includes it, the statement's
+                   -- snapshot does not), the other slices as of this statement
+                   (SELECT coalesce(sum(x.cap_usd + coalesce(x.frozen_usd, 0)) - sum(x.spent_usd + x.reserved_usd), 0)
+                      FROM budget_spend x WHERE x.budget_id = ch.ids[1] AND x.period_start = ch.periods[1]
+                                            AND x.slice <> v_slices[1])
+                   + fs.room AS remaining
               INTO v FROM fr, fs;
             IF NOT FOUND THEN
                 RAISE EXCEPTION USING ERRCODE = 'SLZ00', MESSAGE = 'slice has no room (internal, never raised to callers)';
@@ -8762,10 +8876,16 @@ REVOKE ALL ON FUNCTION sigledger._price(p_provider text, p_model text, p_at time
 REVOKE ALL ON FUNCTION sigledger._reconcile_expected(p_budget_id bigint, p_period_start timestamp with time zone, OUT spent_usd numeric, OUT reserved_usd numeric) FROM PUBLIC;
 
 --
--- Name: FUNCTION _record_costs_rows(p_batch jsonb, OUT inserted integer, OUT duplicates integer, OUT quarantined integer, OUT charge_budget_ids bigint[], OUT charge_periods timestamp with time zone[], OUT charge_amounts numeric[], OUT charge_caps numeric[], OUT charge_limits numeric[], OUT charge_thresholds text[], OUT charge_slices integer[], OUT reserved jsonb); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+-- Name: FUNCTION _record_costs_cast(p_batch jsonb, OUT clean jsonb, OUT bad integer); Type: ACL; Schema: sigledger; Owner: sigledger_owner
 --
 
-REVOKE ALL ON FUNCTION sigledger._record_costs_rows(p_batch jsonb, OUT inserted integer, OUT duplicates integer, OUT quarantined integer, OUT charge_budget_ids bigint[], OUT charge_periods timestamp with time zone[], OUT charge_amounts numeric[], OUT charge_caps numeric[], OUT charge_limits numeric[], OUT charge_thresholds text[], OUT charge_slices integer[], OUT reserved jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION sigledger._record_costs_cast(p_batch jsonb, OUT clean jsonb, OUT bad integer) FROM PUBLIC;
+
+--
+-- Name: FUNCTION _record_costs_charge(p_ids bigint[], p_periods timestamp with time zone[], p_amounts numeric[], p_caps numeric[], p_limits numeric[], p_thresholds text[], p_slices integer[]); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger._record_costs_charge(p_ids bigint[], p_periods timestamp with time zone[], p_amounts numeric[], p_caps numeric[], p_limits numeric[], p_thresholds text[], p_slices integer[]) FROM PUBLIC;
 
 --
 -- Name: FUNCTION _record_costs_set(p_batch jsonb, OUT inserted integer, OUT duplicates integer, OUT quarantined integer, OUT charge_budget_ids bigint[], OUT charge_periods timestamp with time zone[], OUT charge_amounts numeric[], OUT charge_caps numeric[], OUT charge_limits numeric[], OUT charge_thresholds text[], OUT charge_slices integer[], OUT reserved jsonb); Type: ACL; Schema: sigledger; Owner: sigledger_owner

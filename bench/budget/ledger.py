@@ -7,8 +7,10 @@
   (c) COPY of the same rows into a plain table with the same columns (no key, no constraint, no index): what
       the disk path alone allows;
 
-interleaved, one client, each the best of --repeat. Every figure is reported with its ratio to (b) and (c) of
-the same run. Not a test: nothing is asserted.
+interleaved batch by batch, one client, each the best of --repeat. Every figure is reported with its ratio to (b) and (c) of
+the same run. Not a test: nothing is asserted. With --update bench/results/budget.json the run replaces that
+file's ledger section (with its own load average and time; the rest stays from the last make bench-budget) and
+regenerates budget.md from it; then `python bench/report.py` regenerates the README's table.
 """
 
 from __future__ import annotations
@@ -111,14 +113,18 @@ def bench(
     with psycopg.connect(dsn, autocommit=True) as conn:
         ids = setup(conn, agents)
         best: dict[str, float] = {}
+        designs = ("record_costs", "bare", "copy")
         for rep in range(repeat):
-            for design in ("record_costs", "bare", "copy"):
-                elapsed = 0.0
-                for b in range(batches):
+            # the designs alternate batch by batch (in a rotating order), so that a burst of load on the shared
+            # machine weighs on all of them alike
+            elapsed = dict.fromkeys(designs, 0.0)
+            for b in range(batches):
+                for k in range(len(designs)):
+                    design = designs[(b + k) % len(designs)]
                     rows = batch(ids, size, f"{design}-{rep}-{b}-{uuid.uuid4().hex[:8]}")
-                    elapsed += run_once(conn, design, rows)
-                rate = size * batches / elapsed
-                best[design] = max(best.get(design, 0.0), rate)
+                    elapsed[design] += run_once(conn, design, rows)
+            for design in designs:
+                best[design] = max(best.get(design, 0.0), size * batches / elapsed[design])
     return {
         "agents": agents,
         "batch_size": size,
@@ -135,6 +141,7 @@ def bench(
 
 if __name__ == "__main__":
     import argparse
+    import os
     import sys
     import tempfile
     from pathlib import Path
@@ -147,6 +154,7 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dsn", default=None)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--update", default=None, help="a budget.json whose ledger section this run replaces")
     args = ap.parse_args()
     cluster = None
     dsn = args.dsn
@@ -158,7 +166,19 @@ if __name__ == "__main__":
         Migrator(dsn).up()
         with psycopg.connect(dsn, autocommit=True) as c:
             c.execute("CREATE SCHEMA IF NOT EXISTS bench")
-        print(json.dumps(bench(dsn, repeat=args.repeat), indent=2))
+        led = bench(dsn, repeat=args.repeat)
+        led["loadavg"] = round(os.getloadavg()[0], 1)
+        led["generated_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        print(json.dumps(led, indent=2))
     finally:
         if cluster is not None:
             cluster.destroy()
+    if args.update:
+        from present import markdown
+
+        out = Path(args.update)
+        report = json.loads(out.read_text())
+        report["ledger"] = led
+        out.write_text(json.dumps(report, indent=2) + "\n")
+        out.with_suffix(".md").write_text(markdown(report))
+        print(f"wrote the ledger section of {out} and {out.with_suffix('.md')}")

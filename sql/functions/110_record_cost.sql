@@ -139,9 +139,10 @@ SQLSTATE: 22004, 22023, 22003, 23505, P0002, SLB03, 55P03';
 -- (idempotency_key, agent_id, model, provider, input_tokens, output_tokens, cost_usd, created_at, metadata).
 -- Valid rows are inserted, replays counted as duplicates, invalid rows go to cost_quarantine with their
 -- SQLSTATE and reason (one bad row never sinks the batch). Validation is set-based (111_record_costs.sql):
--- one statement validates, quarantines, claims the keys and inserts the rows; only a batch holding a value
--- that does not even cast (a malformed uuid, number or timestamp) is taken row by row, each cast in a
--- subtransaction of its own. Budgets are charged once per (budget, period) in lock order.
+-- one statement validates, quarantines and inserts the rows (the ledger's trigger registers their keys);
+-- only a batch holding a value that does not even cast (a malformed uuid, number or timestamp) has its casts
+-- done row by row, each in a subtransaction of its own. Budgets are charged once per (budget, period) in lock
+-- order.
 CREATE OR REPLACE FUNCTION sigledger.record_costs(p_batch jsonb)
 RETURNS TABLE (inserted integer, duplicates integer, quarantined integer)
 LANGUAGE plpgsql
@@ -154,8 +155,12 @@ DECLARE
     x record;
     s record;
     v_res record;
+    c record;
     v_state text;
     v_msg text;
+    v_batch jsonb := p_batch;
+    v_bad integer;
+    v_races integer := 0;
 BEGIN
     IF p_batch IS NULL OR jsonb_typeof(p_batch) <> 'array' THEN
         RAISE EXCEPTION USING ERRCODE = '22023',
@@ -165,16 +170,33 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = '22023',
             MESSAGE = format('batch must hold at most 10000 rows, got %s', jsonb_array_length(p_batch));
     END IF;
-    BEGIN
-        -- one subtransaction for the whole batch: a value that does not cast rolls the set-based attempt back
-        r := _record_costs_set(p_batch);
-    EXCEPTION WHEN data_exception THEN
-        r := NULL;
-    END;
-    IF r IS NULL THEN
-        r := _record_costs_rows(p_batch);
-    END IF;
-    inserted := r.inserted; duplicates := r.duplicates; quarantined := r.quarantined;
+    -- one subtransaction per attempt. A value that does not cast rolls it back: the rows are cast one by one
+    -- (the malformed ones quarantined) and the rest tried again. A key that a concurrent batch committed after
+    -- the attempt's snapshot was taken rolls it back too (23505 from the ledger's key registry, after waiting
+    -- for that batch): the next attempt's snapshot sees the key, a replay or a conflict like any stored key.
+    -- Only a key committed during each of 5 attempts gives up (40001, nothing written).
+    LOOP
+        BEGIN
+            r := _record_costs_set(v_batch);
+            EXIT;
+        EXCEPTION
+            WHEN data_exception THEN
+                IF v_bad IS NOT NULL THEN
+                    RAISE;  -- (the cast rows always cast)
+                END IF;
+                c := _record_costs_cast(p_batch);
+                v_batch := c.clean;
+                v_bad := c.bad;
+            WHEN unique_violation THEN
+                v_races := v_races + 1;
+                IF v_races >= 5 THEN
+                    RAISE EXCEPTION USING ERRCODE = '40001',
+                        MESSAGE = format('record_costs gave up after %s attempts: keys of the batch kept being recorded by concurrent batches', v_races),
+                        HINT = 'Retry the transaction.';
+                END IF;
+        END;
+    END LOOP;
+    inserted := r.inserted; duplicates := r.duplicates; quarantined := r.quarantined + coalesce(v_bad, 0);
     -- costs recorded under a reservation's key: each through the reservation (rare: a settle the harness could
     -- not run); refused ones are quarantined like any other bad row
     FOR x IN SELECT * FROM jsonb_to_recordset(coalesce(r.reserved, '[]'::jsonb))
@@ -209,10 +231,8 @@ BEGIN
         END IF;
     END LOOP;
     -- one charge per (budget, period), in the global lock order (level, budget id, period)
-    FOR i IN 1 .. coalesce(cardinality(r.charge_budget_ids), 0) LOOP
-        s := _spend_apply(r.charge_budget_ids[i], r.charge_periods[i], r.charge_caps[i], r.charge_slices[i], NULL,
-                          r.charge_amounts[i], 0, false, r.charge_limits[i], r.charge_thresholds[i]::numeric[]);
-    END LOOP;
+    PERFORM _record_costs_charge(r.charge_budget_ids, r.charge_periods, r.charge_amounts, r.charge_caps,
+                                 r.charge_limits, r.charge_thresholds, r.charge_slices);
     RETURN NEXT;
 END;
 $$;
@@ -222,8 +242,10 @@ inserted, replays (an existing key with the same agent and cost) counted as dupl
 (a bad or malformed value, created_at more than 7 days old, a key that records another cost: 23505, a
 reserved key that does not fit its reservation) quarantined in cost_quarantine with its SQLSTATE and reason;
 the others go in. Returns (inserted, duplicates, quarantined). Budgets are charged once per budget and
-period, in lock order.
-SQLSTATE: 22023, 55P03';
+period, in lock order. A batch sharing keys with a concurrent one waits for it at the first shared key, then
+compares with what it committed; 40001 (nothing written) when its keys keep being recorded by concurrent
+batches.
+SQLSTATE: 22023, 55P03, 40001';
 
 -- add_model_price: adds a dated price; prices are never edited, a new valid_from supersedes.
 CREATE OR REPLACE FUNCTION sigledger.add_model_price(

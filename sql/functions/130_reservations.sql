@@ -172,13 +172,16 @@ BEGIN
                   FROM fr
                  WHERE s.budget_id = ch.ids[1] AND s.period_start = ch.periods[1] AND s.slice = v_slices[1]
                    AND s.spent_usd + s.reserved_usd + v_estimate <= s.cap_usd
-                RETURNING s.budget_id
+                RETURNING s.cap_usd + coalesce(s.frozen_usd, 0) - s.spent_usd - s.reserved_usd AS room
             )
             SELECT fr.id,
-                   -- the period's room as of this statement, this hold taken off
-                   (SELECT sum(x.cap_usd + coalesce(x.frozen_usd, 0)) - sum(x.spent_usd + x.reserved_usd)
-                      FROM budget_spend x WHERE x.budget_id = ch.ids[1] AND x.period_start = ch.periods[1])
-                   - v_estimate AS remaining
+                   -- the period's room: the held slice as the UPDATE left it (when it waited for another
+                   -- session's change to that slice, the row it re-checked includes it, the statement's
+                   -- snapshot does not), the other slices as of this statement
+                   (SELECT coalesce(sum(x.cap_usd + coalesce(x.frozen_usd, 0)) - sum(x.spent_usd + x.reserved_usd), 0)
+                      FROM budget_spend x WHERE x.budget_id = ch.ids[1] AND x.period_start = ch.periods[1]
+                                            AND x.slice <> v_slices[1])
+                   + fs.room AS remaining
               INTO v FROM fr, fs;
             IF NOT FOUND THEN
                 RAISE EXCEPTION USING ERRCODE = 'SLZ00', MESSAGE = 'slice has no room (internal, never raised to callers)';

@@ -149,16 +149,19 @@ BEGIN
                    -- (an increase beyond the estimate on a slice other than 0 goes through _spend_apply: a refusal
                    -- there must keep no lock before a rebalance)
                    AND (p_cost <= fr.estimate_usd OR coalesce(fr.slices[1], 0) = 0)
-                RETURNING s.budget_id, s.period_start, s.spent_usd,
+                RETURNING s.budget_id, s.period_start, s.slice, s.spent_usd,
                           fr.slices IS NULL AND (s.next_alert_usd IS NULL OR s.spent_usd >= s.next_alert_usd) AS crossed
             )
             SELECT fr.ledger_id, fr.agent_id, fr.estimate_usd, fr.budget_ids, fr.period_starts, fr.slices,
                    (SELECT count(*) FROM fl) AS written, fs.budget_id AS charged, fs.period_start, fs.spent_usd,
                    fs.crossed,
-                   -- a sliced period: its spend summed (as of this statement, plus this charge) for its alerts
+                   -- a sliced period: its spend summed for its alerts, the charged slice as the UPDATE left it
+                   -- (when it waited for another session's charge to that slice, the row it re-checked includes
+                   -- that charge, which the statement's snapshot does not), the other slices as of this statement
                    CASE WHEN fr.slices IS NOT NULL AND fs.budget_id IS NOT NULL
-                        THEN (SELECT sum(x.spent_usd) FROM sigledger.budget_spend x
-                               WHERE x.budget_id = fs.budget_id AND x.period_start = fs.period_start) + p_cost
+                        THEN (SELECT coalesce(sum(x.spent_usd), 0) FROM sigledger.budget_spend x
+                               WHERE x.budget_id = fs.budget_id AND x.period_start = fs.period_start
+                                 AND x.slice <> fs.slice) + fs.spent_usd
                    END AS sliced_spent
               INTO r
               FROM (SELECT 1) one LEFT JOIN fr ON true LEFT JOIN fs ON true;

@@ -51,6 +51,11 @@ DECLARE
     v_alerts integer;
     v_done boolean := false;
     v_refused boolean := false;
+    b_id bigint;
+    b_period timestamptz;
+    b_slices integer;
+    b_limit numeric;
+    b_thresholds numeric[];
 BEGIN
     IF p_agent_id IS NULL THEN
         RAISE EXCEPTION USING ERRCODE = '22004', MESSAGE = 'agent_id must not be NULL';
@@ -102,43 +107,55 @@ BEGIN
             RETURN NEXT;
             RETURN;
         END IF;
+        -- an agent whose only level is its own budget split over slices: its budget row by a plain query (the
+        -- chain function below costs a call, a GUC switch and a statement per level)
+        SELECT x.id, x.slices, _period_start(x.period, now()), x.limit_usd, x.alert_thresholds
+          INTO b_id, b_slices, b_period, b_limit, b_thresholds
+          FROM budget x
+         WHERE x.agent_id = p_agent_id AND x.parent_id IS NULL AND x.limit_usd IS NOT NULL AND x.slices > 1;
     END IF;
-    ch := _budget_chain_arrays(p_agent_id, now());
-    IF ch.ids IS NULL THEN
-        PERFORM 1 FROM agent_registry a WHERE a.id = p_agent_id;
-        RAISE EXCEPTION USING ERRCODE = 'P0002',
-            MESSAGE = CASE WHEN FOUND THEN format('agent %s has no budget', p_agent_id)
-                           ELSE format('unknown agent %s', p_agent_id) END;
+    IF b_id IS NULL THEN
+        ch := _budget_chain_arrays(p_agent_id, now());
+        n := coalesce(cardinality(ch.ids), 0);
+        IF n = 1 AND ch.slices[1] > 1 AND p_expected_version IS NULL AND NOT p_nowait THEN
+            b_id := ch.ids[1]; b_period := ch.periods[1]; b_slices := ch.slices[1]; b_limit := ch.limits[1];
+            b_thresholds := ch.thresholds[1]::numeric[];
+        END IF;
     END IF;
-    n := cardinality(ch.ids);
-    IF n = 1 AND ch.slices[1] > 1 AND p_expected_version IS NULL AND NOT p_nowait THEN
-        -- one level split over slices: the guarded spend on one slice, the ledger row and the period's sums in
-        -- one statement, in a subtransaction: a refusal (the slice is short, or its rows are missing) rolls it
-        -- back, keeping no lock on the slice (see 101_budget_spend.sql), and the general path below rebalances
-        v_slice := floor(random() * ch.slices[1])::integer;
+    IF b_id IS NOT NULL THEN
+        -- one level split over slices: the ledger row, then the guarded spend on one slice and the period's sums,
+        -- in one statement, in a subtransaction: a refusal (the slice is short, or its rows are missing) rolls it
+        -- all back, the ledger row included, keeping no lock on the slice (see 101_budget_spend.sql), and the
+        -- general path below rebalances. The ledger row is written first so that the slice's row lock, which
+        -- orders the costs charged to that slice, is held only from the spend update to commit.
+        v_slice := floor(random() * b_slices)::integer;
         BEGIN
-            WITH s AS (
-                UPDATE budget_spend s SET spent_usd = s.spent_usd + v_cost
-                 WHERE s.budget_id = ch.ids[1] AND s.period_start = ch.periods[1] AND s.slice = v_slice
-                   AND s.spent_usd + s.reserved_usd + v_cost <= s.cap_usd
-                RETURNING s.budget_id
-            ), l AS (
+            WITH l AS (
                 INSERT INTO llm_cost_log (idempotency_key, agent_id, provider, model, cost_usd, cost_source, charged_at,
                                           metadata)
-                SELECT 'check:' || gen_random_uuid()::text, p_agent_id, 'unspecified', 'unspecified', v_cost, 'client',
-                       now(), '{"api": "check_and_record_budget"}'::jsonb
-                  FROM s
+                VALUES ('check:' || gen_random_uuid()::text, p_agent_id, 'unspecified', 'unspecified', v_cost, 'client',
+                        now(), '{"api": "check_and_record_budget"}'::jsonb)
                 RETURNING id
+            ), s AS (
+                -- ((SELECT l.id FROM l) IS NOT NULL: the ledger insert runs first, as an InitPlan)
+                UPDATE budget_spend s SET spent_usd = s.spent_usd + v_cost
+                 WHERE s.budget_id = b_id AND s.period_start = b_period AND s.slice = v_slice
+                   AND s.spent_usd + s.reserved_usd + v_cost <= s.cap_usd AND (SELECT l.id FROM l) IS NOT NULL
+                -- the slice as it is after this change: when this UPDATE waited for another session's charge to
+                -- the same slice, the row it re-checked and changed includes that charge, which the statement's
+                -- snapshot (t below) does not
+                RETURNING s.cap_usd + coalesce(s.frozen_usd, 0) - s.spent_usd - s.reserved_usd AS room, s.spent_usd,
+                          s.version
             ), t AS (
-                -- the period's sums as of this statement (this change not in them yet: added below)
+                -- the other slices of the period as of this statement
                 SELECT sum(x.cap_usd + coalesce(x.frozen_usd, 0)) - sum(x.spent_usd + x.reserved_usd) AS room,
                        sum(x.spent_usd) AS spent, sum(x.version) AS version,
                        (SELECT max(a.threshold) FROM budget_alert a
-                         WHERE a.budget_id = ch.ids[1] AND a.period_start = ch.periods[1]) AS alerted
-                  FROM budget_spend x WHERE x.budget_id = ch.ids[1] AND x.period_start = ch.periods[1]
+                         WHERE a.budget_id = b_id AND a.period_start = b_period) AS alerted
+                  FROM budget_spend x WHERE x.budget_id = b_id AND x.period_start = b_period AND x.slice <> v_slice
             )
-            SELECT (SELECT l.id FROM l) AS ledger_id, t.room - v_cost AS remaining, t.spent + v_cost AS spent,
-                   t.version + 1 AS version, t.alerted
+            SELECT (SELECT l.id FROM l) AS ledger_id, coalesce(t.room, 0) + s.room AS remaining,
+                   coalesce(t.spent, 0) + s.spent_usd AS spent, coalesce(t.version, 0) + s.version AS version, t.alerted
               INTO v FROM s, t;
             IF NOT FOUND THEN
                 RAISE EXCEPTION USING ERRCODE = 'SLZ00', MESSAGE = 'slice has no room (internal, never raised to callers)';
@@ -150,12 +167,22 @@ BEGIN
         IF v_done THEN
             -- a sliced period's alerts test its sum ("reached and not yet alerted", 101_budget_spend.sql); no
             -- statement runs unless a threshold is reached
-            v_alerts := _spend_alerts(ch.ids[1], ch.periods[1], ch.limits[1], ch.thresholds[1]::numeric[],
-                                      coalesce(v.alerted, 0) * ch.limits[1], v.spent);
+            v_alerts := _spend_alerts(b_id, b_period, b_limit, b_thresholds, coalesce(v.alerted, 0) * b_limit, v.spent);
             allowed := true; remaining_usd := greatest(0, v.remaining); version := v.version; ledger_id := v.ledger_id;
             RETURN NEXT;
             RETURN;
         END IF;
+        IF n IS NULL THEN
+            -- (the budget row came from the fast path: the general path needs the whole chain)
+            ch := _budget_chain_arrays(p_agent_id, now());
+            n := coalesce(cardinality(ch.ids), 0);
+        END IF;
+    END IF;
+    IF n = 0 THEN
+        PERFORM 1 FROM agent_registry a WHERE a.id = p_agent_id;
+        RAISE EXCEPTION USING ERRCODE = 'P0002',
+            MESSAGE = CASE WHEN FOUND THEN format('agent %s has no budget', p_agent_id)
+                           ELSE format('unknown agent %s', p_agent_id) END;
     END IF;
     IF p_expected_version IS NOT NULL AND ch.slices[n] > 1 THEN
         RAISE EXCEPTION USING ERRCODE = '22023',

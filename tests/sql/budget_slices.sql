@@ -3,7 +3,7 @@
 -- budget_batch) and tests/budget/test_load.py (slices under 8 processes).
 BEGIN;
 SET LOCAL client_min_messages = warning;
-SELECT plan(36);
+SELECT plan(43);
 
 SELECT has_function('sigledger', 'set_budget_slices', ARRAY['bigint', 'integer']);
 SELECT has_function('sigledger', 'reserve_budgets', ARRAY['jsonb', 'interval', 'boolean']);
@@ -67,6 +67,25 @@ SELECT ok(NOT EXISTS (SELECT 1 FROM sigledger.budget_spend WHERE budget_id = :ab
                        AND cap_usd > spent_usd + reserved_usd), 'slices 2 and 3 keep no room');
 SELECT throws_ok(format('SELECT * FROM sigledger.check_and_record_budget(%L, 0.01, 1)', :'a'), '22023', NULL,
     'expected_version cannot be compared on a sliced budget');
+
+-- check_and_record_budget on a sliced budget: the same last-dollar rule (a short slice rebalances; refused only
+-- when the whole budget has no room), the period's sums reported, the ledger and the spend equal
+SELECT sigledger.create_agent('sl-c', 1.00) AS c \gset
+SELECT id AS cb FROM sigledger.budget WHERE agent_id = :'c' \gset
+SELECT is(sigledger.set_budget_slices(:cb, 4), 4, 'car: four slices');
+SELECT results_eq(format('SELECT allowed, remaining_usd FROM sigledger.check_and_record_budget(%L, 0.30)', :'c'),
+    $$VALUES (true, 0.70::numeric)$$, 'car: 0.30 (more than a slice''s share) allowed, the whole budget''s room reported');
+SELECT results_eq(format('SELECT allowed FROM sigledger.check_and_record_budget(%L, 0.30) UNION ALL '
+                         'SELECT allowed FROM sigledger.check_and_record_budget(%L, 0.30)', :'c', :'c'),
+    $$VALUES (true), (true)$$, 'car: 0.30 twice more');
+SELECT results_eq(format('SELECT allowed, remaining_usd FROM sigledger.check_and_record_budget(%L, 0.10)', :'c'),
+    $$VALUES (true, 0::numeric)$$, 'car: the last dime, on whichever slice holds it');
+SELECT results_eq(format('SELECT allowed, remaining_usd, ledger_id FROM sigledger.check_and_record_budget(%L, 0.0000000001)', :'c'),
+    $$VALUES (false, 0::numeric, NULL::bigint)$$, 'car: refused only when the whole budget has no room');
+SELECT results_eq(format('SELECT (SELECT sum(cost_usd) FROM sigledger.llm_cost_log WHERE agent_id = %L), '
+                         '(SELECT sum(spent_usd) FROM sigledger.budget_spend WHERE budget_id = %s)', :'c', :cb),
+    $$VALUES (1.00::numeric, 1.00::numeric)$$, 'car: ledger and spend both exactly the cap');
+SELECT is((SELECT total FROM caps WHERE budget_id = :cb), 1.00::numeric, 'car: caps still sum to the cap');
 
 -- reserve_budgets: one result per item, a bad or refused item holds nothing, the others are held
 SELECT sigledger.create_agent('sl-b', 1.00) AS b \gset
