@@ -311,6 +311,10 @@ BEGIN
         -- the new slices (nobody holds them yet), then every slice of the period in order
         v_created := _spend_ensure(p_budget_id, v_period, b.limit_usd * (1 + b.grace_ratio), p_slices);
         v_room := _spend_rebalance(p_budget_id, v_period, p_slices, 0, 0, true);
+        -- slice 0's alert boundary was not kept while the period was sliced, and the period's spend is the sum of
+        -- its rows while any above 0 remain: recomputed by the next charge (_spend_crossed)
+        UPDATE budget_spend s SET next_alert_usd = NULL
+         WHERE s.budget_id = p_budget_id AND s.period_start = v_period AND s.slice = 0 AND s.next_alert_usd IS NOT NULL;
     END LOOP;
     RETURN p_slices;
 END;
