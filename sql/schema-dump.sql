@@ -81,6 +81,7 @@ CREATE FUNCTION sigledger._api_audience() RETURNS TABLE(fn name, audience text[]
         ('create_group_budget', '{admin}'), ('add_model_price', '{admin}'), ('reconcile_budgets', '{admin}'),
         ('expire_reservations', '{admin}'), ('ensure_ledger_partitions', '{admin}'),
         ('reserve_budgets', '{app}'), ('settle_budgets', '{app}'), ('set_budget_slices', '{admin}'),
+        ('fire_missed_alerts', '{admin}'),
         -- the read side: spend, budgets, reservations, prices, alerts, metrics (readonly: dashboards, replicas)
         ('spend_report', '{app,readonly}'), ('spend_top', '{app,readonly}'), ('budget_tree', '{app,readonly}'),
         ('budgets_near_limit', '{app,readonly}'), ('list_agents', '{app,readonly}'),
@@ -271,7 +272,14 @@ DECLARE
     v_period timestamptz;
     v_room numeric;
 BEGIN
-    SELECT * INTO b FROM sigledger.budget WHERE id = p_budget_id FOR UPDATE;
+    -- Lock order with the charges: this locks the budget row, then (in _spend_rebalance) its spend rows. A charge
+    -- locks its spend rows and then, in later statements of its transaction, checks foreign keys to this row with
+    -- FOR KEY SHARE (its budget_alert insert, _spend_crossed's update, any second update of a spend row it
+    -- already changed: PostgreSQL re-checks the key of a row version its own transaction wrote). FOR NO KEY
+    -- UPDATE does not conflict with FOR KEY SHARE (FOR UPDATE does: 40P01, isolation spec
+    -- budget_set_budget_vs_alert), so a charge never waits for this lock while holding a spend row: the only
+    -- order is budget row -> spend rows, and settings changes of one budget still queue on it one at a time.
+    SELECT * INTO b FROM sigledger.budget WHERE id = p_budget_id FOR NO KEY UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION USING ERRCODE = 'P0002', MESSAGE = format('unknown budget %s', p_budget_id);
     END IF;
@@ -2995,9 +3003,12 @@ DECLARE
     v_alerted numeric;
     v_count integer;
     v_crossed boolean := false;
-    v_sliced boolean := p_slices > 1;
+    v_sliced boolean;
 BEGIN
     slice := coalesce(p_slice, CASE WHEN p_slices > 1 THEN floor(random() * p_slices)::integer ELSE 0 END);
+    -- a slice above 0 under a one-slice budget is a draining one (a lowered slice count): the period is still
+    -- several rows, its figures and alerts are their sums
+    v_sliced := p_slices > 1 OR slice > 0;
     ok := false;
     FOR attempt IN 1 .. 2 LOOP
         IF v_inc > 0 AND slice > 0 THEN
@@ -3105,19 +3116,39 @@ CREATE FUNCTION sigledger._spend_crossed(p_budget_id bigint, p_period_start time
 DECLARE
     b record;
     v_count integer := 0;
+    v_spent numeric;
+    v_alerted numeric;
+    v_next numeric;
 BEGIN
     SELECT x.limit_usd, x.alert_thresholds INTO b FROM sigledger.budget x WHERE x.id = p_budget_id;
     IF b.limit_usd IS NULL THEN
         RETURN 0;
     END IF;
-    IF p_new_spent > p_old_spent THEN
-        v_count := sigledger._spend_alerts(p_budget_id, p_period_start, b.limit_usd, b.alert_thresholds,
-                                           p_old_spent, p_new_spent);
+    IF EXISTS (SELECT 1 FROM sigledger.budget_spend s
+                WHERE s.budget_id = p_budget_id AND s.period_start = p_period_start AND s.slice > 0) THEN
+        -- (this session's change included, other sessions' committed ones: see _spend_apply's sliced case)
+        SELECT sum(s.spent_usd),
+               (SELECT max(a.threshold) FROM sigledger.budget_alert a
+                 WHERE a.budget_id = p_budget_id AND a.period_start = p_period_start)
+          INTO v_spent, v_alerted
+          FROM sigledger.budget_spend s
+         WHERE s.budget_id = p_budget_id AND s.period_start = p_period_start;
+        IF p_new_spent > p_old_spent THEN
+            v_count := sigledger._spend_alerts(p_budget_id, p_period_start, b.limit_usd, b.alert_thresholds,
+                                               coalesce(v_alerted, 0) * b.limit_usd, v_spent);
+        END IF;
+        v_next := 0;
+    ELSE
+        IF p_new_spent > p_old_spent THEN
+            v_count := sigledger._spend_alerts(p_budget_id, p_period_start, b.limit_usd, b.alert_thresholds,
+                                               p_old_spent, p_new_spent);
+        END IF;
+        v_next := coalesce((SELECT min(t * b.limit_usd) FROM unnest(b.alert_thresholds) t
+                             WHERE t * b.limit_usd > p_new_spent), 99999999999);
     END IF;
-    UPDATE sigledger.budget_spend s
-       SET next_alert_usd = coalesce((SELECT min(t * b.limit_usd) FROM unnest(b.alert_thresholds) t
-                                       WHERE t * b.limit_usd > p_new_spent), 99999999999)
-     WHERE s.budget_id = p_budget_id AND s.period_start = p_period_start AND s.slice = 0;
+    UPDATE sigledger.budget_spend s SET next_alert_usd = v_next
+     WHERE s.budget_id = p_budget_id AND s.period_start = p_period_start AND s.slice = 0
+       AND s.next_alert_usd IS DISTINCT FROM v_next;
     RETURN v_count;
 END;
 $$;
@@ -4635,6 +4666,53 @@ ALTER FUNCTION sigledger.find_agent(p_name text) OWNER TO sigledger_owner;
 
 COMMENT ON FUNCTION sigledger.find_agent(p_name text) IS 'The id of the agent named name (compared in canonical form: surrounding whitespace and format characters ignored, NFC).
 SQLSTATE: P0002';
+
+--
+-- Name: fire_missed_alerts(interval); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger.fire_missed_alerts(p_lookback interval DEFAULT '1 day'::interval) RETURNS integer
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'sigledger', 'pg_temp'
+    SET lock_timeout TO '5s'
+    AS $$
+DECLARE
+    p record;
+    v_count integer := 0;
+BEGIN
+    IF p_lookback IS NULL OR p_lookback < interval '0' OR p_lookback > interval '400 days' THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('lookback must be between 0 and 400 days, got %s', coalesce(p_lookback::text, 'NULL'));
+    END IF;
+    FOR p IN
+        SELECT b.id, s.period_start, b.limit_usd, b.alert_thresholds, sum(s.spent_usd) AS spent,
+               (SELECT max(a.threshold) FROM budget_alert a
+                 WHERE a.budget_id = b.id AND a.period_start = s.period_start) AS alerted
+          FROM budget b
+          JOIN budget_spend s ON s.budget_id = b.id AND s.period_start >= _period_start(b.period, now() - p_lookback)
+         WHERE b.limit_usd IS NOT NULL AND cardinality(b.alert_thresholds) > 0
+         GROUP BY b.id, s.period_start
+        HAVING count(*) > 1
+         ORDER BY b.id, s.period_start
+    LOOP
+        v_count := v_count + _spend_alerts(p.id, p.period_start, p.limit_usd, p.alert_thresholds,
+                                           coalesce(p.alerted, 0) * p.limit_usd, p.spent);
+    END LOOP;
+    RETURN v_count;
+END;
+$$;
+
+ALTER FUNCTION sigledger.fire_missed_alerts(p_lookback interval) OWNER TO sigledger_owner;
+
+--
+-- Name: FUNCTION fire_missed_alerts(p_lookback interval); Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON FUNCTION sigledger.fire_missed_alerts(p_lookback interval) IS 'Fires the alerts that sliced budget periods reached without firing (two concurrent charges on two slices that
+reach a threshold together each see only their own uncommitted charge) and returns how many: thresholds reached
+by the committed spend of each period that began at most lookback (default 1 day, 0..400 days) before the
+current one and not yet alerted. `sigledger budget sweep` runs it every iteration; with pg_cron, schedule it.
+SQLSTATE: 22023, 55P03';
 
 --
 -- Name: graph_outbox_status(); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
@@ -6319,6 +6397,10 @@ BEGIN
         -- the new slices (nobody holds them yet), then every slice of the period in order
         v_created := _spend_ensure(p_budget_id, v_period, b.limit_usd * (1 + b.grace_ratio), p_slices);
         v_room := _spend_rebalance(p_budget_id, v_period, p_slices, 0, 0, true);
+        -- slice 0's alert boundary was not kept while the period was sliced, and the period's spend is the sum of
+        -- its rows while any above 0 remain: recomputed by the next charge (_spend_crossed)
+        UPDATE budget_spend s SET next_alert_usd = NULL
+         WHERE s.budget_id = p_budget_id AND s.period_start = v_period AND s.slice = 0 AND s.next_alert_usd IS NOT NULL;
     END LOOP;
     RETURN p_slices;
 END;
@@ -9246,6 +9328,13 @@ GRANT ALL ON FUNCTION sigledger.expire_reservations(p_limit integer) TO sigledge
 REVOKE ALL ON FUNCTION sigledger.find_agent(p_name text) FROM PUBLIC;
 GRANT ALL ON FUNCTION sigledger.find_agent(p_name text) TO sigledger_app;
 GRANT ALL ON FUNCTION sigledger.find_agent(p_name text) TO sigledger_readonly;
+
+--
+-- Name: FUNCTION fire_missed_alerts(p_lookback interval); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger.fire_missed_alerts(p_lookback interval) FROM PUBLIC;
+GRANT ALL ON FUNCTION sigledger.fire_missed_alerts(p_lookback interval) TO sigledger_admin;
 
 --
 -- Name: FUNCTION graph_outbox_status(); Type: ACL; Schema: sigledger; Owner: sigledger_owner

@@ -201,10 +201,13 @@ BEGIN
 END;
 $$;
 
--- _spend_crossed: after a charge of a one-slice period reached its next_alert_usd (or found it not yet
--- known): the alerts of the thresholds crossed between p_old_spent and p_new_spent, then the next boundary
--- (the lowest threshold x limit above the new spend; 99999999999 when none is left). The caller holds the
--- row's lock.
+-- _spend_crossed: after a charge on slice 0 of a one-slice budget reached the row's next_alert_usd (or found it
+-- not yet known: NULL after set_budget and set_budget_slices): the alerts of the thresholds crossed between
+-- p_old_spent and p_new_spent, then the next boundary (the lowest threshold x limit above the new spend;
+-- 99999999999 when none is left). The caller holds the row's lock.
+-- A period that keeps slices above 0 (a slice count lowered back to 1: they drain, and keep their spend) has the
+-- sum of its rows as its spend, not slice 0's: its alerts test that sum ("reached and not yet alerted", as a
+-- sliced period's), and its boundary is set to 0, so that every charge on slice 0 comes back here.
 CREATE OR REPLACE FUNCTION sigledger._spend_crossed(p_budget_id bigint, p_period_start timestamptz,
                                                     p_old_spent numeric, p_new_spent numeric)
 RETURNS integer
@@ -214,19 +217,39 @@ AS $$
 DECLARE
     b record;
     v_count integer := 0;
+    v_spent numeric;
+    v_alerted numeric;
+    v_next numeric;
 BEGIN
     SELECT x.limit_usd, x.alert_thresholds INTO b FROM sigledger.budget x WHERE x.id = p_budget_id;
     IF b.limit_usd IS NULL THEN
         RETURN 0;
     END IF;
-    IF p_new_spent > p_old_spent THEN
-        v_count := sigledger._spend_alerts(p_budget_id, p_period_start, b.limit_usd, b.alert_thresholds,
-                                           p_old_spent, p_new_spent);
+    IF EXISTS (SELECT 1 FROM sigledger.budget_spend s
+                WHERE s.budget_id = p_budget_id AND s.period_start = p_period_start AND s.slice > 0) THEN
+        -- (this session's change included, other sessions' committed ones: see _spend_apply's sliced case)
+        SELECT sum(s.spent_usd),
+               (SELECT max(a.threshold) FROM sigledger.budget_alert a
+                 WHERE a.budget_id = p_budget_id AND a.period_start = p_period_start)
+          INTO v_spent, v_alerted
+          FROM sigledger.budget_spend s
+         WHERE s.budget_id = p_budget_id AND s.period_start = p_period_start;
+        IF p_new_spent > p_old_spent THEN
+            v_count := sigledger._spend_alerts(p_budget_id, p_period_start, b.limit_usd, b.alert_thresholds,
+                                               coalesce(v_alerted, 0) * b.limit_usd, v_spent);
+        END IF;
+        v_next := 0;
+    ELSE
+        IF p_new_spent > p_old_spent THEN
+            v_count := sigledger._spend_alerts(p_budget_id, p_period_start, b.limit_usd, b.alert_thresholds,
+                                               p_old_spent, p_new_spent);
+        END IF;
+        v_next := coalesce((SELECT min(t * b.limit_usd) FROM unnest(b.alert_thresholds) t
+                             WHERE t * b.limit_usd > p_new_spent), 99999999999);
     END IF;
-    UPDATE sigledger.budget_spend s
-       SET next_alert_usd = coalesce((SELECT min(t * b.limit_usd) FROM unnest(b.alert_thresholds) t
-                                       WHERE t * b.limit_usd > p_new_spent), 99999999999)
-     WHERE s.budget_id = p_budget_id AND s.period_start = p_period_start AND s.slice = 0;
+    UPDATE sigledger.budget_spend s SET next_alert_usd = v_next
+     WHERE s.budget_id = p_budget_id AND s.period_start = p_period_start AND s.slice = 0
+       AND s.next_alert_usd IS DISTINCT FROM v_next;
     RETURN v_count;
 END;
 $$;
@@ -253,9 +276,12 @@ DECLARE
     v_alerted numeric;
     v_count integer;
     v_crossed boolean := false;
-    v_sliced boolean := p_slices > 1;
+    v_sliced boolean;
 BEGIN
     slice := coalesce(p_slice, CASE WHEN p_slices > 1 THEN floor(random() * p_slices)::integer ELSE 0 END);
+    -- a slice above 0 under a one-slice budget is a draining one (a lowered slice count): the period is still
+    -- several rows, its figures and alerts are their sums
+    v_sliced := p_slices > 1 OR slice > 0;
     ok := false;
     FOR attempt IN 1 .. 2 LOOP
         IF v_inc > 0 AND slice > 0 THEN

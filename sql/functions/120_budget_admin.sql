@@ -17,7 +17,14 @@ DECLARE
     v_period timestamptz;
     v_room numeric;
 BEGIN
-    SELECT * INTO b FROM sigledger.budget WHERE id = p_budget_id FOR UPDATE;
+    -- Lock order with the charges: this locks the budget row, then (in _spend_rebalance) its spend rows. A charge
+    -- locks its spend rows and then, in later statements of its transaction, checks foreign keys to this row with
+    -- FOR KEY SHARE (its budget_alert insert, _spend_crossed's update, any second update of a spend row it
+    -- already changed: PostgreSQL re-checks the key of a row version its own transaction wrote). FOR NO KEY
+    -- UPDATE does not conflict with FOR KEY SHARE (FOR UPDATE does: 40P01, isolation spec
+    -- budget_set_budget_vs_alert), so a charge never waits for this lock while holding a spend row: the only
+    -- order is budget row -> spend rows, and settings changes of one budget still queue on it one at a time.
+    SELECT * INTO b FROM sigledger.budget WHERE id = p_budget_id FOR NO KEY UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION USING ERRCODE = 'P0002', MESSAGE = format('unknown budget %s', p_budget_id);
     END IF;
@@ -304,6 +311,10 @@ BEGIN
         -- the new slices (nobody holds them yet), then every slice of the period in order
         v_created := _spend_ensure(p_budget_id, v_period, b.limit_usd * (1 + b.grace_ratio), p_slices);
         v_room := _spend_rebalance(p_budget_id, v_period, p_slices, 0, 0, true);
+        -- slice 0's alert boundary was not kept while the period was sliced, and the period's spend is the sum of
+        -- its rows while any above 0 remain: recomputed by the next charge (_spend_crossed)
+        UPDATE budget_spend s SET next_alert_usd = NULL
+         WHERE s.budget_id = p_budget_id AND s.period_start = v_period AND s.slice = 0 AND s.next_alert_usd IS NOT NULL;
     END LOOP;
     RETURN p_slices;
 END;

@@ -1,4 +1,4 @@
--- 150: budget_status, reconcile_budgets, budget_alerts_after.
+-- 150: budget_status, reconcile_budgets, budget_alerts_after, fire_missed_alerts.
 
 CREATE OR REPLACE FUNCTION sigledger.budget_status(p_agent_id uuid)
 RETURNS TABLE (budget_id bigint, level text, name text, period text, period_start timestamptz,
@@ -260,3 +260,54 @@ AS $$
 $$;
 COMMENT ON FUNCTION sigledger.budget_alerts_after(bigint) IS
 'Budget alerts with id greater than after_id, oldest first (for watchers catching up after LISTEN); raises nothing.';
+
+-- fire_missed_alerts: the alerts a sliced period reached without firing. A charge on a sliced period (or one
+-- left with draining slices) tests the sum of its slices as it sees them: its own slice as its UPDATE left it,
+-- the others as committed. Two open charges on two slices that reach a threshold together each miss the
+-- other's, so neither fires (isolation spec budget_slices_alert_race); the next charge of the period would.
+-- This fires them from the committed sums, without waiting for a next charge: for each budget with a limit,
+-- each period that has rows above slice 0 and began at most p_lookback before the current one (a period that
+-- ended since the last run included), the thresholds reached and not yet alerted (above the highest alerted,
+-- as a charge tests them). One-row periods are exact at the charge (the row's lock orders the chargers) and
+-- are not scanned.
+-- Ordering with the charges: it reads committed rows and takes no spend-row lock. Its alert insert and a
+-- charge's insert of the same (budget, period, threshold) meet on budget_alert_once_key: the later one waits
+-- for the earlier's transaction, and inserts nothing if it commits, so the alert fires once either way.
+CREATE OR REPLACE FUNCTION sigledger.fire_missed_alerts(p_lookback interval DEFAULT interval '1 day')
+RETURNS integer
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = sigledger, pg_temp
+SET lock_timeout = '5s'
+AS $$
+DECLARE
+    p record;
+    v_count integer := 0;
+BEGIN
+    IF p_lookback IS NULL OR p_lookback < interval '0' OR p_lookback > interval '400 days' THEN
+        RAISE EXCEPTION USING ERRCODE = '22023',
+            MESSAGE = format('lookback must be between 0 and 400 days, got %s', coalesce(p_lookback::text, 'NULL'));
+    END IF;
+    FOR p IN
+        SELECT b.id, s.period_start, b.limit_usd, b.alert_thresholds, sum(s.spent_usd) AS spent,
+               (SELECT max(a.threshold) FROM budget_alert a
+                 WHERE a.budget_id = b.id AND a.period_start = s.period_start) AS alerted
+          FROM budget b
+          JOIN budget_spend s ON s.budget_id = b.id AND s.period_start >= _period_start(b.period, now() - p_lookback)
+         WHERE b.limit_usd IS NOT NULL AND cardinality(b.alert_thresholds) > 0
+         GROUP BY b.id, s.period_start
+        HAVING count(*) > 1
+         ORDER BY b.id, s.period_start
+    LOOP
+        v_count := v_count + _spend_alerts(p.id, p.period_start, p.limit_usd, p.alert_thresholds,
+                                           coalesce(p.alerted, 0) * p.limit_usd, p.spent);
+    END LOOP;
+    RETURN v_count;
+END;
+$$;
+COMMENT ON FUNCTION sigledger.fire_missed_alerts(interval) IS
+'Fires the alerts that sliced budget periods reached without firing (two concurrent charges on two slices that
+reach a threshold together each see only their own uncommitted charge) and returns how many: thresholds reached
+by the committed spend of each period that began at most lookback (default 1 day, 0..400 days) before the
+current one and not yet alerted. `sigledger budget sweep` runs it every iteration; with pg_cron, schedule it.
+SQLSTATE: 22023, 55P03';

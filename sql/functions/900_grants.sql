@@ -24,6 +24,7 @@ AS $audience$
         ('create_group_budget', '{admin}'), ('add_model_price', '{admin}'), ('reconcile_budgets', '{admin}'),
         ('expire_reservations', '{admin}'), ('ensure_ledger_partitions', '{admin}'),
         ('reserve_budgets', '{app}'), ('settle_budgets', '{app}'), ('set_budget_slices', '{admin}'),
+        ('fire_missed_alerts', '{admin}'),
         -- the read side: spend, budgets, reservations, prices, alerts, metrics (readonly: dashboards, replicas)
         ('spend_report', '{app,readonly}'), ('spend_top', '{app,readonly}'), ('budget_tree', '{app,readonly}'),
         ('budgets_near_limit', '{app,readonly}'), ('list_agents', '{app,readonly}'),

@@ -82,6 +82,7 @@ def test_agent_cost_budget_commands(db_dsn: str) -> None:
     assert len(days) == 3 and Decimal(days[-1]["total_usd"]) == Decimal("0.60")
     sweep = run(db_dsn, "budget", "sweep", "--every", "0.1", "--iterations", "2")
     assert sweep.exit_code == 0 and len(sweep.output.strip().splitlines()) == 2
+    assert [json.loads(line)["alerts_fired"] for line in sweep.output.strip().splitlines()] == [0, 0]
 
 
 @pytest.mark.parametrize(

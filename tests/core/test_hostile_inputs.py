@@ -232,6 +232,7 @@ def specs(w: World) -> dict[str, tuple[str, list[Arg]]]:
         "reconcile_budgets": ("admin", [Arg("p_repair", "boolean", st.just("false"), st.none() | st.just("perhaps"))]),
         "expire_reservations": ("admin", [Arg("p_limit", "integer", st.just("10"), st.sampled_from(["0", "-5", "1000001", "3000000000"]) | st.none())]),
         "ensure_ledger_partitions": ("admin", [Arg("p_months_ahead", "integer", st.just("3"), st.sampled_from(["-1", "121", "x"]) | st.none())]),
+        "fire_missed_alerts": ("admin", [Arg("p_lookback", "interval", st.just("1 day"), st.sampled_from(["-1 minute", "401 days", "1000000000 years", "2147483648 months", "soon"]) | st.none())]),
         # the batch calls of issue 13, refused as a whole (their per-item rows are their own contract)
         "reserve_budgets": ("app", [
             Arg("p_requests", "jsonb", st.just("[]"), hostile_batch() | st.just("[" + ",".join(["{}"] * 1001) + "]")),
@@ -329,6 +330,7 @@ FUNCTIONS = [
     "resolve_entity", "merge_entities", "create_opportunity", "link_signals", "merge_opportunities",
     "opportunity_signals_of", "entity_signals_of", "create_agent", "set_budget", "update_budget",
     "create_group_budget", "add_model_price", "reconcile_budgets", "expire_reservations", "ensure_ledger_partitions",
+    "fire_missed_alerts",
     "reserve_budgets", "settle_budgets", "set_budget_slices", "spend_report", "spend_top", "budgets_near_limit",
     "open_reservations", "overrun_report", "budget_alert_feed", "metrics_snapshot", "alert_sink_open",
     "alert_sink_pending", "alert_sink_delivered", "quarantine_list", "quarantine_resubmit",

@@ -311,6 +311,12 @@ class BudgetClient:
         row = self._one("SELECT sigledger.expire_reservations(p_limit => %s::integer) AS n", (limit,))
         return int(row["n"])
 
+    def fire_missed_alerts(self) -> int:
+        """Fire the alerts that sliced budget periods reached without firing (two concurrent charges on two
+        slices that reach a threshold together); returns how many."""
+        row = self._one("SELECT sigledger.fire_missed_alerts() AS n", ())
+        return int(row["n"])
+
     def ensure_partitions(self, months_ahead: int = 3) -> int:
         """Create the missing monthly ledger partitions up to months_ahead months ahead; returns how many."""
         row = self._one(

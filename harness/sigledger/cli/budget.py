@@ -228,13 +228,14 @@ def sinks(fmt: str, dsn: str | None) -> None:
 @click.option("--iterations", type=click.IntRange(min=1), default=None, help="Stop after this many sweeps.")
 @dsn_option
 def sweep(every: float, repair: bool, iterations: int | None, dsn: str | None) -> None:
-    """Expire overdue reservations, reconcile and create the ledger's partitions ahead every N seconds
-    (where there is no pg_cron)."""
+    """Expire overdue reservations, fire the alerts sliced budgets missed, reconcile and create the ledger's
+    partitions ahead every N seconds (where there is no pg_cron)."""
     done = 0
     with open_db(dsn) as db:
         client = BudgetClient(db)
         while True:
             expired = client.expire()
+            alerts = client.fire_missed_alerts()
             drift = client.reconcile(repair)
             try:
                 partitions: int | None = client.ensure_partitions()
@@ -247,6 +248,7 @@ def sweep(every: float, repair: bool, iterations: int | None, dsn: str | None) -
                     {
                         "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                         "expired": expired,
+                        "alerts_fired": alerts,
                         "drift_rows": len(drift),
                         "repaired": repair and bool(drift),
                         "partitions_created": partitions,
