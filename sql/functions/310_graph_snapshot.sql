@@ -7,30 +7,6 @@
 --   (:Opportunity {id, title, status, ...})-[:INCLUDES]->(:Signal)
 -- Every node also carries sync_version (see sigledger.graph_sync_version_seq).
 
--- _graph_props: a row as Neo4j properties. Neo4j stores scalars and lists of scalars only: objects and
--- non-string arrays become their JSON text; NULLs are dropped (Neo4j has no NULL property).
-CREATE OR REPLACE FUNCTION sigledger._graph_props(p_row jsonb, p_drop text[])
-RETURNS jsonb
-LANGUAGE sql
-IMMUTABLE
-PARALLEL SAFE
-SET search_path = sigledger, pg_temp
-AS $$
-    SELECT coalesce(jsonb_object_agg(e.key,
-               CASE
-                   WHEN jsonb_typeof(e.value) = 'object' THEN to_jsonb(e.value::text)
-                   WHEN jsonb_typeof(e.value) = 'array'
-                        AND EXISTS (SELECT FROM jsonb_array_elements(e.value) x WHERE jsonb_typeof(x) <> 'string')
-                       THEN to_jsonb(e.value::text)
-                   ELSE e.value
-               END), '{}'::jsonb)
-      FROM jsonb_each(p_row) e
-     WHERE jsonb_typeof(e.value) <> 'null'
-       AND e.key <> ALL (p_drop);
-$$;
-COMMENT ON FUNCTION sigledger._graph_props(jsonb, text[]) IS
-    'Internal: turns a row (as jsonb) into Neo4j-storable properties.';
-
 -- _graph_final_winner: where a merged entity or opportunity ended up (merges can chain). NULL when the
 -- chain is broken or loops (the snapshot reports that aggregate as an error: a poison row).
 CREATE OR REPLACE FUNCTION sigledger._graph_final_winner(p_aggregate_type text, p_id uuid)
@@ -147,77 +123,99 @@ BEGIN
                EXISTS (SELECT FROM unnest(v_broken_t, v_broken_i) b (t, i) WHERE b.t = k.t AND b.i = k.i)
                    AS broken
           FROM keys k
+    ), snap (t, i, state, version, r, links, winner_id, error) AS (
+        SELECT 'entity'::text, f.i,
+               CASE WHEN f.broken THEN 'error' WHEN f.deferred THEN 'deferred'
+                    WHEN e.id IS NULL OR e.merged_into IS NOT NULL THEN 'absent' ELSE 'present' END,
+               v_version,
+               CASE WHEN e.id IS NOT NULL AND e.merged_into IS NULL AND NOT f.deferred THEN
+                   to_jsonb(e) - 'merged_into' || jsonb_build_object('aliases',
+                       (SELECT coalesce(jsonb_agg(a.alias ORDER BY a.alias, a.id), '[]')
+                          FROM entity_aliases a WHERE a.canonical_entity_id = e.id))
+               END,
+               NULL::uuid[],
+               CASE WHEN e.merged_into IS NOT NULL AND NOT f.broken THEN _graph_final_winner('entity', e.id) END,
+               CASE WHEN f.broken THEN format('entity %s: merge chain from merged_into %s is broken or loops',
+                                              f.i, e.merged_into) END
+          FROM flagged f
+          LEFT JOIN entities e ON e.id = f.i
+         WHERE f.t = 'entity'
+        UNION ALL
+        SELECT 'signal'::text, f.i,
+               CASE WHEN s.id IS NULL THEN 'absent' ELSE 'present' END,
+               v_version,
+               CASE WHEN s.id IS NOT NULL THEN to_jsonb(s) END,
+               CASE WHEN s.id IS NOT NULL THEN coalesce(sl.links, '{}') END,
+               NULL::uuid, NULL::text
+          FROM flagged f
+          LEFT JOIN signals s ON s.id = f.i
+          -- Per row through the indexes: linear in the batch, independent of the table's size. (A CTE joined
+          -- here was rescanned per row by a nested loop: quadratic in the batch.)
+          LEFT JOIN LATERAL (
+              -- Links always point at live entities: merge_entities moves them to the target in the transaction
+              -- that makes the sources tombstones, and a backstop trigger (200) refuses a link to a tombstone.
+              -- (It emits an event for every signal it relinks: see docs/graph.md.)
+              SELECT array_agg(se.entity_id ORDER BY se.entity_id) AS links
+                FROM signal_entities se
+               WHERE se.signal_id = s.id
+          ) sl ON s.id IS NOT NULL
+         WHERE f.t = 'signal'
+        UNION ALL
+        SELECT 'opportunity'::text, f.i,
+               CASE WHEN f.broken THEN 'error' WHEN f.deferred THEN 'deferred'
+                    WHEN op.id IS NULL OR op.merged_into IS NOT NULL THEN 'absent' ELSE 'present' END,
+               v_version,
+               CASE WHEN op.id IS NOT NULL AND op.merged_into IS NULL THEN
+                   to_jsonb(op) - '{merged_into,merged_at}'::text[]
+               END,
+               CASE WHEN op.id IS NOT NULL AND op.merged_into IS NULL THEN coalesce(ol.links, '{}') END,
+               CASE WHEN op.merged_into IS NOT NULL AND NOT f.broken THEN _graph_final_winner('opportunity', op.id)
+               END,
+               CASE WHEN f.broken THEN format('opportunity %s: merge chain from merged_into %s is broken or loops',
+                                              f.i, op.merged_into) END
+          FROM flagged f
+          LEFT JOIN opportunities op ON op.id = f.i
+          LEFT JOIN LATERAL (
+              SELECT array_agg(os.signal_id ORDER BY os.signal_id) AS links
+                FROM opportunity_signals os
+               WHERE os.opportunity_id = op.id
+          ) ol ON op.id IS NOT NULL
+         WHERE f.t = 'opportunity'
+        UNION ALL
+        -- Anything else is a row the projection does not understand (the table's CHECK should prevent it).
+        SELECT f.t, f.i, 'error', v_version, NULL::jsonb, NULL::uuid[], NULL::uuid,
+               format('unknown aggregate type %L', f.t)
+          FROM flagged f
+         WHERE f.t NOT IN ('entity', 'signal', 'opportunity')
     )
-    SELECT 'entity'::text, f.i,
-           CASE WHEN f.broken THEN 'error' WHEN f.deferred THEN 'deferred'
-                WHEN e.id IS NULL OR e.merged_into IS NOT NULL THEN 'absent' ELSE 'present' END,
-           v_version,
-           CASE WHEN e.id IS NOT NULL AND e.merged_into IS NULL AND NOT f.deferred THEN
-               _graph_props(to_jsonb(e) || jsonb_build_object('aliases',
-                   (SELECT coalesce(jsonb_agg(a.alias ORDER BY a.alias, a.id), '[]')
-                      FROM entity_aliases a WHERE a.canonical_entity_id = e.id)),
-                   '{merged_into}')
-           END,
-           NULL::uuid[],
-           CASE WHEN e.merged_into IS NOT NULL AND NOT f.broken THEN _graph_final_winner('entity', e.id) END,
-           CASE WHEN f.broken THEN format('entity %s: merge chain from merged_into %s is broken or loops',
-                                          f.i, e.merged_into) END
-      FROM flagged f
-      LEFT JOIN entities e ON e.id = f.i
-     WHERE f.t = 'entity'
-    UNION ALL
-    SELECT 'signal'::text, f.i,
-           CASE WHEN s.id IS NULL THEN 'absent' ELSE 'present' END,
-           v_version,
-           CASE WHEN s.id IS NOT NULL THEN _graph_props(to_jsonb(s), '{}') END,
-           CASE WHEN s.id IS NOT NULL THEN coalesce(sl.links, '{}') END,
-           NULL::uuid, NULL::text
-      FROM flagged f
-      LEFT JOIN signals s ON s.id = f.i
-      -- Per row through the indexes: linear in the batch, independent of the table's size. (A CTE joined
-      -- here was rescanned per row by a nested loop: quadratic in the batch.)
+    -- The row as Neo4j properties, computed once here for every kind (inline: a function call per row,
+    -- with its search_path set and reset, cost a third more). Neo4j stores scalars and lists of scalars
+    -- only: objects and non-string arrays become their JSON text; NULLs are dropped (Neo4j has no NULL
+    -- property). Timestamps are text in UTC (the function's TimeZone).
+    SELECT sn.t, sn.i, sn.state, sn.version, p.props, sn.links, sn.winner_id, sn.error
+      FROM snap sn
       LEFT JOIN LATERAL (
-          -- Links always point at live entities: merge_entities moves them to the target in the transaction
-          -- that makes the sources tombstones, and a backstop trigger (200) refuses a link to a tombstone.
-          -- (It emits an event for every signal it relinks: see docs/graph.md.)
-          SELECT array_agg(se.entity_id ORDER BY se.entity_id) AS links
-            FROM signal_entities se
-           WHERE se.signal_id = s.id
-      ) sl ON s.id IS NOT NULL
-     WHERE f.t = 'signal'
-    UNION ALL
-    SELECT 'opportunity'::text, f.i,
-           CASE WHEN f.broken THEN 'error' WHEN f.deferred THEN 'deferred'
-                WHEN op.id IS NULL OR op.merged_into IS NOT NULL THEN 'absent' ELSE 'present' END,
-           v_version,
-           CASE WHEN op.id IS NOT NULL AND op.merged_into IS NULL THEN
-               _graph_props(to_jsonb(op), '{merged_into,merged_at}')
-           END,
-           CASE WHEN op.id IS NOT NULL AND op.merged_into IS NULL THEN coalesce(ol.links, '{}') END,
-           CASE WHEN op.merged_into IS NOT NULL AND NOT f.broken THEN _graph_final_winner('opportunity', op.id)
-           END,
-           CASE WHEN f.broken THEN format('opportunity %s: merge chain from merged_into %s is broken or loops',
-                                          f.i, op.merged_into) END
-      FROM flagged f
-      LEFT JOIN opportunities op ON op.id = f.i
-      LEFT JOIN LATERAL (
-          SELECT array_agg(os.signal_id ORDER BY os.signal_id) AS links
-            FROM opportunity_signals os
-           WHERE os.opportunity_id = op.id
-      ) ol ON op.id IS NOT NULL
-     WHERE f.t = 'opportunity'
-    UNION ALL
-    -- Anything else is a row the projection does not understand (the table's CHECK should prevent it).
-    SELECT f.t, f.i, 'error', v_version, NULL::jsonb, NULL::uuid[], NULL::uuid,
-           format('unknown aggregate type %L', f.t)
-      FROM flagged f
-     WHERE f.t NOT IN ('entity', 'signal', 'opportunity');
+          SELECT coalesce(jsonb_object_agg(e.key,
+                     CASE
+                         WHEN jsonb_typeof(e.value) = 'object' THEN to_jsonb(e.value::text)
+                         WHEN jsonb_typeof(e.value) = 'array'
+                              AND EXISTS (SELECT FROM jsonb_array_elements(e.value) x
+                                           WHERE jsonb_typeof(x) <> 'string')
+                             THEN to_jsonb(e.value::text)
+                         ELSE e.value
+                     END), '{}'::jsonb) AS props
+            FROM jsonb_each(sn.r) e
+           WHERE jsonb_typeof(e.value) <> 'null'
+      ) p ON sn.r IS NOT NULL;
 END
 $$;
 COMMENT ON FUNCTION sigledger._graph_snapshot(text[], uuid[]) IS
     'Internal: the current Postgres state of the given aggregates as Neo4j should show it, stamped with a '
     'sync version taken before the read.
 SQLSTATE: 22023';
+
+-- Replaced by the LATERAL above (dropped after the new _graph_snapshot, which no longer calls it).
+DROP FUNCTION IF EXISTS sigledger._graph_props(jsonb, text[]);
 
 -- _graph_live_ids: a page of live aggregate ids, in id order (graph verify walks Postgres with it).
 CREATE OR REPLACE FUNCTION sigledger._graph_live_ids(p_aggregate_type text, p_after uuid, p_limit integer)

@@ -101,45 +101,79 @@ CALL ({var}) {{
 
 
 def upsert_query(kind: str) -> str:
+    """Parameters: ``$rows`` (id, version, props and, for a kind with links, ``at``: the positions of its
+    link targets in ``$targets``) and ``$targets``: the distinct link target ids of the statement, in id
+    order (each is looked up once per statement, not once per link)."""
     q = _lock_and_compare(kind, tombstone="read")
     q += """
 WITH n, row WHERE newer
 SET n = row.props, n.id = row.id, n.sync_version = row.version"""
     link = LINKS[kind]
+    if link is None:
+        # Outgoing relationships of the projection's types: an entity owns none; they all go.
+        q += f"""
+WITH n, row
+CALL (n) {{
+  MATCH (n)-[r:{REL_TYPES}]->(t)
+  WITH t, collect(r) AS rs
+  UNWIND rs AS unwanted
+  DELETE unwanted
+  WITH DISTINCT t{_drop_orphan_stubs("t")}
+}}
+WITH n, row WHERE n.sync_version IS NULL OR n.sync_version <> row.version"""
+        # A node deleted by a concurrent transaction while this one waited for its lock: the SET above did
+        # nothing; report the row so that the write is retried.
+        q += """
+RETURN collect(row.id) AS lost"""
+        return q
+    rel, target = link
     # Outgoing relationships of the projection's types: one per link Postgres has; the rest goes.
-    wanted = "false" if link is None else f"type(r) = '{link[0]}' AND t:{link[1]} AND t.id IN row.links"
     q += f"""
 WITH n, row
 CALL (n, row) {{
+  WITH n, [i IN row.at | $targets[i]] AS links
   MATCH (n)-[r:{REL_TYPES}]->(t)
-  WITH t, r, {wanted} AS wanted
+  WITH t, r, type(r) = '{rel}' AND t:{target} AND t.id IN links AS wanted
   WITH t, wanted, collect(r) AS rs
   UNWIND (CASE WHEN wanted THEN tail(rs) ELSE rs END) AS unwanted
   DELETE unwanted
   WITH DISTINCT t{_drop_orphan_stubs("t")}
 }}"""
-    if link is not None:
-        rel, target = link
-        # The missing links are CREATEd, not MERGEd: n's lock (taken above) orders every writer of n's outgoing
-        # relationships (other upserts of n, and a merge moving them, whose MERGE locks n), so what is read
-        # here under that lock stays true until commit and no duplicate can appear. A relationship MERGE
-        # would also take an exclusive lock on the target: every batch of signals would then queue on the
-        # entities it mentions, and two workers would write one after the other. CREATE takes a shared lock
-        # on the target, which still conflicts with a concurrent delete of it (DeadlockDetected, retried;
-        # or EntityNotFound after the delete committed, retried).
-        q += f"""
-CALL (n, row) {{
-  OPTIONAL MATCH (n)-[:{rel}]->(linked:{target})
-  WITH n, row, collect(linked.id) AS linked
-  UNWIND [tid IN row.links WHERE NOT tid IN linked] AS tid
+    # The missing links are CREATEd, not MERGEd: n's lock (taken above) orders every writer of n's outgoing
+    # relationships (other upserts of n, and a merge moving them, whose MERGE locks n), so what is read here
+    # under that lock stays true until commit and no duplicate can appear. A relationship MERGE would also
+    # take an exclusive lock on the target: every batch of signals would then queue on the entities it
+    # mentions, and two workers would write one after the other. CREATE takes a shared lock on the target,
+    # which still conflicts with a concurrent delete of it (DeadlockDetected, retried; or EntityNotFound
+    # after the delete committed, retried).
+    #
+    # The targets are looked up (a stub created for a missing one) once per statement, after every row of
+    # it holds its node's lock and has trimmed its relationships (the collect() waits for all rows: no stub
+    # this statement still links can be removed as an orphan by the trim of another row). A target of rows
+    # that were all refused or lost is a stub no relationship uses, removed again at the end.
+    q += f"""
+WITH collect([n, row]) AS written
+CALL (written) {{
+  UNWIND CASE WHEN size(written) > 0 THEN $targets ELSE [] END AS tid
   MERGE (t:{target} {{id: tid}})
+  RETURN collect(t) AS targets
+}}
+CALL (written, targets) {{
+  UNWIND written AS w
+  WITH w[0] AS n, w[1] AS row, targets
+  WITH n, row, targets, COLLECT {{ MATCH (n)-[:{rel}]->(linked:{target}) RETURN linked }} AS linked
+  UNWIND [i IN row.at WHERE NOT targets[i] IN linked] AS i
+  WITH n, targets[i] AS t
   CREATE (n)-[:{rel}]->(t)
+}}
+CALL (targets) {{
+  UNWIND targets AS t
+  WITH t WHERE t.sync_version IS NULL AND NOT EXISTS {{ (t)--() }}{_drop_orphan_stubs("t")}
 }}"""
     # A node deleted by a concurrent transaction while this one waited for its lock: the SET above did
     # nothing; report the row so that the write is retried.
     q += """
-WITH n, row WHERE n.sync_version IS NULL OR n.sync_version <> row.version
-RETURN collect(row.id) AS lost"""
+RETURN [w IN written WHERE w[0].sync_version IS NULL OR w[0].sync_version <> w[1].version | w[1].id] AS lost"""
     return q
 
 

@@ -132,7 +132,8 @@ class WritePlan:
                         "id": s.aggregate_id,
                         "version": s.version,
                         "props": s.props or {},
-                        # Distinct (the upsert CREATEs each missing link; Postgres's keys make them so).
+                        # Distinct (the upsert CREATEs each missing link; Postgres's keys make them so);
+                        # turned into positions in the statement's targets by statements().
                         "links": list(dict.fromkeys(s.links)),
                     }
                 )
@@ -158,8 +159,27 @@ class WritePlan:
             out.append((cypher.delete_query(kind), {"rows": rows}))
         for kind in ("entity", "signal", "opportunity"):
             if kind in self.upserts:
-                out.append((cypher.upsert_query(kind), {"rows": self.upserts[kind]}))
+                out.append((cypher.upsert_query(kind), _upsert_params(self.upserts[kind])))
         return out
+
+
+def _upsert_params(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """An upsert's parameters: each distinct link target once, in id order (``$targets``: looked up once per
+    statement, and in the same order by every writer), and each row's links as positions in it (``at``)."""
+    targets = sorted({t for r in rows for t in r["links"]})
+    position = {t: i for i, t in enumerate(targets)}
+    return {
+        "rows": [
+            {
+                "id": r["id"],
+                "version": r["version"],
+                "props": r["props"],
+                "at": [position[t] for t in r["links"]],
+            }
+            for r in rows
+        ],
+        "targets": targets,
+    }
 
 
 def _is_conflict(exc: BaseException) -> bool:
