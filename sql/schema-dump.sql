@@ -2466,11 +2466,15 @@ BEGIN
                (x.elem ->> 'agent_id')::uuid AS agent_id,
                x.elem ->> 'model' AS model,
                x.elem ->> 'provider' AS provider,
-               coalesce((x.elem ->> 'input_tokens')::bigint, 0) AS tin,
-               coalesce((x.elem ->> 'output_tokens')::bigint, 0) AS tout,
+               -- an absent field takes record_cost's DEFAULT, a JSON null is record_cost's NULL argument:
+               -- tokens NULL are refused (22004), metadata NULL is '{}' (as _cost_validate does)
+               coalesce((x.elem ->> 'input_tokens')::bigint, CASE WHEN x.elem ? 'input_tokens' THEN NULL ELSE 0 END)
+                   AS tin,
+               coalesce((x.elem ->> 'output_tokens')::bigint, CASE WHEN x.elem ? 'output_tokens' THEN NULL ELSE 0 END)
+                   AS tout,
                (x.elem ->> 'cost_usd')::numeric AS cost_given,
                coalesce((x.elem ->> 'created_at')::timestamptz, v_now) AS created_at,
-               coalesce(x.elem -> 'metadata', '{}'::jsonb) AS metadata
+               coalesce(nullif(x.elem -> 'metadata', 'null'::jsonb), '{}'::jsonb) AS metadata
           FROM jsonb_array_elements(p_batch) WITH ORDINALITY AS x(elem, ord)
     ), g AS MATERIALIZED (
         -- plain values pass as they are; the rules (_text_norm) run only for the others, in CASE branches (a
@@ -2507,8 +2511,8 @@ BEGIN
                     WHEN h.key IS NULL THEN 2 WHEN h.key_error IS NOT NULL THEN 3
                     WHEN h.model IS NULL THEN 5 WHEN h.model_error IS NOT NULL THEN 6
                     WHEN h.provider IS NULL THEN 8 WHEN h.provider_error IS NOT NULL THEN 9
-                    WHEN h.tin < 0 THEN 11 WHEN h.tin > 1000000000000 THEN 12
-                    WHEN h.tout < 0 THEN 13 WHEN h.tout > 1000000000000 THEN 14
+                    WHEN h.tin IS NULL THEN 10 WHEN h.tin < 0 THEN 11 WHEN h.tin > 1000000000000 THEN 12
+                    WHEN h.tout IS NULL THEN 28 WHEN h.tout < 0 THEN 13 WHEN h.tout > 1000000000000 THEN 14
                     WHEN h.created_at <= timestamptz '2020-01-01 00:00:00+00' OR h.created_at > v_now + interval '1 day' THEN 15
                     WHEN h.created_at < v_now - c_backdate_window THEN 16
                     WHEN jsonb_typeof(h.metadata) <> 'object' THEN 17
@@ -2530,9 +2534,11 @@ BEGIN
                               WHERE mp.provider = h.provider AND mp.model = h.model AND mp.valid_from <= h.created_at
                               ORDER BY mp.valid_from DESC LIMIT 1) pr ON true
     ), n AS (
-        -- the valid rows of the application's own keys. Within the batch the first occurrence of a key is the
-        -- row, later ones are replays of it (the keys compared as bytes: "C" sorts without the locale); the
-        -- first carries the registry's entry for its key when this statement sees one
+        -- the valid rows of the application's own keys, each with the registry's entry for its key when this
+        -- statement sees one. As record_cost one row after another: a key the ledger holds makes every row of
+        -- it a replay or a conflict with the stored row; otherwise the first valid row of the key is inserted
+        -- and the later ones are replays or conflicts with it (the keys compared as bytes: "C" sorts without
+        -- the locale)
         SELECT d.*, k.ledger_id AS s_id, k.created_at AS s_at
           FROM (SELECT v.ord, v.key, v.agent_id, v.provider, v.model, v.tin, v.tout, v.cost, v.cost_given, v.priced,
                        v.source, v.created_at, v.metadata,
@@ -2540,7 +2546,7 @@ BEGIN
                        first_value(v.cost) OVER w AS first_cost
                   FROM v WHERE v.rule IS NULL AND NOT v.is_reservation
                 WINDOW w AS (PARTITION BY v.key COLLATE "C" ORDER BY v.ord)) d
-          LEFT JOIN llm_cost_log_key k ON d.rn = 1 AND k.idempotency_key = d.key
+          LEFT JOIN llm_cost_log_key k ON k.idempotency_key = d.key
     ), ins AS (
         -- the new keys, in key order: the ledger's trigger registers each key as it does for every writer. A key
         -- that a concurrent transaction registered makes it wait for that one (two batches sharing keys take
@@ -2552,24 +2558,27 @@ BEGIN
                NULL, n.created_at, n.created_at, n.metadata
           FROM n WHERE n.rn = 1 AND n.s_id IS NULL
          ORDER BY n.key COLLATE "C"
-        RETURNING agent_id, charged_at, cost_usd
+        RETURNING id, idempotency_key, agent_id, charged_at, cost_usd
     ), stored AS (
-        -- keys the ledger holds: a replay when it holds the same agent and (given) cost
+        -- rows of keys the ledger holds: a replay when it holds the same agent and, when the row gives one, the
+        -- same cost (_cost_insert's rule)
         SELECT y.*, (y.s_agent = y.agent_id AND (y.cost_given IS NULL OR y.s_cost = y.cost_given)) AS same
-          FROM (SELECT n.ord, n.key, n.agent_id, n.cost_given, n.s_id,
+          FROM (SELECT n.ord, n.key, n.agent_id, n.cost, n.cost_given, n.s_id,
                        (SELECT x.agent_id FROM llm_cost_log x WHERE x.id = n.s_id AND x.created_at = n.s_at) AS s_agent,
                        (SELECT x.cost_usd FROM llm_cost_log x WHERE x.id = n.s_id AND x.created_at = n.s_at) AS s_cost
-                  FROM n WHERE n.rn = 1 AND n.s_id IS NOT NULL) y
+                  FROM n WHERE n.s_id IS NOT NULL) y
     ), later AS (
-        SELECT n.ord, n.key, n.agent_id, n.cost,
-               (n.agent_id = n.first_agent AND n.cost = n.first_cost) AS same, n.first_agent, n.first_cost
-          FROM n WHERE n.rn > 1
+        -- the later rows of a key this batch inserts: the same rule against the first row (what the ledger
+        -- holds once it is inserted)
+        SELECT n.ord, n.key, n.agent_id, n.cost, n.first_agent, n.first_cost,
+               (n.agent_id = n.first_agent AND (n.cost_given IS NULL OR n.cost_given = n.first_cost)) AS same
+          FROM n WHERE n.rn > 1 AND n.s_id IS NULL
     ), q AS (
         INSERT INTO cost_quarantine (idempotency_key, payload, sqlstate, reason)
         SELECT left(x.key, 200), p_batch -> (x.ord::integer - 1), x.state, x.reason
           FROM (
             SELECT v.ord, v.key,
-                   CASE WHEN v.rule IN (2, 5, 8, 18) THEN '22004' WHEN v.rule IN (12, 14, 20, 24, 25) THEN '22003'
+                   CASE WHEN v.rule IN (2, 5, 8, 10, 18, 28) THEN '22004' WHEN v.rule IN (12, 14, 20, 24, 25) THEN '22003'
                         WHEN v.rule = 19 THEN 'P0002' ELSE '22023' END AS state,
                    CASE v.rule
                        WHEN 1 THEN format('batch row must be a JSON object, got %s', v.typ)
@@ -2579,6 +2588,8 @@ BEGIN
                        WHEN 6 THEN v.model_error
                        WHEN 8 THEN 'provider must not be NULL'
                        WHEN 9 THEN v.provider_error
+                       WHEN 10 THEN 'input_tokens must not be NULL'
+                       WHEN 28 THEN 'output_tokens must not be NULL'
                        WHEN 11 THEN format('input_tokens must not be negative, got %s', v.tin)
                        WHEN 12 THEN format('input_tokens must be at most 1e12, got %s', v.tin)
                        WHEN 13 THEN format('output_tokens must not be negative, got %s', v.tout)
@@ -2612,12 +2623,13 @@ BEGIN
             UNION ALL
             SELECT s.ord, s.key, '23505',
                    format('idempotency key %L already records %s USD for agent %s (ledger %s), not %s USD for agent %s',
-                          left(s.key, 200), s.s_cost, s.s_agent, s.s_id, s.cost_given, s.agent_id)
+                          left(s.key, 200), s.s_cost, s.s_agent, s.s_id, s.cost, s.agent_id)
               FROM stored s WHERE NOT s.same
             UNION ALL
             SELECT l.ord, l.key, '23505',
-                   format('idempotency key %L appears twice in the batch with different costs (%s USD for agent %s, then %s USD for agent %s)',
-                          left(l.key, 200), l.first_cost, l.first_agent, l.cost, l.agent_id)
+                   format('idempotency key %L already records %s USD for agent %s (ledger %s), not %s USD for agent %s',
+                          left(l.key, 200), l.first_cost, l.first_agent,
+                          (SELECT i.id FROM ins i WHERE i.idempotency_key = l.key), l.cost, l.agent_id)
               FROM later l WHERE NOT l.same
           ) x
          ORDER BY x.ord
@@ -5762,8 +5774,8 @@ DECLARE
     r record;
     x record;
     s record;
-    v_res record;
     c record;
+    v_n integer;
     v_state text;
     v_msg text;
     v_batch jsonb := p_batch;
@@ -5805,39 +5817,65 @@ BEGIN
         END;
     END LOOP;
     inserted := r.inserted; duplicates := r.duplicates; quarantined := r.quarantined + coalesce(v_bad, 0);
-    -- costs recorded under a reservation's key: each through the reservation (rare: a settle the harness could
-    -- not run); refused ones are quarantined like any other bad row
-    FOR x IN SELECT * FROM jsonb_to_recordset(coalesce(r.reserved, '[]'::jsonb))
-                       AS j(elem jsonb, reservation_id bigint, agent_id uuid, cost_usd numeric, cost_given numeric,
-                            priced_usd numeric, cost_source text, input_tokens bigint, output_tokens bigint,
-                            model text, provider text, metadata jsonb, created_at timestamptz)
-    LOOP
-        SELECT br.agent_id, br.state, br.actual_usd INTO v_res FROM budget_reservation br WHERE br.id = x.reservation_id;
-        v_state := CASE WHEN NOT FOUND THEN 'P0002'
-                        WHEN v_res.agent_id <> x.agent_id THEN '23505'
-                        WHEN v_res.state = 'settled' AND x.cost_given IS NOT NULL
-                             AND x.cost_given <> v_res.actual_usd THEN 'SLB03' END;
-        IF v_state IS NOT NULL THEN
-            v_msg := CASE v_state
-                WHEN 'P0002' THEN format('unknown reservation %s', x.reservation_id)
-                WHEN '23505' THEN format('idempotency key %L belongs to reservation %s of agent %s, not agent %s',
-                                         'reservation:' || x.reservation_id, x.reservation_id, v_res.agent_id, x.agent_id)
-                ELSE format('reservation %s is already settled at %s USD, not %s', x.reservation_id,
-                            v_res.actual_usd, x.cost_given) END;
-            INSERT INTO cost_quarantine (idempotency_key, payload, sqlstate, reason)
-            VALUES ('reservation:' || x.reservation_id, x.elem, v_state, v_msg);
-            quarantined := quarantined + 1;
-            CONTINUE;
-        END IF;
-        s := _reservation_settle(x.reservation_id, 'record', x.agent_id, x.cost_usd, x.cost_given, x.priced_usd,
-                                 x.cost_source, x.input_tokens, x.output_tokens, x.model, x.provider, x.metadata,
-                                 x.created_at);
-        IF s.replayed THEN
-            duplicates := duplicates + 1;
-        ELSE
-            inserted := inserted + 1;
-        END IF;
-    END LOOP;
+    IF r.reserved IS NOT NULL THEN
+        -- costs recorded under a reservation's key (rare: a settle the harness could not run), each through
+        -- the reservation as record_cost does. Lock order, the global one (as settle_budgets): the application
+        -- keys were taken above; now the reservation rows in id order, then every budget_spend row this call
+        -- changes (the reservations' levels and the charges of the rows above), created when missing, in the
+        -- global order (level, budget id, period, slice), all before any is changed. The settlements and the
+        -- charges below then wait for no row: this batch never holds a spend row while it waits for an
+        -- earlier one (issue 13's review: settling first held one agent's row while the charges waited).
+        PERFORM 1 FROM budget_reservation br
+         WHERE br.id IN (SELECT (e ->> 'reservation_id')::bigint FROM jsonb_array_elements(r.reserved) e)
+         ORDER BY br.id FOR UPDATE;
+        FOR x IN
+            SELECT u.bid, u.ps, max(u.cap) AS cap, max(u.ns) AS ns
+              FROM (SELECT p.bid, p.ps, b.limit_usd * (1 + b.grace_ratio) AS cap, b.slices AS ns,
+                           CASE b.level WHEN 'org' THEN 0 WHEN 'team' THEN 1 ELSE 2 END AS rank
+                      FROM budget_reservation br
+                     CROSS JOIN LATERAL unnest(br.budget_ids, br.period_starts) AS p(bid, ps)
+                      JOIN budget b ON b.id = p.bid
+                     WHERE br.id IN (SELECT (e ->> 'reservation_id')::bigint FROM jsonb_array_elements(r.reserved) e)
+                       AND br.state <> 'settled'
+                    UNION ALL
+                    SELECT ch.bid, ch.ps, ch.cap, ch.ns, CASE b.level WHEN 'org' THEN 0 WHEN 'team' THEN 1 ELSE 2 END
+                      FROM unnest(r.charge_budget_ids, r.charge_periods, r.charge_caps, r.charge_slices)
+                           AS ch(bid, ps, cap, ns)
+                      JOIN budget b ON b.id = ch.bid) u
+             GROUP BY u.rank, u.bid, u.ps
+             ORDER BY u.rank, u.bid, u.ps
+        LOOP
+            v_n := _spend_ensure(x.bid, x.ps, coalesce(x.cap, 0), x.ns);
+            PERFORM 1 FROM budget_spend sp WHERE sp.budget_id = x.bid AND sp.period_start = x.ps
+             ORDER BY sp.slice FOR UPDATE;
+        END LOOP;
+        -- in batch order; what record_cost would refuse (unknown reservation: P0002, another agent or a key
+        -- taken by an older row: 23505, another amount than the settled one: SLB03) is quarantined with its
+        -- SQLSTATE and message (a subtransaction per row: the locks above stay with the batch)
+        FOR x IN SELECT * FROM jsonb_to_recordset(r.reserved)
+                           AS j(elem jsonb, reservation_id bigint, agent_id uuid, cost_usd numeric, cost_given numeric,
+                                priced_usd numeric, cost_source text, input_tokens bigint, output_tokens bigint,
+                                model text, provider text, metadata jsonb, created_at timestamptz)
+        LOOP
+            BEGIN
+                s := _reservation_settle(x.reservation_id, 'record', x.agent_id, x.cost_usd, x.cost_given,
+                                         x.priced_usd, x.cost_source, x.input_tokens, x.output_tokens, x.model,
+                                         x.provider, x.metadata, x.created_at);
+                -- (a settle that adopts a row written before the key space was reserved writes no ledger row)
+                IF NOT s.replayed AND EXISTS (SELECT 1 FROM llm_cost_log l
+                                               WHERE l.id = s.ledger_id AND l.reservation_id = x.reservation_id) THEN
+                    inserted := inserted + 1;
+                ELSE
+                    duplicates := duplicates + 1;
+                END IF;
+            EXCEPTION WHEN unique_violation OR no_data_found OR SQLSTATE 'SLB03' THEN
+                GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_msg = MESSAGE_TEXT;
+                INSERT INTO cost_quarantine (idempotency_key, payload, sqlstate, reason)
+                VALUES ('reservation:' || x.reservation_id, x.elem, v_state, v_msg);
+                quarantined := quarantined + 1;
+            END;
+        END LOOP;
+    END IF;
     -- one charge per (budget, period), in the global lock order (level, budget id, period)
     PERFORM _record_costs_charge(r.charge_budget_ids, r.charge_periods, r.charge_amounts, r.charge_caps,
                                  r.charge_limits, r.charge_thresholds, r.charge_slices);
@@ -5851,14 +5889,19 @@ ALTER FUNCTION sigledger.record_costs(p_batch jsonb) OWNER TO sigledger_owner;
 -- Name: FUNCTION record_costs(p_batch jsonb); Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
 --
 
-COMMENT ON FUNCTION sigledger.record_costs(p_batch jsonb) IS 'Records a batch (JSON array of at most 10000 record_cost objects) in one transaction: valid rows are
-inserted, replays (an existing key with the same agent and cost) counted as duplicates, and every invalid row
-(a bad or malformed value, created_at more than 7 days old, a key that records another cost: 23505, a
-reserved key that does not fit its reservation) quarantined in cost_quarantine with its SQLSTATE and reason;
-the others go in. Returns (inserted, duplicates, quarantined). Budgets are charged once per budget and
-period, in lock order. A batch sharing keys with a concurrent one waits for it at the first shared key, then
-compares with what it committed; 40001 (nothing written) when its keys keep being recorded by concurrent
-batches.
+COMMENT ON FUNCTION sigledger.record_costs(p_batch jsonb) IS 'Records a batch (JSON array of at most 10000 record_cost objects) in one transaction, exactly as if its rows
+were passed to record_cost one after another in order, except that what record_cost would refuse is
+quarantined in cost_quarantine with record_cost''s SQLSTATE and message instead of raised: valid rows are
+inserted, replays (a key already recorded, by the ledger or by an earlier row of the batch, with the same
+agent and, when given, the same cost) counted as duplicates, and every invalid row (a bad or malformed value,
+created_at more than 7 days old, a key that records another cost: 23505, a reservation key that does not fit
+its reservation or whose ledger key holds an older row: P0002, 23505, SLB03) quarantined; the others go in.
+An absent field takes record_cost''s default, a JSON null is its NULL. Returns (inserted, duplicates,
+quarantined). Budgets are charged once per budget and period, in lock order. A batch sharing keys with a
+concurrent one waits for it at the first shared key, then compares with what it committed; 40001 (nothing
+written) when its keys keep being recorded by concurrent batches. It raises no 23505 (conflicts are
+quarantined) and, called in its own transaction, no 40P01 against other sigledger calls (it takes its locks
+in the global order).
 SQLSTATE: 22023, 55P03, 40001';
 
 --

@@ -142,7 +142,13 @@ SQLSTATE: 22004, 22023, 22003, 23505, P0002, SLB03, 55P03';
 -- one statement validates, quarantines and inserts the rows (the ledger's trigger registers their keys);
 -- only a batch holding a value that does not even cast (a malformed uuid, number or timestamp) has its casts
 -- done row by row, each in a subtransaction of its own. Budgets are charged once per (budget, period) in lock
--- order.
+-- order. The rule: a batch behaves exactly as if its rows were passed to record_cost one after another, in
+-- order, each refusal quarantined with record_cost's SQLSTATE and message instead of raised (111_record_costs.sql
+-- says what that means for duplicates and JSON nulls; tests/sql/ledger_batch_sequential.sql checks it).
+-- Lock order (the global one): the application keys (in key order, by the set-based statement), then, when
+-- the batch holds reservation keys, the reservation rows in id order and every budget_spend row it changes,
+-- then the changes; so two batches, or a batch and any single call, never wait for each other in a cycle
+-- (isolation specs ledger_batch_key_race, ledger_batch_lock_order).
 CREATE OR REPLACE FUNCTION sigledger.record_costs(p_batch jsonb)
 RETURNS TABLE (inserted integer, duplicates integer, quarantined integer)
 LANGUAGE plpgsql
@@ -154,8 +160,8 @@ DECLARE
     r record;
     x record;
     s record;
-    v_res record;
     c record;
+    v_n integer;
     v_state text;
     v_msg text;
     v_batch jsonb := p_batch;
@@ -197,39 +203,65 @@ BEGIN
         END;
     END LOOP;
     inserted := r.inserted; duplicates := r.duplicates; quarantined := r.quarantined + coalesce(v_bad, 0);
-    -- costs recorded under a reservation's key: each through the reservation (rare: a settle the harness could
-    -- not run); refused ones are quarantined like any other bad row
-    FOR x IN SELECT * FROM jsonb_to_recordset(coalesce(r.reserved, '[]'::jsonb))
-                       AS j(elem jsonb, reservation_id bigint, agent_id uuid, cost_usd numeric, cost_given numeric,
-                            priced_usd numeric, cost_source text, input_tokens bigint, output_tokens bigint,
-                            model text, provider text, metadata jsonb, created_at timestamptz)
-    LOOP
-        SELECT br.agent_id, br.state, br.actual_usd INTO v_res FROM budget_reservation br WHERE br.id = x.reservation_id;
-        v_state := CASE WHEN NOT FOUND THEN 'P0002'
-                        WHEN v_res.agent_id <> x.agent_id THEN '23505'
-                        WHEN v_res.state = 'settled' AND x.cost_given IS NOT NULL
-                             AND x.cost_given <> v_res.actual_usd THEN 'SLB03' END;
-        IF v_state IS NOT NULL THEN
-            v_msg := CASE v_state
-                WHEN 'P0002' THEN format('unknown reservation %s', x.reservation_id)
-                WHEN '23505' THEN format('idempotency key %L belongs to reservation %s of agent %s, not agent %s',
-                                         'reservation:' || x.reservation_id, x.reservation_id, v_res.agent_id, x.agent_id)
-                ELSE format('reservation %s is already settled at %s USD, not %s', x.reservation_id,
-                            v_res.actual_usd, x.cost_given) END;
-            INSERT INTO cost_quarantine (idempotency_key, payload, sqlstate, reason)
-            VALUES ('reservation:' || x.reservation_id, x.elem, v_state, v_msg);
-            quarantined := quarantined + 1;
-            CONTINUE;
-        END IF;
-        s := _reservation_settle(x.reservation_id, 'record', x.agent_id, x.cost_usd, x.cost_given, x.priced_usd,
-                                 x.cost_source, x.input_tokens, x.output_tokens, x.model, x.provider, x.metadata,
-                                 x.created_at);
-        IF s.replayed THEN
-            duplicates := duplicates + 1;
-        ELSE
-            inserted := inserted + 1;
-        END IF;
-    END LOOP;
+    IF r.reserved IS NOT NULL THEN
+        -- costs recorded under a reservation's key (rare: a settle the harness could not run), each through
+        -- the reservation as record_cost does. Lock order, the global one (as settle_budgets): the application
+        -- keys were taken above; now the reservation rows in id order, then every budget_spend row this call
+        -- changes (the reservations' levels and the charges of the rows above), created when missing, in the
+        -- global order (level, budget id, period, slice), all before any is changed. The settlements and the
+        -- charges below then wait for no row: this batch never holds a spend row while it waits for an
+        -- earlier one (issue 13's review: settling first held one agent's row while the charges waited).
+        PERFORM 1 FROM budget_reservation br
+         WHERE br.id IN (SELECT (e ->> 'reservation_id')::bigint FROM jsonb_array_elements(r.reserved) e)
+         ORDER BY br.id FOR UPDATE;
+        FOR x IN
+            SELECT u.bid, u.ps, max(u.cap) AS cap, max(u.ns) AS ns
+              FROM (SELECT p.bid, p.ps, b.limit_usd * (1 + b.grace_ratio) AS cap, b.slices AS ns,
+                           CASE b.level WHEN 'org' THEN 0 WHEN 'team' THEN 1 ELSE 2 END AS rank
+                      FROM budget_reservation br
+                     CROSS JOIN LATERAL unnest(br.budget_ids, br.period_starts) AS p(bid, ps)
+                      JOIN budget b ON b.id = p.bid
+                     WHERE br.id IN (SELECT (e ->> 'reservation_id')::bigint FROM jsonb_array_elements(r.reserved) e)
+                       AND br.state <> 'settled'
+                    UNION ALL
+                    SELECT ch.bid, ch.ps, ch.cap, ch.ns, CASE b.level WHEN 'org' THEN 0 WHEN 'team' THEN 1 ELSE 2 END
+                      FROM unnest(r.charge_budget_ids, r.charge_periods, r.charge_caps, r.charge_slices)
+                           AS ch(bid, ps, cap, ns)
+                      JOIN budget b ON b.id = ch.bid) u
+             GROUP BY u.rank, u.bid, u.ps
+             ORDER BY u.rank, u.bid, u.ps
+        LOOP
+            v_n := _spend_ensure(x.bid, x.ps, coalesce(x.cap, 0), x.ns);
+            PERFORM 1 FROM budget_spend sp WHERE sp.budget_id = x.bid AND sp.period_start = x.ps
+             ORDER BY sp.slice FOR UPDATE;
+        END LOOP;
+        -- in batch order; what record_cost would refuse (unknown reservation: P0002, another agent or a key
+        -- taken by an older row: 23505, another amount than the settled one: SLB03) is quarantined with its
+        -- SQLSTATE and message (a subtransaction per row: the locks above stay with the batch)
+        FOR x IN SELECT * FROM jsonb_to_recordset(r.reserved)
+                           AS j(elem jsonb, reservation_id bigint, agent_id uuid, cost_usd numeric, cost_given numeric,
+                                priced_usd numeric, cost_source text, input_tokens bigint, output_tokens bigint,
+                                model text, provider text, metadata jsonb, created_at timestamptz)
+        LOOP
+            BEGIN
+                s := _reservation_settle(x.reservation_id, 'record', x.agent_id, x.cost_usd, x.cost_given,
+                                         x.priced_usd, x.cost_source, x.input_tokens, x.output_tokens, x.model,
+                                         x.provider, x.metadata, x.created_at);
+                -- (a settle that adopts a row written before the key space was reserved writes no ledger row)
+                IF NOT s.replayed AND EXISTS (SELECT 1 FROM llm_cost_log l
+                                               WHERE l.id = s.ledger_id AND l.reservation_id = x.reservation_id) THEN
+                    inserted := inserted + 1;
+                ELSE
+                    duplicates := duplicates + 1;
+                END IF;
+            EXCEPTION WHEN unique_violation OR no_data_found OR SQLSTATE 'SLB03' THEN
+                GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_msg = MESSAGE_TEXT;
+                INSERT INTO cost_quarantine (idempotency_key, payload, sqlstate, reason)
+                VALUES ('reservation:' || x.reservation_id, x.elem, v_state, v_msg);
+                quarantined := quarantined + 1;
+            END;
+        END LOOP;
+    END IF;
     -- one charge per (budget, period), in the global lock order (level, budget id, period)
     PERFORM _record_costs_charge(r.charge_budget_ids, r.charge_periods, r.charge_amounts, r.charge_caps,
                                  r.charge_limits, r.charge_thresholds, r.charge_slices);
@@ -237,14 +269,19 @@ BEGIN
 END;
 $$;
 COMMENT ON FUNCTION sigledger.record_costs(jsonb) IS
-'Records a batch (JSON array of at most 10000 record_cost objects) in one transaction: valid rows are
-inserted, replays (an existing key with the same agent and cost) counted as duplicates, and every invalid row
-(a bad or malformed value, created_at more than 7 days old, a key that records another cost: 23505, a
-reserved key that does not fit its reservation) quarantined in cost_quarantine with its SQLSTATE and reason;
-the others go in. Returns (inserted, duplicates, quarantined). Budgets are charged once per budget and
-period, in lock order. A batch sharing keys with a concurrent one waits for it at the first shared key, then
-compares with what it committed; 40001 (nothing written) when its keys keep being recorded by concurrent
-batches.
+'Records a batch (JSON array of at most 10000 record_cost objects) in one transaction, exactly as if its rows
+were passed to record_cost one after another in order, except that what record_cost would refuse is
+quarantined in cost_quarantine with record_cost''s SQLSTATE and message instead of raised: valid rows are
+inserted, replays (a key already recorded, by the ledger or by an earlier row of the batch, with the same
+agent and, when given, the same cost) counted as duplicates, and every invalid row (a bad or malformed value,
+created_at more than 7 days old, a key that records another cost: 23505, a reservation key that does not fit
+its reservation or whose ledger key holds an older row: P0002, 23505, SLB03) quarantined; the others go in.
+An absent field takes record_cost''s default, a JSON null is its NULL. Returns (inserted, duplicates,
+quarantined). Budgets are charged once per budget and period, in lock order. A batch sharing keys with a
+concurrent one waits for it at the first shared key, then compares with what it committed; 40001 (nothing
+written) when its keys keep being recorded by concurrent batches. It raises no 23505 (conflicts are
+quarantined) and, called in its own transaction, no 40P01 against other sigledger calls (it takes its locks
+in the global order).
 SQLSTATE: 22023, 55P03, 40001';
 
 -- add_model_price: adds a dated price; prices are never edited, a new valid_from supersedes.

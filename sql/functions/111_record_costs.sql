@@ -1,5 +1,17 @@
 -- 111: the internals of record_costs (the harness's flush), set-based.
 --
+-- The rule (issue 13's review): a batch behaves exactly as if its rows were passed to record_cost one after
+-- another, in batch order, each refusal quarantined instead of raised: the same rows inserted, the same replays,
+-- the same SQLSTATE and message for each refused row. So a key the ledger holds makes every row of it in the
+-- batch a replay or a 23505 conflict with that stored row; otherwise its first valid row is inserted and the
+-- later ones are replays or conflicts with it; a replay needs the same agent and, when the row gives a cost,
+-- the same cost (an omitted cost is a replay whatever the price says). An absent field takes record_cost's
+-- DEFAULT (tokens 0, metadata {}), a JSON null is record_cost's NULL argument (tokens: 22004; metadata: {};
+-- cost: priced; created_at: now). tests/sql/ledger_batch_sequential.sql compares the two over a table of cases.
+-- Beyond the rows: budgets are charged once per (budget, period), after the reservations' settlements, so
+-- when a cap is reached the split of one budget's charges between spent and excess can differ from the
+-- sequential one (their sum cannot), and the rows that do not even cast are quarantined first.
+--
 -- _record_costs_set does a whole batch in one statement: it reads every element, validates it with the
 -- rules of record_cost (the first failed rule of a row gives its SQLSTATE and reason, the same messages as
 -- _cost_validate), quarantines the bad rows, looks the keys of the good ones up in the key registry, inserts
@@ -39,11 +51,15 @@ BEGIN
                (x.elem ->> 'agent_id')::uuid AS agent_id,
                x.elem ->> 'model' AS model,
                x.elem ->> 'provider' AS provider,
-               coalesce((x.elem ->> 'input_tokens')::bigint, 0) AS tin,
-               coalesce((x.elem ->> 'output_tokens')::bigint, 0) AS tout,
+               -- an absent field takes record_cost's DEFAULT, a JSON null is record_cost's NULL argument:
+               -- tokens NULL are refused (22004), metadata NULL is '{}' (as _cost_validate does)
+               coalesce((x.elem ->> 'input_tokens')::bigint, CASE WHEN x.elem ? 'input_tokens' THEN NULL ELSE 0 END)
+                   AS tin,
+               coalesce((x.elem ->> 'output_tokens')::bigint, CASE WHEN x.elem ? 'output_tokens' THEN NULL ELSE 0 END)
+                   AS tout,
                (x.elem ->> 'cost_usd')::numeric AS cost_given,
                coalesce((x.elem ->> 'created_at')::timestamptz, v_now) AS created_at,
-               coalesce(x.elem -> 'metadata', '{}'::jsonb) AS metadata
+               coalesce(nullif(x.elem -> 'metadata', 'null'::jsonb), '{}'::jsonb) AS metadata
           FROM jsonb_array_elements(p_batch) WITH ORDINALITY AS x(elem, ord)
     ), g AS MATERIALIZED (
         -- plain values pass as they are; the rules (_text_norm) run only for the others, in CASE branches (a
@@ -80,8 +96,8 @@ BEGIN
                     WHEN h.key IS NULL THEN 2 WHEN h.key_error IS NOT NULL THEN 3
                     WHEN h.model IS NULL THEN 5 WHEN h.model_error IS NOT NULL THEN 6
                     WHEN h.provider IS NULL THEN 8 WHEN h.provider_error IS NOT NULL THEN 9
-                    WHEN h.tin < 0 THEN 11 WHEN h.tin > 1000000000000 THEN 12
-                    WHEN h.tout < 0 THEN 13 WHEN h.tout > 1000000000000 THEN 14
+                    WHEN h.tin IS NULL THEN 10 WHEN h.tin < 0 THEN 11 WHEN h.tin > 1000000000000 THEN 12
+                    WHEN h.tout IS NULL THEN 28 WHEN h.tout < 0 THEN 13 WHEN h.tout > 1000000000000 THEN 14
                     WHEN h.created_at <= timestamptz '2020-01-01 00:00:00+00' OR h.created_at > v_now + interval '1 day' THEN 15
                     WHEN h.created_at < v_now - c_backdate_window THEN 16
                     WHEN jsonb_typeof(h.metadata) <> 'object' THEN 17
@@ -103,9 +119,11 @@ BEGIN
                               WHERE mp.provider = h.provider AND mp.model = h.model AND mp.valid_from <= h.created_at
                               ORDER BY mp.valid_from DESC LIMIT 1) pr ON true
     ), n AS (
-        -- the valid rows of the application's own keys. Within the batch the first occurrence of a key is the
-        -- row, later ones are replays of it (the keys compared as bytes: "C" sorts without the locale); the
-        -- first carries the registry's entry for its key when this statement sees one
+        -- the valid rows of the application's own keys, each with the registry's entry for its key when this
+        -- statement sees one. As record_cost one row after another: a key the ledger holds makes every row of
+        -- it a replay or a conflict with the stored row; otherwise the first valid row of the key is inserted
+        -- and the later ones are replays or conflicts with it (the keys compared as bytes: "C" sorts without
+        -- the locale)
         SELECT d.*, k.ledger_id AS s_id, k.created_at AS s_at
           FROM (SELECT v.ord, v.key, v.agent_id, v.provider, v.model, v.tin, v.tout, v.cost, v.cost_given, v.priced,
                        v.source, v.created_at, v.metadata,
@@ -113,7 +131,7 @@ BEGIN
                        first_value(v.cost) OVER w AS first_cost
                   FROM v WHERE v.rule IS NULL AND NOT v.is_reservation
                 WINDOW w AS (PARTITION BY v.key COLLATE "C" ORDER BY v.ord)) d
-          LEFT JOIN llm_cost_log_key k ON d.rn = 1 AND k.idempotency_key = d.key
+          LEFT JOIN llm_cost_log_key k ON k.idempotency_key = d.key
     ), ins AS (
         -- the new keys, in key order: the ledger's trigger registers each key as it does for every writer. A key
         -- that a concurrent transaction registered makes it wait for that one (two batches sharing keys take
@@ -125,24 +143,27 @@ BEGIN
                NULL, n.created_at, n.created_at, n.metadata
           FROM n WHERE n.rn = 1 AND n.s_id IS NULL
          ORDER BY n.key COLLATE "C"
-        RETURNING agent_id, charged_at, cost_usd
+        RETURNING id, idempotency_key, agent_id, charged_at, cost_usd
     ), stored AS (
-        -- keys the ledger holds: a replay when it holds the same agent and (given) cost
+        -- rows of keys the ledger holds: a replay when it holds the same agent and, when the row gives one, the
+        -- same cost (_cost_insert's rule)
         SELECT y.*, (y.s_agent = y.agent_id AND (y.cost_given IS NULL OR y.s_cost = y.cost_given)) AS same
-          FROM (SELECT n.ord, n.key, n.agent_id, n.cost_given, n.s_id,
+          FROM (SELECT n.ord, n.key, n.agent_id, n.cost, n.cost_given, n.s_id,
                        (SELECT x.agent_id FROM llm_cost_log x WHERE x.id = n.s_id AND x.created_at = n.s_at) AS s_agent,
                        (SELECT x.cost_usd FROM llm_cost_log x WHERE x.id = n.s_id AND x.created_at = n.s_at) AS s_cost
-                  FROM n WHERE n.rn = 1 AND n.s_id IS NOT NULL) y
+                  FROM n WHERE n.s_id IS NOT NULL) y
     ), later AS (
-        SELECT n.ord, n.key, n.agent_id, n.cost,
-               (n.agent_id = n.first_agent AND n.cost = n.first_cost) AS same, n.first_agent, n.first_cost
-          FROM n WHERE n.rn > 1
+        -- the later rows of a key this batch inserts: the same rule against the first row (what the ledger
+        -- holds once it is inserted)
+        SELECT n.ord, n.key, n.agent_id, n.cost, n.first_agent, n.first_cost,
+               (n.agent_id = n.first_agent AND (n.cost_given IS NULL OR n.cost_given = n.first_cost)) AS same
+          FROM n WHERE n.rn > 1 AND n.s_id IS NULL
     ), q AS (
         INSERT INTO cost_quarantine (idempotency_key, payload, sqlstate, reason)
         SELECT left(x.key, 200), p_batch -> (x.ord::integer - 1), x.state, x.reason
           FROM (
             SELECT v.ord, v.key,
-                   CASE WHEN v.rule IN (2, 5, 8, 18) THEN '22004' WHEN v.rule IN (12, 14, 20, 24, 25) THEN '22003'
+                   CASE WHEN v.rule IN (2, 5, 8, 10, 18, 28) THEN '22004' WHEN v.rule IN (12, 14, 20, 24, 25) THEN '22003'
                         WHEN v.rule = 19 THEN 'P0002' ELSE '22023' END AS state,
                    CASE v.rule
                        WHEN 1 THEN format('batch row must be a JSON object, got %s', v.typ)
@@ -152,6 +173,8 @@ BEGIN
                        WHEN 6 THEN v.model_error
                        WHEN 8 THEN 'provider must not be NULL'
                        WHEN 9 THEN v.provider_error
+                       WHEN 10 THEN 'input_tokens must not be NULL'
+                       WHEN 28 THEN 'output_tokens must not be NULL'
                        WHEN 11 THEN format('input_tokens must not be negative, got %s', v.tin)
                        WHEN 12 THEN format('input_tokens must be at most 1e12, got %s', v.tin)
                        WHEN 13 THEN format('output_tokens must not be negative, got %s', v.tout)
@@ -185,12 +208,13 @@ BEGIN
             UNION ALL
             SELECT s.ord, s.key, '23505',
                    format('idempotency key %L already records %s USD for agent %s (ledger %s), not %s USD for agent %s',
-                          left(s.key, 200), s.s_cost, s.s_agent, s.s_id, s.cost_given, s.agent_id)
+                          left(s.key, 200), s.s_cost, s.s_agent, s.s_id, s.cost, s.agent_id)
               FROM stored s WHERE NOT s.same
             UNION ALL
             SELECT l.ord, l.key, '23505',
-                   format('idempotency key %L appears twice in the batch with different costs (%s USD for agent %s, then %s USD for agent %s)',
-                          left(l.key, 200), l.first_cost, l.first_agent, l.cost, l.agent_id)
+                   format('idempotency key %L already records %s USD for agent %s (ledger %s), not %s USD for agent %s',
+                          left(l.key, 200), l.first_cost, l.first_agent,
+                          (SELECT i.id FROM ins i WHERE i.idempotency_key = l.key), l.cost, l.agent_id)
               FROM later l WHERE NOT l.same
           ) x
          ORDER BY x.ord

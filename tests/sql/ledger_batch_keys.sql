@@ -1,6 +1,6 @@
 -- pgTAP: record_costs' idempotency keys (issue 13's ledger batch path). Within a batch the first valid row of a
 -- key is the row and later ones are replays of it (counted, or quarantined with 23505 when they record another
--- agent or cost); across batches a key the ledger holds is a replay when the agent and the given cost match,
+-- agent or cost: record_cost's rule and message, ledger_batch_sequential.sql); across batches a key the ledger holds is a replay when the agent and the given cost match,
 -- else 23505 naming both. A key recorded by record_cost replays in record_costs and the other way round.
 -- Every ledger row has exactly its key in the registry (llm_cost_log_key), and the budget is charged once per
 -- inserted row, whichever path (the set-based one or the per-row casts of a batch holding a malformed value)
@@ -32,12 +32,15 @@ SELECT results_eq(format($$SELECT * FROM sigledger.record_costs(%L)$$, pg_temp.b
 RESET ROLE;
 SELECT results_eq($$SELECT idempotency_key, sqlstate FROM sigledger.cost_quarantine ORDER BY id$$,
     $$VALUES ('bk-2'::text, '23505'::text), ('bk-4', '23505')$$, 'the conflicting replays, in batch order, with 23505');
+-- (record_cost's message for the second of two calls: the first row is what the ledger holds then)
 SELECT is((SELECT reason FROM sigledger.cost_quarantine WHERE idempotency_key = 'bk-2'),
-    'idempotency key ''bk-2'' appears twice in the batch with different costs (0.2 USD for agent ' || :'a'
-    || ', then 0.3 USD for agent ' || :'a' || ')', 'the reason names both costs and agents');
+    format('idempotency key ''bk-2'' already records 0.2 USD for agent %s (ledger %s), not 0.3 USD for agent %s',
+           :'a', (SELECT id FROM sigledger.llm_cost_log WHERE idempotency_key = 'bk-2'), :'a'),
+    'the reason names both costs and agents');
 SELECT is((SELECT reason FROM sigledger.cost_quarantine WHERE idempotency_key = 'bk-4'),
-    'idempotency key ''bk-4'' appears twice in the batch with different costs (0.4 USD for agent ' || :'a'
-    || ', then 0.4 USD for agent ' || :'b' || ')', 'another agent under the same key is a conflict too');
+    format('idempotency key ''bk-4'' already records 0.4 USD for agent %s (ledger %s), not 0.4 USD for agent %s',
+           :'a', (SELECT id FROM sigledger.llm_cost_log WHERE idempotency_key = 'bk-4'), :'b'),
+    'another agent under the same key is a conflict too');
 SELECT results_eq($$SELECT idempotency_key, cost_usd, cost_source FROM sigledger.llm_cost_log
                      WHERE idempotency_key LIKE 'bk-%' ORDER BY idempotency_key$$,
     $$VALUES ('bk-1'::text, 0.1::numeric, 'client'::text), ('bk-2', 0.2, 'client'), ('bk-3', 0.002, 'price_table'),
