@@ -495,6 +495,72 @@ $$;
 ALTER FUNCTION sigledger._budget_refused(p_agent_id uuid, p_asked numeric, p_ids bigint[], p_periods timestamp with time zone[], p_caps numeric[], p_levels text[], p_failed integer, p_held numeric) OWNER TO sigledger_owner;
 
 --
+-- Name: _budget_reservation_rules(text, numeric, bigint[], timestamp with time zone[], text, timestamp with time zone, timestamp with time zone, timestamp with time zone, numeric, numeric, bigint, smallint[]); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger._budget_reservation_rules(p_idempotency_key text, p_estimate_usd numeric, p_budget_ids bigint[], p_period_starts timestamp with time zone[], p_state text, p_created_at timestamp with time zone, p_expires_at timestamp with time zone, p_closed_at timestamp with time zone, p_actual_usd numeric, p_overrun_usd numeric, p_ledger_id bigint, p_slices smallint[]) RETURNS boolean
+    LANGUAGE plpgsql IMMUTABLE
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+DECLARE
+    v_rule text;
+BEGIN
+    -- the first rule broken, in constraint-name order
+    v_rule := CASE
+        WHEN (p_actual_usd IS NULL OR (p_actual_usd <> 'NaN' AND p_actual_usd >= 0 AND p_actual_usd <= 1000000)) IS FALSE
+            THEN 'budget_reservation_actual_usd_range'
+        WHEN ((p_state = 'open') = (p_closed_at IS NULL)) IS FALSE
+            THEN 'budget_reservation_closed_at_state'
+        WHEN (p_estimate_usd <> 'NaN' AND p_estimate_usd >= 0 AND p_estimate_usd <= 1000000) IS FALSE
+            THEN 'budget_reservation_estimate_usd_range'
+        WHEN (p_expires_at > p_created_at) IS FALSE
+            THEN 'budget_reservation_expires_at_after_created'
+        WHEN (length(btrim(p_idempotency_key)) >= 1 AND length(btrim(p_idempotency_key)) <= 200) IS FALSE
+            THEN 'budget_reservation_idempotency_key_not_empty'
+        WHEN (cardinality(p_budget_ids) >= 1 AND cardinality(p_budget_ids) <= 3
+              AND cardinality(p_budget_ids) = cardinality(p_period_starts)) IS FALSE
+            THEN 'budget_reservation_levels_match'
+        WHEN ((p_state = 'settled') = (p_ledger_id IS NOT NULL AND p_actual_usd IS NOT NULL
+                                       AND p_overrun_usd IS NOT NULL)) IS FALSE
+            THEN 'budget_reservation_settled_fields'
+        WHEN (p_slices IS NULL OR cardinality(p_slices) = cardinality(p_budget_ids)) IS FALSE
+            THEN 'budget_reservation_slices_match'
+        WHEN (p_state = ANY (ARRAY['open', 'settled', 'released', 'expired'])) IS FALSE
+            THEN 'budget_reservation_state_valid'
+    END;
+    IF v_rule IS NULL THEN
+        RETURN true;
+    END IF;
+    RAISE EXCEPTION USING ERRCODE = '23514', CONSTRAINT = v_rule, TABLE = 'budget_reservation',
+        SCHEMA = 'sigledger',
+        MESSAGE = format('new row for relation "budget_reservation" violates check constraint "%s"', v_rule),
+        DETAIL = left(format('Failing value: %s', CASE v_rule
+            WHEN 'budget_reservation_actual_usd_range' THEN format('actual_usd = %s', p_actual_usd)
+            WHEN 'budget_reservation_closed_at_state' THEN format('state = %s, closed_at = %s', p_state, p_closed_at)
+            WHEN 'budget_reservation_estimate_usd_range' THEN format('estimate_usd = %s', p_estimate_usd)
+            WHEN 'budget_reservation_expires_at_after_created'
+                THEN format('created_at = %s, expires_at = %s', p_created_at, p_expires_at)
+            WHEN 'budget_reservation_idempotency_key_not_empty' THEN format('idempotency_key = %s', p_idempotency_key)
+            WHEN 'budget_reservation_levels_match'
+                THEN format('budget_ids = %s, period_starts = %s', p_budget_ids, p_period_starts)
+            WHEN 'budget_reservation_settled_fields'
+                THEN format('state = %s, ledger_id = %s, actual_usd = %s, overrun_usd = %s', p_state, p_ledger_id,
+                            p_actual_usd, p_overrun_usd)
+            WHEN 'budget_reservation_slices_match' THEN format('slices = %s, budget_ids = %s', p_slices, p_budget_ids)
+            ELSE format('state = %s', p_state)
+        END), 240);
+END;
+$$;
+
+ALTER FUNCTION sigledger._budget_reservation_rules(p_idempotency_key text, p_estimate_usd numeric, p_budget_ids bigint[], p_period_starts timestamp with time zone[], p_state text, p_created_at timestamp with time zone, p_expires_at timestamp with time zone, p_closed_at timestamp with time zone, p_actual_usd numeric, p_overrun_usd numeric, p_ledger_id bigint, p_slices smallint[]) OWNER TO sigledger_owner;
+
+--
+-- Name: FUNCTION _budget_reservation_rules(p_idempotency_key text, p_estimate_usd numeric, p_budget_ids bigint[], p_period_starts timestamp with time zone[], p_state text, p_created_at timestamp with time zone, p_expires_at timestamp with time zone, p_closed_at timestamp with time zone, p_actual_usd numeric, p_overrun_usd numeric, p_ledger_id bigint, p_slices smallint[]); Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON FUNCTION sigledger._budget_reservation_rules(p_idempotency_key text, p_estimate_usd numeric, p_budget_ids bigint[], p_period_starts timestamp with time zone[], p_state text, p_created_at timestamp with time zone, p_expires_at timestamp with time zone, p_closed_at timestamp with time zone, p_actual_usd numeric, p_overrun_usd numeric, p_ledger_id bigint, p_slices smallint[]) IS 'Internal: the CHECK rules of budget_reservation (constraint budget_reservation_rules, V8_100); raises 23514 naming the rule.';
+
+--
 -- Name: _budget_spend_bump_version(); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
 --
 
@@ -512,6 +578,54 @@ END;
 $$;
 
 ALTER FUNCTION sigledger._budget_spend_bump_version() OWNER TO sigledger_owner;
+
+--
+-- Name: _budget_spend_rules(numeric, numeric, numeric, numeric, smallint, numeric); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger._budget_spend_rules(p_cap_usd numeric, p_spent_usd numeric, p_reserved_usd numeric, p_excess_usd numeric, p_slice smallint, p_frozen_usd numeric) RETURNS boolean
+    LANGUAGE plpgsql IMMUTABLE
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+DECLARE
+    v_rule text;
+BEGIN
+    -- the first rule broken, in constraint-name order
+    v_rule := CASE
+        WHEN (p_cap_usd <> 'NaN' AND p_cap_usd >= 0) IS FALSE THEN 'budget_spend_cap_usd_range'
+        WHEN (p_excess_usd <> 'NaN' AND p_excess_usd >= 0) IS FALSE THEN 'budget_spend_excess_usd_range'
+        WHEN (p_frozen_usd IS NULL OR (p_frozen_usd <> 'NaN' AND p_frozen_usd >= 0)) IS FALSE
+            THEN 'budget_spend_frozen_usd_range'
+        WHEN (p_reserved_usd <> 'NaN' AND p_reserved_usd >= 0) IS FALSE THEN 'budget_spend_reserved_usd_range'
+        WHEN (p_slice >= 0 AND p_slice <= 63) IS FALSE THEN 'budget_spend_slice_range'
+        WHEN (p_spent_usd <> 'NaN' AND p_spent_usd >= 0) IS FALSE THEN 'budget_spend_spent_usd_range'
+        WHEN (p_spent_usd + p_reserved_usd <= p_cap_usd + p_excess_usd) IS FALSE THEN 'budget_spend_within_cap'
+    END;
+    IF v_rule IS NULL THEN
+        RETURN true;
+    END IF;
+    RAISE EXCEPTION USING ERRCODE = '23514', CONSTRAINT = v_rule, TABLE = 'budget_spend', SCHEMA = 'sigledger',
+        MESSAGE = format('new row for relation "budget_spend" violates check constraint "%s"', v_rule),
+        DETAIL = format('Failing value: %s', CASE v_rule
+            WHEN 'budget_spend_cap_usd_range' THEN format('cap_usd = %s', p_cap_usd)
+            WHEN 'budget_spend_excess_usd_range' THEN format('excess_usd = %s', p_excess_usd)
+            WHEN 'budget_spend_frozen_usd_range' THEN format('frozen_usd = %s', p_frozen_usd)
+            WHEN 'budget_spend_reserved_usd_range' THEN format('reserved_usd = %s', p_reserved_usd)
+            WHEN 'budget_spend_slice_range' THEN format('slice = %s', p_slice)
+            WHEN 'budget_spend_spent_usd_range' THEN format('spent_usd = %s', p_spent_usd)
+            ELSE format('spent_usd + reserved_usd = %s > cap_usd + excess_usd = %s',
+                        p_spent_usd + p_reserved_usd, p_cap_usd + p_excess_usd)
+        END);
+END;
+$$;
+
+ALTER FUNCTION sigledger._budget_spend_rules(p_cap_usd numeric, p_spent_usd numeric, p_reserved_usd numeric, p_excess_usd numeric, p_slice smallint, p_frozen_usd numeric) OWNER TO sigledger_owner;
+
+--
+-- Name: FUNCTION _budget_spend_rules(p_cap_usd numeric, p_spent_usd numeric, p_reserved_usd numeric, p_excess_usd numeric, p_slice smallint, p_frozen_usd numeric); Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON FUNCTION sigledger._budget_spend_rules(p_cap_usd numeric, p_spent_usd numeric, p_reserved_usd numeric, p_excess_usd numeric, p_slice smallint, p_frozen_usd numeric) IS 'Internal: the CHECK rules of budget_spend (constraint budget_spend_rules, V8_100); raises 23514 naming the rule.';
 
 --
 -- Name: _budget_tightest(bigint[], timestamp with time zone[], numeric[], integer, numeric); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
@@ -1869,6 +1983,78 @@ END;
 $$;
 
 ALTER FUNCTION sigledger._llm_cost_log_register_key() OWNER TO sigledger_owner;
+
+--
+-- Name: _llm_cost_log_rules(oid, text, text, text, bigint, bigint, numeric, jsonb, timestamp with time zone, numeric, text, timestamp with time zone); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger._llm_cost_log_rules(p_table oid, p_idempotency_key text, p_model text, p_provider text, p_tokens_input bigint, p_tokens_output bigint, p_cost_usd numeric, p_metadata jsonb, p_created_at timestamp with time zone, p_priced_usd numeric, p_cost_source text, p_charged_at timestamp with time zone) RETURNS boolean
+    LANGUAGE plpgsql STABLE
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+DECLARE
+    v_rule text;
+    v_table text;
+BEGIN
+    -- the first rule broken, in constraint-name order
+    v_rule := CASE
+        WHEN (p_charged_at > timestamptz '2020-01-01 00:00:00+00' AND p_charged_at <= now() + interval '1 day') IS FALSE
+            THEN 'llm_cost_log_charged_at_range'
+        WHEN (p_cost_source = ANY (ARRAY['client', 'price_table'])) IS FALSE
+            THEN 'llm_cost_log_cost_source_valid'
+        WHEN (p_cost_usd <> 'NaN' AND p_cost_usd >= 0 AND p_cost_usd <= 1000000
+              AND p_cost_usd = round(p_cost_usd, 10)) IS FALSE
+            THEN 'llm_cost_log_cost_usd_range'
+        WHEN (p_created_at <= now() + interval '1 day') IS FALSE
+            THEN 'llm_cost_log_created_at_range'
+        WHEN (p_created_at > timestamptz '2020-01-01 00:00:00+00' AND p_created_at < timestamptz 'infinity') IS FALSE
+            THEN 'llm_cost_log_created_at_sane'
+        WHEN (length(btrim(p_idempotency_key)) >= 1 AND length(btrim(p_idempotency_key)) <= 200) IS FALSE
+            THEN 'llm_cost_log_idempotency_key_length'
+        WHEN (jsonb_typeof(p_metadata) = 'object') IS FALSE
+            THEN 'llm_cost_log_metadata_object'
+        WHEN (length(btrim(p_model)) >= 1 AND length(btrim(p_model)) <= 200) IS FALSE
+            THEN 'llm_cost_log_model_length'
+        WHEN (p_priced_usd IS NULL OR (p_priced_usd <> 'NaN' AND p_priced_usd >= 0 AND p_priced_usd <= 100000000
+                                       AND p_priced_usd = round(p_priced_usd, 10))) IS FALSE
+            THEN 'llm_cost_log_priced_usd_range'
+        WHEN (length(btrim(p_provider)) >= 1 AND length(btrim(p_provider)) <= 200) IS FALSE
+            THEN 'llm_cost_log_provider_length'
+        WHEN (p_tokens_input >= 0 AND p_tokens_output >= 0) IS FALSE
+            THEN 'llm_cost_log_tokens_nonnegative'
+        WHEN (p_tokens_input <= 1000000000000 AND p_tokens_output <= 1000000000000) IS FALSE
+            THEN 'llm_cost_log_tokens_range'
+    END;
+    IF v_rule IS NULL THEN
+        RETURN true;
+    END IF;
+    -- the partition the row went to, as PostgreSQL names it
+    v_table := coalesce((SELECT c.relname FROM pg_class c WHERE c.oid = p_table), 'llm_cost_log');
+    RAISE EXCEPTION USING ERRCODE = '23514', CONSTRAINT = v_rule, TABLE = v_table, SCHEMA = 'sigledger',
+        MESSAGE = format('new row for relation "%s" violates check constraint "%s"', v_table, v_rule),
+        DETAIL = left(format('Failing value: %s', CASE v_rule
+            WHEN 'llm_cost_log_charged_at_range' THEN format('charged_at = %s', p_charged_at)
+            WHEN 'llm_cost_log_cost_source_valid' THEN format('cost_source = %s', p_cost_source)
+            WHEN 'llm_cost_log_cost_usd_range' THEN format('cost_usd = %s', p_cost_usd)
+            WHEN 'llm_cost_log_created_at_range' THEN format('created_at = %s', p_created_at)
+            WHEN 'llm_cost_log_created_at_sane' THEN format('created_at = %s', p_created_at)
+            WHEN 'llm_cost_log_idempotency_key_length' THEN format('idempotency_key = %s', p_idempotency_key)
+            WHEN 'llm_cost_log_metadata_object' THEN format('metadata = %s', p_metadata)
+            WHEN 'llm_cost_log_model_length' THEN format('model = %s', p_model)
+            WHEN 'llm_cost_log_priced_usd_range' THEN format('priced_usd = %s', p_priced_usd)
+            WHEN 'llm_cost_log_provider_length' THEN format('provider = %s', p_provider)
+            ELSE format('tokens_input = %s, tokens_output = %s', p_tokens_input, p_tokens_output)
+        END), 240);
+END;
+$$;
+
+ALTER FUNCTION sigledger._llm_cost_log_rules(p_table oid, p_idempotency_key text, p_model text, p_provider text, p_tokens_input bigint, p_tokens_output bigint, p_cost_usd numeric, p_metadata jsonb, p_created_at timestamp with time zone, p_priced_usd numeric, p_cost_source text, p_charged_at timestamp with time zone) OWNER TO sigledger_owner;
+
+--
+-- Name: FUNCTION _llm_cost_log_rules(p_table oid, p_idempotency_key text, p_model text, p_provider text, p_tokens_input bigint, p_tokens_output bigint, p_cost_usd numeric, p_metadata jsonb, p_created_at timestamp with time zone, p_priced_usd numeric, p_cost_source text, p_charged_at timestamp with time zone); Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON FUNCTION sigledger._llm_cost_log_rules(p_table oid, p_idempotency_key text, p_model text, p_provider text, p_tokens_input bigint, p_tokens_output bigint, p_cost_usd numeric, p_metadata jsonb, p_created_at timestamp with time zone, p_priced_usd numeric, p_cost_source text, p_charged_at timestamp with time zone) IS 'Internal: the CHECK rules of llm_cost_log (constraint llm_cost_log_rules, V8_100); raises 23514 naming the rule.';
 
 --
 -- Name: _lock_live_entities(uuid[]); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
@@ -7027,15 +7213,7 @@ CREATE TABLE sigledger.budget_reservation (
     overrun_usd numeric(20,10),
     ledger_id bigint,
     slices smallint[],
-    CONSTRAINT budget_reservation_actual_usd_range CHECK (((actual_usd IS NULL) OR ((actual_usd <> 'NaN'::numeric) AND (actual_usd >= (0)::numeric) AND (actual_usd <= (1000000)::numeric)))),
-    CONSTRAINT budget_reservation_closed_at_state CHECK (((state = 'open'::text) = (closed_at IS NULL))),
-    CONSTRAINT budget_reservation_estimate_usd_range CHECK (((estimate_usd <> 'NaN'::numeric) AND (estimate_usd >= (0)::numeric) AND (estimate_usd <= (1000000)::numeric))),
-    CONSTRAINT budget_reservation_expires_at_after_created CHECK ((expires_at > created_at)),
-    CONSTRAINT budget_reservation_idempotency_key_not_empty CHECK (((length(btrim(idempotency_key)) >= 1) AND (length(btrim(idempotency_key)) <= 200))),
-    CONSTRAINT budget_reservation_levels_match CHECK ((((cardinality(budget_ids) >= 1) AND (cardinality(budget_ids) <= 3)) AND (cardinality(budget_ids) = cardinality(period_starts)))),
-    CONSTRAINT budget_reservation_settled_fields CHECK (((state = 'settled'::text) = ((ledger_id IS NOT NULL) AND (actual_usd IS NOT NULL) AND (overrun_usd IS NOT NULL)))),
-    CONSTRAINT budget_reservation_slices_match CHECK (((slices IS NULL) OR (cardinality(slices) = cardinality(budget_ids)))),
-    CONSTRAINT budget_reservation_state_valid CHECK ((state = ANY (ARRAY['open'::text, 'settled'::text, 'released'::text, 'expired'::text])))
+    CONSTRAINT budget_reservation_rules CHECK (sigledger._budget_reservation_rules(idempotency_key, estimate_usd, budget_ids, period_starts, state, created_at, expires_at, closed_at, actual_usd, overrun_usd, ledger_id, slices))
 );
 
 ALTER TABLE sigledger.budget_reservation OWNER TO sigledger_owner;
@@ -7090,13 +7268,7 @@ CREATE TABLE sigledger.budget_spend (
     slice smallint DEFAULT 0 NOT NULL,
     frozen_usd numeric(22,10),
     next_alert_usd numeric(22,10),
-    CONSTRAINT budget_spend_cap_usd_range CHECK (((cap_usd <> 'NaN'::numeric) AND (cap_usd >= (0)::numeric))),
-    CONSTRAINT budget_spend_excess_usd_range CHECK (((excess_usd <> 'NaN'::numeric) AND (excess_usd >= (0)::numeric))),
-    CONSTRAINT budget_spend_frozen_usd_range CHECK (((frozen_usd IS NULL) OR ((frozen_usd <> 'NaN'::numeric) AND (frozen_usd >= (0)::numeric)))),
-    CONSTRAINT budget_spend_reserved_usd_range CHECK (((reserved_usd <> 'NaN'::numeric) AND (reserved_usd >= (0)::numeric))),
-    CONSTRAINT budget_spend_slice_range CHECK (((slice >= 0) AND (slice <= 63))),
-    CONSTRAINT budget_spend_spent_usd_range CHECK (((spent_usd <> 'NaN'::numeric) AND (spent_usd >= (0)::numeric))),
-    CONSTRAINT budget_spend_within_cap CHECK (((spent_usd + reserved_usd) <= (cap_usd + excess_usd)))
+    CONSTRAINT budget_spend_rules CHECK (sigledger._budget_spend_rules(cap_usd, spent_usd, reserved_usd, excess_usd, slice, frozen_usd))
 )
 WITH (fillfactor='50');
 
@@ -7197,18 +7369,7 @@ CREATE TABLE sigledger.llm_cost_log (
     reservation_id bigint,
     charged_at timestamp with time zone DEFAULT now() NOT NULL,
     recorded_at timestamp with time zone DEFAULT now() NOT NULL,
-    CONSTRAINT llm_cost_log_charged_at_range CHECK (((charged_at > '2020-01-01 00:00:00+00'::timestamp with time zone) AND (charged_at <= (now() + '1 day'::interval)))),
-    CONSTRAINT llm_cost_log_cost_source_valid CHECK ((cost_source = ANY (ARRAY['client'::text, 'price_table'::text]))),
-    CONSTRAINT llm_cost_log_cost_usd_range CHECK (((cost_usd <> 'NaN'::numeric) AND (cost_usd >= (0)::numeric) AND (cost_usd <= (1000000)::numeric) AND (cost_usd = round(cost_usd, 10)))),
-    CONSTRAINT llm_cost_log_created_at_range CHECK ((created_at <= (now() + '1 day'::interval))),
-    CONSTRAINT llm_cost_log_created_at_sane CHECK (((created_at > '2020-01-01 00:00:00+00'::timestamp with time zone) AND (created_at < 'infinity'::timestamp with time zone))),
-    CONSTRAINT llm_cost_log_idempotency_key_length CHECK (((length(btrim(idempotency_key)) >= 1) AND (length(btrim(idempotency_key)) <= 200))),
-    CONSTRAINT llm_cost_log_metadata_object CHECK ((jsonb_typeof(metadata) = 'object'::text)),
-    CONSTRAINT llm_cost_log_model_length CHECK (((length(btrim(model)) >= 1) AND (length(btrim(model)) <= 200))),
-    CONSTRAINT llm_cost_log_priced_usd_range CHECK (((priced_usd IS NULL) OR ((priced_usd <> 'NaN'::numeric) AND (priced_usd >= (0)::numeric) AND (priced_usd <= (100000000)::numeric) AND (priced_usd = round(priced_usd, 10))))),
-    CONSTRAINT llm_cost_log_provider_length CHECK (((length(btrim(provider)) >= 1) AND (length(btrim(provider)) <= 200))),
-    CONSTRAINT llm_cost_log_tokens_nonnegative CHECK (((tokens_input >= 0) AND (tokens_output >= 0))),
-    CONSTRAINT llm_cost_log_tokens_range CHECK (((tokens_input <= '1000000000000'::bigint) AND (tokens_output <= '1000000000000'::bigint)))
+    CONSTRAINT llm_cost_log_rules CHECK (sigledger._llm_cost_log_rules(tableoid, idempotency_key, model, provider, tokens_input, tokens_output, cost_usd, metadata, created_at, priced_usd, cost_source, charged_at))
 )
 PARTITION BY RANGE (created_at);
 
@@ -7547,18 +7708,7 @@ CREATE TABLE sigledger.llm_cost_log_default (
     reservation_id bigint,
     charged_at timestamp with time zone DEFAULT now() NOT NULL,
     recorded_at timestamp with time zone DEFAULT now() NOT NULL,
-    CONSTRAINT llm_cost_log_charged_at_range CHECK (((charged_at > '2020-01-01 00:00:00+00'::timestamp with time zone) AND (charged_at <= (now() + '1 day'::interval)))),
-    CONSTRAINT llm_cost_log_cost_source_valid CHECK ((cost_source = ANY (ARRAY['client'::text, 'price_table'::text]))),
-    CONSTRAINT llm_cost_log_cost_usd_range CHECK (((cost_usd <> 'NaN'::numeric) AND (cost_usd >= (0)::numeric) AND (cost_usd <= (1000000)::numeric) AND (cost_usd = round(cost_usd, 10)))),
-    CONSTRAINT llm_cost_log_created_at_range CHECK ((created_at <= (now() + '1 day'::interval))),
-    CONSTRAINT llm_cost_log_created_at_sane CHECK (((created_at > '2020-01-01 00:00:00+00'::timestamp with time zone) AND (created_at < 'infinity'::timestamp with time zone))),
-    CONSTRAINT llm_cost_log_idempotency_key_length CHECK (((length(btrim(idempotency_key)) >= 1) AND (length(btrim(idempotency_key)) <= 200))),
-    CONSTRAINT llm_cost_log_metadata_object CHECK ((jsonb_typeof(metadata) = 'object'::text)),
-    CONSTRAINT llm_cost_log_model_length CHECK (((length(btrim(model)) >= 1) AND (length(btrim(model)) <= 200))),
-    CONSTRAINT llm_cost_log_priced_usd_range CHECK (((priced_usd IS NULL) OR ((priced_usd <> 'NaN'::numeric) AND (priced_usd >= (0)::numeric) AND (priced_usd <= (100000000)::numeric) AND (priced_usd = round(priced_usd, 10))))),
-    CONSTRAINT llm_cost_log_provider_length CHECK (((length(btrim(provider)) >= 1) AND (length(btrim(provider)) <= 200))),
-    CONSTRAINT llm_cost_log_tokens_nonnegative CHECK (((tokens_input >= 0) AND (tokens_output >= 0))),
-    CONSTRAINT llm_cost_log_tokens_range CHECK (((tokens_input <= '1000000000000'::bigint) AND (tokens_output <= '1000000000000'::bigint)))
+    CONSTRAINT llm_cost_log_rules CHECK (sigledger._llm_cost_log_rules(tableoid, idempotency_key, model, provider, tokens_input, tokens_output, cost_usd, metadata, created_at, priced_usd, cost_source, charged_at))
 );
 
 ALTER TABLE sigledger.llm_cost_log_default OWNER TO sigledger_owner;
@@ -7621,19 +7771,8 @@ CREATE TABLE sigledger.llm_cost_log_legacy (
     reservation_id bigint,
     charged_at timestamp with time zone DEFAULT now() NOT NULL,
     recorded_at timestamp with time zone DEFAULT now() NOT NULL,
-    CONSTRAINT llm_cost_log_charged_at_range CHECK (((charged_at > '2020-01-01 00:00:00+00'::timestamp with time zone) AND (charged_at <= (now() + '1 day'::interval)))),
-    CONSTRAINT llm_cost_log_cost_source_valid CHECK ((cost_source = ANY (ARRAY['client'::text, 'price_table'::text]))),
-    CONSTRAINT llm_cost_log_cost_usd_range CHECK (((cost_usd <> 'NaN'::numeric) AND (cost_usd >= (0)::numeric) AND (cost_usd <= (1000000)::numeric) AND (cost_usd = round(cost_usd, 10)))),
-    CONSTRAINT llm_cost_log_created_at_range CHECK ((created_at <= (now() + '1 day'::interval))),
-    CONSTRAINT llm_cost_log_created_at_sane CHECK (((created_at > '2020-01-01 00:00:00+00'::timestamp with time zone) AND (created_at < 'infinity'::timestamp with time zone))),
-    CONSTRAINT llm_cost_log_idempotency_key_length CHECK (((length(btrim(idempotency_key)) >= 1) AND (length(btrim(idempotency_key)) <= 200))),
     CONSTRAINT llm_cost_log_legacy_range CHECK ((created_at < '<cutoff>'::timestamp with time zone)),
-    CONSTRAINT llm_cost_log_metadata_object CHECK ((jsonb_typeof(metadata) = 'object'::text)),
-    CONSTRAINT llm_cost_log_model_length CHECK (((length(btrim(model)) >= 1) AND (length(btrim(model)) <= 200))),
-    CONSTRAINT llm_cost_log_priced_usd_range CHECK (((priced_usd IS NULL) OR ((priced_usd <> 'NaN'::numeric) AND (priced_usd >= (0)::numeric) AND (priced_usd <= (100000000)::numeric) AND (priced_usd = round(priced_usd, 10))))),
-    CONSTRAINT llm_cost_log_provider_length CHECK (((length(btrim(provider)) >= 1) AND (length(btrim(provider)) <= 200))),
-    CONSTRAINT llm_cost_log_tokens_nonnegative CHECK (((tokens_input >= 0) AND (tokens_output >= 0))),
-    CONSTRAINT llm_cost_log_tokens_range CHECK (((tokens_input <= '1000000000000'::bigint) AND (tokens_output <= '1000000000000'::bigint)))
+    CONSTRAINT llm_cost_log_rules CHECK (sigledger._llm_cost_log_rules(tableoid, idempotency_key, model, provider, tokens_input, tokens_output, cost_usd, metadata, created_at, priced_usd, cost_source, charged_at))
 );
 
 ALTER TABLE sigledger.llm_cost_log_legacy OWNER TO sigledger_owner;
@@ -8708,10 +8847,22 @@ REVOKE ALL ON FUNCTION sigledger._budget_current() FROM PUBLIC;
 REVOKE ALL ON FUNCTION sigledger._budget_refused(p_agent_id uuid, p_asked numeric, p_ids bigint[], p_periods timestamp with time zone[], p_caps numeric[], p_levels text[], p_failed integer, p_held numeric) FROM PUBLIC;
 
 --
+-- Name: FUNCTION _budget_reservation_rules(p_idempotency_key text, p_estimate_usd numeric, p_budget_ids bigint[], p_period_starts timestamp with time zone[], p_state text, p_created_at timestamp with time zone, p_expires_at timestamp with time zone, p_closed_at timestamp with time zone, p_actual_usd numeric, p_overrun_usd numeric, p_ledger_id bigint, p_slices smallint[]); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger._budget_reservation_rules(p_idempotency_key text, p_estimate_usd numeric, p_budget_ids bigint[], p_period_starts timestamp with time zone[], p_state text, p_created_at timestamp with time zone, p_expires_at timestamp with time zone, p_closed_at timestamp with time zone, p_actual_usd numeric, p_overrun_usd numeric, p_ledger_id bigint, p_slices smallint[]) FROM PUBLIC;
+
+--
 -- Name: FUNCTION _budget_spend_bump_version(); Type: ACL; Schema: sigledger; Owner: sigledger_owner
 --
 
 REVOKE ALL ON FUNCTION sigledger._budget_spend_bump_version() FROM PUBLIC;
+
+--
+-- Name: FUNCTION _budget_spend_rules(p_cap_usd numeric, p_spent_usd numeric, p_reserved_usd numeric, p_excess_usd numeric, p_slice smallint, p_frozen_usd numeric); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger._budget_spend_rules(p_cap_usd numeric, p_spent_usd numeric, p_reserved_usd numeric, p_excess_usd numeric, p_slice smallint, p_frozen_usd numeric) FROM PUBLIC;
 
 --
 -- Name: FUNCTION _budget_tightest(p_ids bigint[], p_periods timestamp with time zone[], p_caps numeric[], p_failed integer, p_held numeric, OUT idx integer, OUT room numeric); Type: ACL; Schema: sigledger; Owner: sigledger_owner
@@ -8929,6 +9080,12 @@ REVOKE ALL ON FUNCTION sigledger._llm_cost_log_partition_truncate() FROM PUBLIC;
 --
 
 REVOKE ALL ON FUNCTION sigledger._llm_cost_log_register_key() FROM PUBLIC;
+
+--
+-- Name: FUNCTION _llm_cost_log_rules(p_table oid, p_idempotency_key text, p_model text, p_provider text, p_tokens_input bigint, p_tokens_output bigint, p_cost_usd numeric, p_metadata jsonb, p_created_at timestamp with time zone, p_priced_usd numeric, p_cost_source text, p_charged_at timestamp with time zone); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger._llm_cost_log_rules(p_table oid, p_idempotency_key text, p_model text, p_provider text, p_tokens_input bigint, p_tokens_output bigint, p_cost_usd numeric, p_metadata jsonb, p_created_at timestamp with time zone, p_priced_usd numeric, p_cost_source text, p_charged_at timestamp with time zone) FROM PUBLIC;
 
 --
 -- Name: FUNCTION _lock_live_entities(p_ids uuid[]); Type: ACL; Schema: sigledger; Owner: sigledger_owner

@@ -46,6 +46,8 @@ def ratios(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
             if b is None:
                 continue
             ratio = round(r["goodput"] / max(b["goodput"], 0.1), 2)
+            steady, b_steady = r.get("goodput_steady"), b.get("goodput_steady")
+            steady_ratio = None if not steady or not b_steady else round(steady / b_steady, 2)
             out.append(
                 {
                     "workload": workload,
@@ -57,10 +59,21 @@ def ratios(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "ratio": ratio,
                     "target": target,
                     "met": None if target is None else ratio >= target,
+                    "steady_goodput": steady,
+                    "baseline_steady_goodput": b_steady,
+                    "steady_ratio": steady_ratio,
                     "loadavg": [r["loadavg"], b["loadavg"]],
                 }
             )
     return out
+
+
+def _num(x: float | None) -> str:
+    return "-" if x is None else f"{x:.0f}"
+
+
+def _ratio(x: float | None) -> str:
+    return "-" if x is None else f"{x}x"
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -70,8 +83,14 @@ def markdown(report: dict[str, Any]) -> str:
         f"{report['settings']['duration_s']} s per run, best of {report['settings']['repeat_best_of']}, "
         f"load average {report['loadavg']['start']} at the start, {report['loadavg']['end']} at the end.",
         "",
-        "| workload | clients | design | costs/s | baseline (same run) | costs/s | ratio | target | load avg |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "",
+        "Ratios of the whole 3-s runs (the method of issue 13's figures; each run opens new connections), and,",
+        "in the last three columns, of the same runs once each client is past its first second (steady state:",
+        "a new backend's first calls compile and plan; bench/budget/README.md, Steady state).",
+        "",
+        "| workload | clients | design | costs/s | baseline (same run) | costs/s | ratio | target | load avg "
+        "| steady costs/s | baseline steady | steady ratio |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for x in report["ratios"]:
         name = "1 hot agent" if x["workload"] == "hot" else f"{report['settings']['agents']} agents"
@@ -79,7 +98,8 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(
             f"| {name} | {x['clients']} | {DESIGNS[x['design']][0]} | {x['goodput']:.0f} "
             f"| {DESIGNS[x['baseline']][0]} | {x['baseline_goodput']:.0f} | {x['ratio']}x | {target} "
-            f"| {x['loadavg'][0]} / {x['loadavg'][1]} |"
+            f"| {x['loadavg'][0]} / {x['loadavg'][1]} | {_num(x.get('steady_goodput'))} "
+            f"| {_num(x.get('baseline_steady_goodput'))} | {_ratio(x.get('steady_ratio'))} |"
         )
     lines += [
         "",

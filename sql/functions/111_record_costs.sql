@@ -9,8 +9,9 @@
 -- DEFAULT (tokens 0, metadata {}), a JSON null is record_cost's NULL argument (tokens: 22004; metadata: {};
 -- cost: priced; created_at: now). tests/sql/ledger_batch_sequential.sql compares the two over a table of cases.
 -- Beyond the rows: budgets are charged once per (budget, period), after the reservations' settlements, so
--- when a cap is reached the split of one budget's charges between spent and excess can differ from the
--- sequential one (their sum cannot), and the rows that do not even cast are quarantined first.
+-- when a cap is reached the excess can differ from the sequential one, the alerts of one batch carry the
+-- spend after the whole batch, and the quarantine order is not batch order (rows that do not even cast
+-- first, refused reservation keys last).
 --
 -- _record_costs_set does a whole batch in one statement: it reads every element, validates it with the
 -- rules of record_cost (the first failed rule of a row gives its SQLSTATE and reason, the same messages as
