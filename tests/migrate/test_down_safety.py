@@ -5,9 +5,12 @@ partitions, outbox: every domain), repairing what the rollback took (merged_at).
 from __future__ import annotations
 
 import psycopg
+import pytest
 
+from tests.migrate.dumps import built_a_month_earlier, schema_dump
 from tests.migrate.helpers import cli_process, history
-from tests.migrate.test_down_up import schema_dump
+
+PARTITIONS = "SELECT tableoid::regclass::text FROM sigledger.llm_cost_log ORDER BY id"
 
 
 def fill_every_domain(conn: psycopg.Connection) -> dict[str, int]:
@@ -41,7 +44,16 @@ def fill_every_domain(conn: psycopg.Connection) -> dict[str, int]:
     return counts
 
 
-def test_down_with_data_is_refused_with_what_it_would_lose_then_round_trips_with_force(db_dsn: str) -> None:
+@pytest.mark.parametrize("clock", ["now", "template of the month before"])
+def test_down_with_data_is_refused_with_what_it_would_lose_then_round_trips_with_force(
+    db_dsn: str, clock: str
+) -> None:
+    # "template of the month before": the template's partitions are those of a month earlier, so the ledger rows
+    # of now go to a monthly partition (unless it is a month's last day: the earlier cutoff is still ahead);
+    # V4_004's down folds every partition into the plain table, which its up attaches again as the legacy
+    # partition of today's cutoff
+    if clock == "template of the month before":
+        built_a_month_earlier(db_dsn)
     with psycopg.connect(db_dsn, autocommit=True) as conn:
         counts = fill_every_domain(conn)
         outbox = conn.execute("SELECT count(*) FROM sigledger.outbox").fetchone()[0]  # type: ignore[index]
@@ -79,6 +91,10 @@ def test_down_with_data_is_refused_with_what_it_would_lose_then_round_trips_with
     with psycopg.connect(db_dsn, autocommit=True) as conn:
         for table, count in counts.items():
             assert conn.execute(f"SELECT count(*) FROM sigledger.{table}").fetchone() == (count,), table
+        assert (
+            conn.execute(PARTITIONS).fetchall()
+            == [("sigledger.llm_cost_log_legacy",)] * counts["llm_cost_log"]
+        )
         stamped = conn.execute(
             "SELECT count(*) FROM sigledger.entities WHERE merged_into IS NOT NULL AND merged_at = updated_at"
         ).fetchone()

@@ -1,26 +1,17 @@
-"""`down --to` then `up` returns the real migrations to the same schema (pg_dump --schema-only compared)."""
+"""`down --to` then `up` returns the real migrations to the same schema (pg_dump --schema-only compared, with the
+clock taken out of the ledger's partitions: tests/migrate/dumps.py)."""
 
 from __future__ import annotations
 
 import re
-import subprocess
 
 import psycopg
 import pytest
 from sigledger.core.paths import migrations_dir
 from sigledger.migrate.files import discover_migrations
 
+from tests.migrate.dumps import built_a_month_earlier, raw_schema_dump, schema_dump, sweep_of_the_next_month
 from tests.migrate.helpers import cli_process, history
-
-
-def schema_dump(dsn: str) -> str:
-    out = subprocess.run(
-        ["pg_dump", "--schema-only", "--schema=sigledger", dsn], capture_output=True, text=True, check=True
-    ).stdout
-    lines = [
-        line for line in out.splitlines() if not line.startswith(("-- Dumped", "\\restrict", "\\unrestrict"))
-    ]
-    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines))
 
 
 def _privileges(dsn: str) -> list[tuple[str, ...]]:
@@ -65,6 +56,57 @@ def test_down_to_then_up_restores_the_schema(db_dsn: str, to: str) -> None:
     assert cli_process(["migrate", "status", "--dsn", db_dsn]).returncode == 0
     verify = cli_process(["migrate", "verify", "--dsn", db_dsn])
     assert verify.returncode == 0, verify.stdout
+
+
+@pytest.mark.parametrize("clock", ["template of the month before", "sweep of the next month"])
+def test_down_then_up_across_a_month_boundary(db_dsn: str, clock: str) -> None:
+    """The start of a month passes between the template's migration and the test (the template's ledger
+    partitions are those of the month before), or between `up` and the last dump (the sweep has made the
+    partition of the month that came within reach): the same schema all the same."""
+    if clock == "template of the month before":
+        built_a_month_earlier(db_dsn)
+    before, raw = schema_dump(db_dsn), raw_schema_dump(db_dsn)
+    result = cli_process(["migrate", "down", "--to", "V4_003", "--force", "--dsn", db_dsn])
+    assert result.returncode == 0, result.stdout + result.stderr
+    result = cli_process(["migrate", "up", "--dsn", db_dsn])
+    assert result.returncode == 0, result.stdout + result.stderr
+    if clock == "sweep of the next month":
+        sweep_of_the_next_month(db_dsn)
+    assert raw_schema_dump(db_dsn) != raw  # what the clock changes, which the plain dumps compared
+    assert schema_dump(db_dsn) == before
+    verify = cli_process(["migrate", "verify", "--dsn", db_dsn])
+    assert verify.returncode == 0, verify.stdout
+
+
+def test_the_dump_comparison_ignores_the_clock_but_not_a_lost_object(db_dsn: str) -> None:
+    """What schema_dump takes out is the clock only: a partition the sweep adds compares equal, and each of
+    these changes between two dumps still shows."""
+    before = schema_dump(db_dsn)
+    sweep_of_the_next_month(db_dsn)
+    assert schema_dump(db_dsn) == before
+    with psycopg.connect(db_dsn, autocommit=True) as conn:
+        monthly = [
+            r[0]
+            for r in conn.execute(
+                "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+                "WHERE i.inhparent = 'sigledger.llm_cost_log'::regclass AND c.relname ~ '^llm_cost_log_p[0-9]{6}$' "
+                "ORDER BY 1"
+            ).fetchall()
+        ]
+        assert len(monthly) >= 3, monthly
+        for damage in (
+            f"DROP TRIGGER llm_cost_log_append_only_truncate ON sigledger.{monthly[-1]}",  # one monthly partition's
+            f"ALTER TABLE sigledger.{monthly[0]} DROP CONSTRAINT {monthly[0]}_pkey",
+            f"DROP TABLE sigledger.{monthly[1]}",  # a gap between two monthly partitions
+            "DROP TRIGGER llm_cost_log_append_only_truncate ON sigledger.llm_cost_log_legacy",
+            "ALTER TABLE sigledger.llm_cost_log_default DROP CONSTRAINT llm_cost_log_default_pkey",
+            "DROP INDEX sigledger.llm_cost_log_created_at_idx",  # the parent's, with every partition's
+            "DROP INDEX sigledger.idx_entity_aliases_alias_name",
+        ):
+            conn.execute(damage)
+            after = schema_dump(db_dsn)
+            assert after != before, damage
+            before = after
 
 
 def test_verify_reports_invalid_index_and_failing_verify_script(db_dsn: str) -> None:

@@ -19,8 +19,8 @@ from sigledger.migrate import ADVISORY_LOCK_KEY, Migrator
 from sigledger.migrate.files import discover_migrations
 
 from tests.conftest import clone_database, drop_database, make_dsn
+from tests.migrate.dumps import schema_dump
 from tests.migrate.helpers import ROOT, cli_process, fixture_set, index_state
-from tests.migrate.test_down_up import schema_dump
 from tests.migrate.test_online import wait_until
 
 
