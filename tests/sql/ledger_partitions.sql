@@ -3,7 +3,7 @@
 -- no privilege for the app role on any partition or on the registry.
 BEGIN;
 SET LOCAL client_min_messages = warning;
-SELECT plan(21);
+SELECT plan(23);
 
 INSERT INTO sigledger.agent_registry (id, name) VALUES ('00000000-0000-0000-0000-00000000c201', 'partition-agent');
 \set agent '''00000000-0000-0000-0000-00000000c201'''
@@ -17,7 +17,20 @@ SELECT isnt((SELECT partdefid FROM pg_partitioned_table WHERE partrelid = 'sigle
 SELECT has_table('sigledger', 'llm_cost_log_key', 'the key registry exists');
 SELECT col_is_pk('sigledger', 'llm_cost_log_key', 'idempotency_key', 'the registry''s primary key is the key');
 
--- partitions for the current month (the legacy partition until its cutoff) and the next three months
+-- what V4_004 made when the template was migrated (three months ahead of that day, two on a month's last day):
+-- the months from the legacy cutoff on, without a gap
+SELECT ok((SELECT count(*) >= 2 AND max(k) - min(k) + 1 = count(*)
+                  AND min(k) = (SELECT (extract(year FROM t) * 12 + extract(month FROM t))::int
+                                  FROM (SELECT sigledger._ledger_legacy_cutoff() AT TIME ZONE 'UTC' AS t) c)
+             FROM (SELECT (right(c.relname, 6)::int / 100) * 12 + right(c.relname, 6)::int % 100 AS k
+                     FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+                    WHERE i.inhparent = 'sigledger.llm_cost_log'::regclass
+                      AND c.relname ~ '^llm_cost_log_p[0-9]{6}$') p),
+          'V4_004 made the partitions of the months from the legacy cutoff on, at least two');
+-- a month may have started since (the template is migrated once per session): the sweep's call brings them up to
+-- date, as it does in production; then partitions for the current month (the legacy partition until its cutoff)
+-- and the next three months
+SELECT lives_ok($$SELECT sigledger.ensure_ledger_partitions(3)$$, 'the sweep brings the partitions up to the clock');
 SELECT ok(sigledger._ledger_legacy_cutoff() > now()
           OR to_regclass('sigledger.llm_cost_log_p' || to_char(now() AT TIME ZONE 'UTC', 'YYYYMM')) IS NOT NULL,
           'a partition holds the current month');
