@@ -1239,7 +1239,10 @@ BEGIN
                  * (0.5 + random() * 0.5),
            dead_at = CASE WHEN o.attempts + 1 >= p_max_attempts THEN clock_timestamp() END
      WHERE o.id = ANY (p_ids)
-       AND o.dead_at IS NULL
+       -- (IS TRUE: the rows by their primary key; a plain dead_at IS NULL matches the predicate of
+       -- idx_outbox_claimable, and with statistics taken on a drained outbox the planner scanned that whole
+       -- index, the backlog, per call: tests/core/test_index_plans.py)
+       AND (o.dead_at IS NULL) IS TRUE
     RETURNING o.id, o.attempts, o.dead_at IS NOT NULL, o.next_attempt_at;
 END
 $$;
@@ -2834,8 +2837,12 @@ BEGIN
                    SET state = 'settled', closed_at = v_now, actual_usd = p_cost,
                        overrun_usd = greatest(0, p_cost - br.estimate_usd),
                        ledger_id = nextval('sigledger.llm_cost_log_id_seq'::regclass)
-                 WHERE br.id = p_reservation_id AND br.state = 'open'
-                   AND (p_agent_id IS NULL OR br.agent_id = p_agent_id)
+                 -- found by its primary key, whatever the statistics say: neither test below can be answered
+                 -- by an index (a plain state = 'open' matches the predicate of the partial index of open
+                 -- reservations, and agent_id = <a constant> the agent's index: with statistics taken when few
+                 -- were open, the planner scanned all of them, per call; tests/core/test_index_plans.py)
+                 WHERE br.id = p_reservation_id AND br.state = 'open' COLLATE "C"
+                   AND (br.agent_id = p_agent_id) IS NOT FALSE
                    AND NOT EXISTS (SELECT 1 FROM sigledger.llm_cost_log_key k WHERE k.idempotency_key = v_key)
                    AND (SELECT coalesce(fp.priced, 0) FROM fp) <= 100000000
                 RETURNING br.agent_id, br.estimate_usd, br.budget_ids, br.period_starts, br.slices, br.created_at,
@@ -2912,7 +2919,8 @@ BEGIN
                 UPDATE sigledger.budget_reservation br
                    SET state = 'settled', closed_at = v_now, actual_usd = p_cost,
                        overrun_usd = greatest(0, p_cost - br.estimate_usd), ledger_id = v_ledger
-                 WHERE br.id = p_reservation_id AND br.state = 'open'
+                 -- (COLLATE "C": by its primary key, as above)
+                 WHERE br.id = p_reservation_id AND br.state = 'open' COLLATE "C"
                 RETURNING br.agent_id, br.estimate_usd, br.budget_ids, br.period_starts, br.slices, br.created_at
                      INTO r;
                 v_overrun := greatest(0, p_cost - r.estimate_usd);
@@ -5990,7 +5998,9 @@ BEGIN
     END IF;
     -- open -> released in one statement (it waits for a concurrent settle or expiry of the row, then re-reads it)
     UPDATE budget_reservation br SET state = 'released', closed_at = now()
-     WHERE br.id = p_reservation_id AND br.state = 'open'
+     -- (COLLATE "C": the row by its primary key, never by a scan of the partial index of open reservations; see
+     -- _reservation_settle)
+     WHERE br.id = p_reservation_id AND br.state = 'open' COLLATE "C"
     RETURNING br.budget_ids, br.period_starts, br.slices, br.estimate_usd, _reservation_levels(br.budget_ids) AS levels
          INTO r;
     IF FOUND THEN
@@ -6750,7 +6760,9 @@ BEGIN
           FROM budget_reservation br
          CROSS JOIN LATERAL unnest(br.budget_ids, br.period_starts) AS p(bid, ps)
           JOIN budget b ON b.id = p.bid
-         WHERE br.id = ANY (i_id) AND br.state = 'open'
+         -- (COLLATE "C": the row by its primary key, never by a scan of the partial index of open reservations; see
+         -- _reservation_settle)
+         WHERE br.id = ANY (i_id) AND br.state = 'open' COLLATE "C"
          ORDER BY 3, 1, 2
     LOOP
         PERFORM 1 FROM budget_spend s WHERE s.budget_id = t.bid AND s.period_start = t.ps ORDER BY s.slice FOR UPDATE;
