@@ -95,7 +95,9 @@ def test_a_reservation_is_found_by_its_key_not_by_the_open_ones(db_dsn: str, cal
         spent = Decimal("0") if call == "release_budget" else Decimal("0.18")
         assert status == (spent, Decimal("0.01") * (FEW + MANY - 18))
     # the work of a call does not grow with the open reservations (a scan of them: ~25 buffers per 1,000)
-    assert max(after) <= max(before) + 10, f"{call}: buffers per call with {FEW} open {before}, {FEW + MANY} {after}"
+    assert max(after) <= max(before) + 10, (
+        f"{call}: buffers per call with {FEW} open {before}, {FEW + MANY} {after}"
+    )
 
 
 def test_a_failed_outbox_row_is_found_by_its_key_not_by_the_backlog(db_dsn: str) -> None:
@@ -128,7 +130,10 @@ def test_a_failed_outbox_row_is_found_by_its_key_not_by_the_backlog(db_dsn: str)
         many = enqueue(MANY)
         after = fail(many[:9])
         attempts = conn.execute(
-            "SELECT array_agg(DISTINCT attempts) FROM sigledger.outbox WHERE id = ANY (%s)", (few[:9] + many[:9],)
+            "SELECT array_agg(DISTINCT attempts) FROM sigledger.outbox WHERE id = ANY (%s)",
+            (few[:9] + many[:9],),
         ).fetchone()[0]  # type: ignore[index]
         assert attempts == [1]
-    assert max(after) <= max(before) + 10, f"buffers per call with {FEW} live rows {before}, {FEW + MANY} {after}"
+    assert max(after) <= max(before) + 10, (
+        f"buffers per call with {FEW} live rows {before}, {FEW + MANY} {after}"
+    )
