@@ -42,7 +42,7 @@ from sigledger.migrate import Migrator  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ledger  # noqa: E402
-from designs import DESIGNS, OVERSPEND  # noqa: E402
+from designs import DESIGNS, OVERSPEND, SCRIPTS, SLICE_COUNTS, VARIABLES  # noqa: E402
 from present import chart, markdown, ratios  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -153,15 +153,21 @@ def setup(dsn: str, agents: int) -> None:
             "INSERT INTO bench.seed_agent (id, budget_limit) SELECT n, 1000000000 FROM generate_series(1, %s) n",
             (agents,),
         )
-        # the hot agent of the sliced runs: its budget over 8 slices, the period's rows in place
-        sliced = conn.execute(
-            "SELECT sigledger.create_agent('bench-sliced-' || gen_random_uuid(), 1000000000)"
-        ).fetchone()[0]  # type: ignore[index]
-        conn.execute(
-            "INSERT INTO bench.sliced (id, budget_id) SELECT agent_id, id FROM sigledger.budget WHERE agent_id = %s",
-            (sliced,),
-        )
-        conn.execute("SELECT sigledger.set_budget_slices(budget_id, 8) FROM bench.sliced")
+        # the hot agents of the sliced runs: one per slice count, its budget over that many, the period's rows
+        # in place
+        for n in SLICE_COUNTS:
+            sliced = conn.execute(
+                "SELECT sigledger.create_agent('bench-sliced-' || gen_random_uuid(), 1000000000)"
+            ).fetchone()[0]  # type: ignore[index]
+            conn.execute(
+                "INSERT INTO bench.sliced (id, budget_id, slices) SELECT agent_id, id, %s FROM sigledger.budget"
+                " WHERE agent_id = %s",
+                (n, sliced),
+            )
+            conn.execute(
+                "SELECT sigledger.set_budget_slices(budget_id, %s) FROM bench.sliced WHERE slices = %s",
+                (n, n),
+            )
         conn.execute(
             "SELECT sigledger.release_budget(reservation_id)"
             " FROM bench.sliced, sigledger.reserve_budget(id, 0.01, interval '1 minute')"
@@ -232,10 +238,10 @@ def measure(
                     logdir = Path(tempfile.mkdtemp(prefix="pgbench-log-"))
                     out = pgbench(
                         dsn,
-                        HERE / f"{design}.sql",
+                        HERE / f"{SCRIPTS.get(design, design)}.sql",
                         c,
                         duration=duration,
-                        variables={"agents": str(agents)},
+                        variables={"agents": str(agents), **VARIABLES.get(design, {})},
                         logdir=logdir,
                     )
                     shutil.rmtree(logdir, ignore_errors=True)
