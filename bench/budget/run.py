@@ -1,7 +1,7 @@
 """Budget benchmark (``make bench-budget``): pgbench drives, in one run,
 
   (a) sigledger's budget path: reserve + settle, and check_and_record_budget; on the hot agent also with its
-      budget split over 8 slices (set_budget_slices);
+      budget split over 8 and over 32 slices (set_budget_slices);
   (b) the baselines of the same run: the bare SQL doing the same writes with no checks (the physical limit
       of the schema), and, on the hot agent, the raw single-row UPDATE of its spend row (the ceiling of any
       design that keeps a budget in one row);
@@ -333,7 +333,7 @@ def main() -> None:
             "agents": args.agents,
             "server": "throwaway cluster, default settings" if args.dsn is None else "given --dsn",
             "cost_per_call_usd": 0.01,
-            "slices": 8,
+            "slices": list(SLICE_COUNTS),
         },
         "runtime_s": round(time.time() - started, 1),
         "results": results,
