@@ -34,9 +34,12 @@ BUDGET_LABELS = {
     "a_check_and_record": "check_and_record",
     "a_reserve_settle_sliced": "reserve+settle, 8 slices",
     "a_check_and_record_sliced": "check_and_record, 8 slices",
+    "a_reserve_settle_sliced32": "reserve+settle, 32 slices",
+    "a_check_and_record_sliced32": "check_and_record, 32 slices",
     "b_bare_reserve_settle": "bare SQL",
     "b_bare_record": "bare SQL",
-    "b_bare_record_sliced": "bare SQL on a random slice",
+    "b_bare_record_sliced": "bare SQL on a random slice of 8",
+    "b_bare_record_sliced32": "bare SQL on a random slice of 32",
     "b_raw_update": "raw single-row UPDATE",
     "c_seed": "seed NOWAIT",
 }

@@ -928,7 +928,8 @@ DECLARE
 BEGIN
     SELECT e.id, e.merged_into INTO v_id, v_into
       FROM new_rows n JOIN sigledger.entities e ON e.id = n.canonical_entity_id
-     WHERE e.merged_into IS NOT NULL LIMIT 1;
+     -- (IS TRUE: the rows by their primary key, never by a scan of the tombstones; see _signal_entities_no_tombstone)
+     WHERE (e.merged_into IS NOT NULL) IS TRUE LIMIT 1;
     IF v_id IS NOT NULL THEN
         RAISE EXCEPTION USING ERRCODE = 'SLM01',
             MESSAGE = format('entity %s was merged into %s: it cannot take new aliases', v_id, v_into),
@@ -1239,7 +1240,10 @@ BEGIN
                  * (0.5 + random() * 0.5),
            dead_at = CASE WHEN o.attempts + 1 >= p_max_attempts THEN clock_timestamp() END
      WHERE o.id = ANY (p_ids)
-       AND o.dead_at IS NULL
+       -- (IS TRUE: the rows by their primary key; a plain dead_at IS NULL matches the predicate of
+       -- idx_outbox_claimable, and with statistics taken on a drained outbox the planner scanned that whole
+       -- index, the backlog, per call: tests/core/test_index_plans.py)
+       AND (o.dead_at IS NULL) IS TRUE
     RETURNING o.id, o.attempts, o.dead_at IS NOT NULL, o.next_attempt_at;
 END
 $$;
@@ -1482,16 +1486,18 @@ BEGIN
     -- Merged losers: the winner is refreshed in the same Neo4j transaction that deletes the loser, so
     -- nobody ever sees the loser's links missing from both. The winner must not be projected by another
     -- worker at the same time: try-lock it, or defer the loser.
+    -- (IS TRUE: each by its primary key; a plain merged_into IS NOT NULL matches the predicate of the tombstones'
+    -- partial index, which the planner then scanned once per row of the batch: tests/core/test_index_plans.py)
     FOR v_loser IN
         SELECT 'entity' AS t, e.id AS i
           FROM unnest(v_types, v_ids) u (t, i)
           JOIN entities e ON e.id = u.i
-         WHERE u.t = 'entity' AND e.merged_into IS NOT NULL
+         WHERE u.t = 'entity' AND (e.merged_into IS NOT NULL) IS TRUE
         UNION ALL
         SELECT 'opportunity', op.id
           FROM unnest(v_types, v_ids) u (t, i)
           JOIN opportunities op ON op.id = u.i
-         WHERE u.t = 'opportunity' AND op.merged_into IS NOT NULL
+         WHERE u.t = 'opportunity' AND (op.merged_into IS NOT NULL) IS TRUE
     LOOP
         v_winner := _graph_final_winner(v_loser.t, v_loser.i);
         IF v_winner IS NULL THEN
@@ -1832,9 +1838,13 @@ BEGIN
         IF cardinality(v_losers) > 0 THEN
             DELETE FROM sigledger.entities WHERE id = ANY (v_losers);
         END IF;
-        PERFORM sigledger._outbox_emit('entity', e.id, 'entity.created',
-                                       jsonb_build_object('name', e.name, 'aliases', jsonb_build_array(e.name)))
-           FROM sigledger.entities e WHERE e.id = ANY (v_new_entities);
+        -- (only when some were created: an empty `id = ANY ('{}')` is false, which implies the predicate of every
+        -- partial index, and the planner answered it by a scan of all tombstones: tests/core/test_index_plans.py)
+        IF cardinality(v_new_entities) > 0 THEN
+            PERFORM sigledger._outbox_emit('entity', e.id, 'entity.created',
+                                           jsonb_build_object('name', e.name, 'aliases', jsonb_build_array(e.name)))
+               FROM sigledger.entities e WHERE e.id = ANY (v_new_entities);
+        END IF;
     END IF;
 
     -- 6. resolve every key; lock the live entities (FOR KEY SHARE, id order) so no merge can tombstone them
@@ -2100,7 +2110,8 @@ BEGIN
                       SELECT o.id, 0
                       UNION ALL
                       SELECT e.merged_into, chain.depth + 1 FROM chain JOIN sigledger.entities e ON e.id = chain.cur
-                      WHERE e.merged_into IS NOT NULL AND chain.depth < 1000)
+                      -- (IS TRUE: by the primary key, not a scan of the tombstones: tests/core/test_index_plans.py)
+                      WHERE (e.merged_into IS NOT NULL) IS TRUE AND chain.depth < 1000)
                   SELECT chain.cur FROM chain ORDER BY chain.depth DESC LIMIT 1) AS c;
         END;
     END LOOP;
@@ -2184,7 +2195,8 @@ DECLARE
 BEGIN
     SELECT o.id, o.merged_into INTO v_id, v_into
       FROM new_rows n JOIN sigledger.opportunities o ON o.id = n.opportunity_id
-     WHERE o.merged_into IS NOT NULL LIMIT 1;
+     -- (IS TRUE: the rows by their primary key, never by a scan of the tombstones; see _signal_entities_no_tombstone)
+     WHERE (o.merged_into IS NOT NULL) IS TRUE LIMIT 1;
     IF v_id IS NOT NULL THEN
         RAISE EXCEPTION USING ERRCODE = 'SLM01',
             MESSAGE = format('opportunity %s was merged into %s: it cannot take new signal links', v_id, v_into),
@@ -2834,8 +2846,12 @@ BEGIN
                    SET state = 'settled', closed_at = v_now, actual_usd = p_cost,
                        overrun_usd = greatest(0, p_cost - br.estimate_usd),
                        ledger_id = nextval('sigledger.llm_cost_log_id_seq'::regclass)
-                 WHERE br.id = p_reservation_id AND br.state = 'open'
-                   AND (p_agent_id IS NULL OR br.agent_id = p_agent_id)
+                 -- found by its primary key, whatever the statistics say: neither test below can be answered
+                 -- by an index (a plain state = 'open' matches the predicate of the partial index of open
+                 -- reservations, and agent_id = <a constant> the agent's index: with statistics taken when few
+                 -- were open, the planner scanned all of them, per call; tests/core/test_index_plans.py)
+                 WHERE br.id = p_reservation_id AND br.state = 'open' COLLATE "C"
+                   AND (br.agent_id = p_agent_id) IS NOT FALSE
                    AND NOT EXISTS (SELECT 1 FROM sigledger.llm_cost_log_key k WHERE k.idempotency_key = v_key)
                    AND (SELECT coalesce(fp.priced, 0) FROM fp) <= 100000000
                 RETURNING br.agent_id, br.estimate_usd, br.budget_ids, br.period_starts, br.slices, br.created_at,
@@ -2912,7 +2928,8 @@ BEGIN
                 UPDATE sigledger.budget_reservation br
                    SET state = 'settled', closed_at = v_now, actual_usd = p_cost,
                        overrun_usd = greatest(0, p_cost - br.estimate_usd), ledger_id = v_ledger
-                 WHERE br.id = p_reservation_id AND br.state = 'open'
+                 -- (COLLATE "C": by its primary key, as above)
+                 WHERE br.id = p_reservation_id AND br.state = 'open' COLLATE "C"
                 RETURNING br.agent_id, br.estimate_usd, br.budget_ids, br.period_starts, br.slices, br.created_at
                      INTO r;
                 v_overrun := greatest(0, p_cost - r.estimate_usd);
@@ -3119,7 +3136,10 @@ DECLARE
 BEGIN
     SELECT e.id, e.merged_into INTO v_id, v_into
       FROM new_rows n JOIN sigledger.entities e ON e.id = n.entity_id
-     WHERE e.merged_into IS NOT NULL LIMIT 1;
+     -- (IS TRUE: the rows by their primary key; a plain merged_into IS NOT NULL matches the predicate of
+     -- entities_merged_into_idx, and with statistics taken before any merge the planner scanned every
+     -- tombstone, per statement: tests/core/test_index_plans.py)
+     WHERE (e.merged_into IS NOT NULL) IS TRUE LIMIT 1;
     IF v_id IS NOT NULL THEN
         RAISE EXCEPTION USING ERRCODE = 'SLM01',
             MESSAGE = format('entity %s was merged into %s: it cannot take new links', v_id, v_into),
@@ -5126,8 +5146,9 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = 'P0002', MESSAGE = format('entity not found: %s', v_missing);
     END IF;
     -- Read after the lock: a merge that committed while we waited is visible now.
+    -- (IS TRUE: the rows by their primary key, never by a scan of the tombstones; see _signal_entities_no_tombstone)
     SELECT e.id, e.merged_into INTO v_dead FROM sigledger.entities e
-     WHERE e.id = ANY (v_ids) AND e.merged_into IS NOT NULL ORDER BY e.id LIMIT 1;
+     WHERE e.id = ANY (v_ids) AND (e.merged_into IS NOT NULL) IS TRUE ORDER BY e.id LIMIT 1;
     IF FOUND THEN
         RAISE EXCEPTION USING ERRCODE = 'SLM01',
             MESSAGE = format('entity %s is a tombstone: it was merged into %s', v_dead.id, v_dead.merged_into),
@@ -5217,8 +5238,9 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = 'P0002', MESSAGE = format('opportunity not found: %s', v_missing);
     END IF;
     -- Read after the lock: a merge that committed while we waited is visible to this statement.
+    -- (IS TRUE: the rows by their primary key, never by a scan of the tombstones; see _signal_entities_no_tombstone)
     SELECT o.id, o.merged_into INTO v_dead FROM sigledger.opportunities o
-     WHERE o.id = ANY (v_ids) AND o.merged_into IS NOT NULL ORDER BY o.id LIMIT 1;
+     WHERE o.id = ANY (v_ids) AND (o.merged_into IS NOT NULL) IS TRUE ORDER BY o.id LIMIT 1;
     IF FOUND THEN
         RAISE EXCEPTION USING ERRCODE = 'SLM01',
             MESSAGE = format('opportunity %s is a tombstone: it was merged into %s', v_dead.id, v_dead.merged_into),
@@ -5990,7 +6012,9 @@ BEGIN
     END IF;
     -- open -> released in one statement (it waits for a concurrent settle or expiry of the row, then re-reads it)
     UPDATE budget_reservation br SET state = 'released', closed_at = now()
-     WHERE br.id = p_reservation_id AND br.state = 'open'
+     -- (COLLATE "C": the row by its primary key, never by a scan of the partial index of open reservations; see
+     -- _reservation_settle)
+     WHERE br.id = p_reservation_id AND br.state = 'open' COLLATE "C"
     RETURNING br.budget_ids, br.period_starts, br.slices, br.estimate_usd, _reservation_levels(br.budget_ids) AS levels
          INTO r;
     IF FOUND THEN
@@ -6750,7 +6774,9 @@ BEGIN
           FROM budget_reservation br
          CROSS JOIN LATERAL unnest(br.budget_ids, br.period_starts) AS p(bid, ps)
           JOIN budget b ON b.id = p.bid
-         WHERE br.id = ANY (i_id) AND br.state = 'open'
+         -- (COLLATE "C": the row by its primary key, never by a scan of the partial index of open reservations; see
+         -- _reservation_settle)
+         WHERE br.id = ANY (i_id) AND br.state = 'open' COLLATE "C"
          ORDER BY 3, 1, 2
     LOOP
         PERFORM 1 FROM budget_spend s WHERE s.budget_id = t.bid AND s.period_start = t.ps ORDER BY s.slice FOR UPDATE;

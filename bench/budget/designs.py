@@ -9,11 +9,30 @@ DESIGNS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "a_check_and_record": ("sigledger check_and_record_budget", "ledger", ("hot", "spread")),
     "a_reserve_settle_sliced": ("sigledger reserve+settle, 8 slices", "ledger", ("hot",)),
     "a_check_and_record_sliced": ("sigledger check_and_record_budget, 8 slices", "ledger", ("hot",)),
+    "a_reserve_settle_sliced32": ("sigledger reserve+settle, 32 slices", "ledger", ("hot",)),
+    "a_check_and_record_sliced32": ("sigledger check_and_record_budget, 32 slices", "ledger", ("hot",)),
     "b_bare_reserve_settle": ("bare SQL, reserve+settle writes", "ledger", ("hot", "spread")),
     "b_bare_record": ("bare SQL, record writes", "ledger", ("hot", "spread")),
     "b_bare_record_sliced": ("bare SQL, record writes on a random slice of 8", "ledger", ("hot",)),
+    "b_bare_record_sliced32": ("bare SQL, record writes on a random slice of 32", "ledger", ("hot",)),
     "b_raw_update": ("raw single-row UPDATE", "tx", ("hot",)),
     "c_seed": ("seed NOWAIT + version", "seed", ("hot", "spread")),
+}
+# the hot agent's budget is split over 8 slices (the probe) and over 32 (one per client at 32 clients):
+# the sliced designs run one script with the slice count as a pgbench variable (bench.sliced has one agent
+# per count)
+SLICE_COUNTS = (8, 32)
+SCRIPTS: dict[str, str] = {
+    "a_reserve_settle_sliced32": "a_reserve_settle_sliced",
+    "a_check_and_record_sliced32": "a_check_and_record_sliced",
+    "b_bare_record_sliced32": "b_bare_record_sliced",
+}
+VARIABLES: dict[str, dict[str, str]] = {
+    **{
+        d: {"slices": "8"}
+        for d in ("a_reserve_settle_sliced", "a_check_and_record_sliced", "b_bare_record_sliced")
+    },
+    **{d: {"slices": "32"} for d in SCRIPTS},
 }
 # each design's baselines of the same run: (baseline design, target ratio or None)
 BASELINES: dict[str, list[tuple[str, float | None]]] = {
@@ -25,8 +44,15 @@ BASELINES: dict[str, list[tuple[str, float | None]]] = {
         ("a_check_and_record", None),
         ("b_bare_record_sliced", None),
     ],
+    "a_reserve_settle_sliced32": [("b_raw_update", 2.0), ("a_reserve_settle_sliced", None)],
+    "a_check_and_record_sliced32": [
+        ("b_raw_update", 2.0),
+        ("a_check_and_record_sliced", None),
+        ("b_bare_record_sliced32", None),
+    ],
     # the ceiling of the 2x target on this machine: the same sliced writes with no check against the raw UPDATE
     "b_bare_record_sliced": [("b_raw_update", None)],
+    "b_bare_record_sliced32": [("b_raw_update", None)],
     "c_seed": [("b_bare_record", None)],
 }
 OVERSPEND: dict[str, str] = {

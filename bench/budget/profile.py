@@ -30,6 +30,7 @@ sys.path[:0] = [str(ROOT / "harness"), str(ROOT), str(Path(__file__).resolve().p
 
 import psycopg  # noqa: E402
 import run as budget_run  # noqa: E402
+from designs import SCRIPTS, VARIABLES  # noqa: E402
 from sigledger.core.localdb import LocalCluster, as_server_user, pg_bindir  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -103,7 +104,12 @@ def profile_design(dsn: str, design: str, transactions: int, agents: int) -> dic
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("SELECT pg_stat_statements_reset()")
         conn.execute("SELECT pg_stat_reset()")
-    wall = pgbench_n(dsn, HERE / f"{design}.sql", transactions, {"agents": str(agents)})
+    wall = pgbench_n(
+        dsn,
+        HERE / f"{SCRIPTS.get(design, design)}.sql",
+        transactions,
+        {"agents": str(agents), **VARIABLES.get(design, {})},
+    )
     time.sleep(0.6)  # function statistics reach the collector at the end of each backend's transactions
     with psycopg.connect(dsn, autocommit=True) as conn:
         rows = conn.execute(
@@ -261,7 +267,7 @@ def main() -> None:
             conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         designs = []
         for design in args.designs.split(","):
-            if not (HERE / f"{design}.sql").is_file():
+            if not (HERE / f"{SCRIPTS.get(design, design)}.sql").is_file():
                 continue
             d = profile_design(dsn, design, args.transactions, args.agents)
             designs.append(d)

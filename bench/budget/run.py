@@ -1,7 +1,7 @@
 """Budget benchmark (``make bench-budget``): pgbench drives, in one run,
 
   (a) sigledger's budget path: reserve + settle, and check_and_record_budget; on the hot agent also with its
-      budget split over 8 slices (set_budget_slices);
+      budget split over 8 and over 32 slices (set_budget_slices);
   (b) the baselines of the same run: the bare SQL doing the same writes with no checks (the physical limit
       of the schema), and, on the hot agent, the raw single-row UPDATE of its spend row (the ceiling of any
       design that keeps a budget in one row);
@@ -42,7 +42,7 @@ from sigledger.migrate import Migrator  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import ledger  # noqa: E402
-from designs import DESIGNS, OVERSPEND  # noqa: E402
+from designs import DESIGNS, OVERSPEND, SCRIPTS, SLICE_COUNTS, VARIABLES  # noqa: E402
 from present import chart, markdown, ratios  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -153,15 +153,21 @@ def setup(dsn: str, agents: int) -> None:
             "INSERT INTO bench.seed_agent (id, budget_limit) SELECT n, 1000000000 FROM generate_series(1, %s) n",
             (agents,),
         )
-        # the hot agent of the sliced runs: its budget over 8 slices, the period's rows in place
-        sliced = conn.execute(
-            "SELECT sigledger.create_agent('bench-sliced-' || gen_random_uuid(), 1000000000)"
-        ).fetchone()[0]  # type: ignore[index]
-        conn.execute(
-            "INSERT INTO bench.sliced (id, budget_id) SELECT agent_id, id FROM sigledger.budget WHERE agent_id = %s",
-            (sliced,),
-        )
-        conn.execute("SELECT sigledger.set_budget_slices(budget_id, 8) FROM bench.sliced")
+        # the hot agents of the sliced runs: one per slice count, its budget over that many, the period's rows
+        # in place
+        for n in SLICE_COUNTS:
+            sliced = conn.execute(
+                "SELECT sigledger.create_agent('bench-sliced-' || gen_random_uuid(), 1000000000)"
+            ).fetchone()[0]  # type: ignore[index]
+            conn.execute(
+                "INSERT INTO bench.sliced (id, budget_id, slices) SELECT agent_id, id, %s FROM sigledger.budget"
+                " WHERE agent_id = %s",
+                (n, sliced),
+            )
+            conn.execute(
+                "SELECT sigledger.set_budget_slices(budget_id, %s) FROM bench.sliced WHERE slices = %s",
+                (n, n),
+            )
         conn.execute(
             "SELECT sigledger.release_budget(reservation_id)"
             " FROM bench.sliced, sigledger.reserve_budget(id, 0.01, interval '1 minute')"
@@ -232,10 +238,10 @@ def measure(
                     logdir = Path(tempfile.mkdtemp(prefix="pgbench-log-"))
                     out = pgbench(
                         dsn,
-                        HERE / f"{design}.sql",
+                        HERE / f"{SCRIPTS.get(design, design)}.sql",
                         c,
                         duration=duration,
-                        variables={"agents": str(agents)},
+                        variables={"agents": str(agents), **VARIABLES.get(design, {})},
                         logdir=logdir,
                     )
                     shutil.rmtree(logdir, ignore_errors=True)
@@ -327,7 +333,7 @@ def main() -> None:
             "agents": args.agents,
             "server": "throwaway cluster, default settings" if args.dsn is None else "given --dsn",
             "cost_per_call_usd": 0.01,
-            "slices": 8,
+            "slices": list(SLICE_COUNTS),
         },
         "runtime_s": round(time.time() - started, 1),
         "results": results,

@@ -5,8 +5,8 @@ CREATE SCHEMA bench;
 
 -- n -> sigledger agent and budget (n = 1 is the hot agent)
 CREATE TABLE bench.agents (n integer PRIMARY KEY, id uuid NOT NULL, budget_id bigint NOT NULL);
--- the hot agent of the sliced runs: its budget split over 8 slices (set_budget_slices)
-CREATE TABLE bench.sliced (id uuid PRIMARY KEY, budget_id bigint NOT NULL);
+-- the hot agents of the sliced runs: one per slice count, its budget split over that many (set_budget_slices)
+CREATE TABLE bench.sliced (id uuid PRIMARY KEY, budget_id bigint NOT NULL, slices integer NOT NULL UNIQUE);
 
 -- the seed's agent row and ledger
 CREATE TABLE bench.seed_agent (

@@ -359,7 +359,9 @@ BEGIN
     END IF;
     -- open -> released in one statement (it waits for a concurrent settle or expiry of the row, then re-reads it)
     UPDATE budget_reservation br SET state = 'released', closed_at = now()
-     WHERE br.id = p_reservation_id AND br.state = 'open'
+     -- (COLLATE "C": the row by its primary key, never by a scan of the partial index of open reservations; see
+     -- _reservation_settle)
+     WHERE br.id = p_reservation_id AND br.state = 'open' COLLATE "C"
     RETURNING br.budget_ids, br.period_starts, br.slices, br.estimate_usd, _reservation_levels(br.budget_ids) AS levels
          INTO r;
     IF FOUND THEN

@@ -119,8 +119,12 @@ BEGIN
                    SET state = 'settled', closed_at = v_now, actual_usd = p_cost,
                        overrun_usd = greatest(0, p_cost - br.estimate_usd),
                        ledger_id = nextval('sigledger.llm_cost_log_id_seq'::regclass)
-                 WHERE br.id = p_reservation_id AND br.state = 'open'
-                   AND (p_agent_id IS NULL OR br.agent_id = p_agent_id)
+                 -- found by its primary key, whatever the statistics say: neither test below can be answered
+                 -- by an index (a plain state = 'open' matches the predicate of the partial index of open
+                 -- reservations, and agent_id = <a constant> the agent's index: with statistics taken when few
+                 -- were open, the planner scanned all of them, per call; tests/core/test_index_plans.py)
+                 WHERE br.id = p_reservation_id AND br.state = 'open' COLLATE "C"
+                   AND (br.agent_id = p_agent_id) IS NOT FALSE
                    AND NOT EXISTS (SELECT 1 FROM sigledger.llm_cost_log_key k WHERE k.idempotency_key = v_key)
                    AND (SELECT coalesce(fp.priced, 0) FROM fp) <= 100000000
                 RETURNING br.agent_id, br.estimate_usd, br.budget_ids, br.period_starts, br.slices, br.created_at,
@@ -197,7 +201,8 @@ BEGIN
                 UPDATE sigledger.budget_reservation br
                    SET state = 'settled', closed_at = v_now, actual_usd = p_cost,
                        overrun_usd = greatest(0, p_cost - br.estimate_usd), ledger_id = v_ledger
-                 WHERE br.id = p_reservation_id AND br.state = 'open'
+                 -- (COLLATE "C": by its primary key, as above)
+                 WHERE br.id = p_reservation_id AND br.state = 'open' COLLATE "C"
                 RETURNING br.agent_id, br.estimate_usd, br.budget_ids, br.period_starts, br.slices, br.created_at
                      INTO r;
                 v_overrun := greatest(0, p_cost - r.estimate_usd);

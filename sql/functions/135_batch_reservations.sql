@@ -325,7 +325,9 @@ BEGIN
           FROM budget_reservation br
          CROSS JOIN LATERAL unnest(br.budget_ids, br.period_starts) AS p(bid, ps)
           JOIN budget b ON b.id = p.bid
-         WHERE br.id = ANY (i_id) AND br.state = 'open'
+         -- (COLLATE "C": the row by its primary key, never by a scan of the partial index of open reservations; see
+         -- _reservation_settle)
+         WHERE br.id = ANY (i_id) AND br.state = 'open' COLLATE "C"
          ORDER BY 3, 1, 2
     LOOP
         PERFORM 1 FROM budget_spend s WHERE s.budget_id = t.bid AND s.period_start = t.ps ORDER BY s.slice FOR UPDATE;

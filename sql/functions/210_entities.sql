@@ -187,8 +187,9 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = 'P0002', MESSAGE = format('entity not found: %s', v_missing);
     END IF;
     -- Read after the lock: a merge that committed while we waited is visible now.
+    -- (IS TRUE: the rows by their primary key, never by a scan of the tombstones; see _signal_entities_no_tombstone)
     SELECT e.id, e.merged_into INTO v_dead FROM sigledger.entities e
-     WHERE e.id = ANY (v_ids) AND e.merged_into IS NOT NULL ORDER BY e.id LIMIT 1;
+     WHERE e.id = ANY (v_ids) AND (e.merged_into IS NOT NULL) IS TRUE ORDER BY e.id LIMIT 1;
     IF FOUND THEN
         RAISE EXCEPTION USING ERRCODE = 'SLM01',
             MESSAGE = format('entity %s is a tombstone: it was merged into %s', v_dead.id, v_dead.merged_into),

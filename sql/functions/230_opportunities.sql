@@ -134,8 +134,9 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = 'P0002', MESSAGE = format('opportunity not found: %s', v_missing);
     END IF;
     -- Read after the lock: a merge that committed while we waited is visible to this statement.
+    -- (IS TRUE: the rows by their primary key, never by a scan of the tombstones; see _signal_entities_no_tombstone)
     SELECT o.id, o.merged_into INTO v_dead FROM sigledger.opportunities o
-     WHERE o.id = ANY (v_ids) AND o.merged_into IS NOT NULL ORDER BY o.id LIMIT 1;
+     WHERE o.id = ANY (v_ids) AND (o.merged_into IS NOT NULL) IS TRUE ORDER BY o.id LIMIT 1;
     IF FOUND THEN
         RAISE EXCEPTION USING ERRCODE = 'SLM01',
             MESSAGE = format('opportunity %s is a tombstone: it was merged into %s', v_dead.id, v_dead.merged_into),

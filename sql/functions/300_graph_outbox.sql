@@ -128,7 +128,10 @@ BEGIN
                  * (0.5 + random() * 0.5),
            dead_at = CASE WHEN o.attempts + 1 >= p_max_attempts THEN clock_timestamp() END
      WHERE o.id = ANY (p_ids)
-       AND o.dead_at IS NULL
+       -- (IS TRUE: the rows by their primary key; a plain dead_at IS NULL matches the predicate of
+       -- idx_outbox_claimable, and with statistics taken on a drained outbox the planner scanned that whole
+       -- index, the backlog, per call: tests/core/test_index_plans.py)
+       AND (o.dead_at IS NULL) IS TRUE
     RETURNING o.id, o.attempts, o.dead_at IS NOT NULL, o.next_attempt_at;
 END
 $$;

@@ -86,16 +86,18 @@ BEGIN
     -- Merged losers: the winner is refreshed in the same Neo4j transaction that deletes the loser, so
     -- nobody ever sees the loser's links missing from both. The winner must not be projected by another
     -- worker at the same time: try-lock it, or defer the loser.
+    -- (IS TRUE: each by its primary key; a plain merged_into IS NOT NULL matches the predicate of the tombstones'
+    -- partial index, which the planner then scanned once per row of the batch: tests/core/test_index_plans.py)
     FOR v_loser IN
         SELECT 'entity' AS t, e.id AS i
           FROM unnest(v_types, v_ids) u (t, i)
           JOIN entities e ON e.id = u.i
-         WHERE u.t = 'entity' AND e.merged_into IS NOT NULL
+         WHERE u.t = 'entity' AND (e.merged_into IS NOT NULL) IS TRUE
         UNION ALL
         SELECT 'opportunity', op.id
           FROM unnest(v_types, v_ids) u (t, i)
           JOIN opportunities op ON op.id = u.i
-         WHERE u.t = 'opportunity' AND op.merged_into IS NOT NULL
+         WHERE u.t = 'opportunity' AND (op.merged_into IS NOT NULL) IS TRUE
     LOOP
         v_winner := _graph_final_winner(v_loser.t, v_loser.i);
         IF v_winner IS NULL THEN

@@ -1,0 +1,320 @@
+"""A row named by its id is found by its primary key, however many rows a partial index holds and whatever the
+statistics say: a reservation (settle, release, a cost under its key), an outbox row (_graph_fail).
+
+`budget_reservation_open_expires_idx` indexes the open reservations (expire_reservations' sweep). A statement
+`WHERE id = $1 AND state = 'open'` matches its predicate, so the planner may answer it by scanning that whole
+index and filtering on id, and it does whenever the statistics show the index nearly empty: after a VACUUM or
+ANALYZE at a quiet moment (no open reservation), every settle and release then reads every open reservation
+(and every index entry that a settlement left dead until the next vacuum): O(open reservations) per call,
+O(n^2) for a burst. Measured on the bench cluster: 787 buffers for the settling statement with 4,200 open
+reservations; by the primary key, 3 for the reservation row.
+
+The test puts a database in that state (statistics taken with no open reservation, then 200 and 6,200
+opened) and counts the buffers each call touches (EXPLAIN ANALYZE BUFFERS of the call counts its nested
+statements): it must not grow with the open reservations. A count, not a duration.
+
+The same holds for tombstones: `entities_merged_into_idx` and `opportunities_merged_into_idx` index the merged
+rows (`WHERE merged_into IS NOT NULL`), and a statement that names entities or opportunities by id and asks
+whether they are tombstones matched that predicate: with statistics taken before any merge, each call scanned
+every tombstone (the backstop triggers of every link and alias, the merges' tombstone check, the graph
+snapshot's loser search, once per row of the batch, and _lock_live_entities' chain walk). So did ingest_signals'
+`WHERE id = ANY (<the entities it created>)` when it created none: an empty list is false, which implies any
+predicate.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from decimal import Decimal
+from statistics import median
+from typing import Any
+
+import psycopg
+import pytest
+
+FEW, MANY = 200, 6000
+
+
+def buffers(conn: psycopg.Connection[Any], sql: str, params: tuple[Any, ...]) -> int:
+    plan = conn.execute(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {sql}", params).fetchone()[0]  # type: ignore[index]
+    top = (plan if isinstance(plan, list) else json.loads(plan))[0]["Plan"]
+    return int(top["Shared Hit Blocks"]) + int(top["Shared Read Blocks"])
+
+
+def reserve(conn: psycopg.Connection[Any], agent: str, n: int) -> list[int]:
+    return [
+        int(r[0])
+        for r in conn.execute(
+            "SELECT r.reservation_id FROM generate_series(1, %s) g,"
+            " LATERAL sigledger.reserve_budget(%s, 0.01 + 0 * g) r ORDER BY 1",
+            (n, agent),
+        ).fetchall()
+    ]
+
+
+CALLS: dict[str, Callable[[str, int], tuple[str, tuple[Any, ...]]]] = {
+    "settle_budget": lambda agent, rid: ("SELECT * FROM sigledger.settle_budget(%s, 0.01)", (rid,)),
+    "release_budget": lambda agent, rid: ("SELECT sigledger.release_budget(%s)", (rid,)),
+    "settle_budgets": lambda agent, rid: (
+        "SELECT * FROM sigledger.settle_budgets(%s::jsonb)",
+        (json.dumps([{"reservation_id": rid, "actual_usd": "0.01"}]),),
+    ),
+    # a cost recorded under the reservation's own key settles it (131_reservation_settle.sql, mode 'record')
+    "record_cost": lambda agent, rid: (
+        "SELECT sigledger.record_cost(%s, %s::uuid, 'm', 'p', 1, 1, 0.01)",
+        (f"reservation:{rid}", agent),
+    ),
+}
+
+
+def measure(dsn: str, call: str, agent: str, rids: list[int]) -> list[int]:
+    """Buffers of each call but the first in a new session (the first compiles the functions, reading the
+    catalogs). The calls plan with these statistics: the first five with the parameter's value, the later
+    ones maybe with the generic plan; both are measured."""
+    with psycopg.connect(dsn, autocommit=True) as app:
+        counts = []
+        for rid in rids:
+            sql, params = CALLS[call](agent, rid)
+            counts.append(buffers(app, sql, params))
+        return counts[1:]
+
+
+@pytest.mark.parametrize("call", sorted(CALLS))
+def test_a_reservation_is_found_by_its_key_not_by_the_open_ones(db_dsn: str, call: str) -> None:
+    with psycopg.connect(db_dsn, autocommit=True) as conn:
+        conn.execute("ALTER TABLE sigledger.budget_reservation SET (autovacuum_enabled = false)")
+        agent = str(conn.execute("SELECT sigledger.create_agent('plans', 1000000)").fetchone()[0])  # type: ignore[index]
+        # statistics taken while no reservation is open: the partial index looks empty to the planner
+        conn.execute("SELECT sigledger.release_budget(%s)", (reserve(conn, agent, 1)[0],))
+        conn.execute("VACUUM ANALYZE sigledger.budget_reservation")
+        few = reserve(conn, agent, FEW)
+        before = measure(db_dsn, call, agent, few[:9])
+        many = reserve(conn, agent, MANY)
+        after = measure(db_dsn, call, agent, many[:9])
+        # the calls did what they say (the counts are of real work)
+        done = few[:9] + many[:9]
+        states = conn.execute(
+            "SELECT array_agg(DISTINCT state) FROM sigledger.budget_reservation WHERE id = ANY (%s)", (done,)
+        ).fetchone()[0]  # type: ignore[index]
+        assert states == (["released"] if call == "release_budget" else ["settled"])
+        status = conn.execute(
+            "SELECT sum(spent_usd), sum(reserved_usd) FROM sigledger.budget_status(%s::uuid)", (agent,)
+        ).fetchone()
+        spent = Decimal("0") if call == "release_budget" else Decimal("0.18")
+        assert status == (spent, Decimal("0.01") * (FEW + MANY - 18))
+    # the work of a call does not grow with the open reservations (a scan of them: ~25 buffers per 1,000)
+    assert median(after) <= median(before) + 10, (
+        f"{call}: buffers per call with {FEW} open {before}, {FEW + MANY} {after}"
+    )
+
+
+def test_a_failed_outbox_row_is_found_by_its_key_not_by_the_backlog(db_dsn: str) -> None:
+    """idx_outbox_claimable indexes the live outbox rows (the claim order). _graph_fail's `id = ANY (ids) AND
+    dead_at IS NULL` matched its predicate: with statistics taken on an empty outbox, each call scanned the whole
+    backlog (a poison batch while a backlog drains)."""
+    with psycopg.connect(db_dsn, autocommit=True) as conn:
+        conn.execute("ALTER TABLE sigledger.outbox SET (autovacuum_enabled = false)")
+
+        def enqueue(n: int) -> list[int]:
+            return [
+                int(r[0])
+                for r in conn.execute(
+                    "INSERT INTO sigledger.outbox (aggregate_type, aggregate_id, event_type)"
+                    " SELECT 'signal', gen_random_uuid(), 'signal.upserted' FROM generate_series(1, %s) RETURNING id",
+                    (n,),
+                ).fetchall()
+            ]
+
+        def fail(ids: list[int]) -> list[int]:
+            with psycopg.connect(db_dsn, autocommit=True) as worker:
+                sql = "SELECT * FROM sigledger._graph_fail(%s::bigint[], 'bad row', 10)"
+                return [buffers(worker, sql, ([i],)) for i in ids][1:]
+
+        # statistics taken after a drain: a backlog projected (acknowledged rows are deleted), then vacuumed
+        conn.execute("DELETE FROM sigledger.outbox WHERE id = ANY (%s)", (enqueue(MANY),))
+        conn.execute("VACUUM ANALYZE sigledger.outbox")
+        few = enqueue(FEW)
+        before = fail(few[:9])
+        many = enqueue(MANY)
+        after = fail(many[:9])
+        attempts = conn.execute(
+            "SELECT array_agg(DISTINCT attempts) FROM sigledger.outbox WHERE id = ANY (%s)",
+            (few[:9] + many[:9],),
+        ).fetchone()[0]  # type: ignore[index]
+        assert attempts == [1]
+    assert median(after) <= median(before) + 10, (
+        f"buffers per call with {FEW} live rows {before}, {FEW + MANY} {after}"
+    )
+
+
+class Live:
+    """Rows a phase's calls work on, made after the statistics were taken: live entities (each with its name
+    as alias), live opportunities, signals, and the tombstones of that phase."""
+
+    def __init__(self, conn: psycopg.Connection[Any], tag: str, tombstones: list[Any]) -> None:
+        self.tag = tag
+        self.names = [f"{tag} entity {i}" for i in range(20)]
+        self.entities = [
+            conn.execute("SELECT sigledger.create_entity(%s)", (n,)).fetchone()[0]  # type: ignore[index]
+            for n in self.names
+        ]
+        self.opportunities = [
+            conn.execute("SELECT sigledger.create_opportunity(%s)", (f"{tag} opportunity {i}",)).fetchone()[0]  # type: ignore[index]
+            for i in range(20)
+        ]
+        batch = [
+            {"source": "plans", "external_id": f"{tag} signal {i}", "occurred_at": "2026-01-01T00:00:00Z"}
+            for i in range(10)
+        ]
+        self.signals = [
+            r[0]
+            for r in conn.execute(
+                "SELECT signal_id FROM sigledger.ingest_signals(%s::jsonb) ORDER BY item",
+                (json.dumps(batch),),
+            ).fetchall()
+        ]
+        self.tombstones = tombstones
+
+
+def merge_many(conn: psycopg.Connection[Any], n: int) -> list[Any]:
+    """n entity and n opportunity tombstones, made by merges (at most 1000 sources a call); returns the
+    entity tombstones."""
+    done: list[Any] = []
+    for kind, table, column in (
+        ("entities", "entities", "name"),
+        ("opportunities", "opportunities", "title"),
+    ):
+        left = n
+        while left > 0:
+            k = min(left, 1000)
+            ids = [
+                r[0]
+                for r in conn.execute(
+                    f"INSERT INTO sigledger.{table} ({column}) SELECT 'tombstone ' || g"
+                    " FROM generate_series(0, %s) g RETURNING id",
+                    (k,),
+                ).fetchall()
+            ]
+            conn.execute(f"SELECT * FROM sigledger.merge_{kind}(%s, %s::uuid[])", (ids[0], ids[1:]))
+            if kind == "entities":
+                done += ids[1:]
+            left -= k
+    return done
+
+
+TOMBSTONE_CALLS: dict[str, Callable[[Live, int], tuple[str, tuple[Any, ...]]]] = {
+    # an item naming two known entities: links land in signal_entities (its backstop trigger), and no entity
+    # is created (`id = ANY ('{}')`, false, implies every index predicate: it was a scan of the tombstones)
+    "ingest_signals": lambda live, k: (
+        "SELECT * FROM sigledger.ingest_signals(%s::jsonb)",
+        (
+            json.dumps(
+                [
+                    {
+                        "source": "plans",
+                        "external_id": f"{live.tag} mention {k}",
+                        "occurred_at": "2026-01-01T00:00:00Z",
+                        "mentions": [live.names[2 * k], live.names[2 * k + 1]],
+                    }
+                ]
+            ),
+        ),
+    ),
+    "add_alias": lambda live, k: (
+        "SELECT sigledger.add_alias(%s, %s)",
+        (live.entities[k], f"{live.tag} alias {k}"),
+    ),
+    "link_signals": lambda live, k: (
+        "SELECT * FROM sigledger.link_signals(%s, %s::uuid[])",
+        (live.opportunities[k], [live.signals[k]]),
+    ),
+    "merge_entities": lambda live, k: (
+        "SELECT * FROM sigledger.merge_entities(%s, %s::uuid[])",
+        (live.entities[2 * k], [live.entities[2 * k + 1]]),
+    ),
+    "merge_opportunities": lambda live, k: (
+        "SELECT * FROM sigledger.merge_opportunities(%s, %s::uuid[])",
+        (live.opportunities[2 * k], [live.opportunities[2 * k + 1]]),
+    ),
+    # a batch of the sync worker: 20 entities and 20 opportunities
+    "_graph_snapshot": lambda live, k: (
+        "SELECT * FROM sigledger._graph_snapshot(%s::text[], %s::uuid[])",
+        (["entity"] * 20 + ["opportunity"] * 20, live.entities + live.opportunities),
+    ),
+    # a key resolved to an entity merged meanwhile: the chain walk to its head
+    "_lock_live_entities": lambda live, k: (
+        "SELECT * FROM sigledger._lock_live_entities(%s::uuid[])",
+        ([live.tombstones[k]],),
+    ),
+}
+
+
+@pytest.mark.parametrize("call", sorted(TOMBSTONE_CALLS))
+def test_entities_and_opportunities_are_found_by_their_key_not_by_the_tombstones(
+    db_dsn: str, call: str
+) -> None:
+    with psycopg.connect(db_dsn, autocommit=True) as conn:
+        for table in ("entities", "opportunities"):
+            conn.execute(f"ALTER TABLE sigledger.{table} SET (autovacuum_enabled = false)")
+        # statistics taken before any merge (entities and opportunities, none merged): the partial indexes of
+        # tombstones look empty to the planner
+        conn.execute(
+            "INSERT INTO sigledger.entities (name) SELECT 'early ' || g FROM generate_series(1, 1000) g"
+        )
+        conn.execute(
+            "INSERT INTO sigledger.opportunities (title) SELECT 'early ' || g FROM generate_series(1, 1000) g"
+        )
+        conn.execute("VACUUM ANALYZE sigledger.entities, sigledger.opportunities")
+        phases = []
+        for tag, n in (("few", FEW), ("many", MANY)):
+            live = Live(conn, tag, merge_many(conn, n))
+            with psycopg.connect(db_dsn, autocommit=True) as app:
+                counts = [buffers(app, *TOMBSTONE_CALLS[call](live, k)) for k in range(9)]
+            phases.append((live, counts[1:]))
+        # the calls did what they say (the counts are of real work)
+        for live, _ in phases:
+            if call == "ingest_signals":
+                links = conn.execute(
+                    "SELECT count(*) FROM sigledger.signal_entities WHERE entity_id = ANY (%s)",
+                    (live.entities,),
+                ).fetchone()[0]  # type: ignore[index]
+                assert links == 18
+            elif call == "add_alias":
+                aliases = conn.execute(
+                    "SELECT count(*) FROM sigledger.entity_aliases WHERE canonical_entity_id = ANY (%s)",
+                    (live.entities,),
+                ).fetchone()[0]  # type: ignore[index]
+                assert aliases == 20 + 9
+            elif call == "link_signals":
+                links = conn.execute(
+                    "SELECT count(*) FROM sigledger.opportunity_signals WHERE opportunity_id = ANY (%s)",
+                    (live.opportunities,),
+                ).fetchone()[0]  # type: ignore[index]
+                assert links == 9
+            elif call.startswith("merge_"):
+                table = call.removeprefix("merge_")
+                ids = live.entities if table == "entities" else live.opportunities
+                merged = conn.execute(
+                    f"SELECT count(*) FROM sigledger.{table} WHERE id = ANY (%s) AND merged_into IS NOT NULL",
+                    (ids,),
+                ).fetchone()[0]  # type: ignore[index]
+                assert merged == 9
+            elif call == "_graph_snapshot":
+                states = conn.execute(
+                    "SELECT array_agg(DISTINCT state) FROM sigledger._graph_snapshot(%s::text[], %s::uuid[])",
+                    TOMBSTONE_CALLS[call](live, 0)[1],
+                ).fetchone()[0]  # type: ignore[index]
+                assert states == ["present"]
+            else:
+                heads = conn.execute(
+                    "SELECT array_agg(DISTINCT l.head) FROM unnest(%s::uuid[]) t,"
+                    " LATERAL sigledger._lock_live_entities(ARRAY[t]) l",
+                    (live.tombstones[:9],),
+                ).fetchone()[0]  # type: ignore[index]
+                assert len(heads) == 1 and heads[0] not in live.tombstones
+    (_, before), (_, after) = phases
+    # the work of a call does not grow with the tombstones (a scan of them: ~15 buffers per 1,000, per row)
+    assert median(after) <= median(before) + 10, (
+        f"{call}: buffers per call with {FEW} tombstones {before}, {FEW + MANY} {after}"
+    )
