@@ -68,16 +68,12 @@ CALLS: dict[str, Callable[[str, int], tuple[str, tuple[Any, ...]]]] = {
 }
 
 
-def measure(dsn: str, call: str, agent: str, rids: list[int]) -> list[int]:
-    """Buffers of each call but the first in a new session (the first compiles the functions, reading the
-    catalogs). The calls plan with these statistics: the first five with the parameter's value, the later
-    ones maybe with the generic plan; both are measured."""
+def per_call(dsn: str, statements: list[tuple[str, tuple[Any, ...]]]) -> list[int]:
+    """Buffers of each statement but the first, run in a new session (the first compiles the functions,
+    reading the catalogs). The calls plan with the statistics of the moment: the first five with the
+    parameters' values, the later ones maybe with the generic plan; both are measured."""
     with psycopg.connect(dsn, autocommit=True) as app:
-        counts = []
-        for rid in rids:
-            sql, params = CALLS[call](agent, rid)
-            counts.append(buffers(app, sql, params))
-        return counts[1:]
+        return [buffers(app, sql, params) for sql, params in statements][1:]
 
 
 @pytest.mark.parametrize("call", sorted(CALLS))
@@ -89,9 +85,9 @@ def test_a_reservation_is_found_by_its_key_not_by_the_open_ones(db_dsn: str, cal
         conn.execute("SELECT sigledger.release_budget(%s)", (reserve(conn, agent, 1)[0],))
         conn.execute("VACUUM ANALYZE sigledger.budget_reservation")
         few = reserve(conn, agent, FEW)
-        before = measure(db_dsn, call, agent, few[:9])
+        before = per_call(db_dsn, [CALLS[call](agent, rid) for rid in few[:9]])
         many = reserve(conn, agent, MANY)
-        after = measure(db_dsn, call, agent, many[:9])
+        after = per_call(db_dsn, [CALLS[call](agent, rid) for rid in many[:9]])
         # the calls did what they say (the counts are of real work)
         done = few[:9] + many[:9]
         states = conn.execute(
@@ -127,9 +123,10 @@ def test_a_failed_outbox_row_is_found_by_its_key_not_by_the_backlog(db_dsn: str)
             ]
 
         def fail(ids: list[int]) -> list[int]:
-            with psycopg.connect(db_dsn, autocommit=True) as worker:
-                sql = "SELECT * FROM sigledger._graph_fail(%s::bigint[], 'bad row', 10)"
-                return [buffers(worker, sql, ([i],)) for i in ids][1:]
+            return per_call(
+                db_dsn,
+                [("SELECT * FROM sigledger._graph_fail(%s::bigint[], 'bad row', 10)", ([i],)) for i in ids],
+            )
 
         # statistics taken after a drain: a backlog projected (acknowledged rows are deleted), then vacuumed
         conn.execute("DELETE FROM sigledger.outbox WHERE id = ANY (%s)", (enqueue(MANY),))
@@ -269,9 +266,7 @@ def test_entities_and_opportunities_are_found_by_their_key_not_by_the_tombstones
         phases = []
         for tag, n in (("few", FEW), ("many", MANY)):
             live = Live(conn, tag, merge_many(conn, n))
-            with psycopg.connect(db_dsn, autocommit=True) as app:
-                counts = [buffers(app, *TOMBSTONE_CALLS[call](live, k)) for k in range(9)]
-            phases.append((live, counts[1:]))
+            phases.append((live, per_call(db_dsn, [TOMBSTONE_CALLS[call](live, k) for k in range(9)])))
         # the calls did what they say (the counts are of real work)
         for live, _ in phases:
             if call == "ingest_signals":
