@@ -55,10 +55,16 @@ def budget_rows(data: dict[str, Any]) -> list[str]:
         # the same runs past each client's first second (bench/budget/README.md, Steady state); the verdict
         # stays that of the whole runs
         steady = "" if x.get("steady_ratio") is None else f" (steady state {x['steady_ratio']:.2f}x)"
+        # the median of the rounds' paired ratios and their range (bench/budget/present.py, ratios)
+        rng = (
+            ""
+            if not x.get("ratio_range")
+            else f", rounds {x['ratio_range'][0]:.2f}-{x['ratio_range'][1]:.2f}x"
+        )
         rows.append(
             f"| budget | {BUDGET_LABELS[x['design']]}, {label}, {x['clients']} clients: costs/s (load {x['loadavg'][0]}) "
             f"| {x['goodput']:.0f} | {BUDGET_LABELS[x['baseline']]} {x['baseline_goodput']:.0f} | {x['ratio']:.2f}x"
-            f"{steady} | {x['target']}x: {_verdict(x['ratio'], x['target'])} |"
+            f"{steady}{rng} | {x['target']}x: {_verdict(x['ratio'], x['target'])} |"
         )
     ours_over = max(o["overspend_pct"] for o in data["overspend"] if not o["design"].startswith("c_"))
     seed_over = max(o["overspend_pct"] for o in data["overspend"] if o["design"].startswith("c_"))

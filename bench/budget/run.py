@@ -223,12 +223,13 @@ def measure(
     dsn: str, clients: list[int], duration: float, repeat: int, agents_n: int
 ) -> list[dict[str, Any]]:
     results: list[dict[str, Any]] = []
-    # designs interleaved at each client count, each run --repeat times (the best kept): the machine is
-    # shared, and neighbours' load hits adjacent runs alike
+    # designs interleaved at each client count, each run --repeat times (the best kept for the table, every
+    # round kept for the paired ratios): the machine is shared, and neighbours' load hits adjacent runs alike
     for workload, agents in (("hot", 1), ("spread", agents_n)):
         designs = [d for d, (_, _, w) in DESIGNS.items() if workload in w]
         for c in clients:
             best: dict[str, dict[str, Any]] = {}
+            rounds: dict[str, list[dict[str, float | None]]] = {}
             for _ in range(repeat):
                 for design in designs:
                     kind = DESIGNS[design][1]
@@ -252,6 +253,14 @@ def measure(
                         None
                         if out["steady_tps"] is None or not out["attempts"]
                         else out["steady_tps"] * recorded / out["attempts"]
+                    )
+                    # every round's figures, for the paired ratios (present.ratios): a design and its baseline
+                    # run seconds apart in each round, so a neighbour's load hits both of a pair alike
+                    rounds.setdefault(design, []).append(
+                        {
+                            "goodput": round(recorded / duration, 1),
+                            "steady": None if steady is None else round(steady, 1),
+                        }
                     )
                     if design not in best or recorded > best[design]["recorded"]:
                         best[design] = {
@@ -281,6 +290,7 @@ def measure(
                     "p50_ms": pct(out["latencies_ms"], 0.50),
                     "p99_ms": pct(out["latencies_ms"], 0.99),
                     "loadavg": out["loadavg"],
+                    "rounds": rounds[design],
                 }
                 results.append(row)
                 print(json.dumps(row), flush=True)
@@ -291,7 +301,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dsn", default=None, help="use this database instead of a throwaway cluster")
     ap.add_argument("--duration", type=float, default=3.0, help="seconds per pgbench run (default 3)")
-    ap.add_argument("--repeat", type=int, default=2, help="runs per point, best kept (default 2)")
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=5,
+        help="rounds per point; ratios are the median of the rounds' (default 5)",
+    )
     ap.add_argument("--clients", default="32,64")
     ap.add_argument("--agents", type=int, default=1000)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "budget.json"))
@@ -314,7 +329,7 @@ def main() -> None:
         overspend = [run_overspend(dsn, d, c, 3) for d in OVERSPEND for c in (32, 64)]
         for o in overspend:
             print(json.dumps(o), flush=True)
-        led = ledger.bench(dsn, repeat=max(args.repeat, 2))
+        led = ledger.bench(dsn, repeat=3)
         led["loadavg"] = loadavg()
         print(json.dumps(led), flush=True)
     finally:
@@ -328,7 +343,7 @@ def main() -> None:
         "loadavg": {"start": load_start, "end": " / ".join(f"{x:.1f}" for x in os.getloadavg())},
         "settings": {
             "duration_s": args.duration,
-            "repeat_best_of": args.repeat,
+            "rounds": args.repeat,
             "clients": clients,
             "agents": args.agents,
             "server": "throwaway cluster, default settings" if args.dsn is None else "given --dsn",
