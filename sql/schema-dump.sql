@@ -2316,6 +2316,17 @@ $$;
 ALTER FUNCTION sigledger._price(p_provider text, p_model text, p_at timestamp with time zone, p_input_tokens bigint, p_output_tokens bigint) OWNER TO sigledger_owner;
 
 --
+-- Name: _quarantine_replay_key(text, jsonb); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger._quarantine_replay_key(p_key text, p_payload jsonb) RETURNS text
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    SET search_path TO 'sigledger', 'pg_temp'
+    RETURN CASE WHEN (p_key IS NOT NULL) THEN encode(sha256(convert_to((p_payload)::text, 'UTF8'::name)), 'hex'::text) ELSE NULL::text END;
+
+ALTER FUNCTION sigledger._quarantine_replay_key(p_key text, p_payload jsonb) OWNER TO sigledger_owner;
+
+--
 -- Name: _reconcile_expected(bigint, timestamp with time zone); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
 --
 
@@ -2375,8 +2386,10 @@ BEGIN
             clean := clean || jsonb_build_array(v_row);
         EXCEPTION WHEN data_exception THEN
             GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_msg = MESSAGE_TEXT;
-            INSERT INTO sigledger.cost_quarantine (idempotency_key, payload, sqlstate, reason)
-            VALUES (left(v_elem ->> 'idempotency_key', 200), v_elem, v_state, v_msg);
+            INSERT INTO sigledger.cost_quarantine (idempotency_key, payload, sqlstate, reason, replay_key)
+            VALUES (left(v_elem ->> 'idempotency_key', 200), v_elem, v_state, v_msg,
+                    sigledger._quarantine_replay_key(v_elem ->> 'idempotency_key', v_elem))
+            ON CONFLICT (replay_key) DO NOTHING;
             bad := bad + 1;
         END;
     END LOOP;
@@ -2584,8 +2597,11 @@ BEGIN
                (n.agent_id = n.first_agent AND (n.cost_given IS NULL OR n.cost_given = n.first_cost)) AS same
           FROM n WHERE n.rn > 1 AND n.s_id IS NULL
     ), q AS (
-        INSERT INTO cost_quarantine (idempotency_key, payload, sqlstate, reason)
-        SELECT left(x.key, 200), p_batch -> (x.ord::integer - 1), x.state, x.reason
+        -- (a row quarantined by an earlier flush of the same batch is not quarantined again: replay_key, V8_103;
+        -- it is counted as quarantined, so a replayed batch gets the answer of its first flush)
+        INSERT INTO cost_quarantine (idempotency_key, payload, sqlstate, reason, replay_key)
+        SELECT left(x.key, 200), p_batch -> (x.ord::integer - 1), x.state, x.reason,
+               _quarantine_replay_key(x.key, p_batch -> (x.ord::integer - 1))
           FROM (
             SELECT v.ord, v.key,
                    CASE WHEN v.rule IN (2, 5, 8, 10, 18, 28) THEN '22004' WHEN v.rule IN (12, 14, 20, 24, 25) THEN '22003'
@@ -2643,6 +2659,7 @@ BEGIN
               FROM later l WHERE NOT l.same
           ) x
          ORDER BY x.ord
+        ON CONFLICT (replay_key) DO NOTHING
         RETURNING 1
     ), spent AS MATERIALIZED (
         -- the inserted costs per agent and UTC day (no budget period is shorter than a day): the budget chains
@@ -2675,7 +2692,9 @@ BEGIN
     )
     SELECT (SELECT count(*) FROM ins),
            (SELECT count(*) FROM stored WHERE same) + (SELECT count(*) FROM later WHERE same),
-           (SELECT count(*) FROM q),
+           -- the rows q quarantines, those an earlier flush quarantined included (q runs whether read or not)
+           (SELECT count(*) FROM v WHERE v.rule IS NOT NULL) + (SELECT count(*) FROM stored WHERE NOT stored.same)
+           + (SELECT count(*) FROM later WHERE NOT later.same),
            (SELECT array_agg(ch.id ORDER BY ch.rank, ch.id, ch.ps) FROM charges ch),
            (SELECT array_agg(ch.ps ORDER BY ch.rank, ch.id, ch.ps) FROM charges ch),
            (SELECT array_agg(ch.amount ORDER BY ch.rank, ch.id, ch.ps) FROM charges ch),
@@ -5960,8 +5979,10 @@ BEGIN
                 END IF;
             EXCEPTION WHEN unique_violation OR no_data_found OR SQLSTATE 'SLB03' THEN
                 GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_msg = MESSAGE_TEXT;
-                INSERT INTO cost_quarantine (idempotency_key, payload, sqlstate, reason)
-                VALUES ('reservation:' || x.reservation_id, x.elem, v_state, v_msg);
+                INSERT INTO cost_quarantine (idempotency_key, payload, sqlstate, reason, replay_key)
+                VALUES ('reservation:' || x.reservation_id, x.elem, v_state, v_msg,
+                        _quarantine_replay_key('reservation:' || x.reservation_id, x.elem))
+                ON CONFLICT (replay_key) DO NOTHING;
                 quarantined := quarantined + 1;
             END;
         END LOOP;
@@ -5986,6 +6007,8 @@ inserted, replays (a key already recorded, by the ledger or by an earlier row of
 agent and, when given, the same cost) counted as duplicates, and every invalid row (a bad or malformed value,
 created_at more than 7 days old, a key that records another cost: 23505, a reservation key that does not fit
 its reservation or whose ledger key holds an older row: P0002, 23505, SLB03) quarantined; the others go in.
+A refused row with a key is quarantined once (cost_quarantine.replay_key): the batch sent again, or the same row
+twice in a batch, counts it again but adds no quarantine row.
 An absent field takes record_cost''s default, a JSON null is its NULL. Returns (inserted, duplicates,
 quarantined). Budgets are charged once per budget and period, in lock order. A batch sharing keys with a
 concurrent one waits for it at the first shared key, then compares with what it committed; 40001 (nothing
@@ -7461,6 +7484,7 @@ CREATE TABLE sigledger.cost_quarantine (
     resolved_by text,
     resolved_payload jsonb,
     resolved_ledger_id bigint,
+    replay_key text,
     CONSTRAINT cost_quarantine_reason_not_empty CHECK ((length(reason) > 0)),
     CONSTRAINT cost_quarantine_resolved_consistent CHECK ((((resolved_at IS NULL) = (resolved_ledger_id IS NULL)) AND ((resolved_at IS NULL) = (resolved_payload IS NULL)) AND ((resolved_at IS NULL) = (resolved_by IS NULL)))),
     CONSTRAINT cost_quarantine_sqlstate_format CHECK ((sqlstate ~ '^[0-9A-Z]{5}$'::text))
@@ -7479,6 +7503,13 @@ COMMENT ON TABLE sigledger.cost_quarantine IS 'Rows of record_costs batches that
 --
 
 COMMENT ON COLUMN sigledger.cost_quarantine.resolved_payload IS 'The (fixed) row that quarantine_resubmit() recorded; payload keeps what was first received.';
+
+--
+-- Name: COLUMN cost_quarantine.replay_key; Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON COLUMN sigledger.cost_quarantine.replay_key IS 'SHA-256 (hex) of the payload of a refused row that has an idempotency key: the same row sent again (a batch
+replayed) is not quarantined twice (UNIQUE, V8_103). NULL: no key, or quarantined before V8_103.';
 
 --
 -- Name: cost_quarantine_id_seq; Type: SEQUENCE; Schema: sigledger; Owner: sigledger_owner
@@ -8395,6 +8426,12 @@ CREATE INDEX budget_reservation_overrun_closed_idx ON sigledger.budget_reservati
 CREATE INDEX cost_quarantine_received_at_idx ON sigledger.cost_quarantine USING btree (received_at);
 
 --
+-- Name: cost_quarantine_replay_key_key; Type: INDEX; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE UNIQUE INDEX cost_quarantine_replay_key_key ON sigledger.cost_quarantine USING btree (replay_key);
+
+--
 -- Name: cost_quarantine_unresolved_idx; Type: INDEX; Schema: sigledger; Owner: sigledger_owner
 --
 
@@ -9160,6 +9197,12 @@ REVOKE ALL ON FUNCTION sigledger._period_start(p_period text, p_at timestamp wit
 --
 
 REVOKE ALL ON FUNCTION sigledger._price(p_provider text, p_model text, p_at timestamp with time zone, p_input_tokens bigint, p_output_tokens bigint) FROM PUBLIC;
+
+--
+-- Name: FUNCTION _quarantine_replay_key(p_key text, p_payload jsonb); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger._quarantine_replay_key(p_key text, p_payload jsonb) FROM PUBLIC;
 
 --
 -- Name: FUNCTION _reconcile_expected(p_budget_id bigint, p_period_start timestamp with time zone, OUT spent_usd numeric, OUT reserved_usd numeric); Type: ACL; Schema: sigledger; Owner: sigledger_owner

@@ -289,3 +289,13 @@ BEGIN
     END LOOP;
 END;
 $$;
+
+-- _quarantine_replay_key: what identifies a refused row in cost_quarantine (replay_key, V8_103): the SHA-256
+-- of its payload (the batch row as sent, which holds its key; jsonb text is canonical) when it has an
+-- idempotency key; NULL without one (a row without a key has no identity: each flush of it is quarantined).
+-- The writers insert with ON CONFLICT (replay_key) DO NOTHING, so a batch sent again quarantines nothing twice.
+CREATE OR REPLACE FUNCTION sigledger._quarantine_replay_key(p_key text, p_payload jsonb)
+RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = sigledger, pg_temp
+RETURN CASE WHEN p_key IS NOT NULL THEN encode(sha256(convert_to(p_payload::text, 'UTF8')), 'hex') END;

@@ -256,8 +256,10 @@ BEGIN
                 END IF;
             EXCEPTION WHEN unique_violation OR no_data_found OR SQLSTATE 'SLB03' THEN
                 GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_msg = MESSAGE_TEXT;
-                INSERT INTO cost_quarantine (idempotency_key, payload, sqlstate, reason)
-                VALUES ('reservation:' || x.reservation_id, x.elem, v_state, v_msg);
+                INSERT INTO cost_quarantine (idempotency_key, payload, sqlstate, reason, replay_key)
+                VALUES ('reservation:' || x.reservation_id, x.elem, v_state, v_msg,
+                        _quarantine_replay_key('reservation:' || x.reservation_id, x.elem))
+                ON CONFLICT (replay_key) DO NOTHING;
                 quarantined := quarantined + 1;
             END;
         END LOOP;
@@ -276,6 +278,8 @@ inserted, replays (a key already recorded, by the ledger or by an earlier row of
 agent and, when given, the same cost) counted as duplicates, and every invalid row (a bad or malformed value,
 created_at more than 7 days old, a key that records another cost: 23505, a reservation key that does not fit
 its reservation or whose ledger key holds an older row: P0002, 23505, SLB03) quarantined; the others go in.
+A refused row with a key is quarantined once (cost_quarantine.replay_key): the batch sent again, or the same row
+twice in a batch, counts it again but adds no quarantine row.
 An absent field takes record_cost''s default, a JSON null is its NULL. Returns (inserted, duplicates,
 quarantined). Budgets are charged once per budget and period, in lock order. A batch sharing keys with a
 concurrent one waits for it at the first shared key, then compares with what it committed; 40001 (nothing

@@ -160,8 +160,11 @@ BEGIN
                (n.agent_id = n.first_agent AND (n.cost_given IS NULL OR n.cost_given = n.first_cost)) AS same
           FROM n WHERE n.rn > 1 AND n.s_id IS NULL
     ), q AS (
-        INSERT INTO cost_quarantine (idempotency_key, payload, sqlstate, reason)
-        SELECT left(x.key, 200), p_batch -> (x.ord::integer - 1), x.state, x.reason
+        -- (a row quarantined by an earlier flush of the same batch is not quarantined again: replay_key, V8_103;
+        -- it is counted as quarantined, so a replayed batch gets the answer of its first flush)
+        INSERT INTO cost_quarantine (idempotency_key, payload, sqlstate, reason, replay_key)
+        SELECT left(x.key, 200), p_batch -> (x.ord::integer - 1), x.state, x.reason,
+               _quarantine_replay_key(x.key, p_batch -> (x.ord::integer - 1))
           FROM (
             SELECT v.ord, v.key,
                    CASE WHEN v.rule IN (2, 5, 8, 10, 18, 28) THEN '22004' WHEN v.rule IN (12, 14, 20, 24, 25) THEN '22003'
@@ -219,6 +222,7 @@ BEGIN
               FROM later l WHERE NOT l.same
           ) x
          ORDER BY x.ord
+        ON CONFLICT (replay_key) DO NOTHING
         RETURNING 1
     ), spent AS MATERIALIZED (
         -- the inserted costs per agent and UTC day (no budget period is shorter than a day): the budget chains
@@ -251,7 +255,9 @@ BEGIN
     )
     SELECT (SELECT count(*) FROM ins),
            (SELECT count(*) FROM stored WHERE same) + (SELECT count(*) FROM later WHERE same),
-           (SELECT count(*) FROM q),
+           -- the rows q quarantines, those an earlier flush quarantined included (q runs whether read or not)
+           (SELECT count(*) FROM v WHERE v.rule IS NOT NULL) + (SELECT count(*) FROM stored WHERE NOT stored.same)
+           + (SELECT count(*) FROM later WHERE NOT later.same),
            (SELECT array_agg(ch.id ORDER BY ch.rank, ch.id, ch.ps) FROM charges ch),
            (SELECT array_agg(ch.ps ORDER BY ch.rank, ch.id, ch.ps) FROM charges ch),
            (SELECT array_agg(ch.amount ORDER BY ch.rank, ch.id, ch.ps) FROM charges ch),
@@ -302,8 +308,10 @@ BEGIN
             clean := clean || jsonb_build_array(v_row);
         EXCEPTION WHEN data_exception THEN
             GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_msg = MESSAGE_TEXT;
-            INSERT INTO sigledger.cost_quarantine (idempotency_key, payload, sqlstate, reason)
-            VALUES (left(v_elem ->> 'idempotency_key', 200), v_elem, v_state, v_msg);
+            INSERT INTO sigledger.cost_quarantine (idempotency_key, payload, sqlstate, reason, replay_key)
+            VALUES (left(v_elem ->> 'idempotency_key', 200), v_elem, v_state, v_msg,
+                    sigledger._quarantine_replay_key(v_elem ->> 'idempotency_key', v_elem))
+            ON CONFLICT (replay_key) DO NOTHING;
             bad := bad + 1;
         END;
     END LOOP;

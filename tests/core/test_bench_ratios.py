@@ -9,7 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench" / "budget"))
 
-from present import markdown, ratios  # noqa: E402
+from present import markdown, ratios
 
 
 def point(design: str, rounds: list[float], steady: list[float | None] | None = None) -> dict:

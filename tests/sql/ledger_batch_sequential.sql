@@ -4,7 +4,8 @@
 -- absent field takes record_cost's DEFAULT, a JSON null is passed as SQL NULL). The two must agree on the counts
 -- (a call that added a ledger row is "inserted", one that did not a duplicate, one that raised a quarantined
 -- row), on the SQLSTATE and message of every refusal in order (the quarantine's reasons against record_cost's
--- errors), on the ledger rows written and on the budgets' spend. Each case has keys of its own; "stored" rows
+-- errors; a row refused again with the same key and payload is counted but not quarantined again, V8_103), on
+-- the ledger rows written and on the budgets' spend. Each case has keys of its own; "stored" rows
 -- are recorded once beforehand, so a message naming a stored row's ledger id names the same id in both runs (an
 -- id written by the run itself is shown as "new": the sequence is not rolled back).
 BEGIN;
@@ -78,6 +79,8 @@ DECLARE
     v_inserted integer := 0;
     v_duplicates integer := 0;
     v_errors jsonb := '[]';
+    v_quarantined integer := 0;
+    v_seen text[] := '{}';
     v jsonb;
     e jsonb;
     v_state text;
@@ -101,11 +104,18 @@ BEGIN
                 END IF;
             EXCEPTION WHEN OTHERS THEN
                 GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_msg = MESSAGE_TEXT;
-                v_errors := v_errors || jsonb_build_array(jsonb_build_array(v_state, v_msg));
+                v_quarantined := v_quarantined + 1;
+                -- the quarantine holds a refused row once: the same key and payload again adds no row (V8_103)
+                IF e ->> 'idempotency_key' IS NULL THEN
+                    v_errors := v_errors || jsonb_build_array(jsonb_build_array(v_state, v_msg));
+                ELSIF NOT sigledger._quarantine_replay_key(e ->> 'idempotency_key', e) = ANY (v_seen) THEN
+                    v_errors := v_errors || jsonb_build_array(jsonb_build_array(v_state, v_msg));
+                    v_seen := v_seen || sigledger._quarantine_replay_key(e ->> 'idempotency_key', e);
+                END IF;
             END;
         END LOOP;
         v := pg_temp.seen(jsonb_build_object('inserted', v_inserted, 'duplicates', v_duplicates,
-                                             'quarantined', jsonb_array_length(v_errors)), v_errors, v_ledger);
+                                             'quarantined', v_quarantined), v_errors, v_ledger);
         RAISE EXCEPTION USING ERRCODE = 'SLZ98', MESSAGE = 'roll the run back';
     EXCEPTION WHEN SQLSTATE 'SLZ98' THEN
         NULL;
@@ -139,7 +149,7 @@ INSERT INTO cases (name, batch) VALUES
     -- duplicates of a key within the batch
     ('equal duplicates, nothing stored',
      jsonb_build_array(pg_temp.r('sq-1', :'a', 2.00), pg_temp.r('sq-1', :'a', 2.00))),
-    ('equal duplicates of a key stored at another cost: the same conflict twice',
+    ('equal duplicates of a key stored at another cost: the same conflict, counted twice, quarantined once',
      jsonb_build_array(pg_temp.r('sq-s2', :'a', 2.00), pg_temp.r('sq-s2', :'a', 2.00))),
     ('different costs, nothing stored',
      jsonb_build_array(pg_temp.r('sq-3', :'a', 1), pg_temp.r('sq-3', :'a', 2), pg_temp.r('sq-3', :'a', 1))),
