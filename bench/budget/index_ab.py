@@ -157,6 +157,7 @@ def main() -> None:
     finally:
         if cluster is not None:
             cluster.destroy()
+            cluster.root.parent.rmdir()  # the mkdtemp folder, empty once the cluster is gone
     ratios = [w / wo for w, wo in zip(cpu[True], cpu[False], strict=True)]
     report = {
         "benchmark": "budget-index-ab",
