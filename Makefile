@@ -6,8 +6,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
 .PHONY: help test lint pytest demo deps system-deps venv neo4j-up neo4j-down bench bench-budget bench-ledger \
-        bench-budget-profile bench-ingest bench-graph bench-report bench-migrate bench-text schema-dump api-docs \
-        pgtap isolation clean sync-gen bench-tracker bench-loop-lag
+        bench-budget-profile bench-budget-index-ab bench-ingest bench-graph bench-report bench-migrate bench-text \
+        schema-dump api-docs pgtap isolation clean sync-gen bench-tracker bench-loop-lag
 
 help:
 	@echo "make test    install what is missing, then lint and run every test suite (what CI runs)"
@@ -77,6 +77,10 @@ bench-ledger: deps
 # where the time of one budget call goes (pg_stat_statements, function self time): bench/results/budget-profile.*
 bench-budget-profile: deps
 	$(PY) bench/budget/profile.py
+
+# what V8_102's index costs a reserve + settle pair (A/B on one database): bench/results/budget-index-ab.*
+bench-budget-index-ab: deps
+	$(PY) bench/budget/index_ab.py
 
 bench-ingest: deps
 	$(PY) bench/ingest/run.py

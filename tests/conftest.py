@@ -3,12 +3,11 @@ clone of it per test (CREATE DATABASE ... TEMPLATE copies files: much faster tha
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -136,13 +135,31 @@ def empty_db_dsn(pg: PostgreSQLExecutor) -> Iterator[str]:
     drop_database(pg, name)
 
 
+_RUN: dict[str, Any] = {}
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
-    """Give each checkout its own pytest temp root. Under the shared /tmp/pytest-of-<user>, one session's
-    cleanup of old numbered folders can delete the data directory of another session's running cluster."""
+    """Give each run its own pytest temp root, under its checkout's base folder (tests/run_folders.py): not the
+    shared /tmp/pytest-of-<user>, whose clean-up of old numbered folders can delete the data directory of
+    another session's running cluster, and not one folder per checkout, where a second run in the checkout
+    emptied the first's temp root and its end-of-run check stopped the first's servers. First, the folders
+    of the checkout's runs that are gone are cleaned up (what they left running is stopped); live runs' are
+    left alone. An explicit --basetemp is used as given."""
     if config.option.basetemp is None:
-        digest = hashlib.sha256(str(ROOT).encode()).hexdigest()[:10]
-        config.option.basetemp = str(Path(tempfile.gettempdir()) / f"sigledger-pytest-{digest}")
+        from tests import run_folders
+
+        base = run_folders.base_for(ROOT)
+        _RUN["swept"] = run_folders.sweep(base)
+        run = run_folders.claim(base)
+        _RUN["run"] = run
+        config.option.basetemp = str(run.basetemp)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    run = _RUN.pop("run", None)
+    if run is not None:
+        run.release()
 
 
 _LEFTOVERS: dict[str, list[str]] = {}
@@ -163,6 +180,17 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    # the folders of gone runs that had left something running (the others were removed silently)
+    left = [gone for gone in _RUN.get("swept", []) if gone.stopped]
+    if left:
+        terminalreporter.section("servers left by earlier runs of this checkout that are gone")
+    for gone in left:
+        state = "kept: could not stop" if gone.unstoppable else "removed"
+        terminalreporter.write_line(
+            f"{gone.root} (pid {gone.pid}): {len(gone.stopped)} process(es) left running there stopped; {state}"
+        )
+        for p in gone.stopped:
+            terminalreporter.write_line(f"  {p.pid}: {p.cmdline[:300]}")
     if "root" not in _LEFTOVERS:
         return
     found = _LEFTOVERS["found"]

@@ -24,6 +24,9 @@ BEGIN
            coalesce(s.excess_usd, 0),
            greatest(0, coalesce(s.cap_usd, c.cap_usd) - coalesce(s.spent_usd, 0) - coalesce(s.reserved_usd, 0)),
            b.fail_policy, coalesce(s.version, 0),
+           -- the agent's entries of budget_reservation_agent_open_idx (V8_102), whatever the statistics: that
+           -- index holds a subset of what either other candidate would read for this test
+           -- (tests/core/test_index_plans.py)
            (SELECT count(*) FROM budget_reservation r WHERE r.agent_id = p_agent_id AND r.state = 'open')
       FROM _budget_chain(p_agent_id, now()) c
       JOIN budget b ON b.id = c.budget_id

@@ -147,14 +147,29 @@ AS $$
 BEGIN
     PERFORM _assert_limit(p_limit, 100000);
     PERFORM _report_agents(p_agent_id, NULL);
-    RETURN QUERY
-    SELECT r.id, r.agent_id, a.name, r.idempotency_key, r.estimate_usd, r.created_at, r.expires_at,
-           r.expires_at <= now()
-      FROM budget_reservation r
-      JOIN agent_registry a ON a.id = r.agent_id
-     WHERE r.state = 'open' AND (p_agent_id IS NULL OR r.agent_id = p_agent_id)
-     ORDER BY r.expires_at, r.id
-     LIMIT p_limit;
+    IF p_agent_id IS NULL THEN
+        RETURN QUERY
+        SELECT r.id, r.agent_id, a.name, r.idempotency_key, r.estimate_usd, r.created_at, r.expires_at,
+               r.expires_at <= now()
+          FROM budget_reservation r
+          JOIN agent_registry a ON a.id = r.agent_id
+         WHERE r.state = 'open'
+         ORDER BY r.expires_at, r.id
+         LIMIT p_limit;
+    ELSE
+        -- one agent's: a statement of its own, so that every plan (the generic one too, which an
+        -- `p_agent_id IS NULL OR ...` test kept from any index on agent_id) reads the agent's entries of
+        -- budget_reservation_agent_open_idx (V8_102), not every open reservation:
+        -- tests/core/test_index_plans.py
+        RETURN QUERY
+        SELECT r.id, r.agent_id, a.name, r.idempotency_key, r.estimate_usd, r.created_at, r.expires_at,
+               r.expires_at <= now()
+          FROM budget_reservation r
+          JOIN agent_registry a ON a.id = r.agent_id
+         WHERE r.agent_id = p_agent_id AND r.state = 'open'
+         ORDER BY r.expires_at, r.id
+         LIMIT p_limit;
+    END IF;
 END;
 $$;
 COMMENT ON FUNCTION sigledger.open_reservations(uuid, integer) IS

@@ -20,6 +20,12 @@ every tombstone (the backstop triggers of every link and alias, the merges' tomb
 snapshot's loser search, once per row of the batch, and _lock_live_entities' chain walk). So did ingest_signals'
 `WHERE id = ANY (<the entities it created>)` when it created none: an empty list is false, which implies any
 predicate.
+
+An agent's open reservations (budget_status's count, open_reservations of one agent) were read the same way:
+`agent_id = $1 AND state = 'open'` by a scan of every agent's open reservations with the agent as a filter.
+Those reads are worth an index (V8_102: the agent's open reservations in expiry order), and open_reservations
+names the agent in a statement of its own, so that its generic plan can use it. And the dead outbox rows
+(`idx_outbox_dead`): _graph_dead_retry and _graph_dead_purge given ids scanned every dead row.
 """
 
 from __future__ import annotations
@@ -142,6 +148,101 @@ def test_a_failed_outbox_row_is_found_by_its_key_not_by_the_backlog(db_dsn: str)
         assert attempts == [1]
     assert median(after) <= median(before) + 10, (
         f"buffers per call with {FEW} live rows {before}, {FEW + MANY} {after}"
+    )
+
+
+AGENT_CALLS: dict[str, tuple[str, Callable[[list[Any]], Any]]] = {
+    # the agent's count of open reservations (one column of each level's row)
+    "budget_status": (
+        "SELECT * FROM sigledger.budget_status(%s::uuid)",
+        lambda rows: sorted({r[-1] for r in rows}),
+    ),
+    "open_reservations": (
+        "SELECT * FROM sigledger.open_reservations(%s::uuid)",
+        lambda rows: sorted(r[0] for r in rows),
+    ),
+}
+
+
+@pytest.mark.parametrize("call", sorted(AGENT_CALLS))
+def test_an_agents_open_reservations_are_read_by_the_agent_not_from_all_open_ones(
+    db_dsn: str, call: str
+) -> None:
+    """An agent's open reservations (budget_status's count, open_reservations of one agent) are read from the
+    agent's own entries: `agent_id = $1 AND state = 'open'` was answered, with statistics taken at a quiet
+    moment, by a scan of budget_reservation_open_expires_idx (every agent's open reservations) filtered on the
+    agent: O(open reservations of all agents) per call."""
+    sql, result = AGENT_CALLS[call]
+    with psycopg.connect(db_dsn, autocommit=True) as conn:
+        conn.execute("ALTER TABLE sigledger.budget_reservation SET (autovacuum_enabled = false)")
+        agent, others = (
+            str(conn.execute("SELECT sigledger.create_agent(%s, 1000000)", (name,)).fetchone()[0])  # type: ignore[index]
+            for name in ("plans", "plans others")
+        )
+        # statistics taken while no reservation is open: the partial indexes look empty to the planner
+        conn.execute("SELECT sigledger.release_budget(%s)", (reserve(conn, agent, 1)[0],))
+        conn.execute("VACUUM ANALYZE sigledger.budget_reservation")
+        mine = reserve(conn, agent, 5)
+        phases = []
+        for n in (FEW, MANY):
+            reserve(conn, others, n)
+            # the calls did what they say (the counts are of real work)
+            expected = [len(mine)] if call == "budget_status" else mine
+            assert result(conn.execute(sql, (agent,)).fetchall()) == expected
+            phases.append(per_call(db_dsn, [(sql, (agent,))] * 10))
+    before, after = phases
+    # the work of a call does not grow with the other agents' open reservations
+    assert median(after) <= median(before) + 10, (
+        f"{call}: buffers per call with {FEW} open {before}, {FEW + MANY} {after}"
+    )
+
+
+def test_dead_outbox_rows_named_by_id_are_found_by_their_key_not_by_the_dead_ones(db_dsn: str) -> None:
+    """idx_outbox_dead indexes the dead outbox rows. _graph_dead_retry and _graph_dead_purge given ids tested
+    `dead_at IS NOT NULL AND id = ANY (ids)`, which matches its predicate: with statistics taken before any row
+    died, each call scanned every dead row (an operator retrying or purging a few of a large dead set)."""
+    with psycopg.connect(db_dsn, autocommit=True) as conn:
+        conn.execute("ALTER TABLE sigledger.outbox SET (autovacuum_enabled = false)")
+
+        def dead(n: int) -> list[int]:
+            return [
+                int(r[0])
+                for r in conn.execute(
+                    "INSERT INTO sigledger.outbox (aggregate_type, aggregate_id, event_type, attempts, last_error,"
+                    " dead_at) SELECT 'signal', gen_random_uuid(), 'signal.upserted', 10, 'bad row',"
+                    " clock_timestamp() FROM generate_series(1, %s) RETURNING id",
+                    (n,),
+                ).fetchall()
+            ]
+
+        # statistics taken with live rows and none dead: idx_outbox_dead looks empty to the planner
+        conn.execute(
+            "INSERT INTO sigledger.outbox (aggregate_type, aggregate_id, event_type)"
+            " SELECT 'signal', gen_random_uuid(), 'signal.upserted' FROM generate_series(1, 1000)"
+        )
+        conn.execute("VACUUM ANALYZE sigledger.outbox")
+        phases = []
+        for n in (FEW, MANY):
+            ids = dead(n)
+            retried = per_call(
+                db_dsn, [("SELECT sigledger._graph_dead_retry(%s::bigint[])", ([i],)) for i in ids[:10]]
+            )
+            purged = per_call(
+                db_dsn, [("SELECT sigledger._graph_dead_purge(%s::bigint[])", ([i],)) for i in ids[10:20]]
+            )
+            # the calls did what they say (the counts are of real work)
+            rows = conn.execute(
+                "SELECT count(*) FILTER (WHERE dead_at IS NULL AND attempts = 0), count(*)"
+                " FROM sigledger.outbox WHERE id = ANY (%s)",
+                (ids[:20],),
+            ).fetchone()
+            assert rows == (10, 10)
+            phases.append((retried, purged))
+    (retry_before, purge_before), (retry_after, purge_after) = phases
+    grew = median(retry_after) > median(retry_before) + 10 or median(purge_after) > median(purge_before) + 10
+    assert not grew, (
+        f"buffers per call with {FEW} dead rows: retry {retry_before}, purge {purge_before};"
+        f" {FEW + MANY}: retry {retry_after}, purge {purge_after}"
     )
 
 
