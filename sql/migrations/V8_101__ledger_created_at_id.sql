@@ -14,8 +14,9 @@
 -- reports, the DEFAULT partition probe of _ensure_ledger_partitions) use it as they used the old one.
 --
 -- Online, and without superuser. A partitioned index can be neither built nor dropped CONCURRENTLY, so:
---   1. the parent index is created ON ONLY (catalog only; INVALID until every partition has its index attached;
---      a partition created from now on, by _ensure_ledger_partitions, gets its index at once, attached);
+--   1. the parent index is created ON ONLY (catalog only, under a moment's SHARE lock of the parent: inserts wait
+--      for it at most the runner's lock_timeout; INVALID until every partition has its index attached; a
+--      partition created from now on, by _ensure_ledger_partitions, gets its index at once, attached);
 --   2. each partition's index is built CONCURRENTLY (SHARE UPDATE EXCLUSIVE: inserts go on) and attached (a
 --      moment's lock on the new index only), then the parent is checked valid. The partitions are not the same
 --      in every database (the monthly ones follow the clock), so one query lists what is missing and \gexec
