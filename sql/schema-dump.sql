@@ -6044,7 +6044,9 @@ quarantined). Budgets are charged once per budget and period, in lock order. A b
 concurrent one waits for it at the first shared key, then compares with what it committed; 40001 (nothing
 written) when its keys keep being recorded by concurrent batches. It raises no 23505 (conflicts are
 quarantined) and, called in its own transaction, no 40P01 against other sigledger calls (it takes its locks
-in the global order).
+in the global order). Its work grows linearly with the batch, a replay''s too, so even the largest batch stays far
+below an app login''s statement_timeout (30 s); a call cancelled past it (57014, as any call: docs/errors.md,
+Server trouble) writes nothing.
 SQLSTATE: 22023, 55P03, 40001';
 
 --
@@ -8552,10 +8554,16 @@ CREATE INDEX idx_signal_entities_signal_id ON sigledger.signal_entities USING bt
 CREATE INDEX llm_cost_log_agent_charged_at_idx ON ONLY sigledger.llm_cost_log USING btree (agent_id, charged_at);
 
 --
--- Name: llm_cost_log_created_at_idx; Type: INDEX; Schema: sigledger; Owner: sigledger_owner
+-- Name: llm_cost_log_created_at_id_idx; Type: INDEX; Schema: sigledger; Owner: sigledger_owner
 --
 
-CREATE INDEX llm_cost_log_created_at_idx ON ONLY sigledger.llm_cost_log USING btree (created_at);
+CREATE INDEX llm_cost_log_created_at_id_idx ON ONLY sigledger.llm_cost_log USING btree (created_at, id);
+
+--
+-- Name: INDEX llm_cost_log_created_at_id_idx; Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
+--
+
+COMMENT ON INDEX sigledger.llm_cost_log_created_at_id_idx IS 'Range reads on created_at, and a row found by (id, created_at) with both as index conditions (a replay: V8_101).';
 
 --
 -- Name: llm_cost_log_default_agent_id_charged_at_idx; Type: INDEX; Schema: sigledger; Owner: sigledger_owner
@@ -8564,10 +8572,10 @@ CREATE INDEX llm_cost_log_created_at_idx ON ONLY sigledger.llm_cost_log USING bt
 CREATE INDEX llm_cost_log_default_agent_id_charged_at_idx ON sigledger.llm_cost_log_default USING btree (agent_id, charged_at);
 
 --
--- Name: llm_cost_log_default_created_at_idx; Type: INDEX; Schema: sigledger; Owner: sigledger_owner
+-- Name: llm_cost_log_default_created_at_id_idx; Type: INDEX; Schema: sigledger; Owner: sigledger_owner
 --
 
-CREATE INDEX llm_cost_log_default_created_at_idx ON sigledger.llm_cost_log_default USING btree (created_at);
+CREATE INDEX llm_cost_log_default_created_at_id_idx ON sigledger.llm_cost_log_default USING btree (created_at, id);
 
 --
 -- Name: llm_cost_log_key_reservation_id_key; Type: INDEX; Schema: sigledger; Owner: sigledger_owner
@@ -8582,10 +8590,10 @@ CREATE UNIQUE INDEX llm_cost_log_key_reservation_id_key ON sigledger.llm_cost_lo
 CREATE INDEX llm_cost_log_legacy_agent_charged_at_idx ON sigledger.llm_cost_log_legacy USING btree (agent_id, charged_at);
 
 --
--- Name: llm_cost_log_legacy_created_at_idx; Type: INDEX; Schema: sigledger; Owner: sigledger_owner
+-- Name: llm_cost_log_legacy_created_at_id_idx; Type: INDEX; Schema: sigledger; Owner: sigledger_owner
 --
 
-CREATE INDEX llm_cost_log_legacy_created_at_idx ON sigledger.llm_cost_log_legacy USING btree (created_at);
+CREATE INDEX llm_cost_log_legacy_created_at_id_idx ON sigledger.llm_cost_log_legacy USING btree (created_at, id);
 
 --
 -- Name: llm_cost_log_reservation_id_key; Type: INDEX; Schema: sigledger; Owner: sigledger_owner
@@ -8618,10 +8626,10 @@ CREATE INDEX opportunity_merges_target_id_idx ON sigledger.opportunity_merges US
 ALTER INDEX sigledger.llm_cost_log_agent_charged_at_idx ATTACH PARTITION sigledger.llm_cost_log_default_agent_id_charged_at_idx;
 
 --
--- Name: llm_cost_log_default_created_at_idx; Type: INDEX ATTACH; Schema: sigledger; Owner: sigledger_owner
+-- Name: llm_cost_log_default_created_at_id_idx; Type: INDEX ATTACH; Schema: sigledger; Owner: sigledger_owner
 --
 
-ALTER INDEX sigledger.llm_cost_log_created_at_idx ATTACH PARTITION sigledger.llm_cost_log_default_created_at_idx;
+ALTER INDEX sigledger.llm_cost_log_created_at_id_idx ATTACH PARTITION sigledger.llm_cost_log_default_created_at_id_idx;
 
 --
 -- Name: llm_cost_log_legacy_agent_charged_at_idx; Type: INDEX ATTACH; Schema: sigledger; Owner: sigledger_owner
@@ -8630,10 +8638,10 @@ ALTER INDEX sigledger.llm_cost_log_created_at_idx ATTACH PARTITION sigledger.llm
 ALTER INDEX sigledger.llm_cost_log_agent_charged_at_idx ATTACH PARTITION sigledger.llm_cost_log_legacy_agent_charged_at_idx;
 
 --
--- Name: llm_cost_log_legacy_created_at_idx; Type: INDEX ATTACH; Schema: sigledger; Owner: sigledger_owner
+-- Name: llm_cost_log_legacy_created_at_id_idx; Type: INDEX ATTACH; Schema: sigledger; Owner: sigledger_owner
 --
 
-ALTER INDEX sigledger.llm_cost_log_created_at_idx ATTACH PARTITION sigledger.llm_cost_log_legacy_created_at_idx;
+ALTER INDEX sigledger.llm_cost_log_created_at_id_idx ATTACH PARTITION sigledger.llm_cost_log_legacy_created_at_id_idx;
 
 --
 -- Name: budget_spend budget_spend_bump_version; Type: TRIGGER; Schema: sigledger; Owner: sigledger_owner

@@ -285,7 +285,9 @@ quarantined). Budgets are charged once per budget and period, in lock order. A b
 concurrent one waits for it at the first shared key, then compares with what it committed; 40001 (nothing
 written) when its keys keep being recorded by concurrent batches. It raises no 23505 (conflicts are
 quarantined) and, called in its own transaction, no 40P01 against other sigledger calls (it takes its locks
-in the global order).
+in the global order). Its work grows linearly with the batch, a replay''s too, so even the largest batch stays far
+below an app login''s statement_timeout (30 s); a call cancelled past it (57014, as any call: docs/errors.md,
+Server trouble) writes nothing.
 SQLSTATE: 22023, 55P03, 40001';
 
 -- add_model_price: adds a dated price; prices are never edited, a new valid_from supersedes.

@@ -188,7 +188,9 @@ def test_a_server_in_trouble_is_unavailable_and_a_dead_letter_keeps_the_primary_
 ) -> None:
     # 25006 and the classes of a server in trouble translate to Unavailable (the guard and the tracker keep
     # what they hold for later), not to a raw psycopg error
-    for sqlstate in ("25006", "53100", "53200", "53300", "58030", "XX000", "XX001", "F0000", "40003"):
+    # (57014: a statement past the login's statement_timeout, or cancelled; any call, record_costs included)
+    trouble = ("25006", "53100", "53200", "53300", "58030", "XX000", "XX001", "F0000", "40003")
+    for sqlstate in (*trouble, "57014", "57P01"):
         err = psycopg.errors.lookup(sqlstate)("boom")
         assert isinstance(translate(err), Unavailable), sqlstate
     # a dead-letter entry keeps the primary message and the SQLSTATE, not str(exc) with the CONTEXT of every

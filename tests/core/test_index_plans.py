@@ -26,6 +26,12 @@ An agent's open reservations (budget_status's count, open_reservations of one ag
 Those reads are worth an index (V8_102: the agent's open reservations in expiry order), and open_reservations
 names the agent in a statement of its own, so that its generic plan can use it. And the dead outbox rows
 (`idx_outbox_dead`): _graph_dead_retry and _graph_dead_purge given ids scanned every dead row.
+
+And for the ledger: a replay (record_costs, record_cost) finds the stored row of a key by (id, created_at). With an
+index on created_at alone the planner may answer that by it, id only a filter (a cost tie with the partition's
+primary key; the order of the indexes decides, in the legacy partition for the created_at one), and every row of a
+record_costs batch shares one created_at: each lookup read the whole batch, a replay was O(batch^2). V8_101 made
+that index (created_at, id).
 """
 
 from __future__ import annotations
@@ -413,4 +419,152 @@ def test_entities_and_opportunities_are_found_by_their_key_not_by_the_tombstones
     # the work of a call does not grow with the tombstones (a scan of them: ~15 buffers per 1,000, per row)
     assert median(after) <= median(before) + 10, (
         f"{call}: buffers per call with {FEW} tombstones {before}, {FEW + MANY} {after}"
+    )
+
+
+# ---- the ledger: a replayed cost is found by its key, not by the rows that share its created_at ----------------
+
+LEDGER_FEW, LEDGER_MANY = 500, 4000
+
+
+def ledger_partitions(conn: psycopg.Connection[Any]) -> list[str]:
+    return [
+        r[0]
+        for r in conn.execute(
+            "SELECT inhrelid::regclass::text FROM pg_inherits WHERE inhparent = 'sigledger.llm_cost_log'::regclass"
+        ).fetchall()
+    ]
+
+
+def current_month_partitioned(conn: psycopg.Connection[Any]) -> None:
+    """Rearranges the (empty) ledger of a fresh database so that the current month has a monthly partition of
+    its own, made by _ensure_ledger_partitions, as on a database upgraded months ago: the legacy partition's
+    cutoff moved back to the start of the current month."""
+    conn.execute(
+        """DO $$
+        DECLARE
+            v_month timestamptz := date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC';
+        BEGIN
+            ALTER TABLE sigledger.llm_cost_log DETACH PARTITION sigledger.llm_cost_log_legacy;
+            ALTER TABLE sigledger.llm_cost_log_legacy DROP CONSTRAINT llm_cost_log_legacy_range;
+            EXECUTE format('ALTER TABLE sigledger.llm_cost_log_legacy ADD CONSTRAINT llm_cost_log_legacy_range '
+                           'CHECK (created_at < %L)', v_month);
+            PERFORM sigledger._ensure_ledger_partitions(2);
+            EXECUTE format('ALTER TABLE sigledger.llm_cost_log ATTACH PARTITION sigledger.llm_cost_log_legacy '
+                           'FOR VALUES FROM (MINVALUE) TO (%L)', v_month);
+        END
+        $$"""
+    )
+
+
+def ledger_batch(tag: str, agent: str, n: int) -> str:
+    """n costs without created_at: record_costs gives them all the one now() of its call."""
+    return json.dumps(
+        [
+            {
+                "idempotency_key": f"{tag}-{i}",
+                "agent_id": agent,
+                "model": "m",
+                "provider": "p",
+                "cost_usd": "0.001",
+            }
+            for i in range(n)
+        ]
+    )
+
+
+def ledger_with_history(conn: psycopg.Connection[Any], layout: str) -> tuple[str, str]:
+    """An agent, and 3,000 ledger rows of distinct created_at (the costs of single calls) in the partition of
+    the current month, statistics taken then (a quiet moment: no batch has shared a created_at yet). Returns
+    the agent and that partition."""
+    if layout == "monthly partition":
+        current_month_partitioned(conn)
+    for partition in ledger_partitions(conn):
+        conn.execute(f"ALTER TABLE {partition} SET (autovacuum_enabled = false)")
+    agent = str(conn.execute("SELECT sigledger.create_agent('ledger plans', 1000000)").fetchone()[0])  # type: ignore[index]
+    conn.execute(
+        """SELECT * FROM sigledger.record_costs((
+               SELECT jsonb_agg(jsonb_build_object('idempotency_key', 'history-' || g, 'agent_id', %s::text,
+                                                  'model', 'm', 'provider', 'p', 'cost_usd', '0.001',
+                                                  'created_at', now() - g * interval '1 microsecond'))
+                 FROM generate_series(1, 3000) g))""",
+        (agent,),
+    )
+    conn.execute("ANALYZE sigledger.llm_cost_log")
+    partition = conn.execute(
+        "SELECT tableoid::regclass::text FROM sigledger.llm_cost_log WHERE idempotency_key = 'history-1'"
+    ).fetchone()[0]  # type: ignore[index]
+    return agent, str(partition)
+
+
+LAYOUTS = ["legacy partition", "monthly partition"]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_a_batch_replay_finds_each_row_by_its_key_not_by_the_batch(db_dsn: str, layout: str) -> None:
+    """record_costs looks each key the ledger holds up by (id, created_at) (111_record_costs.sql, `stored`). A
+    batch without created_at shares one now(), so all its rows have one created_at; answered by the index on
+    created_at alone (with id only a filter, which the planner picks on a tie with the primary key), each
+    lookup read the whole batch: a replay was O(batch^2) (8,000 rows: 4.79M buffers, 19.7 s). Its buffers per
+    row must not grow with the batch."""
+    with psycopg.connect(db_dsn, autocommit=True) as conn:
+        agent, partition = ledger_with_history(conn, layout)
+        assert partition.endswith("_legacy") == (layout == "legacy partition"), partition
+        per_row = {}
+        for n in (LEDGER_FEW, LEDGER_MANY):
+            batch = ledger_batch(f"batch{n}", agent, n)
+            assert conn.execute("SELECT * FROM sigledger.record_costs(%s::jsonb)", (batch,)).fetchone() == (
+                n,
+                0,
+                0,
+            )
+            warm = ledger_batch(f"batch{n}", agent, 1)  # (compiles the functions: a replay of one row)
+            _, replay = per_call(
+                db_dsn,
+                [
+                    ("SELECT * FROM sigledger.record_costs(%s::jsonb)", (warm,)),
+                    ("SELECT * FROM sigledger.record_costs(%s::jsonb)", (warm,)),
+                    ("SELECT * FROM sigledger.record_costs(%s::jsonb)", (batch,)),
+                ],
+            )
+            per_row[n] = replay / n
+        # the replays did what they say (every row a duplicate, nothing inserted twice)
+        rows = conn.execute(
+            "SELECT count(*), count(DISTINCT created_at) FROM sigledger.llm_cost_log WHERE idempotency_key LIKE 'batch%%'"
+        ).fetchone()
+        assert rows == (LEDGER_FEW + LEDGER_MANY, 2)
+        assert conn.execute("SELECT count(*) FROM sigledger.cost_quarantine").fetchone() == (0,)
+    # ~17 buffers per row either way; with a scan of the batch per row: 53 and 321 (legacy partition)
+    assert per_row[LEDGER_MANY] <= per_row[LEDGER_FEW] + 3, f"{layout}: replay buffers per row {per_row}"
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_a_single_replay_finds_its_row_by_its_key_not_by_its_batch(db_dsn: str, layout: str) -> None:
+    """record_cost's replay (_cost_insert, 110_record_cost.sql) joins the ledger on (id, created_at): a key that
+    a batch recorded read the whole batch."""
+    with psycopg.connect(db_dsn, autocommit=True) as conn:
+        agent, _ = ledger_with_history(conn, layout)
+        for n in (LEDGER_FEW, LEDGER_MANY):
+            conn.execute(
+                "SELECT * FROM sigledger.record_costs(%s::jsonb)", (ledger_batch(f"batch{n}", agent, n),)
+            )
+
+        def replays(n: int) -> list[int]:
+            return per_call(
+                db_dsn,
+                [
+                    (
+                        "SELECT sigledger.record_cost(%s, %s::uuid, 'm', 'p', 0, 0, 0.001)",
+                        (f"batch{n}-{k}", agent),
+                    )
+                    for k in range(10)
+                ],
+            )
+
+        before, after = replays(LEDGER_FEW), replays(LEDGER_MANY)
+        assert conn.execute(
+            "SELECT count(*) FROM sigledger.llm_cost_log WHERE idempotency_key LIKE 'batch%%'"
+        ).fetchone() == (LEDGER_FEW + LEDGER_MANY,)
+    assert median(after) <= median(before) + 10, (
+        f"{layout}: buffers per replay of a key of a {LEDGER_FEW}-row batch {before}, {LEDGER_MANY}-row {after}"
     )

@@ -100,7 +100,7 @@ def test_the_dump_comparison_ignores_the_clock_but_not_a_lost_object(db_dsn: str
             f"DROP TABLE sigledger.{monthly[1]}",  # a gap between two monthly partitions
             "DROP TRIGGER llm_cost_log_append_only_truncate ON sigledger.llm_cost_log_legacy",
             "ALTER TABLE sigledger.llm_cost_log_default DROP CONSTRAINT llm_cost_log_default_pkey",
-            "DROP INDEX sigledger.llm_cost_log_created_at_idx",  # the parent's, with every partition's
+            "DROP INDEX sigledger.llm_cost_log_created_at_id_idx",  # the parent's, with every partition's
             "DROP INDEX sigledger.idx_entity_aliases_alias_name",
         ):
             conn.execute(damage)

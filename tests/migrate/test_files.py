@@ -6,7 +6,13 @@ from pathlib import Path
 
 import pytest
 from sigledger.core.errors import MigrationError
-from sigledger.migrate.files import checksum, discover_migrations, discover_repeatables, parse_statements
+from sigledger.migrate.files import (
+    checksum,
+    discover_migrations,
+    discover_repeatables,
+    generated_statement,
+    parse_statements,
+)
 
 
 def _write(directory: Path, files: dict[str, str]) -> Path:
@@ -104,3 +110,71 @@ def test_unnamed_concurrent_index_is_refused(tmp_path: Path) -> None:
     [migration] = discover_migrations(directory)
     with pytest.raises(MigrationError, match=r"V1__a\.sql:2: CREATE INDEX CONCURRENTLY needs an index name"):
         migration.up.check_statements()
+
+
+def test_gexec_ends_a_query_whose_result_is_run(tmp_path: Path) -> None:
+    """psql's `\\gexec` on a line of its own ends a query as `;` does, and marks it: its result is the list of
+    statements to run (the partitions a migration cannot name in advance, V8_101). Lines and the following
+    statements are as without it."""
+    text = (
+        "-- sigledger:no-transaction\n"
+        "SELECT format('CREATE INDEX CONCURRENTLY %I ON t (a)', 'i' || g) FROM generate_series(1, 2) g\n"
+        "\\gexec\n"
+        "\n"
+        "SELECT 1;\n"
+        "SELECT 'a\\gexec' \n  \\gexec  \n"
+    )
+    directory = _write(tmp_path, {"V1__a.sql": text})
+    [migration] = discover_migrations(directory)
+    statements = migration.up.statements
+    assert [(s.line, s.gexec) for s in statements] == [(2, True), (5, False), (6, True)]
+    assert statements[0].sql.startswith("SELECT format(") and statements[0].sql.endswith("g")
+    assert statements[2].sql == "SELECT 'a\\gexec'"
+    migration.up.check_statements()
+    assert [(s.start, s.end, s.transaction) for s in migration.up.steps] == [
+        (0, 1, False),
+        (1, 2, False),
+        (2, 3, False),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "SELECT 'x'\n\\gexec\n",
+            r"V1__a\.sql:1: \\gexec runs its statements one by one: only in a file whose",
+        ),
+        (
+            "-- sigledger:no-transaction\nBEGIN;\nSELECT 'x'\n\\gexec\nCOMMIT;\n",
+            r"V1__a\.sql:3: \\gexec runs its statements one by one",
+        ),
+        ("-- sigledger:no-transaction\nSELECT 'x';\n\\gexec\n", r"V1__a\.sql:3: \\gexec must end a query"),
+    ],
+)
+def test_gexec_is_refused_where_it_cannot_run_alone(tmp_path: Path, text: str, message: str) -> None:
+    directory = _write(tmp_path, {"V1__a.sql": text})
+    with pytest.raises(MigrationError, match=message):
+        [migration] = discover_migrations(directory)
+        migration.up.check_statements()
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("SELECT 1; SELECT 2", "must be one statement, got 2"),
+        ("COMMIT", "may not be transaction control"),
+        ("CREATE INDEX CONCURRENTLY ON t (a)", "CREATE INDEX CONCURRENTLY needs an index name"),
+        ("SELEC 1", "does not parse"),
+    ],
+)
+def test_a_generated_statement_is_one_statement_the_runner_can_run_alone(value: str, message: str) -> None:
+    with pytest.raises(MigrationError, match=rf"V1__a:7: .*{message}"):
+        generated_statement(value, "V1__a", 7)
+    ok = generated_statement("CREATE INDEX CONCURRENTLY i ON s.t (a);\n", "V1__a", 7)
+    assert (ok.sql, ok.line, ok.concurrent_index, ok.needs_no_transaction) == (
+        "CREATE INDEX CONCURRENTLY i ON s.t (a)",
+        7,
+        ("s", "i"),
+        True,
+    )

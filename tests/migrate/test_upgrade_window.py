@@ -37,13 +37,20 @@ def _labels() -> list[str]:
 # The versioned steps allowed after the key swap: none can fail on any row the previous schema accepted (a
 # failure would leave the window open until `migrate up` runs again), only on the runner's lock retries running
 # out. V8_100 (issue 13: each budget table's CHECK rules in one constraint) creates functions, adds constraints
-# NOT VALID, VALIDATEs them only where every rule they replace was validated, and drops the former ones.
+# NOT VALID, VALIDATEs them only where every rule they replace was validated, and drops the former ones. V8_101
+# (the ledger's index on (created_at, id)) builds a non-unique index and drops one: no row can make it fail, only
+# the runner's lock retries running out or a build cancelled (then it is resumed by running it again).
 # V8_102 builds a non-unique partial index CONCURRENTLY (no row can fail it; an interrupted build leaves an
 # INVALID index that the next run rebuilds). It scans budget_reservation, which lengthens the window of an
 # upgrade that crosses the key swap in the same run (as V8_100's VALIDATEs do); a database already past the swap
 # has no window. V8_103 (a refused row quarantined once) adds a nullable column with no default and a unique
 # index on it, which every existing row leaves NULL.
-AFTER_THE_KEY_SWAP = ("__check_rules", "__reservation_agent_open_idx", "__quarantine_replay")
+AFTER_THE_KEY_SWAP = (
+    "__check_rules",
+    "__ledger_created_at_id",
+    "__reservation_agent_open_idx",
+    "__quarantine_replay",
+)
 
 
 def test_the_budget_key_swap_is_the_last_versioned_step_that_can_fail_on_data() -> None:

@@ -1,6 +1,9 @@
 """Running SQL files on one connection: session settings, lock-timeout retries, transactional files,
 statement-by-statement files with recorded progress, CREATE INDEX CONCURRENTLY repair, repeatables, downs.
 
+A query ended by \\gexec (files.py) runs, then each statement it produced with the same care as a lone
+statement of the file (lock-timeout retries, the CONCURRENTLY repair).
+
 CREATE INDEX CONCURRENTLY: a valid index of that name is kept, an INVALID one (a failed build; pg_indexes
 still lists it, only pg_index.indisvalid tells) is dropped concurrently and rebuilt, and the result must be
 valid; an INVALID one that a backend is still building (its runner was killed: the backend goes on until the
@@ -23,7 +26,7 @@ from psycopg import sql
 
 from sigledger.core.errors import MigrationError
 from sigledger.migrate import builds, history
-from sigledger.migrate.files import Migration, Repeatable, SqlFile, Statement, Step
+from sigledger.migrate.files import Migration, Repeatable, SqlFile, Statement, Step, generated_statement
 from sigledger.migrate.history import META_SCHEMA, Applied
 from sigledger.migrate.settings import OWNER_ROLE, Log, Settings
 
@@ -170,7 +173,7 @@ class Executor:
                 if step.transaction:
                     self.with_lock_retries(where, partial(self._run_group, step, up, migration, row_version))
                     continue
-                self.with_lock_retries(where, partial(self.run_one, step.statements[0], migration))
+                self.run_lone(step.statements[0], migration)
             except MigrationError as exc:
                 with suppress(psycopg.Error):
                     conn.execute("RESET ROLE")
@@ -201,6 +204,67 @@ class Executor:
                 f"UPDATE {META_SCHEMA}.schema_history SET progress = %s, last_error = NULL WHERE version = %s",
                 (step.end, row_version),
             )
+
+    def run_lone(
+        self,
+        stmt: Statement,
+        migration: Migration | None,
+        source: SqlFile | None = None,
+        label: str | None = None,
+    ) -> None:
+        """A lone step of a non-transactional file: the statement, retried after a lock timeout; or a \\gexec
+        query (retried likewise), then each statement it produced, in order, each on its own and retried."""
+        source = source or (migration.up if migration else None)
+        assert source is not None
+        label = label or (migration.label if migration else source.path.name)
+        where = f"{label}:{stmt.line}"
+        if not stmt.gexec:
+            self.with_lock_retries(where, partial(self.run_one, stmt, migration, source, label))
+            return
+        produced: list[Statement] = []
+        self.with_lock_retries(where, partial(self._generate, stmt, source, label, produced))
+        self.log(f"  {where}: \\gexec: {len(produced)} statement(s)")
+        for i, gen in enumerate(produced, 1):
+            what = f"({i}/{len(produced)}) {gen.sql.splitlines()[0][:100]}"
+            self.log(f"  {where}: {what}")
+            try:
+                self.with_lock_retries(
+                    f"{where} ({i}/{len(produced)})", partial(self.run_one, gen, migration, source, label)
+                )
+            except MigrationError as exc:
+                raise MigrationError(f"{exc} [\\gexec statement {what}]", sqlstate=exc.sqlstate) from exc
+
+    def _generate(self, stmt: Statement, source: SqlFile, label: str, out: list[Statement]) -> None:
+        """Runs a \\gexec query; `out` gets its non-NULL values as statements, row by row, column by column."""
+        conn = self.conn
+        self.session_settings(
+            local=False,
+            lock_timeout=self.settings.lock_timeout,
+            statement_timeout=self.settings.statement_timeout,
+            as_owner=source.as_owner,
+        )
+        try:
+            try:
+                cur = conn.execute(stmt.sql.encode("utf-8"))
+                rows = cur.fetchall() if cur.description else []
+            except RETRYABLE:
+                raise
+            except psycopg.Error as exc:
+                raise MigrationError(
+                    f"{label}:{stmt.line}: {exc.sqlstate}: {str(exc).strip()}", sqlstate=exc.sqlstate
+                ) from exc
+        finally:
+            with suppress(psycopg.Error):
+                conn.execute("RESET ROLE")
+                conn.execute("RESET lock_timeout")
+                conn.execute("RESET statement_timeout")
+        out.clear()
+        out.extend(
+            generated_statement(str(value), label, stmt.line)
+            for row in rows
+            for value in row
+            if value is not None
+        )
 
     def run_one(
         self,
@@ -315,7 +379,7 @@ class Executor:
 
                 self.with_lock_retries(where, group)
             else:
-                self.with_lock_retries(where, partial(self.run_one, step.statements[0], None, source, label))
+                self.run_lone(step.statements[0], None, source, label)
         if after is not None:
             after()
 

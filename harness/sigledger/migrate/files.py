@@ -3,6 +3,13 @@
 Statements are split by the real PostgreSQL parser (pglast wraps libpg_query), so dollar quotes, comments
 and strings never confuse the split, and statements that cannot run inside a transaction block are found
 by their parse tree, not by a regular expression.
+
+A no-transaction file may end a query with psql's `\\gexec` (on a line of its own) instead of `;`: the runner
+runs the query, then each non-NULL value of its result (row by row, column by column) as a statement of its
+own, as psql does; a CREATE INDEX CONCURRENTLY among them gets the runner's repair like any other. The whole
+is one step: a re-run after a failure runs the query again, so it must produce only what is still to do (or
+statements that may run again). This is how a migration reaches objects it cannot name in advance, e.g. one
+index per partition built CONCURRENTLY (V8_101), which no function or DO block can run.
 """
 
 from __future__ import annotations
@@ -33,6 +40,8 @@ HEADER_SESSION_USER = "sigledger:as-session-user"
 HEADER_SUPERSEDES = "sigledger:supersedes"
 # A repair file (sql/repairs) names the released versions it runs before.
 HEADER_BEFORE = "sigledger:before"
+# psql's meta-command that ends a query whose result is a list of statements to run (see the module docstring)
+GEXEC = re.compile(r"^[ \t]*\\gexec[ \t]*$", re.MULTILINE)
 
 
 _VERSION = re.compile(r"^\d+(?:[._]\d+)*$")
@@ -74,6 +83,7 @@ class Statement:
     sql: str
     line: int
     node: ast.Node = field(compare=False, repr=False)
+    gexec: bool = False  # ended by \gexec: its result is the statements to run
 
     @property
     def needs_no_transaction(self) -> bool:
@@ -128,6 +138,11 @@ _COMMIT = (2,)  # TRANS_STMT_COMMIT
 
 
 def parse_statements(text: str, origin: str) -> list[Statement]:
+    # each \gexec line ends its query like a semicolon would: replaced by one, padded to the same length so
+    # that offsets and line numbers stay those of the file
+    ends = [m.start() + m.group().index("\\") for m in GEXEC.finditer(text)]
+    for at in ends:
+        text = text[:at] + ";" + " " * (len("\\gexec") - 1) + text[at + len("\\gexec") :]
     try:
         raws = pglast.parse_sql(text)
     except pglast.parser.ParseError as exc:
@@ -135,6 +150,7 @@ def parse_statements(text: str, origin: str) -> list[Statement]:
     # pglast reports stmt_location/stmt_len in characters of the str it was given (it maps libpg_query's
     # byte offsets back), so slice the str: slicing the UTF-8 bytes shifts every statement after non-ASCII text.
     out: list[Statement] = []
+    used: set[int] = set()
     for raw in raws:
         start = raw.stmt_location or 0
         end = start + raw.stmt_len if raw.stmt_len else len(text)
@@ -142,8 +158,40 @@ def parse_statements(text: str, origin: str) -> list[Statement]:
         sql = chunk.strip()
         line = text.count("\n", 0, start) + 1 + (len(sql) and _leading_newlines(chunk))
         assert raw.stmt is not None
-        out.append(Statement(sql=sql, line=line, node=raw.stmt))
+        gexec = next((at for at in ends if at >= end and not text[end:at].strip()), None)
+        if gexec is not None:
+            used.add(gexec)
+        out.append(Statement(sql=sql, line=line, node=raw.stmt, gexec=gexec is not None))
+    for at in ends:
+        if at not in used:
+            raise MigrationError(
+                f"{origin}:{text.count(chr(10), 0, at) + 1}: \\gexec must end a query (no ';' before it): psql "
+                "would run the previous query again"
+            )
     return out
+
+
+def generated_statement(text: str, origin: str, line: int) -> Statement:
+    """One statement produced by a \\gexec query (`origin`:`line` is that query's): exactly one statement, no
+    transaction control, a CREATE INDEX CONCURRENTLY with a name (the runner finds it again by its name)."""
+    try:
+        raws = pglast.parse_sql(text)
+    except pglast.parser.ParseError as exc:
+        raise MigrationError(
+            f"{origin}:{line}: a generated statement does not parse: {exc}: {text!r}"
+        ) from exc
+    if len(raws) != 1 or raws[0].stmt is None:
+        raise MigrationError(
+            f"{origin}:{line}: a generated value must be one statement, got {len(raws)}: {text!r}"
+        )
+    node = raws[0].stmt
+    if isinstance(node, ast.TransactionStmt):
+        raise MigrationError(
+            f"{origin}:{line}: a generated statement may not be transaction control: {text!r}"
+        )
+    if isinstance(node, ast.IndexStmt) and node.concurrent and not node.idxname:
+        raise MigrationError(f"{origin}:{line}: CREATE INDEX CONCURRENTLY needs an index name: {text!r}")
+    return Statement(sql=text.strip().rstrip(";").rstrip(), line=line, node=node)
 
 
 def _leading_newlines(chunk: str) -> int:
@@ -238,6 +286,11 @@ class SqlFile:
             if in_group and stmt.needs_no_transaction:
                 raise MigrationError(
                     f"{self.path.name}:{stmt.line}: '{_first_line(stmt.sql)}' cannot run inside BEGIN ... COMMIT"
+                )
+            if stmt.gexec and (in_transaction or in_group):
+                raise MigrationError(
+                    f"{self.path.name}:{stmt.line}: \\gexec runs its statements one by one: only in a file whose "
+                    f"first line is '-- {HEADER_NO_TRANSACTION}', outside BEGIN ... COMMIT"
                 )
             node = stmt.node
             if isinstance(node, ast.IndexStmt) and node.concurrent and not node.idxname:

@@ -88,7 +88,7 @@ def _statements(text: str) -> list[str]:
 
 
 def _terminated(statements: list[str]) -> list[str]:
-    return [s if s.rstrip().endswith(";") else s + ";" for s in statements]
+    return [s if s.rstrip().endswith((";", "\\gexec")) else s + ";" for s in statements]
 
 
 def _file_sql(file: SqlFile, start_at: int = 0, owner: bool = True) -> tuple[list[str], str]:
@@ -106,7 +106,7 @@ def _file_sql(file: SqlFile, start_at: int = 0, owner: bool = True) -> tuple[lis
             out += ["BEGIN", *role, *(s.sql for s in step.statements), "COMMIT"]
         else:
             out += [f"SET ROLE {OWNER_ROLE}"] if as_owner else []
-            out += [s.sql for s in step.statements]
+            out += [s.sql + "\n\\gexec" if s.gexec else s.sql for s in step.statements]
             out += ["RESET ROLE"] if as_owner else []
     if start_at:
         return out, f"non-transactional, resumes at statement {start_at + 1} of {len(file.statements)}"
