@@ -2332,7 +2332,7 @@ ALTER FUNCTION sigledger._price(p_provider text, p_model text, p_at timestamp wi
 --
 
 CREATE FUNCTION sigledger._quarantine_replay_key(p_key text, p_payload jsonb) RETURNS text
-    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    LANGUAGE sql STABLE PARALLEL SAFE
     SET search_path TO 'sigledger', 'pg_temp'
     RETURN CASE WHEN (p_key IS NOT NULL) THEN encode(sha256(convert_to((p_payload)::text, 'UTF8'::name)), 'hex'::text) ELSE NULL::text END;
 
@@ -2371,7 +2371,7 @@ ALTER FUNCTION sigledger._reconcile_expected(p_budget_id bigint, p_period_start 
 -- Name: _record_costs_cast(jsonb); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
 --
 
-CREATE FUNCTION sigledger._record_costs_cast(p_batch jsonb, OUT clean jsonb, OUT bad integer) RETURNS record
+CREATE FUNCTION sigledger._record_costs_cast(p_batch jsonb, OUT clean jsonb, OUT bad integer, OUT sent jsonb) RETURNS record
     LANGUAGE plpgsql
     SET search_path TO 'sigledger', 'pg_temp'
     AS $$
@@ -2382,10 +2382,12 @@ DECLARE
     v_msg text;
 BEGIN
     clean := '[]'::jsonb;
+    sent := '[]'::jsonb;
     bad := 0;
     FOR v_elem IN SELECT e FROM jsonb_array_elements(p_batch) e LOOP
         IF jsonb_typeof(v_elem) <> 'object' THEN
             clean := clean || jsonb_build_array(v_elem);  -- quarantined by the set-based rules
+            sent := sent || jsonb_build_array(v_elem);
             CONTINUE;
         END IF;
         BEGIN
@@ -2396,6 +2398,7 @@ BEGIN
                 'cost_usd', ((v_elem ->> 'cost_usd')::numeric)::text,
                 'created_at', ((v_elem ->> 'created_at')::timestamptz)::text));
             clean := clean || jsonb_build_array(v_row);
+            sent := sent || jsonb_build_array(v_elem);
         EXCEPTION WHEN data_exception THEN
             GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_msg = MESSAGE_TEXT;
             INSERT INTO sigledger.cost_quarantine (idempotency_key, payload, sqlstate, reason, replay_key)
@@ -2408,7 +2411,7 @@ BEGIN
 END;
 $$;
 
-ALTER FUNCTION sigledger._record_costs_cast(p_batch jsonb, OUT clean jsonb, OUT bad integer) OWNER TO sigledger_owner;
+ALTER FUNCTION sigledger._record_costs_cast(p_batch jsonb, OUT clean jsonb, OUT bad integer, OUT sent jsonb) OWNER TO sigledger_owner;
 
 --
 -- Name: _record_costs_charge(bigint[], timestamp with time zone[], numeric[], numeric[], numeric[], text[], integer[]); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
@@ -2481,10 +2484,10 @@ $$;
 ALTER FUNCTION sigledger._record_costs_charge(p_ids bigint[], p_periods timestamp with time zone[], p_amounts numeric[], p_caps numeric[], p_limits numeric[], p_thresholds text[], p_slices integer[]) OWNER TO sigledger_owner;
 
 --
--- Name: _record_costs_set(jsonb); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+-- Name: _record_costs_set(jsonb, jsonb); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
 --
 
-CREATE FUNCTION sigledger._record_costs_set(p_batch jsonb, OUT inserted integer, OUT duplicates integer, OUT quarantined integer, OUT charge_budget_ids bigint[], OUT charge_periods timestamp with time zone[], OUT charge_amounts numeric[], OUT charge_caps numeric[], OUT charge_limits numeric[], OUT charge_thresholds text[], OUT charge_slices integer[], OUT reserved jsonb) RETURNS record
+CREATE FUNCTION sigledger._record_costs_set(p_batch jsonb, p_sent jsonb DEFAULT NULL::jsonb, OUT inserted integer, OUT duplicates integer, OUT quarantined integer, OUT charge_budget_ids bigint[], OUT charge_periods timestamp with time zone[], OUT charge_amounts numeric[], OUT charge_caps numeric[], OUT charge_limits numeric[], OUT charge_thresholds text[], OUT charge_slices integer[], OUT reserved jsonb) RETURNS record
     LANGUAGE plpgsql
     SET search_path TO 'sigledger', 'pg_temp'
     AS $_$
@@ -2612,8 +2615,8 @@ BEGIN
         -- (a row quarantined by an earlier flush of the same batch is not quarantined again: replay_key, V8_103;
         -- it is counted as quarantined, so a replayed batch gets the answer of its first flush)
         INSERT INTO cost_quarantine (idempotency_key, payload, sqlstate, reason, replay_key)
-        SELECT left(x.key, 200), p_batch -> (x.ord::integer - 1), x.state, x.reason,
-               _quarantine_replay_key(x.key, p_batch -> (x.ord::integer - 1))
+        SELECT left(x.key, 200), coalesce(p_sent, p_batch) -> (x.ord::integer - 1), x.state, x.reason,
+               _quarantine_replay_key(x.key, coalesce(p_sent, p_batch) -> (x.ord::integer - 1))
           FROM (
             SELECT v.ord, v.key,
                    CASE WHEN v.rule IN (2, 5, 8, 10, 18, 28) THEN '22004' WHEN v.rule IN (12, 14, 20, 24, 25) THEN '22003'
@@ -2715,7 +2718,7 @@ BEGIN
            (SELECT array_agg(ch.thresholds ORDER BY ch.rank, ch.id, ch.ps) FROM charges ch),
            (SELECT array_agg(ch.slices::integer ORDER BY ch.rank, ch.id, ch.ps) FROM charges ch),
            (SELECT jsonb_agg(jsonb_build_object(
-                       'elem', p_batch -> (v.ord::integer - 1), 'reservation_id', substr(v.key, 13)::bigint, 'agent_id', v.agent_id,
+                       'elem', coalesce(p_sent, p_batch) -> (v.ord::integer - 1), 'reservation_id', substr(v.key, 13)::bigint, 'agent_id', v.agent_id,
                        'cost_usd', v.cost, 'cost_given', v.cost_given, 'priced_usd', v.priced, 'cost_source', v.source,
                        'input_tokens', v.tin, 'output_tokens', v.tout, 'model', v.model, 'provider', v.provider,
                        'metadata', v.metadata, 'created_at', v.created_at) ORDER BY v.ord)
@@ -2725,7 +2728,7 @@ BEGIN
 END;
 $_$;
 
-ALTER FUNCTION sigledger._record_costs_set(p_batch jsonb, OUT inserted integer, OUT duplicates integer, OUT quarantined integer, OUT charge_budget_ids bigint[], OUT charge_periods timestamp with time zone[], OUT charge_amounts numeric[], OUT charge_caps numeric[], OUT charge_limits numeric[], OUT charge_thresholds text[], OUT charge_slices integer[], OUT reserved jsonb) OWNER TO sigledger_owner;
+ALTER FUNCTION sigledger._record_costs_set(p_batch jsonb, p_sent jsonb, OUT inserted integer, OUT duplicates integer, OUT quarantined integer, OUT charge_budget_ids bigint[], OUT charge_periods timestamp with time zone[], OUT charge_amounts numeric[], OUT charge_caps numeric[], OUT charge_limits numeric[], OUT charge_thresholds text[], OUT charge_slices integer[], OUT reserved jsonb) OWNER TO sigledger_owner;
 
 --
 -- Name: _report_agents(uuid, bigint); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
@@ -5918,6 +5921,7 @@ DECLARE
     v_state text;
     v_msg text;
     v_batch jsonb := p_batch;
+    v_sent jsonb;
     v_bad integer;
     v_races integer := 0;
 BEGIN
@@ -5936,7 +5940,7 @@ BEGIN
     -- Only a key committed during each of 5 attempts gives up (40001, nothing written).
     LOOP
         BEGIN
-            r := _record_costs_set(v_batch);
+            r := _record_costs_set(v_batch, v_sent);
             EXIT;
         EXCEPTION
             WHEN data_exception THEN
@@ -5945,6 +5949,7 @@ BEGIN
                 END IF;
                 c := _record_costs_cast(p_batch);
                 v_batch := c.clean;
+                v_sent := c.sent;
                 v_bad := c.bad;
             WHEN unique_violation THEN
                 v_races := v_races + 1;
@@ -9255,10 +9260,10 @@ REVOKE ALL ON FUNCTION sigledger._quarantine_replay_key(p_key text, p_payload js
 REVOKE ALL ON FUNCTION sigledger._reconcile_expected(p_budget_id bigint, p_period_start timestamp with time zone, OUT spent_usd numeric, OUT reserved_usd numeric) FROM PUBLIC;
 
 --
--- Name: FUNCTION _record_costs_cast(p_batch jsonb, OUT clean jsonb, OUT bad integer); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+-- Name: FUNCTION _record_costs_cast(p_batch jsonb, OUT clean jsonb, OUT bad integer, OUT sent jsonb); Type: ACL; Schema: sigledger; Owner: sigledger_owner
 --
 
-REVOKE ALL ON FUNCTION sigledger._record_costs_cast(p_batch jsonb, OUT clean jsonb, OUT bad integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION sigledger._record_costs_cast(p_batch jsonb, OUT clean jsonb, OUT bad integer, OUT sent jsonb) FROM PUBLIC;
 
 --
 -- Name: FUNCTION _record_costs_charge(p_ids bigint[], p_periods timestamp with time zone[], p_amounts numeric[], p_caps numeric[], p_limits numeric[], p_thresholds text[], p_slices integer[]); Type: ACL; Schema: sigledger; Owner: sigledger_owner
@@ -9267,10 +9272,10 @@ REVOKE ALL ON FUNCTION sigledger._record_costs_cast(p_batch jsonb, OUT clean jso
 REVOKE ALL ON FUNCTION sigledger._record_costs_charge(p_ids bigint[], p_periods timestamp with time zone[], p_amounts numeric[], p_caps numeric[], p_limits numeric[], p_thresholds text[], p_slices integer[]) FROM PUBLIC;
 
 --
--- Name: FUNCTION _record_costs_set(p_batch jsonb, OUT inserted integer, OUT duplicates integer, OUT quarantined integer, OUT charge_budget_ids bigint[], OUT charge_periods timestamp with time zone[], OUT charge_amounts numeric[], OUT charge_caps numeric[], OUT charge_limits numeric[], OUT charge_thresholds text[], OUT charge_slices integer[], OUT reserved jsonb); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+-- Name: FUNCTION _record_costs_set(p_batch jsonb, p_sent jsonb, OUT inserted integer, OUT duplicates integer, OUT quarantined integer, OUT charge_budget_ids bigint[], OUT charge_periods timestamp with time zone[], OUT charge_amounts numeric[], OUT charge_caps numeric[], OUT charge_limits numeric[], OUT charge_thresholds text[], OUT charge_slices integer[], OUT reserved jsonb); Type: ACL; Schema: sigledger; Owner: sigledger_owner
 --
 
-REVOKE ALL ON FUNCTION sigledger._record_costs_set(p_batch jsonb, OUT inserted integer, OUT duplicates integer, OUT quarantined integer, OUT charge_budget_ids bigint[], OUT charge_periods timestamp with time zone[], OUT charge_amounts numeric[], OUT charge_caps numeric[], OUT charge_limits numeric[], OUT charge_thresholds text[], OUT charge_slices integer[], OUT reserved jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION sigledger._record_costs_set(p_batch jsonb, p_sent jsonb, OUT inserted integer, OUT duplicates integer, OUT quarantined integer, OUT charge_budget_ids bigint[], OUT charge_periods timestamp with time zone[], OUT charge_amounts numeric[], OUT charge_caps numeric[], OUT charge_limits numeric[], OUT charge_thresholds text[], OUT charge_slices integer[], OUT reserved jsonb) FROM PUBLIC;
 
 --
 -- Name: FUNCTION _report_agents(p_agent_id uuid, p_budget_id bigint); Type: ACL; Schema: sigledger; Owner: sigledger_owner

@@ -296,6 +296,6 @@ $$;
 -- The writers insert with ON CONFLICT (replay_key) DO NOTHING, so a batch sent again quarantines nothing twice.
 CREATE OR REPLACE FUNCTION sigledger._quarantine_replay_key(p_key text, p_payload jsonb)
 RETURNS text
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE sql STABLE PARALLEL SAFE
 SET search_path = sigledger, pg_temp
 RETURN CASE WHEN p_key IS NOT NULL THEN encode(sha256(convert_to(p_payload::text, 'UTF8')), 'hex') END;

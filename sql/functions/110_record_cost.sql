@@ -165,6 +165,7 @@ DECLARE
     v_state text;
     v_msg text;
     v_batch jsonb := p_batch;
+    v_sent jsonb;
     v_bad integer;
     v_races integer := 0;
 BEGIN
@@ -183,7 +184,7 @@ BEGIN
     -- Only a key committed during each of 5 attempts gives up (40001, nothing written).
     LOOP
         BEGIN
-            r := _record_costs_set(v_batch);
+            r := _record_costs_set(v_batch, v_sent);
             EXIT;
         EXCEPTION
             WHEN data_exception THEN
@@ -192,6 +193,7 @@ BEGIN
                 END IF;
                 c := _record_costs_cast(p_batch);
                 v_batch := c.clean;
+                v_sent := c.sent;
                 v_bad := c.bad;
             WHEN unique_violation THEN
                 v_races := v_races + 1;

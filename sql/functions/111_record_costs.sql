@@ -30,8 +30,13 @@
 -- The test is a star and a length, not a bounded repetition ({0,198}): PostgreSQL's regex engine takes ~57 us
 -- per match for the bounded form against ~4 us (it halved record_costs' throughput; make bench-ledger).
 
+-- p_sent: the batch as the caller sent it, when p_batch is its cast form (_record_costs_cast: the same rows in
+-- the same order): a quarantined row keeps the payload it was sent with, and so its replay_key, whatever the
+-- other rows of the batch (a row rewritten by the casts, e.g. created_at as text of the session's TimeZone,
+-- would have another key on a flush that takes the casts and one that does not)
+DROP FUNCTION IF EXISTS sigledger._record_costs_set(jsonb);
 CREATE OR REPLACE FUNCTION sigledger._record_costs_set(
-    p_batch jsonb,
+    p_batch jsonb, p_sent jsonb DEFAULT NULL,
     OUT inserted integer, OUT duplicates integer, OUT quarantined integer,
     OUT charge_budget_ids bigint[], OUT charge_periods timestamptz[], OUT charge_amounts numeric[],
     OUT charge_caps numeric[], OUT charge_limits numeric[], OUT charge_thresholds text[], OUT charge_slices integer[],
@@ -163,8 +168,8 @@ BEGIN
         -- (a row quarantined by an earlier flush of the same batch is not quarantined again: replay_key, V8_103;
         -- it is counted as quarantined, so a replayed batch gets the answer of its first flush)
         INSERT INTO cost_quarantine (idempotency_key, payload, sqlstate, reason, replay_key)
-        SELECT left(x.key, 200), p_batch -> (x.ord::integer - 1), x.state, x.reason,
-               _quarantine_replay_key(x.key, p_batch -> (x.ord::integer - 1))
+        SELECT left(x.key, 200), coalesce(p_sent, p_batch) -> (x.ord::integer - 1), x.state, x.reason,
+               _quarantine_replay_key(x.key, coalesce(p_sent, p_batch) -> (x.ord::integer - 1))
           FROM (
             SELECT v.ord, v.key,
                    CASE WHEN v.rule IN (2, 5, 8, 10, 18, 28) THEN '22004' WHEN v.rule IN (12, 14, 20, 24, 25) THEN '22003'
@@ -266,7 +271,7 @@ BEGIN
            (SELECT array_agg(ch.thresholds ORDER BY ch.rank, ch.id, ch.ps) FROM charges ch),
            (SELECT array_agg(ch.slices::integer ORDER BY ch.rank, ch.id, ch.ps) FROM charges ch),
            (SELECT jsonb_agg(jsonb_build_object(
-                       'elem', p_batch -> (v.ord::integer - 1), 'reservation_id', substr(v.key, 13)::bigint, 'agent_id', v.agent_id,
+                       'elem', coalesce(p_sent, p_batch) -> (v.ord::integer - 1), 'reservation_id', substr(v.key, 13)::bigint, 'agent_id', v.agent_id,
                        'cost_usd', v.cost, 'cost_given', v.cost_given, 'priced_usd', v.priced, 'cost_source', v.source,
                        'input_tokens', v.tin, 'output_tokens', v.tout, 'model', v.model, 'provider', v.provider,
                        'metadata', v.metadata, 'created_at', v.created_at) ORDER BY v.ord)
@@ -279,9 +284,12 @@ $$;
 -- _record_costs_cast: the fallback for a batch holding a value that does not cast. Each row's casts run in a
 -- subtransaction (no write inside, so it takes no XID); a row that fails is quarantined with the cast's
 -- SQLSTATE and message, the others come back in canonical form (uuid, integers, text of the numeric and of
--- the timestamp) for _record_costs_set; bad counts the quarantined rows.
+-- the timestamp) for _record_costs_set, with sent: the same rows as they were sent (its p_sent); bad counts the
+-- quarantined rows.
 DROP FUNCTION IF EXISTS sigledger._record_costs_rows(jsonb);
-CREATE OR REPLACE FUNCTION sigledger._record_costs_cast(p_batch jsonb, OUT clean jsonb, OUT bad integer)
+DROP FUNCTION IF EXISTS sigledger._record_costs_cast(jsonb);
+CREATE OR REPLACE FUNCTION sigledger._record_costs_cast(p_batch jsonb, OUT clean jsonb, OUT bad integer,
+                                                        OUT sent jsonb)
 LANGUAGE plpgsql
 SET search_path = sigledger, pg_temp
 AS $$
@@ -292,10 +300,12 @@ DECLARE
     v_msg text;
 BEGIN
     clean := '[]'::jsonb;
+    sent := '[]'::jsonb;
     bad := 0;
     FOR v_elem IN SELECT e FROM jsonb_array_elements(p_batch) e LOOP
         IF jsonb_typeof(v_elem) <> 'object' THEN
             clean := clean || jsonb_build_array(v_elem);  -- quarantined by the set-based rules
+            sent := sent || jsonb_build_array(v_elem);
             CONTINUE;
         END IF;
         BEGIN
@@ -306,6 +316,7 @@ BEGIN
                 'cost_usd', ((v_elem ->> 'cost_usd')::numeric)::text,
                 'created_at', ((v_elem ->> 'created_at')::timestamptz)::text));
             clean := clean || jsonb_build_array(v_row);
+            sent := sent || jsonb_build_array(v_elem);
         EXCEPTION WHEN data_exception THEN
             GET STACKED DIAGNOSTICS v_state = RETURNED_SQLSTATE, v_msg = MESSAGE_TEXT;
             INSERT INTO sigledger.cost_quarantine (idempotency_key, payload, sqlstate, reason, replay_key)

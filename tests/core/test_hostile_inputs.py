@@ -416,9 +416,22 @@ def test_hostile_batch_items_are_rejected_one_by_one_and_change_nothing(
         assert {r[6] for r in rows} <= ITEM_SQLSTATES, rows
         changed = {}
     else:
+        top = conn.execute("SELECT coalesce(max(id), 0) FROM sigledger.cost_quarantine").fetchone()[0]  # type: ignore[index]
         ((inserted, duplicates, quarantined),) = callers["app"].execute(call, (batch,)).fetchall()
         assert (inserted, duplicates, quarantined) == (0, 0, len(json.loads(batch)))
-        changed = {"sigledger.cost_quarantine": quarantined}
+        # every row is in the quarantine, once: a row with a key that an earlier example (or an equal row of this
+        # batch) quarantined adds no row (replay_key, V8_103); a row without a key adds one each time
+        ((new, keyless, missing),) = conn.execute(
+            """SELECT (SELECT count(*) FROM sigledger.cost_quarantine WHERE id > %s),
+                      (SELECT count(*) FROM jsonb_array_elements(%s::jsonb) e WHERE e ->> 'idempotency_key' IS NULL),
+                      (SELECT count(*) FROM jsonb_array_elements(%s::jsonb) e
+                        WHERE e ->> 'idempotency_key' IS NOT NULL
+                          AND NOT EXISTS (SELECT FROM sigledger.cost_quarantine q
+                                           WHERE q.idempotency_key = left(e ->> 'idempotency_key', 200)))""",
+            (top, batch, batch),
+        ).fetchall()
+        assert missing == 0 and keyless <= new <= quarantined, (new, keyless, missing, quarantined)
+        changed = {"sigledger.cost_quarantine": new}
     after = dict((t, (n, h)) for t, n, h in conn.execute(fingerprint).fetchall())
     for table, (count, digest) in after.items():
         if table in changed:

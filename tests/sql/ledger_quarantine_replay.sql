@@ -9,7 +9,7 @@
 -- a key has no identity: each flush of it is quarantined.
 BEGIN;
 SET LOCAL client_min_messages = warning;
-SELECT plan(12);
+SELECT plan(16);
 
 SELECT sigledger.create_agent('qr-a', 1000) AS a \gset
 
@@ -64,6 +64,29 @@ SELECT results_eq(format($$SELECT * FROM sigledger.record_costs(%L)$$, :'rules')
 RESET ROLE;
 SELECT is((SELECT count(*)::integer FROM sigledger.cost_quarantine WHERE idempotency_key = 'qr-neg'), 1,
           'and no new quarantine row for the resolved one');
+
+-- the same refused row in batches that take the per-row casts (another row does not cast) and in one that does
+-- not, under two TimeZones: the casts rewrite the rows they pass on (created_at as text of the session's zone),
+-- and the quarantine keeps the row as it was sent, so its replay_key is the same each time (the review's case:
+-- 3 rows for one key before)
+SELECT jsonb_build_object('idempotency_key', 'qr-future', 'agent_id', :'a', 'model', 'm', 'provider', 'p',
+                          'cost_usd', 0.1, 'created_at', '2099-01-01T00:00:00+00:00') AS future \gset
+SELECT jsonb_build_object('idempotency_key', 'qr-malformed', 'agent_id', 'not-a-uuid', 'model', 'm',
+                          'provider', 'p', 'cost_usd', 0.1) AS malformed \gset
+SET LOCAL ROLE sigledger_app;
+SELECT results_eq(format($$SELECT * FROM sigledger.record_costs(jsonb_build_array(%L::jsonb))$$, :'future')
+                  || format($$ UNION ALL SELECT * FROM sigledger.record_costs(jsonb_build_array(%L::jsonb, %L::jsonb))$$,
+                            :'future', :'malformed'),
+    $$VALUES (0, 0, 1), (0, 0, 2)$$, 'a future row alone, then beside a row that does not cast');
+SET LOCAL TimeZone = 'Europe/Paris';
+SELECT results_eq(format($$SELECT * FROM sigledger.record_costs(jsonb_build_array(%L::jsonb, %L::jsonb))$$,
+                         :'future', :'malformed'),
+    $$VALUES (0, 0, 2)$$, 'the same in another TimeZone');
+RESET ROLE;
+SELECT is((SELECT count(*)::integer FROM sigledger.cost_quarantine WHERE idempotency_key = 'qr-future'), 1,
+          'one quarantine row for the future row');
+SELECT is((SELECT payload ->> 'created_at' FROM sigledger.cost_quarantine WHERE idempotency_key = 'qr-future'),
+          '2099-01-01T00:00:00+00:00', 'with the payload it was sent with');
 
 SELECT * FROM finish();
 ROLLBACK;

@@ -245,8 +245,14 @@ class Executor:
         )
         try:
             try:
-                cur = conn.execute(stmt.sql.encode("utf-8"))
-                rows = cur.fetchall() if cur.description else []
+                # in a READ ONLY transaction: the query only lists statements. One that writes (a data-modifying
+                # CTE, nextval, a row lock, a function that writes, DDL such as CREATE INDEX CONCURRENTLY) fails
+                # here with 25006 before anything is written, rather than writing again at every re-run of its
+                # resume point (tests/migrate/test_gexec.py)
+                with conn.transaction():
+                    conn.execute("SET TRANSACTION READ ONLY")
+                    cur = conn.execute(stmt.sql.encode("utf-8"))
+                    rows = cur.fetchall() if cur.description else []
             except RETRYABLE:
                 raise
             except psycopg.Error as exc:
