@@ -849,6 +849,7 @@ DECLARE
     v_to timestamptz;
     v_name text;
     v_count integer := 0;
+    v_lock text;
 BEGIN
     IF p_months_ahead IS NULL OR p_months_ahead < 0 OR p_months_ahead > 120 THEN
         RAISE EXCEPTION USING ERRCODE = '22023',
@@ -867,6 +868,27 @@ BEGIN
                 HINT = 'See docs/budgets.md, Partitioning: move the rows out of llm_cost_log_default.';
             CONTINUE;
         END IF;
+        -- CREATE ... PARTITION OF locks the parent, then DEFAULT (to check its rows), both ACCESS EXCLUSIVE. Waiting
+        -- for DEFAULT while holding the parent stops every ledger write; a session holding DEFAULT for long (a
+        -- CREATE INDEX CONCURRENTLY on it, as V8_101 runs, a VACUUM, a query on the partition itself) made that
+        -- lock_timeout (5 s) of stalled writes at every sweep, then 55P03. So: the parent first, waiting at most
+        -- lock_timeout as before (55P03), then DEFAULT without waiting; DEFAULT busy: nothing more is created
+        -- now (the parent's lock is released with the block), a WARNING says so, and the next sweep tries again.
+        v_lock := 'parent';
+        BEGIN
+            LOCK TABLE ONLY sigledger.llm_cost_log IN ACCESS EXCLUSIVE MODE;
+            v_lock := 'default';
+            LOCK TABLE ONLY sigledger.llm_cost_log_default IN ACCESS EXCLUSIVE MODE NOWAIT;
+        EXCEPTION WHEN lock_not_available THEN
+            IF v_lock = 'parent' THEN
+                RAISE;
+            END IF;
+            RAISE WARNING USING
+                MESSAGE = format('ledger partition %s not created: the DEFAULT partition is busy (an index build, a vacuum '
+                                 'or a query on it); the next sweep tries again', v_name),
+                HINT = 'See who holds sigledger.llm_cost_log_default: SELECT * FROM pg_locks WHERE relation = ''sigledger.llm_cost_log_default''::regclass.';
+            EXIT;
+        END;
         EXECUTE format('CREATE TABLE sigledger.%I PARTITION OF sigledger.llm_cost_log FOR VALUES FROM (%L) TO (%L)',
                        v_name, v_from, v_to);
         EXECUTE format('ALTER TABLE sigledger.%I ADD CONSTRAINT %I PRIMARY KEY (id)', v_name, v_name || '_pkey');
@@ -888,7 +910,8 @@ ALTER FUNCTION sigledger._ensure_ledger_partitions(p_months_ahead integer) OWNER
 --
 
 COMMENT ON FUNCTION sigledger._ensure_ledger_partitions(p_months_ahead integer) IS 'Creates the missing monthly partitions of llm_cost_log from the current month to months_ahead months ahead
-(0..120); months whose rows sit in the DEFAULT partition are skipped with a WARNING. Returns how many it created.
+(0..120); months whose rows sit in the DEFAULT partition are skipped with a WARNING, and none is created while
+another session holds the DEFAULT partition (WARNING; since V8_104). Returns how many it created.
 SQLSTATE: 22023, 55P03';
 
 --
@@ -4773,7 +4796,8 @@ ALTER FUNCTION sigledger.ensure_ledger_partitions(p_months_ahead integer) OWNER 
 
 COMMENT ON FUNCTION sigledger.ensure_ledger_partitions(p_months_ahead integer) IS 'Creates the missing monthly partitions of the ledger from the current month to months_ahead (0..120, default 3)
 months ahead and returns how many it created (0 when they exist). A month whose rows already sit in the DEFAULT
-partition is skipped with a WARNING. Gives up with 55P03 after 5s if the ledger is locked.
+partition is skipped with a WARNING; while another session holds the DEFAULT partition (an index build, a
+vacuum) none is created (WARNING: the next sweep tries again). Gives up with 55P03 after 5s if the ledger is locked.
 SQLSTATE: 22023, 55P03';
 
 --

@@ -15,5 +15,6 @@ $$;
 COMMENT ON FUNCTION sigledger.ensure_ledger_partitions(integer) IS
 'Creates the missing monthly partitions of the ledger from the current month to months_ahead (0..120, default 3)
 months ahead and returns how many it created (0 when they exist). A month whose rows already sit in the DEFAULT
-partition is skipped with a WARNING. Gives up with 55P03 after 5s if the ledger is locked.
+partition is skipped with a WARNING; while another session holds the DEFAULT partition (an index build, a
+vacuum) none is created (WARNING: the next sweep tries again). Gives up with 55P03 after 5s if the ledger is locked.
 SQLSTATE: 22023, 55P03';

@@ -37,3 +37,13 @@ LOCK TABLE ONLY sigledger.llm_cost_log IN ACCESS EXCLUSIVE MODE;
 LOCK TABLE sigledger.llm_cost_log IN ACCESS EXCLUSIVE MODE NOWAIT;
 DROP INDEX IF EXISTS sigledger.llm_cost_log_created_at_id_idx;
 COMMIT;
+
+-- Last: a partition's (created_at, id) index that no parent holds (an INVALID leftover of an up of V8_101
+-- that failed half way: dropping the parent index drops only the attached ones) is dropped, concurrently.
+SELECT format('DROP INDEX CONCURRENTLY IF EXISTS sigledger.%I', c.relname)
+  FROM pg_index x JOIN pg_class c ON c.oid = x.indexrelid
+ WHERE x.indrelid IN (SELECT i.inhrelid FROM pg_inherits i WHERE i.inhparent = 'sigledger.llm_cost_log'::regclass)
+   AND c.relname LIKE '%\_created\_at\_id\_idx'
+   AND NOT EXISTS (SELECT FROM pg_inherits h WHERE h.inhrelid = c.oid)
+ ORDER BY c.relname
+\gexec

@@ -160,7 +160,9 @@ def test_the_index_swap_on_a_ledger_with_rows_in_every_kind_of_partition(db_dsn:
     verified(db_dsn)
 
 
-def test_a_half_failed_index_swap_is_repaired_by_running_it_again(db_dsn: str) -> None:
+def half_failed_up(db_dsn: str) -> dict[str, int]:
+    """V8_101 run on the rearranged ledger until the concurrent build on the DEFAULT partition times out (57014),
+    an application transaction holding a row of it open. Returns the rows per partition."""
     rows = at_v8_100_with_rows_in_every_kind_of_partition(db_dsn)
     blocker = psycopg.connect(db_dsn)
 
@@ -188,7 +190,12 @@ def test_a_half_failed_index_swap_is_repaired_by_running_it_again(db_dsn: str) -
         blocker.close()
     assert failure.value.sqlstate == "57014"
     [v8_101] = [r for r in history(db_dsn) if r[1] == "ledger_created_at_id"]
-    assert v8_101[3:6] == ("in_progress", 10, 4)  # the parent index made, the partitions' not
+    assert v8_101[3:6] == ("in_progress", 11, 4)  # the parent index made, the partitions' not
+    return rows
+
+
+def test_a_half_failed_index_swap_is_repaired_by_running_it_again(db_dsn: str) -> None:
+    rows = half_failed_up(db_dsn)
 
     with psycopg.connect(db_dsn, autocommit=True) as conn:
         half = ledger_indexes(conn)
@@ -218,7 +225,7 @@ def test_a_half_failed_index_swap_is_repaired_by_running_it_again(db_dsn: str) -
 
     log: list[str] = []
     assert Migrator(db_dsn, log=log.append).up() == UP_FROM_V8_100
-    assert any(f"resuming {V8_101} at statement 5 of 10" in line for line in log), log
+    assert any(f"resuming {V8_101} at statement 5 of 11" in line for line in log), log
     assert any("llm_cost_log_default_created_at_id_idx is INVALID" in line for line in log), log
     with psycopg.connect(db_dsn, autocommit=True) as conn:
         swapped(conn)
@@ -232,3 +239,22 @@ def test_a_half_failed_index_swap_is_repaired_by_running_it_again(db_dsn: str) -
     verified(db_dsn)
     # every monthly partition alike: those of V4_004, of the sweep before and during the migration
     assert schema_dump(db_dsn).count("-- the objects of a monthly partition:") == 1
+
+
+def test_a_half_failed_index_swap_rolled_back_leaves_no_index_behind(db_dsn: str) -> None:
+    """The review's case: V8_101 failed half way, then rolled back instead of resumed. The DEFAULT partition's
+    INVALID index, attached to nothing, is not dropped with the parent index; the down file's last step drops
+    such leftovers, so verify is clean (before: `migrate verify` reported the INVALID index)."""
+    half_failed_up(db_dsn)
+    result = cli_process(["migrate", "down", "--to", "V8_100", "--dsn", db_dsn])
+    assert result.returncode == 0, result.stdout + result.stderr
+    with psycopg.connect(db_dsn, autocommit=True) as conn:
+        left = conn.execute(
+            "SELECT c.relname FROM pg_index x JOIN pg_class c ON c.oid = x.indexrelid"
+            " WHERE c.relnamespace = 'sigledger'::regnamespace AND c.relname LIKE '%%\\_created\\_at\\_id\\_idx'"
+        ).fetchall()
+    assert left == []
+    assert Migrator(db_dsn).verify() == []
+    # and up again from there
+    assert Migrator(db_dsn).up() == UP_FROM_V8_100
+    verified(db_dsn)
