@@ -107,9 +107,8 @@ def sweep(base: Path, grace: float = 10.0) -> list[Swept]:
             try:
                 fd = os.open(root / "owner", os.O_RDWR)
             except FileNotFoundError:
-                fd = (
-                    -1
-                )  # no owner file: made by a run that died before it wrote one (claims hold the base lock)
+                # no owner file: made by a run that died before it wrote one (claims hold the base lock)
+                fd = -1
             except OSError:
                 continue
             try:

@@ -38,7 +38,7 @@ def chart(results: list[dict[str, Any]], path: Path) -> None:
 
 
 def paired(r: dict[str, Any], b: dict[str, Any], key: str) -> list[float]:
-    """The ratio of a design to its baseline in each round of the run (both measured seconds apart in that
+    """The ratio of a design to its baseline in each round of the run (both measured in that
     round), for the rounds where both have the figure."""
     return [
         x[key] / y[key]
@@ -112,7 +112,7 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         "",
         "Ratios of the whole 3-s runs (each run opens new connections): the median of the rounds' paired ratios",
-        "(each design against its baseline run seconds apart in the same round) with their range, and the",
+        "(each design against its baseline run in the same round) with their range, and the",
         "best-of-the-rounds costs/s beside them; in the last three columns, the same once each client is past its",
         "first second (steady state: a new backend's first calls compile and plan; bench/budget/README.md,",
         "Steady state).",

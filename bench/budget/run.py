@@ -255,7 +255,7 @@ def measure(
                         else out["steady_tps"] * recorded / out["attempts"]
                     )
                     # every round's figures, for the paired ratios (present.ratios): a design and its baseline
-                    # run seconds apart in each round, so a neighbour's load hits both of a pair alike
+                    # run in the same round, so a drift of a neighbour's load between rounds hits both of a pair alike
                     rounds.setdefault(design, []).append(
                         {
                             "goodput": round(recorded / duration, 1),

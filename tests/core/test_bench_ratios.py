@@ -1,5 +1,5 @@
 """The budget benchmark's verdicts (bench/budget/present.py): a ratio is the median of the rounds' paired
-ratios, a design against the baseline run seconds apart in the same round, not the best run of each (which on
+ratios, a design against the baseline run in the same round, not the best run of each (which on
 a shared machine can come from different moments). Pure logic: no server."""
 
 from __future__ import annotations

@@ -20,16 +20,11 @@ from tests.migrate.helpers import cli_process, history
 
 V8_101 = "V8_101__ledger_created_at_id"
 # what `up` runs from V8_100: V8_101 and the versions after it, then the repeatable that always runs
-_LABELS = [m.label for m in discover_migrations(migrations_dir())]
+_MIGRATIONS = discover_migrations(migrations_dir())
+_LABELS = [m.label for m in _MIGRATIONS]
 UP_FROM_V8_100 = [*_LABELS[_LABELS.index(V8_101) :], "repeatable 900_grants.sql"]
 # the line of V8_101's \gexec query (the partitions' builds), which the runner's messages name
-GEXEC_LINE = next(
-    s.line
-    for m in discover_migrations(migrations_dir())
-    if m.label == V8_101
-    for s in m.up.statements
-    if s.gexec
-)
+GEXEC_LINE = next(s.line for m in _MIGRATIONS if m.label == V8_101 for s in m.up.statements if s.gexec)
 AGENT = "00000000-0000-0000-0000-0000000000d1"
 
 
