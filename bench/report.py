@@ -42,6 +42,8 @@ BUDGET_LABELS = {
     "b_bare_record_sliced32": "bare SQL on a random slice of 32",
     "b_raw_update": "raw single-row UPDATE",
     "c_seed": "seed NOWAIT",
+    "f_floor_reserve_settle": "bare writes in PL/pgSQL functions",
+    "f_floor_record": "bare writes in a PL/pgSQL function",
 }
 
 

@@ -2941,8 +2941,7 @@ BEGIN
                           fr.slices IS NULL AND (s.next_alert_usd IS NULL OR s.spent_usd >= s.next_alert_usd) AS crossed
             )
             SELECT fr.ledger_id, fr.agent_id, fr.estimate_usd, fr.budget_ids, fr.period_starts, fr.slices,
-                   (SELECT count(*) FROM fl) AS written, fs.budget_id AS charged, fs.period_start, fs.spent_usd,
-                   fs.crossed,
+                   fs.budget_id AS charged, fs.period_start, fs.spent_usd, fs.crossed,
                    -- a sliced period: its spend summed for its alerts, the charged slice as the UPDATE left it
                    -- (when it waited for another session's charge to that slice, the row it re-checked includes
                    -- that charge, which the statement's snapshot does not), the other slices as of this statement
@@ -2952,7 +2951,8 @@ BEGIN
                                  AND x.slice <> fs.slice) + fs.spent_usd
                    END AS sliced_spent
               INTO r
-              FROM (SELECT 1) one LEFT JOIN fr ON true LEFT JOIN fs ON true;
+              -- (no reservation settled, no row: the INTO sets r to NULLs)
+              FROM fr LEFT JOIN fs ON true;
             IF r.agent_id IS NOT NULL THEN
                 IF r.charged IS NULL THEN
                     -- several levels, slices, or a cost beyond the slice's room: level by level
@@ -4348,6 +4348,8 @@ DECLARE
     b_slices integer;
     b_limit numeric;
     b_thresholds numeric[];
+    f_spent numeric;
+    f_crossed boolean;
 BEGIN
     IF p_agent_id IS NULL THEN
         RAISE EXCEPTION USING ERRCODE = '22004', MESSAGE = 'agent_id must not be NULL';
@@ -4387,15 +4389,14 @@ BEGIN
               FROM s
             RETURNING id
         )
-        SELECT s.budget_id, s.period_start, s.remaining, s.spent_usd, s.version, (SELECT l.id FROM l) AS ledger_id,
-               s.crossed
-          INTO v FROM s;
+        -- (into the OUT columns and scalars: a record target costs a row descriptor and a copy per call)
+        SELECT true, s.remaining, s.version, (SELECT l.id FROM l), s.budget_id, s.period_start, s.spent_usd, s.crossed
+          INTO allowed, remaining_usd, version, ledger_id, b_id, b_period, f_spent, f_crossed FROM s;
         IF FOUND THEN
-            IF v.crossed THEN
+            IF f_crossed THEN
                 -- the spend reached the period's next alert boundary (next_alert_usd; or it is not known yet)
-                v_alerts := _spend_crossed(v.budget_id, v.period_start, v.spent_usd - v_cost, v.spent_usd);
+                v_alerts := _spend_crossed(b_id, b_period, f_spent - v_cost, f_spent);
             END IF;
-            allowed := true; remaining_usd := v.remaining; version := v.version; ledger_id := v.ledger_id;
             RETURN NEXT;
             RETURN;
         END IF;
@@ -6737,11 +6738,13 @@ BEGIN
         v_tokens := _assert_tokens('output_tokens', p_output_tokens);
     END IF;
     -- printable ASCII without surrounding spaces (at most 200 characters) is canonical as it is; anything else
-    -- goes through the text rules, and their canonical form is what the ledger stores (005_text.sql)
-    IF p_model IS NULL OR NOT (p_model ~ '^[!-~]([ -~]*[!-~])?$' AND length(p_model) <= 200) THEN
+    -- goes through the text rules, and their canonical form is what the ledger stores (005_text.sql). Both
+    -- values are tested by one match (a regular expression's execution costs more than its test; a line feed
+    -- is in neither plain value), and the helpers name the value that fails.
+    IF p_model IS NULL OR p_provider IS NULL
+       OR NOT ((p_model || E'\n' || p_provider) ~ '^[!-~]([ -~]*[!-~])?\n[!-~]([ -~]*[!-~])?$'
+               AND length(p_model) <= 200 AND length(p_provider) <= 200) THEN
         p_model := _assert_text('model', p_model);
-    END IF;
-    IF p_provider IS NULL OR NOT (p_provider ~ '^[!-~]([ -~]*[!-~])?$' AND length(p_provider) <= 200) THEN
         p_provider := _assert_text('provider', p_provider);
     END IF;
     IF p_metadata IS NOT NULL AND jsonb_typeof(p_metadata) <> 'object' THEN

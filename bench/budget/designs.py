@@ -17,6 +17,9 @@ DESIGNS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "b_bare_record_sliced32": ("bare SQL, record writes on a random slice of 32", "ledger", ("hot",)),
     "b_raw_update": ("raw single-row UPDATE", "tx", ("hot",)),
     "c_seed": ("seed NOWAIT + version", "seed", ("hot", "spread")),
+    # the floor of any PL/pgSQL design: the bare writes inside empty functions shaped like sigledger's
+    "f_floor_reserve_settle": ("bare writes in PL/pgSQL functions, reserve+settle", "ledger", ("spread",)),
+    "f_floor_record": ("bare writes in a PL/pgSQL function, record", "ledger", ("spread",)),
 }
 # the hot agent's budget is split over 8 slices (the probe) and over 32 (one per client at 32 clients):
 # the sliced designs run one script with the slice count as a pgbench variable (bench.sliced has one agent
@@ -36,8 +39,8 @@ VARIABLES: dict[str, dict[str, str]] = {
 }
 # each design's baselines of the same run: (baseline design, target ratio or None)
 BASELINES: dict[str, list[tuple[str, float | None]]] = {
-    "a_reserve_settle": [("b_bare_reserve_settle", 0.8), ("c_seed", None)],
-    "a_check_and_record": [("b_bare_record", 0.8), ("c_seed", 1.0)],
+    "a_reserve_settle": [("b_bare_reserve_settle", 0.8), ("c_seed", None), ("f_floor_reserve_settle", None)],
+    "a_check_and_record": [("b_bare_record", 0.8), ("c_seed", 1.0), ("f_floor_record", None)],
     "a_reserve_settle_sliced": [("b_raw_update", 2.0), ("a_reserve_settle", None)],
     "a_check_and_record_sliced": [
         ("b_raw_update", 2.0),
@@ -54,6 +57,9 @@ BASELINES: dict[str, list[tuple[str, float | None]]] = {
     "b_bare_record_sliced": [("b_raw_update", None)],
     "b_bare_record_sliced32": [("b_raw_update", None)],
     "c_seed": [("b_bare_record", None)],
+    # what a PL/pgSQL function shaped like sigledger's costs before it checks anything
+    "f_floor_reserve_settle": [("b_bare_reserve_settle", None)],
+    "f_floor_record": [("b_bare_record", None)],
 }
 OVERSPEND: dict[str, str] = {
     "a_reserve_settle": "os_a_reserve_settle.sql",

@@ -54,3 +54,65 @@ BEGIN
 EXCEPTION WHEN SQLSTATE 'SLB01' THEN
     RETURN 0;
 END $$;
+
+-- The floor of any PL/pgSQL design (bench/budget/README.md, Sixth pass): the bare writes of b_bare_*.sql inside
+-- functions shaped like sigledger's (PL/pgSQL, SECURITY DEFINER, the same SET clauses, result columns and
+-- arguments), with nothing else: no validation, no idempotency key test, no guard, no alert boundary, no price.
+-- The budget found from the agent (the bare scripts read it from bench.agents), the reservation's agent and
+-- budget from its row, as the functions must.
+CREATE FUNCTION bench.floor_reserve(p_agent_id uuid, p_estimate_usd numeric, p_ttl interval DEFAULT interval '10 minutes',
+                                    p_idempotency_key text DEFAULT NULL)
+RETURNS TABLE (reservation_id bigint, remaining_usd numeric, expires_at timestamptz, fail_policy text, replayed boolean)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = sigledger, pg_temp SET lock_timeout = '5s' AS $$
+BEGIN
+    WITH b AS (SELECT x.id FROM budget x WHERE x.agent_id = p_agent_id), r AS (
+        INSERT INTO budget_reservation (idempotency_key, agent_id, estimate_usd, budget_ids, period_starts, expires_at)
+        SELECT 'auto:' || gen_random_uuid(), p_agent_id, p_estimate_usd, ARRAY[b.id],
+               ARRAY[timestamptz '1970-01-01 00:00:00+00'], now() + p_ttl
+          FROM b
+        RETURNING id
+    ), s AS (
+        UPDATE budget_spend SET reserved_usd = reserved_usd + p_estimate_usd
+         WHERE budget_id = (SELECT b.id FROM b) AND period_start = timestamptz '1970-01-01 00:00:00+00'
+    )
+    SELECT r.id INTO reservation_id FROM r;
+    RETURN NEXT;
+END $$;
+CREATE FUNCTION bench.floor_settle(p_reservation_id bigint, p_actual_usd numeric DEFAULT NULL, p_input_tokens bigint DEFAULT 0,
+                                   p_output_tokens bigint DEFAULT 0, p_model text DEFAULT 'unspecified',
+                                   p_provider text DEFAULT 'unspecified', p_metadata jsonb DEFAULT '{}'::jsonb)
+RETURNS TABLE (ledger_id bigint, reservation_id bigint, estimate_usd numeric, actual_usd numeric, overrun_usd numeric,
+               replayed boolean)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = sigledger, pg_temp SET lock_timeout = '5s' AS $$
+BEGIN
+    WITH r AS (SELECT br.agent_id, br.budget_ids FROM budget_reservation br WHERE br.id = p_reservation_id), l AS (
+        INSERT INTO llm_cost_log (idempotency_key, agent_id, provider, model, tokens_input, tokens_output, cost_usd,
+                                  reservation_id, charged_at)
+        SELECT 'reservation:' || p_reservation_id, r.agent_id, p_provider, p_model, p_input_tokens, p_output_tokens,
+               p_actual_usd, p_reservation_id, now()
+          FROM r
+        RETURNING id
+    ), s AS (
+        UPDATE budget_spend SET spent_usd = spent_usd + p_actual_usd, reserved_usd = reserved_usd - p_actual_usd
+         WHERE budget_id = (SELECT r.budget_ids[1] FROM r) AND period_start = timestamptz '1970-01-01 00:00:00+00'
+    )
+    UPDATE budget_reservation br
+       SET state = 'settled', closed_at = now(), actual_usd = p_actual_usd, overrun_usd = 0, ledger_id = (SELECT l.id FROM l)
+     WHERE br.id = p_reservation_id;
+    RETURN NEXT;
+END $$;
+CREATE FUNCTION bench.floor_record(p_agent_id uuid, p_cost_usd numeric, p_expected_version bigint DEFAULT NULL,
+                                   p_nowait boolean DEFAULT false)
+RETURNS TABLE (allowed boolean, remaining_usd numeric, version bigint, ledger_id bigint)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = sigledger, pg_temp SET lock_timeout = '5s' AS $$
+BEGIN
+    WITH l AS (
+        INSERT INTO llm_cost_log (idempotency_key, agent_id, provider, model, cost_usd, charged_at)
+        VALUES ('bare:' || gen_random_uuid(), p_agent_id, 'unspecified', 'unspecified', p_cost_usd, now())
+    )
+    UPDATE budget_spend SET spent_usd = spent_usd + p_cost_usd
+     WHERE budget_id = (SELECT x.id FROM budget x WHERE x.agent_id = p_agent_id)
+       AND period_start = timestamptz '1970-01-01 00:00:00+00';
+    allowed := true;
+    RETURN NEXT;
+END $$;

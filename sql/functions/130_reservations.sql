@@ -299,11 +299,13 @@ BEGIN
         v_tokens := _assert_tokens('output_tokens', p_output_tokens);
     END IF;
     -- printable ASCII without surrounding spaces (at most 200 characters) is canonical as it is; anything else
-    -- goes through the text rules, and their canonical form is what the ledger stores (005_text.sql)
-    IF p_model IS NULL OR NOT (p_model ~ '^[!-~]([ -~]*[!-~])?$' AND length(p_model) <= 200) THEN
+    -- goes through the text rules, and their canonical form is what the ledger stores (005_text.sql). Both
+    -- values are tested by one match (a regular expression's execution costs more than its test; a line feed
+    -- is in neither plain value), and the helpers name the value that fails.
+    IF p_model IS NULL OR p_provider IS NULL
+       OR NOT ((p_model || E'\n' || p_provider) ~ '^[!-~]([ -~]*[!-~])?\n[!-~]([ -~]*[!-~])?$'
+               AND length(p_model) <= 200 AND length(p_provider) <= 200) THEN
         p_model := _assert_text('model', p_model);
-    END IF;
-    IF p_provider IS NULL OR NOT (p_provider ~ '^[!-~]([ -~]*[!-~])?$' AND length(p_provider) <= 200) THEN
         p_provider := _assert_text('provider', p_provider);
     END IF;
     IF p_metadata IS NOT NULL AND jsonb_typeof(p_metadata) <> 'object' THEN

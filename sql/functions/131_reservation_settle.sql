@@ -157,8 +157,7 @@ BEGIN
                           fr.slices IS NULL AND (s.next_alert_usd IS NULL OR s.spent_usd >= s.next_alert_usd) AS crossed
             )
             SELECT fr.ledger_id, fr.agent_id, fr.estimate_usd, fr.budget_ids, fr.period_starts, fr.slices,
-                   (SELECT count(*) FROM fl) AS written, fs.budget_id AS charged, fs.period_start, fs.spent_usd,
-                   fs.crossed,
+                   fs.budget_id AS charged, fs.period_start, fs.spent_usd, fs.crossed,
                    -- a sliced period: its spend summed for its alerts, the charged slice as the UPDATE left it
                    -- (when it waited for another session's charge to that slice, the row it re-checked includes
                    -- that charge, which the statement's snapshot does not), the other slices as of this statement
@@ -168,7 +167,8 @@ BEGIN
                                  AND x.slice <> fs.slice) + fs.spent_usd
                    END AS sliced_spent
               INTO r
-              FROM (SELECT 1) one LEFT JOIN fr ON true LEFT JOIN fs ON true;
+              -- (no reservation settled, no row: the INTO sets r to NULLs)
+              FROM fr LEFT JOIN fs ON true;
             IF r.agent_id IS NOT NULL THEN
                 IF r.charged IS NULL THEN
                     -- several levels, slices, or a cost beyond the slice's room: level by level

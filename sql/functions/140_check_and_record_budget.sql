@@ -56,6 +56,8 @@ DECLARE
     b_slices integer;
     b_limit numeric;
     b_thresholds numeric[];
+    f_spent numeric;
+    f_crossed boolean;
 BEGIN
     IF p_agent_id IS NULL THEN
         RAISE EXCEPTION USING ERRCODE = '22004', MESSAGE = 'agent_id must not be NULL';
@@ -95,15 +97,14 @@ BEGIN
               FROM s
             RETURNING id
         )
-        SELECT s.budget_id, s.period_start, s.remaining, s.spent_usd, s.version, (SELECT l.id FROM l) AS ledger_id,
-               s.crossed
-          INTO v FROM s;
+        -- (into the OUT columns and scalars: a record target costs a row descriptor and a copy per call)
+        SELECT true, s.remaining, s.version, (SELECT l.id FROM l), s.budget_id, s.period_start, s.spent_usd, s.crossed
+          INTO allowed, remaining_usd, version, ledger_id, b_id, b_period, f_spent, f_crossed FROM s;
         IF FOUND THEN
-            IF v.crossed THEN
+            IF f_crossed THEN
                 -- the spend reached the period's next alert boundary (next_alert_usd; or it is not known yet)
-                v_alerts := _spend_crossed(v.budget_id, v.period_start, v.spent_usd - v_cost, v.spent_usd);
+                v_alerts := _spend_crossed(b_id, b_period, f_spent - v_cost, f_spent);
             END IF;
-            allowed := true; remaining_usd := v.remaining; version := v.version; ledger_id := v.ledger_id;
             RETURN NEXT;
             RETURN;
         END IF;
