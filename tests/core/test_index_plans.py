@@ -24,8 +24,10 @@ predicate.
 An agent's open reservations (budget_status's count, open_reservations of one agent) were read the same way:
 `agent_id = $1 AND state = 'open'` by a scan of every agent's open reservations with the agent as a filter.
 Those reads are worth an index (V8_102: the agent's open reservations in expiry order), and open_reservations
-names the agent in a statement of its own, so that its generic plan can use it. And the dead outbox rows
-(`idx_outbox_dead`): _graph_dead_retry and _graph_dead_purge given ids scanned every dead row.
+names the agent in a statement of its own, so that its generic plan can use it. So were an agent's overruns
+(overrun_report of one agent: every agent's overruns of the range, the agent a filter), now read from an index of
+their own (V8_106) by a statement of their own. And the dead outbox rows (`idx_outbox_dead`): _graph_dead_retry
+and _graph_dead_purge given ids scanned every dead row.
 
 And for the ledger: a replay (record_costs, record_cost) finds the stored row of a key by (id, created_at). With an
 index on created_at alone the planner may answer that by it, id only a filter (a cost tie with the partition's
@@ -43,6 +45,7 @@ from collections.abc import Callable
 from decimal import Decimal
 from statistics import median
 from typing import Any
+from uuid import UUID
 
 import psycopg
 import pytest
@@ -202,6 +205,49 @@ def test_an_agents_open_reservations_are_read_by_the_agent_not_from_all_open_one
     # the work of a call does not grow with the other agents' open reservations
     assert median(after) <= median(before) + 10, (
         f"{call}: buffers per call with {FEW} open {before}, {FEW + MANY} {after}"
+    )
+
+
+def overruns(conn: psycopg.Connection[Any], agent: str, n: int) -> list[int]:
+    """n reservations of agent settled above their estimate (0.01 held, 0.02 spent)."""
+    return [
+        int(r[0])
+        for r in conn.execute(
+            "SELECT s.reservation_id FROM unnest(%s::bigint[]) r(id),"
+            " LATERAL sigledger.settle_budget(r.id, 0.02) s ORDER BY 1",
+            (reserve(conn, agent, n),),
+        ).fetchall()
+    ]
+
+
+def test_an_agents_overruns_are_read_by_the_agent_not_from_all_overruns(db_dsn: str) -> None:
+    """overrun_report of one agent: `overrun_usd > 0 AND closed_at in the range AND (p_agent_id IS NULL OR
+    agent_id = p_agent_id)`. That test of the agent keeps every plan (the generic one always) off an index on
+    the agent: the range was read from budget_reservation_overrun_closed_idx (every agent's overruns), the
+    agent a filter: O(overruns of all agents in the range) per call."""
+    sql = "SELECT * FROM sigledger.overrun_report(now() - interval '1 hour', now() + interval '1 hour', %s::uuid)"
+    with psycopg.connect(db_dsn, autocommit=True) as conn:
+        conn.execute("ALTER TABLE sigledger.budget_reservation SET (autovacuum_enabled = false)")
+        agent, others = (
+            str(conn.execute("SELECT sigledger.create_agent(%s, 1000000)", (name,)).fetchone()[0])  # type: ignore[index]
+            for name in ("plans", "plans others")
+        )
+        # statistics taken before any overrun (a settlement within its estimate): the partial index of the
+        # overruns looks empty to the planner
+        conn.execute("SELECT * FROM sigledger.settle_budget(%s, 0.01)", (reserve(conn, agent, 1)[0],))
+        conn.execute("VACUUM ANALYZE sigledger.budget_reservation")
+        mine = overruns(conn, agent, 5)
+        phases = []
+        for n in (FEW, MANY):
+            overruns(conn, others, n)
+            # the call does what it says (the counts are of real work)
+            rows = conn.execute(sql, (agent,)).fetchall()
+            assert sorted(r[0] for r in rows) == mine and {r[1] for r in rows} == {UUID(agent)}
+            phases.append(per_call(db_dsn, [(sql, (agent,))] * 10))
+    before, after = phases
+    # the work of a call does not grow with the other agents' overruns
+    assert median(after) <= median(before) + 10, (
+        f"overrun_report: buffers per call with {FEW} overruns of others {before}, {FEW + MANY} {after}"
     )
 
 
