@@ -312,5 +312,6 @@ COMMENT ON FUNCTION sigledger.fire_missed_alerts(interval) IS
 'Fires the alerts that sliced budget periods reached without firing (two concurrent charges on two slices that
 reach a threshold together each see only their own uncommitted charge) and returns how many: thresholds reached
 by the committed spend of each period that began at most lookback (default 1 day, 0..400 days) before the
-current one and not yet alerted. `sigledger budget sweep` runs it every iteration; with pg_cron, schedule it.
+current one and not yet alerted. `sigledger budget sweep` runs it every iteration and `sigledger budget watch
+--webhook` every minute (--fire-missed-every); with pg_cron, schedule it.
 SQLSTATE: 22023, 55P03';

@@ -61,8 +61,35 @@ def test_v4_004_partitions_a_ledger_with_rows(empty_db_dsn: str) -> None:
                        %s)""",
             (agent, old_ids[0]),
         )
+        # a reservation released, then its cost recorded under its key (record_cost of an expired or released
+        # hold): both written before the key registry existed
+        released = conn.execute(
+            """INSERT INTO sigledger.budget_reservation (idempotency_key, agent_id, estimate_usd, budget_ids,
+                   period_starts, expires_at, state, closed_at)
+               VALUES ('old-released', %s, 1, '{1}', ARRAY[now()], now() + interval '1 hour', 'released', now())
+               RETURNING id""",
+            (agent,),
+        ).fetchone()[0]  # type: ignore[index]
+        released_row = conn.execute(
+            """INSERT INTO sigledger.llm_cost_log (idempotency_key, agent_id, model, provider, cost_usd,
+                   reservation_id, created_at)
+               VALUES ('reservation:' || %s, %s, 'm', 'p', 0.07, %s, now() - interval '40 days') RETURNING id""",
+            (released, agent, released),
+        ).fetchone()[0]  # type: ignore[index]
     migrator.up()
     assert migrator.verify() == []
+    with psycopg.connect(empty_db_dsn, autocommit=True) as conn:
+        # the backfilled registry holds each row's own created_at (_reservation_settle and _cost_insert read the
+        # row by the registry's id and created_at)
+        assert conn.execute(
+            "SELECT count(*) FROM sigledger.llm_cost_log_key k JOIN sigledger.llm_cost_log l"
+            " ON l.id = k.ledger_id AND l.created_at = k.created_at AND l.idempotency_key = k.idempotency_key"
+        ).fetchone() == (6,)
+        # the cost recorded again under the released reservation's key: a replay of the old row
+        replayed = conn.execute(
+            "SELECT sigledger.record_cost('reservation:' || %s, %s, 'm', 'p', 1, 1, 0.07)", (released, agent)
+        ).fetchone()
+        assert replayed == (released_row,)
     with psycopg.connect(empty_db_dsn, autocommit=True) as conn:
         assert conn.execute(
             "SELECT relkind FROM pg_class WHERE oid = 'sigledger.llm_cost_log'::regclass"
@@ -70,8 +97,8 @@ def test_v4_004_partitions_a_ledger_with_rows(empty_db_dsn: str) -> None:
         rows = conn.execute(
             "SELECT id, tableoid::regclass::text FROM sigledger.llm_cost_log ORDER BY id"
         ).fetchall()
-        assert rows == [(i, "sigledger.llm_cost_log_legacy") for i in sorted(old_ids)]
-        assert conn.execute("SELECT count(*) FROM sigledger.llm_cost_log_key").fetchone() == (5,)
+        assert rows == [(i, "sigledger.llm_cost_log_legacy") for i in sorted([*old_ids, released_row])]
+        assert conn.execute("SELECT count(*) FROM sigledger.llm_cost_log_key").fetchone() == (6,)
         replay = conn.execute(
             "SELECT sigledger.record_cost('old-3', %s, 'm', 'p', 1, 1, 0.03)", (agent,)
         ).fetchone()
@@ -85,7 +112,7 @@ def test_v4_004_partitions_a_ledger_with_rows(empty_db_dsn: str) -> None:
         assert conn.execute(
             "SELECT relkind FROM pg_class WHERE oid = 'sigledger.llm_cost_log'::regclass"
         ).fetchone() == ("r",)
-        assert conn.execute("SELECT count(*), max(id) FROM sigledger.llm_cost_log").fetchone() == (6, new[0])
+        assert conn.execute("SELECT count(*), max(id) FROM sigledger.llm_cost_log").fetchone() == (7, new[0])
         assert conn.execute("SELECT to_regclass('sigledger.llm_cost_log_key')").fetchone() == (None,)
         after = conn.execute(
             """INSERT INTO sigledger.llm_cost_log (idempotency_key, agent_id, model, provider, cost_usd)

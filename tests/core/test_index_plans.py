@@ -24,14 +24,18 @@ predicate.
 An agent's open reservations (budget_status's count, open_reservations of one agent) were read the same way:
 `agent_id = $1 AND state = 'open'` by a scan of every agent's open reservations with the agent as a filter.
 Those reads are worth an index (V8_102: the agent's open reservations in expiry order), and open_reservations
-names the agent in a statement of its own, so that its generic plan can use it. And the dead outbox rows
-(`idx_outbox_dead`): _graph_dead_retry and _graph_dead_purge given ids scanned every dead row.
+names the agent in a statement of its own, so that its generic plan can use it. So were an agent's overruns
+(overrun_report of one agent: every agent's overruns of the range, the agent a filter), now read from an index of
+their own (V8_106) by a statement of their own. And the dead outbox rows (`idx_outbox_dead`): _graph_dead_retry
+and _graph_dead_purge given ids scanned every dead row.
 
 And for the ledger: a replay (record_costs, record_cost) finds the stored row of a key by (id, created_at). With an
 index on created_at alone the planner may answer that by it, id only a filter (a cost tie with the partition's
 primary key; the order of the indexes decides, in the legacy partition for the created_at one), and every row of a
 record_costs batch shares one created_at: each lookup read the whole batch, a replay was O(batch^2). V8_101 made
-that index (created_at, id).
+that index (created_at, id). A row named by its id alone is looked for partition by partition (the ledger is
+partitioned by month): a cost recorded under a reservation's key after its hold was gone read its row after a
+probe of every month before the current one; named by (id, created_at) as values, only its partition is read.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from collections.abc import Callable
 from decimal import Decimal
 from statistics import median
 from typing import Any
+from uuid import UUID
 
 import psycopg
 import pytest
@@ -200,6 +205,49 @@ def test_an_agents_open_reservations_are_read_by_the_agent_not_from_all_open_one
     # the work of a call does not grow with the other agents' open reservations
     assert median(after) <= median(before) + 10, (
         f"{call}: buffers per call with {FEW} open {before}, {FEW + MANY} {after}"
+    )
+
+
+def overruns(conn: psycopg.Connection[Any], agent: str, n: int) -> list[int]:
+    """n reservations of agent settled above their estimate (0.01 held, 0.02 spent)."""
+    return [
+        int(r[0])
+        for r in conn.execute(
+            "SELECT s.reservation_id FROM unnest(%s::bigint[]) r(id),"
+            " LATERAL sigledger.settle_budget(r.id, 0.02) s ORDER BY 1",
+            (reserve(conn, agent, n),),
+        ).fetchall()
+    ]
+
+
+def test_an_agents_overruns_are_read_by_the_agent_not_from_all_overruns(db_dsn: str) -> None:
+    """overrun_report of one agent: `overrun_usd > 0 AND closed_at in the range AND (p_agent_id IS NULL OR
+    agent_id = p_agent_id)`. That test of the agent keeps every plan (the generic one always) off an index on
+    the agent: the range was read from budget_reservation_overrun_closed_idx (every agent's overruns), the
+    agent a filter: O(overruns of all agents in the range) per call."""
+    sql = "SELECT * FROM sigledger.overrun_report(now() - interval '1 hour', now() + interval '1 hour', %s::uuid)"
+    with psycopg.connect(db_dsn, autocommit=True) as conn:
+        conn.execute("ALTER TABLE sigledger.budget_reservation SET (autovacuum_enabled = false)")
+        agent, others = (
+            str(conn.execute("SELECT sigledger.create_agent(%s, 1000000)", (name,)).fetchone()[0])  # type: ignore[index]
+            for name in ("plans", "plans others")
+        )
+        # statistics taken before any overrun (a settlement within its estimate): the partial index of the
+        # overruns looks empty to the planner
+        conn.execute("SELECT * FROM sigledger.settle_budget(%s, 0.01)", (reserve(conn, agent, 1)[0],))
+        conn.execute("VACUUM ANALYZE sigledger.budget_reservation")
+        mine = overruns(conn, agent, 5)
+        phases = []
+        for n in (FEW, MANY):
+            overruns(conn, others, n)
+            # the call does what it says (the counts are of real work)
+            rows = conn.execute(sql, (agent,)).fetchall()
+            assert sorted(r[0] for r in rows) == mine and {r[1] for r in rows} == {UUID(agent)}
+            phases.append(per_call(db_dsn, [(sql, (agent,))] * 10))
+    before, after = phases
+    # the work of a call does not grow with the other agents' overruns
+    assert median(after) <= median(before) + 10, (
+        f"overrun_report: buffers per call with {FEW} overruns of others {before}, {FEW + MANY} {after}"
     )
 
 
@@ -567,4 +615,152 @@ def test_a_single_replay_finds_its_row_by_its_key_not_by_its_batch(db_dsn: str, 
         ).fetchone() == (LEDGER_FEW + LEDGER_MANY,)
     assert median(after) <= median(before) + 10, (
         f"{layout}: buffers per replay of a key of a {LEDGER_FEW}-row batch {before}, {LEDGER_MANY}-row {after}"
+    )
+
+
+# ---- the ledger's partitions: a stored row named by its key is read in its own partition ----------------------
+
+HISTORY_MONTHS = 60
+
+
+def ledger_history(conn: psycopg.Connection[Any], months: int, agent: str) -> None:
+    """A database that has run for `months` months since V4_004: a monthly partition for each of them, made by
+    _ensure_ledger_partitions in its month (here by hand, as it does: it only makes months ahead), each
+    holding a cost (written directly: older than the API's backdate window), and the legacy partition's bound
+    moved back to before them. The current month's partition exists (current_month_partitioned)."""
+    conn.execute(
+        f"""DO $$
+        DECLARE
+            v_month timestamp := date_trunc('month', now() AT TIME ZONE 'UTC');
+            v_first timestamptz := (v_month - make_interval(months => {months})) AT TIME ZONE 'UTC';
+            v_name text;
+        BEGIN
+            ALTER TABLE sigledger.llm_cost_log DETACH PARTITION sigledger.llm_cost_log_legacy;
+            ALTER TABLE sigledger.llm_cost_log_legacy DROP CONSTRAINT llm_cost_log_legacy_range;
+            EXECUTE format('ALTER TABLE sigledger.llm_cost_log_legacy ADD CONSTRAINT llm_cost_log_legacy_range '
+                           'CHECK (created_at < %L)', v_first);
+            FOR i IN 1 .. {months} LOOP
+                v_name := 'llm_cost_log_p' || to_char(v_month - make_interval(months => i), 'YYYYMM');
+                EXECUTE format('CREATE TABLE sigledger.%I PARTITION OF sigledger.llm_cost_log '
+                               'FOR VALUES FROM (%L) TO (%L)', v_name,
+                               (v_month - make_interval(months => i)) AT TIME ZONE 'UTC',
+                               (v_month - make_interval(months => i - 1)) AT TIME ZONE 'UTC');
+                EXECUTE format('ALTER TABLE sigledger.%I ADD CONSTRAINT %I PRIMARY KEY (id)', v_name, v_name || '_pkey');
+            END LOOP;
+            EXECUTE format('ALTER TABLE sigledger.llm_cost_log ATTACH PARTITION sigledger.llm_cost_log_legacy '
+                           'FOR VALUES FROM (MINVALUE) TO (%L)', v_first);
+        END
+        $$"""
+    )
+    conn.execute(
+        "INSERT INTO sigledger.llm_cost_log (idempotency_key, agent_id, model, provider, cost_usd, charged_at,"
+        " created_at)"
+        " SELECT 'history-' || i, %s::uuid, 'm', 'p', 0.001, t.at, t.at FROM generate_series(1, %s) i,"
+        " LATERAL (SELECT (date_trunc('month', now() AT TIME ZONE 'UTC') - make_interval(months => i)"
+        "                  + interval '1 day') AT TIME ZONE 'UTC' AS at) t",
+        (agent, months),
+    )
+
+
+# a cost recorded under a reservation's own key after its hold is gone (expired or released: 131_reservation_
+# settle.sql, mode 'record')
+PARTITION_CALLS: dict[str, Callable[[str, int], tuple[str, tuple[Any, ...]]]] = {
+    "record_cost": lambda agent, rid: (
+        "SELECT sigledger.record_cost(%s, %s::uuid, 'm', 'p', 1, 1, 0.01)",
+        (f"reservation:{rid}", agent),
+    ),
+    "record_costs": lambda agent, rid: (
+        "SELECT * FROM sigledger.record_costs(%s::jsonb)",
+        (
+            json.dumps(
+                [
+                    {
+                        "idempotency_key": f"reservation:{rid}",
+                        "agent_id": agent,
+                        "model": "m",
+                        "provider": "p",
+                        "input_tokens": 1,
+                        "output_tokens": 1,
+                        "cost_usd": "0.01",
+                    }
+                ]
+            ),
+        ),
+    ),
+}
+
+
+def closed_reservations(conn: psycopg.Connection[Any], agent: str, n: int) -> list[int]:
+    """n reservations whose hold is gone: every other one released, the others expired."""
+    rids = [
+        int(r[0])
+        for r in conn.execute(
+            "SELECT r.reservation_id FROM generate_series(1, %s) g,"
+            " LATERAL sigledger.reserve_budget(%s, 0.01 + 0 * g, interval '1 microsecond') r ORDER BY 1",
+            (n, agent),
+        ).fetchall()
+    ]
+    for rid in rids[::2]:
+        conn.execute("SELECT sigledger.release_budget(%s)", (rid,))
+    conn.execute("SELECT sigledger.expire_reservations()")
+    states = conn.execute(
+        "SELECT array_agg(state ORDER BY id) FROM sigledger.budget_reservation WHERE id = ANY (%s)", (rids,)
+    ).fetchone()[0]  # type: ignore[index]
+    assert states == ["released", "expired"] * (n // 2), states
+    return rids
+
+
+# (a first record_cost under the key reaches neither read: its key is not stored yet)
+@pytest.mark.parametrize(
+    ("call", "replay"),
+    [("record_cost", True), ("record_costs", False), ("record_costs", True)],
+    ids=["record_cost replay", "record_costs", "record_costs replay"],
+)
+def test_a_stored_ledger_row_is_read_in_its_own_partition(db_dsn: str, call: str, replay: bool) -> None:
+    """The ledger is partitioned by month of created_at (V4_004): a statement that names a ledger row by its id
+    alone looks for it in every partition, in partition order (the legacy one, the months, DEFAULT), until it
+    finds it, so a row of the current month was found after a probe of every month before it: its work grew
+    with the months the database has run. A cost recorded under a reservation's key after its hold was gone
+    read a row so twice: record_costs' test that it wrote the row (110_record_cost.sql), and
+    _reservation_settle's read of the key's stored row on a replay (131_reservation_settle.sql). Named by
+    (id, created_at) with created_at a value (the key registry's, or the one just written), the plan reads the
+    row's partition only."""
+    sql = PARTITION_CALLS[call]
+    with psycopg.connect(db_dsn, autocommit=True) as conn:
+        agent, past = (
+            str(conn.execute("SELECT sigledger.create_agent(%s, 1000000)", (name,)).fetchone()[0])  # type: ignore[index]
+            for name in ("partitions", "partitions history")
+        )
+        current_month_partitioned(conn)
+        phases = {}
+        for months in (0, HISTORY_MONTHS):
+            if months:
+                ledger_history(conn, months, past)
+            rids = closed_reservations(conn, agent, 10)
+            if replay:
+                for rid in rids:
+                    conn.execute(*sql(agent, rid))
+            # the call does what it says (the counts are of real work): its answer on the first reservation
+            answer = conn.execute(*sql(agent, rids[0])).fetchone()
+            if call == "record_costs":
+                assert answer == ((0, 1, 0) if replay else (1, 0, 0)), answer
+            phases[len(ledger_partitions(conn))] = per_call(db_dsn, [sql(agent, rid) for rid in rids[1:]])
+        current = conn.execute(
+            "SELECT array_agg(DISTINCT tableoid::regclass::text), count(*), count(DISTINCT reservation_id),"
+            " sum(cost_usd) FROM sigledger.llm_cost_log WHERE idempotency_key LIKE 'reservation:%%'"
+        ).fetchone()
+        month = conn.execute("SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYYMM')").fetchone()[0]  # type: ignore[index]
+        assert current == ([f"sigledger.llm_cost_log_p{month}"], 20, 20, Decimal("0.20")), current
+        history = conn.execute(
+            "SELECT count(DISTINCT tableoid) FROM sigledger.llm_cost_log WHERE idempotency_key LIKE 'history-%%'"
+        ).fetchone()
+        assert history == (HISTORY_MONTHS,)
+        spent = conn.execute(
+            "SELECT sum(spent_usd) FROM sigledger.budget_status(%s::uuid)", (agent,)
+        ).fetchone()
+        assert spent == (Decimal("0.20"),)
+    (few, before), (many, after) = sorted(phases.items())
+    # the work of a call does not grow with the months (a probe of each month's partition: ~1 buffer each)
+    assert median(after) <= median(before) + 10, (
+        f"{call}: buffers per call with {few} ledger partitions {before}, {many} {after}"
     )

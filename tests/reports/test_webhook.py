@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
 import psycopg
@@ -195,3 +196,136 @@ def test_a_forged_out_of_range_id_does_not_stop_delivery(db_dsn: str, receiver: 
         watcher.stop()
     assert set(_deliveries(db_dsn)) == {printed["alert_id"]} and printed["alert_id"] in state.acked()
     assert "Traceback" not in " ".join(watcher.drain_err())
+
+
+def _sliced_agent(dsn: str, name: str) -> str:
+    """An agent with a $1.00 budget split over 2 slices ($0.50 each), alerts at 50% and 80% (the period's rows
+    exist before the split, so its charges take the sliced statement: isolation spec budget_slices_alert_race)."""
+    with psycopg.connect(dsn, autocommit=True) as c:
+        agent = str(
+            c.execute(
+                "SELECT sigledger.create_agent(%s, 1.00, p_alert_thresholds => ARRAY[0.5, 0.8])", (name,)
+            ).fetchone()[0]  # type: ignore[index]
+        )
+        c.execute("SELECT allowed FROM sigledger.check_and_record_budget(%s, 0)", (agent,))
+        c.execute(
+            "SELECT sigledger.set_budget_slices((SELECT id FROM sigledger.budget WHERE agent_id = %s), 2)",
+            (agent,),
+        )
+    return agent
+
+
+def _charge_together(dsn: str, agent: str, cost: str) -> list[Decimal]:
+    """Two charges of cost, one on each slice (random() seeded: 0.6 takes slice 0, 0.1 slice 1), both open
+    before either commits: each sees its own slice as its update left it and the other as committed. Returns
+    the slices' spend."""
+    with (
+        psycopg.connect(dsn, autocommit=True) as s1,
+        psycopg.connect(dsn, autocommit=True) as s2,
+    ):
+        for session, seed in ((s1, 0.6), (s2, 0.1)):
+            session.execute("SELECT setseed(%s)", (seed,))
+            session.execute("BEGIN")
+        for session in (s1, s2):
+            allowed = session.execute(
+                "SELECT allowed FROM sigledger.check_and_record_budget(%s, %s::numeric)",
+                (agent, Decimal(cost)),
+            ).fetchone()
+            assert allowed == (True,)
+        for session in (s1, s2):
+            session.execute("COMMIT")
+        return [
+            r[0]
+            for r in s1.execute(
+                "SELECT s.spent_usd FROM sigledger.budget_spend s JOIN sigledger.budget b ON b.id = s.budget_id"
+                " WHERE b.agent_id = %s ORDER BY s.slice",
+                (agent,),
+            ).fetchall()
+        ]
+
+
+def _thresholds(dsn: str, agent: str) -> list[Decimal]:
+    with psycopg.connect(dsn, autocommit=True) as c:
+        return [
+            r[0]
+            for r in c.execute(
+                "SELECT a.threshold FROM sigledger.budget_alert a JOIN sigledger.budget b ON b.id = a.budget_id"
+                " WHERE b.agent_id = %s ORDER BY a.id",
+                (agent,),
+            ).fetchall()
+        ]
+
+
+def test_an_alert_two_slices_reached_together_is_delivered_by_the_watcher(
+    db_dsn: str, admin_dsn: str, receiver: tuple[Receiver, str]
+) -> None:
+    """Two concurrent charges on two slices of a budget that reach a threshold together each miss the other's
+    charge, so neither fires the alert (docs/budgets.md, Slices); fire_missed_alerts fires it from the committed
+    sums. The watcher runs it: when it starts (a miss while no watcher ran) and every --fire-missed-every
+    seconds (default 60), so a deployment that runs the watcher but no sweep or pg_cron gets the alert. Before,
+    only `budget sweep` ran it: the watcher never delivered such an alert."""
+    state, url = receiver
+    state.pattern = ["ok"]
+    agent = _sliced_agent(db_dsn, "wh-slices")
+    # 0.30 + 0.30 reaches 50% and neither charge fires it
+    assert _charge_together(db_dsn, agent, "0.30") == [Decimal("0.30"), Decimal("0.30")]
+    assert _thresholds(db_dsn, agent) == []
+    # the watcher (a login in sigledger_admin, as operations.md says) with its defaults: the missed alert on start
+    first = _watch(admin_dsn, url, "--count", "1")
+    try:
+        delivered = json.loads(first.line())
+        assert first.wait(timeout=60) == 0, first.drain_err()
+    finally:
+        first.stop()
+    assert (delivered["agent"], delivered["threshold"]) == ("wh-slices", "0.5")
+    # a miss while a watcher runs: delivered at its next round of fire_missed_alerts
+    second = _watch(admin_dsn, url, "--count", "1", "--fire-missed-every", "0.5")
+    try:
+        # 0.45 + 0.45 reaches 80%: each charge sees 0.75
+        assert _charge_together(db_dsn, agent, "0.15") == [Decimal("0.45"), Decimal("0.45")]
+        delivered = json.loads(second.line())
+        assert second.wait(timeout=60) == 0, second.drain_err()
+    finally:
+        second.stop()
+    assert (delivered["agent"], delivered["threshold"]) == ("wh-slices", "0.8")
+    # each alert fired once (its unique key), delivered once
+    assert _thresholds(db_dsn, agent) == [Decimal("0.5"), Decimal("0.8")]
+    assert sorted(state.acked().values()) == [1, 1]
+    assert set(state.acked()) == set(_deliveries(db_dsn))
+
+
+def test_a_missed_alert_held_by_an_open_charge_does_not_stop_the_watcher(
+    db_dsn: str, admin_dsn: str, receiver: tuple[Receiver, str]
+) -> None:
+    """A charge that fires the missed alert in a transaction still open holds the alert's unique key: the
+    watcher's fire_missed_alerts waits for it at most its lock_timeout (5 s), then 55P03. The watcher says so and
+    goes on, and delivers the alert once that charge commits."""
+    state, url = receiver
+    state.pattern = ["ok"]
+    agent = _sliced_agent(db_dsn, "wh-slices-busy")
+    assert _charge_together(db_dsn, agent, "0.30") == [Decimal("0.30"), Decimal("0.30")]
+    with psycopg.connect(db_dsn, autocommit=True) as charge:
+        charge.execute("BEGIN")
+        charge.execute("SELECT allowed FROM sigledger.check_and_record_budget(%s, 0.01)", (agent,))
+        watcher = _watch(admin_dsn, url, "--count", "1")
+        try:
+            warning = watcher.wait_err("missed alerts not fired", timeout=60)
+            assert "55P03" in warning, warning
+            charge.execute("COMMIT")
+            delivered = json.loads(watcher.line())
+            assert watcher.wait(timeout=60) == 0, watcher.drain_err()
+        finally:
+            watcher.stop()
+    assert (delivered["agent"], delivered["threshold"], delivered["spent_usd"]) == (
+        "wh-slices-busy",
+        "0.5",
+        "0.61",
+    )
+    assert _thresholds(db_dsn, agent) == [Decimal("0.5")]
+    assert list(state.acked().values()) == [1]
+    assert "Traceback" not in " ".join(watcher.drain_err())
+
+
+def test_fire_missed_every_needs_the_webhook(db_dsn: str) -> None:
+    result = run(db_dsn, "budget", "watch", "--fire-missed-every", "10", "--count", "1")
+    assert result.exit_code == 2 and "--fire-missed-every needs --webhook" in result.output

@@ -137,6 +137,12 @@ def reconcile(repair: bool, fmt: str, dsn: str | None) -> None:
 @click.option(
     "--timeout", type=click.FloatRange(min=0.1), default=10, show_default=True, help="HTTP timeout (s)."
 )
+@click.option(
+    "--fire-missed-every",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="With --webhook: seconds between runs of fire_missed_alerts() (default 60; 0: never).",
+)
 @dsn_option
 def watch(
     replay: bool,
@@ -147,6 +153,7 @@ def watch(
     retries: int,
     backoff: float,
     timeout: float,
+    fire_missed_every: float | None,
     dsn: str | None,
 ) -> None:
     """Print budget alerts as they happen, one JSON document a line, starting from now.
@@ -155,9 +162,15 @@ def watch(
     or found is ignored with a warning). With --webhook, each alert is POSTed until the receiver answers 2xx
     (retries with exponential backoff), and what was delivered is remembered in the database under the
     sink's name: a restarted watcher delivers what is pending, at least once. --replay: also the stored
-    alerts (the webhook: every stored alert not yet delivered to it)."""
+    alerts (the webhook: every stored alert not yet delivered to it).
+
+    With --webhook the watcher also fires the alerts sliced budgets missed (two concurrent charges on two
+    slices that reach a threshold together), as `budget sweep` does: when it starts, then every
+    --fire-missed-every seconds, so they are delivered without a sweep or pg_cron."""
     if after is not None and not replay:
         raise click.UsageError("--after needs --replay")
+    if fire_missed_every is not None and webhook is None:
+        raise click.UsageError("--fire-missed-every needs --webhook")
     resolved = resolve_dsn(dsn)
 
     def warn(message: str) -> None:
@@ -180,6 +193,7 @@ def watch(
                 replay=replay,
                 count=count,
                 announce=lambda message: click.echo(message, err=True),
+                fire_missed_every=(60.0 if fire_missed_every is None else (fire_missed_every or None)),
             )
     finally:
         watcher.close()

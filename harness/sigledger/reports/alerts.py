@@ -8,6 +8,12 @@ Webhook mode delivers at least once: the sink's pending alerts come from the dat
 by id, so an alert whose transaction commits late is not skipped), each is POSTed with retries and backoff,
 and only an acknowledged (2xx) delivery is recorded (``alert_sink_delivered``). A crash between the POST and
 the record means one more POST after the restart, never a lost alert; receivers dedupe on ``alert_id``.
+
+Webhook mode also fires the alerts that sliced budgets missed (``fire_missed_alerts``: two concurrent charges on
+two slices that reach a threshold together each miss the other's), when it starts and then every
+``fire_missed_every`` seconds, so that a deployment running the watcher without a sweep or pg_cron still gets
+them. That function takes no spend-row lock and fires each alert once (the alert's unique key), so running it
+beside a sweep is harmless.
 """
 
 from __future__ import annotations
@@ -141,6 +147,18 @@ class Watcher:
             self.warn(f"ignored a notification naming alert {alert_id}, which does not exist")
         return document
 
+    def fire_missed(self) -> int | None:
+        """Fire the alerts sliced budgets missed; how many, or None with a warning when the call failed (an alert
+        row another transaction holds past the function's lock_timeout: 55P03; a statement timeout): the next
+        round tries again. A lost connection still stops the watcher."""
+        try:
+            return int(self._rows("SELECT sigledger.fire_missed_alerts()", ())[0][0])
+        except psycopg.Error as exc:
+            if self.conn.broken or self.conn.closed:
+                raise
+            self.warn(f"missed alerts not fired this round: [{exc.sqlstate}] {exc}")
+            return None
+
     def wait(self, timeout: float) -> list[int]:
         """Alert ids notified within timeout seconds (forged and malformed payloads warned about, dropped)."""
         ids = []
@@ -209,8 +227,11 @@ class Watcher:
         count: int | None,
         poll: float = 5.0,
         announce: Callable[[str], None] | None = None,
+        fire_missed_every: float | None = 60.0,
     ) -> int:
-        """Deliver the sink's pending alerts, then each new one, until count (None: forever)."""
+        """Deliver the sink's pending alerts, then each new one, until count (None: forever). Every
+        fire_missed_every seconds (the first time at once; None: never) the alerts sliced budgets missed are
+        fired first, and so delivered in that round."""
         opened = self._rows(
             "SELECT pending FROM sigledger.alert_sink_open(p_sink => %s::text, p_replay => %s::boolean)",
             (sink, replay),
@@ -219,7 +240,11 @@ class Watcher:
             announce(f"sink {sink}: {opened[0][0]} alert(s) pending")
         delivered = 0
         pause = 0.0
+        fire_at = time.monotonic()
         while count is None or delivered < count:
+            if fire_missed_every is not None and time.monotonic() >= fire_at:
+                self.fire_missed()
+                fire_at = time.monotonic() + fire_missed_every
             pending = self._rows(
                 "SELECT alert_id, document FROM sigledger.alert_sink_pending(p_sink => %s::text, p_limit => 100)",
                 (sink,),
@@ -248,6 +273,9 @@ class Watcher:
                 continue
             pause = 0.0
             if len(pending) < 100:
-                for alert_id in self.wait(poll):  # a wake-up; pending is read from the database anyway
+                timeout = poll
+                if fire_missed_every is not None:  # (woken in time for the next round of missed alerts)
+                    timeout = max(0.01, min(poll, fire_at - time.monotonic()))
+                for alert_id in self.wait(timeout):  # a wake-up; pending is read from the database anyway
                     self.notified(alert_id)
         return delivered
