@@ -38,9 +38,31 @@ END;
 $$;
 
 -- _spend_ensure: creates the rows of a period if they are missing: slice 0 with the whole cap, slices
--- 1..p_slices-1 with none (the first rebalance splits the room). All in one statement, so a period's slices
+-- 1..n-1 with none (the first rebalance splits the room). All in one statement, so a period's slices
 -- are created together: a concurrent first user waits for this INSERT and then finds them all. Returns the
 -- number of rows created (0 when they existed).
+--
+-- The cap of a new period is the budget's cap when the period is created, read from the budget row under FOR
+-- SHARE; p_cap (what the caller read at its start, without a lock) is used only when the row has no limit.
+-- Why the lock: a settings change (_budget_apply_settings, set_budget_slices: 120) takes the budget row FOR NO
+-- KEY UPDATE, changes it, and re-caps the period rows it can see. A creation that took its cap from an
+-- unlocked read could insert the old cap while the change ran (its rows uncommitted when the change looked, or
+-- inserted after the change committed) and commit it after the change: the period kept the stale cap until the
+-- next set_budget (isolation spec budget_period_create_vs_set_budget). FOR SHARE conflicts with FOR NO KEY
+-- UPDATE, so the two are ordered: a change that holds the row commits first and the creation reads its cap and
+-- slice count; a creation that holds the row commits first, and the change, waiting for it, then sees the rows
+-- and re-caps them. (A charge's foreign-key checks take FOR KEY SHARE, which conflicts with neither.)
+-- Only a creation pays for the lock: a period whose slice 0 is visible is not re-capped by it (its other
+-- slices are created with no cap, which leaves the period's total unchanged), so the common case, a period
+-- that exists, reads one index entry and takes no lock on the budget row.
+-- Lock order: the budget row comes right before its own spend rows in the global order (level, budget id,
+-- [budget row], period, slice): a settings change locks it and then the rows of the budget's current and
+-- future periods, so a caller must not hold a spend row of the same budget when it creates a period of it
+-- (40P01 with a settings change waiting for that row). A call charges one period per budget except the batches
+-- that charge costs of several days (record_costs: _record_costs_charge and its reserved-key branch) and
+-- reconcile_budgets: they create every missing period of a budget before they lock any of its rows.
+-- The lock is kept to commit, as every row lock: under READ COMMITTED (the default; under REPEATABLE READ the
+-- creation gets 40001 when a change committed after its snapshot, like any call that waited for a row).
 DROP FUNCTION IF EXISTS sigledger._spend_ensure(bigint, timestamptz, numeric);
 CREATE OR REPLACE FUNCTION sigledger._spend_ensure(p_budget_id bigint, p_period_start timestamptz, p_cap numeric,
                                                    p_slices integer DEFAULT 1)
@@ -50,10 +72,36 @@ SET search_path = sigledger, pg_temp
 AS $$
 DECLARE
     v_count integer;
+    v_found boolean;
+    v_cap numeric;
+    v_slices integer;
 BEGIN
+    -- the period exists (its slice 0 is visible): only the slices a raised count adds, with no cap, in the
+    -- statement that looks (one statement, as before, on the path of every short slice and every refusal)
+    WITH z AS (
+        SELECT EXISTS (SELECT 1 FROM sigledger.budget_spend s
+                        WHERE s.budget_id = p_budget_id AND s.period_start = p_period_start AND s.slice = 0) AS found
+    ), i AS (
+        INSERT INTO sigledger.budget_spend (budget_id, period_start, slice, cap_usd)
+        SELECT p_budget_id, p_period_start, g, 0
+          FROM generate_series(1, p_slices - 1) g
+         WHERE (SELECT z.found FROM z)
+        ON CONFLICT ON CONSTRAINT budget_spend_pkey DO NOTHING
+        RETURNING 1
+    )
+    SELECT z.found, (SELECT count(*) FROM i) INTO v_found, v_count FROM z;
+    IF v_found THEN
+        RETURN v_count;
+    END IF;
+    -- a new period (or one a concurrent first user is creating: the INSERT waits for it and then does nothing):
+    -- the cap and the slice count as of now, under the lock (the caller's count too, when higher: its slice
+    -- must exist; the rows above the budget's count drain)
+    SELECT b.limit_usd * (1 + b.grace_ratio), b.slices INTO v_cap, v_slices
+      FROM sigledger.budget b WHERE b.id = p_budget_id
+       FOR SHARE;
     INSERT INTO sigledger.budget_spend (budget_id, period_start, slice, cap_usd)
-    SELECT p_budget_id, p_period_start, g, CASE WHEN g = 0 THEN p_cap ELSE 0 END
-      FROM generate_series(0, greatest(p_slices, 1) - 1) g
+    SELECT p_budget_id, p_period_start, g, CASE WHEN g = 0 THEN coalesce(v_cap, p_cap) ELSE 0 END
+      FROM generate_series(0, greatest(v_slices, p_slices, 1) - 1) g
     ON CONFLICT ON CONSTRAINT budget_spend_pkey DO NOTHING;
     GET DIAGNOSTICS v_count = ROW_COUNT;
     RETURN v_count;
