@@ -37,32 +37,28 @@ BEGIN
 END;
 $$;
 
--- _spend_ensure: creates the rows of a period if they are missing: slice 0 with the whole cap, slices
--- 1..n-1 with none (the first rebalance splits the room). All in one statement, so a period's slices
--- are created together: a concurrent first user waits for this INSERT and then finds them all. Returns the
--- number of rows created (0 when they existed).
+-- _spend_ensure: creates the rows of a period if they are missing: slice 0 with the whole cap, slices 1..n-1
+-- with none (n: the budget's slice count, or p_slices when higher; the first rebalance splits the room). All in
+-- one statement, so a period's slices are created together: a concurrent first user waits for this INSERT and
+-- then finds them all. Returns the number of rows created (0 when they existed).
 --
--- The cap of a new period is the budget's cap when the period is created, read from the budget row under FOR
--- SHARE; p_cap (what the caller read at its start, without a lock) is used only when the row has no limit.
--- Why the lock: a settings change (_budget_apply_settings, set_budget_slices: 120) takes the budget row FOR NO
--- KEY UPDATE, changes it, and re-caps the period rows it can see. A creation that took its cap from an
--- unlocked read could insert the old cap while the change ran (its rows uncommitted when the change looked, or
--- inserted after the change committed) and commit it after the change: the period kept the stale cap until the
--- next set_budget (isolation spec budget_period_create_vs_set_budget). FOR SHARE conflicts with FOR NO KEY
--- UPDATE, so the two are ordered: a change that holds the row commits first and the creation reads its cap and
--- slice count; a creation that holds the row commits first, and the change, waiting for it, then sees the rows
--- and re-caps them. (A charge's foreign-key checks take FOR KEY SHARE, which conflicts with neither.)
--- Only a creation pays for the lock: a period whose slice 0 is visible is not re-capped by it (its other
--- slices are created with no cap, which leaves the period's total unchanged), so the common case, a period
--- that exists, reads one index entry and takes no lock on the budget row.
--- Lock order: the budget row comes right before its own spend rows in the global order (level, budget id,
--- [budget row], period, slice): a settings change locks it and then the rows of the budget's current and
--- future periods, so a caller must not hold a spend row of the same budget when it creates a period of it
--- (40P01 with a settings change waiting for that row). A call charges one period per budget except the batches
--- that charge costs of several days (record_costs: _record_costs_charge and its reserved-key branch) and
--- reconcile_budgets: they create every missing period of a budget before they lock any of its rows.
--- The lock is kept to commit, as every row lock: under READ COMMITTED (the default; under REPEATABLE READ the
--- creation gets 40001 when a change committed after its snapshot, like any call that waited for a row).
+-- The cap and n are the budget row's when the period is created, read under FOR SHARE; p_cap, what the caller
+-- read without a lock, only stands in when the row has no limit. Why: a settings change (_budget_apply_settings,
+-- set_budget_slices: 120) locks the budget row FOR NO KEY UPDATE, changes it and re-caps the period rows it can
+-- see. A creation from an unlocked read could insert the old cap meanwhile (its rows uncommitted when the change
+-- looked, or inserted after the change committed), and the period kept it until the next change (isolation
+-- spec budget_period_create_vs_set_budget). FOR SHARE conflicts with FOR NO KEY UPDATE (a charge's foreign-key
+-- checks, FOR KEY SHARE, with neither): whichever holds the row first commits first, and the other then reads
+-- the new cap, or sees the new rows and re-caps them.
+-- Only a creation takes the lock: a period whose slice 0 is visible keeps its cap (the slices a raised count
+-- adds get none), so a period that exists, the common case, costs one statement and no lock on the budget row.
+-- Lock order: the budget row comes right before its own spend rows (level, budget id, [budget row], period,
+-- slice): a settings change locks it, then the rows of the budget's current and future periods, so a caller must
+-- not hold a spend row of a budget when it creates a period of it (40P01: isolation spec
+-- budget_period_create_lock_order). A call charges one period per budget, except record_costs with costs of
+-- several days (_record_costs_charge, its reservation-key branch) and reconcile_budgets: they create a budget's
+-- missing periods (or lock its row) before they lock any of its spend rows. (Under REPEATABLE READ, a creation
+-- after a change committed since its snapshot gets 40001, as any lock of a row updated meanwhile.)
 DROP FUNCTION IF EXISTS sigledger._spend_ensure(bigint, timestamptz, numeric);
 CREATE OR REPLACE FUNCTION sigledger._spend_ensure(p_budget_id bigint, p_period_start timestamptz, p_cap numeric,
                                                    p_slices integer DEFAULT 1)
