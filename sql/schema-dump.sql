@@ -279,6 +279,14 @@ BEGIN
     -- UPDATE does not conflict with FOR KEY SHARE (FOR UPDATE does: 40P01, isolation spec
     -- budget_set_budget_vs_alert), so a charge never waits for this lock while holding a spend row: the only
     -- order is budget row -> spend rows, and settings changes of one budget still queue on it one at a time.
+    -- A period created while this runs: the charge that creates it reads the cap under FOR SHARE on this row
+    -- (_spend_ensure, 101), which conflicts with FOR NO KEY UPDATE. Either it got there first and this waits
+    -- for it to commit, so the period scan below (a statement after the wait: READ COMMITTED) sees its rows and
+    -- re-caps them; or this holds the row and the creation waits for this to commit, then reads the new cap.
+    -- So no period's rows commit with the cap this replaces after this commits (isolation spec
+    -- budget_period_create_vs_set_budget; before, they could, and kept it until the next change). The creating
+    -- charge holds no spend row of this budget when it asks for FOR SHARE (a budget's row comes before its spend
+    -- rows in the lock order: 101), so this, waiting for spend rows, never waits for a charge that waits for it.
     SELECT * INTO b FROM sigledger.budget WHERE id = p_budget_id FOR NO KEY UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION USING ERRCODE = 'P0002', MESSAGE = format('unknown budget %s', p_budget_id);
@@ -2451,6 +2459,7 @@ DECLARE
     v_crossed integer[];
     v_spent numeric[];
     v_count integer;
+    j integer;
     s record;
 BEGIN
     IF v_n = 0 THEN
@@ -2498,6 +2507,18 @@ BEGIN
         RETURN;
     END IF;
     FOR i IN 1 .. v_n LOOP
+        IF i < v_n AND p_ids[i + 1] = p_ids[i] AND (i = 1 OR p_ids[i - 1] <> p_ids[i]) THEN
+            -- the first of several periods of one budget (costs of different days): its missing periods are
+            -- created before any of its rows is charged. Creating one takes the budget row FOR SHARE
+            -- (_spend_ensure, 101), which comes before the budget's spend rows in the lock order: a settings
+            -- change holding the row waits for them, so a creation after a charge of the same budget could
+            -- deadlock with it. (A charge's periods of one budget are adjacent: the order is level, id, period.)
+            j := i;
+            WHILE j <= v_n AND p_ids[j] = p_ids[i] LOOP
+                v_count := _spend_ensure(p_ids[j], p_periods[j], p_caps[j], p_slices[j]);
+                j := j + 1;
+            END LOOP;
+        END IF;
         s := _spend_apply(p_ids[i], p_periods[i], p_caps[i], p_slices[i], NULL, p_amounts[i], 0, false, p_limits[i],
                           p_thresholds[i]::numeric[]);
     END LOOP;
@@ -3426,10 +3447,36 @@ CREATE FUNCTION sigledger._spend_ensure(p_budget_id bigint, p_period_start times
     AS $$
 DECLARE
     v_count integer;
+    v_found boolean;
+    v_cap numeric;
+    v_slices integer;
 BEGIN
+    -- the period exists (its slice 0 is visible): only the slices a raised count adds, with no cap, in the
+    -- statement that looks (one statement, as before, on the path of every short slice and every refusal)
+    WITH z AS (
+        SELECT EXISTS (SELECT 1 FROM sigledger.budget_spend s
+                        WHERE s.budget_id = p_budget_id AND s.period_start = p_period_start AND s.slice = 0) AS found
+    ), i AS (
+        INSERT INTO sigledger.budget_spend (budget_id, period_start, slice, cap_usd)
+        SELECT p_budget_id, p_period_start, g, 0
+          FROM generate_series(1, p_slices - 1) g
+         WHERE (SELECT z.found FROM z)
+        ON CONFLICT ON CONSTRAINT budget_spend_pkey DO NOTHING
+        RETURNING 1
+    )
+    SELECT z.found, (SELECT count(*) FROM i) INTO v_found, v_count FROM z;
+    IF v_found THEN
+        RETURN v_count;
+    END IF;
+    -- a new period (or one a concurrent first user is creating: the INSERT waits for it and then does nothing):
+    -- the cap and the slice count as of now, under the lock (the caller's count too, when higher: its slice
+    -- must exist; the rows above the budget's count drain)
+    SELECT b.limit_usd * (1 + b.grace_ratio), b.slices INTO v_cap, v_slices
+      FROM sigledger.budget b WHERE b.id = p_budget_id
+       FOR SHARE;
     INSERT INTO sigledger.budget_spend (budget_id, period_start, slice, cap_usd)
-    SELECT p_budget_id, p_period_start, g, CASE WHEN g = 0 THEN p_cap ELSE 0 END
-      FROM generate_series(0, greatest(p_slices, 1) - 1) g
+    SELECT p_budget_id, p_period_start, g, CASE WHEN g = 0 THEN coalesce(v_cap, p_cap) ELSE 0 END
+      FROM generate_series(0, greatest(v_slices, p_slices, 1) - 1) g
     ON CONFLICT ON CONSTRAINT budget_spend_pkey DO NOTHING;
     GET DIAGNOSTICS v_count = ROW_COUNT;
     RETURN v_count;
@@ -5788,8 +5835,13 @@ BEGIN
         repaired := false;
         IF p_repair THEN
             -- lock the period's rows (every slice, in order), then recompute: a call in flight either committed
-            -- before we got the locks (and is in the sums) or waits behind us and applies its own delta afterwards
-            SELECT b.limit_usd * (1 + b.grace_ratio), b.slices INTO v_cap, v_slices FROM budget b WHERE b.id = x.budget_id;
+            -- before we got the locks (and is in the sums) or waits behind us and applies its own delta afterwards.
+            -- The budget row first, FOR SHARE (held to commit; taken again for its later periods, no wait): a
+            -- missing period is created under it (_spend_ensure, 101), and the lock order puts a budget's row
+            -- before its spend rows, so it is taken before the first of them (a settings change holds the row and
+            -- waits for the rows of the budget's current and future periods: taking it after one would deadlock)
+            SELECT b.limit_usd * (1 + b.grace_ratio), b.slices INTO v_cap, v_slices FROM budget b WHERE b.id = x.budget_id
+               FOR SHARE;
             PERFORM _spend_ensure(x.budget_id, x.ps, v_cap, 1);
             PERFORM 1 FROM budget_spend s WHERE s.budget_id = x.budget_id AND s.period_start = x.ps
               ORDER BY s.slice FOR UPDATE;
@@ -6019,8 +6071,10 @@ BEGIN
         PERFORM 1 FROM budget_reservation br
          WHERE br.id IN (SELECT (e ->> 'reservation_id')::bigint FROM jsonb_array_elements(r.reserved) e)
          ORDER BY br.id FOR UPDATE;
+        -- A budget's missing periods are all created before any of its rows is locked: creating one takes the
+        -- budget row FOR SHARE (_spend_ensure, 101), which comes before the budget's spend rows in that order.
         FOR x IN
-            SELECT u.bid, u.ps, max(u.cap) AS cap, max(u.ns) AS ns
+            SELECT u.bid, array_agg(DISTINCT u.ps ORDER BY u.ps) AS pss, max(u.cap) AS cap, max(u.ns) AS ns
               FROM (SELECT p.bid, p.ps, b.limit_usd * (1 + b.grace_ratio) AS cap, b.slices AS ns,
                            CASE b.level WHEN 'org' THEN 0 WHEN 'team' THEN 1 ELSE 2 END AS rank
                       FROM budget_reservation br
@@ -6033,12 +6087,16 @@ BEGIN
                       FROM unnest(r.charge_budget_ids, r.charge_periods, r.charge_caps, r.charge_slices)
                            AS ch(bid, ps, cap, ns)
                       JOIN budget b ON b.id = ch.bid) u
-             GROUP BY u.rank, u.bid, u.ps
-             ORDER BY u.rank, u.bid, u.ps
+             GROUP BY u.rank, u.bid
+             ORDER BY u.rank, u.bid
         LOOP
-            v_n := _spend_ensure(x.bid, x.ps, coalesce(x.cap, 0), x.ns);
-            PERFORM 1 FROM budget_spend sp WHERE sp.budget_id = x.bid AND sp.period_start = x.ps
-             ORDER BY sp.slice FOR UPDATE;
+            FOR i IN 1 .. cardinality(x.pss) LOOP
+                v_n := _spend_ensure(x.bid, x.pss[i], coalesce(x.cap, 0), x.ns);
+            END LOOP;
+            FOR i IN 1 .. cardinality(x.pss) LOOP
+                PERFORM 1 FROM budget_spend sp WHERE sp.budget_id = x.bid AND sp.period_start = x.pss[i]
+                 ORDER BY sp.slice FOR UPDATE;
+            END LOOP;
         END LOOP;
         -- in batch order; what record_cost would refuse (unknown reservation: P0002, another agent or a key
         -- taken by an older row: 23505, another amount than the settled one: SLB03) is quarantined with its
@@ -6495,6 +6553,8 @@ BEGIN
     END LOOP;
 
     -- 4. every spend row the new reservations hold on: created if missing, then locked in the global order
+    -- (one period per budget, the one of now(): a creation, which takes the budget row FOR SHARE (101), never
+    -- comes after a spend row of its own budget)
     FOR t IN
         SELECT DISTINCT u.bid, u.ps, coalesce(u.cap, 0) AS cap, u.ns, u.rank
           FROM generate_subscripts(i_res, 1) AS k
@@ -6668,8 +6728,8 @@ none|daily|weekly|monthly (UTC calendar periods, one spend row each). grace_rati
 fail_policy open|closed (what the harness does while the database is unreachable). alert_thresholds: fractions
 of the limit. parent_budget_id: a team or org budget above it; created with a parent and no limit, the agent
 has no limit of its own (its spending counts against the parent''s levels only). A limit change applies to the
-current and future periods. Amounts are stored exactly: limit_usd at most 6 decimal places, grace_ratio 4
-(finer: 22003).
+current and future periods, a period whose first charge runs meanwhile included (one waits for the other).
+Amounts are stored exactly: limit_usd at most 6 decimal places, grace_ratio 4 (finer: 22003).
 SQLSTATE: 22004, 22023, 22003, P0002, 55P03';
 
 --

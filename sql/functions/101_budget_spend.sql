@@ -37,10 +37,28 @@ BEGIN
 END;
 $$;
 
--- _spend_ensure: creates the rows of a period if they are missing: slice 0 with the whole cap, slices
--- 1..p_slices-1 with none (the first rebalance splits the room). All in one statement, so a period's slices
--- are created together: a concurrent first user waits for this INSERT and then finds them all. Returns the
--- number of rows created (0 when they existed).
+-- _spend_ensure: creates the rows of a period if they are missing: slice 0 with the whole cap, slices 1..n-1
+-- with none (n: the budget's slice count, or p_slices when higher; the first rebalance splits the room). All in
+-- one statement, so a period's slices are created together: a concurrent first user waits for this INSERT and
+-- then finds them all. Returns the number of rows created (0 when they existed).
+--
+-- The cap and n are the budget row's when the period is created, read under FOR SHARE; p_cap, what the caller
+-- read without a lock, only stands in when the row has no limit. Why: a settings change (_budget_apply_settings,
+-- set_budget_slices: 120) locks the budget row FOR NO KEY UPDATE, changes it and re-caps the period rows it can
+-- see. A creation from an unlocked read could insert the old cap meanwhile (its rows uncommitted when the change
+-- looked, or inserted after the change committed), and the period kept it until the next change (isolation
+-- spec budget_period_create_vs_set_budget). FOR SHARE conflicts with FOR NO KEY UPDATE (a charge's foreign-key
+-- checks, FOR KEY SHARE, with neither): whichever holds the row first commits first, and the other then reads
+-- the new cap, or sees the new rows and re-caps them.
+-- Only a creation takes the lock: a period whose slice 0 is visible keeps its cap (the slices a raised count
+-- adds get none), so a period that exists, the common case, costs one statement and no lock on the budget row.
+-- Lock order: the budget row comes right before its own spend rows (level, budget id, [budget row], period,
+-- slice): a settings change locks it, then the rows of the budget's current and future periods, so a caller must
+-- not hold a spend row of a budget when it creates a period of it (40P01: isolation spec
+-- budget_period_create_lock_order). A call charges one period per budget, except record_costs with costs of
+-- several days (_record_costs_charge, its reservation-key branch) and reconcile_budgets: they create a budget's
+-- missing periods (or lock its row) before they lock any of its spend rows. (Under REPEATABLE READ, a creation
+-- after a change committed since its snapshot gets 40001, as any lock of a row updated meanwhile.)
 DROP FUNCTION IF EXISTS sigledger._spend_ensure(bigint, timestamptz, numeric);
 CREATE OR REPLACE FUNCTION sigledger._spend_ensure(p_budget_id bigint, p_period_start timestamptz, p_cap numeric,
                                                    p_slices integer DEFAULT 1)
@@ -50,10 +68,36 @@ SET search_path = sigledger, pg_temp
 AS $$
 DECLARE
     v_count integer;
+    v_found boolean;
+    v_cap numeric;
+    v_slices integer;
 BEGIN
+    -- the period exists (its slice 0 is visible): only the slices a raised count adds, with no cap, in the
+    -- statement that looks (one statement, as before, on the path of every short slice and every refusal)
+    WITH z AS (
+        SELECT EXISTS (SELECT 1 FROM sigledger.budget_spend s
+                        WHERE s.budget_id = p_budget_id AND s.period_start = p_period_start AND s.slice = 0) AS found
+    ), i AS (
+        INSERT INTO sigledger.budget_spend (budget_id, period_start, slice, cap_usd)
+        SELECT p_budget_id, p_period_start, g, 0
+          FROM generate_series(1, p_slices - 1) g
+         WHERE (SELECT z.found FROM z)
+        ON CONFLICT ON CONSTRAINT budget_spend_pkey DO NOTHING
+        RETURNING 1
+    )
+    SELECT z.found, (SELECT count(*) FROM i) INTO v_found, v_count FROM z;
+    IF v_found THEN
+        RETURN v_count;
+    END IF;
+    -- a new period (or one a concurrent first user is creating: the INSERT waits for it and then does nothing):
+    -- the cap and the slice count as of now, under the lock (the caller's count too, when higher: its slice
+    -- must exist; the rows above the budget's count drain)
+    SELECT b.limit_usd * (1 + b.grace_ratio), b.slices INTO v_cap, v_slices
+      FROM sigledger.budget b WHERE b.id = p_budget_id
+       FOR SHARE;
     INSERT INTO sigledger.budget_spend (budget_id, period_start, slice, cap_usd)
-    SELECT p_budget_id, p_period_start, g, CASE WHEN g = 0 THEN p_cap ELSE 0 END
-      FROM generate_series(0, greatest(p_slices, 1) - 1) g
+    SELECT p_budget_id, p_period_start, g, CASE WHEN g = 0 THEN coalesce(v_cap, p_cap) ELSE 0 END
+      FROM generate_series(0, greatest(v_slices, p_slices, 1) - 1) g
     ON CONFLICT ON CONSTRAINT budget_spend_pkey DO NOTHING;
     GET DIAGNOSTICS v_count = ROW_COUNT;
     RETURN v_count;

@@ -216,8 +216,10 @@ BEGIN
         PERFORM 1 FROM budget_reservation br
          WHERE br.id IN (SELECT (e ->> 'reservation_id')::bigint FROM jsonb_array_elements(r.reserved) e)
          ORDER BY br.id FOR UPDATE;
+        -- A budget's missing periods are all created before any of its rows is locked: creating one takes the
+        -- budget row FOR SHARE (_spend_ensure, 101), which comes before the budget's spend rows in that order.
         FOR x IN
-            SELECT u.bid, u.ps, max(u.cap) AS cap, max(u.ns) AS ns
+            SELECT u.bid, array_agg(DISTINCT u.ps ORDER BY u.ps) AS pss, max(u.cap) AS cap, max(u.ns) AS ns
               FROM (SELECT p.bid, p.ps, b.limit_usd * (1 + b.grace_ratio) AS cap, b.slices AS ns,
                            CASE b.level WHEN 'org' THEN 0 WHEN 'team' THEN 1 ELSE 2 END AS rank
                       FROM budget_reservation br
@@ -230,12 +232,16 @@ BEGIN
                       FROM unnest(r.charge_budget_ids, r.charge_periods, r.charge_caps, r.charge_slices)
                            AS ch(bid, ps, cap, ns)
                       JOIN budget b ON b.id = ch.bid) u
-             GROUP BY u.rank, u.bid, u.ps
-             ORDER BY u.rank, u.bid, u.ps
+             GROUP BY u.rank, u.bid
+             ORDER BY u.rank, u.bid
         LOOP
-            v_n := _spend_ensure(x.bid, x.ps, coalesce(x.cap, 0), x.ns);
-            PERFORM 1 FROM budget_spend sp WHERE sp.budget_id = x.bid AND sp.period_start = x.ps
-             ORDER BY sp.slice FOR UPDATE;
+            FOR i IN 1 .. cardinality(x.pss) LOOP
+                v_n := _spend_ensure(x.bid, x.pss[i], coalesce(x.cap, 0), x.ns);
+            END LOOP;
+            FOR i IN 1 .. cardinality(x.pss) LOOP
+                PERFORM 1 FROM budget_spend sp WHERE sp.budget_id = x.bid AND sp.period_start = x.pss[i]
+                 ORDER BY sp.slice FOR UPDATE;
+            END LOOP;
         END LOOP;
         -- in batch order; what record_cost would refuse (unknown reservation: P0002, another agent or a key
         -- taken by an older row: 23505, another amount than the settled one: SLB03) is quarantined with its

@@ -352,6 +352,7 @@ DECLARE
     v_crossed integer[];
     v_spent numeric[];
     v_count integer;
+    j integer;
     s record;
 BEGIN
     IF v_n = 0 THEN
@@ -399,6 +400,18 @@ BEGIN
         RETURN;
     END IF;
     FOR i IN 1 .. v_n LOOP
+        IF i < v_n AND p_ids[i + 1] = p_ids[i] AND (i = 1 OR p_ids[i - 1] <> p_ids[i]) THEN
+            -- the first of several periods of one budget (costs of different days): its missing periods are
+            -- created before any of its rows is charged. Creating one takes the budget row FOR SHARE
+            -- (_spend_ensure, 101), which comes before the budget's spend rows in the lock order: a settings
+            -- change holding the row waits for them, so a creation after a charge of the same budget could
+            -- deadlock with it. (A charge's periods of one budget are adjacent: the order is level, id, period.)
+            j := i;
+            WHILE j <= v_n AND p_ids[j] = p_ids[i] LOOP
+                v_count := _spend_ensure(p_ids[j], p_periods[j], p_caps[j], p_slices[j]);
+                j := j + 1;
+            END LOOP;
+        END IF;
         s := _spend_apply(p_ids[i], p_periods[i], p_caps[i], p_slices[i], NULL, p_amounts[i], 0, false, p_limits[i],
                           p_thresholds[i]::numeric[]);
     END LOOP;

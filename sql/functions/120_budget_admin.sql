@@ -24,6 +24,14 @@ BEGIN
     -- UPDATE does not conflict with FOR KEY SHARE (FOR UPDATE does: 40P01, isolation spec
     -- budget_set_budget_vs_alert), so a charge never waits for this lock while holding a spend row: the only
     -- order is budget row -> spend rows, and settings changes of one budget still queue on it one at a time.
+    -- A period created while this runs: the charge that creates it reads the cap under FOR SHARE on this row
+    -- (_spend_ensure, 101), which conflicts with FOR NO KEY UPDATE. Either it got there first and this waits
+    -- for it to commit, so the period scan below (a statement after the wait: READ COMMITTED) sees its rows and
+    -- re-caps them; or this holds the row and the creation waits for this to commit, then reads the new cap.
+    -- So no period's rows commit with the cap this replaces after this commits (isolation spec
+    -- budget_period_create_vs_set_budget; before, they could, and kept it until the next change). The creating
+    -- charge holds no spend row of this budget when it asks for FOR SHARE (a budget's row comes before its spend
+    -- rows in the lock order: 101), so this, waiting for spend rows, never waits for a charge that waits for it.
     SELECT * INTO b FROM sigledger.budget WHERE id = p_budget_id FOR NO KEY UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION USING ERRCODE = 'P0002', MESSAGE = format('unknown budget %s', p_budget_id);
@@ -191,8 +199,8 @@ none|daily|weekly|monthly (UTC calendar periods, one spend row each). grace_rati
 fail_policy open|closed (what the harness does while the database is unreachable). alert_thresholds: fractions
 of the limit. parent_budget_id: a team or org budget above it; created with a parent and no limit, the agent
 has no limit of its own (its spending counts against the parent''s levels only). A limit change applies to the
-current and future periods. Amounts are stored exactly: limit_usd at most 6 decimal places, grace_ratio 4
-(finer: 22003).
+current and future periods, a period whose first charge runs meanwhile included (one waits for the other).
+Amounts are stored exactly: limit_usd at most 6 decimal places, grace_ratio 4 (finer: 22003).
 SQLSTATE: 22004, 22023, 22003, P0002, 55P03';
 
 -- create_group_budget: a team or organisation budget; agents (and teams) are attached with p_parent_budget_id.
@@ -278,6 +286,8 @@ SQLSTATE: P0002';
 -- set_budget_slices: splits a budget's periods over p_slices spend rows (1..64), online. The current and future
 -- periods that have rows are re-split at once (their rows locked in slice order, new slices created); a lowered
 -- count leaves the rows above it draining (no room; their open reservations settle or release there).
+-- Its UPDATE locks the budget row FOR NO KEY UPDATE, as _budget_apply_settings does, with the same order
+-- against a period created meanwhile: that period gets the new count either way.
 CREATE OR REPLACE FUNCTION sigledger.set_budget_slices(p_budget_id bigint, p_slices integer)
 RETURNS integer
 LANGUAGE plpgsql

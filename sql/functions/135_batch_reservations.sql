@@ -180,6 +180,8 @@ BEGIN
     END LOOP;
 
     -- 4. every spend row the new reservations hold on: created if missing, then locked in the global order
+    -- (one period per budget, the one of now(): a creation, which takes the budget row FOR SHARE (101), never
+    -- comes after a spend row of its own budget)
     FOR t IN
         SELECT DISTINCT u.bid, u.ps, coalesce(u.cap, 0) AS cap, u.ns, u.rank
           FROM generate_subscripts(i_res, 1) AS k

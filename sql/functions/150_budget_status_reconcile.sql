@@ -151,8 +151,13 @@ BEGIN
         repaired := false;
         IF p_repair THEN
             -- lock the period's rows (every slice, in order), then recompute: a call in flight either committed
-            -- before we got the locks (and is in the sums) or waits behind us and applies its own delta afterwards
-            SELECT b.limit_usd * (1 + b.grace_ratio), b.slices INTO v_cap, v_slices FROM budget b WHERE b.id = x.budget_id;
+            -- before we got the locks (and is in the sums) or waits behind us and applies its own delta afterwards.
+            -- The budget row first, FOR SHARE (held to commit; taken again for its later periods, no wait): a
+            -- missing period is created under it (_spend_ensure, 101), and the lock order puts a budget's row
+            -- before its spend rows, so it is taken before the first of them (a settings change holds the row and
+            -- waits for the rows of the budget's current and future periods: taking it after one would deadlock)
+            SELECT b.limit_usd * (1 + b.grace_ratio), b.slices INTO v_cap, v_slices FROM budget b WHERE b.id = x.budget_id
+               FOR SHARE;
             PERFORM _spend_ensure(x.budget_id, x.ps, v_cap, 1);
             PERFORM 1 FROM budget_spend s WHERE s.budget_id = x.budget_id AND s.period_start = x.ps
               ORDER BY s.slice FOR UPDATE;
