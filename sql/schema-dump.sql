@@ -5638,7 +5638,7 @@ BEGIN
     ELSE
         -- one agent's: a statement of its own, so that every plan (the generic one too, which an
         -- `p_agent_id IS NULL OR ...` test kept from any index on agent_id) reads the agent's overruns of the
-        -- range from budget_reservation_agent_overrun_idx (V8_106), not every agent's overruns of the range:
+        -- range from budget_reservation_agent_overrun_idx (V8_105), not every agent's overruns of the range:
         -- tests/core/test_index_plans.py
         RETURN QUERY
         SELECT r.id, r.agent_id, a.name, r.estimate_usd, r.actual_usd, r.overrun_usd, r.ledger_id, r.closed_at

@@ -26,7 +26,7 @@ An agent's open reservations (budget_status's count, open_reservations of one ag
 Those reads are worth an index (V8_102: the agent's open reservations in expiry order), and open_reservations
 names the agent in a statement of its own, so that its generic plan can use it. So were an agent's overruns
 (overrun_report of one agent: every agent's overruns of the range, the agent a filter), now read from an index of
-their own (V8_106) by a statement of their own. And the dead outbox rows (`idx_outbox_dead`): _graph_dead_retry
+their own (V8_105) by a statement of their own. And the dead outbox rows (`idx_outbox_dead`): _graph_dead_retry
 and _graph_dead_purge given ids scanned every dead row.
 
 And for the ledger: a replay (record_costs, record_cost) finds the stored row of a key by (id, created_at). With an

@@ -44,7 +44,7 @@ def _labels() -> list[str]:
 # INVALID index that the next run rebuilds). It scans budget_reservation, which lengthens the window of an
 # upgrade that crosses the key swap in the same run (as V8_100's VALIDATEs do); a database already past the swap
 # has no window. V8_103 (a refused row quarantined once) adds a nullable column with no default and a unique
-# index on it, which every existing row leaves NULL. V8_104 replaces a function. V8_106 builds a non-unique
+# index on it, which every existing row leaves NULL. V8_104 replaces a function. V8_105 builds a non-unique
 # partial index CONCURRENTLY on budget_reservation, as V8_102 does.
 AFTER_THE_KEY_SWAP = (
     "__check_rules",

@@ -1,5 +1,5 @@
 -- sigledger:no-transaction
--- V8_106: an agent's overruns by the agent and closing time, built CONCURRENTLY (budget_reservation holds a row
+-- V8_105: an agent's overruns by the agent and closing time, built CONCURRENTLY (budget_reservation holds a row
 -- per call; SHARE UPDATE EXCLUSIVE: reserves and settlements go on).
 -- overrun_report of one agent reads `agent_id = $1 AND overrun_usd > 0 AND closed_at in [since, until)`. The
 -- indexes that could answer it: budget_reservation_overrun_closed_idx (every agent's overruns by closed_at, the
