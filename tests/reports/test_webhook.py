@@ -329,3 +329,14 @@ def test_a_missed_alert_held_by_an_open_charge_does_not_stop_the_watcher(
 def test_fire_missed_every_needs_the_webhook(db_dsn: str) -> None:
     result = run(db_dsn, "budget", "watch", "--fire-missed-every", "10", "--count", "1")
     assert result.exit_code == 2 and "--fire-missed-every needs --webhook" in result.output
+
+
+@pytest.mark.parametrize("every", ["0.001", "0.49"])
+def test_fire_missed_every_refuses_a_period_that_would_run_it_back_to_back(every: str) -> None:
+    """Each run of fire_missed_alerts() reads every budget's current periods: a period of a millisecond would
+    run it back to back on the database. 0 (never) and 0.5 s or more are accepted; the refusal comes before
+    any connection (the DSN names no server)."""
+    nowhere = "host=127.0.0.1 port=1 dbname=sigledger connect_timeout=2"
+    result = run(nowhere, "budget", "watch", "--webhook", "http://127.0.0.1:9/", "--fire-missed-every", every)
+    assert result.exit_code == 2, result.output
+    assert f"--fire-missed-every must be 0 (never) or at least 0.5 s, got {float(every)}" in result.output

@@ -21,6 +21,8 @@ from sigledger.reports import ReportClient
 from sigledger.reports.alerts import Watcher, Webhook, sink_name
 
 DRIFT_EXIT = exit_codes.ATTENTION
+# the shortest period between runs of fire_missed_alerts() by `budget watch --webhook` (0 turns them off)
+MIN_FIRE_MISSED_EVERY = 0.5
 
 
 @click.group("budget")
@@ -141,7 +143,7 @@ def reconcile(repair: bool, fmt: str, dsn: str | None) -> None:
     "--fire-missed-every",
     type=click.FloatRange(min=0),
     default=None,
-    help="With --webhook: seconds between runs of fire_missed_alerts() (default 60; 0: never).",
+    help="With --webhook: seconds between runs of fire_missed_alerts() (default 60; 0: never; else at least 0.5).",
 )
 @dsn_option
 def watch(
@@ -171,6 +173,11 @@ def watch(
         raise click.UsageError("--after needs --replay")
     if fire_missed_every is not None and webhook is None:
         raise click.UsageError("--fire-missed-every needs --webhook")
+    if fire_missed_every is not None and 0 < fire_missed_every < MIN_FIRE_MISSED_EVERY:
+        # each run scans every budget's current periods: a near-zero period would run it back to back
+        raise click.UsageError(
+            f"--fire-missed-every must be 0 (never) or at least {MIN_FIRE_MISSED_EVERY} s, got {fire_missed_every}"
+        )
     resolved = resolve_dsn(dsn)
 
     def warn(message: str) -> None:
