@@ -287,6 +287,8 @@ BEGIN
     -- budget_period_create_vs_set_budget; before, they could, and kept it until the next change). The creating
     -- charge holds no spend row of this budget when it asks for FOR SHARE (a budget's row comes before its spend
     -- rows in the lock order: 101), so this, waiting for spend rows, never waits for a charge that waits for it.
+    -- That period scan needs READ COMMITTED: a caller that changes an existing budget refuses any other level
+    -- first (_budget_require_read_committed); a budget created by the caller's transaction has no period yet.
     SELECT * INTO b FROM sigledger.budget WHERE id = p_budget_id FOR NO KEY UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION USING ERRCODE = 'P0002', MESSAGE = format('unknown budget %s', p_budget_id);
@@ -501,6 +503,26 @@ END;
 $$;
 
 ALTER FUNCTION sigledger._budget_refused(p_agent_id uuid, p_asked numeric, p_ids bigint[], p_periods timestamp with time zone[], p_caps numeric[], p_levels text[], p_failed integer, p_held numeric) OWNER TO sigledger_owner;
+
+--
+-- Name: _budget_require_read_committed(text); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
+--
+
+CREATE FUNCTION sigledger._budget_require_read_committed(p_call text) RETURNS void
+    LANGUAGE plpgsql
+    SET search_path TO 'sigledger', 'pg_temp'
+    AS $$
+BEGIN
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION USING ERRCODE = '25000',
+            MESSAGE = format('%s needs READ COMMITTED, not %s', p_call, current_setting('transaction_isolation')),
+            HINT = 'Run it in a READ COMMITTED transaction (the default): under REPEATABLE READ or SERIALIZABLE it '
+                   || 'cannot see a budget period created since the transaction began, which would keep the old cap.';
+    END IF;
+END;
+$$;
+
+ALTER FUNCTION sigledger._budget_require_read_committed(p_call text) OWNER TO sigledger_owner;
 
 --
 -- Name: _budget_reservation_rules(text, numeric, bigint[], timestamp with time zone[], text, timestamp with time zone, timestamp with time zone, timestamp with time zone, numeric, numeric, bigint, smallint[]); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
@@ -6683,7 +6705,10 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = 'P0002', MESSAGE = format('unknown agent %s', p_agent_id);
     END IF;
     SELECT id INTO v_budget_id FROM budget WHERE agent_id = p_agent_id;
-    IF NOT FOUND THEN
+    IF FOUND THEN
+        -- a change of an existing budget re-caps its periods: READ COMMITTED only (_budget_require_read_committed)
+        PERFORM _budget_require_read_committed('set_budget of an existing budget');
+    ELSE
         IF p_limit_usd IS NULL AND p_parent_budget_id IS NULL THEN
             RAISE EXCEPTION USING ERRCODE = '22004', MESSAGE = 'limit_usd must not be NULL when creating a budget',
                 HINT = 'Give a limit, or a parent_budget_id (a team or org budget) for an agent without a limit of its own.';
@@ -6728,9 +6753,10 @@ none|daily|weekly|monthly (UTC calendar periods, one spend row each). grace_rati
 fail_policy open|closed (what the harness does while the database is unreachable). alert_thresholds: fractions
 of the limit. parent_budget_id: a team or org budget above it; created with a parent and no limit, the agent
 has no limit of its own (its spending counts against the parent''s levels only). A limit change applies to the
-current and future periods, a period whose first charge runs meanwhile included (one waits for the other).
+current and future periods, a period whose first charge runs meanwhile included (one waits for the other);
+so a change of an existing budget needs READ COMMITTED (the default; otherwise 25000).
 Amounts are stored exactly: limit_usd at most 6 decimal places, grace_ratio 4 (finer: 22003).
-SQLSTATE: 22004, 22023, 22003, P0002, 55P03';
+SQLSTATE: 22004, 22023, 22003, 25000, P0002, 55P03';
 
 --
 -- Name: set_budget_slices(bigint, integer); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
@@ -6751,6 +6777,7 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = '22023',
             MESSAGE = format('slices must be between 1 and 64, got %s', coalesce(p_slices::text, 'NULL'));
     END IF;
+    PERFORM _budget_require_read_committed('set_budget_slices');
     UPDATE budget SET slices = p_slices, updated_at = now() WHERE id = p_budget_id RETURNING * INTO b;
     IF NOT FOUND THEN
         RAISE EXCEPTION USING ERRCODE = 'P0002', MESSAGE = format('unknown budget %s', p_budget_id);
@@ -6785,8 +6812,9 @@ ALTER FUNCTION sigledger.set_budget_slices(p_budget_id bigint, p_slices integer)
 COMMENT ON FUNCTION sigledger.set_budget_slices(p_budget_id bigint, p_slices integer) IS 'Splits the budget''s spend over slices (1..64; default 1) and returns the count: a reservation then locks
 one slice''s row, not the budget''s, and headroom is moved between slices so that a caller is refused only when
 the whole budget has no room. For hot budgets (docs/budgets.md, Slices). Changeable online; the current
-period is re-split at once. expected_version of check_and_record_budget cannot be used on a sliced budget.
-SQLSTATE: 22023, P0002, 55P03';
+period is re-split at once (needs READ COMMITTED, the default; otherwise 25000). expected_version of
+check_and_record_budget cannot be used on a sliced budget.
+SQLSTATE: 22023, 25000, P0002, 55P03';
 
 --
 -- Name: settle_budget(bigint, numeric, bigint, bigint, text, text, jsonb); Type: FUNCTION; Schema: sigledger; Owner: sigledger_owner
@@ -7188,6 +7216,7 @@ CREATE FUNCTION sigledger.update_budget(p_budget_id bigint, p_limit_usd numeric 
     SET lock_timeout TO '5s'
     AS $$
 BEGIN
+    PERFORM _budget_require_read_committed('update_budget');
     PERFORM _budget_apply_settings(p_budget_id, p_limit_usd, p_period, p_grace_ratio, p_fail_policy,
                                    p_alert_thresholds, p_parent_budget_id);
 END;
@@ -7199,8 +7228,9 @@ ALTER FUNCTION sigledger.update_budget(p_budget_id bigint, p_limit_usd numeric, 
 -- Name: FUNCTION update_budget(p_budget_id bigint, p_limit_usd numeric, p_period text, p_grace_ratio numeric, p_fail_policy text, p_alert_thresholds numeric[], p_parent_budget_id bigint); Type: COMMENT; Schema: sigledger; Owner: sigledger_owner
 --
 
-COMMENT ON FUNCTION sigledger.update_budget(p_budget_id bigint, p_limit_usd numeric, p_period text, p_grace_ratio numeric, p_fail_policy text, p_alert_thresholds numeric[], p_parent_budget_id bigint) IS 'Changes the settings of a budget by id; NULL keeps the current value.
-SQLSTATE: 22023, 22003, P0002, 55P03';
+COMMENT ON FUNCTION sigledger.update_budget(p_budget_id bigint, p_limit_usd numeric, p_period text, p_grace_ratio numeric, p_fail_policy text, p_alert_thresholds numeric[], p_parent_budget_id bigint) IS 'Changes the settings of a budget by id; NULL keeps the current value. A limit change applies to the current and
+future periods, as set_budget''s; needs READ COMMITTED (the default; otherwise 25000).
+SQLSTATE: 22023, 22003, 25000, P0002, 55P03';
 
 --
 -- Name: agent_registry; Type: TABLE; Schema: sigledger; Owner: sigledger_owner
@@ -9075,6 +9105,12 @@ REVOKE ALL ON FUNCTION sigledger._budget_current() FROM PUBLIC;
 --
 
 REVOKE ALL ON FUNCTION sigledger._budget_refused(p_agent_id uuid, p_asked numeric, p_ids bigint[], p_periods timestamp with time zone[], p_caps numeric[], p_levels text[], p_failed integer, p_held numeric) FROM PUBLIC;
+
+--
+-- Name: FUNCTION _budget_require_read_committed(p_call text); Type: ACL; Schema: sigledger; Owner: sigledger_owner
+--
+
+REVOKE ALL ON FUNCTION sigledger._budget_require_read_committed(p_call text) FROM PUBLIC;
 
 --
 -- Name: FUNCTION _budget_reservation_rules(p_idempotency_key text, p_estimate_usd numeric, p_budget_ids bigint[], p_period_starts timestamp with time zone[], p_state text, p_created_at timestamp with time zone, p_expires_at timestamp with time zone, p_closed_at timestamp with time zone, p_actual_usd numeric, p_overrun_usd numeric, p_ledger_id bigint, p_slices smallint[]); Type: ACL; Schema: sigledger; Owner: sigledger_owner

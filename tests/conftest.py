@@ -144,13 +144,13 @@ def pytest_configure(config: pytest.Config) -> None:
     shared /tmp/pytest-of-<user>, whose clean-up of old numbered folders can delete the data directory of
     another session's running cluster, and not one folder per checkout, where a second run in the checkout
     emptied the first's temp root and its end-of-run check stopped the first's servers. First, the folders
-    of the checkout's runs that are gone are cleaned up (what they left running is stopped); live runs' are
-    left alone. An explicit --basetemp is used as given."""
+    of the checkout's runs that are gone are cleaned up (what they left running is stopped), those of the layout
+    before run folders included; live runs' are left alone. An explicit --basetemp is used as given."""
     if config.option.basetemp is None:
         from tests import run_folders
 
         base = run_folders.base_for(ROOT)
-        _RUN["swept"] = run_folders.sweep(base)
+        _RUN["swept"] = run_folders.sweep(base, checkout=ROOT)
         run = run_folders.claim(base)
         _RUN["run"] = run
         config.option.basetemp = str(run.basetemp)

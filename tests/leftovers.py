@@ -45,7 +45,7 @@ def find_any(marks: list[str]) -> list[Leftover]:
 
 def find(marker: str, *, exclude: set[int] | None = None) -> list[Leftover]:
     """Processes whose command line contains ``marker`` (this process and its ancestors excluded)."""
-    skip = set(exclude or ()) | _ancestors()
+    skip = set(exclude or ()) | ancestors()
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) in skip:
@@ -60,7 +60,8 @@ def find(marker: str, *, exclude: set[int] | None = None) -> list[Leftover]:
     return sorted(found, key=lambda p: p.pid)
 
 
-def _ancestors() -> set[int]:
+def ancestors() -> set[int]:
+    """This process and its ancestors."""
     pids, pid = set(), os.getpid()
     while pid > 1:
         pids.add(pid)

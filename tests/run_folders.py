@@ -16,6 +16,16 @@ the folder in their command line, as the end-of-run check finds them, and in the
 to: tests/leftovers.py markers) are stopped and the folder removed. A folder whose lock is held belongs to a
 live run and is left alone. Claims and sweeps take ``<base>/.lock`` for their duration, so a sweep never sees
 a run folder between its creation and its owner's lock.
+
+The layout before run folders (every run of the checkout used the base itself as its pytest temp root: its
+folders, ``pg0``, ``test_x0``..., sit directly in the base) left folders that no run folder's sweep removed.
+Given the checkout, a sweep also treats everything in the base but ``.lock`` and ``run-*`` as the folder of a
+gone run: stops what still runs there (found as above: the folder in a command line, and the folders its
+clusters moved to) and removes it. That layout had no lock; a run of it may still be live only as a pytest
+process started before the checkout changed layout. So while a pytest process (not this one or its ancestors)
+works in the checkout without holding a run folder's owner file, as every run of this layout does from its
+claim on, the old folders are left alone (a run of this layout that has not claimed yet, or one given
+--basetemp, only postpones their removal to a later sweep).
 """
 
 from __future__ import annotations
@@ -94,13 +104,20 @@ def claim(base: Path) -> Run:
         return Run(root, fd)
 
 
-def sweep(base: Path, grace: float = 10.0) -> list[Swept]:
+def sweep(base: Path, grace: float = 10.0, *, checkout: Path | None = None) -> list[Swept]:
     """Stops what the gone runs under ``base`` left running and removes their folders; live runs are left
-    alone. Returns the gone runs' folders (removed unless a process there could not be stopped)."""
+    alone. With ``checkout`` (whose runs use ``base``), the folders of the layout before run folders too, unless
+    a run of that layout may still be live. Returns the gone runs' folders (removed unless a process there could
+    not be stopped; pid "?" for a folder without an owner file, the old layout's included)."""
     if not base.is_dir():
         return []
     swept = []
     with _base_lock(base):
+        if checkout is not None:
+            old = [p for p in sorted(base.iterdir()) if p.name != ".lock" and not p.name.startswith(PREFIX)]
+            if old and not _unclaimed_run_alive(base, checkout):
+                for root in old:
+                    swept.append(_remove_gone(root, "?", grace))
         for root in sorted(base.glob(f"{PREFIX}*")):
             if not root.is_dir():
                 continue
@@ -120,17 +137,57 @@ def sweep(base: Path, grace: float = 10.0) -> list[Swept]:
                     pid = os.read(fd, 32).decode(errors="replace").strip()
                 else:
                     pid = "?"
-                marks = leftovers.markers(root)
-                found = leftovers.find_any(marks)
-                gone = Swept(root, pid, found, leftovers.stop(found, grace) if found else [])
-                swept.append(gone)
-                if gone.unstoppable:
-                    continue  # kept: what still runs there may still use it
-                for moved in marks[1:]:
-                    if MOVED.match(moved):
-                        shutil.rmtree(moved, ignore_errors=True)
-                shutil.rmtree(root, ignore_errors=True)
+                swept.append(_remove_gone(root, pid, grace))
             finally:
                 if fd >= 0:
                     os.close(fd)
     return swept
+
+
+def _remove_gone(root: Path, pid: str, grace: float) -> Swept:
+    """Stops the processes left under a gone run's folder and removes it (and the folders its clusters moved
+    to), unless one of them cannot be stopped: then it is kept, what still runs there may still use it."""
+    marks = leftovers.markers(root)
+    found = leftovers.find_any(marks)
+    gone = Swept(root, pid, found, leftovers.stop(found, grace) if found else [])
+    if not gone.unstoppable:
+        for moved in marks[1:]:
+            if MOVED.match(moved):
+                shutil.rmtree(moved, ignore_errors=True)
+        if root.is_dir() and not root.is_symlink():
+            shutil.rmtree(root, ignore_errors=True)
+        else:
+            root.unlink(missing_ok=True)
+    return gone
+
+
+def _unclaimed_run_alive(base: Path, checkout: Path) -> bool:
+    """Whether a pytest process other than this one and its ancestors works in ``checkout`` without holding
+    the owner file of a run folder under ``base`` open (every run of the current layout does from its claim
+    on): a run of the layout before run folders, which may still use the base's other folders."""
+    skip = leftovers.ancestors()
+    checkout = checkout.resolve()
+    owners = re.compile(re.escape(str(base.resolve())) + "/" + re.escape(PREFIX) + r"[^/]+/owner$")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) in skip:
+            continue
+        try:
+            args = (entry / "cmdline").read_bytes().split(b"\0")
+            if not any(os.path.basename(a) in (b"pytest", b"py.test") for a in args):
+                continue  # (python -m pytest, .venv/bin/pytest; not a server naming sigledger-pytest-...)
+            cwd = Path(os.readlink(entry / "cwd"))
+            fds = list((entry / "fd").iterdir())
+        except OSError:
+            continue  # gone meanwhile, or not ours to read
+        if not cwd.is_relative_to(checkout):
+            continue
+        if not any(owners.match(_readlink(fd)) for fd in fds):
+            return True
+    return False
+
+
+def _readlink(path: Path) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return ""  # closed meanwhile

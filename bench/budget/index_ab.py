@@ -102,10 +102,11 @@ def main() -> None:
     ap.add_argument("--dsn", default=None, help="use this database instead of a throwaway cluster")
     ap.add_argument("--agents", type=int, default=1000)
     ap.add_argument("--open", type=int, default=64, help="reservations held open during the run (default 64)")
-    ap.add_argument("--rounds", type=int, default=20, help="rounds per variant, alternated (default 20)")
+    # the defaults are the settings of the README's figures (bench/results/budget-index-ab*.json)
+    ap.add_argument("--rounds", type=int, default=30, help="rounds per variant, alternated (default 30)")
     ap.add_argument("--pairs", type=int, default=300, help="reserve + settle pairs per round (default 300)")
     ap.add_argument(
-        "--explained", type=int, default=200, help="pairs under EXPLAIN per variant (default 200)"
+        "--explained", type=int, default=300, help="pairs under EXPLAIN per variant (default 300)"
     )
     ap.add_argument("--no-rt", dest="rt", action="store_false", help="leave both at normal priority")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "budget-index-ab.json"))

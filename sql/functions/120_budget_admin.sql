@@ -1,5 +1,30 @@
 -- 120: agents and budget settings: create_agent, set_budget, create_group_budget, update_budget.
 
+-- _budget_require_read_committed: 25000 unless the transaction is READ COMMITTED. A settings change of an
+-- existing budget (set_budget, update_budget, set_budget_slices) re-caps the budget's current and future
+-- periods: those whose rows it sees once it holds the budget row. A period created by a charge that committed
+-- after the transaction's snapshot was taken (while the change waited for the budget row, which the creating
+-- charge holds FOR SHARE: _spend_ensure, 101) is visible to a READ COMMITTED statement, but not to a REPEATABLE
+-- READ or SERIALIZABLE snapshot, and no error tells (a lock of a row updated meanwhile raises 40001; an insert
+-- made meanwhile is simply not seen): the period would keep the cap the change replaces (isolation spec
+-- budget_settings_repeatable_read). So those calls refuse any other isolation level, as
+-- reconcile_budgets(repair) does. A new budget (create_group_budget, set_budget of an agent without one,
+-- create_agent) has no period a charge can have created: no refusal.
+CREATE OR REPLACE FUNCTION sigledger._budget_require_read_committed(p_call text)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = sigledger, pg_temp
+AS $$
+BEGIN
+    IF current_setting('transaction_isolation') <> 'read committed' THEN
+        RAISE EXCEPTION USING ERRCODE = '25000',
+            MESSAGE = format('%s needs READ COMMITTED, not %s', p_call, current_setting('transaction_isolation')),
+            HINT = 'Run it in a READ COMMITTED transaction (the default): under REPEATABLE READ or SERIALIZABLE it '
+                   || 'cannot see a budget period created since the transaction began, which would keep the old cap.';
+    END IF;
+END;
+$$;
+
 -- _budget_apply_settings: validates and stores settings of one budget (NULL = keep), then moves the cap of
 -- its current and future period rows, locked in period order. A cap lowered below the spend turns the
 -- difference into recorded excess (the backstop CHECK stays true; new holds are refused).
@@ -32,6 +57,8 @@ BEGIN
     -- budget_period_create_vs_set_budget; before, they could, and kept it until the next change). The creating
     -- charge holds no spend row of this budget when it asks for FOR SHARE (a budget's row comes before its spend
     -- rows in the lock order: 101), so this, waiting for spend rows, never waits for a charge that waits for it.
+    -- That period scan needs READ COMMITTED: a caller that changes an existing budget refuses any other level
+    -- first (_budget_require_read_committed); a budget created by the caller's transaction has no period yet.
     SELECT * INTO b FROM sigledger.budget WHERE id = p_budget_id FOR NO KEY UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION USING ERRCODE = 'P0002', MESSAGE = format('unknown budget %s', p_budget_id);
@@ -160,7 +187,10 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = 'P0002', MESSAGE = format('unknown agent %s', p_agent_id);
     END IF;
     SELECT id INTO v_budget_id FROM budget WHERE agent_id = p_agent_id;
-    IF NOT FOUND THEN
+    IF FOUND THEN
+        -- a change of an existing budget re-caps its periods: READ COMMITTED only (_budget_require_read_committed)
+        PERFORM _budget_require_read_committed('set_budget of an existing budget');
+    ELSE
         IF p_limit_usd IS NULL AND p_parent_budget_id IS NULL THEN
             RAISE EXCEPTION USING ERRCODE = '22004', MESSAGE = 'limit_usd must not be NULL when creating a budget',
                 HINT = 'Give a limit, or a parent_budget_id (a team or org budget) for an agent without a limit of its own.';
@@ -199,9 +229,10 @@ none|daily|weekly|monthly (UTC calendar periods, one spend row each). grace_rati
 fail_policy open|closed (what the harness does while the database is unreachable). alert_thresholds: fractions
 of the limit. parent_budget_id: a team or org budget above it; created with a parent and no limit, the agent
 has no limit of its own (its spending counts against the parent''s levels only). A limit change applies to the
-current and future periods, a period whose first charge runs meanwhile included (one waits for the other).
+current and future periods, a period whose first charge runs meanwhile included (one waits for the other);
+so a change of an existing budget needs READ COMMITTED (the default; otherwise 25000).
 Amounts are stored exactly: limit_usd at most 6 decimal places, grace_ratio 4 (finer: 22003).
-SQLSTATE: 22004, 22023, 22003, P0002, 55P03';
+SQLSTATE: 22004, 22023, 22003, 25000, P0002, 55P03';
 
 -- create_group_budget: a team or organisation budget; agents (and teams) are attached with p_parent_budget_id.
 CREATE OR REPLACE FUNCTION sigledger.create_group_budget(
@@ -253,13 +284,15 @@ SET search_path = sigledger, pg_temp
 SET lock_timeout = '5s'
 AS $$
 BEGIN
+    PERFORM _budget_require_read_committed('update_budget');
     PERFORM _budget_apply_settings(p_budget_id, p_limit_usd, p_period, p_grace_ratio, p_fail_policy,
                                    p_alert_thresholds, p_parent_budget_id);
 END;
 $$;
 COMMENT ON FUNCTION sigledger.update_budget(bigint, numeric, text, numeric, text, numeric[], bigint) IS
-'Changes the settings of a budget by id; NULL keeps the current value.
-SQLSTATE: 22023, 22003, P0002, 55P03';
+'Changes the settings of a budget by id; NULL keeps the current value. A limit change applies to the current and
+future periods, as set_budget''s; needs READ COMMITTED (the default; otherwise 25000).
+SQLSTATE: 22023, 22003, 25000, P0002, 55P03';
 
 -- find_agent: the id of the agent with this name (P0002 when there is none).
 CREATE OR REPLACE FUNCTION sigledger.find_agent(p_name text)
@@ -287,7 +320,8 @@ SQLSTATE: P0002';
 -- periods that have rows are re-split at once (their rows locked in slice order, new slices created); a lowered
 -- count leaves the rows above it draining (no room; their open reservations settle or release there).
 -- Its UPDATE locks the budget row FOR NO KEY UPDATE, as _budget_apply_settings does, with the same order
--- against a period created meanwhile: that period gets the new count either way.
+-- against a period created meanwhile: that period gets the new count either way (in READ COMMITTED, which it
+-- needs for that: _budget_require_read_committed).
 CREATE OR REPLACE FUNCTION sigledger.set_budget_slices(p_budget_id bigint, p_slices integer)
 RETURNS integer
 LANGUAGE plpgsql
@@ -305,6 +339,7 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = '22023',
             MESSAGE = format('slices must be between 1 and 64, got %s', coalesce(p_slices::text, 'NULL'));
     END IF;
+    PERFORM _budget_require_read_committed('set_budget_slices');
     UPDATE budget SET slices = p_slices, updated_at = now() WHERE id = p_budget_id RETURNING * INTO b;
     IF NOT FOUND THEN
         RAISE EXCEPTION USING ERRCODE = 'P0002', MESSAGE = format('unknown budget %s', p_budget_id);
@@ -333,5 +368,6 @@ COMMENT ON FUNCTION sigledger.set_budget_slices(bigint, integer) IS
 'Splits the budget''s spend over slices (1..64; default 1) and returns the count: a reservation then locks
 one slice''s row, not the budget''s, and headroom is moved between slices so that a caller is refused only when
 the whole budget has no room. For hot budgets (docs/budgets.md, Slices). Changeable online; the current
-period is re-split at once. expected_version of check_and_record_budget cannot be used on a sliced budget.
-SQLSTATE: 22023, P0002, 55P03';
+period is re-split at once (needs READ COMMITTED, the default; otherwise 25000). expected_version of
+check_and_record_budget cannot be used on a sliced budget.
+SQLSTATE: 22023, 25000, P0002, 55P03';

@@ -12,6 +12,8 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
+from psycopg.conninfo import make_conninfo
 from sigledger import (
     AsyncBudgetClient,
     AsyncDatabase,
@@ -22,6 +24,7 @@ from sigledger import (
     Database,
     Ledger,
 )
+from sigledger.cli import main as cli_main
 from sigledger.core.errors import BudgetExceeded, NotFound, PermissionDenied, Unavailable
 
 from tests.budget.conftest import ledger_keys
@@ -179,3 +182,42 @@ def test_the_connect_timeout_follows_libpq_settings_unless_given(monkeypatch: py
     assert Database(base).connect_timeout == 7
     assert Database(base + " connect_timeout=3").connect_timeout == 3
     assert Database(base).pool.kwargs["connect_timeout"] == 7  # what libpq is told too
+
+
+def test_settings_changes_run_in_read_committed_whatever_the_session_default(admin_dsn: str) -> None:
+    """set_budget of an existing budget, update_budget, set_budget_slices and reconcile_budgets(repair) refuse
+    any level but READ COMMITTED (25000: under REPEATABLE READ or SERIALIZABLE their snapshot can miss a period
+    created meanwhile). The clients and the CLI run them in READ COMMITTED even on a login whose
+    default_transaction_isolation is another level (a DBA's setting)."""
+    dsn = make_conninfo(admin_dsn, options="-c default_transaction_isolation=serializable")
+    with Database(dsn) as db:
+        row = db.call_one("SELECT current_setting('transaction_isolation') AS level")
+        assert row is not None and row["level"] == "serializable"  # the session default applies elsewhere
+        client = BudgetClient(db)
+        agent = client.create_agent("rc-sync", 10, period="daily")  # a new budget: any level
+        client.check_and_record(agent, Decimal(1))  # the current period exists
+        budget_id = client.set_budget(agent, 20)
+        client.update_budget(budget_id, 30)
+        assert client.set_budget_slices(budget_id, 2) == 2
+        client.reconcile(repair=True)
+        status = client.status(agent)[0]
+        assert (status["limit_usd"], status["spent_usd"]) == (Decimal(30), Decimal(1))
+        team = client.create_group_budget("team", "rc-team", 100, period="daily")
+        client.update_budget(team, 50)
+    cli = CliRunner().invoke(cli_main, ["agent", "set-budget", "rc-sync", "--limit", "40", "--dsn", dsn])
+    assert cli.exit_code == 0, cli.output
+
+    async def main_async() -> None:
+        async with AsyncDatabase(dsn) as adb:
+            aclient = AsyncBudgetClient(adb)
+            agent = await aclient.create_agent("rc-async", 10, period="daily")
+            await aclient.check_and_record(agent, Decimal(1))
+            budget_id = await aclient.set_budget(agent, 20)
+            await aclient.update_budget(budget_id, 30)
+            assert await aclient.set_budget_slices(budget_id, 2) == 2
+            await aclient.reconcile(repair=True)
+            assert (await aclient.status(agent))[0]["limit_usd"] == Decimal(30)
+
+    asyncio.run(main_async())
+    with Database(admin_dsn) as db:
+        assert BudgetClient(db).status("rc-sync")[0]["limit_usd"] == Decimal(40)

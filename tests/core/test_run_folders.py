@@ -13,6 +13,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from tests import leftovers, run_folders
 
@@ -170,3 +171,114 @@ def test_two_runs_in_one_checkout_keep_their_temp_roots_and_servers(tmp_path: Pa
     first_base, second_base = ((signals / f"{n}-basetemp").read_text() for n in ("first", "second"))
     assert first_base != second_base
     assert all(Path(b).is_relative_to(base) for b in (first_base, second_base))
+
+
+def _sleeper(*args: str, cwd: Path | None = None) -> subprocess.Popen[str]:
+    """A process that stands for a server (its data directory in its command line) or a pytest run; returned
+    once it runs (right after the exec its command line can still read empty)."""
+    p = subprocess.Popen(
+        [sys.executable, "-c", "import time; print('up', flush=True); time.sleep(600)", *args],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert p.stdout is not None and p.stdout.readline() == "up\n"
+    return p
+
+
+def _old_layout(base: Path) -> None:
+    """What a run of the layout before run folders left: the base itself was its pytest temp root."""
+    (base / "pg0" / "data").mkdir(parents=True)
+    (base / "pg0" / "data" / "PG_VERSION").write_text("15\n")
+    (base / "test_x0").mkdir()
+    (base / "test_x0" / "f").write_text("x")
+
+
+def test_the_sweep_removes_the_old_layouts_folders_unless_a_run_of_it_may_be_live(tmp_path: Path) -> None:
+    """The folders of the layout before run folders (directly in the base) are a gone run's: what runs there is
+    stopped and they are removed. Not while a pytest process works in the checkout without a run folder (a run
+    of that layout, which had no lock, may still use them); a claimed run of the current layout does not count.
+    Before, only run-* folders were swept: the old layout's stayed for ever."""
+    checkout = tmp_path / "checkout"
+    (checkout / "tests").mkdir(parents=True)
+    base = tmp_path / "base"
+    _old_layout(base)
+    procs: list[subprocess.Popen[Any]] = []
+    try:
+        server = _sleeper(str(base / "pg0" / "data"))
+        procs.append(server)
+        # a live run of the current layout, a pytest process working in the checkout: it holds its run folder
+        holder = subprocess.Popen(
+            [sys.executable, "-c", HOLDER, str(ROOT), str(base), "pytest"],
+            cwd=checkout,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        procs.append(holder)
+        assert holder.stdout is not None
+        live_root, live_server = holder.stdout.readline().split()
+        # a pytest process of the checkout that holds no run folder: maybe a live run of the old layout
+        old_run = _sleeper("pytest", cwd=checkout / "tests")
+        procs.append(old_run)
+
+        assert run_folders.sweep(base, grace=2.0, checkout=checkout) == []
+        assert (base / "pg0" / "data" / "PG_VERSION").is_file() and (base / "test_x0" / "f").is_file()
+        assert leftovers._alive(server.pid)
+
+        old_run.kill()
+        old_run.wait(timeout=10)
+        swept = run_folders.sweep(base, grace=2.0, checkout=checkout)
+        assert [(s.root, s.pid, [p.pid for p in s.stopped], s.unstoppable) for s in swept] == [
+            (base / "pg0", "?", [server.pid], []),
+            (base / "test_x0", "?", [], []),
+        ]
+        assert sorted(p.name for p in base.iterdir()) == [".lock", Path(live_root).name]
+        assert not leftovers._alive(server.pid)
+        assert holder.poll() is None and leftovers._alive(int(live_server))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait(timeout=10)
+            if p.stdout is not None:
+                p.stdout.close()
+        leftovers.stop(leftovers.find(str(base)), grace=1.0)
+
+
+def test_a_run_removes_the_folders_of_the_layout_before_run_folders(tmp_path: Path) -> None:
+    """A pytest run of a checkout (its conftest) sweeps what a run of the old layout left in the checkout's base:
+    its server stopped, its folders removed, and says so. In a copy of the test harness, as above."""
+    checkout = tmp_path / "checkout"
+    (checkout / "tests").mkdir(parents=True)
+    for name in ("conftest.py", "leftovers.py", "run_folders.py"):
+        shutil.copy(ROOT / "tests" / name, checkout / "tests" / name)
+    (checkout / "tests" / "test_nothing.py").write_text("def test_nothing():\n    pass\n")
+    (checkout / "pytest.ini").write_text(
+        "[pytest]\naddopts = -p no:cacheprovider --import-mode=importlib\npythonpath = .\n"
+    )
+    base = run_folders.base_for(checkout.resolve())
+    _old_layout(base)
+    server = _sleeper(str(base / "pg0" / "data"))
+    try:
+        res = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "tests/test_nothing.py"],
+            cwd=checkout,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert not (base / "pg0").exists() and not (base / "test_x0").exists()
+        assert not leftovers._alive(server.pid)
+        assert f"{base / 'pg0'} (pid ?): 1 process(es) left running there stopped; removed" in res.stdout
+        assert [p.name for p in base.iterdir() if p.name != ".lock"] == [
+            p.name for p in base.glob("run-*")
+        ]  # the run's own folder only
+    finally:
+        if server.poll() is None:
+            server.kill()
+        server.wait(timeout=10)
+        assert server.stdout is not None
+        server.stdout.close()
+        leftovers.stop(leftovers.find(str(base)), grace=1.0)
+        shutil.rmtree(base, ignore_errors=True)

@@ -33,13 +33,15 @@ class AsyncBudgetClient:
     def __init__(self, db: AsyncDatabase) -> None:
         self.db = db
 
-    async def _one(self, sql: str, params: Any) -> dict[str, Any]:
-        row = await self.db.call_one(sql, params)
+    async def _one(self, sql: str, params: Any, *, read_committed: bool = False) -> dict[str, Any]:
+        row = await self.db.call_one(sql, params, read_committed=read_committed)
         assert row is not None, sql
         return normalize_row(row)
 
-    async def _rows(self, sql: str, params: Any = None) -> list[dict[str, Any]]:
-        return [normalize_row(r) for r in await self.db.call(sql, params)]
+    async def _rows(
+        self, sql: str, params: Any = None, *, read_committed: bool = False
+    ) -> list[dict[str, Any]]:
+        return [normalize_row(r) for r in await self.db.call(sql, params, read_committed=read_committed)]
 
     # agents and budgets (sigledger_admin) --------------------------------------------------------------------
     async def create_agent(
@@ -101,6 +103,7 @@ class AsyncBudgetClient:
                 _ratios(alert_thresholds, "alert_thresholds"),
                 parent_budget_id,
             ),
+            read_committed=True,  # a change re-caps the budget's periods: READ COMMITTED only (25000)
         )
         return int(row["id"])
 
@@ -159,6 +162,7 @@ class AsyncBudgetClient:
                 _ratios(alert_thresholds, "alert_thresholds"),
                 parent_budget_id,
             ),
+            read_committed=True,  # as set_budget
         )
 
     async def add_model_price(
@@ -191,6 +195,7 @@ class AsyncBudgetClient:
         row = await self._one(
             "SELECT sigledger.set_budget_slices(p_budget_id => %s::bigint, p_slices => %s::integer) AS n",
             (budget_id, slices),
+            read_committed=True,  # as set_budget
         )
         return int(row["n"])
 
@@ -328,5 +333,7 @@ class AsyncBudgetClient:
     async def reconcile(self, repair: bool = False) -> list[dict[str, Any]]:
         """Budget periods whose recorded spend or holds drift from the ledger (repair: fix them)."""
         return await self._rows(
-            "SELECT * FROM sigledger.reconcile_budgets(p_repair => %s::boolean)", (repair,)
+            "SELECT * FROM sigledger.reconcile_budgets(p_repair => %s::boolean)",
+            (repair,),
+            read_committed=repair,
         )

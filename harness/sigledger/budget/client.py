@@ -34,13 +34,13 @@ class BudgetClient:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    def _one(self, sql: str, params: Any) -> dict[str, Any]:
-        row = self.db.call_one(sql, params)
+    def _one(self, sql: str, params: Any, *, read_committed: bool = False) -> dict[str, Any]:
+        row = self.db.call_one(sql, params, read_committed=read_committed)
         assert row is not None, sql
         return normalize_row(row)
 
-    def _rows(self, sql: str, params: Any = None) -> list[dict[str, Any]]:
-        return [normalize_row(r) for r in self.db.call(sql, params)]
+    def _rows(self, sql: str, params: Any = None, *, read_committed: bool = False) -> list[dict[str, Any]]:
+        return [normalize_row(r) for r in self.db.call(sql, params, read_committed=read_committed)]
 
     # agents and budgets (sigledger_admin) --------------------------------------------------------------------
     def create_agent(
@@ -102,6 +102,7 @@ class BudgetClient:
                 _ratios(alert_thresholds, "alert_thresholds"),
                 parent_budget_id,
             ),
+            read_committed=True,  # a change re-caps the budget's periods: READ COMMITTED only (25000)
         )
         return int(row["id"])
 
@@ -160,6 +161,7 @@ class BudgetClient:
                 _ratios(alert_thresholds, "alert_thresholds"),
                 parent_budget_id,
             ),
+            read_committed=True,  # as set_budget
         )
 
     def add_model_price(
@@ -192,6 +194,7 @@ class BudgetClient:
         row = self._one(
             "SELECT sigledger.set_budget_slices(p_budget_id => %s::bigint, p_slices => %s::integer) AS n",
             (budget_id, slices),
+            read_committed=True,  # as set_budget
         )
         return int(row["n"])
 
@@ -326,4 +329,8 @@ class BudgetClient:
 
     def reconcile(self, repair: bool = False) -> list[dict[str, Any]]:
         """Budget periods whose recorded spend or holds drift from the ledger (repair: fix them)."""
-        return self._rows("SELECT * FROM sigledger.reconcile_budgets(p_repair => %s::boolean)", (repair,))
+        return self._rows(
+            "SELECT * FROM sigledger.reconcile_budgets(p_repair => %s::boolean)",
+            (repair,),
+            read_committed=repair,
+        )

@@ -187,16 +187,20 @@ class AsyncDatabase:
             reraise(exc)
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[AsyncConnection[Any]]:
+    async def transaction(self, *, read_committed: bool = False) -> AsyncIterator[AsyncConnection[Any]]:
         """One transaction: COMMIT when the block ends normally, ROLLBACK when it raises.
 
         The connection goes back to the pool in every case, including an exception raised after COMMIT
         (the seed's leak), because the pool's own context manager owns the release.
+        ``read_committed``: the transaction runs in READ COMMITTED whatever the session's default
+        (default_transaction_isolation), for the calls that refuse any other level with 25000 (docs/errors.md).
         """
         try:
             async with self.pool.connection() as conn:
                 try:
                     async with conn.transaction():
+                        if read_committed:
+                            await conn.execute(b"SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
                         yield conn
                 except Exception as exc:
                     if getattr(exc, "sqlstate", None) in RECONNECT_SQLSTATES:
@@ -207,15 +211,23 @@ class AsyncDatabase:
         except psycopg.Error as exc:
             reraise(exc)
 
-    async def call(self, sql: str, params: Any = None) -> list[dict[str, Any]]:
-        """Run one statement (a stored function call) in its own transaction; rows as dicts."""
-        async with self.transaction() as conn, conn.cursor(row_factory=dict_row) as cur:
+    async def call(
+        self, sql: str, params: Any = None, *, read_committed: bool = False
+    ) -> list[dict[str, Any]]:
+        """Run one statement (a stored function call) in its own transaction; rows as dicts.
+        ``read_committed``: in READ COMMITTED whatever the session's default (see ``transaction``)."""
+        async with (
+            self.transaction(read_committed=read_committed) as conn,
+            conn.cursor(row_factory=dict_row) as cur,
+        ):
             try:
                 await cur.execute(sql.encode(), params)
             except psycopg.Error as exc:
                 reraise(exc)
             return await cur.fetchall() if cur.description else []
 
-    async def call_one(self, sql: str, params: Any = None) -> dict[str, Any] | None:
-        rows = await self.call(sql, params)
+    async def call_one(
+        self, sql: str, params: Any = None, *, read_committed: bool = False
+    ) -> dict[str, Any] | None:
+        rows = await self.call(sql, params, read_committed=read_committed)
         return rows[0] if rows else None

@@ -186,16 +186,20 @@ class Database:
             reraise(exc)
 
     @contextmanager
-    def transaction(self) -> Iterator[Connection[Any]]:
+    def transaction(self, *, read_committed: bool = False) -> Iterator[Connection[Any]]:
         """One transaction: COMMIT when the block ends normally, ROLLBACK when it raises.
 
         The connection goes back to the pool in every case, including an exception raised after COMMIT
         (the seed's leak), because the pool's own context manager owns the release.
+        ``read_committed``: the transaction runs in READ COMMITTED whatever the session's default
+        (default_transaction_isolation), for the calls that refuse any other level with 25000 (docs/errors.md).
         """
         try:
             with self.pool.connection() as conn:
                 try:
                     with conn.transaction():
+                        if read_committed:
+                            conn.execute(b"SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
                         yield conn
                 except Exception as exc:
                     if getattr(exc, "sqlstate", None) in RECONNECT_SQLSTATES:
@@ -206,15 +210,21 @@ class Database:
         except psycopg.Error as exc:
             reraise(exc)
 
-    def call(self, sql: str, params: Any = None) -> list[dict[str, Any]]:
-        """Run one statement (a stored function call) in its own transaction; rows as dicts."""
-        with self.transaction() as conn, conn.cursor(row_factory=dict_row) as cur:
+    def call(self, sql: str, params: Any = None, *, read_committed: bool = False) -> list[dict[str, Any]]:
+        """Run one statement (a stored function call) in its own transaction; rows as dicts.
+        ``read_committed``: in READ COMMITTED whatever the session's default (see ``transaction``)."""
+        with (
+            self.transaction(read_committed=read_committed) as conn,
+            conn.cursor(row_factory=dict_row) as cur,
+        ):
             try:
                 cur.execute(sql.encode(), params)
             except psycopg.Error as exc:
                 reraise(exc)
             return cur.fetchall() if cur.description else []
 
-    def call_one(self, sql: str, params: Any = None) -> dict[str, Any] | None:
-        rows = self.call(sql, params)
+    def call_one(
+        self, sql: str, params: Any = None, *, read_committed: bool = False
+    ) -> dict[str, Any] | None:
+        rows = self.call(sql, params, read_committed=read_committed)
         return rows[0] if rows else None
