@@ -516,8 +516,8 @@ BEGIN
     IF current_setting('transaction_isolation') <> 'read committed' THEN
         RAISE EXCEPTION USING ERRCODE = '25000',
             MESSAGE = format('%s needs READ COMMITTED, not %s', p_call, current_setting('transaction_isolation')),
-            HINT = 'Run it in a READ COMMITTED transaction (the default): under REPEATABLE READ or SERIALIZABLE it '
-                   || 'cannot see a budget period created since the transaction began, which would keep the old cap.';
+            HINT = 'Run it in a READ COMMITTED transaction (the default): under REPEATABLE READ or SERIALIZABLE its '
+                   || 'statements cannot see what other transactions committed since it began.';
     END IF;
 END;
 $$;
@@ -5802,11 +5802,9 @@ BEGIN
     IF p_repair IS NULL THEN
         RAISE EXCEPTION USING ERRCODE = '22004', MESSAGE = 'repair must not be NULL';
     END IF;
-    IF p_repair AND current_setting('transaction_isolation') <> 'read committed' THEN
+    IF p_repair THEN
         -- the repair recomputes after locking each row and needs each statement to see the latest commits
-        RAISE EXCEPTION USING ERRCODE = '25000',
-            MESSAGE = format('reconcile_budgets(repair => true) needs READ COMMITTED, not %s',
-                             current_setting('transaction_isolation'));
+        PERFORM _budget_require_read_committed('reconcile_budgets(repair => true)');
     END IF;
     kind := 'spend'; ledger_id := NULL; reservation_id := NULL; detail := NULL;
     FOR x IN

@@ -7,9 +7,10 @@
 -- charge holds FOR SHARE: _spend_ensure, 101) is visible to a READ COMMITTED statement, but not to a REPEATABLE
 -- READ or SERIALIZABLE snapshot, and no error tells (a lock of a row updated meanwhile raises 40001; an insert
 -- made meanwhile is simply not seen): the period would keep the cap the change replaces (isolation spec
--- budget_settings_repeatable_read). So those calls refuse any other isolation level, as
--- reconcile_budgets(repair) does. A new budget (create_group_budget, set_budget of an agent without one,
--- create_agent) has no period a charge can have created: no refusal.
+-- budget_settings_repeatable_read). So those calls refuse any other isolation level, and so does
+-- reconcile_budgets(repair) (150), whose recomputation after each lock needs each statement to see the latest
+-- commits. A new budget (create_group_budget, set_budget of an agent without one, create_agent) has no period a
+-- charge can have created: no refusal.
 CREATE OR REPLACE FUNCTION sigledger._budget_require_read_committed(p_call text)
 RETURNS void
 LANGUAGE plpgsql
@@ -19,8 +20,8 @@ BEGIN
     IF current_setting('transaction_isolation') <> 'read committed' THEN
         RAISE EXCEPTION USING ERRCODE = '25000',
             MESSAGE = format('%s needs READ COMMITTED, not %s', p_call, current_setting('transaction_isolation')),
-            HINT = 'Run it in a READ COMMITTED transaction (the default): under REPEATABLE READ or SERIALIZABLE it '
-                   || 'cannot see a budget period created since the transaction began, which would keep the old cap.';
+            HINT = 'Run it in a READ COMMITTED transaction (the default): under REPEATABLE READ or SERIALIZABLE its '
+                   || 'statements cannot see what other transactions committed since it began.';
     END IF;
 END;
 $$;

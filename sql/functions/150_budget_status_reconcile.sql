@@ -96,11 +96,9 @@ BEGIN
     IF p_repair IS NULL THEN
         RAISE EXCEPTION USING ERRCODE = '22004', MESSAGE = 'repair must not be NULL';
     END IF;
-    IF p_repair AND current_setting('transaction_isolation') <> 'read committed' THEN
+    IF p_repair THEN
         -- the repair recomputes after locking each row and needs each statement to see the latest commits
-        RAISE EXCEPTION USING ERRCODE = '25000',
-            MESSAGE = format('reconcile_budgets(repair => true) needs READ COMMITTED, not %s',
-                             current_setting('transaction_isolation'));
+        PERFORM _budget_require_read_committed('reconcile_budgets(repair => true)');
     END IF;
     kind := 'spend'; ledger_id := NULL; reservation_id := NULL; detail := NULL;
     FOR x IN

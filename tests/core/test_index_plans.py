@@ -175,6 +175,17 @@ AGENT_CALLS: dict[str, tuple[str, Callable[[list[Any]], Any]]] = {
 }
 
 
+def agent_and_others(conn: psycopg.Connection[Any]) -> tuple[str, str]:
+    """The agent whose reads are measured and another whose rows fill the indexes; budget_reservation left to
+    the test's statistics (no autovacuum)."""
+    conn.execute("ALTER TABLE sigledger.budget_reservation SET (autovacuum_enabled = false)")
+    agent, others = (
+        str(conn.execute("SELECT sigledger.create_agent(%s, 1000000)", (name,)).fetchone()[0])  # type: ignore[index]
+        for name in ("plans", "plans others")
+    )
+    return agent, others
+
+
 @pytest.mark.parametrize("call", sorted(AGENT_CALLS))
 def test_an_agents_open_reservations_are_read_by_the_agent_not_from_all_open_ones(
     db_dsn: str, call: str
@@ -185,11 +196,7 @@ def test_an_agents_open_reservations_are_read_by_the_agent_not_from_all_open_one
     agent: O(open reservations of all agents) per call."""
     sql, result = AGENT_CALLS[call]
     with psycopg.connect(db_dsn, autocommit=True) as conn:
-        conn.execute("ALTER TABLE sigledger.budget_reservation SET (autovacuum_enabled = false)")
-        agent, others = (
-            str(conn.execute("SELECT sigledger.create_agent(%s, 1000000)", (name,)).fetchone()[0])  # type: ignore[index]
-            for name in ("plans", "plans others")
-        )
+        agent, others = agent_and_others(conn)
         # statistics taken while no reservation is open: the partial indexes look empty to the planner
         conn.execute("SELECT sigledger.release_budget(%s)", (reserve(conn, agent, 1)[0],))
         conn.execute("VACUUM ANALYZE sigledger.budget_reservation")
@@ -227,11 +234,7 @@ def test_an_agents_overruns_are_read_by_the_agent_not_from_all_overruns(db_dsn: 
     agent a filter: O(overruns of all agents in the range) per call."""
     sql = "SELECT * FROM sigledger.overrun_report(now() - interval '1 hour', now() + interval '1 hour', %s::uuid)"
     with psycopg.connect(db_dsn, autocommit=True) as conn:
-        conn.execute("ALTER TABLE sigledger.budget_reservation SET (autovacuum_enabled = false)")
-        agent, others = (
-            str(conn.execute("SELECT sigledger.create_agent(%s, 1000000)", (name,)).fetchone()[0])  # type: ignore[index]
-            for name in ("plans", "plans others")
-        )
+        agent, others = agent_and_others(conn)
         # statistics taken before any overrun (a settlement within its estimate): the partial index of the
         # overruns looks empty to the planner
         conn.execute("SELECT * FROM sigledger.settle_budget(%s, 0.01)", (reserve(conn, agent, 1)[0],))

@@ -42,6 +42,15 @@ def _wait_for(path: Path, proc: subprocess.Popen[str], seconds: float = 120.0) -
         time.sleep(0.1)
 
 
+def _reap(proc: subprocess.Popen[str]) -> None:
+    """Kill a helper process of a test if it still runs, wait for it, close its pipe."""
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(timeout=10)
+    if proc.stdout is not None:
+        proc.stdout.close()
+
+
 def test_the_sweep_stops_a_gone_runs_servers_and_leaves_a_live_runs_alone(tmp_path: Path) -> None:
     base = tmp_path / "base"
     holders: list[subprocess.Popen[str]] = []
@@ -76,11 +85,7 @@ def test_the_sweep_stops_a_gone_runs_servers_and_leaves_a_live_runs_alone(tmp_pa
         assert not leftovers._alive(live_server) and list(base.glob("run-*")) == []
     finally:
         for p in holders:
-            if p.poll() is None:
-                p.kill()
-            p.wait(timeout=10)
-            assert p.stdout is not None
-            p.stdout.close()
+            _reap(p)
         leftovers.stop(leftovers.find(str(base)), grace=1.0)
 
 
@@ -237,11 +242,7 @@ def test_the_sweep_removes_the_old_layouts_folders_unless_a_run_of_it_may_be_liv
         assert holder.poll() is None and leftovers._alive(int(live_server))
     finally:
         for p in procs:
-            if p.poll() is None:
-                p.kill()
-            p.wait(timeout=10)
-            if p.stdout is not None:
-                p.stdout.close()
+            _reap(p)
         leftovers.stop(leftovers.find(str(base)), grace=1.0)
 
 
@@ -275,10 +276,6 @@ def test_a_run_removes_the_folders_of_the_layout_before_run_folders(tmp_path: Pa
             p.name for p in base.glob("run-*")
         ]  # the run's own folder only
     finally:
-        if server.poll() is None:
-            server.kill()
-        server.wait(timeout=10)
-        assert server.stdout is not None
-        server.stdout.close()
+        _reap(server)
         leftovers.stop(leftovers.find(str(base)), grace=1.0)
         shutil.rmtree(base, ignore_errors=True)
